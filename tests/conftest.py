@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny data sets and models, and the optional ../shared material.
+
+Everything here is small on purpose (32-64 px, a few dozen images, 1-2 epochs): TensorFlow on 2
+CPU cores is slow, and the tests check behaviour, not accuracy. Tests that need ../shared (real
+ImageNet weights, real flower photos) are marked `shared` and skip cleanly without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("TL_KERAS_SHARED", REPO.parent / "shared"))
+MOBILENET_025_NOTOP = SHARED / "weights" / "mobilenet_1_0.25_224_imagenet_notop.weights.h5"
+MOBILENET_025_NOTOP_SHA256 = "71750134a6cc506c16ca0cd73c5e9f1fd9384eb9c7d94413f18a8df52e446119"
+FLOWERS = SHARED / "data" / "flowers5"
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def shared_weights() -> str:
+    """Path of the real MobileNet-0.25 ImageNet no-top weights; skips when ../shared is absent."""
+    if not MOBILENET_025_NOTOP.is_file():
+        pytest.skip(f"no shared weights at {MOBILENET_025_NOTOP}")
+    return str(MOBILENET_025_NOTOP)
+
+
+@pytest.fixture(scope="session")
+def flowers_dir() -> str:
+    if not FLOWERS.is_dir():
+        pytest.skip(f"no shared flower photos at {FLOWERS}")
+    return str(FLOWERS)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> str:
+    """A tiny synthetic image-folder tree: 3 classes x 12 PNGs of 48 px."""
+    from tl_keras import synthetic
+
+    return synthetic.make_shapes(
+        str(tmp_path_factory.mktemp("shapes")), images_per_class=12, image_size=48
+    )
+
+
+def tiny_config(**overrides):
+    """A config that trains in seconds: MobileNet-0.25 at 32 px, random weights, 1+1 epochs."""
+    from tl_keras.config import Config
+
+    values = dict(
+        data_dir="synthetic",
+        synthetic_images_per_class=8,
+        backbone="mobilenet",
+        alpha=0.25,
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs_fe=1,
+        epochs_ft=1,
+        head_units=8,
+        unfreeze="blocks:2",
+        progress="lines",
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+@pytest.fixture
+def make_config():
+    return tiny_config
+
+
+def run_cli(
+    *args: str, cwd: str | os.PathLike = REPO, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Runs `python -m tl_keras.train ARGS` in a subprocess and returns the completed process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tl_keras.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

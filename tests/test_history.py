@@ -1,0 +1,110 @@
+"""Stitched history and its curves (no training: records are built by hand)."""
+
+import csv
+import io
+
+import pytest
+
+from tl_keras.history import History, PhaseSpan, stitch
+from tl_keras.plotting import BOUNDARY_GID, SPAN_GID, plot_history
+
+
+def make_history(fe_epochs=3, ft_epochs=4) -> History:
+    h = History()
+    for e in range(1, fe_epochs + 1):
+        h.append(
+            "fe",
+            e,
+            1e-3,
+            {"loss": 1.0 / e, "accuracy": 0.5 + e / 20, "val_loss": 1.1 / e, "val_accuracy": 0.5},
+        )
+    for e in range(fe_epochs + 1, fe_epochs + ft_epochs + 1):
+        h.append(
+            "ft", e, 1e-4, {"loss": 0.2, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.85}
+        )
+    return h
+
+
+def test_spans_and_boundary_come_from_records():
+    h = make_history(2, 5)  # e.g. fe configured for 10 epochs, early-stopped after 2
+    assert h.spans() == [PhaseSpan("fe", 1, 2), PhaseSpan("ft", 3, 7)]
+    assert h.boundaries() == [2.5]
+    assert h.last_epoch == 7
+
+
+def test_epochs_must_be_continuous():
+    h = make_history(2, 0)
+    with pytest.raises(ValueError, match="epoch 4 of phase 'ft' does not follow epoch 2"):
+        h.append("ft", 4, 1e-4, {"loss": 1.0})
+    with pytest.raises(ValueError, match="exactly once"):
+        h.append("ft", 2, 1e-4, {"loss": 1.0})
+
+
+def test_json_round_trip_and_truncate():
+    h = make_history()
+    again = History.from_json(h.to_json())
+    assert again.records == h.records
+    assert again.truncate(3).spans() == [PhaseSpan("fe", 1, 3)]
+
+
+def test_csv_has_epoch_phase_lr_and_every_metric():
+    rows = list(csv.DictReader(io.StringIO(make_history().to_csv())))
+    assert list(rows[0]) == ["epoch", "phase", "lr", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert [r["phase"] for r in rows] == ["fe"] * 3 + ["ft"] * 4
+    assert rows[3]["epoch"] == "4" and float(rows[3]["lr"]) == pytest.approx(1e-4)
+
+
+def test_non_finite_values_become_null():
+    h = History()
+    h.append("fe", 1, 1e-3, {"loss": float("nan")})
+    assert h.records[0]["loss"] is None
+    assert "NaN" not in h.to_json()
+
+
+def test_stitch_keras_histories():
+    h = stitch(
+        [
+            ("fe", {"loss": [3.0, 2.0], "accuracy": [0.1, 0.2]}),
+            ("ft", {"loss": [1.0], "accuracy": [0.5]}),
+        ],
+        lrs=[[1e-3, 1e-3], [1e-4]],
+    )
+    assert h.epochs == [1, 2, 3]
+    assert [r["phase"] for r in h.records] == ["fe", "fe", "ft"]
+    assert h.boundaries() == [2.5]
+    assert h.metric("lr") == [1e-3, 1e-3, 1e-4]
+
+
+def span_x(patch) -> tuple[float, float]:
+    """(left, right) of an axvspan: a Rectangle on matplotlib >= 3.9, a Polygon before."""
+    if hasattr(patch, "get_width"):
+        return (patch.get_x(), patch.get_x() + patch.get_width())
+    xs = [x for x, _ in patch.get_xy()]
+    return (min(xs), max(xs))
+
+
+def test_plot_marks_boundary_and_shades_both_phases(tmp_path):
+    h = make_history(2, 3)
+    path = tmp_path / "curves.png"
+    fig = plot_history(h, str(path), show_lr=True)
+    assert path.stat().st_size > 10_000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(fig.axes) == 3  # accuracy, loss, lr
+    for ax in fig.axes:
+        lines = [ln for ln in ax.lines if ln.get_gid() == BOUNDARY_GID]
+        assert len(lines) == 1 and list(lines[0].get_xdata()) == [2.5, 2.5]
+        spans = [p for p in ax.patches if p.get_gid() == SPAN_GID]
+        assert len(spans) == 2
+        xs = sorted(span_x(p) for p in spans)
+        assert xs == [(0.5, 2.5), (2.5, 5.5)]
+        assert {t.get_text() for t in ax.texts} == {"fe (2 ep)", "ft (3 ep)"}
+    acc = fig.axes[0]
+    assert {ln.get_label() for ln in acc.lines if ln.get_gid() != BOUNDARY_GID} == {
+        "train accuracy",
+        "validation accuracy",
+    }
+
+
+def test_plot_single_phase_has_no_boundary():
+    fig = plot_history(make_history(3, 0))
+    assert not [ln for ln in fig.axes[0].lines if ln.get_gid() == BOUNDARY_GID]

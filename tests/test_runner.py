@@ -1,0 +1,133 @@
+"""The library runner `train()`: artifacts, stitching, phase handoff and refusals."""
+
+import json
+import os
+import pathlib
+
+import pytest
+from conftest import tiny_config
+
+from tl_keras import runner
+from tl_keras.errors import WorkdirError
+from tl_keras.history import History
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete fe -> ft run (1 + 1 epochs), shared by the tests that only read it."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    result = runner.train(tiny_config(), workdir)
+    return workdir, result
+
+
+def test_all_writes_every_artifact(finished):
+    workdir, result = finished
+    for name in ("run.json", "config.json", "history.json", "history.csv", "curves.png"):
+        assert os.path.isfile(os.path.join(workdir, name)), name
+    for phase in ("fe", "ft"):
+        for name in ("model.keras", "history.json", "config.json", "summary.json"):
+            assert os.path.isfile(os.path.join(workdir, phase, name)), f"{phase}/{name}"
+    assert not [f for f in os.listdir(workdir) if ".tmp-" in f], "temporary files left behind"
+    run = json.loads(pathlib.Path(os.path.join(workdir, "run.json")).read_text())
+    assert run["backbone"] == "mobilenet" and run["image_size"] == 32
+    assert run["class_names"] == ["circle", "square", "triangle"] == result.class_names
+    assert run["phases"]["fe"]["last_epoch"] == 1 and run["phases"]["ft"]["first_epoch"] == 2
+
+
+def test_history_is_stitched_and_saved(finished):
+    workdir, result = finished
+    saved = History.load(os.path.join(workdir, "history.json"))
+    assert saved.records == result.history.records
+    assert [(r["epoch"], r["phase"]) for r in saved.records] == [(1, "fe"), (2, "ft")]
+    assert saved.records[0]["lr"] == pytest.approx(1e-3)
+    assert saved.records[1]["lr"] == pytest.approx(1e-4)  # lr / ft_lr_factor (10)
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(saved.records[0])
+
+
+def test_phase_summary_reports_trainable_and_frozen(finished):
+    workdir, _ = finished
+    fe = json.loads(pathlib.Path(os.path.join(workdir, "fe", "summary.json")).read_text())
+    ft = json.loads(pathlib.Path(os.path.join(workdir, "ft", "summary.json")).read_text())
+    assert fe["trainability"]["trainable_params"] < ft["trainability"]["trainable_params"]
+    assert ft["trainability"]["unfrozen_blocks"] == ["block_12", "block_13"]
+    assert (
+        fe["trainability"]["frozen_batchnorm_layers"]
+        == ft["trainability"]["frozen_batchnorm_layers"]
+        == 27
+    )
+
+
+def test_finished_workdir_is_not_overwritten_without_asking(finished):
+    workdir, _ = finished
+    before = pathlib.Path(os.path.join(workdir, "history.json")).read_text()
+    with pytest.raises(
+        WorkdirError, match=r"already holds a run \(phases done: fe, ft\); pass --overwrite"
+    ):
+        runner.train(tiny_config(), workdir)
+    with pytest.raises(WorkdirError, match=r"phase\(s\) ft already done .* --overwrite"):
+        runner.train(tiny_config(), workdir, phase="ft")
+    assert pathlib.Path(os.path.join(workdir, "history.json")).read_text() == before
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (
+            dict(backbone="mobilenet_v2", alpha=0.35),
+            "backbone: saved 'mobilenet', given 'mobilenet_v2'",
+        ),
+        (dict(image_size=48), "image_size: saved 32, given 48"),
+        (dict(head_units=16), "head_units: saved 8, given 16"),
+    ],
+)
+def test_later_phase_refuses_a_different_model(finished, overrides, field):
+    workdir, _ = finished
+    with pytest.raises(WorkdirError, match=f"holds a different run .*{field}"):
+        runner.train(tiny_config(**overrides), workdir, phase="ft", overwrite=True)
+
+
+def test_later_phase_refuses_different_classes(finished, tmp_path):
+    workdir, _ = finished
+    from tl_keras import synthetic
+
+    other = tmp_path / "other"
+    synthetic.make_shapes(str(other), images_per_class=4, image_size=32)
+    os.rename(other / "triangle", other / "star")
+    with pytest.raises(
+        WorkdirError,
+        match=r"classes: saved 3 \['circle', 'square', 'triangle'\], data has 3 \['circle', 'square', 'star'\]",
+    ):
+        runner.train(tiny_config(data_dir=str(other)), workdir, phase="ft", overwrite=True)
+
+
+def test_ft_without_fe_is_refused(tmp_path):
+    with pytest.raises(
+        WorkdirError, match="--phase=ft needs phase 'fe' done .* run --phase=fe there first"
+    ):
+        runner.train(tiny_config(), str(tmp_path), phase="ft")
+    assert not os.path.exists(tmp_path / "run.json")
+
+
+def test_early_stopping_moves_the_boundary(tmp_path):
+    """fe is configured for 4 epochs but stops after 2: ft starts at epoch 3, boundary at 2.5.
+
+    A learning rate of 1e-30 leaves the weights unchanged, so val_loss cannot improve and
+    early stopping (patience 1) ends each phase after its second epoch.
+    """
+    cfg = tiny_config(epochs_fe=4, epochs_ft=3, early_stopping_patience=1, lr=1e-30)
+    result = runner.train(cfg, str(tmp_path))
+    assert [(s.phase, s.first, s.last) for s in result.history.spans()] == [
+        ("fe", 1, 2),
+        ("ft", 3, 4),
+    ]
+    assert result.history.boundaries() == [2.5]
+    assert [p.stopped_early for p in result.phases] == [True, True]
+    run = json.loads(pathlib.Path(tmp_path / "run.json").read_text())
+    assert run["phases"]["fe"]["last_epoch"] == 2 and run["phases"]["fe"]["stopped_early"]
+
+
+def test_overwrite_replaces_a_run(tmp_path):
+    runner.train(tiny_config(epochs_ft=0), str(tmp_path))
+    result = runner.train(tiny_config(epochs_fe=2, epochs_ft=0), str(tmp_path), overwrite=True)
+    assert result.history.epochs == [1, 2]
+    assert History.load(str(tmp_path / "history.json")).epochs == [1, 2]

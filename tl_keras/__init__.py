@@ -1,0 +1,43 @@
+"""tl_keras: two-phase transfer learning of ImageNet CNNs with Keras 3, correct by default.
+
+The library API (the CLI `python -m tl_keras.train` is a thin layer over it):
+
+    from tl_keras import Config, train, build_model, set_trainable, run_phase, plot_history
+
+Names are imported lazily, so `import tl_keras` and the pure modules (`tl_keras.config`,
+`tl_keras.recipe`, `tl_keras.backbones`) do not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "tl_keras.config",
+    "Phase": "tl_keras.recipe",
+    "build_schedule": "tl_keras.recipe",
+    "build_model": "tl_keras.model",
+    "set_trainable": "tl_keras.model",
+    "load_data": "tl_keras.data",
+    "DataBundle": "tl_keras.data",
+    "train": "tl_keras.runner",
+    "run_phase": "tl_keras.runner",
+    "History": "tl_keras.history",
+    "stitch": "tl_keras.history",
+    "plot_history": "tl_keras.plotting",
+    "TLKerasError": "tl_keras.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tl_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,406 @@
+"""The backbones users can name, and what the package knows about each one.
+
+Each entry knows its `keras.applications` constructor, its default image size, how it wants its
+pixels (preprocessing is always built into the model, so raw 0..255 pixels go in and a saved model
+is self-contained), which widths have ImageNet weights, and its block structure, so fine-tuning can
+unfreeze whole blocks. The registry is plain data: looking a name up imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tl_keras.errors import BackboneError, did_you_mean
+
+if TYPE_CHECKING:
+    import keras
+
+# Preprocessing kinds. "builtin": the Keras model rescales and normalises its input itself.
+# "scale_-1_1": the model expects pixels in [-1, 1]; tl_keras adds Rescaling(1/127.5, offset=-1).
+BUILTIN = "builtin"
+SCALE_MINUS1_1 = "scale_-1_1"
+
+MIN_IMAGE_SIZE = 32  # keras.applications refuses smaller inputs for include_top=False
+
+# Block rules: (regex on the layer name, block name; "{0}" is the regex's first group). The first
+# matching rule wins; a layer that matches none (an unnamed activation, a padding) belongs to the
+# block of the layer before it, which is how these models are built.
+_EFFICIENTNET_BLOCKS = (
+    (r"^stem_", "stem"),
+    (r"^block(\d+[a-z])_", "block{0}"),
+    (r"^top_", "top"),
+)
+_MOBILENET_BLOCKS = (
+    (r"^conv1(?:_|$)", "stem"),
+    (r"^conv_(?:pad|dw|pw)_(\d+)", "block_{0}"),
+)
+_MOBILENET_V2_BLOCKS = (
+    (r"^(?:Conv1|bn_Conv1)", "stem"),
+    (r"^expanded_conv_", "block_0"),
+    (r"^block_(\d+)_", "block_{0}"),
+    (r"^(?:Conv_1|out_relu)", "top"),
+)
+_MOBILENET_V3_BLOCKS = (
+    (r"^conv_1(?:_|$)", "top"),
+    (r"^conv(?:_bn)?$", "stem"),
+    (r"^expanded_conv_(\d+)_", "block_{0}"),
+    (r"^expanded_conv_", "block_0"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """What the package knows about one backbone.
+
+    Attributes:
+      name: the name users type (`--backbone=efficientnet_b0`).
+      keras_name: the `keras.applications` constructor.
+      family: models sharing block structure and preprocessing.
+      default_size: the input size the ImageNet weights were trained at.
+      preprocessing: BUILTIN or SCALE_MINUS1_1.
+      block_rules: how layer names map to blocks.
+      imagenet_alphas: widths with published ImageNet weights; () for no width multiplier.
+      has_preprocessing_arg: the constructor takes `include_preprocessing` (kept True).
+    """
+
+    name: str
+    keras_name: str
+    family: str
+    default_size: int
+    preprocessing: str
+    block_rules: tuple[tuple[str, str], ...]
+    imagenet_alphas: tuple[float, ...] = ()
+    has_preprocessing_arg: bool = False
+
+    @property
+    def has_alpha(self) -> bool:
+        return bool(self.imagenet_alphas)
+
+
+def _efficientnets() -> list[BackboneSpec]:
+    v1 = [
+        ("b0", 224),
+        ("b1", 240),
+        ("b2", 260),
+        ("b3", 300),
+        ("b4", 380),
+        ("b5", 456),
+        ("b6", 528),
+        ("b7", 600),
+    ]
+    v2 = [("b0", 224), ("b1", 240), ("b2", 260), ("b3", 300), ("s", 384), ("m", 480), ("l", 480)]
+    specs = [
+        BackboneSpec(
+            f"efficientnet_{v}",
+            f"EfficientNet{v.upper()}",
+            "efficientnet",
+            size,
+            BUILTIN,
+            _EFFICIENTNET_BLOCKS,
+        )
+        for v, size in v1
+    ]
+    specs += [
+        BackboneSpec(
+            f"efficientnet_v2_{v}",
+            f"EfficientNetV2{v.upper()}",
+            "efficientnet_v2",
+            size,
+            BUILTIN,
+            _EFFICIENTNET_BLOCKS,
+            has_preprocessing_arg=True,
+        )
+        for v, size in v2
+    ]
+    return specs
+
+
+_SPECS: list[BackboneSpec] = [
+    *_efficientnets(),
+    BackboneSpec(
+        "mobilenet",
+        "MobileNet",
+        "mobilenet",
+        224,
+        SCALE_MINUS1_1,
+        _MOBILENET_BLOCKS,
+        (0.25, 0.5, 0.75, 1.0),
+    ),
+    BackboneSpec(
+        "mobilenet_v2",
+        "MobileNetV2",
+        "mobilenet_v2",
+        224,
+        SCALE_MINUS1_1,
+        _MOBILENET_V2_BLOCKS,
+        (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+    ),
+    BackboneSpec(
+        "mobilenet_v3_small",
+        "MobileNetV3Small",
+        "mobilenet_v3",
+        224,
+        BUILTIN,
+        _MOBILENET_V3_BLOCKS,
+        (0.75, 1.0),
+        has_preprocessing_arg=True,
+    ),
+    BackboneSpec(
+        "mobilenet_v3_large",
+        "MobileNetV3Large",
+        "mobilenet_v3",
+        224,
+        BUILTIN,
+        _MOBILENET_V3_BLOCKS,
+        (0.75, 1.0),
+        has_preprocessing_arg=True,
+    ),
+]
+
+REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+# "EfficientNetV2-S", "efficientnetv2s" and "efficientnet_v2_s" all name the same backbone.
+_ALIASES: dict[str, str] = {}
+for _s in _SPECS:
+    _ALIASES[_key(_s.name)] = _s.name
+    _ALIASES[_key(_s.keras_name)] = _s.name
+
+
+def names() -> list[str]:
+    """Returns the backbone names users can type, in registry order."""
+    return list(REGISTRY)
+
+
+def get(name: str) -> BackboneSpec:
+    """Returns the spec of a backbone by name (case, '_' and '-' ignored).
+
+    Raises:
+      BackboneError: the name is unknown; the message lists the known names.
+    """
+    canonical = _ALIASES.get(_key(str(name)))
+    if canonical is None:
+        raise BackboneError(
+            f"unknown backbone {name!r}{did_you_mean(name, REGISTRY)}; known backbones: {', '.join(REGISTRY)}"
+        )
+    return REGISTRY[canonical]
+
+
+def check_alpha(spec: BackboneSpec, alpha: float, weights: str | None) -> None:
+    """Checks the width multiplier against the family and the weights.
+
+    Raises:
+      BackboneError: alpha given for a family without one, not positive, or without ImageNet weights.
+    """
+    if not spec.has_alpha:
+        if alpha != 1.0:
+            raise BackboneError(
+                f"alpha={alpha:g} does not apply to {spec.name}: only the MobileNet families have a "
+                "width multiplier; leave alpha at 1.0"
+            )
+        return
+    if not alpha > 0:
+        raise BackboneError(f"alpha={alpha!r} must be a positive width multiplier for {spec.name}")
+    if _is_imagenet(weights) and alpha not in spec.imagenet_alphas:
+        raise BackboneError(
+            f"{spec.name} has ImageNet weights only for alpha in "
+            f"{', '.join(f'{a:g}' for a in spec.imagenet_alphas)}, not alpha={alpha:g}; pick one of "
+            "those, or train from weights='none'"
+        )
+
+
+def check_image_size(spec: BackboneSpec, image_size: int) -> None:
+    """Raises BackboneError when the backbone cannot take `image_size` pixels."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise BackboneError(
+            f"image_size={image_size} is too small for {spec.name}: keras.applications backbones "
+            f"need at least {MIN_IMAGE_SIZE} px (its ImageNet size is {spec.default_size})"
+        )
+
+
+def _is_imagenet(weights: str | None) -> bool:
+    return isinstance(weights, str) and weights.lower() == "imagenet"
+
+
+def normalize_weights(weights: str | None) -> str | None:
+    """Maps 'none'/''/None to None and 'imagenet' (any case) to 'imagenet'; paths are unchanged."""
+    if weights is None or str(weights).strip().lower() in ("", "none", "null"):
+        return None
+    return "imagenet" if _is_imagenet(weights) else str(weights)
+
+
+def assign_blocks(spec: BackboneSpec, layer_names: Sequence[str]) -> list[str | None]:
+    """Returns the block of each layer (None for layers before the stem).
+
+    Args:
+      spec: the backbone.
+      layer_names: the base model's layer names in order.
+    """
+    rules = [(re.compile(pattern), template) for pattern, template in spec.block_rules]
+    blocks: list[str | None] = []
+    current: str | None = None
+    for name in layer_names:
+        for pattern, template in rules:
+            m = pattern.match(name)
+            if m:
+                current = template.format(*m.groups())
+                break
+        blocks.append(current)
+    return blocks
+
+
+def layer_infos(spec: BackboneSpec, base: keras.Model) -> list:
+    """Describes the base's layers for `tl_keras.recipe` (name, block, weights, BatchNorm)."""
+    import keras
+
+    from tl_keras.recipe import LayerInfo
+
+    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    blocks = assign_blocks(spec, [layer.name for layer in layers])
+    return [
+        LayerInfo(
+            name=layer.name,
+            block=block,
+            has_weights=bool(layer.weights),
+            is_batchnorm=isinstance(layer, keras.layers.BatchNormalization),
+        )
+        for layer, block in zip(layers, blocks, strict=True)
+    ]
+
+
+def build_base(
+    spec: BackboneSpec,
+    *,
+    image_size: int | None = None,
+    weights: str | None = "imagenet",
+    alpha: float = 1.0,
+) -> keras.Model:
+    """Builds the backbone without its ImageNet classifier (`include_top=False`).
+
+    Args:
+      spec: the backbone (see `get`).
+      image_size: square input size; None = the backbone's default.
+      weights: 'imagenet' (downloaded once by Keras into ~/.keras/models), None/'none' for random
+        initialisation, or the path of a local weights file (`.weights.h5`, `.h5` or `.keras`).
+      alpha: width multiplier for the MobileNet families.
+
+    Returns:
+      The base model, named 'backbone', taking input in the range its `preprocessing` says.
+
+    Raises:
+      BackboneError: bad alpha or size, an unreadable or mismatched weights file, or ImageNet
+        weights that cannot be downloaded.
+    """
+    import keras
+
+    weights = normalize_weights(weights)
+    size = image_size or spec.default_size
+    check_image_size(spec, size)
+    check_alpha(spec, alpha, weights)
+    local_file = weights not in (None, "imagenet")
+    if local_file:
+        _check_weights_file(weights)
+    kwargs: dict = dict(
+        include_top=False,
+        weights=None if local_file else weights,
+        input_shape=(size, size, 3),
+    )
+    if spec.has_alpha:
+        kwargs["alpha"] = alpha
+    if spec.has_preprocessing_arg:
+        kwargs["include_preprocessing"] = True
+    constructor = getattr(keras.applications, spec.keras_name)
+    with warnings.catch_warnings():
+        # MobileNet warns that it loads 224-px weights at other sizes: the convolutions are
+        # size-independent, so that is exactly what transfer learning at a smaller size wants.
+        warnings.filterwarnings("ignore", message=r".*input_shape.*", category=UserWarning)
+        try:
+            base = constructor(**kwargs)
+        except Exception as e:  # network errors from keras.utils.get_file have no common type
+            if weights == "imagenet" and ("URL" in str(e) or "fetch" in str(e).lower()):
+                raise BackboneError(
+                    f"could not download the ImageNet weights of {spec.name} ({e}). Without "
+                    "internet, pass --weights=PATH to a local copy of the Keras weights file, or "
+                    "--weights=none to start from random weights"
+                ) from None
+            raise
+    # A stable name, so every tool finds the base as model.get_layer("backbone"). Set after
+    # construction: EfficientNetV2 uses its `name` argument to look up its block arguments.
+    base.name = "backbone"
+    if local_file:
+        load_weights_file(spec, base, weights)
+    return base
+
+
+def _check_weights_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise BackboneError(
+            f"weights file {path!r} does not exist; use 'imagenet', 'none' or the path of a "
+            "Keras weights file"
+        )
+    if not os.access(path, os.R_OK):
+        raise BackboneError(f"weights file {path!r} is not readable (check its permissions)")
+
+
+# Keras's EfficientNet (v1) files store the ImageNet standard deviation where the Normalization
+# layer expects a variance. With weights='imagenet' Keras appends a correcting Rescaling layer;
+# with weights=PATH it does not, so a local copy of the same file would silently mis-normalise.
+_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def _fix_efficientnet_normalization(base: keras.Model) -> bool:
+    import numpy as np
+
+    for layer in base.layers:
+        stored = getattr(layer, "adapt_variance", None)  # keras.layers.Normalization's variable
+        if stored is None:
+            continue
+        variance = np.asarray(stored.numpy()).reshape(-1)
+        if variance.shape == (3,) and np.allclose(variance, _IMAGENET_STDDEV_RGB, atol=1e-6):
+            stored.assign(np.square(stored.numpy()))
+            layer.finalize_state()  # recompute the tensors call() uses from the variable
+            return True
+    return False
+
+
+def load_weights_file(spec: BackboneSpec, base: keras.Model, path: str) -> None:
+    """Loads a local weights file into a freshly built base, failing loudly on any mismatch.
+
+    Keras sometimes loads a partial match with only a warning; here any skipped or mismatched
+    variable is an error, because a half-loaded backbone trains and looks fine while being wrong.
+
+    Raises:
+      BackboneError: the file is for another architecture or width, or not a weights file.
+    """
+    _check_weights_file(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            base.load_weights(path)
+        except Exception as e:
+            raise BackboneError(
+                f"weights file {path!r} does not fit {spec.name} (include_top=False) at this width: "
+                f"{str(e).splitlines()[0][:300]}. Check --backbone and --alpha, and that the file "
+                "is the no-top ('notop') variant"
+            ) from None
+    skipped = [
+        str(w.message)
+        for w in caught
+        if "Skipping" in str(w.message) or "could not be loaded" in str(w.message)
+    ]
+    if skipped:
+        raise BackboneError(
+            f"weights file {path!r} only partly fits {spec.name}: {skipped[0][:200]} "
+            f"({len(skipped)} such warnings). Check --backbone and --alpha"
+        )
+    if spec.family == "efficientnet":
+        _fix_efficientnet_normalization(base)

@@ -1,0 +1,226 @@
+"""Every setting of a run: its default, unit and meaning live here and nowhere else.
+
+A `Config` is plain data. It is filled, in this order of precedence (later wins):
+
+1. the defaults below;
+2. for a later phase (`--phase=ft`), the config the earlier phase saved in the workdir;
+3. a TOML config file (`--config=configs/NAME.toml`);
+4. command-line flags (`--lr=3e-4`), one per field, generated from this class.
+
+An unknown field in a file or a mapping is an error, so a typo never silently falls back to a
+default. `validate` checks ranges without importing TensorFlow, so bad input fails in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from tl_keras.errors import ConfigError, did_you_mean
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class Config:
+    """The resolved settings of one training run (see the module docstring for precedence)."""
+
+    # --- data ---------------------------------------------------------------------------------
+    data_dir: str = _field(
+        "",
+        "Image-folder tree (one sub-folder per class) or 'synthetic' (coloured shapes that the "
+        "package draws into <workdir>/data; needs no download).",
+    )
+    val_fraction: float = _field(
+        0.2, "Fraction of each class held out for validation (seeded split); 0 = no validation."
+    )
+    batch_size: int = _field(32, "Global batch size (images per optimizer step).")
+    synthetic_images_per_class: int = _field(60, "Images per class when data_dir='synthetic'.")
+
+    # --- model --------------------------------------------------------------------------------
+    backbone: str = _field("mobilenet_v2", "Backbone name; see `tl_keras.backbones.names()`.")
+    alpha: float = _field(
+        1.0, "Width multiplier of the MobileNet families (1.0 for every other backbone)."
+    )
+    weights: str = _field(
+        "imagenet", "'imagenet' (downloaded by Keras), 'none' (random init) or a weights file path."
+    )
+    image_size: int = _field(0, "Square input size in pixels; 0 = the backbone's default.")
+    head_units: int = _field(
+        128, "Width of the hidden Dense layer of the head; 0 = no hidden layer."
+    )
+    dropout: float = _field(0.2, "Dropout rate before the classifier, in [0, 1).")
+    bn_policy: str = _field(
+        "frozen",
+        "'frozen': BatchNormalization layers never train (the default, and the safe choice); "
+        "'train': unfrozen BN layers update their statistics (for experiments only).",
+    )
+
+    # --- schedule -----------------------------------------------------------------------------
+    lr: float = _field(1e-3, "Learning rate of feature extraction (the base learning rate).")
+    ft_lr_factor: float = _field(
+        10.0, "Fine-tuning learning rate = lr / ft_lr_factor; must lie in [10, 100]."
+    )
+    allow_any_lr_factor: bool = _field(
+        False, "Allow an ft_lr_factor outside [10, 100] (you are on your own)."
+    )
+    epochs_fe: int = _field(5, "Epochs of feature extraction (head only, base frozen).")
+    epochs_ft: int = _field(5, "Epochs of fine-tuning.")
+    unfreeze: str = _field(
+        "blocks:2",
+        "What fine-tuning unfreezes: 'blocks:K' (top K blocks), 'layers:N' (top N layers, as "
+        "base.layers[-N:]), 'fraction:F' (top F of the layers) or 'all'. BN stays frozen.",
+    )
+    optimizer: str = _field("adam", "Optimizer: adam, adamw, sgd (momentum 0.9) or rmsprop.")
+    early_stopping_patience: int = _field(
+        0,
+        "Stop a phase after this many epochs without val_loss improvement and restore that "
+        "phase's best weights; 0 = off.",
+    )
+
+    # --- run ----------------------------------------------------------------------------------
+    seed: int = _field(0, "Seed of the data split, shuffling, initialisation and dropout.")
+    progress: str = _field(
+        "auto", "'auto' (progress bar on a terminal, one line per epoch otherwise), 'bar', 'lines'."
+    )
+    tensorboard: bool = _field(False, "Write TensorBoard logs to <workdir>/logs/tensorboard.")
+    csv_log: bool = _field(False, "Append one CSV row per epoch to <workdir>/logs/epochs.csv.")
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+
+# Fields that define what a saved model IS: a later phase refuses a config that disagrees.
+IDENTITY_FIELDS = ("backbone", "alpha", "image_size", "head_units")
+
+BN_POLICIES = ("frozen", "train")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+PROGRESS = ("auto", "bar", "lines")
+LR_FACTOR_RANGE = (10.0, 100.0)
+
+
+def field_help(name: str) -> str:
+    """Returns the one-line meaning of a config field."""
+    return FIELDS[name].metadata["help"]
+
+
+def _check_known(values: Mapping[str, Any], source: str) -> None:
+    for key in values:
+        if key not in FIELDS:
+            raise ConfigError(
+                f"unknown config field {key!r} in {source}{did_you_mean(key, FIELDS)}; "
+                f"known fields: {', '.join(FIELDS)}"
+            )
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Checks a value's type against the field's default, allowing int where float is expected."""
+    expected = type(FIELDS[name].default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"config field {name!r} in {source} must be {expected.__name__}, got {value!r}"
+        )
+    return value
+
+
+def replace(config: Config, values: Mapping[str, Any], source: str = "overrides") -> Config:
+    """Returns a copy of `config` with `values` applied.
+
+    Args:
+      config: the config to start from.
+      values: field name to new value.
+      source: where the values come from, for error messages.
+
+    Raises:
+      ConfigError: a name is not a field, or a value has the wrong type.
+    """
+    _check_known(values, source)
+    coerced = {k: _coerce(k, v, source) for k, v in values.items()}
+    return dataclasses.replace(config, **coerced)
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Reads a TOML config file into a flat mapping of field values.
+
+    Raises:
+      ConfigError: the file is missing, not valid TOML, or has an unknown field.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist; the shipped ones are in configs/")
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    _check_known(values, path)
+    return values
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Returns the config as a JSON-serialisable dict."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: Mapping[str, Any], source: str = "saved config") -> Config:
+    """Builds a config from a mapping such as a saved `config.json`."""
+    return replace(Config(), values, source)
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n"
+
+
+def validate(config: Config) -> Config:
+    """Checks every field's range and names; returns the config unchanged.
+
+    Raises:
+      ConfigError: with the field, the value received and what is allowed.
+    """
+    from tl_keras import backbones, recipe  # light, TensorFlow-free modules
+
+    c = config
+
+    def bad(name: str, allowed: str) -> ConfigError:
+        return ConfigError(f"{name}={getattr(c, name)!r} is not allowed: {allowed}")
+
+    if not 0.0 <= c.val_fraction < 1.0:
+        raise bad("val_fraction", "use a fraction in [0, 1), e.g. 0.2")
+    if c.batch_size < 1:
+        raise bad("batch_size", "use a positive number of images, e.g. 32")
+    if c.synthetic_images_per_class < 2:
+        raise bad("synthetic_images_per_class", "use at least 2")
+    spec = backbones.get(c.backbone)  # raises BackboneError listing the names
+    backbones.check_alpha(spec, c.alpha, c.weights)
+    backbones.check_image_size(spec, c.image_size or spec.default_size)
+    if c.image_size < 0:
+        raise bad("image_size", "use 0 (the backbone's default) or a size in pixels")
+    if c.head_units < 0:
+        raise bad("head_units", "use 0 (no hidden layer) or a positive width")
+    if not 0.0 <= c.dropout < 1.0:
+        raise bad("dropout", "use a rate in [0, 1)")
+    if c.bn_policy not in BN_POLICIES:
+        raise bad("bn_policy", f"one of {', '.join(BN_POLICIES)}")
+    if not (math.isfinite(c.lr) and c.lr > 0):
+        raise bad("lr", "use a positive learning rate, e.g. 1e-3")
+    recipe.ft_learning_rate(c.lr, c.ft_lr_factor, allow_any=c.allow_any_lr_factor)
+    for name in ("epochs_fe", "epochs_ft", "early_stopping_patience"):
+        if getattr(c, name) < 0:
+            raise bad(name, "use 0 or a positive number of epochs")
+    recipe.parse_unfreeze(c.unfreeze)
+    if c.optimizer not in OPTIMIZERS:
+        raise bad(
+            "optimizer", f"one of {', '.join(OPTIMIZERS)}{did_you_mean(c.optimizer, OPTIMIZERS)}"
+        )
+    if c.progress not in PROGRESS:
+        raise bad("progress", f"one of {', '.join(PROGRESS)}")
+    return c

@@ -1,0 +1,165 @@
+"""One history across all phases.
+
+Keras returns a fresh `History` from every `fit`, numbered from `initial_epoch`, with no idea of
+phases. Here each epoch is one record: the global epoch (1-based, continuing across phases), the
+phase, the learning rate actually used, and every metric. Phase spans and boundaries are computed
+from the records, so an early-stopped phase moves the boundary to where training really switched.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tl_keras import io_utils
+
+# Columns written first in the CSV, in this order; metrics follow alphabetically.
+LEADING_COLUMNS = ("epoch", "phase", "lr")
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSpan:
+    """The epochs a phase actually ran: `first`..`last` inclusive (global, 1-based)."""
+
+    phase: str
+    first: int
+    last: int
+
+    @property
+    def epochs(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch records of a whole run, in epoch order."""
+
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    # --- building -----------------------------------------------------------------------------
+    def append(self, phase: str, epoch: int, lr: float | None, logs: Mapping[str, Any]) -> None:
+        """Adds one epoch. `epoch` is global and 1-based; it must follow the last one."""
+        if self.records and epoch != self.last_epoch + 1:
+            raise ValueError(
+                f"epoch {epoch} of phase {phase!r} does not follow epoch {self.last_epoch}: "
+                "a history must have every epoch exactly once"
+            )
+        record: dict[str, Any] = {"epoch": int(epoch), "phase": phase, "lr": _num(lr)}
+        for key, value in logs.items():
+            if key not in LEADING_COLUMNS and key != "learning_rate":
+                record[key] = _num(value)
+        self.records.append(record)
+
+    def extend(self, other: History) -> None:
+        for r in other.records:
+            self.append(r["phase"], r["epoch"], r.get("lr"), r)
+
+    def truncate(self, last_epoch: int) -> History:
+        """Returns the records up to and including `last_epoch`."""
+        return History([dict(r) for r in self.records if r["epoch"] <= last_epoch])
+
+    # --- reading ------------------------------------------------------------------------------
+    @property
+    def last_epoch(self) -> int:
+        """The last global epoch recorded (0 when empty): the next phase's `initial_epoch`."""
+        return self.records[-1]["epoch"] if self.records else 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def epochs(self) -> list[int]:
+        return [r["epoch"] for r in self.records]
+
+    def metric(self, name: str) -> list[float | None]:
+        """Returns one value per epoch (None where the metric was not logged)."""
+        return [r.get(name) for r in self.records]
+
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for r in self.records:
+            names += [k for k in r if k not in LEADING_COLUMNS and k not in names]
+        return sorted(names)
+
+    def spans(self) -> list[PhaseSpan]:
+        """Returns each phase's actual epochs, in order of appearance."""
+        spans: list[PhaseSpan] = []
+        for r in self.records:
+            if spans and spans[-1].phase == r["phase"]:
+                spans[-1] = dataclasses.replace(spans[-1], last=r["epoch"])
+            else:
+                spans.append(PhaseSpan(r["phase"], r["epoch"], r["epoch"]))
+        return spans
+
+    def boundaries(self) -> list[float]:
+        """Returns the x position of each phase switch: halfway between the two epochs."""
+        return [span.last + 0.5 for span in self.spans()[:-1]]
+
+    # --- (de)serialisation --------------------------------------------------------------------
+    def to_json(self) -> str:
+        payload = {"records": self.records, "spans": [dataclasses.asdict(s) for s in self.spans()]}
+        return json.dumps(payload, indent=1, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> History:
+        payload = json.loads(text)
+        history = cls()
+        for r in payload["records"]:
+            history.append(r["phase"], r["epoch"], r.get("lr"), r)
+        return history
+
+    def to_csv(self) -> str:
+        columns = list(LEADING_COLUMNS) + self.metric_names()
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for r in self.records:
+            writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
+        return out.getvalue()
+
+    def save(self, json_path: str, csv_path: str | None = None) -> None:
+        """Writes the history as JSON (and CSV), each file atomically."""
+        io_utils.atomic_write_text(json_path, self.to_json())
+        if csv_path:
+            io_utils.atomic_write_text(csv_path, self.to_csv())
+
+    @classmethod
+    def load(cls, json_path: str) -> History:
+        with open(json_path, encoding="utf-8") as f:
+            return cls.from_json(f.read())
+
+
+def stitch(
+    parts: Iterable[tuple[str, Mapping[str, Sequence[float]]]],
+    lrs: Sequence[Sequence[float]] | None = None,
+) -> History:
+    """Stitches per-phase Keras histories (`fit(...).history` dicts) into one.
+
+    For histories produced outside the runner (for example by hand-written `fit` calls in a
+    notebook). Each phase's epochs continue from the previous phase's last epoch.
+
+    Args:
+      parts: (phase name, `keras.callbacks.History.history`) in the order they ran.
+      lrs: optional learning rate per epoch for each part; otherwise taken from a
+        'learning_rate' metric when Keras logged one.
+    """
+    history = History()
+    for i, (phase, logs) in enumerate(parts):
+        n = max((len(v) for v in logs.values()), default=0)
+        for j in range(n):
+            epoch_logs = {k: v[j] for k, v in logs.items() if j < len(v)}
+            lr = lrs[i][j] if lrs is not None else epoch_logs.get("learning_rate")
+            history.append(phase, history.last_epoch + 1, lr, epoch_logs)
+    return history
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
