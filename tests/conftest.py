@@ -81,12 +81,16 @@ def make_config():
 
 
 def run_cli(
-    *args: str, cwd: str | os.PathLike = REPO, timeout: int = 600
+    *args: str,
+    cwd: str | os.PathLike = REPO,
+    timeout: int = 600,
+    env: dict | None = None,
+    module: str = "tl_keras.train",
 ) -> subprocess.CompletedProcess:
-    """Runs `python -m tl_keras.train ARGS` in a subprocess and returns the completed process."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    """Runs `python -m MODULE ARGS` in a subprocess and returns the completed process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "tl_keras.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

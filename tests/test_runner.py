@@ -4,11 +4,12 @@ import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
 from conftest import tiny_config
 
 from tl_keras import runner
-from tl_keras.errors import WorkdirError
+from tl_keras.errors import TrainingError, WorkdirError
 from tl_keras.history import History
 
 
@@ -61,7 +62,8 @@ def test_finished_workdir_is_not_overwritten_without_asking(finished):
     workdir, _ = finished
     before = pathlib.Path(os.path.join(workdir, "history.json")).read_text()
     with pytest.raises(
-        WorkdirError, match=r"already holds a run \(phases done: fe, ft\); pass --overwrite"
+        WorkdirError,
+        match=r"already holds a run \(phases done: fe, ft\); rerun with --resume to continue it, --overwrite to replace it",
     ):
         runner.train(tiny_config(), workdir)
     with pytest.raises(WorkdirError, match=r"phase\(s\) ft already done .* --overwrite"):
@@ -131,3 +133,40 @@ def test_overwrite_replaces_a_run(tmp_path):
     result = runner.train(tiny_config(epochs_fe=2, epochs_ft=0), str(tmp_path), overwrite=True)
     assert result.history.epochs == [1, 2]
     assert History.load(str(tmp_path / "history.json")).epochs == [1, 2]
+
+
+def test_same_seed_gives_the_same_history_and_model(finished, tmp_path):
+    """Determinism on CPU: a second run with the same config repeats the first bit for bit."""
+    _, first = finished
+    again = runner.train(tiny_config(), str(tmp_path))
+    assert again.history.records == first.history.records
+    for a, b in zip(first.model.weights, again.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_nan_loss_stops_the_phase_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Images turn to NaN from epoch 2 on: the phase stops with a clear error, epoch 1 is kept."""
+    import tensorflow as tf
+
+    from tl_keras import checkpoint
+    from tl_keras.data import DataBundle, load_data
+
+    cfg = tiny_config(epochs_fe=3, epochs_ft=1)
+    good = load_data(cfg, workdir=str(tmp_path))
+
+    def poisoned(epoch):
+        scale = tf.where(epoch >= 1, tf.constant(float("nan")), tf.constant(1.0))
+        return good.make_train_epoch(epoch).map(lambda x, y: (x * scale, y))
+
+    data = DataBundle(
+        poisoned, good.val, good.class_names, good.num_train, good.num_val, good.batch_size
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"the loss became nan in phase 'fe', epoch 2, batch 0.*checkpoint of epoch 1.*--phase=fe --overwrite",
+    ):
+        runner.train(cfg, str(tmp_path), data=data)
+    ckpt = checkpoint.latest(str(tmp_path))
+    assert (ckpt.phase, ckpt.epoch) == ("fe", 1)
+    assert all(np.isfinite(w).all() for w in ckpt.load_model().get_weights())
+    assert json.loads((tmp_path / "run.json").read_text())["phases"] == {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -18,10 +19,10 @@ from collections.abc import Sequence
 
 import keras
 
-from tl_keras import backbones, io_utils, recipe
+from tl_keras import _failpoints, backbones, checkpoint, io_utils, recipe
 from tl_keras import config as config_lib
 from tl_keras.data import DataBundle, load_data
-from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.errors import ConfigError, TrainingError, WorkdirError
 from tl_keras.history import History
 from tl_keras.model import (
     TrainabilityReport,
@@ -136,6 +137,75 @@ def _use_progress_bar(progress: str) -> bool:
     return progress == "bar" or (progress == "auto" and sys.stdout.isatty())
 
 
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad: tuple[int, int, float] | None = None  # (global epoch 1-based, batch, loss)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        _failpoints.hit(f"batch:{self._epoch}:{batch}")
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
+            self.bad = (self._epoch, batch, float(loss))
+            self.model.stop_training = True
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Writes a resumable checkpoint at the end of every epoch (see `tl_keras.checkpoint`)."""
+
+    def __init__(
+        self,
+        workdir,
+        phase,
+        first_epoch,
+        last_epoch,
+        history_before,
+        recorder,
+        guard,
+        early,
+        wall_before,
+    ):
+        super().__init__()
+        self.workdir, self.phase = workdir, phase
+        self.first_epoch, self.last_epoch = first_epoch, last_epoch
+        self.history_before, self.recorder, self.guard, self.early = (
+            history_before,
+            recorder,
+            guard,
+            early,
+        )
+        self.wall_before = wall_before
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.bad is not None:
+            return  # never checkpoint a diverged model: the previous checkpoint stays the last good one
+        e = epoch + 1
+        _failpoints.hit(f"before_checkpoint:{e}")
+        stopped = bool(self.early is not None and self.early.stopped_epoch > 0)
+        checkpoint.write(
+            self.workdir,
+            self.model,
+            phase=self.phase.name,
+            epoch=e,
+            phase_first_epoch=self.first_epoch,
+            finished_phase=stopped or e == self.last_epoch,
+            stopped_early=stopped,
+            wall_time_s=self.wall_before + time.perf_counter() - self._start,
+            history=History(self.history_before.records + self.recorder.history.records),
+            early_stopping=self.early,
+        )
+        _failpoints.hit(f"after_checkpoint:{e}")
+
+
 def run_phase(
     model: keras.Model,
     phase: Phase,
@@ -146,6 +216,9 @@ def run_phase(
     bn_policy: str = "frozen",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     progress: str = "auto",
+    checkpoint_dir: str | None = None,
+    history_before: History | None = None,
+    resume: checkpoint.Checkpoint | None = None,
 ) -> PhaseResult:
     """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
 
@@ -159,51 +232,109 @@ def run_phase(
       callbacks: extra Keras callbacks for this phase. Pass new instances per phase: stateful
         callbacks carried across phases are how early stopping leaks between phases.
       progress: 'auto', 'bar' or 'lines'.
+      checkpoint_dir: write a resumable checkpoint there after every epoch (the workdir).
+      history_before: the stitched history of earlier phases (stored in checkpoints).
+      resume: continue this phase from a checkpoint: `model` is the checkpoint's compiled model,
+        which keeps its optimizer state, so it is not recompiled.
 
     Returns:
       The phase's history (global epochs), trainability report, wall time and whether early
       stopping ended it.
 
+    Raises:
+      TrainingError: the loss became NaN or infinite (the last good checkpoint is kept).
+
     Example:
       >>> result = run_phase(model, Phase("fe", "none", 3, 1e-3), data, backbone="mobilenet")
     """
+    history_before = history_before or History()
     report = set_trainable(model, backbone, phase.unfreeze, bn_policy=bn_policy)
-    log.info("[%s] %s", phase.name, report.summary())
-    compile_for_phase(model, phase)
+    if resume is None:
+        first_epoch, wall_before, done_records = initial_epoch + 1, 0.0, []
+        log.info("[%s] %s", phase.name, report.summary())
+        compile_for_phase(model, phase)
+    else:  # same trainable set as when checkpointed; recompiling would reset the optimizer
+        first_epoch, wall_before = resume.phase_first_epoch, resume.wall_time_s
+        initial_epoch = resume.epoch
+        done_records = [r for r in resume.history.records if r["phase"] == phase.name]
+        log.info(
+            "[%s] resuming after epoch %d (%d of %d done) from %s; %s",
+            phase.name,
+            resume.epoch,
+            len(done_records),
+            phase.epochs,
+            resume.path,
+            report.summary(),
+        )
+    last_epoch = first_epoch - 1 + phase.epochs
     recorder = HistoryRecorder(phase.name)
-    cbs: list[keras.callbacks.Callback] = [recorder]
+    recorder.history.records.extend(dict(r) for r in done_records)
+    guard = NonFiniteGuard()
+    cbs: list[keras.callbacks.Callback] = [recorder, guard]
     early = None
     if phase.early_stopping_patience:
-        early = keras.callbacks.EarlyStopping(
+        es_state = resume.early_stopping if resume else None
+        early = checkpoint.ResumableEarlyStopping(
             monitor="val_loss" if data.val is not None else "loss",
             patience=phase.early_stopping_patience,
             restore_best_weights=True,
+            resume_state=es_state,
+            best_weights=resume.best_weights() if resume else None,
         )
         cbs.append(early)
+    if checkpoint_dir:
+        cbs.append(
+            EpochCheckpoint(
+                checkpoint_dir,
+                phase,
+                first_epoch,
+                last_epoch,
+                history_before,
+                recorder,
+                guard,
+                early,
+                wall_before,
+            )
+        )
     bar = _use_progress_bar(progress)
     if not bar:
-        cbs.append(EpochLogger(phase.name, initial_epoch, phase.epochs))
+        cbs.append(EpochLogger(phase.name, first_epoch - 1, phase.epochs))
     cbs += list(callbacks)
     start = time.perf_counter()
-    if phase.epochs > 0:
+    remaining = last_epoch - initial_epoch
+    if resume is not None and resume.finished_phase:
+        remaining = 0
+        if early is not None and early.best_weights is not None:
+            model.set_weights(early.best_weights)  # what EarlyStopping.on_train_end would have done
+    if remaining > 0:
         model.fit(
-            data.train_epochs(initial_epoch, phase.epochs),
+            data.train_epochs(initial_epoch, remaining),
             validation_data=data.val,
-            epochs=initial_epoch + phase.epochs,
+            epochs=last_epoch,
             initial_epoch=initial_epoch,
             steps_per_epoch=data.steps_per_epoch,
             shuffle=False,  # the order is the data bundle's: a pure function of (seed, epoch)
             callbacks=cbs,
             verbose=1 if bar else 0,
         )
-    wall = time.perf_counter() - start
-    stopped = bool(early is not None and early.stopped_epoch > 0)
+    if guard.bad is not None:
+        epoch, batch, loss = guard.bad
+        raise TrainingError(
+            f"the loss became {loss} in phase {phase.name!r}, epoch {epoch}, batch {batch}: training "
+            f"stopped and the last good state was kept ({'checkpoint of epoch ' + str(epoch - 1) if checkpoint_dir and epoch > first_epoch else 'the start of the phase'}). "
+            f"Lower the learning rate (phase lr {phase.lr:g}) and rerun the phase with --phase={phase.name} --overwrite"
+        )
+    wall = wall_before + time.perf_counter() - start
+    stopped = bool(early is not None and early.stopped_epoch > 0) or bool(
+        resume and resume.stopped_early
+    )
     if stopped:
         log.info(
-            "[%s] early stopping after %d of %d epochs; restored the phase's best weights",
+            "[%s] early stopping after %d of %d epochs; restored the phase's best weights (epoch %d)",
             phase.name,
             len(recorder.history),
             phase.epochs,
+            early.best_epoch + 1 if early else -1,
         )
     return PhaseResult(phase, recorder.history, report, wall, stopped)
 
@@ -302,12 +433,41 @@ def _save_phase(
     wd.write_run(run)
 
 
+# Fields that may differ when a run is resumed: they change what is logged, not what is trained.
+RESUME_MAY_CHANGE = ("progress", "tensorboard", "csv_log")
+
+
+def _check_resume_config(wd: Workdir, config: config_lib.Config) -> None:
+    saved_path = wd.file("config.json")
+    if not os.path.isfile(saved_path):
+        return
+    saved = config_lib.from_dict(io_utils.read_json(saved_path), saved_path)
+    diffs = [
+        f"{name}: saved {getattr(saved, name)!r}, given {getattr(config, name)!r}"
+        for name in config_lib.FIELDS
+        if name not in RESUME_MAY_CHANGE and getattr(saved, name) != getattr(config, name)
+    ]
+    if diffs:
+        raise WorkdirError(
+            f"--resume continues the run in {wd.path!r} exactly as it was configured, but "
+            f"{'; '.join(diffs)}. Drop those flags to resume, or start the changed run in a new "
+            "--workdir (or with --overwrite)"
+        )
+
+
+def _final_model(wd: Workdir, run: dict) -> keras.Model:
+    names = [p["name"] for p in run.get("schedule", [])]
+    done = [n for n in names if n in run["phases"]]
+    return _load_phase_model(wd, done[-1])
+
+
 def train(
     config: config_lib.Config,
     workdir: str,
     *,
     phase: str = "all",
     overwrite: bool = False,
+    resume: bool = False,
     data: DataBundle | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> RunResult:
@@ -315,13 +475,16 @@ def train(
 
     A phase after the first loads what the previous phase saved in `workdir`, checks that the
     config and data describe the same model (backbone, width, size, head, classes), and continues
-    the epoch count where that phase really ended.
+    the epoch count where that phase really ended. A checkpoint is written after every epoch;
+    `resume=True` continues a killed run from the newest one, in any phase.
 
     Args:
       config: the resolved config (see `tl_keras.config`).
       workdir: the run's folder.
       phase: 'all' or the name of one phase ('fe', 'ft').
       overwrite: replace results already in `workdir` (otherwise refused).
+      resume: continue an interrupted run: skip the phases already done, continue the phase in
+        progress from its last checkpoint. The config must be the one the run was started with.
       data: a ready `DataBundle`; default: load what `config.data_dir` names.
       callbacks: extra Keras callbacks added to every phase.
 
@@ -330,6 +493,7 @@ def train(
 
     Raises:
       ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written.
+      TrainingError: the loss became NaN or infinite (the last good checkpoint is kept).
 
     Example:
       >>> cfg = Config(data_dir="synthetic", backbone="mobilenet", alpha=0.25, weights="none")
@@ -338,23 +502,46 @@ def train(
       [5.5]
     """
     config = config_lib.validate(config)
+    if overwrite and resume:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give only one")
     schedule = recipe.build_schedule(config)
-    to_run = recipe.select_phases(schedule, phase)
+    targets = recipe.select_phases(schedule, phase)
     wd = Workdir(workdir)
     wd.ensure_writable()
     run = wd.read_run()
     done = dict(run["phases"]) if run else {}
-    prev = recipe.previous_phase(schedule, to_run[0])
-    redo = [p.name for p in to_run if p.name in done]
-    if prev is None and run is not None and not overwrite:
+    ckpt = None
+
+    if resume and run is not None:
+        _check_resume_config(wd, config)
+        ckpt = checkpoint.latest(wd.path)
+        targets = [p for p in targets if p.name not in done]
+        if not targets:
+            log.info("nothing to resume in %s: phase(s) %s already done", wd.path, ", ".join(done))
+            history = (
+                History.load(wd.file("history.json"))
+                if os.path.isfile(wd.file("history.json"))
+                else History()
+            )
+            return RunResult(_final_model(wd, run), history, [], list(run["class_names"]), wd.path)
+        if ckpt is not None and ckpt.phase != targets[0].name:
+            ckpt = None  # a leftover of a phase that has since been saved
+    elif resume:
+        log.info("nothing to resume in %s: starting the run", wd.path)
+    prev = recipe.previous_phase(schedule, targets[0])
+    redo = [p.name for p in targets if p.name in done]
+    if prev is None and run is not None and not overwrite and not resume:
+        state = f"phases done: {', '.join(done)}" if done else "unfinished: no phase completed"
+        if checkpoint.latest(wd.path) is not None:
+            state += ", a checkpoint to resume from"
         raise WorkdirError(
-            f"workdir {wd.path!r} already holds a run (phases done: {', '.join(done) or 'none'}); "
-            "pass --overwrite to replace it, or use another --workdir"
+            f"workdir {wd.path!r} already holds a run ({state}); rerun with --resume to continue "
+            "it, --overwrite to replace it, or use another --workdir"
         )
     if prev is not None:
         if prev.name not in done:
             raise WorkdirError(
-                f"--phase={to_run[0].name} needs phase {prev.name!r} done in {wd.path!r}, which has "
+                f"--phase={targets[0].name} needs phase {prev.name!r} done in {wd.path!r}, which has "
                 f"{', '.join(done) or 'nothing'}; run --phase={prev.name} there first"
             )
         if redo and not overwrite:
@@ -366,7 +553,12 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = load_data(config, workdir=wd.path)
-    if prev is None:
+    if run is not None and (prev is not None or ckpt is not None):
+        check_same_run(run, config, data.class_names, wd.path)
+    if ckpt is not None:
+        model = ckpt.load_model()
+        history = ckpt.history.truncate(ckpt.phase_first_epoch - 1)
+    elif prev is None:
         model = build_model(
             config.backbone,
             data.num_classes,
@@ -386,23 +578,23 @@ def train(
                 "vanish; no other weight changed",
                 n,
             )
-        if run is not None:  # --overwrite, and the new run has been set up without error
+        if run is not None:  # --overwrite or a restart, set up without error: now clear the old run
             wd.clear_results()
+            checkpoint.remove_all(wd.path)
         run = {**_identity(config), "class_names": list(data.class_names), "phases": {}}
         history = History()
     else:
-        check_same_run(run, config, data.class_names, wd.path)
         model = _load_phase_model(wd, prev.name)
         history = History.load(wd.file("history.json")).truncate(done[prev.name]["last_epoch"])
         names = [p.name for p in schedule]
-        stale = [n for n in done if n in names and names.index(n) >= names.index(to_run[0].name)]
-        for n in stale:  # redone phases and everything after them
-            run["phases"].pop(n)
+        for n in [n for n in done if n in names and names.index(n) >= names.index(targets[0].name)]:
+            run["phases"].pop(n)  # redone phases and everything after them
     run["schedule"] = [p.to_dict() for p in schedule]
+    wd.write_run(run)  # from here on the workdir says a run is in progress
     io_utils.atomic_write_text(wd.file("config.json"), config_lib.to_json(config))
 
     results = []
-    for p in to_run:
+    for p in targets:
         result = run_phase(
             model,
             p,
@@ -412,9 +604,14 @@ def train(
             bn_policy=config.bn_policy,
             callbacks=[*callbacks, *_log_callbacks(config, wd)],
             progress=config.progress,
+            checkpoint_dir=wd.path,
+            history_before=history,
+            resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
         )
         history.extend(result.history)
         _save_phase(wd, run, config, result, history, model)
+        checkpoint.remove_all(wd.path)  # the phase's saved model supersedes its checkpoints
+        _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     return RunResult(model, history, results, list(data.class_names), wd.path)
 

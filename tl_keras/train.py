@@ -32,6 +32,11 @@ flags.DEFINE_string("phase", "all", "Phase to run: 'all', or one phase's name ('
 flags.DEFINE_string("workdir", None, "Folder for the run's artifacts (models, history, curves).")
 flags.DEFINE_string("config", None, "TOML config file (see configs/); flags override its fields.")
 flags.DEFINE_boolean("overwrite", False, "Replace results already in --workdir.")
+flags.DEFINE_boolean(
+    "resume",
+    False,
+    "Continue an interrupted run in --workdir from its last checkpoint (same config).",
+)
 flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
 # Shortcuts for --unfreeze; at most one of them (or --unfreeze itself) may be given.
 flags.DEFINE_integer("unfreeze_layers", None, "Shortcut for --unfreeze=layers:N.")
@@ -72,12 +77,12 @@ def flag_overrides() -> dict:
 
 
 def resolve_config(
-    workdir: str | None, config_file: str | None, overrides: dict, phase: str
+    workdir: str | None, config_file: str | None, overrides: dict, phase: str, resume: bool = False
 ) -> config_lib.Config:
-    """Applies defaults < saved workdir config (later phases) < config file < flags."""
+    """Applies defaults < saved workdir config (later phases, --resume) < config file < flags."""
     cfg = config_lib.Config()
     saved = os.path.join(workdir, "config.json") if workdir else None
-    if phase not in ("all", "fe") and saved and os.path.isfile(saved):
+    if (resume or phase not in ("all", "fe")) and saved and os.path.isfile(saved):
         from tl_keras import io_utils
 
         cfg = config_lib.replace(cfg, io_utils.read_json(saved), saved)
@@ -105,10 +110,15 @@ def main(argv: list[str]) -> int:
     try:
         if not FLAGS.workdir:
             raise ConfigError("--workdir is required: the folder where the run's artifacts go")
-        cfg = resolve_config(FLAGS.workdir, FLAGS.config, flag_overrides(), FLAGS.phase)
+        cfg = resolve_config(
+            FLAGS.workdir, FLAGS.config, flag_overrides(), FLAGS.phase, FLAGS.resume
+        )
+        config_lib.validate(cfg)  # bad flags fail in milliseconds, before TensorFlow loads
         from tl_keras import runner  # imports TensorFlow: after the cheap checks
 
-        result = runner.train(cfg, FLAGS.workdir, phase=FLAGS.phase, overwrite=FLAGS.overwrite)
+        result = runner.train(
+            cfg, FLAGS.workdir, phase=FLAGS.phase, overwrite=FLAGS.overwrite, resume=FLAGS.resume
+        )
     except TLKerasError as e:
         if FLAGS.verbose:
             raise

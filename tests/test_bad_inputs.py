@@ -1,0 +1,241 @@
+"""The bad-input battery: one test per row of docs/bad_inputs.md, through the real CLI.
+
+Every case: a non-zero exit, exactly one `error:` line naming the value and what to do, no
+traceback, and no change to what the workdir held before.
+"""
+
+import hashlib
+import os
+import pathlib
+import re
+import shutil
+
+import pytest
+from conftest import REPO, run_cli
+
+TINY = [
+    "--data_dir=synthetic",
+    "--synthetic_images_per_class=4",
+    "--backbone=mobilenet",
+    "--alpha=0.25",
+    "--weights=none",
+    "--image_size=32",
+    "--batch_size=8",
+    "--epochs_fe=1",
+    "--epochs_ft=1",
+    "--head_units=8",
+]
+TABLE = REPO / "docs" / "bad_inputs.md"
+
+
+def digest(folder: pathlib.Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_refused(proc, *fragments, code=2):
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    if code == 2:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert len(lines) == 1, proc.stderr[-2000:]
+        text = lines[0]
+    else:
+        text = proc.stderr
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+@pytest.fixture(scope="module")
+def fe_done(tmp_path_factory) -> pathlib.Path:
+    """A workdir where `fe` finished (read-only: copy it before damaging it)."""
+    workdir = tmp_path_factory.mktemp("fe_done") / "run"
+    proc = run_cli(*TINY, "--phase=fe", f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> pathlib.Path:
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    proc = run_cli(*TINY, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return workdir
+
+
+# id -> (extra flags, fragments of the error line). The workdir is a fresh empty folder.
+FLAG_CASES = {
+    "unknown-backbone": (
+        ["--backbone=resnet50"],
+        ["unknown backbone 'resnet50'", "known backbones: efficientnet_b0"],
+    ),
+    "misspelt-backbone": (["--backbone=efficentnet_b0"], ["did you mean 'efficientnet_b0'"]),
+    "image-size-too-small": (["--image_size=16"], ["image_size=16 is too small", "at least 32 px"]),
+    "alpha-without-weights": (
+        ["--alpha=0.3", "--weights=imagenet"],
+        ["alpha=0.3", "0.25, 0.5, 0.75, 1"],
+    ),
+    "alpha-on-efficientnet": (
+        ["--backbone=efficientnet_b0", "--alpha=0.5"],
+        ["alpha=0.5 does not apply to efficientnet_b0"],
+    ),
+    "negative-epochs": (["--epochs_fe=-1"], ["epochs_fe=-1 is not allowed"]),
+    "lr-factor-too-small": (
+        ["--ft_lr_factor=5"],
+        ["ft_lr_factor=5 is outside [10, 100]", "--allow_any_lr_factor"],
+    ),
+    "lr-factor-too-large": (["--ft_lr_factor=500"], ["ft_lr_factor=500 is outside [10, 100]"]),
+    "two-unfreeze-flags": (
+        ["--unfreeze_blocks=2", "--unfreeze_layers=10"],
+        ["--unfreeze_layers and --unfreeze_blocks both say what to unfreeze"],
+    ),
+    "bad-unfreeze": (["--unfreeze=top:3"], ["unfreeze='top:3'", "'blocks:K'"]),
+    "unknown-phase": (["--phase=finetune"], ["--phase='finetune' is not a phase", "all, fe, ft"]),
+    "missing-config-file": (
+        ["--config=nope.toml"],
+        ["config file 'nope.toml' does not exist", "configs/"],
+    ),
+    "ft-without-fe": (
+        ["--phase=ft"],
+        ["--phase=ft needs phase 'fe' done", "run --phase=fe there first"],
+    ),
+    "resume-and-overwrite": (["--resume", "--overwrite"], ["give only one"]),
+    "weights-missing-file": (
+        ["--weights=nope.weights.h5"],
+        ["weights file 'nope.weights.h5' does not exist", "'imagenet', 'none'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FLAG_CASES))
+def test_flag_case(case, tmp_path):
+    extra, fragments = FLAG_CASES[case]
+    workdir = tmp_path / "w"
+    assert_refused(run_cli(*TINY, *extra, f"--workdir={workdir}"), *fragments)
+    assert not (workdir / "run.json").exists()
+
+
+def test_unknown_config_field(tmp_path):
+    config = tmp_path / "typo.toml"
+    config.write_text(
+        '# python -m tl_keras.train --config=typo.toml\nbackbone = "mobilenet"\nepochs_fee = 3\n'
+    )
+    assert_refused(
+        run_cli(f"--config={config}", f"--workdir={tmp_path / 'w'}"),
+        "unknown config field 'epochs_fee'",
+        "did you mean 'epochs_fe'",
+    )
+
+
+def test_unknown_flag(tmp_path):
+    assert_refused(
+        run_cli("--epochs_fee=3", f"--workdir={tmp_path}"),
+        "Unknown command line flag 'epochs_fee'",
+        code=1,
+    )
+
+
+def test_no_workdir():
+    assert_refused(run_cli(*TINY), "--workdir is required")
+
+
+def test_workdir_other_backbone(fe_done):
+    before = digest(fe_done)
+    proc = run_cli("--phase=ft", f"--workdir={fe_done}", "--backbone=mobilenet_v2", "--alpha=0.35")
+    assert_refused(
+        proc, "holds a different run", "backbone: saved 'mobilenet', given 'mobilenet_v2'"
+    )
+    assert digest(fe_done) == before
+
+
+def test_workdir_other_classes(fe_done, tmp_path):
+    other = tmp_path / "other"
+    for name in ("cats", "dogs"):
+        shutil.copytree(fe_done / "data" / "synthetic" / "circle", other / name)
+    before = digest(fe_done)
+    proc = run_cli("--phase=ft", f"--workdir={fe_done}", f"--data_dir={other}")
+    assert_refused(
+        proc,
+        "holds a different run",
+        "classes: saved 3 ['circle', 'square', 'triangle'], data has 2 ['cats', 'dogs']",
+    )
+    assert digest(fe_done) == before
+
+
+def test_finished_workdir(finished):
+    before = digest(finished)
+    assert_refused(
+        run_cli(*TINY, f"--workdir={finished}"),
+        "already holds a run (phases done: fe, ft)",
+        "--resume",
+        "--overwrite",
+    )
+    assert digest(finished) == before
+
+
+def test_weights_other_architecture(tmp_path):
+    import keras
+
+    v2 = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
+    )
+    path = tmp_path / "v2.weights.h5"
+    v2.save_weights(path)
+    proc = run_cli(*TINY, f"--weights={path}", f"--workdir={tmp_path / 'w'}")
+    assert_refused(proc, f"weights file '{path}'", "fit mobilenet", "--backbone and --alpha")
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert_refused(
+        run_cli(*TINY, f"--workdir={blocker / 'run'}"),
+        "is not writable",
+        "pass a --workdir you can write to",
+    )
+    assert blocker.read_text() == "not a folder"
+
+
+def test_truncated_model(fe_done, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(fe_done, workdir)
+    model = workdir / "fe" / "model.keras"
+    model.write_bytes(model.read_bytes()[:2000])
+    before = digest(workdir)
+    assert_refused(
+        run_cli("--phase=ft", f"--workdir={workdir}"),
+        "cannot load",
+        "fe/model.keras",
+        "rerun phase 'fe'",
+    )
+    assert digest(workdir) == before
+
+
+def test_damaged_run_json(fe_done, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(fe_done, workdir)
+    (workdir / "run.json").write_text('{"format": 1, "backb')
+    before = digest(workdir)
+    assert_refused(
+        run_cli("--phase=ft", f"--workdir={workdir}"),
+        "run.json is unreadable",
+        "the workdir is damaged",
+    )
+    assert digest(workdir) == before
+
+
+def test_table_and_tests_match():
+    """Every documented case has a test here, and every test here is documented."""
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", TABLE.read_text(), flags=re.M))
+    tested = set(FLAG_CASES) | {
+        name.removeprefix("test_").replace("_", "-")
+        for name in globals()
+        if name.startswith("test_") and name not in ("test_flag_case", "test_table_and_tests_match")
+    }
+    assert documented == tested, (
+        f"only documented: {documented - tested}; only tested: {tested - documented}"
+    )
+    assert os.path.isfile(TABLE)

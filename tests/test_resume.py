@@ -1,0 +1,197 @@
+"""Kill the CLI with SIGKILL at several points, resume, and compare with an uninterrupted run.
+
+The process is killed by the TL_KERAS_FAILPOINT hook (`tl_keras/_failpoints.py`), which sends a
+real SIGKILL at an exact point, so each scenario hits the same spot every time. After resuming,
+the run must be indistinguishable from one that was never interrupted: every epoch exactly once,
+the boundary in place, frozen layers bitwise equal to the pretrained file, the same final model.
+"""
+
+import os
+import pathlib
+import re
+import shutil
+import signal
+
+import keras
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from tl_keras import backbones, checkpoint
+from tl_keras import model as model_lib
+from tl_keras.history import History
+
+pytestmark = pytest.mark.slow
+
+FE, FT = 3, 3  # epochs
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> str:
+    """A stand-in for pretrained weights: a random base with data-estimated BN statistics."""
+    from tl_keras.data import load_image_folder
+    from tl_keras.synthetic import make_shapes
+
+    root = tmp_path_factory.mktemp("pretrained")
+    data = load_image_folder(
+        make_shapes(str(root / "d"), images_per_class=8, image_size=32),
+        image_size=32,
+        batch_size=8,
+        val_fraction=0.25,
+        seed=1,
+    )
+    keras.utils.set_random_seed(1)
+    m = model_lib.build_model("mobilenet", 3, image_size=32, weights=None, alpha=0.25)
+    model_lib.calibrate_batchnorm(m, data.train_epochs(0, 1).take(2))
+    path = str(root / "base.weights.h5")
+    model_lib.get_base(m).save_weights(path)
+    return path
+
+
+def args(workdir, weights):
+    return [
+        "--data_dir=synthetic",
+        "--synthetic_images_per_class=8",
+        "--backbone=mobilenet",
+        "--alpha=0.25",
+        f"--weights={weights}",
+        "--image_size=32",
+        "--batch_size=8",
+        f"--epochs_fe={FE}",
+        f"--epochs_ft={FT}",
+        "--head_units=8",
+        "--unfreeze=blocks:2",
+        f"--workdir={workdir}",
+    ]
+
+
+def killed_at(point, *cli_args):
+    proc = run_cli(*cli_args, env={"TL_KERAS_FAILPOINT": point})
+    assert proc.returncode == -signal.SIGKILL, (
+        f"not killed at {point}: rc={proc.returncode}\n{proc.stderr[-2000:]}"
+    )
+    return proc
+
+
+def load_final(workdir) -> keras.Model:
+    return keras.models.load_model(pathlib.Path(workdir) / "ft" / "model.keras", compile=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, pretrained):
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = run_cli(*args(workdir, pretrained))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+SCENARIOS = {
+    # name: (the failpoints hit by successive attempts, the epochs the last attempt trains)
+    # Each attempt after the first is itself a resume, so resumes of resumes are covered.
+    "mid_fe_then_mid_ft": (["batch:2:1", "batch:5:0"], [5, 6]),
+    "fe_to_ft_switch": (["phase_saved:fe"], [4, 5, 6]),
+    # fe finished but not saved; an ft epoch trained but not checkpointed; killed after one was.
+    "at_every_checkpoint_edge": (
+        ["after_checkpoint:3", "before_checkpoint:4", "after_checkpoint:5"],
+        [6],
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_kill_and_resume_equals_uninterrupted(scenario, tmp_path, pretrained, reference):
+    workdir = tmp_path / "run"
+    points, trained_last = SCENARIOS[scenario]
+    for i, point in enumerate(points):
+        killed_at(point, *args(workdir, pretrained), *(["--resume"] if i else []))
+        assert (workdir / "run.json").is_file()  # the workdir knows a run is in progress
+    proc = run_cli(*args(workdir, pretrained), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The last attempt trains only what no checkpoint or saved phase held: at most one epoch lost.
+    assert [int(e) for e in re.findall(r"\] epoch (\d+) \(", proc.stdout)] == trained_last
+
+    history = History.load(str(workdir / "history.json"))
+    ref_history = History.load(str(reference / "history.json"))
+    assert history.epochs == list(range(1, FE + FT + 1))  # every epoch exactly once
+    assert [(s.phase, s.first, s.last) for s in history.spans()] == [
+        ("fe", 1, FE),
+        ("ft", FE + 1, FE + FT),
+    ]
+    assert history.boundaries() == [FE + 0.5]
+    for got, want in zip(history.records, ref_history.records, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["epoch"], key)
+
+    final, ref_final = load_final(workdir), load_final(reference)
+    for a, b in zip(final.weights, ref_final.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+    # Frozen layers are bitwise the pretrained file's, BN statistics included.
+    spec = backbones.get("mobilenet")
+    pretrained_base = backbones.build_base(spec, image_size=32, weights=pretrained, alpha=0.25)
+    base = model_lib.get_base(final)
+    unfrozen = {
+        i.name
+        for i in backbones.layer_infos(spec, base)
+        if i.block in ("block_12", "block_13") and not i.is_batchnorm
+    }
+    compared = 0
+    for layer in base.layers:
+        if layer.name in unfrozen or not layer.weights:
+            continue
+        for w, p in zip(layer.weights, pretrained_base.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_array_equal(w.numpy(), p.numpy(), err_msg=w.path)
+            compared += 1
+    assert compared > 100
+    assert checkpoint.latest(str(workdir)) is None  # checkpoints are removed once superseded
+    assert not [p for p in workdir.rglob("*") if ".tmp-" in p.name], "temporary files left behind"
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory, pretrained):
+    """A run killed right after the checkpoint of epoch 2 (read-only for the tests below)."""
+    workdir = tmp_path_factory.mktemp("crashed") / "run"
+    killed_at("after_checkpoint:2", *args(workdir, pretrained))
+    return workdir
+
+
+def tree(workdir) -> list[str]:
+    return sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+
+
+def test_resume_refuses_a_changed_config(crashed, pretrained):
+    before = tree(crashed)
+    proc = run_cli(*args(crashed, pretrained), "--resume", "--ft_lr_factor=20")
+    assert proc.returncode == 2
+    assert "ft_lr_factor: saved 10.0, given 20.0" in proc.stderr and "Traceback" not in proc.stderr
+    assert tree(crashed) == before
+
+
+def test_rerun_without_resume_is_refused_after_a_crash(crashed, pretrained):
+    before = tree(crashed)
+    proc = run_cli(*args(crashed, pretrained))
+    assert proc.returncode == 2
+    assert (
+        "unfinished: no phase completed, a checkpoint to resume from); rerun with --resume"
+        in proc.stderr
+    )
+    assert tree(crashed) == before
+
+
+def test_truncated_checkpoint_is_a_clear_error(crashed, pretrained, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(crashed, workdir)
+    model_file = next(workdir.glob("checkpoints/epoch-*/model.keras"))
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    proc = run_cli(*args(workdir, pretrained), "--resume")
+    assert proc.returncode == 2
+    assert "cannot be loaded" in proc.stderr and "it is damaged" in proc.stderr
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, reference, pretrained):
+    before = (reference / "history.json").read_text()
+    proc = run_cli(*args(reference, pretrained), "--resume")
+    assert proc.returncode == 0
+    assert "nothing to resume" in proc.stdout
+    assert (reference / "history.json").read_text() == before
+    assert os.path.isfile(reference / "ft" / "model.keras")

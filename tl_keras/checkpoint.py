@@ -1,0 +1,209 @@
+"""Per-epoch checkpoints, so a killed run resumes losing at most the epoch in progress.
+
+Keras's `BackupAndRestore` covers one `fit`; a tl_keras run is several phases, each with its own
+trainable set, optimizer, learning rate and stateful callbacks. A checkpoint therefore holds:
+
+    <workdir>/checkpoints/epoch-00007/
+      model.keras          the compiled model: weights, trainable flags, optimizer state
+                           (its iteration count is the learning-rate schedule position)
+      rng_state.json       dropout RNG states (Keras does not save them in .keras files)
+      best_weights.npz     early stopping's best weights so far, when it keeps any
+      state.json           phase, global epoch, the stitched history so far, callback state
+
+Each checkpoint is written into a temporary folder and renamed into place when complete, so the
+newest `epoch-*` folder is always whole. Older checkpoints are removed once a newer one exists;
+the data order and RNG states make the resumed epochs the ones an uninterrupted run would run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+import keras
+import numpy as np
+
+from tl_keras import io_utils
+from tl_keras.errors import WorkdirError
+from tl_keras.history import History
+from tl_keras.model import get_rng_state, set_rng_state
+
+CHECKPOINTS = "checkpoints"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^epoch-(\d{5})$")
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras EarlyStopping whose progress (best value, wait, best weights) survives a restart."""
+
+    def __init__(self, *args, resume_state: dict | None = None, best_weights=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume_state = resume_state
+        self._resume_best_weights = best_weights
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resume_state:
+            self.wait = self._resume_state["wait"]
+            self.best = self._resume_state["best"]
+            self.best_epoch = self._resume_state["best_epoch"]
+            self.stopped_epoch = self._resume_state["stopped_epoch"]
+            self.best_weights = self._resume_best_weights
+
+    def resume_state(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {
+            "wait": int(self.wait),
+            "best": best,
+            "best_epoch": int(self.best_epoch),
+            "stopped_epoch": int(self.stopped_epoch),
+        }
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A complete checkpoint on disk."""
+
+    path: str
+    phase: str
+    epoch: int  # global, 1-based: the last complete epoch
+    phase_first_epoch: int
+    finished_phase: bool  # the phase ended with this epoch (all epochs run, or stopped early)
+    stopped_early: bool
+    wall_time_s: float  # of the phase so far
+    history: History
+    early_stopping: dict | None
+
+    def load_model(self) -> keras.Model:
+        """Loads the compiled model (optimizer state included) and its RNG states.
+
+        Raises:
+          WorkdirError: the checkpoint is truncated or tampered with.
+        """
+        path = os.path.join(self.path, "model.keras")
+        with contextlib.suppress(ImportError):  # registers optimizers a checkpoint may hold
+            import tl_keras.optimizers  # noqa: F401
+        try:
+            model = keras.models.load_model(path, compile=True, safe_mode=True)
+            set_rng_state(model, io_utils.read_json(os.path.join(self.path, "rng_state.json")))
+        except Exception as e:
+            raise WorkdirError(
+                f"checkpoint {path} cannot be loaded ({str(e).splitlines()[0][:200]}); it is damaged. "
+                "Remove that checkpoint folder to resume from the last completed phase, or use --overwrite"
+            ) from None
+        return model
+
+    def best_weights(self) -> list[np.ndarray] | None:
+        path = os.path.join(self.path, "best_weights.npz")
+        if not os.path.isfile(path):
+            return None
+        with np.load(path, allow_pickle=False) as f:  # nothing is unpickled
+            return [f[f"w{i}"] for i in range(len(f.files))]
+
+
+def _dir(workdir: str) -> str:
+    return os.path.join(workdir, CHECKPOINTS)
+
+
+def write(
+    workdir: str,
+    model: keras.Model,
+    *,
+    phase: str,
+    epoch: int,
+    phase_first_epoch: int,
+    finished_phase: bool,
+    stopped_early: bool,
+    wall_time_s: float,
+    history: History,
+    early_stopping: ResumableEarlyStopping | None,
+) -> str:
+    """Writes the checkpoint of global epoch `epoch` (1-based) and removes older ones."""
+    root = _dir(workdir)
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, f"epoch-{epoch:05d}")
+    tmp = tempfile.mkdtemp(prefix=f".epoch-{epoch:05d}{io_utils.TMP_MARK}", dir=root)
+    try:
+        model.save(os.path.join(tmp, "model.keras"))
+        io_utils.atomic_write_json(os.path.join(tmp, "rng_state.json"), get_rng_state(model))
+        es_state = None
+        if early_stopping is not None:
+            es_state = early_stopping.resume_state()
+            if early_stopping.best_weights is not None:
+                arrays = {f"w{i}": w for i, w in enumerate(early_stopping.best_weights)}
+                with io_utils.atomic_path(os.path.join(tmp, "best_weights.npz")) as path:
+                    np.savez(path, **arrays)
+        state = {
+            "format": FORMAT_VERSION,
+            "phase": phase,
+            "epoch": epoch,
+            "phase_first_epoch": phase_first_epoch,
+            "finished_phase": finished_phase,
+            "stopped_early": stopped_early,
+            "wall_time_s": wall_time_s,
+            "early_stopping": es_state,
+            "history": history.records,
+        }
+        io_utils.atomic_write_json(os.path.join(tmp, "state.json"), state)  # written last
+        if os.path.isdir(final):  # the same epoch checkpointed again (a rerun): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+    for old in glob.glob(os.path.join(root, "epoch-*")):
+        m = _NAME.match(os.path.basename(old))
+        if m and int(m.group(1)) < epoch:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(workdir: str) -> Checkpoint | None:
+    """Returns the newest complete checkpoint, or None.
+
+    Raises:
+      WorkdirError: the newest checkpoint's state file is unreadable (tampered or truncated).
+    """
+    found = []
+    for path in glob.glob(os.path.join(_dir(workdir), "epoch-*")):
+        m = _NAME.match(os.path.basename(path))
+        if m and os.path.isdir(path):
+            found.append((int(m.group(1)), path))
+    if not found:
+        return None
+    _, path = max(found)
+    state_path = os.path.join(path, "state.json")
+    try:
+        state: dict[str, Any] = io_utils.read_json(state_path)
+        if state.get("format") != FORMAT_VERSION:
+            raise ValueError(f"format {state.get('format')!r}")
+        history = History()
+        for r in state["history"]:
+            history.append(r["phase"], r["epoch"], r.get("lr"), r)
+        return Checkpoint(
+            path=path,
+            phase=state["phase"],
+            epoch=int(state["epoch"]),
+            phase_first_epoch=int(state["phase_first_epoch"]),
+            finished_phase=bool(state["finished_phase"]),
+            stopped_early=bool(state["stopped_early"]),
+            wall_time_s=float(state["wall_time_s"]),
+            history=history,
+            early_stopping=state.get("early_stopping"),
+        )
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise WorkdirError(
+            f"checkpoint state {state_path} is unreadable ({e}); it is damaged. Remove that "
+            "checkpoint folder to resume from the last completed phase, or use --overwrite"
+        ) from None
+
+
+def remove_all(workdir: str) -> None:
+    shutil.rmtree(_dir(workdir), ignore_errors=True)
