@@ -62,7 +62,9 @@ def plot_history(
         for x in history.boundaries():
             ax.axvline(x, color="0.25", linestyle=":", linewidth=1.5, gid=BOUNDARY_GID)
         if name == "lr":
-            ax.plot(epochs, history.metric("lr"), marker=".", color="0.2", label="learning rate")
+            # A warm-up's first epoch starts at 0, which a log axis cannot show: leave it out.
+            lrs = [v if v is not None and v > 0 else None for v in history.metric("lr")]
+            ax.plot(epochs, lrs, marker=".", color="0.2", label="learning rate")
             ax.set_yscale("log")
         else:
             ax.plot(epochs, history.metric(name), marker=".", label=f"train {name}")

@@ -17,9 +17,13 @@ import time
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
-from tl_keras import backbones, io_utils, recipe
+from tl_keras import backbones, io_utils, phase_control, recipe, schedules
 from tl_keras import config as config_lib
+
+# Registers the per-variable learning-rate optimizer, so `.keras` files saved with it load.
+from tl_keras import optimizers as lr_multipliers
 from tl_keras.data import DataBundle, load_data
 from tl_keras.errors import ConfigError, WorkdirError
 from tl_keras.history import History
@@ -38,6 +42,9 @@ from tl_keras.workdir import Workdir
 log = logging.getLogger("tl_keras")
 
 RNG_FILE = "rng_state.json"  # dropout RNG states, which Keras does not save in .keras files
+# Under `rollback`: the weights the next phase must beat (`model.get_weights()` order), and their
+# phase, epoch and score in summary.json's "rollback_reference".
+BEST_WEIGHTS_FILE = "best_weights.npz"
 BN_CALIBRATION_BATCHES = 8  # batches used to re-estimate BatchNorm statistics of a random base
 
 
@@ -50,6 +57,10 @@ class PhaseResult:
     report: TrainabilityReport
     wall_time_s: float
     stopped_early: bool
+    best: phase_control.Snapshot | None = None  # the best epoch, when tracked (rollback)
+    rollback: phase_control.RollbackDecision | None = None
+    # Under rollback: what the next phase must beat (the best weights kept so far).
+    reference: phase_control.Snapshot | None = None
 
 
 @dataclasses.dataclass
@@ -77,10 +88,81 @@ def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
     return factories[name]()
 
 
-def compile_for_phase(model: keras.Model, phase: Phase) -> None:
-    """Recompiles with a fresh optimizer: required after any change of `trainable`."""
+def discriminative_multipliers(
+    model: keras.Model, backbone: str, layer_decay: float
+) -> dict[str, float]:
+    """Per-variable learning-rate multipliers: `layer_decay` per block, from the head down.
+
+    The head's variables keep 1.0, the base's top block `layer_decay`, the block below
+    `layer_decay**2`, ... (see `recipe.block_lr_multipliers`). Only trainable variables get an
+    entry, keyed by `variable.path`.
+    """
+    from tl_keras.model import get_base
+
+    infos = backbones.layer_infos(backbones.get(backbone), get_base(model))
+    return lr_multipliers.variable_multipliers(
+        model, recipe.block_lr_multipliers(infos, layer_decay)
+    )
+
+
+def phase_optimizer(
+    model: keras.Model,
+    phase: Phase,
+    *,
+    backbone: str,
+    steps_per_epoch: int,
+    monitor: str = "val_loss",
+) -> tuple[keras.optimizers.Optimizer, list[keras.callbacks.Callback]]:
+    """Returns a fresh optimizer for a phase, and the callbacks its LR schedule needs.
+
+    The learning rate follows the phase's `lr_schedule` from the phase's first step (a fresh
+    optimizer per phase, so every phase restarts its schedule, warm-up included). With
+    `layer_decay` < 1 and part of the base training, every variable gets its own rate (see
+    `discriminative_multipliers`). Call after `set_trainable`: the multipliers cover the
+    variables that train.
+
+    Args:
+      model: the model, trainability already set for the phase.
+      phase: the phase.
+      backbone: the backbone's registry name (its blocks).
+      steps_per_epoch: optimizer steps per epoch (the schedule counts steps).
+      monitor: what the 'plateau' schedule watches ('val_loss', or 'loss' without validation).
+    """
+    s = phase.lr_schedule
+    learning_rate, callbacks = phase.lr, []
+    if phase.epochs > 0:
+        learning_rate, callbacks = schedules.make_schedule(
+            s.name,
+            base_lr=phase.lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=phase.epochs,
+            warmup_epochs=s.warmup_epochs,
+            min_lr_ratio=s.min_lr_ratio,
+            step_every=s.step_every,
+            gamma=s.gamma,
+            plateau_patience=s.plateau_patience,
+            plateau_factor=s.plateau_factor,
+            plateau_monitor=monitor,
+        )
+    optimizer = make_optimizer(phase.optimizer, learning_rate)
+    if phase.layer_decay != 1.0 and phase.trains_base:
+        multipliers = discriminative_multipliers(model, backbone, phase.layer_decay)
+        optimizer = lr_multipliers.with_lr_multipliers(optimizer, multipliers)
+    return optimizer, callbacks
+
+
+def compile_for_phase(
+    model: keras.Model, phase: Phase, *, optimizer: keras.optimizers.Optimizer | None = None
+) -> None:
+    """Recompiles with a fresh optimizer: required after any change of `trainable`.
+
+    Args:
+      model: the model.
+      phase: the phase (its optimizer and constant lr when `optimizer` is not given).
+      optimizer: a fresh optimizer, e.g. from `phase_optimizer`.
+    """
     model.compile(
-        optimizer=make_optimizer(phase.optimizer, phase.lr),
+        optimizer=optimizer or make_optimizer(phase.optimizer, phase.lr),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -91,11 +173,13 @@ def current_lr(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-class HistoryRecorder(keras.callbacks.Callback):
+class HistoryRecorder(schedules.LRRecorder):
     """Records each epoch into a `History` with the phase name and the learning rate used.
 
-    It must run before callbacks that change the learning rate at epoch end (ReduceLROnPlateau),
-    so the runner puts it first.
+    The learning rate of an epoch is the one its first step used (`schedules.LRRecorder`): the
+    warm-up's 0 on a schedule's first epoch, the rate before `ReduceLROnPlateau` changes it at
+    the epoch's end. With `layer_decay` it is the head's rate; block b trains at that times its
+    multiplier.
     """
 
     def __init__(self, phase: str):
@@ -103,16 +187,24 @@ class HistoryRecorder(keras.callbacks.Callback):
         self.phase = phase
         self.history = History()
 
+    @property
+    def epoch_lr(self) -> float:
+        """The learning rate of the epoch in progress (or just ended)."""
+        return self.lrs[-1] if self.lrs else current_lr(self.model)
+
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append(self.phase, epoch + 1, current_lr(self.model), logs or {})
+        self.history.append(self.phase, epoch + 1, self.epoch_lr, logs or {})
 
 
 class EpochLogger(keras.callbacks.Callback):
     """One plain line per epoch, for logs and non-interactive runs (no progress-bar noise)."""
 
-    def __init__(self, phase: str, initial_epoch: int, epochs: int):
+    def __init__(
+        self, phase: str, initial_epoch: int, epochs: int, recorder: HistoryRecorder | None = None
+    ):
         super().__init__()
         self.phase, self.initial_epoch, self.epochs = phase, initial_epoch, epochs
+        self.recorder = recorder
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -128,7 +220,7 @@ class EpochLogger(keras.callbacks.Callback):
             self.epochs,
             time.perf_counter() - self._start,
             metrics,
-            current_lr(self.model),
+            self.recorder.epoch_lr if self.recorder else current_lr(self.model),
         )
 
 
@@ -146,6 +238,7 @@ def run_phase(
     bn_policy: str = "frozen",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     progress: str = "auto",
+    track_best: str | None = None,
 ) -> PhaseResult:
     """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
 
@@ -159,19 +252,32 @@ def run_phase(
       callbacks: extra Keras callbacks for this phase. Pass new instances per phase: stateful
         callbacks carried across phases are how early stopping leaks between phases.
       progress: 'auto', 'bar' or 'lines'.
+      track_best: a validation metric ('val_accuracy'): keep a copy of the weights of the
+        phase's best epoch by it in the result's `best` (for rollback).
 
     Returns:
-      The phase's history (global epochs), trainability report, wall time and whether early
-      stopping ended it.
+      The phase's history (global epochs, the learning rate each epoch used), trainability
+      report, wall time, whether early stopping ended it, and its best epoch when tracked.
 
     Example:
       >>> result = run_phase(model, Phase("fe", "none", 3, 1e-3), data, backbone="mobilenet")
     """
     report = set_trainable(model, backbone, phase.unfreeze, bn_policy=bn_policy)
     log.info("[%s] %s", phase.name, report.summary())
-    compile_for_phase(model, phase)
+    optimizer, schedule_callbacks = phase_optimizer(
+        model,
+        phase,
+        backbone=backbone,
+        steps_per_epoch=data.steps_per_epoch,
+        monitor="val_loss" if data.val is not None else "loss",
+    )
+    _log_rates(phase, optimizer)
+    compile_for_phase(model, phase, optimizer=optimizer)
     recorder = HistoryRecorder(phase.name)
     cbs: list[keras.callbacks.Callback] = [recorder]
+    best = phase_control.BestWeights(phase.name, track_best) if track_best else None
+    if best is not None:  # before early stopping, which may restore other weights at the end
+        cbs.append(best)
     early = None
     if phase.early_stopping_patience:
         early = keras.callbacks.EarlyStopping(
@@ -180,9 +286,10 @@ def run_phase(
             restore_best_weights=True,
         )
         cbs.append(early)
+    cbs += schedule_callbacks
     bar = _use_progress_bar(progress)
     if not bar:
-        cbs.append(EpochLogger(phase.name, initial_epoch, phase.epochs))
+        cbs.append(EpochLogger(phase.name, initial_epoch, phase.epochs, recorder))
     cbs += list(callbacks)
     start = time.perf_counter()
     if phase.epochs > 0:
@@ -198,17 +305,173 @@ def run_phase(
         )
     wall = time.perf_counter() - start
     stopped = bool(early is not None and early.stopped_epoch > 0)
-    if stopped:
+    if stopped and not phase.trains_base:
+        log.info(
+            "[%s] %s stopped improving for %d epochs: switching to the next phase after %d of "
+            "%d epochs, with the phase's best weights (epoch %d)",
+            phase.name,
+            early.monitor,
+            phase.early_stopping_patience,
+            len(recorder.history),
+            phase.epochs,
+            early.best_epoch + 1,  # Keras counts global epochs from 0 when fit has initial_epoch
+        )
+    elif stopped:
         log.info(
             "[%s] early stopping after %d of %d epochs; restored the phase's best weights",
             phase.name,
             len(recorder.history),
             phase.epochs,
         )
-    return PhaseResult(phase, recorder.history, report, wall, stopped)
+    return PhaseResult(
+        phase, recorder.history, report, wall, stopped, best=best.best if best else None
+    )
+
+
+def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
+    s = phase.lr_schedule
+    if s.name != "constant" or s.warmup_epochs:
+        log.info(
+            "[%s] lr %.2e, schedule %s%s",
+            phase.name,
+            phase.lr,
+            s.name,
+            f" after {s.warmup_epochs:g} warm-up epochs" if s.warmup_epochs else "",
+        )
+    if isinstance(optimizer, lr_multipliers.LRMultiplierOptimizer):
+        rates = sorted(set(optimizer.lr_multipliers.values()))
+        log.info(
+            "[%s] discriminative learning rates (layer_decay %g): %d variables at lr x %s",
+            phase.name,
+            phase.layer_decay,
+            len(optimizer.lr_multipliers),
+            " .. ".join(f"{r:.3g}" for r in (rates[0], rates[-1])) if rates else "-",
+        )
+
+
+# --- phase control: rollback --------------------------------------------------------------------
+def evaluate_metric(model: keras.Model, data: DataBundle, monitor: str) -> float:
+    """The validation metric `monitor` ('val_accuracy', 'val_loss') of the model's weights now."""
+    if not getattr(model, "compiled", False):
+        compile_for_phase(model, Phase("evaluate", "none", 0, 1e-3))
+    logs = model.evaluate(data.val, verbose=0, return_dict=True)
+    return float(logs[monitor.removeprefix("val_")])
+
+
+def apply_rollback(
+    model: keras.Model,
+    result: PhaseResult,
+    reference: phase_control.Snapshot | None,
+    data: DataBundle,
+) -> phase_control.Snapshot | None:
+    """Rolls a phase back to `reference` if the weights it hands on score worse.
+
+    Evaluates the model on the validation set (the weights the phase hands on, after any restore
+    by early stopping), restores the reference weights bitwise when that is worse, logs which
+    weights were kept, and records the decision and the next reference in `result`.
+
+    Args:
+      model: the model at the end of the phase.
+      result: the phase's result, from `run_phase(..., track_best=MONITOR)`.
+      reference: the previous phase's best; None for the first phase (nothing to compare).
+      data: the data bundle (its validation split).
+
+    Returns:
+      What the next phase must beat (also stored as `result.reference`).
+    """
+    if reference is None:
+        result.reference = result.best
+        return result.reference
+    end_value = evaluate_metric(model, data, reference.monitor)
+    decision, result.reference = phase_control.decide_rollback(
+        result.phase.name, end_value, reference, result.best
+    )
+    if decision.rolled_back:
+        model.set_weights(reference.weights)
+        log.warning(decision.message())
+    else:
+        log.info(decision.message())
+    result.rollback = decision
+    return result.reference
+
+
+def load_rollback_reference(
+    wd: Workdir, prev: Phase, model: keras.Model, data: DataBundle, monitor: str
+) -> phase_control.Snapshot:
+    """The reference a phase run in its own process must beat: what `prev` saved for it.
+
+    A previous phase run without `rollback` saved no best weights; its reference is then the
+    weights it handed on (the model just loaded), scored now.
+
+    Raises:
+      WorkdirError: the saved best weights do not fit the model.
+    """
+    summary_path, npz = wd.file(prev.name, "summary.json"), wd.file(prev.name, BEST_WEIGHTS_FILE)
+    saved = (
+        io_utils.read_json(summary_path).get("rollback_reference")
+        if os.path.isfile(summary_path)
+        else None
+    )
+    if saved and saved["monitor"] == monitor and os.path.isfile(npz):
+        with np.load(npz) as f:
+            weights = [f[f"arr_{i}"] for i in range(len(f.files))]
+        shapes = [tuple(w.shape) for w in model.get_weights()]
+        if [tuple(w.shape) for w in weights] != shapes:
+            raise WorkdirError(f"{npz} does not fit the model of {prev.name!r}; rerun that phase")
+        return phase_control.Snapshot(
+            saved["phase"], saved["epoch"], monitor, saved["value"], weights
+        )
+    last = History.load(wd.file(prev.name, "history.json")).last_epoch
+    value = evaluate_metric(model, data, monitor)
+    log.info(
+        "[rollback] %s saved no best weights by %s; the reference is the weights it handed on "
+        "(%s %.4f)",
+        prev.name,
+        monitor,
+        monitor,
+        value,
+    )
+    return phase_control.Snapshot(prev.name, last, monitor, value, model.get_weights())
+
+
+def _save_rollback(wd: Workdir, result: PhaseResult, summary: dict) -> None:
+    if result.rollback is not None:
+        summary["rollback"] = result.rollback.to_dict()
+    if result.reference is not None:
+        summary["rollback_reference"] = result.reference.to_dict()
+        with io_utils.atomic_path(wd.file(result.phase.name, BEST_WEIGHTS_FILE)) as tmp:
+            np.savez(tmp, *result.reference.weights)
 
 
 # --- the whole run --------------------------------------------------------------------------------
+def build_initial_model(config: config_lib.Config, data: DataBundle) -> keras.Model:
+    """Builds the model the first phase starts from (base frozen, ready for `fe`).
+
+    With `weights = "none"` the random base's BatchNorm statistics are re-estimated from a few
+    training batches (see `calibrate_batchnorm`); pretrained bases are never touched.
+    """
+    model = build_model(
+        config.backbone,
+        data.num_classes,
+        image_size=config.image_size or None,
+        weights=backbones.normalize_weights(config.weights),
+        alpha=config.alpha,
+        head_units=config.head_units,
+        dropout=config.dropout,
+        seed=config.seed,
+    )
+    if backbones.normalize_weights(config.weights) is None:
+        n = calibrate_batchnorm(model, data.train_epochs(0, 1).take(BN_CALIBRATION_BATCHES))
+        log.warning(
+            "weights=none: the base starts random, so training only the head learns what random "
+            "features carry (use pretrained weights for transfer learning). Its BatchNorm "
+            "statistics were re-estimated from %d training batches so its features do not "
+            "vanish; no other weight changed",
+            n,
+        )
+    return model
+
+
 def _identity(config: config_lib.Config) -> dict:
     spec = backbones.get(config.backbone)
     return {
@@ -287,6 +550,7 @@ def _save_phase(
         "wall_time_s": round(result.wall_time_s, 3),
         "trainability": dataclasses.asdict(result.report),
     }
+    _save_rollback(wd, result, summary)
     io_utils.atomic_write_json(wd.file(name, "summary.json"), summary)
     history.save(wd.file("history.json"), wd.file("history.csv"))
     if len(history):
@@ -294,6 +558,7 @@ def _save_phase(
             history,
             wd.file("curves.png"),
             title=f"{run['backbone']}: {' -> '.join(s.phase for s in history.spans())}",
+            show_lr=True,
         )
     run["phases"][name] = {
         k: summary[k]
@@ -366,26 +631,9 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = load_data(config, workdir=wd.path)
+    reference = None  # under rollback: the best weights the next phase must beat
     if prev is None:
-        model = build_model(
-            config.backbone,
-            data.num_classes,
-            image_size=config.image_size or None,
-            weights=backbones.normalize_weights(config.weights),
-            alpha=config.alpha,
-            head_units=config.head_units,
-            dropout=config.dropout,
-            seed=config.seed,
-        )
-        if backbones.normalize_weights(config.weights) is None:
-            n = calibrate_batchnorm(model, data.train_epochs(0, 1).take(BN_CALIBRATION_BATCHES))
-            log.warning(
-                "weights=none: the base is random, so feature extraction only learns what random "
-                "features carry (use pretrained weights for real results). Its BatchNorm "
-                "statistics were re-estimated from %d training batches so its features do not "
-                "vanish; no other weight changed",
-                n,
-            )
+        model = build_initial_model(config, data)
         if run is not None:  # --overwrite, and the new run has been set up without error
             wd.clear_results()
         run = {**_identity(config), "class_names": list(data.class_names), "phases": {}}
@@ -394,6 +642,8 @@ def train(
         check_same_run(run, config, data.class_names, wd.path)
         model = _load_phase_model(wd, prev.name)
         history = History.load(wd.file("history.json")).truncate(done[prev.name]["last_epoch"])
+        if config.rollback:
+            reference = load_rollback_reference(wd, prev, model, data, config.rollback)
         names = [p.name for p in schedule]
         stale = [n for n in done if n in names and names.index(n) >= names.index(to_run[0].name)]
         for n in stale:  # redone phases and everything after them
@@ -412,7 +662,10 @@ def train(
             bn_policy=config.bn_policy,
             callbacks=[*callbacks, *_log_callbacks(config, wd)],
             progress=config.progress,
+            track_best=config.rollback or None,
         )
+        if config.rollback:
+            reference = apply_rollback(model, result, reference, data)
         history.extend(result.history)
         _save_phase(wd, run, config, result, history, model)
         results.append(result)
