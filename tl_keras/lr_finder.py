@@ -258,7 +258,7 @@ def find_lr(
             the optimizer cannot be copied (e.g. a `MultiOptimizer`, or a custom optimizer
             without a working `get_config`).
     """
-    _check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor)
+    check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor)
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
         raise ValueError(f"Model {model.name!r} must be compiled (with an optimizer) first.")
     if not model.built:
@@ -340,7 +340,9 @@ def find_lr(
     )
 
 
-def _check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor) -> None:
+def check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor) -> None:
+    """Raises ValueError naming the first argument of `find_lr` that is out of range."""
+
     def number(value) -> bool:
         return (
             isinstance(value, int | float | np.integer | np.floating)
