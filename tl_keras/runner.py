@@ -3,8 +3,10 @@
 `train(config, workdir)` runs the whole schedule (or one phase of it) and keeps the workdir;
 `run_phase(model, phase, data, ...)` runs one phase on a model in memory, for users who want the
 pieces. Each phase: set what trains (BatchNorm stays frozen), report trainable and frozen
-parameters, recompile with a fresh optimizer at the phase's learning rate, and `fit` from the
-epoch where the previous phase really ended, with fresh stateful callbacks.
+parameters, recompile with a fresh optimizer at the phase's learning rate (its own schedule, and
+per-block rates under `layer_decay`), and `fit` from the epoch where the previous phase really
+ended, with fresh stateful callbacks. A schedule may have any number of phases (gradual
+unfreezing); under `rollback`, a phase that ends worse than the previous phase's best is undone.
 """
 
 from __future__ import annotations
@@ -351,7 +353,13 @@ def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
 
 # --- phase control: rollback --------------------------------------------------------------------
 def evaluate_metric(model: keras.Model, data: DataBundle, monitor: str) -> float:
-    """The validation metric `monitor` ('val_accuracy', 'val_loss') of the model's weights now."""
+    """The validation metric `monitor` ('val_accuracy', 'val_loss') of the model's weights now.
+
+    Raises:
+      ConfigError: the data has no validation split.
+    """
+    if data.val is None:
+        raise ConfigError(f"rollback compares {monitor} and needs validation data; none is given")
     if not getattr(model, "compiled", False):
         compile_for_phase(model, Phase("evaluate", "none", 0, 1e-3))
     logs = model.evaluate(data.val, verbose=0, return_dict=True)
@@ -585,7 +593,7 @@ def train(
     Args:
       config: the resolved config (see `tl_keras.config`).
       workdir: the run's folder.
-      phase: 'all' or the name of one phase ('fe', 'ft').
+      phase: 'all' or the name of one phase ('fe', 'ft', or a stage of `config.stages`).
       overwrite: replace results already in `workdir` (otherwise refused).
       data: a ready `DataBundle`; default: load what `config.data_dir` names.
       callbacks: extra Keras callbacks added to every phase.
