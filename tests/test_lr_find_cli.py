@@ -80,3 +80,7 @@ def test_readme_lr_find_commands(tmp_path):
 def test_cli_bad_input_is_one_line(tmp_path):
     proc = run_lr_find_cli(*TINY, "--phase=ft", f"--workdir={tmp_path}")
     assert_one_line_error(proc, "has no 'fe' done")
+    proc = run_lr_find_cli(*TINY, "--min_lr=1e-2", "--max_lr=1e-3", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "LR range test: max_lr must be a finite number > min_lr (0.01)")
+    proc = run_lr_find_cli(*TINY, "--num_steps=1", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "num_steps must be an integer >= 2")
