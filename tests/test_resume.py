@@ -6,6 +6,7 @@ the run must be indistinguishable from one that was never interrupted: every epo
 the boundary in place, frozen layers bitwise equal to the pretrained file, the same final model.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -195,3 +196,48 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, reference, pretrained):
     assert "nothing to resume" in proc.stdout
     assert (reference / "history.json").read_text() == before
     assert os.path.isfile(reference / "ft" / "model.keras")
+
+
+STATEFUL = [
+    "--stages=fe:none:2,ft1:blocks:2:2,ft2:blocks:4:2:plateau",
+    "--lr_schedule=cosine",
+    "--warmup_epochs=0.5",
+    "--layer_decay=0.7",
+    "--rollback=val_accuracy",
+    "--lr_plateau_patience=1",
+    "--lr_plateau_factor=0.5",
+]
+
+
+def test_kill_and_resume_keeps_schedules_layer_decay_and_rollback(tmp_path, pretrained):
+    """The state issue 4 adds survives a kill: the schedule's step count and per-variable rates
+    (in the optimizer), a plateau-lowered rate and its counters, and rollback's best weights."""
+    reference, workdir = tmp_path / "reference", tmp_path / "run"
+    proc = run_cli(*args(reference, pretrained), *STATEFUL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killed_at("after_checkpoint:3", *args(workdir, pretrained), *STATEFUL)  # mid ft1
+    killed_at("batch:6:0", *args(workdir, pretrained), *STATEFUL, "--resume")  # mid ft2 (plateau)
+    proc = run_cli(*args(workdir, pretrained), *STATEFUL, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [int(e) for e in re.findall(r"\] epoch (\d+) \(", proc.stdout)] == [6]
+
+    got, want = (
+        History.load(str(workdir / "history.json")),
+        History.load(str(reference / "history.json")),
+    )
+    assert [(s.phase, s.first, s.last) for s in got.spans()] == [
+        ("fe", 1, 2),
+        ("ft1", 3, 4),
+        ("ft2", 5, 6),
+    ]
+    for a, b in zip(got.records, want.records, strict=True):
+        for key in ("loss", "val_loss", "val_accuracy", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
+    for name in ("ft1", "ft2"):
+        s_got = json.loads((workdir / name / "summary.json").read_text())
+        s_want = json.loads((reference / name / "summary.json").read_text())
+        assert s_got.get("rollback") == s_want.get("rollback"), name
+    final = keras.models.load_model(workdir / "ft2" / "model.keras", compile=False)
+    ref_final = keras.models.load_model(reference / "ft2" / "model.keras", compile=False)
+    for a, b in zip(final.weights, ref_final.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)

@@ -80,6 +80,20 @@ class Checkpoint:
     wall_time_s: float  # of the phase so far
     history: History
     early_stopping: dict | None
+    lr: float | None = None  # the optimizer's rate when it is a float (Keras does not save it)
+    callback_state: dict = dataclasses.field(default_factory=dict)
+    best_meta: dict | None = None  # rollback's best snapshot of the phase so far
+
+    def best_snapshot(self):
+        """The rollback tracker's best weights so far in this phase (`phase_control.Snapshot`)."""
+        from tl_keras.phase_control import Snapshot
+
+        if not self.best_meta:
+            return None
+        with np.load(os.path.join(self.path, "best_rollback.npz"), allow_pickle=False) as f:
+            weights = [f[f"w{i}"] for i in range(len(f.files))]
+        m = self.best_meta
+        return Snapshot(m["phase"], m["epoch"], m["monitor"], m["value"], weights)
 
     def load_model(self) -> keras.Model:
         """Loads the compiled model (optimizer state included) and its RNG states.
@@ -108,6 +122,42 @@ class Checkpoint:
             return [f[f"w{i}"] for i in range(len(f.files))]
 
 
+# State of Keras callbacks that change the learning rate, by attribute: what on_train_begin resets.
+_CALLBACK_STATE = {"ReduceLROnPlateau": ("wait", "best", "cooldown_counter")}
+
+
+def callback_state(callback) -> dict | None:
+    """The resumable state of a learning-rate callback (None for callbacks without any)."""
+    names = _CALLBACK_STATE.get(type(callback).__name__)
+    if not names:
+        return None
+    return {
+        n: float(getattr(callback, n)) if n == "best" else int(getattr(callback, n)) for n in names
+    }
+
+
+def restore_callback_state(callback, state: dict | None) -> None:
+    """Makes `callback` start its next `fit` with `state` instead of its reset values."""
+    if not state:
+        return
+    reset = callback.on_train_begin
+
+    def on_train_begin(logs=None):
+        reset(logs)
+        for name, value in state.items():
+            setattr(callback, name, value)
+
+    callback.on_train_begin = on_train_begin
+
+
+def _float_lr(model: keras.Model) -> float | None:
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    rate = getattr(optimizer, "_learning_rate", None)
+    if rate is None or isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        return None
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
 def _dir(workdir: str) -> str:
     return os.path.join(workdir, CHECKPOINTS)
 
@@ -124,6 +174,8 @@ def write(
     wall_time_s: float,
     history: History,
     early_stopping: ResumableEarlyStopping | None,
+    callback_state: dict | None = None,
+    best=None,
 ) -> str:
     """Writes the checkpoint of global epoch `epoch` (1-based) and removes older ones."""
     root = _dir(workdir)
@@ -140,8 +192,16 @@ def write(
                 arrays = {f"w{i}": w for i, w in enumerate(early_stopping.best_weights)}
                 with io_utils.atomic_path(os.path.join(tmp, "best_weights.npz")) as path:
                     np.savez(path, **arrays)
+        best_meta = None
+        if best is not None:
+            best_meta = best.to_dict()
+            with io_utils.atomic_path(os.path.join(tmp, "best_rollback.npz")) as path:
+                np.savez(path, **{f"w{i}": w for i, w in enumerate(best.weights)})
         state = {
             "format": FORMAT_VERSION,
+            "lr": _float_lr(model),
+            "callback_state": callback_state or {},
+            "best": best_meta,
             "phase": phase,
             "epoch": epoch,
             "phase_first_epoch": phase_first_epoch,
@@ -197,6 +257,9 @@ def latest(workdir: str) -> Checkpoint | None:
             wall_time_s=float(state["wall_time_s"]),
             history=history,
             early_stopping=state.get("early_stopping"),
+            lr=state.get("lr"),
+            callback_state=state.get("callback_state") or {},
+            best_meta=state.get("best"),
         )
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise WorkdirError(

@@ -84,6 +84,56 @@ class Config:
         "Stop a phase after this many epochs without val_loss improvement and restore that "
         "phase's best weights; 0 = off.",
     )
+    stages: str = _field(
+        "",
+        "Gradual unfreezing: the phases as 'NAME:UNFREEZE:EPOCHS[:/FACTOR][:SCHEDULE],...', e.g. "
+        "'fe:none:3,ft1:blocks:2:2,ft2:blocks:4:2'; replaces epochs_fe, epochs_ft and unfreeze. "
+        "In TOML also an array of tables [[stages]]. '' = fe then ft.",
+    )
+    stage_lr_decay: float = _field(
+        1.0,
+        "Gradual unfreezing: the j-th stage that unfreezes part of the base (j = 0, 1, ...) "
+        "trains at lr / (ft_lr_factor * stage_lr_decay**j) unless the stage gives /FACTOR.",
+    )
+    layer_decay: float = _field(
+        1.0,
+        "Discriminative learning rates: the base's top block trains at lr * layer_decay, the "
+        "block below at lr * layer_decay**2, ... down to the stem; the head at lr. In (0, 1]; "
+        "1.0 = off.",
+    )
+    lr_schedule: str = _field(
+        "constant",
+        "Learning rate within each phase: constant, cosine (decay to lr * min_lr_ratio), step "
+        "(times lr_step_gamma every lr_step_every epochs) or plateau (times lr_plateau_factor "
+        "after lr_plateau_patience epochs without val_loss improvement).",
+    )
+    warmup_epochs: float = _field(
+        0.0,
+        "Linear warm-up from 0 to the phase's lr over this many epochs at the start of every "
+        "phase (constant and cosine only; fractions allowed); 0 = none.",
+    )
+    min_lr_ratio: float = _field(
+        0.0, "Lowest rate as a fraction of the phase's lr (where cosine ends; step/plateau floor)."
+    )
+    lr_step_every: int = _field(5, "step schedule: epochs between two decays.")
+    lr_step_gamma: float = _field(0.5, "step schedule: factor applied at each decay, in (0, 1].")
+    lr_plateau_patience: int = _field(
+        2, "plateau schedule: epochs without val_loss improvement before the rate is reduced."
+    )
+    lr_plateau_factor: float = _field(
+        0.5, "plateau schedule: factor applied at each reduction, in (0, 1)."
+    )
+    fe_switch_patience: int = _field(
+        0,
+        "Phase control: end a head-only phase (fe) after this many epochs without val_loss "
+        "improvement, keep its best weights and go on to the next phase; 0 = run all its epochs.",
+    )
+    rollback: str = _field(
+        "",
+        "Phase control: 'val_accuracy' or 'val_loss': when a phase ends with this metric worse "
+        "than the best of the previous phase, restore the previous phase's best weights (logged "
+        "and saved in <phase>/summary.json); '' = off.",
+    )
 
     # --- run ----------------------------------------------------------------------------------
     seed: int = _field(0, "Seed of the data split, shuffling, initialisation and dropout.")
@@ -102,6 +152,7 @@ IDENTITY_FIELDS = ("backbone", "alpha", "image_size", "head_units")
 BN_POLICIES = ("frozen", "train")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PROGRESS = ("auto", "bar", "lines")
+ROLLBACK_MONITORS = ("", "val_accuracy", "val_loss")
 LR_FACTOR_RANGE = (10.0, 100.0)
 
 
@@ -121,6 +172,10 @@ def _check_known(values: Mapping[str, Any], source: str) -> None:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Checks a value's type against the field's default, allowing int where float is expected."""
+    if name == "stages" and isinstance(value, list):  # a TOML array of tables [[stages]]
+        from tl_keras import recipe
+
+        return recipe.stages_from_tables(value, source)
     expected = type(FIELDS[name].default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -213,10 +268,21 @@ def validate(config: Config) -> Config:
     if not (math.isfinite(c.lr) and c.lr > 0):
         raise bad("lr", "use a positive learning rate, e.g. 1e-3")
     recipe.ft_learning_rate(c.lr, c.ft_lr_factor, allow_any=c.allow_any_lr_factor)
-    for name in ("epochs_fe", "epochs_ft", "early_stopping_patience"):
+    for name in ("epochs_fe", "epochs_ft", "early_stopping_patience", "fe_switch_patience"):
         if getattr(c, name) < 0:
             raise bad(name, "use 0 or a positive number of epochs")
     recipe.parse_unfreeze(c.unfreeze)
+    if not isinstance(c.stages, str):
+        raise bad("stages", f"write {recipe.STAGES_GRAMMAR}")
+    if not (math.isfinite(c.stage_lr_decay) and c.stage_lr_decay > 0):
+        raise bad("stage_lr_decay", "use a positive factor, e.g. 2 (1 = the same rate)")
+    if not (math.isfinite(c.layer_decay) and 0 < c.layer_decay <= 1):
+        raise bad("layer_decay", "use a factor in (0, 1], e.g. 0.7 (1.0 = off)")
+    if c.rollback not in ROLLBACK_MONITORS:
+        raise bad("rollback", "use 'val_accuracy', 'val_loss' or '' (off)")
+    if c.rollback and c.val_fraction == 0:
+        raise bad("rollback", "it compares validation metrics; set val_fraction > 0")
+    recipe.build_schedule(c)  # the stages, each stage's lr factor, the LR schedules
     if c.optimizer not in OPTIMIZERS:
         raise bad(
             "optimizer", f"one of {', '.join(OPTIMIZERS)}{did_you_mean(c.optimizer, OPTIMIZERS)}"

@@ -62,8 +62,15 @@ def plot_history(
         for x in history.boundaries():
             ax.axvline(x, color="0.25", linestyle=":", linewidth=1.5, gid=BOUNDARY_GID)
         if name == "lr":
-            ax.plot(epochs, history.metric("lr"), marker=".", color="0.2", label="learning rate")
-            ax.set_yscale("log")
+            lrs = history.metric("lr")
+            ax.plot(epochs, lrs, marker=".", color="0.2", label="learning rate")
+            positive = [v for v in lrs if v is not None and v > 0]
+            if positive and len(positive) < len([v for v in lrs if v is not None]):
+                # A warm-up's first epoch starts at 0, which a log axis cannot show: linear
+                # below the smallest positive rate, logarithmic above it.
+                ax.set_yscale("symlog", linthresh=min(positive))
+            elif positive:
+                ax.set_yscale("log")
         else:
             ax.plot(epochs, history.metric(name), marker=".", label=f"train {name}")
             val = history.metric(f"val_{name}")

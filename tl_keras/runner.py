@@ -3,8 +3,10 @@
 `train(config, workdir)` runs the whole schedule (or one phase of it) and keeps the workdir;
 `run_phase(model, phase, data, ...)` runs one phase on a model in memory, for users who want the
 pieces. Each phase: set what trains (BatchNorm stays frozen), report trainable and frozen
-parameters, recompile with a fresh optimizer at the phase's learning rate, and `fit` from the
-epoch where the previous phase really ended, with fresh stateful callbacks.
+parameters, recompile with a fresh optimizer at the phase's learning rate (its own schedule, and
+per-block rates under `layer_decay`), and `fit` from the epoch where the previous phase really
+ended, with fresh stateful callbacks. A schedule may have any number of phases (gradual
+unfreezing); under `rollback`, a phase that ends worse than the previous phase's best is undone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import time
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
-from tl_keras import _failpoints, backbones, checkpoint, io_utils, recipe
+from tl_keras import _failpoints, backbones, checkpoint, io_utils, phase_control, recipe, schedules
 from tl_keras import config as config_lib
+
+# Registers the per-variable learning-rate optimizer, so `.keras` files saved with it load.
+from tl_keras import optimizers as lr_multipliers
 from tl_keras.data import DataBundle, load_data
 from tl_keras.errors import ConfigError, TrainingError, WorkdirError
 from tl_keras.history import History
@@ -39,6 +45,9 @@ from tl_keras.workdir import Workdir
 log = logging.getLogger("tl_keras")
 
 RNG_FILE = "rng_state.json"  # dropout RNG states, which Keras does not save in .keras files
+# Under `rollback`: the weights the next phase must beat (`model.get_weights()` order), and their
+# phase, epoch and score in summary.json's "rollback_reference".
+BEST_WEIGHTS_FILE = "best_weights.npz"
 BN_CALIBRATION_BATCHES = 8  # batches used to re-estimate BatchNorm statistics of a random base
 
 
@@ -51,6 +60,10 @@ class PhaseResult:
     report: TrainabilityReport
     wall_time_s: float
     stopped_early: bool
+    best: phase_control.Snapshot | None = None  # the best epoch, when tracked (rollback)
+    rollback: phase_control.RollbackDecision | None = None
+    # Under rollback: what the next phase must beat (the best weights kept so far).
+    reference: phase_control.Snapshot | None = None
 
 
 @dataclasses.dataclass
@@ -78,10 +91,81 @@ def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
     return factories[name]()
 
 
-def compile_for_phase(model: keras.Model, phase: Phase) -> None:
-    """Recompiles with a fresh optimizer: required after any change of `trainable`."""
+def discriminative_multipliers(
+    model: keras.Model, backbone: str, layer_decay: float
+) -> dict[str, float]:
+    """Per-variable learning-rate multipliers: `layer_decay` per block, from the head down.
+
+    The head's variables keep 1.0, the base's top block `layer_decay`, the block below
+    `layer_decay**2`, ... (see `recipe.block_lr_multipliers`). Only trainable variables get an
+    entry, keyed by `variable.path`.
+    """
+    from tl_keras.model import get_base
+
+    infos = backbones.layer_infos(backbones.get(backbone), get_base(model))
+    return lr_multipliers.variable_multipliers(
+        model, recipe.block_lr_multipliers(infos, layer_decay)
+    )
+
+
+def phase_optimizer(
+    model: keras.Model,
+    phase: Phase,
+    *,
+    backbone: str,
+    steps_per_epoch: int,
+    monitor: str = "val_loss",
+) -> tuple[keras.optimizers.Optimizer, list[keras.callbacks.Callback]]:
+    """Returns a fresh optimizer for a phase, and the callbacks its LR schedule needs.
+
+    The learning rate follows the phase's `lr_schedule` from the phase's first step (a fresh
+    optimizer per phase, so every phase restarts its schedule, warm-up included). With
+    `layer_decay` < 1 and part of the base training, every variable gets its own rate (see
+    `discriminative_multipliers`). Call after `set_trainable`: the multipliers cover the
+    variables that train.
+
+    Args:
+      model: the model, trainability already set for the phase.
+      phase: the phase.
+      backbone: the backbone's registry name (its blocks).
+      steps_per_epoch: optimizer steps per epoch (the schedule counts steps).
+      monitor: what the 'plateau' schedule watches ('val_loss', or 'loss' without validation).
+    """
+    s = phase.lr_schedule
+    learning_rate, callbacks = phase.lr, []
+    if phase.epochs > 0:
+        learning_rate, callbacks = schedules.make_schedule(
+            s.name,
+            base_lr=phase.lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=phase.epochs,
+            warmup_epochs=s.warmup_epochs,
+            min_lr_ratio=s.min_lr_ratio,
+            step_every=s.step_every,
+            gamma=s.gamma,
+            plateau_patience=s.plateau_patience,
+            plateau_factor=s.plateau_factor,
+            plateau_monitor=monitor,
+        )
+    optimizer = make_optimizer(phase.optimizer, learning_rate)
+    if phase.layer_decay != 1.0 and phase.trains_base:
+        multipliers = discriminative_multipliers(model, backbone, phase.layer_decay)
+        optimizer = lr_multipliers.with_lr_multipliers(optimizer, multipliers)
+    return optimizer, callbacks
+
+
+def compile_for_phase(
+    model: keras.Model, phase: Phase, *, optimizer: keras.optimizers.Optimizer | None = None
+) -> None:
+    """Recompiles with a fresh optimizer: required after any change of `trainable`.
+
+    Args:
+      model: the model.
+      phase: the phase (its optimizer and constant lr when `optimizer` is not given).
+      optimizer: a fresh optimizer, e.g. from `phase_optimizer`.
+    """
     model.compile(
-        optimizer=make_optimizer(phase.optimizer, phase.lr),
+        optimizer=optimizer or make_optimizer(phase.optimizer, phase.lr),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -92,11 +176,13 @@ def current_lr(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-class HistoryRecorder(keras.callbacks.Callback):
+class HistoryRecorder(schedules.LRRecorder):
     """Records each epoch into a `History` with the phase name and the learning rate used.
 
-    It must run before callbacks that change the learning rate at epoch end (ReduceLROnPlateau),
-    so the runner puts it first.
+    The learning rate of an epoch is the one its first step used (`schedules.LRRecorder`): the
+    warm-up's 0 on a schedule's first epoch, the rate before `ReduceLROnPlateau` changes it at
+    the epoch's end. With `layer_decay` it is the head's rate; block b trains at that times its
+    multiplier.
     """
 
     def __init__(self, phase: str):
@@ -104,16 +190,24 @@ class HistoryRecorder(keras.callbacks.Callback):
         self.phase = phase
         self.history = History()
 
+    @property
+    def epoch_lr(self) -> float:
+        """The learning rate of the epoch in progress (or just ended)."""
+        return self.lrs[-1] if self.lrs else current_lr(self.model)
+
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append(self.phase, epoch + 1, current_lr(self.model), logs or {})
+        self.history.append(self.phase, epoch + 1, self.epoch_lr, logs or {})
 
 
 class EpochLogger(keras.callbacks.Callback):
     """One plain line per epoch, for logs and non-interactive runs (no progress-bar noise)."""
 
-    def __init__(self, phase: str, initial_epoch: int, epochs: int):
+    def __init__(
+        self, phase: str, initial_epoch: int, epochs: int, recorder: HistoryRecorder | None = None
+    ):
         super().__init__()
         self.phase, self.initial_epoch, self.epochs = phase, initial_epoch, epochs
+        self.recorder = recorder
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -129,7 +223,7 @@ class EpochLogger(keras.callbacks.Callback):
             self.epochs,
             time.perf_counter() - self._start,
             metrics,
-            current_lr(self.model),
+            self.recorder.epoch_lr if self.recorder else current_lr(self.model),
         )
 
 
@@ -157,7 +251,11 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Writes a resumable checkpoint at the end of every epoch (see `tl_keras.checkpoint`)."""
+    """Writes a resumable checkpoint at the end of every epoch (see `tl_keras.checkpoint`).
+
+    It runs after every callback that changes state at an epoch's end (early stopping, the
+    learning-rate schedule's), so a resumed epoch starts exactly where this one left off.
+    """
 
     def __init__(
         self,
@@ -170,17 +268,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
         guard,
         early,
         wall_before,
+        schedule_callbacks=(),
+        best=None,
     ):
         super().__init__()
         self.workdir, self.phase = workdir, phase
         self.first_epoch, self.last_epoch = first_epoch, last_epoch
-        self.history_before, self.recorder, self.guard, self.early = (
-            history_before,
-            recorder,
-            guard,
-            early,
-        )
-        self.wall_before = wall_before
+        self.history_before, self.recorder, self.guard = history_before, recorder, guard
+        self.early, self.wall_before = early, wall_before
+        self.schedule_callbacks, self.best = list(schedule_callbacks), best
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
@@ -202,6 +298,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
             wall_time_s=self.wall_before + time.perf_counter() - self._start,
             history=History(self.history_before.records + self.recorder.history.records),
             early_stopping=self.early,
+            callback_state={
+                type(cb).__name__: checkpoint.callback_state(cb) for cb in self.schedule_callbacks
+            },
+            best=self.best.best if self.best is not None else None,
         )
         _failpoints.hit(f"after_checkpoint:{e}")
 
@@ -216,6 +316,7 @@ def run_phase(
     bn_policy: str = "frozen",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     progress: str = "auto",
+    track_best: str | None = None,
     checkpoint_dir: str | None = None,
     history_before: History | None = None,
     resume: checkpoint.Checkpoint | None = None,
@@ -232,14 +333,16 @@ def run_phase(
       callbacks: extra Keras callbacks for this phase. Pass new instances per phase: stateful
         callbacks carried across phases are how early stopping leaks between phases.
       progress: 'auto', 'bar' or 'lines'.
+      track_best: a validation metric ('val_accuracy'): keep a copy of the weights of the
+        phase's best epoch by it in the result's `best` (for rollback).
       checkpoint_dir: write a resumable checkpoint there after every epoch (the workdir).
       history_before: the stitched history of earlier phases (stored in checkpoints).
       resume: continue this phase from a checkpoint: `model` is the checkpoint's compiled model,
         which keeps its optimizer state, so it is not recompiled.
 
     Returns:
-      The phase's history (global epochs), trainability report, wall time and whether early
-      stopping ended it.
+      The phase's history (global epochs, the learning rate each epoch used), trainability
+      report, wall time, whether early stopping ended it, and its best epoch when tracked.
 
     Raises:
       TrainingError: the loss became NaN or infinite (the last good checkpoint is kept).
@@ -249,14 +352,26 @@ def run_phase(
     """
     history_before = history_before or History()
     report = set_trainable(model, backbone, phase.unfreeze, bn_policy=bn_policy)
+    monitor = "val_loss" if data.val is not None else "loss"
+    optimizer, schedule_callbacks = phase_optimizer(
+        model, phase, backbone=backbone, steps_per_epoch=data.steps_per_epoch, monitor=monitor
+    )
     if resume is None:
         first_epoch, wall_before, done_records = initial_epoch + 1, 0.0, []
         log.info("[%s] %s", phase.name, report.summary())
-        compile_for_phase(model, phase)
-    else:  # same trainable set as when checkpointed; recompiling would reset the optimizer
+        _log_rates(phase, optimizer)
+        compile_for_phase(model, phase, optimizer=optimizer)
+    else:
+        # The checkpoint's compiled model keeps its optimizer: moments, step count (the schedule
+        # position) and per-variable rates. Recompiling would reset them, so the fresh optimizer
+        # is dropped; only its schedule's callbacks are used, with their saved state.
         first_epoch, wall_before = resume.phase_first_epoch, resume.wall_time_s
         initial_epoch = resume.epoch
         done_records = [r for r in resume.history.records if r["phase"] == phase.name]
+        if resume.lr is not None:  # a float rate (e.g. lowered on a plateau) is not in .keras
+            model.optimizer.learning_rate = resume.lr
+        for cb in schedule_callbacks:
+            checkpoint.restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
         log.info(
             "[%s] resuming after epoch %d (%d of %d done) from %s; %s",
             phase.name,
@@ -271,6 +386,11 @@ def run_phase(
     recorder.history.records.extend(dict(r) for r in done_records)
     guard = NonFiniteGuard()
     cbs: list[keras.callbacks.Callback] = [recorder, guard]
+    best = phase_control.BestWeights(phase.name, track_best) if track_best else None
+    if best is not None:  # before early stopping, which may restore other weights at the end
+        if resume is not None:
+            best.best = resume.best_snapshot()
+        cbs.append(best)
     early = None
     if phase.early_stopping_patience:
         es_state = resume.early_stopping if resume else None
@@ -282,6 +402,7 @@ def run_phase(
             best_weights=resume.best_weights() if resume else None,
         )
         cbs.append(early)
+    cbs += schedule_callbacks  # they change the rate at epoch ends: before the checkpoint
     if checkpoint_dir:
         cbs.append(
             EpochCheckpoint(
@@ -294,11 +415,13 @@ def run_phase(
                 guard,
                 early,
                 wall_before,
+                schedule_callbacks,
+                best,
             )
         )
     bar = _use_progress_bar(progress)
     if not bar:
-        cbs.append(EpochLogger(phase.name, first_epoch - 1, phase.epochs))
+        cbs.append(EpochLogger(phase.name, first_epoch - 1, phase.epochs, recorder))
     cbs += list(callbacks)
     start = time.perf_counter()
     remaining = last_epoch - initial_epoch
@@ -319,16 +442,32 @@ def run_phase(
         )
     if guard.bad is not None:
         epoch, batch, loss = guard.bad
+        kept = (
+            f"checkpoint of epoch {epoch - 1}"
+            if checkpoint_dir and epoch > first_epoch
+            else "the start of the phase"
+        )
         raise TrainingError(
             f"the loss became {loss} in phase {phase.name!r}, epoch {epoch}, batch {batch}: training "
-            f"stopped and the last good state was kept ({'checkpoint of epoch ' + str(epoch - 1) if checkpoint_dir and epoch > first_epoch else 'the start of the phase'}). "
-            f"Lower the learning rate (phase lr {phase.lr:g}) and rerun the phase with --phase={phase.name} --overwrite"
+            f"stopped and the last good state was kept ({kept}). Lower the learning rate (phase lr "
+            f"{phase.lr:g}) and rerun the phase with --phase={phase.name} --overwrite"
         )
     wall = wall_before + time.perf_counter() - start
     stopped = bool(early is not None and early.stopped_epoch > 0) or bool(
         resume and resume.stopped_early
     )
-    if stopped:
+    if stopped and not phase.trains_base:
+        log.info(
+            "[%s] %s stopped improving for %d epochs: switching to the next phase after %d of "
+            "%d epochs, with the phase's best weights (epoch %d)",
+            phase.name,
+            early.monitor,
+            phase.early_stopping_patience,
+            len(recorder.history),
+            phase.epochs,
+            early.best_epoch + 1,  # Keras counts global epochs from 0 when fit has initial_epoch
+        )
+    elif stopped:
         log.info(
             "[%s] early stopping after %d of %d epochs; restored the phase's best weights (epoch %d)",
             phase.name,
@@ -336,10 +475,161 @@ def run_phase(
             phase.epochs,
             early.best_epoch + 1 if early else -1,
         )
-    return PhaseResult(phase, recorder.history, report, wall, stopped)
+    return PhaseResult(
+        phase, recorder.history, report, wall, stopped, best=best.best if best else None
+    )
+
+
+def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
+    s = phase.lr_schedule
+    if s.name != "constant" or s.warmup_epochs:
+        log.info(
+            "[%s] lr %.2e, schedule %s%s",
+            phase.name,
+            phase.lr,
+            s.name,
+            f" after {s.warmup_epochs:g} warm-up epochs" if s.warmup_epochs else "",
+        )
+    if isinstance(optimizer, lr_multipliers.LRMultiplierOptimizer):
+        rates = sorted(set(optimizer.lr_multipliers.values()))
+        log.info(
+            "[%s] discriminative learning rates (layer_decay %g): %d variables at lr x %s",
+            phase.name,
+            phase.layer_decay,
+            len(optimizer.lr_multipliers),
+            " .. ".join(f"{r:.3g}" for r in (rates[0], rates[-1])) if rates else "-",
+        )
+
+
+# --- phase control: rollback --------------------------------------------------------------------
+def evaluate_metric(model: keras.Model, data: DataBundle, monitor: str) -> float:
+    """The validation metric `monitor` ('val_accuracy', 'val_loss') of the model's weights now.
+
+    Raises:
+      ConfigError: the data has no validation split.
+    """
+    if data.val is None:
+        raise ConfigError(f"rollback compares {monitor} and needs validation data; none is given")
+    if not getattr(model, "compiled", False):
+        compile_for_phase(model, Phase("evaluate", "none", 0, 1e-3))
+    logs = model.evaluate(data.val, verbose=0, return_dict=True)
+    return float(logs[monitor.removeprefix("val_")])
+
+
+def apply_rollback(
+    model: keras.Model,
+    result: PhaseResult,
+    reference: phase_control.Snapshot | None,
+    data: DataBundle,
+) -> phase_control.Snapshot | None:
+    """Rolls a phase back to `reference` if the weights it hands on score worse.
+
+    Evaluates the model on the validation set (the weights the phase hands on, after any restore
+    by early stopping), restores the reference weights bitwise when that is worse, logs which
+    weights were kept, and records the decision and the next reference in `result`.
+
+    Args:
+      model: the model at the end of the phase.
+      result: the phase's result, from `run_phase(..., track_best=MONITOR)`.
+      reference: the previous phase's best; None for the first phase (nothing to compare).
+      data: the data bundle (its validation split).
+
+    Returns:
+      What the next phase must beat (also stored as `result.reference`).
+    """
+    if reference is None:
+        result.reference = result.best
+        return result.reference
+    end_value = evaluate_metric(model, data, reference.monitor)
+    decision, result.reference = phase_control.decide_rollback(
+        result.phase.name, end_value, reference, result.best
+    )
+    if decision.rolled_back:
+        model.set_weights(reference.weights)
+        log.warning(decision.message())
+    else:
+        log.info(decision.message())
+    result.rollback = decision
+    return result.reference
+
+
+def load_rollback_reference(
+    wd: Workdir, prev: Phase, model: keras.Model, data: DataBundle, monitor: str
+) -> phase_control.Snapshot:
+    """The reference a phase run in its own process must beat: what `prev` saved for it.
+
+    A previous phase run without `rollback` saved no best weights; its reference is then the
+    weights it handed on (the model just loaded), scored now.
+
+    Raises:
+      WorkdirError: the saved best weights do not fit the model.
+    """
+    summary_path, npz = wd.file(prev.name, "summary.json"), wd.file(prev.name, BEST_WEIGHTS_FILE)
+    saved = (
+        io_utils.read_json(summary_path).get("rollback_reference")
+        if os.path.isfile(summary_path)
+        else None
+    )
+    if saved and saved["monitor"] == monitor and os.path.isfile(npz):
+        with np.load(npz) as f:
+            weights = [f[f"arr_{i}"] for i in range(len(f.files))]
+        shapes = [tuple(w.shape) for w in model.get_weights()]
+        if [tuple(w.shape) for w in weights] != shapes:
+            raise WorkdirError(f"{npz} does not fit the model of {prev.name!r}; rerun that phase")
+        return phase_control.Snapshot(
+            saved["phase"], saved["epoch"], monitor, saved["value"], weights
+        )
+    last = History.load(wd.file(prev.name, "history.json")).last_epoch
+    value = evaluate_metric(model, data, monitor)
+    log.info(
+        "[rollback] %s saved no best weights by %s; the reference is the weights it handed on "
+        "(%s %.4f)",
+        prev.name,
+        monitor,
+        monitor,
+        value,
+    )
+    return phase_control.Snapshot(prev.name, last, monitor, value, model.get_weights())
+
+
+def _save_rollback(wd: Workdir, result: PhaseResult, summary: dict) -> None:
+    if result.rollback is not None:
+        summary["rollback"] = result.rollback.to_dict()
+    if result.reference is not None:
+        summary["rollback_reference"] = result.reference.to_dict()
+        with io_utils.atomic_path(wd.file(result.phase.name, BEST_WEIGHTS_FILE)) as tmp:
+            np.savez(tmp, *result.reference.weights)
 
 
 # --- the whole run --------------------------------------------------------------------------------
+def build_initial_model(config: config_lib.Config, data: DataBundle) -> keras.Model:
+    """Builds the model the first phase starts from (base frozen, ready for `fe`).
+
+    With `weights = "none"` the random base's BatchNorm statistics are re-estimated from a few
+    training batches (see `calibrate_batchnorm`); pretrained bases are never touched.
+    """
+    model = build_model(
+        config.backbone,
+        data.num_classes,
+        image_size=config.image_size or None,
+        weights=backbones.normalize_weights(config.weights),
+        alpha=config.alpha,
+        head_units=config.head_units,
+        dropout=config.dropout,
+        seed=config.seed,
+    )
+    if backbones.normalize_weights(config.weights) is None:
+        n = calibrate_batchnorm(model, data.train_epochs(0, 1).take(BN_CALIBRATION_BATCHES))
+        log.warning(
+            "weights=none: the base starts random, so training only the head learns what random "
+            "features carry (use pretrained weights for transfer learning). Its BatchNorm "
+            "statistics were re-estimated from %d training batches so its features do not "
+            "vanish; no other weight changed",
+            n,
+        )
+    return model
+
+
 def _identity(config: config_lib.Config) -> dict:
     spec = backbones.get(config.backbone)
     return {
@@ -418,6 +708,7 @@ def _save_phase(
         "wall_time_s": round(result.wall_time_s, 3),
         "trainability": dataclasses.asdict(result.report),
     }
+    _save_rollback(wd, result, summary)
     io_utils.atomic_write_json(wd.file(name, "summary.json"), summary)
     history.save(wd.file("history.json"), wd.file("history.csv"))
     if len(history):
@@ -425,6 +716,7 @@ def _save_phase(
             history,
             wd.file("curves.png"),
             title=f"{run['backbone']}: {' -> '.join(s.phase for s in history.spans())}",
+            show_lr=True,
         )
     run["phases"][name] = {
         k: summary[k]
@@ -481,7 +773,7 @@ def train(
     Args:
       config: the resolved config (see `tl_keras.config`).
       workdir: the run's folder.
-      phase: 'all' or the name of one phase ('fe', 'ft').
+      phase: 'all' or the name of one phase ('fe', 'ft', or a stage of `config.stages`).
       overwrite: replace results already in `workdir` (otherwise refused).
       resume: continue an interrupted run: skip the phases already done, continue the phase in
         progress from its last checkpoint. The config must be the one the run was started with.
@@ -555,29 +847,14 @@ def train(
         data = load_data(config, workdir=wd.path)
     if run is not None and (prev is not None or ckpt is not None):
         check_same_run(run, config, data.class_names, wd.path)
+    reference = None  # under rollback: the best weights the next phase must beat
     if ckpt is not None:
         model = ckpt.load_model()
         history = ckpt.history.truncate(ckpt.phase_first_epoch - 1)
+        if config.rollback and prev is not None:
+            reference = load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
-        model = build_model(
-            config.backbone,
-            data.num_classes,
-            image_size=config.image_size or None,
-            weights=backbones.normalize_weights(config.weights),
-            alpha=config.alpha,
-            head_units=config.head_units,
-            dropout=config.dropout,
-            seed=config.seed,
-        )
-        if backbones.normalize_weights(config.weights) is None:
-            n = calibrate_batchnorm(model, data.train_epochs(0, 1).take(BN_CALIBRATION_BATCHES))
-            log.warning(
-                "weights=none: the base is random, so feature extraction only learns what random "
-                "features carry (use pretrained weights for real results). Its BatchNorm "
-                "statistics were re-estimated from %d training batches so its features do not "
-                "vanish; no other weight changed",
-                n,
-            )
+        model = build_initial_model(config, data)
         if run is not None:  # --overwrite or a restart, set up without error: now clear the old run
             wd.clear_results()
             checkpoint.remove_all(wd.path)
@@ -586,6 +863,8 @@ def train(
     else:
         model = _load_phase_model(wd, prev.name)
         history = History.load(wd.file("history.json")).truncate(done[prev.name]["last_epoch"])
+        if config.rollback:
+            reference = load_rollback_reference(wd, prev, model, data, config.rollback)
         names = [p.name for p in schedule]
         for n in [n for n in done if n in names and names.index(n) >= names.index(targets[0].name)]:
             run["phases"].pop(n)  # redone phases and everything after them
@@ -604,10 +883,13 @@ def train(
             bn_policy=config.bn_policy,
             callbacks=[*callbacks, *_log_callbacks(config, wd)],
             progress=config.progress,
+            track_best=config.rollback or None,
             checkpoint_dir=wd.path,
             history_before=history,
             resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
         )
+        if config.rollback:
+            reference = apply_rollback(model, result, reference, data)
         history.extend(result.history)
         _save_phase(wd, run, config, result, history, model)
         checkpoint.remove_all(wd.path)  # the phase's saved model supersedes its checkpoints

@@ -9,6 +9,7 @@ Examples:
   python -m tl_keras.train --config=configs/quickstart.toml --workdir=runs/quickstart
   python -m tl_keras.train --phase=fe --data_dir=photos/ --backbone=efficientnet_b0 --workdir=runs/b0
   python -m tl_keras.train --phase=ft --workdir=runs/b0 --unfreeze=blocks:3 --ft_lr_factor=30
+  python -m tl_keras.train --config=configs/gradual.toml --workdir=runs/gradual
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from tl_keras.errors import ConfigError, TLKerasError  # noqa: E402
 FLAGS = flags.FLAGS
 EXIT_BAD_INPUT = 2
 
-flags.DEFINE_string("phase", "all", "Phase to run: 'all', or one phase's name ('fe', 'ft').")
+flags.DEFINE_string(
+    "phase", "all", "Phase to run: 'all', or one phase's name ('fe', 'ft', or a stage's name)."
+)
 flags.DEFINE_string("workdir", None, "Folder for the run's artifacts (models, history, curves).")
 flags.DEFINE_string("config", None, "TOML config file (see configs/); flags override its fields.")
 flags.DEFINE_boolean("overwrite", False, "Replace results already in --workdir.")
@@ -82,10 +85,14 @@ def resolve_config(
     """Applies defaults < saved workdir config (later phases, --resume) < config file < flags."""
     cfg = config_lib.Config()
     saved = os.path.join(workdir, "config.json") if workdir else None
-    if (resume or phase not in ("all", "fe")) and saved and os.path.isfile(saved):
-        from tl_keras import io_utils
+    if saved and os.path.isfile(saved) and (resume or phase != "all"):
+        from tl_keras import io_utils, recipe
 
-        cfg = config_lib.replace(cfg, io_utils.read_json(saved), saved)
+        saved_cfg = config_lib.replace(cfg, io_utils.read_json(saved), saved)
+        names = [p.name for p in recipe.build_schedule(saved_cfg)]
+        # --resume and a later phase continue the saved run; a first phase starts anew.
+        if resume or phase in names[1:]:
+            cfg = saved_cfg
     if config_file:
         cfg = config_lib.replace(cfg, config_lib.load_file(config_file), config_file)
     return config_lib.replace(cfg, overrides, "command line")

@@ -10,6 +10,8 @@
       <phase>/history.json      that phase's epochs
       <phase>/config.json       the resolved config the phase ran with
       <phase>/summary.json      trainable/frozen parameters, epochs run, wall time
+      <phase>/best_weights.npz  under `rollback`: the best weights the next phase must beat
+      lr_find/                  plots and JSON of `python -m tl_keras.lr_find` (kept on --overwrite)
       logs/                     optional TensorBoard and CSV logs
       data/synthetic/           the generated data set when data_dir='synthetic'
 

@@ -1,0 +1,86 @@
+"""The LR range test for a phase of a config: library call and `python -m tl_keras.lr_find`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, tiny_config
+from test_cli import TINY, assert_one_line_error, digest, run_cli
+
+from tl_keras import runner
+from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.lr_find import run_lr_find
+
+
+def run_lr_find_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tl_keras.lr_find", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_fe_range_test_writes_plot_and_json(tmp_path):
+    result = run_lr_find(tiny_config(), str(tmp_path), num_steps=12, max_lr=10.0)
+    assert 2 <= len(result.lrs) <= 12 and result.suggestion is not None
+    payload = json.loads((tmp_path / "lr_find" / "fe.json").read_text())
+    assert payload["phase"] == "fe" and payload["phase_lr"] == pytest.approx(1e-3)
+    assert payload["suggestion"] == pytest.approx(result.suggestion)
+    assert payload["implied_lr_factor"] is None  # fe trains only the head: no factor rule
+    assert len(payload["lrs"]) == len(payload["losses"]) == len(result.lrs)
+    assert (tmp_path / "lr_find" / "fe.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "run.json").exists()  # no run was started
+
+
+def test_later_phase_starts_from_the_saved_model_and_leaves_the_run_alone(tmp_path):
+    cfg = tiny_config(layer_decay=0.5)
+    runner.train(cfg, str(tmp_path), phase="fe")
+    before = digest(tmp_path)
+    result = run_lr_find(cfg, str(tmp_path), phase="ft", num_steps=8, max_lr=1.0)
+    after = {k: v for k, v in digest(tmp_path).items() if not k.startswith("lr_find")}
+    assert after == before  # models, history, run.json untouched
+    payload = json.loads((tmp_path / "lr_find" / "ft.json").read_text())
+    assert payload["unfreeze"] == "blocks:2" and payload["phase_lr"] == pytest.approx(1e-4)
+    assert payload["implied_lr_factor"] == pytest.approx(1e-3 / result.suggestion)
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(WorkdirError, match="has no 'fe' done; run .*--phase=fe"):
+        run_lr_find(tiny_config(), str(tmp_path), phase="ft")
+    with pytest.raises(ConfigError, match="for one phase; use one of fe, ft"):
+        run_lr_find(tiny_config(), str(tmp_path), phase="all")
+    with pytest.raises(ConfigError, match="max_lr"):
+        run_lr_find(tiny_config(), str(tmp_path), min_lr=1.0, max_lr=0.1)
+    assert not (tmp_path / "lr_find").exists()
+
+
+@pytest.mark.slow
+def test_readme_lr_find_commands(tmp_path):
+    """The README's two commands, exactly (the workdir aside)."""
+    quick = tmp_path / "quickstart"
+    proc = run_lr_find_cli("--config=configs/quickstart.toml", f"--workdir={quick}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[lr_find] fe: suggested lr" in proc.stdout
+    assert json.loads((quick / "lr_find" / "fe.json").read_text())["steps"] > 10
+
+    tiny = tmp_path / "tiny"
+    assert run_cli(*TINY, "--phase=fe", f"--workdir={tiny}").returncode == 0
+    proc = run_lr_find_cli("--phase=ft", f"--workdir={tiny}")  # the rest from the workdir
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[lr_find] ft: suggested lr" in proc.stdout and "a fine-tuning factor" in proc.stdout
+    assert (tiny / "lr_find" / "ft.png").is_file()
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    proc = run_lr_find_cli(*TINY, "--phase=ft", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "has no 'fe' done")
+    proc = run_lr_find_cli(*TINY, "--min_lr=1e-2", "--max_lr=1e-3", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "LR range test: max_lr must be a finite number > min_lr (0.01)")
+    proc = run_lr_find_cli(*TINY, "--num_steps=1", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "num_steps must be an integer >= 2")
