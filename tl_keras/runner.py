@@ -269,6 +269,7 @@ def _save_phase(
     result: PhaseResult,
     history: History,
     model: keras.Model,
+    data: DataBundle,
 ) -> None:
     """Writes a phase's artifacts, then run.json (the commit point), each file atomically."""
     name = result.phase.name
@@ -286,6 +287,8 @@ def _save_phase(
         "stopped_early": result.stopped_early,
         "wall_time_s": round(result.wall_time_s, 3),
         "trainability": dataclasses.asdict(result.report),
+        # What the phase trained on: counts, skipped unreadable files, pipeline settings.
+        "data": data.report.to_dict() if data.report is not None else None,
     }
     io_utils.atomic_write_json(wd.file(name, "summary.json"), summary)
     history.save(wd.file("history.json"), wd.file("history.csv"))
@@ -414,7 +417,7 @@ def train(
             progress=config.progress,
         )
         history.extend(result.history)
-        _save_phase(wd, run, config, result, history, model)
+        _save_phase(wd, run, config, result, history, model, data)
         results.append(result)
     return RunResult(model, history, results, list(data.class_names), wd.path)
 
