@@ -46,7 +46,7 @@ def digest(ds) -> str:
 
 def test_every_preset_is_registered_and_runs():
     assert augment.names() == ["none", "light", "strong"]
-    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (32, 32, 3)), tf.float32)
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (32, 32, 3)), tf.uint8)
     key = tf.constant([1, 2], tf.int64)
     for name in augment.names():
         fn = augment.get(name).build(32)
@@ -129,7 +129,8 @@ def test_label_smoothing_and_mixing_targets(folder):
 
 
 def test_light_warp_geometry():
-    """The fused warp: a flip is an exact mirror, a quarter turn an exact rot90, zoom 1 identity."""
+    """The fused warp: a flip is an exact mirror, a quarter turn an exact rot90, zoom 1 identity,
+    and both together are the turned image mirrored."""
     image = tf.constant(np.random.default_rng(1).uniform(0, 255, (9, 9, 3)), tf.float32)
     same = augment.affine(image, angle=0.0, zoom=1.0, flip=1.0)
     np.testing.assert_allclose(same, image, atol=1e-3)
@@ -139,6 +140,8 @@ def test_light_warp_geometry():
     np.testing.assert_allclose(turned, np.rot90(image.numpy(), k=1), atol=1e-3)
     zoomed = augment.affine(image, angle=0.0, zoom=3.0, flip=1.0)
     np.testing.assert_allclose(zoomed[4, 4], image[4, 4], atol=1e-3)  # the centre stays
+    nearest = augment.affine(image, angle=np.pi / 2, zoom=1.0, flip=-1.0, interpolation="NEAREST")
+    np.testing.assert_array_equal(nearest, np.rot90(image.numpy(), k=1)[:, ::-1])
 
 
 def test_strong_uses_keras_rand_augment_ops_without_advancing_their_seed_generators():

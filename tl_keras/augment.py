@@ -35,11 +35,15 @@ from tl_keras.errors import ConfigError, did_you_mean
 LIGHT_ROTATION_DEG = 15.0
 LIGHT_ZOOM = 0.10
 LIGHT_CONTRAST = 0.20
+# Nearest-neighbour sampling for light's warp, as torchvision's RandomRotation / RandomAffine do
+# by default: TF's bilinear warp kernel is several times slower on CPU, enough to make the input
+# pipeline the bottleneck of MobileNet-0.25 at 128 px on 2 cores (benchmarks/bench_input.py).
+LIGHT_INTERPOLATION = "NEAREST"
 # `strong`: RandAugment ops per image and their magnitude (keras.layers.RandAugment defaults).
 STRONG_NUM_OPS = 2
 STRONG_FACTOR = 0.5
 
-ExampleFn = Callable[[Any, Any], Any]  # (float32 HxWx3 image in 0..255, key) -> image
+ExampleFn = Callable[[Any, Any], Any]  # (uint8 HxWx3 image, key) -> float32 image in 0..255
 BatchFn = Callable[[Any, Any, Any], tuple[Any, Any]]  # (images, one-hot labels, key) -> both
 
 
@@ -50,7 +54,8 @@ class Preset:
     Attributes:
       name: the name users type (`--augment=light`).
       description: one line for the README and the logs.
-      build: image size -> a per-image function `(image, key) -> image`, or None for no change.
+      build: image size -> a per-image function `(uint8 image, key) -> float32 image`, or None
+        for no change.
     """
 
     name: str
@@ -68,28 +73,33 @@ def _light(image_size: int) -> ExampleFn:
     max_angle = math.radians(LIGHT_ROTATION_DEG)
 
     def augment(image, key):
-        k = [tf.random.experimental.stateless_fold_in(key, j) for j in range(4)]
-        flip = tf.where(tf.random.stateless_uniform([], k[0]) < 0.5, -1.0, 1.0)
-        angle = tf.random.stateless_uniform([], k[1], -max_angle, max_angle)
-        zoom = tf.random.stateless_uniform([], k[2], 1.0 - LIGHT_ZOOM, 1.0 + LIGHT_ZOOM)
-        contrast = tf.random.stateless_uniform([], k[3], 1.0 - LIGHT_CONTRAST, 1.0 + LIGHT_CONTRAST)
-        image = affine(image, angle=angle, zoom=zoom, flip=flip)
-        mean = tf.reduce_mean(image, axis=(0, 1), keepdims=True)
-        return tf.clip_by_value((image - mean) * contrast + mean, 0.0, 255.0)
+        # One draw for the four parameters, one warp on the uint8 image, one contrast op: at
+        # these image sizes the per-op overhead, not the arithmetic, is what costs.
+        u = 2.0 * tf.random.stateless_uniform([4], key) - 1.0  # uniform in [-1, 1)
+        image = affine(
+            image,
+            angle=u[1] * max_angle,
+            zoom=1.0 + u[2] * LIGHT_ZOOM,
+            flip=tf.where(u[0] < 0.0, -1.0, 1.0),
+            interpolation=LIGHT_INTERPOLATION,
+        )
+        image = tf.image.adjust_contrast(tf.cast(image, tf.float32), 1.0 + u[3] * LIGHT_CONTRAST)
+        return tf.clip_by_value(image, 0.0, 255.0)
 
     return tf.function(augment, autograph=False)
 
 
-def affine(image, *, angle, zoom, flip):
+def affine(image, *, angle, zoom, flip, interpolation: str = "BILINEAR"):
     """Rotates (radians), zooms (>1 = in) and mirrors (flip=-1) an image about its centre.
 
-    One bilinear warp with reflected borders, like `keras.layers.RandomRotation` /
-    `RandomZoom`'s defaults, instead of three.
+    One warp with reflected borders (the fill of `keras.layers.RandomRotation` / `RandomZoom`)
+    instead of three; `interpolation` is 'BILINEAR' or 'NEAREST'.
     """
     import tensorflow as tf
 
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    h, w = image.shape[0], image.shape[1]
+    if h is None or w is None:
+        h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
     # Output pixel p maps to input pixel c + R(angle) F (p - c) / zoom: F mirrors x when flip=-1.
     cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
@@ -98,9 +108,9 @@ def affine(image, *, angle, zoom, flip):
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None],
         transforms=transform[None],
-        output_shape=shape[:2],
+        output_shape=tf.shape(image)[:2],
         fill_value=0.0,
-        interpolation="BILINEAR",
+        interpolation=interpolation,
         fill_mode="REFLECT",
     )[0]
     return tf.ensure_shape(out, image.shape)
@@ -160,6 +170,7 @@ def _strong(image_size: int) -> ExampleFn:
     ops = rand_augment_ops(seeds)
 
     def augment(image, key):
+        image = tf.cast(image, tf.float32)
         flip_key, ops_key, magnitude_key = (
             tf.random.experimental.stateless_fold_in(key, j) for j in range(3)
         )
