@@ -350,8 +350,10 @@ def train_epoch_fn(
         key = tf.stack([tf.constant(p.seed, tf.int64), tf.cast(epoch, tf.int64)])
 
         def example(i):
-            image = tf.cast(load(i), tf.float32)
-            if per_example is not None:
+            image = load(i)  # uint8: the geometric warps are cheaper on it
+            if per_example is None:
+                image = tf.cast(image, tf.float32)
+            else:
                 image = per_example(image, _fold(key, _EXAMPLE_STREAM, i))
             return image, tf.one_hot(tf.gather(labels, i), num_classes)
 
@@ -454,30 +456,27 @@ def _cache_key(images: Images, p: Pipeline) -> str:
     return h.hexdigest()[:24]
 
 
-def _checked(
-    images: Images, split: str, p: Pipeline, report: DataReport
-) -> tuple[Images, _Check | None]:
+def _checked(images: Images, split: str, p: Pipeline, report: DataReport) -> tuple[Images, _Check]:
     """Returns the split without its unreadable images (a cache when one is asked for).
 
     With cache='file', a cache written by an earlier run on the same files and settings is
     reused, decode check included.
     """
-    if p.cache == "none" and images.kind == "array":
-        return images, None
-    folder = manifest_path = None
+    folder = manifest_path = npy = None
     if p.cache == "file":
         if not p.cache_dir:
             raise DataError("cache='file' needs a workdir (the cache goes to <workdir>/data/cache)")
         folder = os.path.join(p.cache_dir, f"{split}-{_cache_key(images, p)}")
         manifest_path = os.path.join(folder, "manifest.json")
-        if os.path.isfile(manifest_path):
+        npy = os.path.join(folder, "images.npy")
+        if os.path.isfile(manifest_path) and os.path.isfile(npy):
             manifest = io_utils.read_json(manifest_path)
             kept = np.asarray(manifest["kept"], np.int64)
             for i, reason in manifest["skipped"]:
                 report.skipped.append({"split": split, "item": images.names[i], "reason": reason})
             sizes = collections.Counter({tuple(k): v for k, v in manifest["sizes"]})
             check = _Check(np.isin(np.arange(len(images)), kept), {}, sizes, None, 0.0)
-            stored = np.load(os.path.join(folder, "images.npy"), mmap_mode="r")
+            stored = np.load(npy, mmap_mode="r")
             log.info("data: %s: reusing the file cache %s", split, folder)
             return Images(
                 "prepared", stored, images.labels[kept], list(np.asarray(images.names)[kept])
@@ -493,7 +492,6 @@ def _checked(
     prepared = check.prepared
     if p.cache == "file":
         os.makedirs(folder, exist_ok=True)
-        npy = os.path.join(folder, "images.npy")
         with io_utils.atomic_path(npy) as tmp:
             np.save(tmp, prepared)
         io_utils.atomic_write_json(  # written last: its presence means the cache is complete
@@ -611,8 +609,7 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
             continue
         listed += len(images)
         splits[split], check = _checked(images, split, p, report)
-        if check is not None:
-            sizes.update(check.sizes)
+        sizes.update(check.sizes)
     report.image_sizes = _size_summary(sizes)
     if report.num_skipped > p.max_skipped_fraction * listed:
         raise DataError(
@@ -934,10 +931,10 @@ def _tfds_source(config) -> RawData:
     name = config.data_dir[len(TFDS_PREFIX) :].strip()
     if not name:
         raise DataError("data_dir='tfds:' names no data set; use e.g. data_dir='tfds:tf_flowers'")
-    builder = _tfds_builder(name, config.tfds_data_dir)
-    keys = builder.info.supervised_keys
     import tensorflow_datasets as tfds
 
+    builder = _tfds_builder(name, config.tfds_data_dir)
+    keys = builder.info.supervised_keys
     features = builder.info.features
     if not (
         isinstance(keys, tuple)
