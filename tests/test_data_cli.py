@@ -116,3 +116,37 @@ def test_flowers_config_runs(tmp_path, flowers_dir, shared_weights):
     assert record["val_accuracy"] > 0.5  # chance is 0.2: the pretrained features are real
     data = read(workdir / "fe" / "summary.json")["data"]
     assert data["images"] == {"train": 2752, "val": 687} and data["num_skipped"] == 0
+
+
+@pytest.mark.slow
+def test_input_benchmark_runs(tmp_path):
+    """The README's benchmark command, on a tiny folder, tiny sizes and one short round."""
+    from data_fixtures import make_folder
+
+    folder = make_folder(tmp_path / "d", {"ant": 12, "bee": 12})
+    out = tmp_path / "input.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_input.py",
+            f"--data_dir={folder}",
+            "--sizes=32,48",
+            "--batch_size=8",
+            "--pipeline_batches=2",
+            "--model_steps=1",
+            "--warmup=1",
+            "--repeats=1",
+            f"--out={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = read(out)
+    assert [r["image_size"] for r in result["results"]] == [32, 48]
+    row = result["results"][0]
+    assert set(row["pipeline_img_s"]) == {"none", "light", "strong"}
+    assert row["model_img_s"]["fe"] > 0 and row["ratio_light_vs_fe"] > 0
+    assert "| 32 px |" in proc.stdout and "light ÷ fe" in proc.stdout
