@@ -246,7 +246,12 @@ def test_tfds_source_with_held_out_validation(mock_tfds):
     assert x.shape == (4, 32, 32, 3) and y.shape == (4, 5)
 
 
-def test_tfds_split_specs(mock_tfds):
+def test_tfds_split_specs(mock_tfds, monkeypatch):
+    opened = []
+    builder = mock_tfds.builder
+    monkeypatch.setattr(
+        mock_tfds, "builder", lambda name, **kw: opened.append((name, kw)) or builder(name, **kw)
+    )
     cfg = tiny_data_config(
         "tfds:tf_flowers",
         train_split="train[:80%]",
@@ -258,6 +263,7 @@ def test_tfds_split_specs(mock_tfds):
     # The mock gives every split the same 30 examples; the split specs reach TFDS unchanged.
     assert (data.num_train, data.num_val, data.num_test) == (30, 30, 30)
     assert data.report.images == {"train": 30, "val": 30, "test": 30}
+    assert opened == [("tf_flowers", {"data_dir": "/nonexistent/prepared"})]
 
 
 # --- the report reaches the artifacts --------------------------------------------------------------

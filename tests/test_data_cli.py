@@ -50,7 +50,10 @@ def test_cli_trains_on_an_npz_file(tmp_path):
     assert data["images"] == {"train": 18, "val": 6} and data["num_skipped"] == 0
     assert data["pipeline"]["augment"] == "light" and data["pipeline"]["mixup"] == 0.2
     assert History.load(str(workdir / "history.json")).epochs == [1, 2]
-    assert "data: " in proc.stdout and "training augmentation: light, mixup 0.2" in proc.stdout
+    assert (
+        "data: " in proc.stdout and "training augmentation: light (horizontal flip" in proc.stdout
+    )
+    assert "mixup 0.2, label_smoothing 0.1; cache: none" in proc.stdout
 
 
 @pytest.mark.slow

@@ -179,8 +179,8 @@ def _strong(image_size: int) -> ExampleFn:
         chosen = tf.random.stateless_uniform([STRONG_NUM_OPS], ops_key, 0, len(ops), dtype=tf.int32)
 
         def apply_op(j, image):
-            # keras.layers.RandAugment computes all 11 ops and keeps one (about 20 images/s on
-            # 2 cores); switch_case runs only the chosen op, and each image gets its own ops.
+            # keras.layers.RandAugment computes all 11 ops and keeps one (many times slower on a
+            # CPU); switch_case runs only the chosen op, and each image gets its own ops.
             seeds.reset(tf.random.experimental.stateless_fold_in(magnitude_key, j))
             branches = [
                 functools.partial(lambda op, x: tf.cast(op(x), tf.float32), op, image) for op in ops

@@ -680,8 +680,9 @@ def _log_report(r: DataReport, p: Pipeline) -> None:
         f"{k} {getattr(p, k):g}" for k in ("mixup", "cutmix", "label_smoothing") if getattr(p, k)
     ]
     log.info(
-        "data: training augmentation: %s%s; cache: %s",
+        "data: training augmentation: %s (%s)%s; cache: %s",
         p.augment,
+        augment_lib.get(p.augment).description,
         "".join(f", {e}" for e in extras),
         p.cache,
     )
