@@ -247,10 +247,15 @@ def test_tfds_source_with_held_out_validation(mock_tfds):
 
 
 def test_tfds_split_specs(mock_tfds, monkeypatch):
-    opened = []
-    builder = mock_tfds.builder
+    opened, read = [], []
+    builder, as_dataset = mock_tfds.builder, mock_tfds.core.DatasetBuilder.as_dataset
     monkeypatch.setattr(
         mock_tfds, "builder", lambda name, **kw: opened.append((name, kw)) or builder(name, **kw)
+    )
+    monkeypatch.setattr(
+        mock_tfds.core.DatasetBuilder,
+        "as_dataset",
+        lambda self, split, **kw: read.append(split) or as_dataset(self, split=split, **kw),
     )
     cfg = tiny_data_config(
         "tfds:tf_flowers",
@@ -260,10 +265,11 @@ def test_tfds_split_specs(mock_tfds, monkeypatch):
         tfds_data_dir="/nonexistent/prepared",
     )
     data = load_data(cfg)
-    # The mock gives every split the same 30 examples; the split specs reach TFDS unchanged.
+    # The mock gives every split the same 30 examples; the specs reach TFDS unchanged.
     assert (data.num_train, data.num_val, data.num_test) == (30, 30, 30)
     assert data.report.images == {"train": 30, "val": 30, "test": 30}
     assert opened == [("tf_flowers", {"data_dir": "/nonexistent/prepared"})]
+    assert read == ["train[:80%]", "train[80%:]", "train[:10%]"]
 
 
 # --- the report reaches the artifacts --------------------------------------------------------------
