@@ -68,6 +68,13 @@ def test_split_layout_without_train(tmp_path):
         load_data(tiny_data_config(tmp_path))
 
 
+def test_split_layout_with_val_and_validation(tmp_path):
+    for split in ("train", "val", "validation"):
+        make_folder(tmp_path / split, ["ant", "bee"])
+    with pytest.raises(DataError, match=r"has both val/ and validation/; keep one"):
+        load_data(tiny_data_config(tmp_path))
+
+
 def test_class_in_training_missing_from_validation_folder(tmp_path):
     make_folder(tmp_path / "train", ["ant", "bee", "cat"])
     make_folder(tmp_path / "val", ["ant", "bee"])
