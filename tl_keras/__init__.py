@@ -21,6 +21,7 @@ _EXPORTS = {
     "build_model": "tl_keras.model",
     "set_trainable": "tl_keras.model",
     "load_data": "tl_keras.data",
+    "from_arrays": "tl_keras.data",
     "DataBundle": "tl_keras.data",
     "train": "tl_keras.runner",
     "run_phase": "tl_keras.runner",

@@ -35,13 +35,77 @@ class Config:
     # --- data ---------------------------------------------------------------------------------
     data_dir: str = _field(
         "",
-        "Image-folder tree (one sub-folder per class) or 'synthetic' (coloured shapes that the "
-        "package draws into <workdir>/data; needs no download).",
+        "Training data: an image-folder tree (one sub-folder per class, or train/ val/ test/ "
+        "folders of those), 'tfds:NAME' (a TensorFlow Datasets name), a .npz file of arrays "
+        "(x_train, y_train, optional x_val/y_val, x_test/y_test, class_names), or 'synthetic' "
+        "(coloured shapes drawn into <workdir>/data; no download). Relative paths are resolved "
+        "against the current directory.",
     )
+    val_dir: str = _field(
+        "",
+        "Validation image-folder tree with the same class sub-folders as data_dir; '' = hold "
+        "out val_fraction of data_dir.",
+    )
+    test_dir: str = _field(
+        "", "Held-out test image-folder tree with the same classes as data_dir; '' = none."
+    )
+    tfds_data_dir: str = _field(
+        "", "Where TFDS keeps prepared data sets ('' = its default, ~/tensorflow_datasets)."
+    )
+    train_split: str = _field(
+        "train", "TFDS split spec of the training data, e.g. 'train' or 'train[:80%]'."
+    )
+    val_split: str = _field(
+        "",
+        "TFDS split spec of the validation data, e.g. 'validation'; '' = hold out val_fraction "
+        "of train_split.",
+    )
+    test_split: str = _field("", "TFDS split spec of a held-out test set, e.g. 'test'; '' = none.")
     val_fraction: float = _field(
-        0.2, "Fraction of each class held out for validation (seeded split); 0 = no validation."
+        0.2,
+        "Fraction of each class held out for validation (seeded, stratified) when no separate "
+        "validation data is given; 0 = no validation.",
     )
     batch_size: int = _field(32, "Global batch size (images per optimizer step).")
+    resize_method: str = _field(
+        "bilinear",
+        "Interpolation of the resize to image_size: bilinear, nearest, bicubic, area, lanczos3, "
+        "lanczos5, gaussian or mitchellcubic.",
+    )
+    resize_mode: str = _field(
+        "stretch",
+        "How images reach image_size: 'stretch' (resize, aspect not kept), 'crop' (centre "
+        "square, then resize), 'pad' (resize to fit, black bars) or 'crop_or_pad' (no scaling: "
+        "centre crop or zero-pad).",
+    )
+    cache: str = _field(
+        "none",
+        "Cache of decoded, resized (never augmented) images: 'none', 'memory', or 'file' "
+        "(under <workdir>/data/cache, reused by later runs on the same files and size).",
+    )
+    max_skipped_fraction: float = _field(
+        0.05,
+        "Largest fraction of image files that cannot be decoded and are skipped (each one "
+        "logged and counted); more than that is an error.",
+    )
+    augment: str = _field(
+        "none",
+        "Training-only augmentation preset: 'none', 'light' (flip, rotation, zoom, contrast) "
+        "or 'strong' (flip + RandAugment). See tl_keras.augment.",
+    )
+    mixup: float = _field(
+        0.0, "MixUp alpha for training batches (keras.layers.MixUp); 0 = off, 0.2 is typical."
+    )
+    cutmix: float = _field(
+        0.0,
+        "CutMix factor in (0, 1] for training batches (keras.layers.CutMix); 0 = off. With "
+        "mixup too, each batch gets one of the two.",
+    )
+    label_smoothing: float = _field(
+        0.0,
+        "Label smoothing of training targets, in [0, 1) (0.1 is typical); validation and test "
+        "labels stay one-hot.",
+    )
     synthetic_images_per_class: int = _field(60, "Images per class when data_dir='synthetic'.")
 
     # --- model --------------------------------------------------------------------------------
@@ -153,6 +217,18 @@ BN_POLICIES = ("frozen", "train")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PROGRESS = ("auto", "bar", "lines")
 ROLLBACK_MONITORS = ("", "val_accuracy", "val_loss")
+RESIZE_METHODS = (
+    "bilinear",
+    "nearest",
+    "bicubic",
+    "area",
+    "lanczos3",
+    "lanczos5",
+    "gaussian",
+    "mitchellcubic",
+)
+RESIZE_MODES = ("stretch", "crop", "pad", "crop_or_pad")
+CACHE_MODES = ("none", "memory", "file")
 LR_FACTOR_RANGE = (10.0, 100.0)
 
 
@@ -241,7 +317,7 @@ def validate(config: Config) -> Config:
     Raises:
       ConfigError: with the field, the value received and what is allowed.
     """
-    from tl_keras import backbones, recipe  # light, TensorFlow-free modules
+    from tl_keras import augment, backbones, recipe  # light, TensorFlow-free modules
 
     c = config
 
@@ -254,6 +330,24 @@ def validate(config: Config) -> Config:
         raise bad("batch_size", "use a positive number of images, e.g. 32")
     if c.synthetic_images_per_class < 2:
         raise bad("synthetic_images_per_class", "use at least 2")
+    if c.resize_method not in RESIZE_METHODS:
+        raise bad(
+            "resize_method",
+            f"one of {', '.join(RESIZE_METHODS)}{did_you_mean(c.resize_method, RESIZE_METHODS)}",
+        )
+    if c.resize_mode not in RESIZE_MODES:
+        raise bad("resize_mode", f"one of {', '.join(RESIZE_MODES)}")
+    if c.cache not in CACHE_MODES:
+        raise bad("cache", f"one of {', '.join(CACHE_MODES)}")
+    if not 0.0 <= c.max_skipped_fraction <= 1.0:
+        raise bad("max_skipped_fraction", "use a fraction in [0, 1], e.g. 0.05")
+    augment.get(c.augment)  # raises ConfigError listing the presets
+    if not (math.isfinite(c.mixup) and c.mixup >= 0):
+        raise bad("mixup", "use 0 (off) or a positive alpha, e.g. 0.2")
+    if not 0.0 <= c.cutmix <= 1.0:
+        raise bad("cutmix", "use 0 (off) or a factor in (0, 1], e.g. 1.0")
+    if not 0.0 <= c.label_smoothing < 1.0:
+        raise bad("label_smoothing", "use a value in [0, 1), e.g. 0.1")
     spec = backbones.get(c.backbone)  # raises BackboneError listing the names
     backbones.check_alpha(spec, c.alpha, c.weights)
     backbones.check_image_size(spec, c.image_size or spec.default_size)

@@ -690,6 +690,7 @@ def _save_phase(
     result: PhaseResult,
     history: History,
     model: keras.Model,
+    data: DataBundle,
 ) -> None:
     """Writes a phase's artifacts, then run.json (the commit point), each file atomically."""
     name = result.phase.name
@@ -707,6 +708,8 @@ def _save_phase(
         "stopped_early": result.stopped_early,
         "wall_time_s": round(result.wall_time_s, 3),
         "trainability": dataclasses.asdict(result.report),
+        # What the phase trained on: counts, skipped unreadable files, pipeline settings.
+        "data": data.report.to_dict() if data.report is not None else None,
     }
     _save_rollback(wd, result, summary)
     io_utils.atomic_write_json(wd.file(name, "summary.json"), summary)
@@ -891,7 +894,7 @@ def train(
         if config.rollback:
             reference = apply_rollback(model, result, reference, data)
         history.extend(result.history)
-        _save_phase(wd, run, config, result, history, model)
+        _save_phase(wd, run, config, result, history, model, data)
         checkpoint.remove_all(wd.path)  # the phase's saved model supersedes its checkpoints
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)

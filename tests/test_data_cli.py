@@ -1,0 +1,155 @@
+"""The CLI on each data source, in real subprocesses, and the shipped flowers config."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, SHARED, run_cli
+from data_fixtures import solid
+from test_cli import assert_one_line_error
+
+from tl_keras.history import History
+
+MODEL = [
+    "--backbone=mobilenet",
+    "--alpha=0.25",
+    "--weights=none",
+    "--image_size=32",
+    "--batch_size=8",
+    "--epochs_fe=1",
+    "--epochs_ft=1",
+    "--head_units=8",
+]
+TF_FLOWERS = ["dandelion", "daisy", "tulips", "sunflowers", "roses"]
+
+
+def read(path) -> dict:
+    return json.loads(pathlib.Path(path).read_text())
+
+
+@pytest.mark.slow
+def test_cli_trains_on_an_npz_file(tmp_path):
+    x = np.concatenate([np.stack([solid(k, (24, 24))] * 8) for k in range(3)])
+    y = np.repeat([0, 1, 2], 8)
+    np.savez(tmp_path / "shapes.npz", x_train=x, y_train=y, class_names=["r", "g", "b"])
+    workdir = tmp_path / "w"
+    proc = run_cli(
+        f"--data_dir={tmp_path / 'shapes.npz'}",
+        *MODEL,
+        "--augment=light",
+        "--mixup=0.2",
+        "--label_smoothing=0.1",
+        f"--workdir={workdir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read(workdir / "run.json")["class_names"] == ["r", "g", "b"]
+    data = read(workdir / "ft" / "summary.json")["data"]
+    assert data["images"] == {"train": 18, "val": 6} and data["num_skipped"] == 0
+    assert data["pipeline"]["augment"] == "light" and data["pipeline"]["mixup"] == 0.2
+    assert History.load(str(workdir / "history.json")).epochs == [1, 2]
+    assert (
+        "data: " in proc.stdout and "training augmentation: light (horizontal flip" in proc.stdout
+    )
+    assert "mixup 0.2, label_smoothing 0.1; cache: none" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_trains_on_tfds_with_mock_data(tmp_path):
+    """The real CLI entry point in a subprocess, with TFDS mocked there (nothing downloads)."""
+    pytest.importorskip("tensorflow_datasets")
+    workdir = tmp_path / "w"
+    args = ["--data_dir=tfds:tf_flowers", "--val_fraction=0.25", *MODEL, f"--workdir={workdir}"]
+    script = (
+        "import sys\n"
+        "import tensorflow_datasets as tfds\n"
+        "from tl_keras.train import run_main\n"
+        f"sys.argv = ['tl_keras.train', *{args!r}]\n"
+        "with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):\n"
+        "    run_main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read(workdir / "run.json")["class_names"] == TF_FLOWERS
+    data = read(workdir / "fe" / "summary.json")["data"]
+    assert data["source"] == "tfds:tf_flowers" and sum(data["images"].values()) == 40
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--data_dir=no/such/photos"], ["data_dir='no/such/photos' (relative to the current"]),
+        (["--data_dir=tfds:tf_flowerz"], ["'tf_flowerz' is not a TFDS data set"]),
+    ],
+)
+def test_cli_bad_data_is_one_clear_line(tmp_path, args, fragments):
+    proc = run_cli(*MODEL, *args, f"--workdir={tmp_path / 'w'}")
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "w" / "run.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_flowers_config_runs(tmp_path, flowers_dir, shared_weights):
+    """configs/flowers.toml as shipped, one fe epoch: real photos with real ImageNet features.
+
+    Its paths are relative to the repository root (../shared). When ../shared lives elsewhere
+    (TL_KERAS_SHARED), the two paths are given as flags; everything else comes from the file.
+    """
+    workdir = tmp_path / "flowers"
+    paths = []
+    if SHARED.resolve() != (REPO.parent / "shared").resolve():
+        paths = [f"--data_dir={flowers_dir}", f"--weights={shared_weights}"]
+    proc = run_cli(
+        "--config=configs/flowers.toml",
+        *paths,
+        "--epochs_fe=1",
+        "--epochs_ft=0",
+        f"--workdir={workdir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = read(workdir / "run.json")
+    assert run["class_names"] == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    assert run["image_size"] == 128
+    record = History.load(str(workdir / "history.json")).records[0]
+    assert record["val_accuracy"] > 0.5  # chance is 0.2: the pretrained features are real
+    data = read(workdir / "fe" / "summary.json")["data"]
+    assert data["images"] == {"train": 2752, "val": 687} and data["num_skipped"] == 0
+
+
+@pytest.mark.slow
+def test_input_benchmark_runs(tmp_path):
+    """The README's benchmark command, on a tiny folder, tiny sizes and one short round."""
+    from data_fixtures import make_folder
+
+    folder = make_folder(tmp_path / "d", {"ant": 12, "bee": 12})
+    out = tmp_path / "input.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_input.py",
+            f"--data_dir={folder}",
+            "--sizes=32,48",
+            "--batch_size=8",
+            "--pipeline_batches=2",
+            "--model_steps=1",
+            "--warmup=1",
+            "--repeats=1",
+            f"--out={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = read(out)
+    assert [r["image_size"] for r in result["results"]] == [32, 48]
+    row = result["results"][0]
+    assert set(row["pipeline_img_s"]) == {"none", "light", "strong"}
+    assert row["model_img_s"]["fe"] > 0 and row["ratio_light_vs_fe"] > 0
+    assert "| 32 px |" in proc.stdout and "light ÷ fe" in proc.stdout
