@@ -32,6 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tl_keras.errors import TLKerasError
+
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = (None, "float16", "dynamic")
 
@@ -123,12 +125,28 @@ class ParityReport:
         return dataclasses.asdict(self)
 
 
-class ExportParityError(ValueError):
+class ExportError(TLKerasError):
+    """An export cannot be made or checked as asked (a bad format, quantisation or input)."""
+
+
+class MissingDependencyError(ExportError, ImportError):
+    """A format needs a package that is not installed (ONNX: the `onnx` extra)."""
+
+
+class ExportConversionError(ExportError, RuntimeError):
+    """A converter cannot express the model in the asked format."""
+
+    exit_code = 1  # the command was fine; the model does not convert
+
+
+class ExportParityError(ExportError):
     """An exported artifact does not reproduce the Keras model within tolerance.
 
     Attributes:
         report: the `ParityReport` with the measured differences.
     """
+
+    exit_code = 1  # a check failed (tl_keras.cli): not bad input, a wrong artifact
 
     def __init__(self, report: ParityReport, advice: str | None = None):
         self.report = report
@@ -160,7 +178,7 @@ def default_tolerance(fmt: str, quantization: str | None = None) -> Tolerance:
         The `Tolerance` from `PARITY_TOLERANCES`.
 
     Raises:
-        ValueError: if the format or quantisation is unknown, or quantisation is asked of a
+        ExportError: if the format or quantisation is unknown, or quantisation is asked of a
             format other than TFLite.
     """
     return PARITY_TOLERANCES[_variant_key(fmt, quantization)]
@@ -183,7 +201,7 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
         The path written, as a string.
 
     Raises:
-        ValueError: if the model does not have exactly one image input.
+        ExportError: if the model does not have exactly one image input.
     """
     _input_spec(model)
     return _atomic_write(Path(path), lambda tmp: _write_saved_model(model, tmp))
@@ -208,9 +226,9 @@ def export_tflite(
         The path written, as a string.
 
     Raises:
-        ValueError: if the quantisation is unknown, the model does not have one image input,
+        ExportError: if the quantisation is unknown, the model does not have one image input,
             or it computes in float16 (a mixed-precision policy).
-        RuntimeError: if the converter cannot express the model with TFLite builtin ops.
+        ExportConversionError: if the converter cannot express the model with TFLite builtin ops.
     """
     _check_quantization(quantization)
     _input_spec(model)
@@ -235,10 +253,10 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> str:
         The path written, as a string.
 
     Raises:
-        ImportError: if tf2onnx or onnx is not installed.
-        ValueError: if the model does not have exactly one image input, or computes in float16
+        MissingDependencyError: if tf2onnx or onnx is not installed.
+        ExportError: if the model does not have exactly one image input, or computes in float16
             (a mixed-precision policy).
-        RuntimeError: if the converted graph does not have exactly the model's one input.
+        ExportConversionError: if the converted graph does not have exactly the model's one input.
     """
     _require("tf2onnx", "onnx")
     _input_spec(model)
@@ -276,17 +294,17 @@ def export(
         no check_images are given.
 
     Raises:
-        ValueError: for an unknown format or quantisation, quantisation without "tflite",
+        ExportError: for an unknown format or quantisation, quantisation without "tflite",
             check_images of the wrong shape, or a float16-computing (mixed-precision) model
             with "tflite" or "onnx"; raised before anything is written.
-        ImportError: if "onnx" is requested and tf2onnx / onnx (or onnxruntime, when checking)
+        MissingDependencyError: if "onnx" is requested and tf2onnx / onnx (or onnxruntime, when checking)
             is missing; raised before anything is written.
         ExportParityError: if an artifact does not reproduce the model within tolerance.
     """
     requested = _check_formats(formats)
     _check_quantization(quantization)
     if quantization is not None and "tflite" not in requested:
-        raise ValueError(
+        raise ExportError(
             f"quantization={quantization!r} applies only to the TFLite export, but formats="
             f"{requested!r}. Add 'tflite' to formats or drop quantization."
         )
@@ -362,8 +380,8 @@ def parity_check(
         A `ParityReport` with `passed=True`.
 
     Raises:
-        ValueError: for an unknown format or quantisation, or images of the wrong shape.
-        ImportError: if fmt is "onnx" and onnxruntime is not installed.
+        ExportError: for an unknown format or quantisation, or images of the wrong shape.
+        MissingDependencyError: if fmt is "onnx" and onnxruntime is not installed.
         ExportParityError: if any output differs by more than atol + rtol * |keras output|, or
             the mean difference exceeds mean_atol; its `report` attribute holds the measurements.
     """
@@ -376,7 +394,7 @@ def parity_check(
     expected = _predict_keras(keras_model, images)
     actual = _load_runner(fmt, exported_path)(images)
     if actual.shape != expected.shape:
-        raise ValueError(
+        raise ExportError(
             f"The {fmt} export at {str(exported_path)!r} returns shape {actual.shape}, the Keras "
             f"model {expected.shape}: it was exported from a different model. Re-export it."
         )
@@ -426,7 +444,7 @@ def quantization_accuracy(
 
     Raises:
         TypeError: if dataset is neither a tf.data.Dataset nor an (images, labels) pair.
-        ValueError: if the dataset is empty or images and labels do not line up.
+        ExportError: if the dataset is empty or images and labels do not line up.
     """
     run_tflite = _load_runner("tflite", tflite_path)
     total = keras_correct = tflite_correct = agree = 0
@@ -440,7 +458,7 @@ def quantization_accuracy(
         tflite_correct += int(np.sum(tflite_pred == labels))
         agree += int(np.sum(keras_pred == tflite_pred))
     if total == 0:
-        raise ValueError("The dataset given to quantization_accuracy yielded no examples.")
+        raise ExportError("The dataset given to quantization_accuracy yielded no examples.")
     keras_acc, tflite_acc = keras_correct / total, tflite_correct / total
     return {
         "num_examples": total,
@@ -493,7 +511,7 @@ def _convert_to_tflite(saved_model_dir: str, quantization: str | None) -> bytes:
     except Exception as err:  # the converter raises its own ConverterError, not public in tf.lite
         # The converter lists every failing op; the first few name the culprit.
         summary = "\n".join(str(err).splitlines()[:4])
-        raise RuntimeError(
+        raise ExportConversionError(
             f"TFLite conversion (quantization={quantization!r}) failed; only TFLite builtin ops "
             "are allowed, so a layer outside them needs replacing before export. The converter "
             f"said (in full in the chained error):\n{summary}"
@@ -501,8 +519,13 @@ def _convert_to_tflite(saved_model_dir: str, quantization: str | None) -> bytes:
 
 
 def _write_onnx(model: keras.Model, path: Path) -> None:
+    import logging
+
     import onnx
     import tf2onnx
+
+    # tf2onnx logs every optimisation pass at INFO; its warnings and errors still show.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
 
     spec = _input_spec(model)
     concrete = tf.function(
@@ -528,7 +551,7 @@ def _write_onnx(model: keras.Model, path: Path) -> None:
     )
     graph_inputs = [i.name for i in onnx.load(str(path)).graph.input]
     if graph_inputs != [spec.name]:
-        raise RuntimeError(
+        raise ExportConversionError(
             f"tf2onnx produced an ONNX graph with inputs {graph_inputs}; expected only "
             f"[{spec.name!r}]. Some layer in {model.name!r} does not freeze to constants."
         )
@@ -619,12 +642,12 @@ def _predict_keras(model: keras.Model, images: np.ndarray) -> np.ndarray:
 
 def _variant_key(fmt: str, quantization: str | None) -> str:
     if fmt not in FORMATS:
-        raise ValueError(f"Unknown export format {fmt!r}; expected one of {FORMATS}.")
+        raise ExportError(f"Unknown export format {fmt!r}; expected one of {FORMATS}.")
     _check_quantization(quantization)
     if quantization is None:
         return fmt
     if fmt != "tflite":
-        raise ValueError(
+        raise ExportError(
             f"quantization={quantization!r} applies only to 'tflite', not {fmt!r}. "
             "Pass quantization=None for this format."
         )
@@ -637,7 +660,9 @@ def _format_label(fmt: str, quantization: str | None) -> str:
 
 def _check_quantization(quantization: str | None) -> None:
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"Unknown quantization {quantization!r}; expected one of {QUANTIZATIONS}.")
+        raise ExportError(
+            f"Unknown quantization {quantization!r}; expected one of {QUANTIZATIONS}."
+        )
 
 
 def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
@@ -646,7 +671,7 @@ def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ValueError(f"Unknown or no export formats {list(formats)!r}; choose from {FORMATS}.")
+        raise ExportError(f"Unknown or no export formats {list(formats)!r}; choose from {FORMATS}.")
     # Canonical order, so the TFLite file can be converted from the SavedModel written just before.
     return tuple(f for f in FORMATS if f in formats)
 
@@ -656,7 +681,7 @@ def _require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(
+        raise MissingDependencyError(
             f"ONNX export and checking need packages that are not installed: "
             f"{', '.join(missing)}. Install them with: pip install 'tf2onnx>=1.17' onnx onnxruntime"
         )
@@ -666,13 +691,13 @@ def _input_spec(model: keras.Model) -> tf.TensorSpec:
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
         count = "no defined inputs" if not inputs else f"{len(inputs)} inputs"
-        raise ValueError(
+        raise ExportError(
             f"Export needs a built model with exactly one image input; {model.name!r} has "
             f"{count}. Build it as a functional model on keras.Input(shape=(S, S, 3))."
         )
     shape = tuple(inputs[0].shape)
     if len(shape) != 4:
-        raise ValueError(
+        raise ExportError(
             f"Export needs an image input shaped (batch, height, width, channels); "
             f"{model.name!r} takes {shape}."
         )
@@ -691,7 +716,7 @@ def _check_float32_compute(model: keras.Model, fmt: str) -> None:
             low_precision.append(f"{layer.name} ({layer.compute_dtype})")
         layers.extend(getattr(layer, "layers", []))
     if low_precision:
-        raise ValueError(
+        raise ExportError(
             f"The {fmt} export needs a model that computes in float32, but {model.name!r} has "
             f"{len(low_precision)} layers that do not, e.g. {low_precision[0]}. Rebuild the "
             "model under keras.mixed_precision.set_global_policy('float32'), copy the weights "
@@ -707,7 +732,7 @@ def _as_images(images: Any, model: keras.Model) -> np.ndarray:
         want is None or got == want for got, want in zip(images.shape[1:], expected, strict=True)
     )
     if not matches or len(images) == 0:
-        raise ValueError(
+        raise ExportError(
             f"Images must be a non-empty batch of raw pixels shaped (N, {', '.join(map(str, expected))}) "
             f"to match the model input; got shape {images.shape}. Resize or batch them first."
         )
@@ -727,7 +752,7 @@ def _labelled_batches(dataset: Any, batch_size: int) -> Iterable[tuple[np.ndarra
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
         images, labels = np.asarray(dataset[0]), np.asarray(dataset[1])
         if len(images) != len(labels):
-            raise ValueError(
+            raise ExportError(
                 f"Got {len(images)} images but {len(labels)} labels; they must line up one to one."
             )
         return (
@@ -746,7 +771,7 @@ def _class_indices(labels: Any, count: int) -> np.ndarray:
         labels = labels.argmax(-1)  # one-hot or soft labels
     labels = labels.reshape(-1)
     if len(labels) != count:
-        raise ValueError(
+        raise ExportError(
             f"Got {count} images but labels shaped {labels.shape}; labels must be class indices "
             "(N,) / (N, 1) or one-hot (N, classes)."
         )
@@ -793,3 +818,351 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+# --------------------------------------------------------------------------- a workdir
+
+MANIFEST_FILE = "export.json"
+LABELS_FILE = "labels.txt"
+DEFAULT_PARITY_IMAGES = 32  # validation images each artifact is checked on
+
+
+def parity_images(workdir: str, num_images: int, *, data_dir: str | None = None) -> np.ndarray:
+    """The first `num_images` validation images of a workdir's data (training's own split).
+
+    Falls back to the first training batches when the run kept no validation split.
+
+    Args:
+      workdir: a folder written by `tl_keras.train`.
+      num_images: how many images (at least 1).
+      data_dir: the data's folder, if it moved since training.
+
+    Returns:
+      Raw float32 pixels shaped (N, size, size, 3), N <= num_images.
+
+    Raises:
+      DataError: the workdir's data cannot be found or read.
+    """
+    from tl_keras.trained import load_run_data
+
+    bundle = load_run_data(workdir, data_dir=data_dir)
+    source = bundle.val if bundle.val is not None else bundle.train
+    batches, count = [], 0
+    for images, _ in source.as_numpy_iterator():
+        batches.append(images[: num_images - count])
+        count += len(batches[-1])
+        if count >= num_images:
+            break
+    return np.concatenate(batches).astype(np.float32)
+
+
+def _validation_set(workdir: str, class_names: list[str], data_dir: str | None):
+    """The validation split with labels as the model's class indices, or None without one."""
+    from tl_keras.trained import check_class_names, load_run_data
+
+    bundle = load_run_data(workdir, data_dir=data_dir)
+    if bundle.val is None:
+        return None
+    to_model = tf.constant(check_class_names(class_names, bundle.class_names, bundle.source))
+    return bundle.val.map(lambda x, y: (x, tf.gather(to_model, tf.argmax(y, axis=-1))))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ExportError(f"{path} is unreadable ({err}); delete it and export again") from None
+
+
+def _write_manifest(out_dir: Path, manifest: dict[str, Any], class_names: list[str]) -> None:
+    from tl_keras import io_utils
+
+    io_utils.atomic_write_text(str(out_dir / LABELS_FILE), "".join(f"{c}\n" for c in class_names))
+    io_utils.atomic_write_json(str(out_dir / MANIFEST_FILE), manifest)
+
+
+def export_workdir(
+    workdir: str,
+    *,
+    formats: Iterable[str] = ("saved_model", "tflite"),
+    quantization: str | None = None,
+    out_dir: str | None = None,
+    phase: str | None = None,
+    num_parity_images: int = DEFAULT_PARITY_IMAGES,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Exports a workdir's model, checks each artifact, and records what was made.
+
+    What `python -m tl_keras.export` does. Each artifact must pass `parity_check` on the first
+    `num_parity_images` validation images of the run's data before it replaces anything. With a
+    quantisation, the TFLite file's accuracy is also measured against the float Keras model on
+    the whole validation split. The out_dir gets `labels.txt` (class names, one a line, in
+    output order) and `export.json` (input and output conventions, and per artifact its size,
+    source model, parity report and accuracy); exports made later into the same folder are
+    added to it.
+
+    Args:
+      workdir: a folder written by `tl_keras.train`.
+      formats: any of 'saved_model', 'tflite', 'onnx'.
+      quantization: None, 'float16' or 'dynamic' (TFLite only).
+      out_dir: where to write; default `<workdir>/export`.
+      phase: which phase's model; None = the final one.
+      num_parity_images: images for the parity check; 0 skips it (not recommended).
+      data_dir: the data's folder, if it moved since training.
+
+    Returns:
+      The manifest written to `export.json`.
+
+    Raises:
+      ExportError: bad formats or quantisation (before anything is written).
+      ExportParityError: an artifact does not reproduce the model (it is not kept).
+      WorkdirError, DataError: no trained model, or its data cannot be found.
+
+    Example:
+      >>> manifest = export_workdir("runs/b0", formats=["tflite"], quantization="dynamic")
+      >>> manifest["artifacts"]["model_dynamic.tflite"]["accuracy"]["accuracy_drop"]
+    """
+    from tl_keras.trained import load_trained
+
+    requested = _check_formats(formats)
+    _check_quantization(quantization)
+    if num_parity_images < 0:
+        raise ExportError(f"num_parity_images={num_parity_images} must be 0 (skip) or more")
+    trained = load_trained(workdir, phase=phase)
+    out = Path(out_dir or os.path.join(trained.workdir, "export"))
+    images = None
+    if num_parity_images:
+        images = parity_images(workdir, num_parity_images, data_dir=data_dir)
+    else:
+        warnings.warn("num_parity_images=0: the exports are not checked", stacklevel=2)
+    result = export(trained.model, out, requested, quantization=quantization, check_images=images)
+    manifest = _read_manifest(out / MANIFEST_FILE)
+    if manifest.get("class_names") not in (None, trained.class_names):
+        manifest = {}  # artifacts of another run: their entries no longer describe this folder
+    fingerprint = trained.fingerprint()
+    artifacts = manifest.get("artifacts", {})
+    for fmt, path in result["paths"].items():
+        fmt_quant = quantization if fmt == "tflite" else None
+        entry: dict[str, Any] = {
+            "format": fmt,
+            "quantization": fmt_quant,
+            "bytes": _size(Path(path)),
+            "phase": trained.phase,
+            "model_sha256": fingerprint,
+            "parity": result["parity"][fmt].as_dict() if fmt in result["parity"] else None,
+        }
+        if fmt == "tflite" and fmt_quant is not None:
+            val = _validation_set(workdir, trained.class_names, data_dir)
+            if val is not None:
+                entry["accuracy"] = quantization_accuracy(trained.model, path, val)
+        artifacts[os.path.basename(path)] = entry
+    manifest = {
+        "workdir": trained.workdir,
+        "backbone": trained.backbone,
+        "image_size": trained.image_size,
+        "class_names": trained.class_names,
+        "input": {
+            "name": _input_spec(trained.model).name,
+            "dtype": "float32",
+            "shape": [None, trained.image_size, trained.image_size, 3],
+            "pixels": "RGB, raw 0..255 (preprocessing is inside the model)",
+        },
+        "output": {
+            "name": _ONNX_OUTPUT_NAME,
+            "meaning": f"class probabilities (softmax), in {LABELS_FILE} order",
+        },
+        "artifacts": dict(sorted(artifacts.items())),
+    }
+    _write_manifest(out, manifest, trained.class_names)
+    return manifest
+
+
+def verify_workdir(
+    workdir: str,
+    *,
+    out_dir: str | None = None,
+    phase: str | None = None,
+    num_parity_images: int = DEFAULT_PARITY_IMAGES,
+    data_dir: str | None = None,
+) -> list[ParityReport]:
+    """Checks every artifact listed in an export folder's `export.json` against the Keras model.
+
+    Use it before shipping artifacts that may have been copied, edited or exported from an
+    older model: each one runs on the same validation images as the workdir's model.
+
+    Args:
+      workdir: a folder written by `tl_keras.train`.
+      out_dir: the export folder; default `<workdir>/export`.
+      phase: compare with this phase's model; None = the phase each artifact was exported from.
+      num_parity_images: images to check on (at least 1).
+      data_dir: the data's folder, if it moved since training.
+
+    Returns:
+      One passing `ParityReport` per artifact.
+
+    Raises:
+      ExportError: no export.json there, or an artifact it lists is missing.
+      ExportParityError: an artifact does not reproduce the model; its report is the first
+        failure, and the message names every failing artifact.
+    """
+    from tl_keras.trained import load_trained
+
+    if num_parity_images < 1:
+        raise ExportError(f"num_parity_images={num_parity_images}: verifying needs at least 1")
+    out = Path(out_dir or os.path.join(os.path.abspath(workdir), "export"))
+    artifacts = _read_manifest(out / MANIFEST_FILE).get("artifacts")
+    if not artifacts:
+        raise ExportError(f"{out / MANIFEST_FILE} lists no exports to verify; run the export first")
+    missing = [name for name in artifacts if not (out / name).exists()]
+    if missing:
+        raise ExportError(f"{out} lacks {', '.join(missing)}, listed in {MANIFEST_FILE}")
+    images = parity_images(workdir, num_parity_images, data_dir=data_dir)
+    models: dict[str, keras.Model] = {}
+    reports, failures = [], []
+    for name, entry in artifacts.items():
+        source = phase or entry.get("phase")
+        if source not in models:
+            models[source] = load_trained(workdir, phase=source).model
+        try:
+            reports.append(
+                parity_check(
+                    models[source],
+                    out / name,
+                    entry["format"],
+                    images,
+                    quantization=entry.get("quantization"),
+                )
+            )
+        except ExportParityError as err:
+            failures.append(err.report)
+    if failures:
+        names = ", ".join(Path(r.path).name for r in failures)
+        raise ExportParityError(
+            failures[0],
+            advice=f"{len(failures)} of {len(artifacts)} artifacts fail ({names}): they were "
+            "altered or exported from another model. Export again from this workdir.",
+        )
+    return reports
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Folder of a training run (its final model is used).")
+    flags.DEFINE_list(
+        "formats", ["saved_model", "tflite"], f"Comma-separated, any of {', '.join(FORMATS)}."
+    )
+    flags.DEFINE_enum(
+        "quantization",
+        "none",
+        ["none", "float16", "dynamic"],
+        "TFLite post-training quantisation; its accuracy is measured on the validation split.",
+    )
+    flags.DEFINE_string("out_dir", None, "Output folder [default: <workdir>/export].")
+    flags.DEFINE_string("phase", None, "Export this phase's model (default: the final one).")
+    flags.DEFINE_integer(
+        "parity_images",
+        DEFAULT_PARITY_IMAGES,
+        "Validation images each artifact is checked on; 0 skips the check.",
+    )
+    flags.DEFINE_string("data_dir", None, "The run's data folder, if it moved since training.")
+    flags.DEFINE_boolean(
+        "verify", False, "Export nothing: check the artifacts listed in <out_dir>/export.json."
+    )
+    flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
+
+
+def main(argv: list[str]) -> int:
+    import logging
+    import sys
+
+    from absl import flags
+
+    from tl_keras import cli
+
+    FLAGS = flags.FLAGS
+    log = logging.getLogger("tl_keras")
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
+    cli.setup_logging()
+
+    def show(report: ParityReport) -> None:
+        log.info(
+            "parity %s: %s on %d images, max |diff| %.2g, mean %.2g, top-1 agreement %.1f%%",
+            "ok" if report.passed else "FAILED",
+            Path(report.path).name,
+            report.num_images,
+            report.max_abs_diff,
+            report.mean_abs_diff,
+            100 * report.top1_agreement,
+        )
+
+    def body() -> int:
+        if not FLAGS.workdir:
+            raise ExportError("--workdir is required: the folder of a training run")
+        common = dict(phase=FLAGS.phase, data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir)
+        if FLAGS.verify:
+            for report in verify_workdir(
+                FLAGS.workdir, num_parity_images=FLAGS.parity_images, **common
+            ):
+                show(report)
+            log.info("verified: every artifact reproduces the model")
+            return cli.EXIT_OK
+        quantization = None if FLAGS.quantization == "none" else FLAGS.quantization
+        manifest = export_workdir(
+            FLAGS.workdir,
+            formats=FLAGS.formats,
+            quantization=quantization,
+            num_parity_images=FLAGS.parity_images,
+            **common,
+        )
+        out = Path(FLAGS.out_dir or os.path.join(manifest["workdir"], "export"))
+        for name, entry in manifest["artifacts"].items():
+            if entry["format"] not in FLAGS.formats or entry["quantization"] != quantization:
+                continue  # from an earlier export into the same folder
+            if entry["parity"]:
+                show(ParityReport(**entry["parity"]))
+            if "accuracy" in entry:
+                acc = entry["accuracy"]
+                log.info(
+                    "accuracy on %d validation images: keras %.4f, %s %.4f (drop %.4f), "
+                    "top-1 agreement %.1f%%",
+                    acc["num_examples"],
+                    acc["keras_accuracy"],
+                    name,
+                    acc["tflite_accuracy"],
+                    acc["accuracy_drop"],
+                    100 * acc["top1_agreement"],
+                )
+            print(f"{out / name}  ({entry['bytes']:,} bytes)")
+        print(f"{out / MANIFEST_FILE}")
+        return cli.EXIT_OK
+
+    return cli.report_errors(body, verbose=FLAGS.verbose)
+
+
+def run_main() -> None:
+    """Entry point of `python -m tl_keras.export` (flags are defined only here)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import app
+
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
