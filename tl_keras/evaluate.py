@@ -515,11 +515,12 @@ def evaluate_workdir(
             f"batch_size={batch_size}, top_k={top_k} must be positive and "
             f"num_errors={num_errors} at least 0"
         )
-    run = trained_lib.load_trained(workdir, phase=phase)
     files = None
     if data_dir:
         files, labels, data_classes = data_lib.list_image_folder(data_dir)
-        trained_lib.check_class_names(run.class_names, data_classes, repr(data_dir))
+        model_classes = trained_lib.read_run(workdir)["class_names"]
+        trained_lib.check_class_names(model_classes, data_classes, repr(data_dir))  # fail fast
+        run = trained_lib.load_trained(workdir, phase=phase)
         dataset = data_lib.files_dataset(
             files,
             labels,
@@ -530,6 +531,7 @@ def evaluate_workdir(
         tag, source, split_name = _folder_tag(data_dir), os.path.abspath(data_dir), None
     else:
         split_name = split or "test"
+        run = trained_lib.load_trained(workdir, phase=phase)
         bundle = trained_lib.load_run_data(workdir)
         dataset = bundle.val if split_name == "val" else getattr(bundle, "test", None)
         if dataset is None:

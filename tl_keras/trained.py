@@ -75,6 +75,15 @@ def final_phase(run: dict[str, Any]) -> str:
     return max(done, key=lambda name: done[name].get("last_epoch") or 0)
 
 
+def read_run(workdir: str) -> dict[str, Any]:
+    """The workdir's run.json (backbone, image size, class names, phases done); no TensorFlow.
+
+    Raises:
+      WorkdirError: no workdir or no run in it.
+    """
+    return _read_run(workdir)[1]
+
+
 def _read_run(workdir: str) -> tuple[Workdir, dict[str, Any]]:
     wd = Workdir(workdir)
     if not os.path.isdir(wd.path):
