@@ -567,6 +567,37 @@ _WRITERS: dict[str, Callable[..., None]] = {
 # --------------------------------------------------------------------------- runners
 
 
+def load_artifact(
+    path: str | os.PathLike, fmt: str | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Loads an exported artifact as a function from raw pixels to class probabilities.
+
+    Args:
+      path: a SavedModel folder, a .tflite file or a .onnx file.
+      fmt: 'saved_model', 'tflite' or 'onnx'; None = from the path (folder, suffix).
+
+    Returns:
+      f(images) -> probabilities, for float32 batches shaped (N, size, size, 3) of 0..255
+      pixels, any N.
+
+    Raises:
+      ExportError: the format cannot be told from the path.
+      FileNotFoundError: nothing at the path.
+    """
+    if fmt is None:
+        suffix = Path(path).suffix.lower()
+        fmt = (
+            "saved_model"
+            if Path(path).is_dir()
+            else {".tflite": "tflite", ".onnx": "onnx"}.get(suffix)
+        )
+        if fmt is None:
+            raise ExportError(
+                f"cannot tell the format of {str(path)!r}: pass fmt= one of {FORMATS}"
+            )
+    return _load_runner(fmt, path)
+
+
 def _load_runner(fmt: str, path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
     _variant_key(fmt, None)
     if not Path(path).exists():
