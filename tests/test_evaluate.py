@@ -249,3 +249,16 @@ def test_cli_class_mismatch_is_one_line_and_exit_2(trained_workdir, tmp_path):
     assert "missing from the data: [circle, square, triangle]" in errors[0]
     assert "not known to the model: [cat, dog]" in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_validation_split_goes_to_the_workdir(trained_workdir):
+    proc = run_module("tl_keras.evaluate", f"--workdir={trained_workdir}", "--split=val")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = os.path.join(trained_workdir, "evaluation", "val")
+    with open(os.path.join(folder, ev.METRICS_FILE)) as f:
+        saved = json.load(f)
+    assert saved["data"]["split"] == "val" and saved["model"]["phase"] == "ft"
+    assert sorted(os.listdir(folder)) == sorted(
+        [ev.METRICS_FILE, ev.CONFUSION_FILE, ev.ERRORS_FILE]
+    )

@@ -107,6 +107,18 @@ def test_verify_passes_then_catches_an_altered_artifact(trained_workdir, float16
         ex.verify_workdir(trained_workdir, out_dir=str(altered))
 
 
+def test_load_artifact_tells_the_format_from_the_path(trained_workdir, float16_export):
+    from tl_keras.trained import load_trained
+
+    out, _, _ = float16_export
+    model = load_trained(trained_workdir).model
+    images = ex.parity_images(trained_workdir, 4)
+    for name in ("saved_model", "model.tflite"):
+        np.testing.assert_allclose(ex.load_artifact(out / name)(images), model(images), atol=5e-4)
+    with pytest.raises(ex.ExportError, match="cannot tell the format"):
+        ex.load_artifact(out / ex.LABELS_FILE)
+
+
 def test_workdir_export_without_its_data_says_how_to_point_at_it(trained_workdir, tmp_path):
     with pytest.raises(DataError, match="pass --data_dir=FOLDER if it moved"):
         ex.export_workdir(trained_workdir, data_dir=str(tmp_path / "gone"), out_dir=str(tmp_path))
@@ -152,6 +164,16 @@ def test_cli_exports_then_verify_catches_an_altered_export(trained_workdir, tmp_
     assert sorted(json.loads((out / "export.json").read_text())["artifacts"]) == names
     assert proc.stdout.count("parity ok:") == len(names)
     assert f"{out / 'model.tflite'}  (" in proc.stdout
+
+    proc = run_module(
+        "tl_keras.export", f"--workdir={trained_workdir}", "--formats=tflite",
+        "--quantization=float16", f"--out_dir={out}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parity ok: model_float16.tflite" in proc.stdout
+    assert "accuracy on 6 validation images: keras" in proc.stdout
+    names = sorted([*names, "model_float16.tflite"])
+    assert sorted(json.loads((out / "export.json").read_text())["artifacts"]) == names
 
     # Deliberately alter the exported TFLite file: replace it with a nudged model's export.
     ex.export_tflite(nudged(load_trained(trained_workdir).model), out / "model.tflite")
@@ -215,3 +237,25 @@ def test_cli_bad_input_is_one_line_and_exit_2(trained_workdir, tmp_path):
     (line,) = error_lines(proc)
     assert "'tf_lite'" in line and "saved_model" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_export_benchmark_smoke_run(tmp_path):
+    """The benchmark behind the README's figures runs (tiny: shapes, 32 px, one epoch each)."""
+    out = tmp_path / "export_smoke.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_export.py", "--smoke", f"--workdir={tmp_path / 'w'}",
+         f"--out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    rows = results["artifacts"]
+    assert {"saved_model", "model.tflite", "model_float16.tflite"} <= set(rows)
+    for row in rows.values():
+        whole = row["whole_validation_split"]
+        assert whole["num_images"] == 6 and row["export_parity_check"]["passed"]
+        assert whole["max_abs_diff"] <= 1.0 and 0.0 <= whole["top1_agreement"] <= 1.0
+    assert rows["saved_model"]["whole_validation_split"]["max_abs_diff"] < 5e-4
+    assert "| `model.tflite` |" in proc.stdout and results["machine"]["cpus"] >= 1
