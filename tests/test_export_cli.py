@@ -125,6 +125,16 @@ def test_workdir_export_without_its_data_says_how_to_point_at_it(trained_workdir
     assert os.listdir(tmp_path) == []
 
 
+def test_package_exports_the_after_training_calls():
+    import tl_keras
+    from tl_keras import evaluate, predict, trained
+
+    assert tl_keras.export_workdir is ex.export_workdir
+    assert tl_keras.evaluate_workdir is evaluate.evaluate_workdir
+    assert tl_keras.predict_workdir is predict.predict_workdir
+    assert tl_keras.load_trained is trained.load_trained
+
+
 def test_cli_error_lines_and_exit_codes(capsys):
     def raises(error):
         def body():
