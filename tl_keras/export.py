@@ -13,7 +13,18 @@ Formats and what they need:
 - ``"tflite"``: TensorFlow only (the converter and the ``tf.lite.Interpreter`` ship with it). Runs
   on ``ai_edge_litert`` too, which is used for checks when installed. Optional post-training
   quantisation: ``"float16"`` (float16 weights) or ``"dynamic"`` (int8 weights, dynamic-range).
-- ``"onnx"``: needs ``tf2onnx>=1.17`` and ``onnx`` to export, ``onnxruntime`` to check.
+- ``"onnx"``: needs ``tf2onnx>=1.17`` and ``onnx`` to export, ``onnxruntime`` to check
+  (``pip install -e ".[onnx]"``).
+
+For a trained workdir, `export_workdir` checks every artifact on the run's own validation images
+and records them in ``export.json`` (with ``labels.txt``); `verify_workdir` re-checks them later.
+Command line, a thin layer over those two:
+
+  python -m tl_keras.export --workdir=runs/b0 --formats=saved_model,tflite,onnx
+  python -m tl_keras.export --workdir=runs/b0 --formats=tflite --quantization=float16
+  python -m tl_keras.export --workdir=runs/b0 --verify
+
+A parity failure prints one ``error:`` line and exits 1; bad input exits 2.
 """
 
 from __future__ import annotations
