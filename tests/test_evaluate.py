@@ -207,6 +207,22 @@ def test_workdir_without_a_test_split_says_what_to_do(trained_workdir, tmp_path)
         ev.evaluate_workdir(trained_workdir, data_dir="x", split="val")
 
 
+def test_workdir_test_split_is_used_when_the_data_has_one(trained_workdir, tmp_path, monkeypatch):
+    # The data sources gain a `test` split (TFDS test split, a separate test folder): evaluate
+    # takes it from the bundle whenever it is there. Here the validation batches stand in for it.
+    from tl_keras import trained as trained_lib
+
+    real = trained_lib.load_run_data(trained_workdir)
+    with_test = types.SimpleNamespace(
+        val=None, test=real.val, class_names=real.class_names, source="with a test split"
+    )
+    monkeypatch.setattr(trained_lib, "load_run_data", lambda workdir, **kw: with_test)
+    result = ev.evaluate_workdir(trained_workdir, out_dir=str(tmp_path))  # --split=test default
+    assert result.num_images == real.num_val
+    saved = json.loads((tmp_path / ev.METRICS_FILE).read_text())
+    assert saved["data"] == {"source": "with a test split", "split": "test"}
+
+
 def test_workdir_refuses_a_folder_of_other_classes(trained_workdir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(os.path.join(trained_workdir, "data", "synthetic"), other)
