@@ -97,3 +97,29 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_module(
+    module: str, *args: str, cwd: str | os.PathLike = REPO, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Runs `python -m MODULE ARGS` (any tl_keras command) in a subprocess."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> str:
+    """A finished tiny fe -> ft run (3 synthetic classes, 32 px), shared by the tests that
+    evaluate, predict with and export a trained model. Treat it as read-only."""
+    from tl_keras.runner import train
+
+    workdir = str(tmp_path_factory.mktemp("trained") / "run")
+    train(tiny_config(synthetic_images_per_class=10), workdir)
+    return workdir

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from conftest import REPO
 
-PATHS = ["tl_keras", "tests", "benchmarks"]
+PATHS = ["tl_keras", "tests", "benchmarks", "notebooks"]
 
 
 @pytest.mark.skipif(

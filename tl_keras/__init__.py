@@ -3,6 +3,7 @@
 The library API (the CLI `python -m tl_keras.train` is a thin layer over it):
 
     from tl_keras import Config, train, build_model, set_trainable, run_phase, plot_history
+    from tl_keras import evaluate_workdir, predict_workdir, export_workdir
 
 Names are imported lazily, so `import tl_keras` and the pure modules (`tl_keras.config`,
 `tl_keras.recipe`, `tl_keras.backbones`) do not import TensorFlow.
@@ -29,6 +30,11 @@ _EXPORTS = {
     "stitch": "tl_keras.history",
     "plot_history": "tl_keras.plotting",
     "TLKerasError": "tl_keras.errors",
+    # After training (the modules tl_keras.evaluate / .predict / .export are the commands).
+    "load_trained": "tl_keras.trained",
+    "evaluate_workdir": "tl_keras.evaluate",
+    "predict_workdir": "tl_keras.predict",
+    "export_workdir": "tl_keras.export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -305,6 +305,24 @@ def _image_loader(images: Images, p: Pipeline) -> Callable[[tf.Tensor], tf.Tenso
     return lambda i: tf.gather(pixels, i)
 
 
+def load_image_file(path: str, p: Pipeline) -> np.ndarray:
+    """Reads one image file exactly as training and evaluation do: float32 0..255, S x S x 3.
+
+    For inference on new files (`tl_keras.predict`): the same decoder, resize mode, resize
+    method and rounding as the pipeline `p` (build it with `Pipeline.from_config(run_config)`).
+
+    Raises:
+      DataError: the file is missing, not a file, or not an image TensorFlow can decode.
+    """
+    if not os.path.isfile(path):
+        raise DataError("no such file" if not os.path.exists(path) else "not a file")
+    try:
+        image = _prepare(_decode(tf.io.read_file(path)), p)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        raise DataError(f"not a readable image ({_tf_error_text(e)[:120]})") from None
+    return image.numpy().astype(np.float32)
+
+
 # --- datasets --------------------------------------------------------------------------------------
 def epoch_permutation(n: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
     """The order of `n` items in a given epoch: a pure function of (seed, epoch)."""
@@ -504,6 +522,41 @@ def _checked(images: Images, split: str, p: Pipeline, report: DataReport) -> tup
         )
         prepared = np.load(npy, mmap_mode="r")
     return Images("prepared", prepared, usable.labels, usable.names), check
+
+
+def folder_dataset(
+    root: str, p: Pipeline, *, field: str = "data_dir"
+) -> tuple[tf.data.Dataset, FolderListing, DataReport]:
+    """A whole image-folder tree as one fixed-order, unaugmented dataset (e.g. to evaluate on).
+
+    Unreadable files are skipped and reported exactly as in training (more than
+    `p.max_skipped_fraction` of them is an error).
+
+    Returns:
+      (batches of (float32 image, one-hot label), the listing with `files` narrowed to the images
+      kept, in dataset order, and the report of what was skipped).
+
+    Raises:
+      DataError: as `list_image_folder`, or too many unreadable files.
+    """
+    listing = list_image_folder(root, field=field)
+    report = DataReport(
+        source=root, class_names=list(listing.class_names), ignored_files=list(listing.ignored)
+    )
+    images = Images(
+        "files", list(listing.files), np.asarray(listing.labels, np.int32), list(listing.files)
+    )
+    usable, check = _checked(images, "eval", dataclasses.replace(p, cache="none"), report)
+    if len(usable) == 0 or (len(images) - len(usable)) > p.max_skipped_fraction * len(images):
+        raise DataError(
+            f"{_where(root, field)}: {len(images) - len(usable)} of {len(images)} images are unreadable "
+            f"(e.g. {_skipped_text(report)}); fix or remove them"
+        )
+    report.images["eval"] = len(usable)
+    kept = dataclasses.replace(
+        listing, files=list(usable.names), labels=[int(v) for v in usable.labels]
+    )
+    return eval_dataset(usable, len(listing.class_names), p), kept, report
 
 
 # --- assembling a bundle ---------------------------------------------------------------------------
