@@ -201,7 +201,6 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, reference, pretrained):
 STATEFUL = [
     "--stages=fe:none:2,ft1:blocks:2:2,ft2:blocks:4:2:plateau",
     "--lr_schedule=cosine",
-    "--warmup_epochs=0.5",
     "--layer_decay=0.7",
     "--rollback=val_accuracy",
     "--lr_plateau_patience=1",

@@ -199,6 +199,31 @@ class Config:
         "and saved in <phase>/summary.json); '' = off.",
     )
 
+    # --- speed and scale ----------------------------------------------------------------------
+    feature_cache: str = _field(
+        "memory",
+        "Feature extraction on cached features: 'memory' (run the frozen base once per process), "
+        "'file' (also keep them under <workdir>/cache/features for later runs) or 'off'. Used only "
+        "when valid (no augmentation, MixUp or CutMix; the base frozen).",
+    )
+    precision: str = _field(
+        "float32",
+        "'float32', 'mixed' (float16 on a GPU, bfloat16 otherwise), 'mixed_float16' or "
+        "'mixed_bfloat16'; the softmax always computes in float32.",
+    )
+    jit_compile: str = _field("auto", "XLA: 'auto' (Keras decides: on with a GPU), 'on' or 'off'.")
+    strategy: str = _field(
+        "default",
+        "tf.distribute strategy: 'default' (one device), 'mirrored' (all local GPUs, or the "
+        "logical CPUs), 'multi_worker' (the cluster in TF_CONFIG) or 'tpu'. batch_size is global.",
+    )
+    logical_cpus: int = _field(
+        0, "Split the CPU into this many logical devices (to try 'mirrored' without GPUs); 0 = off."
+    )
+    scale_lr_with_replicas: bool = _field(
+        False, "Multiply every learning rate by the number of replicas (the linear scaling rule)."
+    )
+
     # --- run ----------------------------------------------------------------------------------
     seed: int = _field(0, "Seed of the data split, shuffling, initialisation and dropout.")
     progress: str = _field(
@@ -229,6 +254,10 @@ RESIZE_METHODS = (
 )
 RESIZE_MODES = ("stretch", "crop", "pad", "crop_or_pad")
 CACHE_MODES = ("none", "memory", "file")
+FEATURE_CACHE_MODES = ("memory", "file", "off")
+PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
+JIT_COMPILE = ("auto", "on", "off")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # tl_keras.distribute builds them
 LR_FACTOR_RANGE = (10.0, 100.0)
 
 
@@ -383,4 +412,15 @@ def validate(config: Config) -> Config:
         )
     if c.progress not in PROGRESS:
         raise bad("progress", f"one of {', '.join(PROGRESS)}")
+    for name, allowed in (
+        ("feature_cache", FEATURE_CACHE_MODES),
+        ("precision", PRECISIONS),
+        ("jit_compile", JIT_COMPILE),
+        ("strategy", STRATEGIES),
+    ):
+        value = getattr(c, name)
+        if value not in allowed:
+            raise bad(name, f"one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
+    if c.logical_cpus < 0 or c.logical_cpus == 1:
+        raise bad("logical_cpus", "use 0 (off) or at least 2 logical devices")
     return c

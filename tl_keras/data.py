@@ -131,6 +131,13 @@ class DataBundle:
     test: tf.data.Dataset | None = None
     num_test: int = 0
     report: DataReport | None = None
+    # For cached features (tl_keras.features): the pipeline's settings, the training labels in
+    # index order, the training images in index order (unaugmented), and the identity of the
+    # train and validation images with their resize settings.
+    pipeline: Pipeline | None = None
+    train_labels: np.ndarray | None = None
+    train_in_order: tf.data.Dataset | None = None
+    feature_source_key: tuple[str, str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -690,6 +697,13 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
         test=eval_dataset(test, k, p) if test is not None else None,
         num_test=len(test) if test is not None else 0,
         report=report,
+        pipeline=p,
+        train_labels=np.asarray(splits["train"].labels, np.int32),
+        train_in_order=eval_dataset(splits["train"], k, p).map(lambda x, y: x),
+        feature_source_key=(
+            _cache_key(splits["train"], p),
+            _cache_key(val, p) if val is not None and len(val) else "",
+        ),
     )
 
 

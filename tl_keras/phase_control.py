@@ -78,9 +78,11 @@ class BestWeights(keras.callbacks.Callback):
       best: the best `Snapshot` so far, or None before the first epoch with a finite value.
     """
 
-    def __init__(self, phase: str, monitor: str):
+    def __init__(self, phase: str, monitor: str, source_model: keras.Model | None = None):
         super().__init__()
         self.phase, self.monitor = phase, monitor
+        # Whose weights to copy: the full model when fit trains only its head (cached features).
+        self.source_model = source_model
         self.best: Snapshot | None = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -89,7 +91,11 @@ class BestWeights(keras.callbacks.Callback):
             return
         if self.best is None or is_worse(self.best.value, float(value), self.monitor):
             self.best = Snapshot(
-                self.phase, epoch + 1, self.monitor, float(value), self.model.get_weights()
+                self.phase,
+                epoch + 1,
+                self.monitor,
+                float(value),
+                (self.source_model or self.model).get_weights(),
             )
 
 

@@ -15,14 +15,26 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 
-from tl_keras import _failpoints, backbones, checkpoint, io_utils, phase_control, recipe, schedules
+from tl_keras import (
+    _failpoints,
+    backbones,
+    checkpoint,
+    distribute,
+    features,
+    io_utils,
+    phase_control,
+    recipe,
+    schedules,
+)
 from tl_keras import config as config_lib
 
 # Registers the per-variable learning-rate optimizer, so `.keras` files saved with it load.
@@ -154,8 +166,15 @@ def phase_optimizer(
     return optimizer, callbacks
 
 
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+
+
 def compile_for_phase(
-    model: keras.Model, phase: Phase, *, optimizer: keras.optimizers.Optimizer | None = None
+    model: keras.Model,
+    phase: Phase,
+    *,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    jit_compile: str = "auto",
 ) -> None:
     """Recompiles with a fresh optimizer: required after any change of `trainable`.
 
@@ -163,11 +182,13 @@ def compile_for_phase(
       model: the model.
       phase: the phase (its optimizer and constant lr when `optimizer` is not given).
       optimizer: a fresh optimizer, e.g. from `phase_optimizer`.
+      jit_compile: XLA: 'auto' (Keras decides), 'on' or 'off'.
     """
     model.compile(
         optimizer=optimizer or make_optimizer(phase.optimizer, phase.lr),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=JIT_COMPILE[jit_compile],
     )
 
 
@@ -270,6 +291,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         wall_before,
         schedule_callbacks=(),
         best=None,
+        save_model=None,
     ):
         super().__init__()
         self.workdir, self.phase = workdir, phase
@@ -277,6 +299,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.history_before, self.recorder, self.guard = history_before, recorder, guard
         self.early, self.wall_before = early, wall_before
         self.schedule_callbacks, self.best = list(schedule_callbacks), best
+        self.save_model = save_model  # the full model when fit trains its head on cached features
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
@@ -289,7 +312,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         stopped = bool(self.early is not None and self.early.stopped_epoch > 0)
         checkpoint.write(
             self.workdir,
-            self.model,
+            self.save_model or self.model,
             phase=self.phase.name,
             epoch=e,
             phase_first_epoch=self.first_epoch,
@@ -320,6 +343,10 @@ def run_phase(
     checkpoint_dir: str | None = None,
     history_before: History | None = None,
     resume: checkpoint.Checkpoint | None = None,
+    feature_cache: str = "off",
+    cache_dir: str | None = None,
+    jit_compile: str = "auto",
+    strategy=None,
 ) -> PhaseResult:
     """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
 
@@ -339,6 +366,11 @@ def run_phase(
       history_before: the stitched history of earlier phases (stored in checkpoints).
       resume: continue this phase from a checkpoint: `model` is the checkpoint's compiled model,
         which keeps its optimizer state, so it is not recompiled.
+      feature_cache: 'memory', 'file' or 'off': train a frozen-base phase's head on features
+        computed once (see `tl_keras.features`); used only when valid, with a log line otherwise.
+      cache_dir: the workdir, where feature_cache='file' keeps its files.
+      jit_compile: XLA: 'auto', 'on' or 'off'.
+      strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
 
     Returns:
       The phase's history (global epochs, the learning rate each epoch used), trainability
@@ -360,7 +392,7 @@ def run_phase(
         first_epoch, wall_before, done_records = initial_epoch + 1, 0.0, []
         log.info("[%s] %s", phase.name, report.summary())
         _log_rates(phase, optimizer)
-        compile_for_phase(model, phase, optimizer=optimizer)
+        compile_for_phase(model, phase, optimizer=optimizer, jit_compile=jit_compile)
     else:
         # The checkpoint's compiled model keeps its optimizer: moments, step count (the schedule
         # position) and per-variable rates. Recompiling would reset them, so the fresh optimizer
@@ -381,12 +413,40 @@ def run_phase(
             resume.path,
             report.summary(),
         )
+    fit_model, fit_data = model, data
+    if feature_cache != "off":
+        reason = features.why_not_cached(phase, data.pipeline)
+        if reason is None:
+            arrays, seconds, reused = features.compute(
+                model, data, mode=feature_cache, workdir=cache_dir
+            )
+            fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
+            # The model's own optimizer instance: checkpoints of the model carry its state.
+            compile_for_phase(fit_model, phase, optimizer=model.optimizer, jit_compile=jit_compile)
+            log.info(
+                "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
+                "head trains on them",
+                phase.name,
+                "reused the features of" if reused else "ran the frozen base once over",
+                len(arrays["train"]),
+                len(arrays["val"]),
+                arrays["train"].shape[-1],
+                "" if reused else f" in {seconds:.1f}s",
+            )
+        elif not phase.trains_base:
+            log.info("[%s] feature extraction runs the base every epoch: %s", phase.name, reason)
+    if strategy is not None:
+        distribute.enable_multi_worker_fit(fit_model, strategy)
     last_epoch = first_epoch - 1 + phase.epochs
     recorder = HistoryRecorder(phase.name)
     recorder.history.records.extend(dict(r) for r in done_records)
     guard = NonFiniteGuard()
     cbs: list[keras.callbacks.Callback] = [recorder, guard]
-    best = phase_control.BestWeights(phase.name, track_best) if track_best else None
+    best = (
+        phase_control.BestWeights(phase.name, track_best, source_model=model)
+        if track_best
+        else None
+    )
     if best is not None:  # before early stopping, which may restore other weights at the end
         if resume is not None:
             best.best = resume.best_snapshot()
@@ -417,6 +477,7 @@ def run_phase(
                 wall_before,
                 schedule_callbacks,
                 best,
+                save_model=model,
             )
         )
     bar = _use_progress_bar(progress)
@@ -428,14 +489,14 @@ def run_phase(
     if resume is not None and resume.finished_phase:
         remaining = 0
         if early is not None and early.best_weights is not None:
-            model.set_weights(early.best_weights)  # what EarlyStopping.on_train_end would have done
+            fit_model.set_weights(early.best_weights)  # as EarlyStopping.on_train_end would
     if remaining > 0:
-        model.fit(
-            data.train_epochs(initial_epoch, remaining),
-            validation_data=data.val,
+        fit_model.fit(
+            fit_data.train_epochs(initial_epoch, remaining),
+            validation_data=fit_data.val,
             epochs=last_epoch,
             initial_epoch=initial_epoch,
-            steps_per_epoch=data.steps_per_epoch,
+            steps_per_epoch=fit_data.steps_per_epoch,
             shuffle=False,  # the order is the data bundle's: a pure function of (seed, epoch)
             callbacks=cbs,
             verbose=1 if bar else 0,
@@ -639,6 +700,7 @@ def _identity(config: config_lib.Config) -> dict:
         "head_units": config.head_units,
         "dropout": config.dropout,
         "weights": backbones.normalize_weights(config.weights),
+        "precision": config.precision,
     }
 
 
@@ -799,10 +861,72 @@ def train(
     config = config_lib.validate(config)
     if overwrite and resume:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give only one")
+    strategy = distribute.make_strategy(config.strategy, logical_cpus=config.logical_cpus)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.precision))
+    try:
+        with strategy.scope():
+            return _train(
+                config,
+                workdir,
+                strategy=strategy,
+                phase=phase,
+                overwrite=overwrite,
+                resume=resume,
+                data=data,
+                callbacks=callbacks,
+            )
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config, workdir, *, strategy, phase, overwrite, resume, data, callbacks) -> RunResult:
+    """`train` inside the strategy's scope; only the chief's artifacts land in the workdir.
+
+    Under multi-worker training, saving a model reads synchronised variables (BatchNorm
+    statistics, metrics) with collective operations that every worker must join in the same
+    order. So every worker makes the same writes; a non-chief makes them in a scratch folder that
+    is deleted at the end (the pattern of TensorFlow's multi-worker guide).
+    """
+    if distribute.is_chief(strategy):
+        return _train_into(
+            config,
+            workdir,
+            workdir,
+            strategy=strategy,
+            phase=phase,
+            overwrite=overwrite,
+            resume=resume,
+            data=data,
+            callbacks=callbacks,
+        )
+    log.info("%s: training; the chief writes every artifact", distribute.describe(strategy))
+    scratch = tempfile.mkdtemp(prefix="tl_keras-worker-")
+    try:
+        return _train_into(
+            config,
+            workdir,
+            scratch,
+            strategy=strategy,
+            phase=phase,
+            overwrite=overwrite,
+            resume=resume,
+            data=data,
+            callbacks=callbacks,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_into(
+    config, workdir, outdir, *, strategy, phase, overwrite, resume, data, callbacks
+) -> RunResult:
+    """Reads the run's state from `workdir` and writes its artifacts to `outdir`."""
+    chief = outdir == workdir
     schedule = recipe.build_schedule(config)
     targets = recipe.select_phases(schedule, phase)
-    wd = Workdir(workdir)
-    wd.ensure_writable()
+    wd, out = Workdir(workdir), Workdir(outdir)
+    out.ensure_writable()
     run = wd.read_run()
     done = dict(run["phases"]) if run else {}
     ckpt = None
@@ -825,7 +949,7 @@ def train(
         log.info("nothing to resume in %s: starting the run", wd.path)
     prev = recipe.previous_phase(schedule, targets[0])
     redo = [p.name for p in targets if p.name in done]
-    if prev is None and run is not None and not overwrite and not resume:
+    if prev is None and run is not None and not overwrite and not resume and chief:
         state = f"phases done: {', '.join(done)}" if done else "unfinished: no phase completed"
         if checkpoint.latest(wd.path) is not None:
             state += ", a checkpoint to resume from"
@@ -845,6 +969,13 @@ def train(
                 "them from the end of the previous phase, or use another --workdir"
             )
 
+    replicas = strategy.num_replicas_in_sync
+    if config.scale_lr_with_replicas and replicas > 1:
+        schedule = [dataclasses.replace(p, lr=p.lr * replicas) for p in schedule]
+        targets = [p for p in schedule if p.name in {t.name for t in targets}]
+        log.info(
+            "scale_lr_with_replicas: every learning rate x%d (%d replicas)", replicas, replicas
+        )
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = load_data(config, workdir=wd.path)
@@ -858,7 +989,7 @@ def train(
             reference = load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
         model = build_initial_model(config, data)
-        if run is not None:  # --overwrite or a restart, set up without error: now clear the old run
+        if run is not None and chief:  # --overwrite or a restart, set up: now clear the old run
             wd.clear_results()
             checkpoint.remove_all(wd.path)
         run = {**_identity(config), "class_names": list(data.class_names), "phases": {}}
@@ -871,9 +1002,10 @@ def train(
         names = [p.name for p in schedule]
         for n in [n for n in done if n in names and names.index(n) >= names.index(targets[0].name)]:
             run["phases"].pop(n)  # redone phases and everything after them
+    distribute.enable_multi_worker_fit(model, strategy)  # evaluate() for rollback, too
     run["schedule"] = [p.to_dict() for p in schedule]
-    wd.write_run(run)  # from here on the workdir says a run is in progress
-    io_utils.atomic_write_text(wd.file("config.json"), config_lib.to_json(config))
+    out.write_run(run)  # from here on the workdir says a run is in progress
+    io_utils.atomic_write_text(out.file("config.json"), config_lib.to_json(config))
 
     results = []
     for p in targets:
@@ -884,18 +1016,22 @@ def train(
             backbone=config.backbone,
             initial_epoch=history.last_epoch,
             bn_policy=config.bn_policy,
-            callbacks=[*callbacks, *_log_callbacks(config, wd)],
+            callbacks=[*callbacks, *_log_callbacks(config, out)],
             progress=config.progress,
             track_best=config.rollback or None,
-            checkpoint_dir=wd.path,
+            checkpoint_dir=out.path,
             history_before=history,
             resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
+            feature_cache=config.feature_cache,
+            cache_dir=out.path,
+            jit_compile=config.jit_compile,
+            strategy=strategy,
         )
         if config.rollback:
             reference = apply_rollback(model, result, reference, data)
         history.extend(result.history)
-        _save_phase(wd, run, config, result, history, model, data)
-        checkpoint.remove_all(wd.path)  # the phase's saved model supersedes its checkpoints
+        _save_phase(out, run, config, result, history, model, data)
+        checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     return RunResult(model, history, results, list(data.class_names), wd.path)

@@ -1,0 +1,54 @@
+"""What the speed benchmarks share: paths, the shared material, machine facts, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("TL_KERAS_SHARED", REPO.parent / "shared"))
+FLOWERS = SHARED / "data" / "flowers5"
+WEIGHTS = SHARED / "weights" / "mobilenet_1_0.25_224_imagenet_notop.weights.h5"
+# Tests point this elsewhere, so a smoke run never overwrites the measured figures.
+RESULTS = pathlib.Path(os.environ.get("TL_KERAS_BENCH_RESULTS", REPO / "benchmarks" / "results"))
+
+sys.path.insert(0, str(REPO))
+
+
+def machine() -> dict:
+    """What the figures were measured on, and how busy it was."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "cpus": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "load_average_before": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def write(name: str, payload: dict) -> pathlib.Path:
+    """Writes benchmarks/results/NAME.json (atomically) and returns its path."""
+    from tl_keras import io_utils
+
+    payload = {**payload, "load_average_after": os.getloadavg()}
+    path = RESULTS / f"{name}.json"
+    io_utils.atomic_write_text(str(path), json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def flowers_or_exit() -> tuple[str, str]:
+    """The shared flower photos and MobileNet-0.25 weights; exits with a message without them."""
+    if not (FLOWERS.is_dir() and WEIGHTS.is_file()):
+        sys.exit(f"this benchmark needs ../shared (flowers at {FLOWERS}, weights at {WEIGHTS})")
+    return str(FLOWERS), str(WEIGHTS)

@@ -1,0 +1,59 @@
+"""Each speed benchmark's documented command runs (quick mode) and writes its JSON."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import FLOWERS, MOBILENET_025_NOTOP, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(script, tmp_path, *args):
+    env_results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--quick", *args], cwd=REPO, capture_output=True, text=True,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(env_results)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, env_results
+
+
+needs_shared = pytest.mark.skipif(
+    not (FLOWERS.is_dir() and MOBILENET_025_NOTOP.is_file()), reason="needs ../shared"
+)
+
+
+@needs_shared
+def test_fe_cache_benchmark(tmp_path):
+    out, results = run("bench_fe_cache.py", tmp_path)
+    rows = json.loads((results / "fe_cache.json").read_text())["results"]
+    assert set(rows) == {"mobilenet_0.25_128px_flowers", "efficientnet_b0_224px_subset"}
+    assert all(r["live_s"] > 0 and r["cached_s"] > 0 and r["floor_s"] > 0 for r in rows.values())
+    assert "live ÷ cached" in out
+
+
+@needs_shared
+def test_ft_overhead_benchmark(tmp_path):
+    out, results = run("bench_ft_overhead.py", tmp_path)
+    payload = json.loads((results / "ft_overhead.json").read_text())
+    assert payload["runner_over_plain_steps"] > 0 and "runner ÷ plain" in out
+
+
+def test_memory_benchmark(tmp_path):
+    out, results = run("bench_memory.py", tmp_path)
+    rows = json.loads((results / "memory.json").read_text())["results"]
+    assert rows["quickstart"]["peak_rss_mib"] > 100 and "peak resident memory" in out
+
+
+def test_device_benchmark(tmp_path):
+    out, results = run("bench_device.py", tmp_path)
+    rows = json.loads((results / "device_cpu.json").read_text())["results"]
+    assert [(r["precision"], r["xla"]) for r in rows] == [
+        ("float32", False),
+        ("float32", True),
+        ("mixed_bfloat16", False),
+        ("mixed_bfloat16", True),
+    ]
+    assert all(r["fe_cached"] > r["fe_live"] > 0 and r["ft"] > 0 for r in rows)

@@ -1,0 +1,99 @@
+"""Cached features for feature extraction: the same training as the live path, faster."""
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from tl_keras import features, runner
+from tl_keras.model import get_base
+
+HEAD = ("head_dense", "predictions")
+
+
+@pytest.fixture
+def log_lines(caplog):
+    caplog.set_level(logging.INFO, logger="tl_keras")
+    logger = logging.getLogger("tl_keras")
+    propagate, logger.propagate = logger.propagate, True
+    yield lambda: [r.getMessage() for r in caplog.records]
+    logger.propagate = propagate
+
+
+def fe_only(**overrides):
+    # No dropout, so the two paths draw no random numbers at all: the same seed, the same run.
+    values = dict(epochs_fe=3, epochs_ft=0, dropout=0.0, label_smoothing=0.1)
+    return tiny_config(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def live_and_cached(tmp_path_factory):
+    features._MEMORY.clear()
+    live = runner.train(fe_only(feature_cache="off"), str(tmp_path_factory.mktemp("live")))
+    cached = runner.train(fe_only(feature_cache="memory"), str(tmp_path_factory.mktemp("cached")))
+    return live, cached
+
+
+def test_cached_and_live_train_the_same_head(live_and_cached):
+    live, cached = live_and_cached
+    for name in HEAD:
+        for a, b in zip(
+            live.model.get_layer(name).weights, cached.model.get_layer(name).weights, strict=True
+        ):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+
+
+def test_cached_and_live_report_the_same_metrics(live_and_cached):
+    live, cached = live_and_cached
+    assert live.history.epochs == cached.history.epochs == [1, 2, 3]
+    for a, b in zip(live.history.records, cached.history.records, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["epoch"], key)
+
+
+def test_cached_fe_leaves_the_base_bitwise_unchanged(live_and_cached):
+    live, cached = live_and_cached
+    for a, b in zip(get_base(live.model).weights, get_base(cached.model).weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_cache_is_used_and_says_so(tmp_path, log_lines):
+    runner.train(fe_only(), str(tmp_path))  # feature_cache defaults to 'memory'
+    lines = [ln for ln in log_lines() if "cached features" in ln]
+    assert len(lines) == 1 and "the head trains on them" in lines[0]
+
+
+def test_augmentation_falls_back_to_the_live_path_with_a_reason(tmp_path, log_lines):
+    runner.train(fe_only(augment="light", epochs_fe=1), str(tmp_path))
+    assert any(
+        "feature extraction runs the base every epoch: augmentation changes the images" in ln
+        for ln in log_lines()
+    )
+    assert not any("cached features" in ln for ln in log_lines())
+
+
+def test_file_cache_is_reused_and_never_stale(tmp_path, log_lines):
+    features._MEMORY.clear()
+    workdir = tmp_path / "run"
+    runner.train(fe_only(feature_cache="file", epochs_fe=1), str(workdir))
+    files = sorted((workdir / "cache" / "features").glob("*.npz"))
+    assert len(files) == 1
+    features._MEMORY.clear()  # a new process: only the file remains
+    runner.train(fe_only(feature_cache="file", epochs_fe=1), str(workdir), overwrite=True)
+    assert any("reused the features of" in ln for ln in log_lines())
+    # Another image size and another seed (other random base weights): other features, other keys.
+    runner.train(
+        fe_only(feature_cache="file", epochs_fe=1, image_size=48), str(workdir), overwrite=True
+    )
+    runner.train(fe_only(feature_cache="file", epochs_fe=1, seed=3), str(workdir), overwrite=True)
+    assert len(list((workdir / "cache" / "features").glob("*.npz"))) == 3
+
+
+def test_a_phase_that_trains_the_base_always_runs_live():
+    from tl_keras.data import Pipeline
+    from tl_keras.recipe import Phase
+
+    p = Pipeline(image_size=32, batch_size=8)
+    assert features.why_not_cached(Phase("fe", "none", 1, 1e-3), p) is None
+    assert "trains part of the base" in features.why_not_cached(Phase("ft", "blocks:2", 1, 1e-4), p)
