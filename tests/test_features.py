@@ -2,6 +2,7 @@
 
 import logging
 
+import keras
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -97,3 +98,26 @@ def test_a_phase_that_trains_the_base_always_runs_live():
     p = Pipeline(image_size=32, batch_size=8)
     assert features.why_not_cached(Phase("fe", "none", 1, 1e-3), p) is None
     assert "trains part of the base" in features.why_not_cached(Phase("ft", "blocks:2", 1, 1e-4), p)
+
+
+class _Probe(keras.callbacks.Callback):
+    """Records the model a user's callback sees, and asks to stop after the first epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.epochs = [], []
+
+    def on_train_begin(self, logs=None):
+        self.seen.append(get_base(self.model).name)  # fails on the head alone
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+        self.model.stop_training = True
+
+
+def test_user_callbacks_see_the_whole_model_and_can_stop_training(tmp_path, log_lines):
+    probe = _Probe()
+    result = runner.train(fe_only(), str(tmp_path), callbacks=[probe])
+    assert any("cached features" in ln for ln in log_lines())  # the cached path ran
+    assert probe.seen == [get_base(result.model).name]
+    assert probe.epochs == [0] and result.history.epochs == [1]  # the stop request reached fit

@@ -483,6 +483,8 @@ def run_phase(
     bar = _use_progress_bar(progress)
     if not bar:
         cbs.append(EpochLogger(phase.name, first_epoch - 1, phase.epochs, recorder))
+    if fit_model is not model:  # cached features: callbacks still see the whole model
+        callbacks = [features.FullModelView(cb, model) for cb in callbacks]
     cbs += list(callbacks)
     start = time.perf_counter()
     remaining = last_epoch - initial_epoch
