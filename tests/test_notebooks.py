@@ -13,11 +13,12 @@ import time
 import pytest
 from conftest import REPO
 
-# Every walkthrough, in the README's order. 03 (gradual unfreezing, discriminative learning
-# rates) and 04 (strategy comparison) come with the recipe issue.
+# Every walkthrough, in the README's order.
 NOTEBOOKS = [
     "01_feature_extraction.ipynb",
     "02_fine_tuning.ipynb",
+    "03_gradual_unfreezing.ipynb",
+    "04_strategy_comparison.ipynb",
     "05_preprocessing_pitfalls.ipynb",
     "06_evaluate_predict_export.ipynb",
 ]
