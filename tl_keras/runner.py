@@ -175,6 +175,7 @@ def compile_for_phase(
     *,
     optimizer: keras.optimizers.Optimizer | None = None,
     jit_compile: str = "auto",
+    steps_per_execution: int = 1,
 ) -> None:
     """Recompiles with a fresh optimizer: required after any change of `trainable`.
 
@@ -183,12 +184,15 @@ def compile_for_phase(
       phase: the phase (its optimizer and constant lr when `optimizer` is not given).
       optimizer: a fresh optimizer, e.g. from `phase_optimizer`.
       jit_compile: XLA: 'auto' (Keras decides), 'on' or 'off'.
+      steps_per_execution: batches per call of the compiled train step (the same updates; batch
+        callbacks run once per block).
     """
     model.compile(
         optimizer=optimizer or make_optimizer(phase.optimizer, phase.lr),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=JIT_COMPILE[jit_compile],
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -253,21 +257,31 @@ def _use_progress_bar(progress: str) -> bool:
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose loss is NaN or infinite, and remembers where."""
+    """Stops training at the first batch whose loss is NaN or infinite, and remembers where.
+
+    Under `steps_per_execution` > 1 Keras calls the batch hooks once per block of batches, so the
+    bad batch is known to the block ('3-5'); the loss is the epoch's running mean, which stays
+    non-finite from the first bad batch on.
+    """
 
     def __init__(self):
         super().__init__()
-        self.bad: tuple[int, int, float] | None = None  # (global epoch 1-based, batch, loss)
-        self._epoch = 0
+        self.bad: tuple[int, str, float] | None = None  # (global epoch 1-based, batch(es), loss)
+        self._epoch, self._begin = 0, 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch + 1
+        self._epoch, self._begin = epoch + 1, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin = batch
 
     def on_train_batch_end(self, batch, logs=None):
-        _failpoints.hit(f"batch:{self._epoch}:{batch}")
+        for b in range(self._begin, batch + 1):  # every batch this block trained
+            _failpoints.hit(f"batch:{self._epoch}:{b}")
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
-            self.bad = (self._epoch, batch, float(loss))
+            where = str(batch) if batch == self._begin else f"{self._begin}-{batch}"
+            self.bad = (self._epoch, where, float(loss))
             self.model.stop_training = True
 
 
@@ -421,8 +435,16 @@ def run_phase(
                 model, data, mode=feature_cache, workdir=cache_dir
             )
             fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
-            # The model's own optimizer instance: checkpoints of the model carry its state.
-            compile_for_phase(fit_model, phase, optimizer=model.optimizer, jit_compile=jit_compile)
+            # The model's own optimizer instance: checkpoints of the model carry its state. A
+            # head step takes microseconds, so Keras's per-step overhead would dominate: a whole
+            # epoch runs in one call (the same updates; batch callbacks see one block).
+            compile_for_phase(
+                fit_model,
+                phase,
+                optimizer=model.optimizer,
+                jit_compile=jit_compile,
+                steps_per_execution=max(1, fit_data.steps_per_epoch or 1),
+            )
             log.info(
                 "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
                 "head trains on them",
