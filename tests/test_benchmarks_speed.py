@@ -29,7 +29,7 @@ needs_shared = pytest.mark.skipif(
 def test_fe_cache_benchmark(tmp_path):
     out, results = run("bench_fe_cache.py", tmp_path)
     rows = json.loads((results / "fe_cache.json").read_text())["results"]
-    assert set(rows) == {"mobilenet_0.25_128px_flowers", "efficientnet_b0_224px_subset"}
+    assert set(rows) == {"mobilenet_0.25_128px_flowers"}  # quick: one workload
     assert all(r["live_s"] > 0 and r["cached_s"] > 0 and r["floor_s"] > 0 for r in rows.values())
     assert "live ÷ cached" in out
 
@@ -50,10 +50,5 @@ def test_memory_benchmark(tmp_path):
 def test_device_benchmark(tmp_path):
     out, results = run("bench_device.py", tmp_path)
     rows = json.loads((results / "device_cpu.json").read_text())["results"]
-    assert [(r["precision"], r["xla"]) for r in rows] == [
-        ("float32", False),
-        ("float32", True),
-        ("mixed_bfloat16", False),
-        ("mixed_bfloat16", True),
-    ]
+    assert [(r["precision"], r["xla"]) for r in rows] == [("float32", False), ("float32", True)]
     assert all(r["fe_cached"] > r["fe_live"] > 0 and r["ft"] > 0 for r in rows)
