@@ -437,13 +437,17 @@ def run_phase(
             fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
             # The model's own optimizer instance: checkpoints of the model carry its state. A
             # head step takes microseconds, so Keras's per-step overhead would dominate: a whole
-            # epoch runs in one call (the same updates; batch callbacks see one block).
+            # epoch runs in one call (the same updates; batch callbacks see one block). Not under
+            # a tf.distribute strategy: Keras 3.15's multi-step loop fails there at run time
+            # ("You must feed a value for placeholder tensor 'while/cond/Placeholder'").
             compile_for_phase(
                 fit_model,
                 phase,
                 optimizer=model.optimizer,
                 jit_compile=jit_compile,
-                steps_per_execution=max(1, fit_data.steps_per_epoch or 1),
+                steps_per_execution=(
+                    1 if strategy is not None else max(1, fit_data.steps_per_epoch or 1)
+                ),
             )
             log.info(
                 "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
