@@ -19,6 +19,7 @@ WEIGHTS = SHARED / "weights" / "mobilenet_1_0.25_224_imagenet_notop.weights.h5"
 RESULTS = pathlib.Path(os.environ.get("TL_KERAS_BENCH_RESULTS", REPO / "benchmarks" / "results"))
 
 sys.path.insert(0, str(REPO))
+_LOAD_AT_START = os.getloadavg()  # read when a benchmark starts, before it loads the machine
 
 
 def machine() -> dict:
@@ -32,7 +33,7 @@ def machine() -> dict:
         "keras": keras.__version__,
         "cpus": os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "load_average_before": os.getloadavg(),
+        "load_average_before": _LOAD_AT_START,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
