@@ -257,16 +257,21 @@ def _use_progress_bar(progress: str) -> bool:
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose loss is NaN or infinite, and remembers where.
+    """Stops training at the first batch whose loss is NaN or infinite, or at the end of the
+    first epoch whose trained weights are, and remembers where.
 
     Under `steps_per_execution` > 1 Keras calls the batch hooks once per block of batches, so the
     bad batch is known to the block ('3-5'); the loss is the epoch's running mean, which stays
-    non-finite from the first bad batch on.
+    non-finite from the first bad batch on. The weights are checked too because the loss alone
+    can miss a divergence: on CPUs where TensorFlow fuses a Dense layer with its ReLU (oneDNN),
+    the fused ReLU turns a NaN input into 0, so NaN images give a finite loss while their NaN
+    gradients overwrite the weights.
     """
 
     def __init__(self):
         super().__init__()
-        self.bad: tuple[int, str, float] | None = None  # (global epoch 1-based, batch(es), loss)
+        # (global epoch 1-based, batch(es) or None, what went wrong)
+        self.bad: tuple[int, str | None, str] | None = None
         self._epoch, self._begin = 0, 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -281,7 +286,24 @@ class NonFiniteGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
             where = str(batch) if batch == self._begin else f"{self._begin}-{batch}"
-            self.bad = (self._epoch, where, float(loss))
+            self.bad = (self._epoch, where, f"the loss became {float(loss)}")
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bad is not None:
+            return
+        broken = [
+            w.path
+            for w in self.model.trainable_weights
+            if not bool(keras.ops.all(keras.ops.isfinite(w)))
+        ]
+        if broken:
+            self.bad = (
+                self._epoch,
+                None,
+                f"the weights became NaN or infinite ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}) although the loss stayed finite",
+            )
             self.model.stop_training = True
 
 
@@ -391,7 +413,8 @@ def run_phase(
       report, wall time, whether early stopping ended it, and its best epoch when tracked.
 
     Raises:
-      TrainingError: the loss became NaN or infinite (the last good checkpoint is kept).
+      TrainingError: the loss or the weights became NaN or infinite (the last good
+        checkpoint is kept).
 
     Example:
       >>> result = run_phase(model, Phase("fe", "none", 3, 1e-3), data, backbone="mobilenet")
@@ -530,16 +553,18 @@ def run_phase(
             verbose=1 if bar else 0,
         )
     if guard.bad is not None:
-        epoch, batch, loss = guard.bad
+        epoch, batch, problem = guard.bad
         kept = (
             f"checkpoint of epoch {epoch - 1}"
             if checkpoint_dir and epoch > first_epoch
             else "the start of the phase"
         )
         raise TrainingError(
-            f"the loss became {loss} in phase {phase.name!r}, epoch {epoch}, batch {batch}: training "
-            f"stopped and the last good state was kept ({kept}). Lower the learning rate (phase lr "
-            f"{phase.lr:g}) and rerun the phase with --phase={phase.name} --overwrite"
+            f"{problem} in phase {phase.name!r}, epoch {epoch}"
+            f"{'' if batch is None else f', batch {batch}'}: training stopped and the last good "
+            f"state was kept ({kept}). Check the inputs for NaN or infinite values, lower the "
+            f"learning rate (phase lr {phase.lr:g}), and rerun the phase with "
+            f"--phase={phase.name} --overwrite"
         )
     wall = wall_before + time.perf_counter() - start
     stopped = bool(early is not None and early.stopped_epoch > 0) or bool(
@@ -878,7 +903,8 @@ def train(
 
     Raises:
       ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written.
-      TrainingError: the loss became NaN or infinite (the last good checkpoint is kept).
+      TrainingError: the loss or the weights became NaN or infinite (the last good
+        checkpoint is kept).
 
     Example:
       >>> cfg = Config(data_dir="synthetic", backbone="mobilenet", alpha=0.25, weights="none")
