@@ -292,12 +292,10 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.bad is not None:
             return
-        broken = [
-            w.path
-            for w in self.model.trainable_weights
-            if not bool(keras.ops.all(keras.ops.isfinite(w)))
-        ]
-        if broken:
+        weights = self.model.trainable_weights
+        finite = [keras.ops.all(keras.ops.isfinite(w)) for w in weights]
+        if weights and not bool(keras.ops.all(keras.ops.stack(finite))):  # one sync per epoch
+            broken = [w.path for w, ok in zip(weights, finite, strict=True) if not bool(ok)]
             self.bad = (
                 self._epoch,
                 None,
