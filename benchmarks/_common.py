@@ -40,11 +40,11 @@ def machine() -> dict:
 
 def write(name: str, payload: dict) -> pathlib.Path:
     """Writes benchmarks/results/NAME.json (atomically) and returns its path."""
-    from tl_keras import io_utils
+    from tl_keras import io
 
     payload = {**payload, "load_average_after": os.getloadavg()}
     path = RESULTS / f"{name}.json"
-    io_utils.atomic_write_text(str(path), json.dumps(payload, indent=2) + "\n")
+    io.atomic_write_text(str(path), json.dumps(payload, indent=2) + "\n")
     return path
 
 

@@ -67,14 +67,14 @@ def config_for(args):
 def trained_workdir(config, workdir: str) -> float:
     """Trains unless the workdir already holds this finished run; returns the training time."""
     from tl_keras import config as config_lib
-    from tl_keras import io_utils
+    from tl_keras import io
     from tl_keras.runner import train
 
     saved = os.path.join(workdir, "config.json")
     run_file = os.path.join(workdir, "run.json")
     if os.path.isfile(saved) and os.path.isfile(run_file):
-        same = io_utils.read_json(saved) == config_lib.to_dict(config)
-        if same and set(io_utils.read_json(run_file)["phases"]) == {"fe", "ft"}:
+        same = io.read_json(saved) == config_lib.to_dict(config)
+        if same and set(io.read_json(run_file)["phases"]) == {"fe", "ft"}:
             print(f"reusing the finished run in {workdir}")
             return 0.0
     start = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tl_keras import io_utils
+from tl_keras import io
 from tl_keras.errors import WorkdirError
 from tl_keras.history import History
 from tl_keras.model import get_rng_state, set_rng_state
@@ -106,7 +106,7 @@ class Checkpoint:
             import tl_keras.optimizers  # noqa: F401
         try:
             model = keras.models.load_model(path, compile=True, safe_mode=True)
-            set_rng_state(model, io_utils.read_json(os.path.join(self.path, "rng_state.json")))
+            set_rng_state(model, io.read_json(os.path.join(self.path, "rng_state.json")))
         except Exception as e:
             raise WorkdirError(
                 f"checkpoint {path} cannot be loaded ({str(e).splitlines()[0][:200]}); it is damaged. "
@@ -181,21 +181,21 @@ def write(
     root = _dir(workdir)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"epoch-{epoch:05d}")
-    tmp = tempfile.mkdtemp(prefix=f".epoch-{epoch:05d}{io_utils.TMP_MARK}", dir=root)
+    tmp = tempfile.mkdtemp(prefix=f".epoch-{epoch:05d}{io.TMP_MARK}", dir=root)
     try:
         model.save(os.path.join(tmp, "model.keras"))
-        io_utils.atomic_write_json(os.path.join(tmp, "rng_state.json"), get_rng_state(model))
+        io.atomic_write_json(os.path.join(tmp, "rng_state.json"), get_rng_state(model))
         es_state = None
         if early_stopping is not None:
             es_state = early_stopping.resume_state()
             if early_stopping.best_weights is not None:
                 arrays = {f"w{i}": w for i, w in enumerate(early_stopping.best_weights)}
-                with io_utils.atomic_path(os.path.join(tmp, "best_weights.npz")) as path:
+                with io.atomic_path(os.path.join(tmp, "best_weights.npz")) as path:
                     np.savez(path, **arrays)
         best_meta = None
         if best is not None:
             best_meta = best.to_dict()
-            with io_utils.atomic_path(os.path.join(tmp, "best_rollback.npz")) as path:
+            with io.atomic_path(os.path.join(tmp, "best_rollback.npz")) as path:
                 np.savez(path, **{f"w{i}": w for i, w in enumerate(best.weights)})
         state = {
             "format": FORMAT_VERSION,
@@ -211,7 +211,7 @@ def write(
             "early_stopping": es_state,
             "history": history.records,
         }
-        io_utils.atomic_write_json(os.path.join(tmp, "state.json"), state)  # written last
+        io.atomic_write_json(os.path.join(tmp, "state.json"), state)  # written last
         if os.path.isdir(final):  # the same epoch checkpointed again (a rerun): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -241,7 +241,7 @@ def latest(workdir: str) -> Checkpoint | None:
     _, path = max(found)
     state_path = os.path.join(path, "state.json")
     try:
-        state: dict[str, Any] = io_utils.read_json(state_path)
+        state: dict[str, Any] = io.read_json(state_path)
         if state.get("format") != FORMAT_VERSION:
             raise ValueError(f"format {state.get('format')!r}")
         history = History()

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warn
 from absl import app, flags  # noqa: E402
 
 from tl_keras import config as config_lib  # noqa: E402
-from tl_keras import io_utils, recipe  # noqa: E402
+from tl_keras import io, recipe  # noqa: E402
 from tl_keras.config import Config  # noqa: E402
 from tl_keras.errors import ConfigError, TLKerasError, WorkdirError  # noqa: E402
 
@@ -236,7 +236,7 @@ def compare(
         )
     if data is None:
         data = load_data(config, workdir=wd.path)
-    io_utils.atomic_write_text(wd.file("config.json"), config_lib.to_json(config))
+    io.atomic_write_text(wd.file("config.json"), config_lib.to_json(config))
 
     budget = epoch_budget(config)
     comparison = Comparison([], budget, wd.path)
@@ -272,8 +272,8 @@ def _row(name: str, result, wall: float) -> StrategyResult:
 
 def _write(comparison: Comparison, config: Config) -> None:
     wd = comparison.workdir
-    io_utils.atomic_write_text(os.path.join(wd, "comparison.md"), comparison.to_markdown())
-    io_utils.atomic_write_json(os.path.join(wd, "comparison.json"), comparison.to_dict())
+    io.atomic_write_text(os.path.join(wd, "comparison.md"), comparison.to_markdown())
+    io.atomic_write_json(os.path.join(wd, "comparison.json"), comparison.to_dict())
     plot_comparison(
         comparison,
         os.path.join(wd, "comparison.png"),

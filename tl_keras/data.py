@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import augment as augment_lib
-from tl_keras import io_utils
+from tl_keras import io
 from tl_keras.errors import DataError, did_you_mean
 
 log = logging.getLogger("tl_keras")
@@ -495,7 +495,7 @@ def _checked(images: Images, split: str, p: Pipeline, report: DataReport) -> tup
         manifest_path = os.path.join(folder, "manifest.json")
         npy = os.path.join(folder, "images.npy")
         if os.path.isfile(manifest_path) and os.path.isfile(npy):
-            manifest = io_utils.read_json(manifest_path)
+            manifest = io.read_json(manifest_path)
             kept = np.asarray(manifest["kept"], np.int64)
             for i, reason in manifest["skipped"]:
                 report.skipped.append({"split": split, "item": images.names[i], "reason": reason})
@@ -517,9 +517,9 @@ def _checked(images: Images, split: str, p: Pipeline, report: DataReport) -> tup
     prepared = check.prepared
     if p.cache == "file":
         os.makedirs(folder, exist_ok=True)
-        with io_utils.atomic_path(npy) as tmp:
+        with io.atomic_path(npy) as tmp:
             np.save(tmp, prepared)
-        io_utils.atomic_write_json(  # written last: its presence means the cache is complete
+        io.atomic_write_json(  # written last: its presence means the cache is complete
             manifest_path,
             {
                 "kept": kept.tolist(),

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tl_keras import io_utils
+from tl_keras import io
 from tl_keras.errors import ConfigError, DataError
 
 log = logging.getLogger("tl_keras")
@@ -464,7 +464,7 @@ def write_report(
     }
     plot_confusion_matrix(evaluation, paths["confusion_matrix"])
     plot_confident_errors(evaluation, paths["confident_errors"])
-    io_utils.atomic_write_json(paths["metrics"], {**(extra or {}), **evaluation.as_dict()})
+    io.atomic_write_json(paths["metrics"], {**(extra or {}), **evaluation.as_dict()})
     evaluation.paths = paths
     return paths
 

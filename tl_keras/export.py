@@ -921,10 +921,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _write_manifest(out_dir: Path, manifest: dict[str, Any], class_names: list[str]) -> None:
-    from tl_keras import io_utils
+    from tl_keras import io
 
-    io_utils.atomic_write_text(str(out_dir / LABELS_FILE), "".join(f"{c}\n" for c in class_names))
-    io_utils.atomic_write_json(str(out_dir / MANIFEST_FILE), manifest)
+    io.atomic_write_text(str(out_dir / LABELS_FILE), "".join(f"{c}\n" for c in class_names))
+    io.atomic_write_json(str(out_dir / MANIFEST_FILE), manifest)
 
 
 def export_workdir(

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import io_utils
+from tl_keras import io
 from tl_keras.model import BACKBONE_LAYER
 
 log = logging.getLogger("tl_keras")
@@ -174,7 +174,7 @@ def compute(
     _MEMORY.clear()  # one entry: a process trains one model at a time
     _MEMORY[key] = arrays
     if path:
-        with io_utils.atomic_path(path) as tmp:
+        with io.atomic_path(path) as tmp:
             np.savez(tmp, **arrays)
     return arrays, seconds, False
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tl_keras import io_utils
+from tl_keras.io import atomic_write_text
 
 # Columns written first in the CSV, in this order; metrics follow alphabetically.
 LEADING_COLUMNS = ("epoch", "phase", "lr")
@@ -124,9 +124,9 @@ class History:
 
     def save(self, json_path: str, csv_path: str | None = None) -> None:
         """Writes the history as JSON (and CSV), each file atomically."""
-        io_utils.atomic_write_text(json_path, self.to_json())
+        atomic_write_text(json_path, self.to_json())
         if csv_path:
-            io_utils.atomic_write_text(csv_path, self.to_csv())
+            atomic_write_text(csv_path, self.to_csv())
 
     @classmethod
     def load(cls, json_path: str) -> History:

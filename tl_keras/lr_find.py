@@ -86,7 +86,7 @@ def run_lr_find(
     """
     import keras
 
-    from tl_keras import io_utils, runner
+    from tl_keras import io, runner
     from tl_keras.data import load_data
     from tl_keras.lr_finder import check_args, find_lr
     from tl_keras.model import set_trainable
@@ -156,7 +156,7 @@ def run_lr_find(
         "losses": [v if math.isfinite(v) else None for v in result.losses],
         "smoothed_losses": [v if math.isfinite(v) else None for v in result.smoothed_losses],
     }
-    io_utils.atomic_write_json(os.path.join(out, f"{phase}.json"), payload)
+    io.atomic_write_json(os.path.join(out, f"{phase}.json"), payload)
     _log_suggestion(config, target, result, out)
     return result
 

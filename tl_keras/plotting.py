@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tl_keras import io_utils  # noqa: E402
+from tl_keras import io  # noqa: E402
 from tl_keras.history import History  # noqa: E402
 
 PHASE_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
@@ -105,5 +105,5 @@ def plot_history(
 
 def save_figure(fig: Figure, path: str, dpi: int = 110) -> None:
     """Saves a figure atomically (the format follows the path's suffix)."""
-    with io_utils.atomic_path(path) as tmp:
+    with io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.rsplit(".", 1)[-1])

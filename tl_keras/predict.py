@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tl_keras import io_utils
 from tl_keras.errors import ConfigError, DataError
+from tl_keras.io import atomic_write_text
 
 log = logging.getLogger("tl_keras")
 
@@ -271,7 +271,7 @@ def write_predictions(predictions: Sequence[Prediction], path: str) -> str:
     _check_output(path)
     csv_file = path.lower().endswith(".csv")
     text = to_csv(predictions) if csv_file else to_json(predictions)
-    io_utils.atomic_write_text(path, text)
+    atomic_write_text(path, text)
     return path
 
 

@@ -30,7 +30,7 @@ from tl_keras import (
     checkpoint,
     distribute,
     features,
-    io_utils,
+    io,
     phase_control,
     recipe,
     schedules,
@@ -678,7 +678,7 @@ def load_rollback_reference(
     """
     summary_path, npz = wd.file(prev.name, "summary.json"), wd.file(prev.name, BEST_WEIGHTS_FILE)
     saved = (
-        io_utils.read_json(summary_path).get("rollback_reference")
+        io.read_json(summary_path).get("rollback_reference")
         if os.path.isfile(summary_path)
         else None
     )
@@ -709,7 +709,7 @@ def _save_rollback(wd: Workdir, result: PhaseResult, summary: dict) -> None:
         summary["rollback"] = result.rollback.to_dict()
     if result.reference is not None:
         summary["rollback_reference"] = result.reference.to_dict()
-        with io_utils.atomic_path(wd.file(result.phase.name, BEST_WEIGHTS_FILE)) as tmp:
+        with io.atomic_path(wd.file(result.phase.name, BEST_WEIGHTS_FILE)) as tmp:
             np.savez(tmp, *result.reference.weights)
 
 
@@ -788,7 +788,7 @@ def _load_phase_model(wd: Workdir, phase: str) -> keras.Model:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
         rng_path = wd.file(phase, RNG_FILE)
         if os.path.isfile(rng_path):
-            set_rng_state(model, io_utils.read_json(rng_path))
+            set_rng_state(model, io.read_json(rng_path))
     except Exception as e:
         raise WorkdirError(
             f"cannot load {path} ({str(e).splitlines()[0][:200]}); rerun phase {phase!r}"
@@ -808,11 +808,11 @@ def _save_phase(
     """Writes a phase's artifacts, then run.json (the commit point), each file atomically."""
     name = result.phase.name
     os.makedirs(wd.phase_dir(name), exist_ok=True)
-    with io_utils.atomic_path(wd.model_path(name)) as tmp:
+    with io.atomic_path(wd.model_path(name)) as tmp:
         model.save(tmp)
-    io_utils.atomic_write_json(wd.file(name, RNG_FILE), get_rng_state(model))
+    io.atomic_write_json(wd.file(name, RNG_FILE), get_rng_state(model))
     result.history.save(wd.file(name, "history.json"))
-    io_utils.atomic_write_text(wd.file(name, "config.json"), config_lib.to_json(config))
+    io.atomic_write_text(wd.file(name, "config.json"), config_lib.to_json(config))
     summary = {
         "phase": result.phase.to_dict(),
         "epochs_run": len(result.history),
@@ -825,7 +825,7 @@ def _save_phase(
         "data": data.report.to_dict() if data.report is not None else None,
     }
     _save_rollback(wd, result, summary)
-    io_utils.atomic_write_json(wd.file(name, "summary.json"), summary)
+    io.atomic_write_json(wd.file(name, "summary.json"), summary)
     history.save(wd.file("history.json"), wd.file("history.csv"))
     if len(history):
         plot_history(
@@ -849,7 +849,7 @@ def _check_resume_config(wd: Workdir, config: config_lib.Config) -> None:
     saved_path = wd.file("config.json")
     if not os.path.isfile(saved_path):
         return
-    saved = config_lib.from_dict(io_utils.read_json(saved_path), saved_path)
+    saved = config_lib.from_dict(io.read_json(saved_path), saved_path)
     diffs = [
         f"{name}: saved {getattr(saved, name)!r}, given {getattr(config, name)!r}"
         for name in config_lib.FIELDS
@@ -1057,7 +1057,7 @@ def _train_into(
     distribute.enable_multi_worker_fit(model, strategy)  # evaluate() for rollback, too
     run["schedule"] = [p.to_dict() for p in schedule]
     out.write_run(run)  # from here on the workdir says a run is in progress
-    io_utils.atomic_write_text(out.file("config.json"), config_lib.to_json(config))
+    io.atomic_write_text(out.file("config.json"), config_lib.to_json(config))
 
     results = []
     for p in targets:

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from tl_keras import io_utils
+from tl_keras import io
 
 CLASSES = ("circle", "square", "triangle")
 # Typical RGB colour of each class; each image's colour varies by up to +-70 per channel.
@@ -76,10 +76,10 @@ def make_shapes(
         for i in range(images_per_class):
             png = tf.io.encode_png(_draw(kind, image_size, rng)).numpy()
             with (
-                io_utils.atomic_path(os.path.join(folder, f"{kind}_{i:04d}.png")) as tmp,
+                io.atomic_path(os.path.join(folder, f"{kind}_{i:04d}.png")) as tmp,
                 open(tmp, "wb") as f,
             ):
                 f.write(png)
     # Written last: its presence means every image above is complete.
-    io_utils.atomic_write_json(manifest, wanted)
+    io.atomic_write_json(manifest, wanted)
     return out_dir

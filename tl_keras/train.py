@@ -86,9 +86,9 @@ def resolve_config(
     cfg = config_lib.Config()
     saved = os.path.join(workdir, "config.json") if workdir else None
     if saved and os.path.isfile(saved) and (resume or phase != "all"):
-        from tl_keras import io_utils, recipe
+        from tl_keras import io, recipe
 
-        saved_cfg = config_lib.replace(cfg, io_utils.read_json(saved), saved)
+        saved_cfg = config_lib.replace(cfg, io.read_json(saved), saved)
         names = [p.name for p in recipe.build_schedule(saved_cfg)]
         # --resume and a later phase continue the saved run; a first phase starts anew.
         if resume or phase in names[1:]:

@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from tl_keras import config as config_lib
-from tl_keras import io_utils
+from tl_keras import io
 from tl_keras.errors import DataError, WorkdirError
 from tl_keras.workdir import Workdir
 
@@ -166,7 +166,7 @@ def run_config(workdir: str) -> config_lib.Config:
     wd, _ = _read_run(workdir)
     path = wd.file("config.json")
     try:
-        return config_lib.from_dict(io_utils.read_json(path), path)
+        return config_lib.from_dict(io.read_json(path), path)
     except (OSError, ValueError) as e:
         raise WorkdirError(f"cannot read {path} ({e}); the workdir is damaged") from None
 

@@ -25,7 +25,7 @@ import os
 import shutil
 from typing import Any
 
-from tl_keras import io_utils
+from tl_keras import io
 from tl_keras.errors import WorkdirError
 
 RUN_FILE = "run.json"
@@ -61,7 +61,7 @@ class Workdir:
         """
         try:
             os.makedirs(self.path, exist_ok=True)
-            io_utils.atomic_write_text(self.file(".write-test"), "ok\n")
+            io.atomic_write_text(self.file(".write-test"), "ok\n")
             os.unlink(self.file(".write-test"))
         except OSError as e:
             raise WorkdirError(
@@ -74,7 +74,7 @@ class Workdir:
         if not os.path.isfile(path):
             return None
         try:
-            run = io_utils.read_json(path)
+            run = io.read_json(path)
         except (OSError, ValueError) as e:
             raise WorkdirError(
                 f"{path} is unreadable ({e}); the workdir is damaged: use another --workdir or --overwrite"
@@ -86,7 +86,7 @@ class Workdir:
         return run
 
     def write_run(self, run: dict[str, Any]) -> None:
-        io_utils.atomic_write_json(self.file(RUN_FILE), {**run, "format": FORMAT_VERSION})
+        io.atomic_write_json(self.file(RUN_FILE), {**run, "format": FORMAT_VERSION})
 
     def phases_done(self) -> dict[str, Any]:
         run = self.read_run()

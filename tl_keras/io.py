@@ -1,4 +1,4 @@
-"""Atomic file writes: every artifact appears whole or not at all.
+"""Files written atomically (every artifact appears whole or not at all), and JSON read back.
 
 Each file is written under a temporary name in its final folder, flushed to disk, and renamed
 into place with `os.replace` (atomic on POSIX and Windows within one file system). A crash leaves
