@@ -1,26 +1,9 @@
-"""The transfer-learning recipe as plain data and pure functions.
+"""The schedule as data: unfreeze specs, stages, phases, their learning rates and LR schedules.
 
-Nothing here imports TensorFlow or Keras: which phases run, what each one unfreezes and at what
-learning rate are answered from a config and a list of layer descriptions, so every rule is
-testable in milliseconds. The runner asks this module questions, never the other way round.
-
-The rules:
-
-* `fe` (feature extraction) trains the head only, at the base learning rate `lr`.
-* `ft` (fine-tuning) unfreezes the top of the base at `lr / ft_lr_factor`, the factor in [10, 100]
-  unless explicitly allowed otherwise: a fine-tuning step as large as the head's destroys the
-  pretrained features in the first few steps (the "accuracy collapses when fine-tuning starts"
-  failure).
-* BatchNormalization layers never train under the default policy, whatever is unfrozen: their
-  statistics were estimated on ImageNet over millions of images, and re-estimating them on small
-  batches of a small data set shifts every activation downstream.
-
-Gradual unfreezing generalises `fe -> ft` to any number of stages (`parse_stages`): head-only
-stages first, then stages that each unfreeze at least as much as the one before. The learning-rate
-factor rule applies to every stage that unfreezes part of the base: its rate is `lr / factor`, the
-factor in [10, 100] (explicit per stage, or `ft_lr_factor * stage_lr_decay ** j` for the j-th
-unfreezing stage, j = 0, 1, ...). Head-only stages train at `lr` (or `lr / factor` with any
-factor): they cannot touch the pretrained features the rule protects.
+`build_schedule(config)` answers which phases run, what each unfreezes and at what learning rate:
+a config's `stages` (gradual unfreezing), or the two phases `fe` then `ft`. Every rule of the
+package's README ("the LR factor rule", "each stage unfreezes at least what the previous one
+did") is checked here, from plain values, without TensorFlow (see `tl_keras.recipe`).
 """
 
 from __future__ import annotations
@@ -488,107 +471,3 @@ def previous_phase(schedule: Sequence[Phase], phase: Phase) -> Phase | None:
     names = [p.name for p in schedule]
     i = names.index(phase.name)
     return schedule[i - 1] if i else None
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerInfo:
-    """What the recipe needs to know of one layer of the base, in the base's layer order."""
-
-    name: str
-    block: str | None
-    has_weights: bool
-    is_batchnorm: bool
-
-
-def block_order(layers: Sequence[LayerInfo]) -> list[str]:
-    """Returns the base's blocks from input to output (order of first appearance)."""
-    order: list[str] = []
-    for layer in layers:
-        if layer.block is not None and layer.block not in order:
-            order.append(layer.block)
-    return order
-
-
-def trainable_layers(
-    layers: Sequence[LayerInfo], unfreeze: str | Unfreeze, *, bn_policy: str = "frozen"
-) -> list[str]:
-    """Returns the names of the base layers that train under `unfreeze`.
-
-    'layers:N' counts layers as Keras lists them (`base.layers[-N:]`, the input layer excluded),
-    the way the Keras and TensorFlow guides do. 'blocks:K' takes whole blocks from the top, so a
-    residual unit is never half unfrozen. Under bn_policy='frozen' no BatchNormalization layer is
-    ever returned.
-
-    Args:
-      layers: the base's layers in order.
-      unfreeze: the unfreeze spec.
-      bn_policy: 'frozen' (default) or 'train'.
-
-    Raises:
-      ConfigError: the spec asks for more layers or blocks than the base has.
-    """
-    spec = parse_unfreeze(unfreeze)
-    candidates = [layer for layer in layers if layer.block is not None or layer.has_weights]
-    if spec.kind == "none":
-        chosen: list[LayerInfo] = []
-    elif spec.kind == "all":
-        chosen = list(candidates)
-    elif spec.kind == "layers":
-        n = int(spec.amount)
-        if n > len(candidates):
-            raise ConfigError(
-                f"unfreeze='{spec}' asks for {n} layers but the base has {len(candidates)}; "
-                "use a smaller N or 'all'"
-            )
-        chosen = candidates[-n:]
-    elif spec.kind == "fraction":
-        chosen = candidates[len(candidates) - math.ceil(spec.amount * len(candidates)) :]
-    else:  # blocks
-        order = block_order(layers)
-        k = int(spec.amount)
-        if k > len(order):
-            raise ConfigError(
-                f"unfreeze='{spec}' asks for {k} blocks but the base has {len(order)} "
-                f"({order[0]} .. {order[-1]}); use a smaller K or 'all'"
-            )
-        top = set(order[-k:])
-        chosen = [layer for layer in candidates if layer.block in top]
-    if bn_policy == "frozen":
-        chosen = [layer for layer in chosen if not layer.is_batchnorm]
-    return [layer.name for layer in chosen]
-
-
-def unfrozen_blocks(layers: Sequence[LayerInfo], names: Sequence[str]) -> list[str]:
-    """Returns the blocks (in order) that contain at least one trainable layer with weights."""
-    selected = set(names)
-    blocks = {layer.block for layer in layers if layer.name in selected and layer.has_weights}
-    return [b for b in block_order(layers) if b in blocks]
-
-
-def block_lr_multipliers(layers: Sequence[LayerInfo], decay: float) -> dict[str, float]:
-    """Per-layer learning-rate multipliers that decay with depth, block by block (timm's
-    `layer_decay`, with the base's blocks as the layers).
-
-    The head (every layer outside the base) counts as the top unit and keeps 1.0; the base's top
-    block gets `decay`, the block below `decay**2`, and so on down to the stem. Layers before the
-    first block (no block, e.g. an input rescaling) share the stem's multiplier. Frozen layers
-    are included: the optimizer only uses the entries of variables that train.
-
-    Args:
-      layers: the base's layers in order.
-      decay: the factor between neighbouring blocks, in (0, 1]; 1.0 = one rate for all.
-
-    Returns:
-      Base layer name -> multiplier, for every layer of the base.
-
-    Raises:
-      ConfigError: `decay` is outside (0, 1].
-    """
-    if not (math.isfinite(decay) and 0.0 < decay <= 1.0):
-        raise ConfigError(
-            f"layer_decay={decay!r} is not allowed: use a factor in (0, 1] (1.0 = off), e.g. 0.7"
-        )
-    order = block_order(layers)
-    depth = {block: len(order) - i for i, block in enumerate(order)}  # top block: 1
-    lowest = len(order)
-    return {layer.name: decay ** depth.get(layer.block, lowest) for layer in layers}

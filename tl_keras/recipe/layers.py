@@ -1,0 +1,119 @@
+"""The base's layers as the recipe sees them: blocks, what trains, per-block learning rates.
+
+`tl_keras.model.backbones.layer_infos` describes a real Keras base as a list of `LayerInfo`;
+everything here works on that list alone, so which layers an unfreeze spec trains, and the
+learning-rate multiplier of each block, are testable without building a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from tl_keras.errors import ConfigError
+from tl_keras.recipe.stages import Unfreeze, parse_unfreeze
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """What the recipe needs to know of one layer of the base, in the base's layer order."""
+
+    name: str
+    block: str | None
+    has_weights: bool
+    is_batchnorm: bool
+
+
+def block_order(layers: Sequence[LayerInfo]) -> list[str]:
+    """Returns the base's blocks from input to output (order of first appearance)."""
+    order: list[str] = []
+    for layer in layers:
+        if layer.block is not None and layer.block not in order:
+            order.append(layer.block)
+    return order
+
+
+def trainable_layers(
+    layers: Sequence[LayerInfo], unfreeze: str | Unfreeze, *, bn_policy: str = "frozen"
+) -> list[str]:
+    """Returns the names of the base layers that train under `unfreeze`.
+
+    'layers:N' counts layers as Keras lists them (`base.layers[-N:]`, the input layer excluded),
+    the way the Keras and TensorFlow guides do. 'blocks:K' takes whole blocks from the top, so a
+    residual unit is never half unfrozen. Under bn_policy='frozen' no BatchNormalization layer is
+    ever returned.
+
+    Args:
+      layers: the base's layers in order.
+      unfreeze: the unfreeze spec.
+      bn_policy: 'frozen' (default) or 'train'.
+
+    Raises:
+      ConfigError: the spec asks for more layers or blocks than the base has.
+    """
+    spec = parse_unfreeze(unfreeze)
+    candidates = [layer for layer in layers if layer.block is not None or layer.has_weights]
+    if spec.kind == "none":
+        chosen: list[LayerInfo] = []
+    elif spec.kind == "all":
+        chosen = list(candidates)
+    elif spec.kind == "layers":
+        n = int(spec.amount)
+        if n > len(candidates):
+            raise ConfigError(
+                f"unfreeze='{spec}' asks for {n} layers but the base has {len(candidates)}; "
+                "use a smaller N or 'all'"
+            )
+        chosen = candidates[-n:]
+    elif spec.kind == "fraction":
+        chosen = candidates[len(candidates) - math.ceil(spec.amount * len(candidates)) :]
+    else:  # blocks
+        order = block_order(layers)
+        k = int(spec.amount)
+        if k > len(order):
+            raise ConfigError(
+                f"unfreeze='{spec}' asks for {k} blocks but the base has {len(order)} "
+                f"({order[0]} .. {order[-1]}); use a smaller K or 'all'"
+            )
+        top = set(order[-k:])
+        chosen = [layer for layer in candidates if layer.block in top]
+    if bn_policy == "frozen":
+        chosen = [layer for layer in chosen if not layer.is_batchnorm]
+    return [layer.name for layer in chosen]
+
+
+def unfrozen_blocks(layers: Sequence[LayerInfo], names: Sequence[str]) -> list[str]:
+    """Returns the blocks (in order) that contain at least one trainable layer with weights."""
+    selected = set(names)
+    blocks = {layer.block for layer in layers if layer.name in selected and layer.has_weights}
+    return [b for b in block_order(layers) if b in blocks]
+
+
+def block_lr_multipliers(layers: Sequence[LayerInfo], decay: float) -> dict[str, float]:
+    """Per-layer learning-rate multipliers that decay with depth, block by block (timm's
+    `layer_decay`, with the base's blocks as the layers).
+
+    The head (every layer outside the base) counts as the top unit and keeps 1.0; the base's top
+    block gets `decay`, the block below `decay**2`, and so on down to the stem. Layers before the
+    first block (no block, e.g. an input rescaling) share the stem's multiplier. Frozen layers
+    are included: the optimizer only uses the entries of variables that train.
+
+    Args:
+      layers: the base's layers in order.
+      decay: the factor between neighbouring blocks, in (0, 1]; 1.0 = one rate for all.
+
+    Returns:
+      Base layer name -> multiplier, for every layer of the base.
+
+    Raises:
+      ConfigError: `decay` is outside (0, 1].
+    """
+    if not (math.isfinite(decay) and 0.0 < decay <= 1.0):
+        raise ConfigError(
+            f"layer_decay={decay!r} is not allowed: use a factor in (0, 1] (1.0 = off), e.g. 0.7"
+        )
+    order = block_order(layers)
+    depth = {block: len(order) - i for i, block in enumerate(order)}  # top block: 1
+    lowest = len(order)
+    return {layer.name: decay ** depth.get(layer.block, lowest) for layer in layers}
