@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from tl_keras import runner
     from tl_keras.config import Config
     from tl_keras.data import load_data
-    from tl_keras.model import set_trainable
+    from tl_keras.model.classifier import set_trainable
     from tl_keras.recipe import Phase
 
     epochs, rounds = (2, 1) if args.quick else (args.epochs, args.rounds)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from conftest import MOBILENET_025_NOTOP_SHA256, sha256
 
-from tl_keras import backbones, recipe
+from tl_keras import recipe
 from tl_keras.errors import BackboneError
+from tl_keras.model import backbones
 
 # One test case per registry entry (image size 32 px, the minimum Keras accepts, random weights).
 # Adding a backbone without adding it here fails test_every_registry_entry_has_a_test_case.

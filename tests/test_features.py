@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 
 from tl_keras import features, runner
-from tl_keras.model import get_base
+from tl_keras.model.classifier import get_base
 
 HEAD = ("head_dense", "predictions")
 

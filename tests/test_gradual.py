@@ -15,7 +15,7 @@ from conftest import tiny_config
 from tl_keras import runner
 from tl_keras.data import load_data
 from tl_keras.history import History
-from tl_keras.model import get_base
+from tl_keras.model.classifier import get_base
 from tl_keras.recipe import LRSchedule, Phase
 from tl_keras.schedules import lr_at_epoch
 

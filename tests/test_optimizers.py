@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tl_keras import optimizers as tlo  # noqa: E402
-from tl_keras.optimizers import (  # noqa: E402
+from tl_keras.optimizers import (
     LRMultiplierOptimizer,
     layer_decay_multipliers,
     variable_multipliers,

@@ -42,7 +42,7 @@ def test_mixed_bfloat16_forward_pass_matches_float32(shared_weights, shapes_dir)
     to 0.3, which says nothing about the policy.)
     """
     from tl_keras.data import load_image_folder
-    from tl_keras.model import build_model
+    from tl_keras.model.classifier import build_model
 
     kwargs = dict(
         image_size=64, weights=shared_weights, alpha=0.25, head_units=16, dropout=0.0, seed=0

@@ -6,7 +6,7 @@ The library API (the CLI `python -m tl_keras.train` is a thin layer over it):
     from tl_keras import evaluate_workdir, predict_workdir, export_workdir
 
 Names are imported lazily, so `import tl_keras` and the pure modules (`tl_keras.config`,
-`tl_keras.recipe`, `tl_keras.backbones`) do not import TensorFlow.
+`tl_keras.recipe`, `tl_keras.model.backbones`) do not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ _EXPORTS = {
     "Config": "tl_keras.config",
     "Phase": "tl_keras.recipe",
     "build_schedule": "tl_keras.recipe",
-    "build_model": "tl_keras.model",
-    "set_trainable": "tl_keras.model",
+    "build_model": "tl_keras.model.classifier",
+    "set_trainable": "tl_keras.model.classifier",
     "load_data": "tl_keras.data",
     "from_arrays": "tl_keras.data",
     "DataBundle": "tl_keras.data",

@@ -33,7 +33,7 @@ import numpy as np
 from tl_keras import io
 from tl_keras.errors import WorkdirError
 from tl_keras.history import History
-from tl_keras.model import get_rng_state, set_rng_state
+from tl_keras.model.classifier import get_rng_state, set_rng_state
 
 CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1

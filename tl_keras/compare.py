@@ -41,13 +41,7 @@ from tl_keras.config import Config  # noqa: E402
 from tl_keras.errors import ConfigError, TLKerasError, WorkdirError  # noqa: E402
 
 # The config flags (one per field), --workdir, --config, --overwrite and --verbose come from here.
-from tl_keras.train import (  # noqa: E402
-    EXIT_BAD_INPUT,
-    FLAGS,
-    flag_overrides,
-    resolve_config,
-    setup_logging,
-)
+from tl_keras.train import EXIT_BAD_INPUT, FLAGS, flag_overrides, resolve_config, setup_logging
 
 log = logging.getLogger("tl_keras")
 

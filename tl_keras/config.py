@@ -109,7 +109,7 @@ class Config:
     synthetic_images_per_class: int = _field(60, "Images per class when data_dir='synthetic'.")
 
     # --- model --------------------------------------------------------------------------------
-    backbone: str = _field("mobilenet_v2", "Backbone name; see `tl_keras.backbones.names()`.")
+    backbone: str = _field("mobilenet_v2", "Backbone name; see `tl_keras.model.backbones.names()`.")
     alpha: float = _field(
         1.0, "Width multiplier of the MobileNet families (1.0 for every other backbone)."
     )
@@ -346,7 +346,8 @@ def validate(config: Config) -> Config:
     Raises:
       ConfigError: with the field, the value received and what is allowed.
     """
-    from tl_keras import augment, backbones, recipe  # light, TensorFlow-free modules
+    from tl_keras import augment, recipe  # light, TensorFlow-free modules
+    from tl_keras.model import backbones  # light, TensorFlow-free modules
 
     c = config
 

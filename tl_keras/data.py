@@ -181,7 +181,7 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config, *, workdir: str | None = None) -> Pipeline:
-        from tl_keras import backbones
+        from tl_keras.model import backbones
 
         return cls(
             image_size=config.image_size or backbones.get(config.backbone).default_size,

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import io
-from tl_keras.model import BACKBONE_LAYER
+from tl_keras.model.classifier import BACKBONE_LAYER
 
 log = logging.getLogger("tl_keras")
 

@@ -32,13 +32,7 @@ from tl_keras import recipe  # noqa: E402
 from tl_keras.errors import ConfigError, TLKerasError, WorkdirError  # noqa: E402
 
 # The config flags (one per field), --workdir, --config, --phase and --verbose come from here.
-from tl_keras.train import (  # noqa: E402
-    EXIT_BAD_INPUT,
-    FLAGS,
-    flag_overrides,
-    resolve_config,
-    setup_logging,
-)
+from tl_keras.train import EXIT_BAD_INPUT, FLAGS, flag_overrides, resolve_config, setup_logging
 
 log = logging.getLogger("tl_keras")
 
@@ -89,7 +83,7 @@ def run_lr_find(
     from tl_keras import io, runner
     from tl_keras.data import load_data
     from tl_keras.lr_finder import check_args, find_lr
-    from tl_keras.model import set_trainable
+    from tl_keras.model.classifier import set_trainable
     from tl_keras.workdir import Workdir
 
     config = config_lib.validate(config)

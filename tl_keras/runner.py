@@ -26,7 +26,6 @@ import numpy as np
 
 from tl_keras import (
     _failpoints,
-    backbones,
     checkpoint,
     distribute,
     features,
@@ -42,7 +41,8 @@ from tl_keras import optimizers as lr_multipliers
 from tl_keras.data import DataBundle, load_data
 from tl_keras.errors import ConfigError, TrainingError, WorkdirError
 from tl_keras.history import History
-from tl_keras.model import (
+from tl_keras.model import backbones
+from tl_keras.model.classifier import (
     TrainabilityReport,
     build_model,
     calibrate_batchnorm,
@@ -112,7 +112,7 @@ def discriminative_multipliers(
     `layer_decay**2`, ... (see `recipe.block_lr_multipliers`). Only trainable variables get an
     entry, keyed by `variable.path`.
     """
-    from tl_keras.model import get_base
+    from tl_keras.model.classifier import get_base
 
     infos = backbones.layer_infos(backbones.get(backbone), get_base(model))
     return lr_multipliers.variable_multipliers(

@@ -16,8 +16,9 @@ import logging
 import keras
 import numpy as np
 
-from tl_keras import backbones, recipe
+from tl_keras import recipe
 from tl_keras.errors import BackboneError
+from tl_keras.model import backbones
 
 log = logging.getLogger("tl_keras")
 

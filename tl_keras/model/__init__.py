@@ -1,0 +1,9 @@
+"""The model: which backbones exist and how the classifier is built on one.
+
+    backbones.py    the registry users name (`--backbone`): sizes, preprocessing, widths, blocks;
+                    plain data, importable without TensorFlow
+    classifier.py   the classifier (preprocessing, base, head), what trains (`set_trainable`,
+                    BatchNorm frozen), BatchNorm calibration of a random base, dropout RNG state
+
+Nothing here is imported eagerly, so `tl_keras.model.backbones` stays TensorFlow-free.
+"""
