@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     flowers, weights = _common.flowers_or_exit()
     from tl_keras.config import Config
-    from tl_keras.data import load_data
+    from tl_keras.data.sources import load_data
 
     epochs = 1 if args.quick else args.epochs
     rounds = 1 if args.quick else args.rounds

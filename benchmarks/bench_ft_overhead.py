@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     from tl_keras import runner
     from tl_keras.config import Config
-    from tl_keras.data import load_data
+    from tl_keras.data.sources import load_data
     from tl_keras.model.classifier import set_trainable
     from tl_keras.recipe import Phase
 

@@ -12,7 +12,7 @@ generated stand-in, said in the output):
   present, else random weights: the speed is the same);
 * `fe` fed by the real `light` pipeline, to show what the pipeline costs a real run;
 * the ratio pipeline / model: the pipeline is not the bottleneck when it is >= 2 with `light`;
-* the one-off decode check (every image decoded once before training, see tl_keras.data).
+* the one-off decode check (every image decoded once before training, see tl_keras.data.pipeline).
 
 Each figure is the best of 3 interleaved rounds (see `measure_size`).
 
@@ -99,7 +99,7 @@ def measure_size(size: int, args, data_dir: str, weights: str | None) -> dict:
     import keras
 
     from tl_keras.config import Config
-    from tl_keras.data import load_data
+    from tl_keras.data.sources import load_data
     from tl_keras.model.classifier import build_model, set_trainable
     from tl_keras.recipe import Phase
     from tl_keras.runner import compile_for_phase
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     data_dir = args.data_dir
     source = data_dir
     if not os.path.isdir(data_dir):
-        from tl_keras import synthetic
+        from tl_keras.data import synthetic
 
         data_dir = synthetic.make_shapes(
             tempfile.mkdtemp(prefix="bench-shapes-"), images_per_class=400, image_size=128

@@ -12,8 +12,8 @@ import tensorflow as tf
 from conftest import REPO
 from data_fixtures import batches, make_folder, tiny_data_config
 
-from tl_keras import augment
-from tl_keras.data import load_data
+from tl_keras.data import augment
+from tl_keras.data.sources import load_data
 
 # Each preset, and each per-batch option on top of one, as config overrides.
 SETTINGS = {

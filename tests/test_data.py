@@ -16,8 +16,8 @@ from data_fixtures import (
     tiny_data_config,
 )
 
-from tl_keras import data as data_lib
-from tl_keras.data import from_arrays, load_data
+from tl_keras.data import pipeline as data_lib
+from tl_keras.data.sources import from_arrays, load_data
 
 
 def all_of(ds):

@@ -11,7 +11,7 @@ from data_fixtures import batches, encode, make_folder, solid, tiny_data_config
 
 from tl_keras import config as config_lib
 from tl_keras.config import Config
-from tl_keras.data import from_arrays, load_data
+from tl_keras.data.sources import from_arrays, load_data
 from tl_keras.errors import ConfigError, DataError
 
 

@@ -92,7 +92,7 @@ def test_file_cache_is_reused_and_never_stale(tmp_path, log_lines):
 
 
 def test_a_phase_that_trains_the_base_always_runs_live():
-    from tl_keras.data import Pipeline
+    from tl_keras.data.pipeline import Pipeline
     from tl_keras.recipe import Phase
 
     p = Pipeline(image_size=32, batch_size=8)

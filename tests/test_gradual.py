@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config
 
 from tl_keras import runner
-from tl_keras.data import load_data
+from tl_keras.data.sources import load_data
 from tl_keras.history import History
 from tl_keras.model.classifier import get_base
 from tl_keras.recipe import LRSchedule, Phase

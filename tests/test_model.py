@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from tl_keras.data import load_image_folder
+from tl_keras.data.sources import load_image_folder
 from tl_keras.model import backbones
 from tl_keras.model import classifier as model_lib
 from tl_keras.recipe import Phase

@@ -41,7 +41,7 @@ def test_mixed_bfloat16_forward_pass_matches_float32(shared_weights, shapes_dir)
     (A random base is too badly conditioned for this: bfloat16 rounding moves its outputs by up
     to 0.3, which says nothing about the policy.)
     """
-    from tl_keras.data import load_image_folder
+    from tl_keras.data.sources import load_image_folder
     from tl_keras.model.classifier import build_model
 
     kwargs = dict(

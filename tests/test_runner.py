@@ -91,7 +91,7 @@ def test_later_phase_refuses_a_different_model(finished, overrides, field):
 
 def test_later_phase_refuses_different_classes(finished, tmp_path):
     workdir, _ = finished
-    from tl_keras import synthetic
+    from tl_keras.data import synthetic
 
     other = tmp_path / "other"
     synthetic.make_shapes(str(other), images_per_class=4, image_size=32)
@@ -161,7 +161,8 @@ def test_nan_stops_the_phase_and_keeps_the_last_good_checkpoint(poison, tmp_path
     import tensorflow as tf
 
     from tl_keras import checkpoint
-    from tl_keras.data import DataBundle, load_data
+    from tl_keras.data.pipeline import DataBundle
+    from tl_keras.data.sources import load_data
 
     cfg = tiny_config(epochs_fe=3, epochs_ft=1)
     good = load_data(cfg, workdir=str(tmp_path))

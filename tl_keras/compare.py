@@ -215,7 +215,7 @@ def compare(
       >>> print(comparison.to_markdown())
     """
     from tl_keras import runner
-    from tl_keras.data import load_data
+    from tl_keras.data.sources import load_data
     from tl_keras.workdir import Workdir
 
     config = config_lib.validate(config)

@@ -91,7 +91,7 @@ class Config:
     augment: str = _field(
         "none",
         "Training-only augmentation preset: 'none', 'light' (flip, rotation, zoom, contrast) "
-        "or 'strong' (flip + RandAugment). See tl_keras.augment.",
+        "or 'strong' (flip + RandAugment). See tl_keras.data.augment.",
     )
     mixup: float = _field(
         0.0, "MixUp alpha for training batches (keras.layers.MixUp); 0 = off, 0.2 is typical."
@@ -346,7 +346,8 @@ def validate(config: Config) -> Config:
     Raises:
       ConfigError: with the field, the value received and what is allowed.
     """
-    from tl_keras import augment, recipe  # light, TensorFlow-free modules
+    from tl_keras import recipe  # light, TensorFlow-free modules
+    from tl_keras.data import augment  # light, TensorFlow-free modules
     from tl_keras.model import backbones  # light, TensorFlow-free modules
 
     c = config

@@ -501,8 +501,8 @@ def evaluate_workdir(
       WorkdirError: no trained model in the workdir.
       DataError: the data is missing, has no such split, or has other classes than the model.
     """
-    from tl_keras import data as data_lib
     from tl_keras import trained as trained_lib
+    from tl_keras.data import pipeline, sources
 
     if data_dir and split:
         raise ConfigError(
@@ -517,21 +517,21 @@ def evaluate_workdir(
         )
     files = None
     if data_dir:
-        listing = data_lib.list_image_folder(data_dir)
+        listing = sources.list_image_folder(data_dir)
         model_classes = trained_lib.read_run(workdir)["class_names"]
         trained_lib.check_class_names(
             model_classes, listing.class_names, repr(data_dir)
         )  # fail fast
         run = trained_lib.load_trained(workdir, phase=phase)
         config = trained_lib.run_config(workdir)  # resize as training did
-        pipeline = data_lib.Pipeline(
+        pipeline = pipeline.Pipeline(
             image_size=run.image_size,
             batch_size=batch_size,
             resize_mode=config.resize_mode,
             resize_method=config.resize_method,
             max_skipped_fraction=config.max_skipped_fraction,
         )
-        dataset, listing, _ = data_lib.folder_dataset(data_dir, pipeline)
+        dataset, listing, _ = sources.folder_dataset(data_dir, pipeline)
         files, data_classes = listing.files, listing.class_names
         tag, source, split_name = _folder_tag(data_dir), os.path.abspath(data_dir), None
     else:

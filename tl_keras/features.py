@@ -181,19 +181,19 @@ def compute(
 
 def feature_bundle(data, features: dict[str, np.ndarray]):
     """A DataBundle over cached features: the live path's order, batches and targets."""
-    from tl_keras import data as data_lib
+    from tl_keras.data import augment, pipeline
 
     p = data.pipeline
     train = tf.constant(features["train"])
     labels = tf.constant(data.train_labels, tf.int32)
     k = data.num_classes
     n = len(data.train_labels)
-    smooth = data_lib.augment_lib.batch_fn(mixup=0.0, cutmix=0.0, label_smoothing=p.label_smoothing)
+    smooth = augment.batch_fn(mixup=0.0, cutmix=0.0, label_smoothing=p.label_smoothing)
 
     def make_epoch(epoch):
         # The live path's batches (the epoch's permutation, cut every batch_size), gathered a
         # batch at a time: one gather per batch instead of one dataset element per image.
-        order = tf.data.Dataset.from_tensor_slices(data_lib.epoch_permutation(n, p.seed, epoch))
+        order = tf.data.Dataset.from_tensor_slices(pipeline.epoch_permutation(n, p.seed, epoch))
         ds = order.batch(p.batch_size).map(
             lambda i: (tf.gather(train, i), tf.one_hot(tf.gather(labels, i), k))
         )

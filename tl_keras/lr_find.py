@@ -81,7 +81,7 @@ def run_lr_find(
     import keras
 
     from tl_keras import io, runner
-    from tl_keras.data import load_data
+    from tl_keras.data.sources import load_data
     from tl_keras.lr_finder import check_args, find_lr
     from tl_keras.model.classifier import set_trainable
     from tl_keras.workdir import Workdir

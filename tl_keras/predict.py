@@ -9,7 +9,7 @@ Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif)
 explicitly are always tried. A file that cannot be read as an image is reported with its reason
 (on its own row, and on stderr) and the others are still classified: the command fails only when
 no image at all could be read. Images are decoded and resized exactly as in training
-(`tl_keras.data`), and the model does its own preprocessing, so raw pixels go in.
+(`tl_keras.data.pipeline`), and the model does its own preprocessing, so raw pixels go in.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def list_inputs(paths: Iterable[str]) -> list[str]:
 
     A path that does not exist is kept, so that it is reported rather than silently dropped.
     """
-    from tl_keras.data import IMAGE_EXTENSIONS
+    from tl_keras.data.pipeline import IMAGE_EXTENSIONS
 
     out: list[str] = []
     for path in paths:
@@ -104,7 +104,7 @@ def load_image(
     Raises:
       DataError: the file is missing or not an image TensorFlow can decode.
     """
-    from tl_keras.data import Pipeline, load_image_file
+    from tl_keras.data.pipeline import Pipeline, load_image_file
 
     pipeline = Pipeline(
         image_size=image_size, batch_size=1, resize_mode=resize_mode, resize_method=resize_method

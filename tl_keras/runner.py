@@ -38,7 +38,8 @@ from tl_keras import config as config_lib
 
 # Registers the per-variable learning-rate optimizer, so `.keras` files saved with it load.
 from tl_keras import optimizers as lr_multipliers
-from tl_keras.data import DataBundle, load_data
+from tl_keras.data.pipeline import DataBundle
+from tl_keras.data.sources import load_data
 from tl_keras.errors import ConfigError, TrainingError, WorkdirError
 from tl_keras.history import History
 from tl_keras.model import backbones

@@ -189,7 +189,7 @@ def load_run_data(workdir: str, *, data_dir: str | None = None):
       WorkdirError: the saved config is missing or unreadable.
       DataError: the data is gone or unreadable; the message says how to point at it.
     """
-    from tl_keras.data import load_data
+    from tl_keras.data.sources import load_data
 
     config = run_config(workdir)
     if data_dir:
