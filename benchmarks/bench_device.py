@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     import keras
     import numpy as np
 
-    from tl_keras import distribute, features
     from tl_keras.model.classifier import build_model, set_trainable
+    from tl_keras.training import distribute, features
 
     steps, size = (1, 32) if args.quick else (args.steps, args.image_size)
     if args.quick:  # a smoke run: the smallest backbone, so XLA compiles in seconds

@@ -68,7 +68,7 @@ def trained_workdir(config, workdir: str) -> float:
     """Trains unless the workdir already holds this finished run; returns the training time."""
     from tl_keras import config as config_lib
     from tl_keras import io
-    from tl_keras.runner import train
+    from tl_keras.training.runner import train
 
     saved = os.path.join(workdir, "config.json")
     run_file = os.path.join(workdir, "run.json")

@@ -45,7 +45,8 @@ def parse_args(argv=None):
 
 def fe_seconds(config, data, workdir) -> tuple[float, float]:
     """Wall time of one `fe` phase (model built outside the timing), and its last val_accuracy."""
-    from tl_keras import features, recipe, runner
+    from tl_keras import recipe
+    from tl_keras.training import features, runner
 
     features._MEMORY.clear()
     model = runner.build_initial_model(config, data)
@@ -64,7 +65,7 @@ def floor_seconds(config, data) -> tuple[float, float]:
     The first is the floor: a cached run must build and trace the base once and run it once over
     every image, so no cached run can cost less. The second, the pass alone on a traced graph.
     """
-    from tl_keras import features, runner
+    from tl_keras.training import features, runner
 
     model = runner.build_initial_model(config, data)
     times, extractor = [], None

@@ -7,7 +7,7 @@ unfrozen, BatchNorm frozen), data (the shared flowers, the same `DataBundle`) an
 trained for a few epochs two ways:
 
 * **plain**: `model.compile(Adam)` + `model.fit(...)`, what a user would write by hand;
-* **runner**: `tl_keras.runner.run_phase`, with everything a real run has: the history recorder,
+* **runner**: `tl_keras.training.phase.run_phase`, with everything a real run has: the history recorder,
   the NaN guard, the epoch logger and a checkpoint written after every epoch.
 
 Steady-state throughput = training images per second over the steps of epochs 2.. (the first
@@ -71,11 +71,11 @@ def main(argv=None) -> int:
     import keras
     from bench_fe_cache import subset
 
-    from tl_keras import runner
     from tl_keras.config import Config
     from tl_keras.data.sources import load_data
     from tl_keras.model.classifier import set_trainable
     from tl_keras.recipe import Phase
+    from tl_keras.training import runner
 
     epochs, rounds = (2, 1) if args.quick else (args.epochs, args.rounds)
     tmp = tempfile.mkdtemp(prefix="bench_ft-")

@@ -118,7 +118,7 @@ def run_module(
 def trained_workdir(tmp_path_factory) -> str:
     """A finished tiny fe -> ft run (3 synthetic classes, 32 px), shared by the tests that
     evaluate, predict with and export a trained model. Treat it as read-only."""
-    from tl_keras.runner import train
+    from tl_keras.training.runner import train
 
     workdir = str(tmp_path_factory.mktemp("trained") / "run")
     train(tiny_config(synthetic_images_per_class=10), workdir)

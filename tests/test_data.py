@@ -277,7 +277,7 @@ def test_tfds_split_specs(mock_tfds, monkeypatch):
 def test_skipped_files_are_counted_in_the_phase_summary(tmp_path):
     from conftest import tiny_config
 
-    from tl_keras import runner
+    from tl_keras.training import runner
 
     make_folder(tmp_path / "d", {"ant": 6, "bee": 6})
     (tmp_path / "d" / "ant" / "broken.jpg").write_bytes(b"not a jpeg at all")

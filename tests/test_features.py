@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from tl_keras import features, runner
 from tl_keras.model.classifier import get_base
+from tl_keras.training import features, runner
 
 HEAD = ("head_dense", "predictions")
 

@@ -1,4 +1,4 @@
-"""Learning-rate range test (tl_keras.lr_finder)."""
+"""Learning-rate range test (tl_keras.training.lr_finder)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tl_keras.lr_finder import LRFinderResult, _suggest, find_lr  # noqa: E402
+from tl_keras.training.lr_finder import LRFinderResult, _suggest, find_lr  # noqa: E402
 
 
 def _data(n=64, seed=0):
@@ -169,7 +169,7 @@ def test_suggest_rules():
 
 
 def test_works_with_lr_multiplier_optimizer():
-    from tl_keras.optimizers import variable_multipliers, with_lr_multipliers
+    from tl_keras.training.lr_multipliers import variable_multipliers, with_lr_multipliers
 
     model = _model(keras.optimizers.Adam(1e-3))
     multipliers = variable_multipliers(model, {"conv": 0.1})

@@ -1,4 +1,4 @@
-"""Per-variable learning-rate multipliers (tl_keras.optimizers)."""
+"""Per-variable learning-rate multipliers (tl_keras.training.lr_multipliers)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tl_keras import optimizers as tlo  # noqa: E402
-from tl_keras.optimizers import (
+from tl_keras.training import lr_multipliers as tlo  # noqa: E402
+from tl_keras.training.lr_multipliers import (
     LRMultiplierOptimizer,
     layer_decay_multipliers,
     variable_multipliers,

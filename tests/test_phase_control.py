@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from tl_keras import runner
-from tl_keras.phase_control import BestWeights, Snapshot, decide_rollback, is_worse
+from tl_keras.training import runner
+from tl_keras.training.rollback import BestWeights, Snapshot, decide_rollback, is_worse
 
 
 # --- the decision, as plain data -----------------------------------------------------------------

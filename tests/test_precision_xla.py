@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from tl_keras import distribute, runner
 from tl_keras.errors import WorkdirError
+from tl_keras.training import distribute, runner
 
 
 def two_phases(**overrides):

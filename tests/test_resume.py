@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from tl_keras import checkpoint
 from tl_keras.history import History
 from tl_keras.model import backbones
 from tl_keras.model import classifier as model_lib
+from tl_keras.training import checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from tl_keras import runner
 from tl_keras.errors import TrainingError, WorkdirError
 from tl_keras.history import History
+from tl_keras.training import runner
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +160,9 @@ def test_nan_stops_the_phase_and_keeps_the_last_good_checkpoint(poison, tmp_path
     checkpoint of epoch 1 stays the last, and no diverged model is saved."""
     import tensorflow as tf
 
-    from tl_keras import checkpoint
     from tl_keras.data.pipeline import DataBundle
     from tl_keras.data.sources import load_data
+    from tl_keras.training import checkpoint
 
     cfg = tiny_config(epochs_fe=3, epochs_ft=1)
     good = load_data(cfg, workdir=str(tmp_path))

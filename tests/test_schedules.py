@@ -1,4 +1,4 @@
-"""Per-phase learning-rate schedules (tl_keras.schedules)."""
+"""Per-phase learning-rate schedules (tl_keras.training.schedules)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tl_keras.schedules import SCHEDULES, LRRecorder, lr_at_epoch, make_schedule  # noqa: E402
+from tl_keras.training.schedules import SCHEDULES, LRRecorder, lr_at_epoch, make_schedule  # noqa: E402
 
 SPE = 4  # steps per epoch
 

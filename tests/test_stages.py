@@ -189,7 +189,7 @@ def test_phase_dict_round_trip_keeps_the_schedule():
 
 # --- LR schedules and discriminative rates in the config -----------------------------------------
 def test_recipe_schedule_names_match_the_registry():
-    from tl_keras.schedules import SCHEDULES
+    from tl_keras.training.schedules import SCHEDULES
 
     assert set(recipe.LR_SCHEDULES) == set(SCHEDULES)
 
@@ -242,7 +242,7 @@ def test_block_lr_multipliers_decay_from_the_head_down():
 
 
 def test_block_lr_multipliers_agree_with_timm_layer_decay():
-    from tl_keras.optimizers import layer_decay_multipliers
+    from tl_keras.training.lr_multipliers import layer_decay_multipliers
 
     per_block = layer_decay_multipliers([*recipe.block_order(LAYERS), "head"], 0.7)
     per_layer = recipe.block_lr_multipliers(LAYERS, 0.7)

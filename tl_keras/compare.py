@@ -214,8 +214,8 @@ def compare(
       >>> comparison = compare(cfg, "runs/compare", strategies=["fe", "fe_ft"])
       >>> print(comparison.to_markdown())
     """
-    from tl_keras import runner
     from tl_keras.data.sources import load_data
+    from tl_keras.training import runner
     from tl_keras.workdir import Workdir
 
     config = config_lib.validate(config)

@@ -257,7 +257,12 @@ CACHE_MODES = ("none", "memory", "file")
 FEATURE_CACHE_MODES = ("memory", "file", "off")
 PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
 JIT_COMPILE = ("auto", "on", "off")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # tl_keras.distribute builds them
+STRATEGIES = (
+    "default",
+    "mirrored",
+    "multi_worker",
+    "tpu",
+)  # tl_keras.training.distribute builds them
 LR_FACTOR_RANGE = (10.0, 100.0)
 
 

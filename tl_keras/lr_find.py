@@ -5,7 +5,7 @@
 
 The model is set up exactly as the phase would train it (what is unfrozen, BatchNorm frozen, the
 optimizer with its per-variable rates under `layer_decay`); for a phase after the first, it is
-the model the previous phase saved in the workdir. `tl_keras.lr_finder.find_lr` then trains on
+the model the previous phase saved in the workdir. `tl_keras.training.lr_finder.find_lr` then trains on
 up to `--num_steps` batches at exponentially growing rates, and the plot and a JSON file with the
 suggestion are written to `<workdir>/lr_find/<phase>.png|.json`. Nothing else in the workdir is
 touched: the run's models, history and `run.json` stay as they were, and the test itself leaves
@@ -68,7 +68,7 @@ def run_lr_find(
       data: a ready `DataBundle`; default: load what `config.data_dir` names.
 
     Returns:
-      The `tl_keras.lr_finder.LRFinderResult`; the files are `<workdir>/lr_find/<phase>.png`
+      The `tl_keras.training.lr_finder.LRFinderResult`; the files are `<workdir>/lr_find/<phase>.png`
       and `.json`.
 
     Raises:
@@ -80,10 +80,11 @@ def run_lr_find(
     """
     import keras
 
-    from tl_keras import io, runner
+    from tl_keras import io
     from tl_keras.data.sources import load_data
-    from tl_keras.lr_finder import check_args, find_lr
     from tl_keras.model.classifier import set_trainable
+    from tl_keras.training import runner
+    from tl_keras.training.lr_finder import check_args, find_lr
     from tl_keras.workdir import Workdir
 
     config = config_lib.validate(config)

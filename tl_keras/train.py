@@ -1,6 +1,6 @@
 """Command line: `python -m tl_keras.train --phase=fe|ft|all --workdir=DIR [--config=FILE] [--FIELD=VALUE...]`.
 
-A thin layer over `tl_keras.runner.train`. Every config field is a flag of the same name (see
+A thin layer over `tl_keras.training.runner.train`. Every config field is a flag of the same name (see
 `python -m tl_keras.train --helpfull`); precedence is defaults < the config a workdir's earlier
 phase saved < --config file < flags. Bad input prints one line naming the value and what to do,
 and exits with status 2 (a traceback only with --verbose).
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
             FLAGS.workdir, FLAGS.config, flag_overrides(), FLAGS.phase, FLAGS.resume
         )
         config_lib.validate(cfg)  # bad flags fail in milliseconds, before TensorFlow loads
-        from tl_keras import runner  # imports TensorFlow: after the cheap checks
+        from tl_keras.training import runner  # imports TensorFlow: after the cheap checks
 
         result = runner.train(
             cfg, FLAGS.workdir, phase=FLAGS.phase, overwrite=FLAGS.overwrite, resume=FLAGS.resume

@@ -132,7 +132,7 @@ class DataBundle:
     test: tf.data.Dataset | None = None
     num_test: int = 0
     report: DataReport | None = None
-    # For cached features (tl_keras.features): the pipeline's settings, the training labels in
+    # For cached features (tl_keras.training.features): the pipeline's settings, the training labels in
     # index order, the training images in index order (unaugmented), and the identity of the
     # train and validation images with their resize settings.
     pipeline: Pipeline | None = None

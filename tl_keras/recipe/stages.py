@@ -18,7 +18,7 @@ from tl_keras.errors import ConfigError, did_you_mean
 
 UNFREEZE_KINDS = ("none", "layers", "blocks", "fraction", "all")
 LR_FACTOR_RANGE = (10.0, 100.0)
-# The names of `tl_keras.schedules.SCHEDULES`, kept here so the recipe imports no TensorFlow
+# The names of `tl_keras.training.schedules.SCHEDULES`, kept here so the recipe imports no TensorFlow
 # (tests/test_stages.py checks that the two agree).
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 WARMUP_SCHEDULES = ("constant", "cosine")  # the schedules that support a linear warm-up
@@ -102,7 +102,7 @@ def ft_learning_rate(base_lr: float, factor: float, *, allow_any: bool = False) 
 
 @dataclasses.dataclass(frozen=True)
 class LRSchedule:
-    """How the learning rate moves within one phase (see `tl_keras.schedules`).
+    """How the learning rate moves within one phase (see `tl_keras.training.schedules`).
 
     Attributes:
       name: one of LR_SCHEDULES.

@@ -160,7 +160,7 @@ def compute(
         return arrays, 0.0, True
     start = time.perf_counter()
     extractor = feature_extractor(model)
-    from tl_keras import distribute
+    from tl_keras.training import distribute
 
     distribute.enable_multi_worker_fit(extractor, tf.distribute.get_strategy())
     arrays = {"train": np.asarray(extractor.predict(data.train_in_order, verbose=0), np.float32)}

@@ -19,7 +19,7 @@ class (e.g. `LRMultiplierAdamW`, created once per base class and cached) that ov
 variable index, so the traced train step contains only constant multiplies. Decoupled weight
 decay (AdamW, Lion, ...) uses the scaled learning rate too, as a PyTorch/timm parameter group
 with its own `lr` would. The optimizer and its multipliers round-trip through
-`get_config`/`from_config` and `.keras` files; loading needs `tl_keras.optimizers` imported.
+`get_config`/`from_config` and `.keras` files; loading needs `tl_keras.training.lr_multipliers` imported.
 
 Variable paths: Keras fixes `variable.path` when the layer is built, from the name scopes active
 at that moment. A functional base model builds its layers when it is constructed, so a variable
@@ -301,7 +301,7 @@ class LRMultiplierOptimizer(keras.optimizers.Optimizer):
         if self._lr_base_class is None:
             raise TypeError(
                 "LRMultiplierOptimizer wraps another optimizer; create it with "
-                "tl_keras.optimizers.with_lr_multipliers(optimizer, multipliers)."
+                "tl_keras.training.lr_multipliers.with_lr_multipliers(optimizer, multipliers)."
             )
         checked = _check_multiplier_map(lr_multipliers or {}, "lr_multipliers")
         super().__init__(*args, **kwargs)

@@ -24,20 +24,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from tl_keras import (
-    _failpoints,
-    checkpoint,
-    distribute,
-    features,
-    io,
-    phase_control,
-    recipe,
-    schedules,
-)
+from tl_keras import _failpoints, io, recipe
 from tl_keras import config as config_lib
-
-# Registers the per-variable learning-rate optimizer, so `.keras` files saved with it load.
-from tl_keras import optimizers as lr_multipliers
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.data.sources import load_data
 from tl_keras.errors import ConfigError, TrainingError, WorkdirError
@@ -53,6 +41,10 @@ from tl_keras.model.classifier import (
 )
 from tl_keras.plotting import plot_history
 from tl_keras.recipe import Phase
+
+# Registers the per-variable learning-rate optimizer, so `.keras` files saved with it load.
+from tl_keras.training import checkpoint, distribute, features, lr_multipliers, schedules
+from tl_keras.training import rollback as phase_control
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")

@@ -86,7 +86,7 @@ class Checkpoint:
 
     def best_snapshot(self):
         """The rollback tracker's best weights so far in this phase (`phase_control.Snapshot`)."""
-        from tl_keras.phase_control import Snapshot
+        from tl_keras.training.rollback import Snapshot
 
         if not self.best_meta:
             return None
@@ -103,7 +103,7 @@ class Checkpoint:
         """
         path = os.path.join(self.path, "model.keras")
         with contextlib.suppress(ImportError):  # registers optimizers a checkpoint may hold
-            import tl_keras.optimizers  # noqa: F401
+            import tl_keras.training.lr_multipliers  # noqa: F401
         try:
             model = keras.models.load_model(path, compile=True, safe_mode=True)
             set_rng_state(model, io.read_json(os.path.join(self.path, "rng_state.json")))
