@@ -113,9 +113,9 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from tl_keras import export
     from tl_keras.cli import setup_logging
-    from tl_keras.trained import load_run_data, load_trained
+    from tl_keras.inference import export
+    from tl_keras.inference.trained import load_run_data, load_trained
 
     setup_logging()
     name = "smoke" if args.smoke else "flowers"

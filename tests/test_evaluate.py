@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from tl_keras import evaluate as ev
 from tl_keras.errors import ConfigError, DataError
+from tl_keras.inference import evaluate as ev
 
 CLASSES = ["cat", "dog", "fox"]
 # Ten images: their labels, and the stub model's probabilities for each.
@@ -179,7 +179,7 @@ def test_gallery_without_errors_says_so():
 
 # --- a trained workdir ----------------------------------------------------------------------------
 def test_workdir_validation_figures_equal_keras_evaluate(trained_workdir, tmp_path):
-    from tl_keras.trained import load_run_data, load_trained
+    from tl_keras.inference.trained import load_run_data, load_trained
 
     result = ev.evaluate_workdir(trained_workdir, split="val", out_dir=str(tmp_path))
     trained = load_trained(trained_workdir)
@@ -210,7 +210,7 @@ def test_workdir_without_a_test_split_says_what_to_do(trained_workdir, tmp_path)
 def test_workdir_test_split_is_used_when_the_data_has_one(trained_workdir, tmp_path, monkeypatch):
     # The data sources gain a `test` split (TFDS test split, a separate test folder): evaluate
     # takes it from the bundle whenever it is there. Here the validation batches stand in for it.
-    from tl_keras import trained as trained_lib
+    from tl_keras.inference import trained as trained_lib
 
     real = trained_lib.load_run_data(trained_workdir)
     with_test = types.SimpleNamespace(

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tl_keras import export as ex
+from tl_keras.inference import export as ex
+from tl_keras.inference.export import formats
 
 SIZE = 32
 NUM_CLASSES = 5
@@ -273,7 +274,7 @@ def test_failed_parity_keeps_the_older_export(
     (shutil.copytree if fmt == "saved_model" else shutil.copyfile)(good, final)
     older = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     # The writer produces the original model's artifact while we export the nudged model.
-    monkeypatch.setitem(ex._WRITERS, fmt, _write_copy_of(good))
+    monkeypatch.setitem(formats._WRITERS, fmt, _write_copy_of(good))
 
     with pytest.raises(ex.ExportParityError, match="Nothing was written there") as caught:
         ex.export(nudged_model, tmp_path, (fmt,), check_images=images)
@@ -286,7 +287,7 @@ def test_failed_parity_keeps_the_older_export(
 def test_failed_parity_leaves_nothing_at_a_new_path(
     monkeypatch, tmp_path, exported, nudged_model, images
 ):
-    monkeypatch.setitem(ex._WRITERS, "tflite", _write_copy_of(exported["paths"]["tflite"]))
+    monkeypatch.setitem(formats._WRITERS, "tflite", _write_copy_of(exported["paths"]["tflite"]))
     with pytest.raises(ex.ExportParityError):
         ex.export(nudged_model, tmp_path / "out", ("tflite",), check_images=images)
     assert os.listdir(tmp_path / "out") == []
@@ -297,7 +298,7 @@ def test_failing_writer_leaves_no_partial_file(monkeypatch, tmp_path, model):
         tmp.write_bytes(b"half a flatbuffer")
         raise OSError("disk full")
 
-    monkeypatch.setitem(ex._WRITERS, "tflite", crash_midway)
+    monkeypatch.setitem(formats._WRITERS, "tflite", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         ex.export(model, tmp_path, ("tflite",))
     assert os.listdir(tmp_path) == []

@@ -21,8 +21,8 @@ import pytest
 from conftest import REPO, run_module
 
 from tl_keras import cli
-from tl_keras import export as ex
 from tl_keras.errors import DataError, TLKerasError
+from tl_keras.inference import export as ex
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnx", "onnxruntime"))
 
@@ -52,7 +52,7 @@ def float16_export(trained_workdir, tmp_path_factory):
 
 
 def test_workdir_export_checks_each_artifact_and_writes_a_manifest(trained_workdir, float16_export):
-    from tl_keras.trained import load_run_data, read_run
+    from tl_keras.inference.trained import load_run_data, read_run
 
     out, first, _ = float16_export
     run = read_run(trained_workdir)
@@ -72,7 +72,7 @@ def test_workdir_export_checks_each_artifact_and_writes_a_manifest(trained_workd
 def test_quantised_export_measures_accuracy_on_the_validation_split(
     trained_workdir, float16_export
 ):
-    from tl_keras.trained import load_run_data
+    from tl_keras.inference.trained import load_run_data
 
     out, _, second = float16_export
     # Exports into one folder accumulate in its manifest.
@@ -89,7 +89,7 @@ def test_quantised_export_measures_accuracy_on_the_validation_split(
 
 
 def test_verify_passes_then_catches_an_altered_artifact(trained_workdir, float16_export):
-    from tl_keras.trained import load_trained
+    from tl_keras.inference.trained import load_trained
 
     out, _, _ = float16_export
     reports = ex.verify_workdir(trained_workdir, out_dir=str(out))
@@ -108,7 +108,7 @@ def test_verify_passes_then_catches_an_altered_artifact(trained_workdir, float16
 
 
 def test_load_artifact_tells_the_format_from_the_path(trained_workdir, float16_export):
-    from tl_keras.trained import load_trained
+    from tl_keras.inference.trained import load_trained
 
     out, _, _ = float16_export
     model = load_trained(trained_workdir).model
@@ -127,7 +127,7 @@ def test_workdir_export_without_its_data_says_how_to_point_at_it(trained_workdir
 
 def test_package_exports_the_after_training_calls():
     import tl_keras
-    from tl_keras import evaluate, predict, trained
+    from tl_keras.inference import evaluate, predict, trained
 
     assert tl_keras.export_workdir is ex.export_workdir
     assert tl_keras.evaluate_workdir is evaluate.evaluate_workdir
@@ -157,7 +157,7 @@ def test_cli_error_lines_and_exit_codes(capsys):
 # --- the command line -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_exports_then_verify_catches_an_altered_export(trained_workdir, tmp_path):
-    from tl_keras.trained import load_trained
+    from tl_keras.inference.trained import load_trained
 
     formats = "saved_model,tflite,onnx" if HAS_ONNX else "saved_model,tflite"
     out = tmp_path / "export"
@@ -202,7 +202,8 @@ ALTERING_WRITER = textwrap.dedent(
     import sys
     import numpy as np
     import keras
-    import tl_keras.export as ex
+    from tl_keras.export import run_main
+    from tl_keras.inference.export import formats as ex
 
     real_writer = ex._WRITERS["tflite"]
 
@@ -215,7 +216,7 @@ ALTERING_WRITER = textwrap.dedent(
         real_writer(clone, tmp, quantization=options.get("quantization"))
 
     ex._WRITERS["tflite"] = altered_writer
-    ex.run_main()
+    run_main()
     """
 )
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from tl_keras import predict as pr
 from tl_keras.errors import ConfigError, DataError
+from tl_keras.inference import predict as pr
 
 
 @pytest.fixture(scope="module")
 def trained(trained_workdir):
-    from tl_keras.trained import load_trained
+    from tl_keras.inference.trained import load_trained
 
     return load_trained(trained_workdir)
 

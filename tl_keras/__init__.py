@@ -31,10 +31,10 @@ _EXPORTS = {
     "plot_history": "tl_keras.plotting",
     "TLKerasError": "tl_keras.errors",
     # After training (the modules tl_keras.evaluate / .predict / .export are the commands).
-    "load_trained": "tl_keras.trained",
-    "evaluate_workdir": "tl_keras.evaluate",
-    "predict_workdir": "tl_keras.predict",
-    "export_workdir": "tl_keras.export",
+    "load_trained": "tl_keras.inference.trained",
+    "evaluate_workdir": "tl_keras.inference.evaluate",
+    "predict_workdir": "tl_keras.inference.predict",
+    "export_workdir": "tl_keras.inference.export.manifest",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class TLKerasError(ValueError):
@@ -33,6 +34,48 @@ class WorkdirError(TLKerasError):
 
 class TrainingError(TLKerasError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class ExportError(TLKerasError):
+    """An export cannot be made or checked as asked (a bad format, quantisation or input)."""
+
+
+class MissingDependencyError(ExportError, ImportError):
+    """A format needs a package that is not installed (ONNX: the `onnx` extra)."""
+
+
+class ExportConversionError(ExportError, RuntimeError):
+    """A converter cannot express the model in the asked format."""
+
+    exit_code = 1  # the command was fine; the model does not convert
+
+
+class ExportParityError(ExportError):
+    """An exported artifact does not reproduce the Keras model within tolerance.
+
+    Attributes:
+        report: the `ParityReport` with the measured differences.
+    """
+
+    exit_code = 1  # a check failed (tl_keras.cli): not bad input, a wrong artifact
+
+    def __init__(self, report: Any, advice: str | None = None):
+        self.report = report
+        name = report.label
+        mean = "" if report.mean_atol is None else f", mean_atol={report.mean_atol:g}"
+        if advice is None:
+            advice = (
+                "Re-export from the model you are comparing against. For a quantised TFLite "
+                "file pass quantization='float16' or 'dynamic'; if the difference is an "
+                "accepted cost, pass looser atol / mean_atol."
+            )
+        super().__init__(
+            f"{name} export at {report.path!r} does not match the Keras model: "
+            f"max |diff| = {report.max_abs_diff:.3g}, mean |diff| = {report.mean_abs_diff:.3g}; "
+            f"tolerance atol={report.atol:g}, rtol={report.rtol:g}{mean} "
+            f"(on {report.num_images} images; top-1 agreement {report.top1_agreement:.1%}). "
+            + advice
+        )
 
 
 def did_you_mean(value: str, allowed: Iterable[str]) -> str:

@@ -1,0 +1,645 @@
+"""Where a trained model fails: metrics, a confusion matrix, and its most confident mistakes.
+
+Command line (a thin layer over `evaluate_workdir`):
+
+  python -m tl_keras.evaluate --workdir=runs/b0 --data_dir=photos_test/   # a held-out folder
+  python -m tl_keras.evaluate --workdir=runs/b0 --split=test              # the data's test split
+  python -m tl_keras.evaluate --workdir=runs/b0 --split=val               # the validation split
+
+It writes, under `<workdir>/evaluation/<data>/` (or `--out_dir`):
+
+  metrics.json            accuracy, loss, top-k accuracy, per-class precision / recall / F1 /
+                          support, macro and weighted averages, the confusion matrix, and the
+                          most confident mistakes
+  confusion_matrix.png    counts, and rows normalised to recall
+  confident_errors.png    the misclassified images the model was surest about
+
+The library call `evaluate(model, dataset, class_names)` returns the same numbers for any model
+and data in memory. The data's class names are checked against the model's: a different set of
+classes is an error, a different order is remapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tl_keras import io
+from tl_keras.errors import ConfigError, DataError
+
+log = logging.getLogger("tl_keras")
+
+DEFAULT_TOP_K = 5  # top-k accuracy; clipped to (classes - 1), where top-k is not trivially 1
+DEFAULT_NUM_ERRORS = 16  # images in the gallery of confident mistakes
+DEFAULT_BATCH_SIZE = 32  # images per forward pass
+SPLITS = ("test", "val")
+LOSS_EPSILON = 1e-7  # Keras's probability clip in categorical cross-entropy
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion_matrix.png"
+ERRORS_FILE = "confident_errors.png"
+
+
+@dataclasses.dataclass
+class ConfidentError:
+    """One misclassified image.
+
+    Attributes:
+      index: its position in the evaluated data (0-based, in the data's order).
+      true_class: the label.
+      predicted_class: the model's top-1 class.
+      confidence: the probability the model gave its (wrong) top-1 class.
+      true_probability: the probability it gave the true class.
+      file: the image file, when known.
+      image: the pixels (uint8, height x width x 3), for the gallery; not written to JSON.
+    """
+
+    index: int
+    true_class: str
+    predicted_class: str
+    confidence: float
+    true_probability: float
+    file: str | None = None
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "file": self.file,
+            "true_class": self.true_class,
+            "predicted_class": self.predicted_class,
+            "confidence": _round(self.confidence),
+            "true_probability": _round(self.true_probability),
+        }
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Every figure of one evaluation (what `metrics.json` holds).
+
+    Attributes:
+      class_names: the model's classes, in output order.
+      num_images: images evaluated.
+      accuracy: top-1 accuracy.
+      loss: mean categorical cross-entropy (as Keras computes it).
+      top_k: the k of `top_k_accuracy`.
+      top_k_accuracy: fraction of images whose class is among the k most probable.
+      per_class: class name -> {'precision', 'recall', 'f1', 'support'}. Precision of a class
+        never predicted is 0, as is recall of a class with no images.
+      macro_avg: unweighted mean of precision, recall and F1 over classes.
+      weighted_avg: the same weighted by support.
+      confusion: counts, rows = true class, columns = predicted class.
+      confident_errors: the mistakes with the highest confidence, most confident first.
+      paths: files written (by `write_report`), name -> path.
+    """
+
+    class_names: list[str]
+    num_images: int
+    accuracy: float
+    loss: float
+    top_k: int
+    top_k_accuracy: float
+    per_class: dict[str, dict[str, float]]
+    macro_avg: dict[str, float]
+    weighted_avg: dict[str, float]
+    confusion: np.ndarray
+    confident_errors: list[ConfidentError]
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_errors(self) -> int:
+        return int(self.num_images - np.trace(self.confusion))
+
+    def normalized_confusion(self) -> np.ndarray:
+        """Rows divided by their totals (each row sums to 1; a class with no images is 0)."""
+        totals = self.confusion.sum(axis=1, keepdims=True)
+        return np.divide(
+            self.confusion, totals, out=np.zeros(self.confusion.shape), where=totals > 0
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as plain JSON-serialisable data."""
+        return {
+            "num_images": self.num_images,
+            "accuracy": _round(self.accuracy),
+            "loss": _round(self.loss),
+            "top_k": self.top_k,
+            "top_k_accuracy": _round(self.top_k_accuracy),
+            "class_names": list(self.class_names),
+            "per_class": {
+                name: {k: _round(v) for k, v in row.items()} for name, row in self.per_class.items()
+            },
+            "macro_avg": {k: _round(v) for k, v in self.macro_avg.items()},
+            "weighted_avg": {k: _round(v) for k, v in self.weighted_avg.items()},
+            "confusion_matrix": self.confusion.astype(int).tolist(),
+            "confident_errors": [e.as_dict() for e in self.confident_errors],
+        }
+
+    def summary(self) -> str:
+        """A plain-text report: overall figures, then one line per class."""
+        width = max(12, *(len(c) for c in self.class_names))
+        lines = [
+            f"{self.num_images} images: accuracy {self.accuracy:.4f}, loss {self.loss:.4f}, "
+            f"top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, {self.num_errors} errors",
+            f"{'class':<{width}} precision    recall        f1   support",
+        ]
+        rows = [*self.per_class.items(), ("macro avg", self.macro_avg)]
+        rows.append(("weighted avg", self.weighted_avg))
+        for name, row in rows:
+            support = row.get("support", self.num_images)
+            lines.append(
+                f"{name:<{width}} {row['precision']:9.4f} {row['recall']:9.4f} "
+                f"{row['f1']:9.4f} {int(support):9d}"
+            )
+        return "\n".join(lines)
+
+
+# --- the computation ------------------------------------------------------------------------------
+def evaluate(
+    model,
+    dataset: Any,
+    class_names: Sequence[str],
+    *,
+    data_class_names: Sequence[str] | None = None,
+    files: Sequence[str] | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    num_errors: int = DEFAULT_NUM_ERRORS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Evaluation:
+    """Evaluates a classifier on labelled images.
+
+    Args:
+      model: a Keras classifier taking raw float32 pixels and returning probabilities.
+      dataset: a `tf.data.Dataset` of batched (images, labels), or an (images, labels) pair of
+        arrays. Labels are one-hot rows or class indices, in the data's label order.
+      class_names: the model's classes, in its output order.
+      data_class_names: the data's classes in its label order; checked against `class_names`
+        (other classes are an error, another order is remapped). None = the model's.
+      files: the image file of each example, in the data's order (for the gallery and JSON).
+      top_k: k of the top-k accuracy, clipped to [1, classes - 1].
+      num_errors: how many of the most confident mistakes to keep.
+      batch_size: images per forward pass for arrays.
+
+    Returns:
+      The `Evaluation`.
+
+    Raises:
+      DataError: the data has other classes than the model, is empty, or its labels do not fit.
+
+    Example:
+      >>> result = evaluate(model, data.val, data.class_names)
+      >>> result.accuracy, result.per_class["circle"]["recall"]
+    """
+    from tl_keras.inference.trained import check_class_names
+
+    class_names = [str(c) for c in class_names]
+    num_classes = len(class_names)
+    outputs = int(model.outputs[0].shape[-1])
+    if outputs != num_classes:
+        raise DataError(
+            f"the model gives {outputs} class probabilities but {num_classes} class names were "
+            f"given ({class_names[:8]}); pass the model's own class names"
+        )
+    to_model = np.arange(num_classes)
+    if data_class_names is not None:
+        to_model = np.asarray(check_class_names(class_names, list(data_class_names), "the data"))
+    k = max(1, min(int(top_k), num_classes - 1))
+
+    probabilities, labels = [], []
+    kept: list[tuple[float, int, ConfidentError]] = []  # min-heap on confidence
+    seen = 0
+    for images, batch_labels in _batches(dataset, batch_size):
+        probs = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        y = to_model[_label_indices(batch_labels, len(images), len(to_model))]
+        probabilities.append(probs)
+        labels.append(y)
+        predicted = probs.argmax(axis=1)
+        for i in np.flatnonzero(predicted != y) if num_errors > 0 else ():
+            index = seen + int(i)
+            error = ConfidentError(
+                index=index,
+                true_class=class_names[y[i]],
+                predicted_class=class_names[predicted[i]],
+                confidence=float(probs[i, predicted[i]]),
+                true_probability=float(probs[i, y[i]]),
+                file=str(files[index]) if files is not None else None,
+                image=np.clip(np.asarray(images[i]), 0, 255).astype(np.uint8),
+            )
+            item = (error.confidence, -index, error)  # ties: the earlier image wins
+            if len(kept) < num_errors:
+                heapq.heappush(kept, item)
+            elif item[:2] > kept[0][:2]:
+                heapq.heapreplace(kept, item)
+        seen += len(images)
+    if not seen:
+        raise DataError("the data to evaluate is empty; point at a folder with images")
+    probs = np.concatenate(probabilities)
+    y = np.concatenate(labels)
+    return _figures(probs, y, class_names, k, [e for _, _, e in sorted(kept, reverse=True)])
+
+
+def _figures(
+    probs: np.ndarray,
+    y: np.ndarray,
+    class_names: list[str],
+    k: int,
+    errors: list[ConfidentError],
+) -> Evaluation:
+    n, num_classes = probs.shape
+    predicted = probs.argmax(axis=1)
+    true_p = probs[np.arange(n), y]
+    loss = float(np.mean(-np.log(np.clip(true_p, LOSS_EPSILON, 1 - LOSS_EPSILON))))
+    # Rank of the true class: how many classes are strictly more probable (ties count as in).
+    rank = np.sum(probs > true_p[:, None], axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    per_class = {}
+    for c, name in enumerate(class_names):
+        hits, predicted_c, support = confusion[c, c], confusion[:, c].sum(), confusion[c].sum()
+        precision = hits / predicted_c if predicted_c else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support),
+        }
+    support = np.array([row["support"] for row in per_class.values()], dtype=np.float64)
+    averages = {}
+    for kind, weights in (("macro", np.ones(num_classes)), ("weighted", support)):
+        averages[kind] = {
+            m: float(np.average([row[m] for row in per_class.values()], weights=weights))
+            for m in ("precision", "recall", "f1")
+        }
+    return Evaluation(
+        class_names=list(class_names),
+        num_images=int(n),
+        accuracy=float(np.mean(predicted == y)),
+        loss=loss,
+        top_k=k,
+        top_k_accuracy=float(np.mean(rank < k)),
+        per_class=per_class,
+        macro_avg=averages["macro"],
+        weighted_avg=averages["weighted"],
+        confusion=confusion,
+        confident_errors=errors,
+    )
+
+
+def _batches(dataset: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    import tensorflow as tf
+
+    if isinstance(dataset, tf.data.Dataset):
+        spec = dataset.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise DataError(f"the dataset must yield (images, labels) pairs; it yields {spec}")
+        if spec[0].shape.rank == 3:
+            dataset = dataset.batch(batch_size)
+        return dataset.as_numpy_iterator()
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+        images, labels = np.asarray(dataset[0], np.float32), np.asarray(dataset[1])
+        if len(images) != len(labels):
+            raise DataError(f"got {len(images)} images but {len(labels)} labels")
+        return (
+            (images[i : i + batch_size], labels[i : i + batch_size])
+            for i in range(0, len(images), batch_size)
+        )
+    raise DataError(
+        "the data must be a tf.data.Dataset of (images, labels) or an (images, labels) pair of "
+        f"arrays; got {type(dataset).__name__}"
+    )
+
+
+def _label_indices(labels: Any, count: int, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        if labels.shape[1] != num_classes:
+            raise DataError(
+                f"labels are one-hot over {labels.shape[1]} classes but the data has "
+                f"{num_classes} class names"
+            )
+        labels = labels.argmax(axis=1)
+    labels = labels.reshape(-1).astype(np.int64)
+    if len(labels) != count or (
+        len(labels) and not 0 <= labels.min() <= labels.max() < num_classes
+    ):
+        raise DataError(
+            f"labels must be one per image, class indices in [0, {num_classes}) or one-hot rows; "
+            f"got shape {np.shape(labels)} for {count} images"
+        )
+    return labels
+
+
+def _round(value: float) -> float:
+    return value if isinstance(value, int) else round(float(value), 6)
+
+
+# --- figures --------------------------------------------------------------------------------------
+def plot_confusion_matrix(evaluation: Evaluation, path: str | None = None):
+    """Draws the confusion matrix twice: counts, and rows normalised (recall on the diagonal).
+
+    Args:
+      evaluation: what `evaluate` returned.
+      path: PNG to write (atomically); None = do not save.
+
+    Returns:
+      The matplotlib Figure.
+    """
+    from tl_keras.plotting import plt, save_figure
+
+    names = evaluation.class_names
+    n = len(names)
+    side = min(4 + 0.45 * n, 14)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), squeeze=False)
+    panels = (
+        (evaluation.confusion, "counts", "d"),
+        (evaluation.normalized_confusion(), "normalised by true class (row = recall)", ".2f"),
+    )
+    for ax, (matrix, title, fmt) in zip(axes[0], panels, strict=True):
+        vmax = max(float(matrix.max()), 1e-9)
+        image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(title)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_xticks(
+            range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center"
+        )
+        ax.set_yticks(range(n), names)
+        if n <= 25:  # beyond that the numbers are unreadable; the colours still tell
+            for (i, j), value in np.ndenumerate(matrix):
+                ax.text(
+                    j,
+                    i,
+                    format(value, fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=8 if n > 10 else 10,
+                    color="white" if value > 0.6 * vmax else "black",
+                )
+    fig.suptitle(
+        f"{evaluation.num_images} images, accuracy {evaluation.accuracy:.3f}, "
+        f"{evaluation.num_errors} errors"
+    )
+    fig.tight_layout()
+    if path:
+        save_figure(fig, path)
+    plt.close(fig)
+    return fig
+
+
+def plot_confident_errors(evaluation: Evaluation, path: str | None = None, *, columns: int = 4):
+    """Draws the most confident mistakes, each titled with its true and predicted class.
+
+    Args:
+      evaluation: what `evaluate` returned (with images kept in `confident_errors`).
+      path: PNG to write (atomically); None = do not save.
+      columns: images per row.
+
+    Returns:
+      The matplotlib Figure.
+    """
+    from tl_keras.plotting import plt, save_figure
+
+    errors = [e for e in evaluation.confident_errors if e.image is not None]
+    if not errors:
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            f"no misclassified images among {evaluation.num_images}",
+            ha="center",
+            va="center",
+        )
+    else:
+        cols = min(columns, len(errors))
+        rows = math.ceil(len(errors) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, error in zip(axes.ravel(), errors, strict=False):
+            ax.imshow(error.image)
+            where = os.path.basename(error.file) if error.file else f"image #{error.index}"
+            ax.set_title(
+                f"true {error.true_class}\npredicted {error.predicted_class} "
+                f"({error.confidence:.2f})\n{where}",
+                fontsize=8,
+                color="firebrick",
+            )
+        fig.suptitle(f"Most confident mistakes ({len(errors)} of {evaluation.num_errors})")
+    fig.tight_layout()
+    if path:
+        save_figure(fig, path)
+    plt.close(fig)
+    return fig
+
+
+def write_report(
+    evaluation: Evaluation, out_dir: str, *, extra: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Writes metrics.json, confusion_matrix.png and confident_errors.png (each atomically).
+
+    Args:
+      evaluation: what `evaluate` returned.
+      out_dir: the folder (created if missing).
+      extra: more JSON fields for metrics.json (which model, which data).
+
+    Returns:
+      name -> path of each file written (also stored in `evaluation.paths`).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {
+        "metrics": os.path.join(out_dir, METRICS_FILE),
+        "confusion_matrix": os.path.join(out_dir, CONFUSION_FILE),
+        "confident_errors": os.path.join(out_dir, ERRORS_FILE),
+    }
+    plot_confusion_matrix(evaluation, paths["confusion_matrix"])
+    plot_confident_errors(evaluation, paths["confident_errors"])
+    io.atomic_write_json(paths["metrics"], {**(extra or {}), **evaluation.as_dict()})
+    evaluation.paths = paths
+    return paths
+
+
+# --- a workdir --------------------------------------------------------------------------------------
+def evaluate_workdir(
+    workdir: str,
+    *,
+    data_dir: str | None = None,
+    split: str | None = None,
+    phase: str | None = None,
+    out_dir: str | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    num_errors: int = DEFAULT_NUM_ERRORS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Evaluation:
+    """Evaluates a workdir's model and writes the report (what `python -m tl_keras.evaluate` does).
+
+    Args:
+      workdir: a folder written by `tl_keras.train`.
+      data_dir: an image-folder tree evaluated whole (one sub-folder per class, the model's
+        classes). Exclusive with `split`.
+      split: 'test' (the workdir data's test split, when its source has one) or 'val' (the
+        validation split training held out; not a test figure). Default: 'test'.
+      phase: which phase's model; None = the final one.
+      out_dir: where to write; default `<workdir>/evaluation/<split or data folder name>`.
+      top_k, num_errors, batch_size: as in `evaluate`.
+
+    Returns:
+      The `Evaluation`, with `paths` of the files written.
+
+    Raises:
+      ConfigError: both data_dir and split, or an unknown split.
+      WorkdirError: no trained model in the workdir.
+      DataError: the data is missing, has no such split, or has other classes than the model.
+    """
+    from tl_keras.data import pipeline, sources
+    from tl_keras.inference import trained as trained_lib
+
+    if data_dir and split:
+        raise ConfigError(
+            f"--data_dir={data_dir!r} and --split={split!r} both say what to evaluate; give one"
+        )
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not known; use one of {', '.join(SPLITS)}")
+    if batch_size < 1 or top_k < 1 or num_errors < 0:
+        raise ConfigError(
+            f"batch_size={batch_size}, top_k={top_k} must be positive and "
+            f"num_errors={num_errors} at least 0"
+        )
+    files = None
+    if data_dir:
+        listing = sources.list_image_folder(data_dir)
+        model_classes = trained_lib.read_run(workdir)["class_names"]
+        trained_lib.check_class_names(
+            model_classes, listing.class_names, repr(data_dir)
+        )  # fail fast
+        run = trained_lib.load_trained(workdir, phase=phase)
+        config = trained_lib.run_config(workdir)  # resize as training did
+        pipeline = pipeline.Pipeline(
+            image_size=run.image_size,
+            batch_size=batch_size,
+            resize_mode=config.resize_mode,
+            resize_method=config.resize_method,
+            max_skipped_fraction=config.max_skipped_fraction,
+        )
+        dataset, listing, _ = sources.folder_dataset(data_dir, pipeline)
+        files, data_classes = listing.files, listing.class_names
+        tag, source, split_name = _folder_tag(data_dir), os.path.abspath(data_dir), None
+    else:
+        split_name = split or "test"
+        run = trained_lib.load_trained(workdir, phase=phase)
+        bundle = trained_lib.load_run_data(workdir)
+        dataset = bundle.val if split_name == "val" else getattr(bundle, "test", None)
+        if dataset is None:
+            hint = (
+                "pass --data_dir=FOLDER of held-out images (one sub-folder per class)"
+                if split_name == "test"
+                else "it was trained with val_fraction=0; pass --data_dir=FOLDER"
+            )
+            raise DataError(
+                f"the data of workdir {workdir!r} ({bundle.source}) has no {split_name} split; "
+                f"{hint}"
+                + ("; or --split=val for the validation split" if split_name == "test" else "")
+            )
+        data_classes = bundle.class_names
+        tag, source = split_name, bundle.source
+    evaluation = evaluate(
+        run.model,
+        dataset,
+        run.class_names,
+        data_class_names=data_classes,
+        files=files,
+        top_k=top_k,
+        num_errors=num_errors,
+        batch_size=batch_size,
+    )
+    out_dir = out_dir or os.path.join(run.workdir, "evaluation", tag)
+    extra = {
+        "model": {
+            "workdir": run.workdir,
+            "phase": run.phase,
+            "backbone": run.backbone,
+            "image_size": run.image_size,
+        },
+        "data": {"source": source, "split": split_name},
+    }
+    write_report(evaluation, out_dir, extra=extra)
+    return evaluation
+
+
+def _folder_tag(data_dir: str) -> str:
+    name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
+    return "data-" + ("".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "root")
+
+
+# --- command line ---------------------------------------------------------------------------------
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Folder of a training run (its final model is used).")
+    flags.DEFINE_string(
+        "data_dir", None, "Image-folder tree to evaluate whole (the model's classes)."
+    )
+    flags.DEFINE_enum(
+        "split", None, list(SPLITS), "Split of the workdir's data: test (default) or val."
+    )
+    flags.DEFINE_string("phase", None, "Evaluate this phase's model (default: the final one).")
+    flags.DEFINE_string("out_dir", None, "Output folder [default: <workdir>/evaluation/<data>].")
+    flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "k of the top-k accuracy (at most classes - 1).")
+    flags.DEFINE_integer("num_errors", DEFAULT_NUM_ERRORS, "Confident mistakes in the gallery.")
+    flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per forward pass.")
+    flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from tl_keras import cli
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
+    cli.setup_logging()
+
+    def body() -> int:
+        if not FLAGS.workdir:
+            raise ConfigError("--workdir is required: the folder of a training run")
+        evaluation = evaluate_workdir(
+            FLAGS.workdir,
+            data_dir=FLAGS.data_dir,
+            split=FLAGS.split,
+            phase=FLAGS.phase,
+            out_dir=FLAGS.out_dir,
+            top_k=FLAGS.top_k,
+            num_errors=FLAGS.num_errors,
+            batch_size=FLAGS.batch_size,
+        )
+        print(evaluation.summary())
+        for name, path in evaluation.paths.items():
+            print(f"{name}: {path}")
+        return cli.EXIT_OK
+
+    return cli.report_errors(body, verbose=FLAGS.verbose)
+
+
+def run_main() -> None:
+    """Entry point of `python -m tl_keras.evaluate` (flags are defined only here)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import app
+
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
