@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from tl_keras.cli import setup_logging
+    from tl_keras.cli.common import setup_logging
     from tl_keras.inference import export
     from tl_keras.inference.trained import load_run_data, load_trained
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 from conftest import REPO, tiny_config
 
-from tl_keras.compare import STRATEGIES, compare, strategy_configs
 from tl_keras.errors import ConfigError, WorkdirError
 from tl_keras.plotting import BOUNDARY_GID
+from tl_keras.training.compare import STRATEGIES, compare, strategy_configs
 
 GRADUAL = "fe:none:1,ft1:blocks:1:1"
 
@@ -72,7 +72,7 @@ def test_table_json_and_overlay_plot(comparison):
     payload = json.loads((workdir / "comparison.json").read_text())
     assert payload["budget_epochs"] == 2 and len(payload["rows"]) == 4
     assert (workdir / "comparison.png").stat().st_size > 10_000
-    from tl_keras.compare import plot_comparison
+    from tl_keras.training.compare import plot_comparison
 
     fig = plot_comparison(result)
     acc = fig.axes[0]

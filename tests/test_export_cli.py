@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_module
 
-from tl_keras import cli
+from tl_keras.cli import common as cli
 from tl_keras.errors import DataError, TLKerasError
 from tl_keras.inference import export as ex
 

@@ -331,6 +331,43 @@ def load_file(path: str) -> dict[str, Any]:
     return values
 
 
+def merged(
+    overrides: Mapping[str, Any],
+    *,
+    workdir: str | None = None,
+    config_file: str | None = None,
+    phase: str = "all",
+    resume: bool = False,
+) -> Config:
+    """Applies defaults < saved workdir config (later phases, --resume) < config file < overrides.
+
+    The config a workdir's earlier phase saved (`config.json`) counts for `--resume` and for a
+    phase after the first: they continue the saved run. A first phase starts anew.
+
+    Args:
+      overrides: field values given now (command-line flags).
+      workdir: the run's folder, whose `config.json` may hold a saved config.
+      config_file: a TOML config file.
+      phase: 'all' or the phase to run.
+      resume: continue the saved run.
+
+    Raises:
+      ConfigError: an unknown field, a value of the wrong type, a missing or bad file.
+    """
+    from tl_keras import io, recipe
+
+    cfg = Config()
+    saved = os.path.join(workdir, "config.json") if workdir else None
+    if saved and os.path.isfile(saved) and (resume or phase != "all"):
+        saved_cfg = replace(cfg, io.read_json(saved), saved)
+        names = [p.name for p in recipe.build_schedule(saved_cfg)]
+        if resume or phase in names[1:]:
+            cfg = saved_cfg
+    if config_file:
+        cfg = replace(cfg, load_file(config_file), config_file)
+    return replace(cfg, overrides, "command line")
+
+
 def to_dict(config: Config) -> dict[str, Any]:
     """Returns the config as a JSON-serialisable dict."""
     return dataclasses.asdict(config)

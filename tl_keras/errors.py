@@ -1,7 +1,8 @@
 """Errors a user can act on.
 
-Every error raised for bad input derives from `TLKerasError`. The CLI prints such an error as one
-line and exits non-zero; anything else is a bug and keeps its traceback. Messages name the value
+Every error raised for bad input derives from `TLKerasError`, the export's included. The CLI
+prints such an error as one line and exits non-zero (2 for bad input, 1 for a run or a check that
+failed: `bad_input`); anything else is a bug and keeps its traceback. Messages name the value
 received, what is allowed, and what to do next.
 """
 
@@ -14,6 +15,10 @@ from typing import Any
 
 class TLKerasError(ValueError):
     """Base class for errors caused by input the user can fix."""
+
+    # Bad input (the command-line exit status 2), or a command that ran and whose result failed
+    # (status 1: a NaN stop, an export that does not reproduce its model); see tl_keras.cli.
+    bad_input = True
 
 
 class ConfigError(TLKerasError):
@@ -47,7 +52,7 @@ class MissingDependencyError(ExportError, ImportError):
 class ExportConversionError(ExportError, RuntimeError):
     """A converter cannot express the model in the asked format."""
 
-    exit_code = 1  # the command was fine; the model does not convert
+    bad_input = False  # the command was fine; the model does not convert
 
 
 class ExportParityError(ExportError):
@@ -57,7 +62,7 @@ class ExportParityError(ExportError):
         report: the `ParityReport` with the measured differences.
     """
 
-    exit_code = 1  # a check failed (tl_keras.cli): not bad input, a wrong artifact
+    bad_input = False  # a check failed: not bad input, a wrong artifact
 
     def __init__(self, report: Any, advice: str | None = None):
         self.report = report

@@ -1,6 +1,6 @@
-"""`python -m tl_keras.export`: the command (see tl_keras.inference.export.manifest)."""
+"""`python -m tl_keras.export`: runs the command `tl_keras.cli.export`."""
 
-from tl_keras.inference.export.manifest import run_main
+from tl_keras.cli.export import run_main
 
 if __name__ == "__main__":
     run_main()

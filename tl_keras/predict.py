@@ -1,6 +1,6 @@
-"""`python -m tl_keras.predict`: the command (see tl_keras.inference.predict)."""
+"""`python -m tl_keras.predict`: runs the command `tl_keras.cli.predict`."""
 
-from tl_keras.inference.predict import run_main
+from tl_keras.cli.predict import run_main
 
 if __name__ == "__main__":
     run_main()

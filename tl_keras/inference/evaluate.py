@@ -1,12 +1,6 @@
 """Where a trained model fails: metrics, a confusion matrix, and its most confident mistakes.
 
-Command line (a thin layer over `evaluate_workdir`):
-
-  python -m tl_keras.evaluate --workdir=runs/b0 --data_dir=photos_test/   # a held-out folder
-  python -m tl_keras.evaluate --workdir=runs/b0 --split=test              # the data's test split
-  python -m tl_keras.evaluate --workdir=runs/b0 --split=val               # the validation split
-
-It writes, under `<workdir>/evaluation/<data>/` (or `--out_dir`):
+`evaluate_workdir` (what `python -m tl_keras.evaluate` does) writes, under `<workdir>/evaluation/<data>/` (or `--out_dir`):
 
   metrics.json            accuracy, loss, top-k accuracy, per-class precision / recall / F1 /
                           support, macro and weighted averages, the confusion matrix, and the
@@ -26,7 +20,6 @@ import heapq
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -579,67 +572,3 @@ def evaluate_workdir(
 def _folder_tag(data_dir: str) -> str:
     name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
     return "data-" + ("".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "root")
-
-
-# --- command line ---------------------------------------------------------------------------------
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("workdir", None, "Folder of a training run (its final model is used).")
-    flags.DEFINE_string(
-        "data_dir", None, "Image-folder tree to evaluate whole (the model's classes)."
-    )
-    flags.DEFINE_enum(
-        "split", None, list(SPLITS), "Split of the workdir's data: test (default) or val."
-    )
-    flags.DEFINE_string("phase", None, "Evaluate this phase's model (default: the final one).")
-    flags.DEFINE_string("out_dir", None, "Output folder [default: <workdir>/evaluation/<data>].")
-    flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "k of the top-k accuracy (at most classes - 1).")
-    flags.DEFINE_integer("num_errors", DEFAULT_NUM_ERRORS, "Confident mistakes in the gallery.")
-    flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per forward pass.")
-    flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
-
-
-def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from tl_keras import cli
-
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
-    cli.setup_logging()
-
-    def body() -> int:
-        if not FLAGS.workdir:
-            raise ConfigError("--workdir is required: the folder of a training run")
-        evaluation = evaluate_workdir(
-            FLAGS.workdir,
-            data_dir=FLAGS.data_dir,
-            split=FLAGS.split,
-            phase=FLAGS.phase,
-            out_dir=FLAGS.out_dir,
-            top_k=FLAGS.top_k,
-            num_errors=FLAGS.num_errors,
-            batch_size=FLAGS.batch_size,
-        )
-        print(evaluation.summary())
-        for name, path in evaluation.paths.items():
-            print(f"{name}: {path}")
-        return cli.EXIT_OK
-
-    return cli.report_errors(body, verbose=FLAGS.verbose)
-
-
-def run_main() -> None:
-    """Entry point of `python -m tl_keras.evaluate` (flags are defined only here)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app
-
-    _define_flags()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run_main()

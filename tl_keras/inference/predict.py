@@ -1,6 +1,6 @@
 """Classify new images with a trained workdir: top-k labels and probabilities per file.
 
-Command line (a thin layer over `predict_workdir`):
+`predict_workdir` is what `python -m tl_keras.predict` does:
 
   python -m tl_keras.predict --workdir=runs/b0 photo.jpg more_photos/
   python -m tl_keras.predict --workdir=runs/b0 --top_k=3 --output=predictions.csv more_photos/
@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -268,77 +267,14 @@ def write_predictions(predictions: Sequence[Prediction], path: str) -> str:
     Raises:
       ConfigError: the suffix is neither .csv nor .json.
     """
-    _check_output(path)
+    check_output(path)
     csv_file = path.lower().endswith(".csv")
     text = to_csv(predictions) if csv_file else to_json(predictions)
     atomic_write_text(path, text)
     return path
 
 
-# --- command line ---------------------------------------------------------------------------------
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("workdir", None, "Folder of a training run (its final model is used).")
-    flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "Labels per image, most probable first.")
-    flags.DEFINE_string(
-        "output", None, "Write to this .csv or .json file instead of printing a table."
-    )
-    flags.DEFINE_string("phase", None, "Use this phase's model (default: the final one).")
-    flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per forward pass.")
-    flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
-
-
-def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from tl_keras import cli
-
-    FLAGS = flags.FLAGS
-    cli.setup_logging(stream=sys.stderr)  # stdout carries the predictions only
-
-    def body() -> int:
-        if not FLAGS.workdir:
-            raise ConfigError("--workdir is required: the folder of a training run")
-        if FLAGS.output:  # a bad suffix fails before the model loads
-            _check_output(FLAGS.output)
-        predictions = predict_workdir(
-            FLAGS.workdir,
-            argv[1:],
-            phase=FLAGS.phase,
-            top_k=FLAGS.top_k,
-            batch_size=FLAGS.batch_size,
-        )
-        failed = [p for p in predictions if not p.ok]  # each was logged on stderr
-        if FLAGS.output:
-            write_predictions(predictions, FLAGS.output)
-            print(
-                f"{len(predictions) - len(failed)} of {len(predictions)} files classified, "
-                f"written to {FLAGS.output}",
-                file=sys.stderr,
-            )
-        else:
-            sys.stdout.write(to_text(predictions))
-        if len(failed) == len(predictions):
-            raise DataError(f"none of the {len(predictions)} files could be read as an image")
-        return cli.EXIT_OK
-
-    return cli.report_errors(body, verbose=FLAGS.verbose)
-
-
-def _check_output(path: str) -> None:
+def check_output(path: str) -> None:
+    """Refuses an output file whose suffix is neither .csv nor .json."""
     if os.path.splitext(path)[1].lower().lstrip(".") not in OUTPUT_FORMATS:
         raise ConfigError(f"--output={path!r} must end in .csv or .json (that picks the format)")
-
-
-def run_main() -> None:
-    """Entry point of `python -m tl_keras.predict` (flags are defined only here)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app
-
-    _define_flags()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run_main()

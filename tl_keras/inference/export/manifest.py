@@ -2,7 +2,7 @@
 
 `export_workdir` writes the artifacts with `labels.txt` and `export.json` (each artifact's size,
 source model, parity report and, for a quantised file, its accuracy); `verify_workdir` re-checks
-every artifact listed there later. Command line, a thin layer over those two:
+every artifact listed there later. `python -m tl_keras.export` is a thin layer over those two:
 
   python -m tl_keras.export --workdir=runs/b0 --formats=saved_model,tflite,onnx
   python -m tl_keras.export --workdir=runs/b0 --formats=tflite --quantization=float16
@@ -25,7 +25,6 @@ import tensorflow as tf
 
 from tl_keras.errors import ExportError, ExportParityError
 from tl_keras.inference.export.formats import (
-    FORMATS,
     OUTPUT_NAME,
     check_formats,
     check_quantization,
@@ -273,113 +272,3 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("workdir", None, "Folder of a training run (its final model is used).")
-    flags.DEFINE_list(
-        "formats", ["saved_model", "tflite"], f"Comma-separated, any of {', '.join(FORMATS)}."
-    )
-    flags.DEFINE_enum(
-        "quantization",
-        "none",
-        ["none", "float16", "dynamic"],
-        "TFLite post-training quantisation; its accuracy is measured on the validation split.",
-    )
-    flags.DEFINE_string("out_dir", None, "Output folder [default: <workdir>/export].")
-    flags.DEFINE_string("phase", None, "Export this phase's model (default: the final one).")
-    flags.DEFINE_integer(
-        "parity_images",
-        DEFAULT_PARITY_IMAGES,
-        "Validation images each artifact is checked on; 0 skips the check.",
-    )
-    flags.DEFINE_string("data_dir", None, "The run's data folder, if it moved since training.")
-    flags.DEFINE_boolean(
-        "verify", False, "Export nothing: check the artifacts listed in <out_dir>/export.json."
-    )
-    flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
-
-
-def main(argv: list[str]) -> int:
-    import logging
-    import sys
-
-    from absl import flags
-
-    from tl_keras import cli
-
-    FLAGS = flags.FLAGS
-    log = logging.getLogger("tl_keras")
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
-    cli.setup_logging()
-
-    def show(report: ParityReport) -> None:
-        log.info(
-            "parity %s: %s on %d images, max |diff| %.2g, mean %.2g, top-1 agreement %.1f%%",
-            "ok" if report.passed else "FAILED",
-            Path(report.path).name,
-            report.num_images,
-            report.max_abs_diff,
-            report.mean_abs_diff,
-            100 * report.top1_agreement,
-        )
-
-    def body() -> int:
-        if not FLAGS.workdir:
-            raise ExportError("--workdir is required: the folder of a training run")
-        common = dict(phase=FLAGS.phase, data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir)
-        if FLAGS.verify:
-            for report in verify_workdir(
-                FLAGS.workdir, num_parity_images=FLAGS.parity_images, **common
-            ):
-                show(report)
-            log.info("verified: every artifact reproduces the model")
-            return cli.EXIT_OK
-        quantization = None if FLAGS.quantization == "none" else FLAGS.quantization
-        manifest = export_workdir(
-            FLAGS.workdir,
-            formats=FLAGS.formats,
-            quantization=quantization,
-            num_parity_images=FLAGS.parity_images,
-            **common,
-        )
-        out = Path(FLAGS.out_dir or os.path.join(manifest["workdir"], "export"))
-        for name, entry in manifest["artifacts"].items():
-            if entry["format"] not in FLAGS.formats or entry["quantization"] != quantization:
-                continue  # from an earlier export into the same folder
-            if entry["parity"]:
-                show(ParityReport(**entry["parity"]))
-            if "accuracy" in entry:
-                acc = entry["accuracy"]
-                log.info(
-                    "accuracy on %d validation images: keras %.4f, %s %.4f (drop %.4f), "
-                    "top-1 agreement %.1f%%",
-                    acc["num_examples"],
-                    acc["keras_accuracy"],
-                    name,
-                    acc["tflite_accuracy"],
-                    acc["accuracy_drop"],
-                    100 * acc["top1_agreement"],
-                )
-            print(f"{out / name}  ({entry['bytes']:,} bytes)")
-        print(f"{out / MANIFEST_FILE}")
-        return cli.EXIT_OK
-
-    return cli.report_errors(body, verbose=FLAGS.verbose)
-
-
-def run_main() -> None:
-    """Entry point of `python -m tl_keras.export` (flags are defined only here)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app
-
-    _define_flags()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run_main()

@@ -1,0 +1,75 @@
+"""Command line: `python -m tl_keras.train --phase=fe|ft|all --workdir=DIR [--config=FILE] [--FIELD=VALUE...]`.
+
+A thin layer over `tl_keras.training.runner.train`. Every config field is a flag of the same name
+(see `python -m tl_keras.train --helpfull`); precedence is defaults < the config a workdir's
+earlier phase saved < --config file < flags. Bad input prints one line naming the value and what
+to do, and exits with status 2 (a traceback only with --verbose); a run that stops because its
+loss or weights became NaN exits with status 1.
+
+Examples:
+  python -m tl_keras.train --config=configs/quickstart.toml --workdir=runs/quickstart
+  python -m tl_keras.train --phase=fe --data_dir=photos/ --backbone=efficientnet_b0 --workdir=runs/b0
+  python -m tl_keras.train --phase=ft --workdir=runs/b0 --unfreeze=blocks:3 --ft_lr_factor=30
+  python -m tl_keras.train --config=configs/gradual.toml --workdir=runs/gradual
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from tl_keras import config as config_lib
+from tl_keras.cli import common
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    common.define_config_flags()
+    flags.DEFINE_boolean("overwrite", False, "Replace results already in --workdir.")
+    flags.DEFINE_boolean(
+        "resume",
+        False,
+        "Continue an interrupted run in --workdir from its last checkpoint (same config).",
+    )
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    common.setup_logging()
+
+    def body() -> int:
+        common.no_arguments(argv)
+        common.require_workdir(FLAGS.workdir, "the folder where the run's artifacts go")
+        cfg = common.config_from_flags(phase=FLAGS.phase, resume=FLAGS.resume)
+        config_lib.validate(cfg)  # bad flags fail in milliseconds, before TensorFlow loads
+        from tl_keras.training import runner  # imports TensorFlow: after the cheap checks
+
+        result = runner.train(
+            cfg, FLAGS.workdir, phase=FLAGS.phase, overwrite=FLAGS.overwrite, resume=FLAGS.resume
+        )
+        _log_done(result)
+        return common.EXIT_OK
+
+    return common.report_errors(body, verbose=FLAGS.verbose)
+
+
+def _log_done(result) -> None:
+    last = result.history.records[-1] if len(result.history) else {}
+    summary = ", ".join(
+        f"{k} {last[k]:.4f}" for k in ("accuracy", "val_accuracy") if last.get(k) is not None
+    )
+    logging.getLogger("tl_keras").info(
+        "done: %s in %s (%s); curves: %s",
+        " -> ".join(s.phase for s in result.history.spans()) or "nothing",
+        result.workdir,
+        summary or "no epochs",
+        os.path.join(result.workdir, "curves.png"),
+    )
+
+
+def run_main() -> None:
+    """Entry point of `python -m tl_keras.train` and the `tl-keras-train` console script."""
+    common.run_main(define_flags, main)
