@@ -40,6 +40,8 @@ class WorkdirError(TLKerasError):
 class TrainingError(TLKerasError):
     """Training cannot go on (for example the loss became NaN)."""
 
+    bad_input = False  # the run started and failed; its last good checkpoint is kept
+
 
 class ExportError(TLKerasError):
     """An export cannot be made or checked as asked (a bad format, quantisation or input)."""
