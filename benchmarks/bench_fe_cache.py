@@ -47,12 +47,13 @@ def fe_seconds(config, data, workdir) -> tuple[float, float]:
     """Wall time of one `fe` phase (model built outside the timing), and its last val_accuracy."""
     from tl_keras import recipe
     from tl_keras.training import features, runner
+    from tl_keras.training.phase import run_phase
 
     features._MEMORY.clear()
     model = runner.build_initial_model(config, data)
     phase = recipe.build_schedule(config)[0]
     start = time.perf_counter()
-    result = runner.run_phase(
+    result = run_phase(
         model, phase, data, backbone=config.backbone, progress="lines",
         feature_cache=config.feature_cache, cache_dir=workdir,
     )  # fmt: skip

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     from tl_keras.model.classifier import set_trainable
     from tl_keras.recipe import Phase
     from tl_keras.training import runner
+    from tl_keras.training.phase import run_phase
 
     epochs, rounds = (2, 1) if args.quick else (args.epochs, args.rounds)
     tmp = tempfile.mkdtemp(prefix="bench_ft-")
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
                 )  # fmt: skip
             else:
                 workdir = f"{tmp}/run"
-                runner.run_phase(
+                run_phase(
                     model, Phase("ft", unfreeze, epochs, lr), data, backbone="mobilenet",
                     callbacks=[timer], progress="lines", checkpoint_dir=workdir,
                 )  # fmt: skip

@@ -102,7 +102,7 @@ def measure_size(size: int, args, data_dir: str, weights: str | None) -> dict:
     from tl_keras.data.sources import load_data
     from tl_keras.model.classifier import build_model, set_trainable
     from tl_keras.recipe import Phase
-    from tl_keras.training.runner import compile_for_phase
+    from tl_keras.training.optim import compile_for_phase
 
     def config(augment: str) -> Config:
         return Config(

@@ -16,7 +16,7 @@ from tl_keras.data.sources import load_data
 from tl_keras.history import History
 from tl_keras.model.classifier import get_base
 from tl_keras.recipe import LRSchedule, Phase
-from tl_keras.training import runner
+from tl_keras.training import optim, runner
 from tl_keras.training.schedules import lr_at_epoch
 
 STAGES = "fe:none:1,ft1:blocks:1:1,ft2:blocks:3:1,ft3:all:1"
@@ -142,7 +142,7 @@ def test_layer_decay_gives_each_variable_its_own_step_size(one_step):
     phase = Phase("ft", "blocks:3", 1, 1e-3)
     plain = _deltas(model, data, phase, initial)
     decayed = _deltas(model, data, dataclasses.replace(phase, layer_decay=0.5), initial)
-    multipliers = runner.discriminative_multipliers(model, "mobilenet", 0.5)
+    multipliers = optim.discriminative_multipliers(model, "mobilenet", 0.5)
     assert set(multipliers) == set(plain) == set(decayed)
     by_prefix = {
         "conv_dw_13": 0.5,

@@ -13,7 +13,7 @@ from tl_keras.data.sources import load_image_folder
 from tl_keras.model import backbones
 from tl_keras.model import classifier as model_lib
 from tl_keras.recipe import Phase
-from tl_keras.training.runner import run_phase
+from tl_keras.training.phase import run_phase
 
 BACKBONE, ALPHA, SIZE = "mobilenet", 0.25, 32
 

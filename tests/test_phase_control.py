@@ -12,7 +12,8 @@ import pytest
 from conftest import tiny_config
 
 from tl_keras.training import runner
-from tl_keras.training.rollback import BestWeights, Snapshot, decide_rollback, is_worse
+from tl_keras.training.callbacks import BestWeights
+from tl_keras.training.rollback import Snapshot, decide_rollback, is_worse
 
 
 # --- the decision, as plain data -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from tl_keras.errors import TrainingError, WorkdirError
 from tl_keras.history import History
-from tl_keras.training import runner
+from tl_keras.training import callbacks, runner
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_nan_stops_the_phase_and_keeps_the_last_good_checkpoint(poison, tmp_path
 def test_guard_catches_nan_weights_when_the_loss_is_finite():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")], name="m")
     model.get_layer("d").bias.assign([float("nan")])
-    guard = runner.NonFiniteGuard()
+    guard = callbacks.NonFiniteGuard()
     guard.set_model(model)
     guard.on_epoch_begin(4)
     guard.on_train_batch_end(0, {"loss": 0.5})

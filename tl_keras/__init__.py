@@ -25,7 +25,7 @@ _EXPORTS = {
     "from_arrays": "tl_keras.data.sources",
     "DataBundle": "tl_keras.data.pipeline",
     "train": "tl_keras.training.runner",
-    "run_phase": "tl_keras.training.runner",
+    "run_phase": "tl_keras.training.phase",
     "History": "tl_keras.history",
     "stitch": "tl_keras.history",
     "plot_history": "tl_keras.plotting",

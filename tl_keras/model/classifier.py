@@ -24,6 +24,7 @@ log = logging.getLogger("tl_keras")
 
 BACKBONE_LAYER = "backbone"
 HEAD_LAYERS = ("head_dense", "head_dropout", "predictions")
+RNG_FILE = "rng_state.json"  # dropout RNG states, saved next to a model (see `get_rng_state`)
 
 
 def build_model(

@@ -17,7 +17,6 @@ the data order and RNG states make the resumed epochs the ones an uninterrupted 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import json
@@ -25,46 +24,22 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from tl_keras import io
 from tl_keras.errors import WorkdirError
 from tl_keras.history import History
-from tl_keras.model.classifier import get_rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    import keras
+
+    from tl_keras.training.callbacks import ResumableEarlyStopping
 
 CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^epoch-(\d{5})$")
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras EarlyStopping whose progress (best value, wait, best weights) survives a restart."""
-
-    def __init__(self, *args, resume_state: dict | None = None, best_weights=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._resume_state = resume_state
-        self._resume_best_weights = best_weights
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._resume_state:
-            self.wait = self._resume_state["wait"]
-            self.best = self._resume_state["best"]
-            self.best_epoch = self._resume_state["best_epoch"]
-            self.stopped_epoch = self._resume_state["stopped_epoch"]
-            self.best_weights = self._resume_best_weights
-
-    def resume_state(self) -> dict:
-        best = None if self.best is None else float(self.best)
-        return {
-            "wait": int(self.wait),
-            "best": best,
-            "best_epoch": int(self.best_epoch),
-            "stopped_epoch": int(self.stopped_epoch),
-        }
 
 
 @dataclasses.dataclass
@@ -101,9 +76,13 @@ class Checkpoint:
         Raises:
           WorkdirError: the checkpoint is truncated or tampered with.
         """
+        import keras
+
+        # Registers the per-variable learning-rate optimizer a checkpoint may hold.
+        import tl_keras.training.lr_multipliers  # noqa: F401
+        from tl_keras.model.classifier import set_rng_state
+
         path = os.path.join(self.path, "model.keras")
-        with contextlib.suppress(ImportError):  # registers optimizers a checkpoint may hold
-            import tl_keras.training.lr_multipliers  # noqa: F401
         try:
             model = keras.models.load_model(path, compile=True, safe_mode=True)
             set_rng_state(model, io.read_json(os.path.join(self.path, "rng_state.json")))
@@ -151,6 +130,8 @@ def restore_callback_state(callback, state: dict | None) -> None:
 
 
 def _float_lr(model: keras.Model) -> float | None:
+    import keras
+
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     rate = getattr(optimizer, "_learning_rate", None)
     if rate is None or isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
@@ -178,6 +159,8 @@ def write(
     best=None,
 ) -> str:
     """Writes the checkpoint of global epoch `epoch` (1-based) and removes older ones."""
+    from tl_keras.model.classifier import get_rng_state
+
     root = _dir(workdir)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"epoch-{epoch:05d}")

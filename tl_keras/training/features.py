@@ -71,47 +71,6 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(features, x, name="head")
 
 
-class FullModelView(keras.callbacks.Callback):
-    """Shows a callback the whole model while `fit` trains the head on cached features.
-
-    A user's callback (or TensorBoard, CSVLogger) expects `self.model` to be the model it was
-    given to: a ModelCheckpoint must save the whole classifier, a probe must find the backbone.
-    The view hands the wrapped callback the full model (whose head layers and optimizer are the
-    ones training), forwards every hook, and passes a `stop_training` request on to the model
-    `fit` is really training, as EarlyStopping and TerminateOnNaN make it.
-    """
-
-    def __init__(self, callback: keras.callbacks.Callback, full_model: keras.Model):
-        super().__init__()
-        self.callback, self.full_model = callback, full_model
-
-    def set_params(self, params):
-        super().set_params(params)
-        self.callback.set_params(params)
-
-    def set_model(self, model):
-        super().set_model(model)  # the head `fit` trains
-        self.full_model.stop_training = False
-        self.callback.set_model(self.full_model)
-
-    def _forward(self, hook: str, *args):
-        getattr(self.callback, hook)(*args)
-        if getattr(self.full_model, "stop_training", False):
-            self._model.stop_training = True
-
-
-def _forwarding(hook: str):
-    def method(self, *args, **kwargs):
-        self._forward(hook, *args, *kwargs.values())
-
-    method.__name__ = hook
-    return method
-
-
-for _hook in [name for name in dir(keras.callbacks.Callback) if name.startswith("on_")]:
-    setattr(FullModelView, _hook, _forwarding(_hook))
-
-
 def feature_extractor(model: keras.Model) -> keras.Model:
     """image -> pooled features, the base in inference mode (preprocessing included)."""
     return keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output, name="features")

@@ -422,7 +422,8 @@ def run_lr_find(
     from tl_keras import io
     from tl_keras.data.sources import load_data
     from tl_keras.model.classifier import set_trainable
-    from tl_keras.training import runner
+    from tl_keras.training import optim, runner
+    from tl_keras.training.plan import check_same_run
     from tl_keras.workdir import Workdir
 
     config = config_lib.validate(config)
@@ -455,15 +456,15 @@ def run_lr_find(
     if prev is None:
         model = runner.build_initial_model(config, data)
     else:
-        runner.check_same_run(run, config, data.class_names, wd.path)
-        model = runner._load_phase_model(wd, prev.name)
+        check_same_run(run, config, data.class_names, wd.path)
+        model = runner.load_phase_model(wd, prev.name)
     set_trainable(model, config.backbone, target.unfreeze, bn_policy=config.bn_policy)
     # The sweep sets the (base) rate itself; the phase's own schedule does not apply.
     flat = dataclasses.replace(target, lr_schedule=recipe.LRSchedule())
-    optimizer, _ = runner.phase_optimizer(
+    optimizer, _ = optim.phase_optimizer(
         model, flat, backbone=config.backbone, steps_per_epoch=data.steps_per_epoch
     )
-    runner.compile_for_phase(model, flat, optimizer=optimizer)
+    optim.compile_for_phase(model, flat, optimizer=optimizer)
     epochs = math.ceil(num_steps / data.steps_per_epoch)
     result = find_lr(
         model, data.train_epochs(0, epochs), min_lr=min_lr, max_lr=max_lr, num_steps=num_steps

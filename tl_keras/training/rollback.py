@@ -10,16 +10,44 @@ decision is written to the phase's `summary.json`.
 Why evaluate at the end instead of reading the last epoch's log: early stopping (and `fe`'s
 switch to `ft`) restores a phase's best weights after its last epoch was logged, so the weights a
 phase hands on are not always the ones its last logged metric describes.
+
+The decision is plain data (`decide_rollback`); `apply_rollback` and `load_rollback_reference`
+are the runner's half: evaluating, restoring, and the reference a phase run in its own process
+reads from `<previous phase>/best_weights.npz`. The best epoch itself is kept during `fit` by
+`tl_keras.training.callbacks.BestWeights`. This module imports no TensorFlow, so
+`tl_keras.config` validates `rollback` against `MONITORS` here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
+
+from tl_keras import io
+from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.history import History
+from tl_keras.recipe import Phase
+from tl_keras.training import optim
+from tl_keras.workdir import Workdir
+
+if TYPE_CHECKING:
+    import keras
+
+    from tl_keras.data.pipeline import DataBundle
+    from tl_keras.training.phase import PhaseResult
+
+log = logging.getLogger("tl_keras")
+
+# --rollback: '' (off), or the validation metric a phase must not make worse.
+MONITORS = ("", "val_accuracy", "val_loss")
+# Under `rollback`: the weights the next phase must beat (`model.get_weights()` order), and their
+# phase, epoch and score in summary.json's "rollback_reference".
+BEST_WEIGHTS_FILE = "best_weights.npz"
 
 
 def lower_is_better(monitor: str) -> bool:
@@ -62,41 +90,6 @@ class Snapshot:
             "monitor": self.monitor,
             "value": self.value,
         }
-
-
-class BestWeights(keras.callbacks.Callback):
-    """Keeps a copy of the weights of the best epoch of one `fit`, by a validation metric.
-
-    Put it before any callback that changes the weights at an epoch's end: the copy must be the
-    weights the epoch's validation metric was computed on.
-
-    Args:
-      phase: the phase's name (for the snapshot).
-      monitor: the metric in the epoch logs, e.g. 'val_accuracy'.
-
-    Attributes:
-      best: the best `Snapshot` so far, or None before the first epoch with a finite value.
-    """
-
-    def __init__(self, phase: str, monitor: str, source_model: keras.Model | None = None):
-        super().__init__()
-        self.phase, self.monitor = phase, monitor
-        # Whose weights to copy: the full model when fit trains only its head (cached features).
-        self.source_model = source_model
-        self.best: Snapshot | None = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)):
-            return
-        if self.best is None or is_worse(self.best.value, float(value), self.monitor):
-            self.best = Snapshot(
-                self.phase,
-                epoch + 1,
-                self.monitor,
-                float(value),
-                (self.source_model or self.model).get_weights(),
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,3 +160,100 @@ def decide_rollback(
     decision = RollbackDecision(phase, reference.monitor, end_value, reference, rolled_back)
     keep = rolled_back or phase_best is None
     return decision, reference if keep else phase_best
+
+
+def evaluate_metric(model: keras.Model, data: DataBundle, monitor: str) -> float:
+    """The validation metric `monitor` ('val_accuracy', 'val_loss') of the model's weights now.
+
+    Raises:
+      ConfigError: the data has no validation split.
+    """
+    if data.val is None:
+        raise ConfigError(f"rollback compares {monitor} and needs validation data; none is given")
+    if not getattr(model, "compiled", False):
+        optim.compile_for_phase(model, Phase("evaluate", "none", 0, 1e-3))
+    logs = model.evaluate(data.val, verbose=0, return_dict=True)
+    return float(logs[monitor.removeprefix("val_")])
+
+
+def apply_rollback(
+    model: keras.Model,
+    result: PhaseResult,
+    reference: Snapshot | None,
+    data: DataBundle,
+) -> Snapshot | None:
+    """Rolls a phase back to `reference` if the weights it hands on score worse.
+
+    Evaluates the model on the validation set (the weights the phase hands on, after any restore
+    by early stopping), restores the reference weights bitwise when that is worse, logs which
+    weights were kept, and records the decision and the next reference in `result`.
+
+    Args:
+      model: the model at the end of the phase.
+      result: the phase's result, from `run_phase(..., track_best=MONITOR)`.
+      reference: the previous phase's best; None for the first phase (nothing to compare).
+      data: the data bundle (its validation split).
+
+    Returns:
+      What the next phase must beat (also stored as `result.reference`).
+    """
+    if reference is None:
+        result.reference = result.best
+        return result.reference
+    end_value = evaluate_metric(model, data, reference.monitor)
+    decision, result.reference = decide_rollback(
+        result.phase.name, end_value, reference, result.best
+    )
+    if decision.rolled_back:
+        model.set_weights(reference.weights)
+        log.warning(decision.message())
+    else:
+        log.info(decision.message())
+    result.rollback = decision
+    return result.reference
+
+
+def load_rollback_reference(
+    wd: Workdir, prev: Phase, model: keras.Model, data: DataBundle, monitor: str
+) -> Snapshot:
+    """The reference a phase run in its own process must beat: what `prev` saved for it.
+
+    A previous phase run without `rollback` saved no best weights; its reference is then the
+    weights it handed on (the model just loaded), scored now.
+
+    Raises:
+      WorkdirError: the saved best weights do not fit the model.
+    """
+    summary_path, npz = wd.file(prev.name, "summary.json"), wd.file(prev.name, BEST_WEIGHTS_FILE)
+    saved = (
+        io.read_json(summary_path).get("rollback_reference")
+        if os.path.isfile(summary_path)
+        else None
+    )
+    if saved and saved["monitor"] == monitor and os.path.isfile(npz):
+        with np.load(npz) as f:
+            weights = [f[f"arr_{i}"] for i in range(len(f.files))]
+        shapes = [tuple(w.shape) for w in model.get_weights()]
+        if [tuple(w.shape) for w in weights] != shapes:
+            raise WorkdirError(f"{npz} does not fit the model of {prev.name!r}; rerun that phase")
+        return Snapshot(saved["phase"], saved["epoch"], monitor, saved["value"], weights)
+    last = History.load(wd.file(prev.name, "history.json")).last_epoch
+    value = evaluate_metric(model, data, monitor)
+    log.info(
+        "[rollback] %s saved no best weights by %s; the reference is the weights it handed on "
+        "(%s %.4f)",
+        prev.name,
+        monitor,
+        monitor,
+        value,
+    )
+    return Snapshot(prev.name, last, monitor, value, model.get_weights())
+
+
+def save_rollback(wd: Workdir, result: PhaseResult, summary: dict) -> None:
+    if result.rollback is not None:
+        summary["rollback"] = result.rollback.to_dict()
+    if result.reference is not None:
+        summary["rollback_reference"] = result.reference.to_dict()
+        with io.atomic_path(wd.file(result.phase.name, BEST_WEIGHTS_FILE)) as tmp:
+            np.savez(tmp, *result.reference.weights)

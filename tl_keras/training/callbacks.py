@@ -1,0 +1,325 @@
+"""The Keras callbacks of a phase's `fit`: history, logging, the NaN guard, checkpoints, best weights.
+
+`tl_keras.training.phase` puts them together for every phase, fresh each time (stateful callbacks
+carried across phases are how early stopping leaks between phases), in the order that matters:
+the recorder and the NaN guard first, the best-weights copy before early stopping (which may
+restore other weights at the end), the learning-rate schedule's callbacks before the checkpoint
+(they change the rate at an epoch's end), the checkpoint after all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+
+import keras
+
+from tl_keras import _failpoints
+from tl_keras.history import History
+from tl_keras.training import checkpoint, schedules
+from tl_keras.training.optim import current_lr
+from tl_keras.training.rollback import Snapshot, is_worse
+
+log = logging.getLogger("tl_keras")
+
+
+class HistoryRecorder(schedules.LRRecorder):
+    """Records each epoch into a `History` with the phase name and the learning rate used.
+
+    The learning rate of an epoch is the one its first step used (`schedules.LRRecorder`): the
+    warm-up's 0 on a schedule's first epoch, the rate before `ReduceLROnPlateau` changes it at
+    the epoch's end. With `layer_decay` it is the head's rate; block b trains at that times its
+    multiplier.
+    """
+
+    def __init__(self, phase: str):
+        super().__init__()
+        self.phase = phase
+        self.history = History()
+
+    @property
+    def epoch_lr(self) -> float:
+        """The learning rate of the epoch in progress (or just ended)."""
+        return self.lrs[-1] if self.lrs else current_lr(self.model.optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append(self.phase, epoch + 1, self.epoch_lr, logs or {})
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One plain line per epoch, for logs and non-interactive runs (no progress-bar noise)."""
+
+    def __init__(
+        self, phase: str, initial_epoch: int, epochs: int, recorder: HistoryRecorder | None = None
+    ):
+        super().__init__()
+        self.phase, self.initial_epoch, self.epochs = phase, initial_epoch, epochs
+        self.recorder = recorder
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        metrics = " - ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+        log.info(
+            "[%s] epoch %d (%d/%d) - %.1fs - %s - lr %.2e",
+            self.phase,
+            epoch + 1,
+            epoch + 1 - self.initial_epoch,
+            self.epochs,
+            time.perf_counter() - self._start,
+            metrics,
+            self.recorder.epoch_lr if self.recorder else current_lr(self.model.optimizer),
+        )
+
+
+def use_progress_bar(progress: str) -> bool:
+    """Whether `fit` shows its progress bar (else one plain line per epoch, `EpochLogger`)."""
+    return progress == "bar" or (progress == "auto" and sys.stdout.isatty())
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, or at the end of the
+    first epoch whose trained weights are, and remembers where.
+
+    Under `steps_per_execution` > 1 Keras calls the batch hooks once per block of batches, so the
+    bad batch is known to the block ('3-5'); the loss is the epoch's running mean, which stays
+    non-finite from the first bad batch on. The weights are checked too because the loss alone
+    can miss a divergence: on CPUs where TensorFlow fuses a Dense layer with its ReLU (oneDNN),
+    the fused ReLU turns a NaN input into 0, so NaN images give a finite loss while their NaN
+    gradients overwrite the weights.
+    """
+
+    def __init__(self):
+        super().__init__()
+        # (global epoch 1-based, batch(es) or None, what went wrong)
+        self.bad: tuple[int, str | None, str] | None = None
+        self._epoch, self._begin = 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._begin = epoch + 1, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for b in range(self._begin, batch + 1):  # every batch this block trained
+            _failpoints.hit(f"batch:{self._epoch}:{b}")
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
+            where = str(batch) if batch == self._begin else f"{self._begin}-{batch}"
+            self.bad = (self._epoch, where, f"the loss became {float(loss)}")
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bad is not None:
+            return
+        weights = self.model.trainable_weights
+        finite = [keras.ops.all(keras.ops.isfinite(w)) for w in weights]
+        if weights and not bool(keras.ops.all(keras.ops.stack(finite))):  # one sync per epoch
+            broken = [w.path for w, ok in zip(weights, finite, strict=True) if not bool(ok)]
+            self.bad = (
+                self._epoch,
+                None,
+                f"the weights became NaN or infinite ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}) although the loss stayed finite",
+            )
+            self.model.stop_training = True
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras EarlyStopping whose progress (best value, wait, best weights) survives a restart."""
+
+    def __init__(self, *args, resume_state: dict | None = None, best_weights=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume_state = resume_state
+        self._resume_best_weights = best_weights
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resume_state:
+            self.wait = self._resume_state["wait"]
+            self.best = self._resume_state["best"]
+            self.best_epoch = self._resume_state["best_epoch"]
+            self.stopped_epoch = self._resume_state["stopped_epoch"]
+            self.best_weights = self._resume_best_weights
+
+    def resume_state(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {
+            "wait": int(self.wait),
+            "best": best,
+            "best_epoch": int(self.best_epoch),
+            "stopped_epoch": int(self.stopped_epoch),
+        }
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps a copy of the weights of the best epoch of one `fit`, by a validation metric.
+
+    Put it before any callback that changes the weights at an epoch's end: the copy must be the
+    weights the epoch's validation metric was computed on.
+
+    Args:
+      phase: the phase's name (for the snapshot).
+      monitor: the metric in the epoch logs, e.g. 'val_accuracy'.
+
+    Attributes:
+      best: the best `Snapshot` so far, or None before the first epoch with a finite value.
+    """
+
+    def __init__(self, phase: str, monitor: str, source_model: keras.Model | None = None):
+        super().__init__()
+        self.phase, self.monitor = phase, monitor
+        # Whose weights to copy: the full model when fit trains only its head (cached features).
+        self.source_model = source_model
+        self.best: Snapshot | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        if self.best is None or is_worse(self.best.value, float(value), self.monitor):
+            self.best = Snapshot(
+                self.phase,
+                epoch + 1,
+                self.monitor,
+                float(value),
+                (self.source_model or self.model).get_weights(),
+            )
+
+
+class FullModelView(keras.callbacks.Callback):
+    """Shows a callback the whole model while `fit` trains the head on cached features.
+
+    A user's callback (or TensorBoard, CSVLogger) expects `self.model` to be the model it was
+    given to: a ModelCheckpoint must save the whole classifier, a probe must find the backbone.
+    The view hands the wrapped callback the full model (whose head layers and optimizer are the
+    ones training), forwards every hook, and passes a `stop_training` request on to the model
+    `fit` is really training, as EarlyStopping and TerminateOnNaN make it.
+    """
+
+    def __init__(self, callback: keras.callbacks.Callback, full_model: keras.Model):
+        super().__init__()
+        self.callback, self.full_model = callback, full_model
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def set_model(self, model):
+        super().set_model(model)  # the head `fit` trains
+        self.full_model.stop_training = False
+        self.callback.set_model(self.full_model)
+
+    def _forward(self, hook: str, *args):
+        getattr(self.callback, hook)(*args)
+        if getattr(self.full_model, "stop_training", False):
+            self._model.stop_training = True
+
+
+def _forwarding(hook: str):
+    def method(self, *args, **kwargs):
+        self._forward(hook, *args, *kwargs.values())
+
+    method.__name__ = hook
+    return method
+
+
+for _hook in [name for name in dir(keras.callbacks.Callback) if name.startswith("on_")]:
+    setattr(FullModelView, _hook, _forwarding(_hook))
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseWindow:
+    """Where one phase's `fit` sits in the run: what a checkpoint records besides the model.
+
+    Attributes:
+      phase: the phase's name.
+      first_epoch: its first global epoch (1-based).
+      last_epoch: its last global epoch when every epoch runs.
+      history_before: the stitched history of the phases before it.
+      wall_before: seconds the phase ran before this process (a resumed phase), else 0.
+    """
+
+    phase: str
+    first_epoch: int
+    last_epoch: int
+    history_before: History
+    wall_before: float = 0.0
+
+
+@dataclasses.dataclass
+class PhaseState:
+    """The stateful callbacks of one phase's `fit`: what a checkpoint saves to resume it.
+
+    Attributes:
+      recorder: the phase's history so far.
+      guard: the NaN guard (a diverged epoch is never checkpointed).
+      early: early stopping's progress and best weights, when on.
+      best: rollback's copy of the phase's best epoch, when tracked.
+      schedule: the learning-rate schedule's callbacks (ReduceLROnPlateau's counters).
+    """
+
+    recorder: HistoryRecorder
+    guard: NonFiniteGuard
+    early: ResumableEarlyStopping | None = None
+    best: BestWeights | None = None
+    schedule: list[keras.callbacks.Callback] = dataclasses.field(default_factory=list)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Writes a resumable checkpoint at the end of every epoch (see `tl_keras.training.checkpoint`).
+
+    It runs after every callback that changes state at an epoch's end (early stopping, the
+    learning-rate schedule's), so a resumed epoch starts exactly where this one left off.
+
+    Args:
+      workdir: where `checkpoints/` goes.
+      window: where the phase sits in the run.
+      state: the phase's stateful callbacks, whose state each checkpoint holds.
+      save_model: the model to save; the full model when `fit` trains only its head on cached
+        features (default: the model `fit` trains).
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        window: PhaseWindow,
+        state: PhaseState,
+        *,
+        save_model: keras.Model | None = None,
+    ):
+        super().__init__()
+        self.workdir, self.window, self.state = workdir, window, state
+        self.save_model = save_model
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        w, s = self.window, self.state
+        if s.guard.bad is not None:
+            return  # never checkpoint a diverged model: the previous checkpoint stays the last good one
+        e = epoch + 1
+        _failpoints.hit(f"before_checkpoint:{e}")
+        stopped = bool(s.early is not None and s.early.stopped_epoch > 0)
+        checkpoint.write(
+            self.workdir,
+            self.save_model or self.model,
+            phase=w.phase,
+            epoch=e,
+            phase_first_epoch=w.first_epoch,
+            finished_phase=stopped or e == w.last_epoch,
+            stopped_early=stopped,
+            wall_time_s=w.wall_before + time.perf_counter() - self._start,
+            history=History(w.history_before.records + s.recorder.history.records),
+            early_stopping=s.early,
+            callback_state={type(cb).__name__: checkpoint.callback_state(cb) for cb in s.schedule},
+            best=s.best.best if s.best is not None else None,
+        )
+        _failpoints.hit(f"after_checkpoint:{e}")

@@ -1,0 +1,155 @@
+"""Optimizers by name, a phase's optimizer (schedule and per-block rates), and the compile.
+
+Every change of what trains needs a recompile with a fresh optimizer (`compile_for_phase`): a
+phase's optimizer follows the phase's learning-rate schedule from its first step, and under
+`layer_decay` every variable gets its own rate (`tl_keras.training.lr_multipliers`).
+
+The names users type live here: `OPTIMIZERS` (`--optimizer`) and `JIT_COMPILE` (`--jit_compile`,
+XLA). This module imports Keras only inside its functions, so `tl_keras.config` validates both
+against these names without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tl_keras.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+    from tl_keras.recipe import Phase
+
+# --optimizer: name -> (keras.optimizers class, its arguments besides the learning rate).
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "adam": ("Adam", {}),
+    "adamw": ("AdamW", {}),
+    "sgd": ("SGD", {"momentum": 0.9}),
+    "rmsprop": ("RMSprop", {}),
+}
+# --jit_compile (XLA): name -> model.compile's `jit_compile` ('auto': Keras decides).
+JIT_COMPILE: dict[str, str | bool] = {"auto": "auto", "on": True, "off": False}
+
+
+def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
+    """Returns a fresh optimizer by name (one of `OPTIMIZERS`).
+
+    Raises:
+      ConfigError: an unknown name.
+    """
+    import keras
+
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer={name!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
+    class_name, kwargs = OPTIMIZERS[name]
+    return getattr(keras.optimizers, class_name)(learning_rate, **kwargs)
+
+
+def discriminative_multipliers(
+    model: keras.Model, backbone, layer_decay: float
+) -> dict[str, float]:
+    """Per-variable learning-rate multipliers: `layer_decay` per block, from the head down.
+
+    The head's variables keep 1.0, the base's top block `layer_decay`, the block below
+    `layer_decay**2`, ... (see `recipe.block_lr_multipliers`). Only trainable variables get an
+    entry, keyed by `variable.path`.
+
+    Args:
+      model: a model from `build_model`, trainability set.
+      backbone: the backbone's registry name or `BackboneSpec` (its blocks).
+      layer_decay: the factor between neighbouring blocks, in (0, 1].
+    """
+    from tl_keras import recipe
+    from tl_keras.model import backbones
+    from tl_keras.model.classifier import get_base
+    from tl_keras.training import lr_multipliers
+
+    infos = backbones.layer_infos(backbones.get(backbone), get_base(model))
+    return lr_multipliers.variable_multipliers(
+        model, recipe.block_lr_multipliers(infos, layer_decay)
+    )
+
+
+def phase_optimizer(
+    model: keras.Model,
+    phase: Phase,
+    *,
+    backbone,
+    steps_per_epoch: int,
+    monitor: str = "val_loss",
+) -> tuple[keras.optimizers.Optimizer, list[keras.callbacks.Callback]]:
+    """Returns a fresh optimizer for a phase, and the callbacks its LR schedule needs.
+
+    The learning rate follows the phase's `lr_schedule` from the phase's first step (a fresh
+    optimizer per phase, so every phase restarts its schedule, warm-up included). With
+    `layer_decay` < 1 and part of the base training, every variable gets its own rate (see
+    `discriminative_multipliers`). Call after `set_trainable`: the multipliers cover the
+    variables that train.
+
+    Args:
+      model: the model, trainability already set for the phase.
+      phase: the phase.
+      backbone: the backbone's registry name or `BackboneSpec` (its blocks).
+      steps_per_epoch: optimizer steps per epoch (the schedule counts steps).
+      monitor: what the 'plateau' schedule watches ('val_loss', or 'loss' without validation).
+    """
+    from tl_keras.training import lr_multipliers, schedules
+
+    s = phase.lr_schedule
+    learning_rate, callbacks = phase.lr, []
+    if phase.epochs > 0:
+        learning_rate, callbacks = schedules.make_schedule(
+            s.name,
+            base_lr=phase.lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=phase.epochs,
+            warmup_epochs=s.warmup_epochs,
+            min_lr_ratio=s.min_lr_ratio,
+            step_every=s.step_every,
+            gamma=s.gamma,
+            plateau_patience=s.plateau_patience,
+            plateau_factor=s.plateau_factor,
+            plateau_monitor=monitor,
+        )
+    optimizer = make_optimizer(phase.optimizer, learning_rate)
+    if phase.layer_decay != 1.0 and phase.trains_base:
+        multipliers = discriminative_multipliers(model, backbone, phase.layer_decay)
+        optimizer = lr_multipliers.with_lr_multipliers(optimizer, multipliers)
+    return optimizer, callbacks
+
+
+def compile_for_phase(
+    model: keras.Model,
+    phase: Phase,
+    *,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    jit_compile: str = "auto",
+    steps_per_execution: int = 1,
+) -> None:
+    """Recompiles with a fresh optimizer: required after any change of `trainable`.
+
+    Args:
+      model: the model.
+      phase: the phase (its optimizer and constant lr when `optimizer` is not given).
+      optimizer: a fresh optimizer, e.g. from `phase_optimizer`.
+      jit_compile: XLA: one of `JIT_COMPILE` ('auto': Keras decides, 'on' or 'off').
+      steps_per_execution: batches per call of the compiled train step (the same updates; batch
+        callbacks run once per block).
+    """
+    import keras
+
+    model.compile(
+        optimizer=optimizer or make_optimizer(phase.optimizer, phase.lr),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=JIT_COMPILE[jit_compile],
+        steps_per_execution=steps_per_execution,
+    )
+
+
+def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
+    """The optimizer's learning rate now: a schedule is evaluated at its current step, i.e. the
+    rate the next step will use; for a float, the current value of its variable."""
+    import keras
+
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

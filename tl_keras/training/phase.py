@@ -1,0 +1,412 @@
+"""One phase on a model in memory: set-up, callbacks, fit, outcome.
+
+`run_phase(model, phase, data, ...)` is those four steps:
+
+1. **set-up** (`set_up`): what trains (BatchNorm stays frozen), a fresh optimizer at the phase's
+   learning rate with its own schedule (and per-block rates under `layer_decay`), the recompile;
+   or, resuming, the checkpoint's compiled model as it was. Then the switch to cached features
+   when the base is frozen and nothing changes the images (`tl_keras.training.features`).
+2. **callbacks** (`make_callbacks`): fresh stateful callbacks for the phase, in the order they
+   must run (`tl_keras.training.callbacks`).
+3. **fit** (`fit`): from the epoch where the previous phase really ended, on the data bundle's
+   batches (a pure function of seed and epoch); nothing when a resumed phase had finished.
+4. **outcome** (`outcome`): the NaN error, or the history, wall time and how the phase ended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+
+import keras
+
+from tl_keras.data.pipeline import DataBundle
+from tl_keras.errors import TrainingError
+from tl_keras.history import History
+from tl_keras.model.classifier import TrainabilityReport, set_trainable
+from tl_keras.recipe import Phase
+from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
+from tl_keras.training.callbacks import (
+    BestWeights,
+    EpochCheckpoint,
+    EpochLogger,
+    FullModelView,
+    HistoryRecorder,
+    NonFiniteGuard,
+    PhaseState,
+    PhaseWindow,
+    ResumableEarlyStopping,
+    use_progress_bar,
+)
+from tl_keras.training.rollback import RollbackDecision, Snapshot
+
+log = logging.getLogger("tl_keras")
+
+
+@dataclasses.dataclass
+class PhaseResult:
+    """What one phase did."""
+
+    phase: Phase
+    history: History
+    report: TrainabilityReport
+    wall_time_s: float
+    stopped_early: bool
+    best: Snapshot | None = None  # the best epoch, when tracked (rollback)
+    rollback: RollbackDecision | None = None
+    # Under rollback: what the next phase must beat (the best weights kept so far).
+    reference: Snapshot | None = None
+
+
+@dataclasses.dataclass
+class PhaseSetup:
+    """A phase ready to fit: the model compiled for it, what `fit` trains, and where it starts.
+
+    Attributes:
+      phase: the phase.
+      model: the whole model (what checkpoints save and the phase hands on).
+      fit_model: what `fit` trains: `model`, or its head alone on cached features.
+      fit_data: the batches `fit` sees (of images, or of cached features).
+      report: what trains, and the parameter counts.
+      window: where the phase sits in the run (first and last epoch, the history before it).
+      initial_epoch: global epochs done before this `fit` (the previous phase's real end, or
+        the checkpoint's epoch when resuming).
+      schedule_callbacks: the callbacks the phase's LR schedule needs (plateau).
+      resume: the checkpoint the phase continues from, or None.
+      done_records: the phase's epochs a resumed checkpoint already holds.
+    """
+
+    phase: Phase
+    model: keras.Model
+    fit_model: keras.Model
+    fit_data: DataBundle
+    report: TrainabilityReport
+    window: PhaseWindow
+    initial_epoch: int
+    schedule_callbacks: list[keras.callbacks.Callback]
+    resume: checkpoint.Checkpoint | None = None
+    done_records: list[dict] = dataclasses.field(default_factory=list)
+
+
+def run_phase(
+    model: keras.Model,
+    phase: Phase,
+    data: DataBundle,
+    *,
+    backbone,
+    initial_epoch: int = 0,
+    bn_policy: str = "frozen",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    progress: str = "auto",
+    track_best: str | None = None,
+    checkpoint_dir: str | None = None,
+    history_before: History | None = None,
+    resume: checkpoint.Checkpoint | None = None,
+    feature_cache: str = "off",
+    cache_dir: str | None = None,
+    jit_compile: str = "auto",
+    strategy=None,
+) -> PhaseResult:
+    """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
+
+    Args:
+      model: a model from `build_model` (or loaded from a phase's `model.keras`).
+      phase: what trains, for how many epochs, at which learning rate.
+      data: the data bundle; its training order depends only on (seed, epoch).
+      backbone: the backbone's registry name or `BackboneSpec` (block structure).
+      initial_epoch: global epochs already run (the previous phase's real end).
+      bn_policy: 'frozen' (default) or 'train'.
+      callbacks: extra Keras callbacks for this phase. Pass new instances per phase: stateful
+        callbacks carried across phases are how early stopping leaks between phases.
+      progress: 'auto', 'bar' or 'lines'.
+      track_best: a validation metric ('val_accuracy'): keep a copy of the weights of the
+        phase's best epoch by it in the result's `best` (for rollback).
+      checkpoint_dir: write a resumable checkpoint there after every epoch (the workdir).
+      history_before: the stitched history of earlier phases (stored in checkpoints).
+      resume: continue this phase from a checkpoint: `model` is the checkpoint's compiled model,
+        which keeps its optimizer state, so it is not recompiled.
+      feature_cache: 'memory', 'file' or 'off': train a frozen-base phase's head on features
+        computed once (see `tl_keras.training.features`); used only when valid, with a log line
+        otherwise.
+      cache_dir: the workdir, where feature_cache='file' keeps its files.
+      jit_compile: XLA: 'auto', 'on' or 'off'.
+      strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
+
+    Returns:
+      The phase's history (global epochs, the learning rate each epoch used), trainability
+      report, wall time, whether early stopping ended it, and its best epoch when tracked.
+
+    Raises:
+      TrainingError: the loss or the weights became NaN or infinite (the last good
+        checkpoint is kept).
+
+    Example:
+      >>> result = run_phase(model, Phase("fe", "none", 3, 1e-3), data, backbone="mobilenet")
+    """
+    setup = set_up(
+        model,
+        phase,
+        data,
+        backbone=backbone,
+        initial_epoch=initial_epoch,
+        bn_policy=bn_policy,
+        history_before=history_before or History(),
+        resume=resume,
+        jit_compile=jit_compile,
+    )
+    if feature_cache != "off":
+        setup = use_cached_features(setup, data, mode=feature_cache, cache_dir=cache_dir,
+                                    jit_compile=jit_compile, strategy=strategy)  # fmt: skip
+    if strategy is not None:
+        distribute.enable_multi_worker_fit(setup.fit_model, strategy)
+    state, cbs = make_callbacks(
+        setup, callbacks, track_best=track_best, checkpoint_dir=checkpoint_dir, progress=progress
+    )
+    start = time.perf_counter()
+    fit(setup, state, cbs, bar=use_progress_bar(progress))
+    return outcome(setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir)
+
+
+# --- 1. set-up ------------------------------------------------------------------------------------
+def set_up(
+    model: keras.Model,
+    phase: Phase,
+    data: DataBundle,
+    *,
+    backbone,
+    initial_epoch: int,
+    bn_policy: str,
+    history_before: History,
+    resume: checkpoint.Checkpoint | None,
+    jit_compile: str,
+) -> PhaseSetup:
+    """Sets what trains and compiles a fresh optimizer; resuming, restores the checkpoint's."""
+    report = set_trainable(model, backbone, phase.unfreeze, bn_policy=bn_policy)
+    monitor = "val_loss" if data.val is not None else "loss"
+    optimizer, schedule_callbacks = optim.phase_optimizer(
+        model, phase, backbone=backbone, steps_per_epoch=data.steps_per_epoch, monitor=monitor
+    )
+    first_epoch, wall_before, done_records = initial_epoch + 1, 0.0, []
+    if resume is None:
+        log.info("[%s] %s", phase.name, report.summary())
+        _log_rates(phase, optimizer)
+        optim.compile_for_phase(model, phase, optimizer=optimizer, jit_compile=jit_compile)
+    else:
+        # The checkpoint's compiled model keeps its optimizer: moments, step count (the schedule
+        # position) and per-variable rates. Recompiling would reset them, so the fresh optimizer
+        # is dropped; only its schedule's callbacks are used, with their saved state.
+        first_epoch, wall_before = resume.phase_first_epoch, resume.wall_time_s
+        initial_epoch = resume.epoch
+        done_records = [r for r in resume.history.records if r["phase"] == phase.name]
+        if resume.lr is not None:  # a float rate (e.g. lowered on a plateau) is not in .keras
+            model.optimizer.learning_rate = resume.lr
+        for cb in schedule_callbacks:
+            checkpoint.restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
+        log.info(
+            "[%s] resuming after epoch %d (%d of %d done) from %s; %s",
+            phase.name,
+            resume.epoch,
+            len(done_records),
+            phase.epochs,
+            resume.path,
+            report.summary(),
+        )
+    window = PhaseWindow(
+        phase.name, first_epoch, first_epoch - 1 + phase.epochs, history_before, wall_before
+    )
+    return PhaseSetup(
+        phase, model, model, data, report, window, initial_epoch, schedule_callbacks, resume,
+        done_records,
+    )  # fmt: skip
+
+
+def use_cached_features(
+    setup: PhaseSetup,
+    data: DataBundle,
+    *,
+    mode: str,
+    cache_dir: str | None,
+    jit_compile: str,
+    strategy,
+) -> PhaseSetup:
+    """Switches `fit` to the model's head on cached features when that changes no number.
+
+    Otherwise the setup is returned as it is, with a log line saying why for a head-only phase.
+    """
+    phase, model = setup.phase, setup.model
+    reason = features.why_not_cached(phase, data.pipeline)
+    if reason is not None:
+        if not phase.trains_base:
+            log.info("[%s] feature extraction runs the base every epoch: %s", phase.name, reason)
+        return setup
+    arrays, seconds, reused = features.compute(model, data, mode=mode, workdir=cache_dir)
+    fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
+    # The model's own optimizer instance: checkpoints of the model carry its state. A head step
+    # takes microseconds, so Keras's per-step overhead would dominate: a whole epoch runs in one
+    # call (the same updates; batch callbacks see one block). Not under a tf.distribute
+    # strategy: Keras 3.15's multi-step loop fails there at run time ("You must feed a value for
+    # placeholder tensor 'while/cond/Placeholder'").
+    optim.compile_for_phase(
+        fit_model,
+        phase,
+        optimizer=model.optimizer,
+        jit_compile=jit_compile,
+        steps_per_execution=1 if strategy is not None else max(1, fit_data.steps_per_epoch or 1),
+    )
+    log.info(
+        "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
+        "head trains on them",
+        phase.name,
+        "reused the features of" if reused else "ran the frozen base once over",
+        len(arrays["train"]),
+        len(arrays["val"]),
+        arrays["train"].shape[-1],
+        "" if reused else f" in {seconds:.1f}s",
+    )
+    return dataclasses.replace(setup, fit_model=fit_model, fit_data=fit_data)
+
+
+def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
+    s = phase.lr_schedule
+    if s.name != "constant" or s.warmup_epochs:
+        log.info(
+            "[%s] lr %.2e, schedule %s%s",
+            phase.name,
+            phase.lr,
+            s.name,
+            f" after {s.warmup_epochs:g} warm-up epochs" if s.warmup_epochs else "",
+        )
+    if isinstance(optimizer, lr_multipliers.LRMultiplierOptimizer):
+        rates = sorted(set(optimizer.lr_multipliers.values()))
+        log.info(
+            "[%s] discriminative learning rates (layer_decay %g): %d variables at lr x %s",
+            phase.name,
+            phase.layer_decay,
+            len(optimizer.lr_multipliers),
+            " .. ".join(f"{r:.3g}" for r in (rates[0], rates[-1])) if rates else "-",
+        )
+
+
+# --- 2. callbacks ---------------------------------------------------------------------------------
+def make_callbacks(
+    setup: PhaseSetup,
+    user_callbacks: Sequence[keras.callbacks.Callback],
+    *,
+    track_best: str | None,
+    checkpoint_dir: str | None,
+    progress: str,
+) -> tuple[PhaseState, list[keras.callbacks.Callback]]:
+    """The phase's fresh callbacks, in the order they must run, and its stateful ones."""
+    phase, resume = setup.phase, setup.resume
+    recorder = HistoryRecorder(phase.name)
+    recorder.history.records.extend(dict(r) for r in setup.done_records)
+    state = PhaseState(recorder, NonFiniteGuard(), schedule=setup.schedule_callbacks)
+    cbs: list[keras.callbacks.Callback] = [recorder, state.guard]
+    if track_best:  # before early stopping, which may restore other weights at the end
+        state.best = BestWeights(phase.name, track_best, source_model=setup.model)
+        if resume is not None:
+            state.best.best = resume.best_snapshot()
+        cbs.append(state.best)
+    if phase.early_stopping_patience:
+        state.early = ResumableEarlyStopping(
+            monitor="val_loss" if setup.fit_data.val is not None else "loss",
+            patience=phase.early_stopping_patience,
+            restore_best_weights=True,
+            resume_state=resume.early_stopping if resume else None,
+            best_weights=resume.best_weights() if resume else None,
+        )
+        cbs.append(state.early)
+    cbs += state.schedule  # they change the rate at epoch ends: before the checkpoint
+    if checkpoint_dir:
+        cbs.append(EpochCheckpoint(checkpoint_dir, setup.window, state, save_model=setup.model))
+    if not use_progress_bar(progress):
+        w = setup.window
+        cbs.append(EpochLogger(phase.name, w.first_epoch - 1, phase.epochs, recorder))
+    if setup.fit_model is not setup.model:  # cached features: callbacks still see the whole model
+        user_callbacks = [FullModelView(cb, setup.model) for cb in user_callbacks]
+    return state, cbs + list(user_callbacks)
+
+
+# --- 3. fit ---------------------------------------------------------------------------------------
+def fit(
+    setup: PhaseSetup,
+    state: PhaseState,
+    callbacks: list[keras.callbacks.Callback],
+    *,
+    bar: bool,
+) -> None:
+    """Fits the phase's remaining epochs (none when a resumed phase had already finished)."""
+    last_epoch, initial_epoch = setup.window.last_epoch, setup.initial_epoch
+    remaining = last_epoch - initial_epoch
+    resume, early = setup.resume, state.early
+    if resume is not None and resume.finished_phase:
+        remaining = 0
+        if early is not None and early.best_weights is not None:
+            setup.fit_model.set_weights(early.best_weights)  # as EarlyStopping.on_train_end would
+    if remaining > 0:
+        data = setup.fit_data
+        setup.fit_model.fit(
+            data.train_epochs(initial_epoch, remaining),
+            validation_data=data.val,
+            epochs=last_epoch,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=data.steps_per_epoch,
+            shuffle=False,  # the order is the data bundle's: a pure function of (seed, epoch)
+            callbacks=callbacks,
+            verbose=1 if bar else 0,
+        )
+
+
+# --- 4. outcome -----------------------------------------------------------------------------------
+def outcome(
+    setup: PhaseSetup, state: PhaseState, *, seconds: float, checkpoint_dir: str | None
+) -> PhaseResult:
+    """The phase's result; a NaN stop becomes a `TrainingError` naming the phase and epoch.
+
+    Raises:
+      TrainingError: the loss or the weights became NaN or infinite.
+    """
+    phase, window, early = setup.phase, setup.window, state.early
+    if state.guard.bad is not None:
+        epoch, batch, problem = state.guard.bad
+        kept = (
+            f"checkpoint of epoch {epoch - 1}"
+            if checkpoint_dir and epoch > window.first_epoch
+            else "the start of the phase"
+        )
+        raise TrainingError(
+            f"{problem} in phase {phase.name!r}, epoch {epoch}"
+            f"{'' if batch is None else f', batch {batch}'}: training stopped and the last good "
+            f"state was kept ({kept}). Check the inputs for NaN or infinite values, lower the "
+            f"learning rate (phase lr {phase.lr:g}), and rerun the phase with "
+            f"--phase={phase.name} --overwrite"
+        )
+    stopped = bool(early is not None and early.stopped_epoch > 0) or bool(
+        setup.resume and setup.resume.stopped_early
+    )
+    epochs_run = len(state.recorder.history)
+    if stopped and not phase.trains_base:
+        log.info(
+            "[%s] %s stopped improving for %d epochs: switching to the next phase after %d of "
+            "%d epochs, with the phase's best weights (epoch %d)",
+            phase.name,
+            early.monitor,
+            phase.early_stopping_patience,
+            epochs_run,
+            phase.epochs,
+            early.best_epoch + 1,  # Keras counts global epochs from 0 when fit has initial_epoch
+        )
+    elif stopped:
+        log.info(
+            "[%s] early stopping after %d of %d epochs; restored the phase's best weights (epoch %d)",
+            phase.name,
+            epochs_run,
+            phase.epochs,
+            early.best_epoch + 1 if early else -1,
+        )
+    best = state.best.best if state.best is not None else None
+    return PhaseResult(
+        phase, state.recorder.history, setup.report, window.wall_before + seconds, stopped, best
+    )

@@ -1,0 +1,214 @@
+"""What a `train` call will do, decided before anything loads: the phases, and every refusal.
+
+`plan_run` reads only the workdir's small files (`run.json`, `config.json`, the newest
+checkpoint's `state.json`) and imports no TensorFlow, so each refusal (a finished run without
+--overwrite or --resume, a phase whose predecessor is not done, a --resume with another config)
+is a plain function call away from a test, like the recipe. `check_same_run`, the one refusal
+that needs the data's class names, runs once the data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+
+from tl_keras import config as config_lib
+from tl_keras import io, recipe
+from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.model import backbones
+from tl_keras.recipe import Phase
+from tl_keras.training import checkpoint
+from tl_keras.workdir import Workdir
+
+log = logging.getLogger("tl_keras")
+
+# Fields that may differ when a run is resumed: they change what is logged, not what is trained.
+RESUME_MAY_CHANGE = ("progress", "tensorboard", "csv_log")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """The phases a `train` call runs and the state of the workdir it starts from.
+
+    Attributes:
+      schedule: every phase of the config, in order.
+      targets: the phases to run now; empty when a --resume finds nothing left to do.
+      previous: the phase before the first target (its saved model is the start), or None.
+      run: the workdir's `run.json` as read, or None for a new workdir.
+      done: the phases done there, name -> their `run.json` entry.
+      resume_from: the checkpoint the first target continues from, or None.
+      workdir: the run's folder (read from).
+      outdir: where this process writes (the workdir, or a non-chief worker's scratch folder).
+    """
+
+    schedule: tuple[Phase, ...]
+    targets: tuple[Phase, ...]
+    previous: Phase | None
+    run: dict | None
+    done: dict
+    resume_from: checkpoint.Checkpoint | None
+    workdir: Workdir
+    outdir: Workdir
+
+    @property
+    def chief(self) -> bool:
+        return self.outdir.path == self.workdir.path
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.targets
+
+
+def check_options(*, overwrite: bool, resume: bool) -> None:
+    """Refuses --overwrite with --resume (the one replaces a run, the other continues it)."""
+    if overwrite and resume:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give only one")
+
+
+def plan_run(
+    config: config_lib.Config,
+    workdir: str,
+    *,
+    phase: str = "all",
+    overwrite: bool = False,
+    resume: bool = False,
+    outdir: str | None = None,
+) -> RunPlan:
+    """Decides which phases run from which state of the workdir, refusing what cannot run.
+
+    Args:
+      config: a validated config.
+      workdir: the run's folder.
+      phase: 'all' or one phase's name.
+      overwrite: replace results already there.
+      resume: continue an interrupted run from its last checkpoint.
+      outdir: where this process writes (default: the workdir).
+
+    Returns:
+      The plan; `nothing_to_do` when --resume finds every phase done.
+
+    Raises:
+      ConfigError: an unknown phase, or --overwrite with --resume.
+      WorkdirError: the workdir is not writable, already holds a run (without --overwrite or
+        --resume), lacks the phase before the first one to run, has that phase done already
+        (without --overwrite), or --resume is given another config.
+    """
+    check_options(overwrite=overwrite, resume=resume)
+    schedule = tuple(recipe.build_schedule(config))
+    targets = recipe.select_phases(schedule, phase)
+    wd, out = Workdir(workdir), Workdir(outdir or workdir)
+    out.ensure_writable()
+    run = wd.read_run()
+    done = dict(run["phases"]) if run else {}
+    ckpt = None
+    if resume and run is not None:
+        check_resume_config(wd, config)
+        ckpt = checkpoint.latest(wd.path)
+        targets = [p for p in targets if p.name not in done]
+        if not targets:
+            log.info("nothing to resume in %s: phase(s) %s already done", wd.path, ", ".join(done))
+            return RunPlan(schedule, (), None, run, done, None, wd, out)
+        if ckpt is not None and ckpt.phase != targets[0].name:
+            ckpt = None  # a leftover of a phase that has since been saved
+    elif resume:
+        log.info("nothing to resume in %s: starting the run", wd.path)
+    plan = RunPlan(
+        schedule,
+        tuple(targets),
+        recipe.previous_phase(schedule, targets[0]),
+        run,
+        done,
+        ckpt,
+        wd,
+        out,
+    )
+    _refuse_conflicts(plan, overwrite=overwrite, resume=resume)
+    return plan
+
+
+def _refuse_conflicts(plan: RunPlan, *, overwrite: bool, resume: bool) -> None:
+    """Refuses to replace a run silently, to skip a phase, or to redo one without --overwrite."""
+    wd, done, prev, first = plan.workdir, plan.done, plan.previous, plan.targets[0]
+    if prev is None and plan.run is not None and not overwrite and not resume and plan.chief:
+        state = f"phases done: {', '.join(done)}" if done else "unfinished: no phase completed"
+        if checkpoint.latest(wd.path) is not None:
+            state += ", a checkpoint to resume from"
+        raise WorkdirError(
+            f"workdir {wd.path!r} already holds a run ({state}); rerun with --resume to continue "
+            "it, --overwrite to replace it, or use another --workdir"
+        )
+    if prev is None:
+        return
+    if prev.name not in done:
+        raise WorkdirError(
+            f"--phase={first.name} needs phase {prev.name!r} done in {wd.path!r}, which has "
+            f"{', '.join(done) or 'nothing'}; run --phase={prev.name} there first"
+        )
+    redo = [p.name for p in plan.targets if p.name in done]
+    if redo and not overwrite:
+        raise WorkdirError(
+            f"phase(s) {', '.join(redo)} already done in {wd.path!r}; pass --overwrite to redo "
+            "them from the end of the previous phase, or use another --workdir"
+        )
+
+
+def check_resume_config(wd: Workdir, config: config_lib.Config) -> None:
+    """Refuses --resume with a config other than the one the run was started with.
+
+    Raises:
+      WorkdirError: naming each field that differs (only RESUME_MAY_CHANGE may).
+    """
+    saved_path = wd.file("config.json")
+    if not os.path.isfile(saved_path):
+        return
+    saved = config_lib.from_dict(io.read_json(saved_path), saved_path)
+    diffs = [
+        f"{name}: saved {getattr(saved, name)!r}, given {getattr(config, name)!r}"
+        for name in config_lib.FIELDS
+        if name not in RESUME_MAY_CHANGE and getattr(saved, name) != getattr(config, name)
+    ]
+    if diffs:
+        raise WorkdirError(
+            f"--resume continues the run in {wd.path!r} exactly as it was configured, but "
+            f"{'; '.join(diffs)}. Drop those flags to resume, or start the changed run in a new "
+            "--workdir (or with --overwrite)"
+        )
+
+
+def identity(config: config_lib.Config) -> dict:
+    """What a saved model IS: the `run.json` fields a later phase must agree with."""
+    spec = backbones.get(config.backbone)
+    return {
+        "backbone": spec.name,
+        "alpha": config.alpha,
+        "image_size": config.image_size or spec.default_size,
+        "head_units": config.head_units,
+        "dropout": config.dropout,
+        "weights": backbones.normalize_weights(config.weights),
+        "precision": config.precision,
+    }
+
+
+def check_same_run(
+    run: dict, config: config_lib.Config, class_names: Sequence[str], workdir: str
+) -> None:
+    """Refuses to continue a workdir with a config or data that describe a different model.
+
+    Raises:
+      WorkdirError: naming each field that differs, its saved and its given value.
+    """
+    given = identity(config)
+    diffs = [f"{k}: saved {run[k]!r}, given {v!r}" for k, v in given.items() if run.get(k) != v]
+    if list(run["class_names"]) != list(class_names):
+        saved, now = run["class_names"], list(class_names)
+        diffs.append(
+            f"classes: saved {len(saved)} {saved[:6]}{'...' if len(saved) > 6 else ''}, "
+            f"data has {len(now)} {now[:6]}{'...' if len(now) > 6 else ''}"
+        )
+    if diffs:
+        raise WorkdirError(
+            f"workdir {workdir!r} holds a different run ({'; '.join(diffs)}). Continue it with the "
+            "settings it was made with (omit these flags), or start a new --workdir"
+        )
