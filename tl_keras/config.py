@@ -21,7 +21,11 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from tl_keras import recipe
+from tl_keras.data import augment
 from tl_keras.errors import ConfigError, did_you_mean
+from tl_keras.model import backbones
+from tl_keras.recipe import Phase
 
 
 def _field(default: Any, help: str) -> Any:
@@ -235,8 +239,17 @@ class Config:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
-# Fields that define what a saved model IS: a later phase refuses a config that disagrees.
-IDENTITY_FIELDS = ("backbone", "alpha", "image_size", "head_units")
+# Fields that define what a saved model IS (written to `run.json`): a later phase, and a resumed
+# run, refuse a config that disagrees (`RunSpec.identity` gives their resolved values).
+IDENTITY_FIELDS = (
+    "backbone",
+    "alpha",
+    "image_size",
+    "head_units",
+    "dropout",
+    "weights",
+    "precision",
+)
 
 BN_POLICIES = ("frozen", "train")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -283,8 +296,6 @@ def _check_known(values: Mapping[str, Any], source: str) -> None:
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Checks a value's type against the field's default, allowing int where float is expected."""
     if name == "stages" and isinstance(value, list):  # a TOML array of tables [[stages]]
-        from tl_keras import recipe
-
         return recipe.stages_from_tables(value, source)
     expected = type(FIELDS[name].default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -354,7 +365,7 @@ def merged(
     Raises:
       ConfigError: an unknown field, a value of the wrong type, a missing or bad file.
     """
-    from tl_keras import io, recipe
+    from tl_keras import io
 
     cfg = Config()
     saved = os.path.join(workdir, "config.json") if workdir else None
@@ -382,80 +393,160 @@ def to_json(config: Config) -> str:
     return json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A validated config and what follows from it, worked out once by `resolve`.
+
+    Data, model and training take this instead of deriving the same facts again.
+
+    Attributes:
+      config: the config.
+      backbone: the backbone's registry entry.
+      image_size: the square input size in pixels (the backbone's own when the config says 0).
+      weights: 'imagenet', None (random initialisation) or the path of a weights file.
+      schedule: the phases, in order (`recipe.build_schedule`).
+    """
+
+    config: Config
+    backbone: backbones.BackboneSpec
+    image_size: int
+    weights: str | None
+    schedule: tuple[Phase, ...]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a saved model IS: the values of IDENTITY_FIELDS, as `run.json` records them."""
+        resolved = {
+            "backbone": self.backbone.name,
+            "image_size": self.image_size,
+            "weights": self.weights,
+        }
+        return {name: resolved.get(name, getattr(self.config, name)) for name in IDENTITY_FIELDS}
+
+
+def resolve(config: Config | RunSpec) -> RunSpec:
+    """Validates a config and works out what follows from it, once (a RunSpec passes through).
+
+    Raises:
+      ConfigError, BackboneError: as `validate`.
+    """
+    if isinstance(config, RunSpec):
+        return config
+    spec, schedule = _checked(config)
+    return RunSpec(
+        config=config,
+        backbone=spec,
+        image_size=backbones.input_size(spec, config.image_size),
+        weights=backbones.normalize_weights(config.weights),
+        schedule=tuple(schedule),
+    )
+
+
+def input_size(config: Config) -> int:
+    """The square input size a config asks for: `image_size`, or the backbone's own when 0."""
+    return backbones.input_size(backbones.get(config.backbone), config.image_size)
+
+
 def validate(config: Config) -> Config:
     """Checks every field's range and names; returns the config unchanged.
 
+    Imports no TensorFlow, so bad input fails in milliseconds.
+
     Raises:
       ConfigError: with the field, the value received and what is allowed.
+      BackboneError: an unknown backbone, or a width or size it cannot take.
     """
-    from tl_keras import recipe  # light, TensorFlow-free modules
-    from tl_keras.data import augment  # light, TensorFlow-free modules
-    from tl_keras.model import backbones  # light, TensorFlow-free modules
+    _checked(config)
+    return config
 
-    c = config
 
-    def bad(name: str, allowed: str) -> ConfigError:
-        return ConfigError(f"{name}={getattr(c, name)!r} is not allowed: {allowed}")
+def _checked(c: Config) -> tuple[backbones.BackboneSpec, list[Phase]]:
+    """Checks every field, in the order the README's tables list them; the backbone, schedule."""
+    _check_data(c)
+    spec = _check_model(c)
+    schedule = _check_training(c)
+    _check_speed(c)
+    return spec, schedule
 
+
+def _refused(c: Config, name: str, allowed: str) -> ConfigError:
+    return ConfigError(f"{name}={getattr(c, name)!r} is not allowed: {allowed}")
+
+
+def _check_data(c: Config) -> None:
     if not 0.0 <= c.val_fraction < 1.0:
-        raise bad("val_fraction", "use a fraction in [0, 1), e.g. 0.2")
+        raise _refused(c, "val_fraction", "use a fraction in [0, 1), e.g. 0.2")
     if c.batch_size < 1:
-        raise bad("batch_size", "use a positive number of images, e.g. 32")
+        raise _refused(c, "batch_size", "use a positive number of images, e.g. 32")
     if c.synthetic_images_per_class < 2:
-        raise bad("synthetic_images_per_class", "use at least 2")
+        raise _refused(c, "synthetic_images_per_class", "use at least 2")
     if c.resize_method not in RESIZE_METHODS:
-        raise bad(
+        raise _refused(
+            c,
             "resize_method",
             f"one of {', '.join(RESIZE_METHODS)}{did_you_mean(c.resize_method, RESIZE_METHODS)}",
         )
     if c.resize_mode not in RESIZE_MODES:
-        raise bad("resize_mode", f"one of {', '.join(RESIZE_MODES)}")
+        raise _refused(c, "resize_mode", f"one of {', '.join(RESIZE_MODES)}")
     if c.cache not in CACHE_MODES:
-        raise bad("cache", f"one of {', '.join(CACHE_MODES)}")
+        raise _refused(c, "cache", f"one of {', '.join(CACHE_MODES)}")
     if not 0.0 <= c.max_skipped_fraction <= 1.0:
-        raise bad("max_skipped_fraction", "use a fraction in [0, 1], e.g. 0.05")
+        raise _refused(c, "max_skipped_fraction", "use a fraction in [0, 1], e.g. 0.05")
     augment.get(c.augment)  # raises ConfigError listing the presets
     if not (math.isfinite(c.mixup) and c.mixup >= 0):
-        raise bad("mixup", "use 0 (off) or a positive alpha, e.g. 0.2")
+        raise _refused(c, "mixup", "use 0 (off) or a positive alpha, e.g. 0.2")
     if not 0.0 <= c.cutmix <= 1.0:
-        raise bad("cutmix", "use 0 (off) or a factor in (0, 1], e.g. 1.0")
+        raise _refused(c, "cutmix", "use 0 (off) or a factor in (0, 1], e.g. 1.0")
     if not 0.0 <= c.label_smoothing < 1.0:
-        raise bad("label_smoothing", "use a value in [0, 1), e.g. 0.1")
+        raise _refused(c, "label_smoothing", "use a value in [0, 1), e.g. 0.1")
+
+
+def _check_model(c: Config) -> backbones.BackboneSpec:
     spec = backbones.get(c.backbone)  # raises BackboneError listing the names
     backbones.check_alpha(spec, c.alpha, c.weights)
-    backbones.check_image_size(spec, c.image_size or spec.default_size)
+    backbones.check_image_size(spec, backbones.input_size(spec, c.image_size))
     if c.image_size < 0:
-        raise bad("image_size", "use 0 (the backbone's default) or a size in pixels")
+        raise _refused(c, "image_size", "use 0 (the backbone's default) or a size in pixels")
     if c.head_units < 0:
-        raise bad("head_units", "use 0 (no hidden layer) or a positive width")
+        raise _refused(c, "head_units", "use 0 (no hidden layer) or a positive width")
     if not 0.0 <= c.dropout < 1.0:
-        raise bad("dropout", "use a rate in [0, 1)")
+        raise _refused(c, "dropout", "use a rate in [0, 1)")
     if c.bn_policy not in BN_POLICIES:
-        raise bad("bn_policy", f"one of {', '.join(BN_POLICIES)}")
+        raise _refused(c, "bn_policy", f"one of {', '.join(BN_POLICIES)}")
+    return spec
+
+
+def _check_training(c: Config) -> list[Phase]:
     if not (math.isfinite(c.lr) and c.lr > 0):
-        raise bad("lr", "use a positive learning rate, e.g. 1e-3")
+        raise _refused(c, "lr", "use a positive learning rate, e.g. 1e-3")
     recipe.ft_learning_rate(c.lr, c.ft_lr_factor, allow_any=c.allow_any_lr_factor)
     for name in ("epochs_fe", "epochs_ft", "early_stopping_patience", "fe_switch_patience"):
         if getattr(c, name) < 0:
-            raise bad(name, "use 0 or a positive number of epochs")
+            raise _refused(c, name, "use 0 or a positive number of epochs")
     recipe.parse_unfreeze(c.unfreeze)
     if not isinstance(c.stages, str):
-        raise bad("stages", f"write {recipe.STAGES_GRAMMAR}")
+        raise _refused(c, "stages", f"write {recipe.STAGES_GRAMMAR}")
     if not (math.isfinite(c.stage_lr_decay) and c.stage_lr_decay > 0):
-        raise bad("stage_lr_decay", "use a positive factor, e.g. 2 (1 = the same rate)")
+        raise _refused(c, "stage_lr_decay", "use a positive factor, e.g. 2 (1 = the same rate)")
     if not (math.isfinite(c.layer_decay) and 0 < c.layer_decay <= 1):
-        raise bad("layer_decay", "use a factor in (0, 1], e.g. 0.7 (1.0 = off)")
+        raise _refused(c, "layer_decay", "use a factor in (0, 1], e.g. 0.7 (1.0 = off)")
     if c.rollback not in ROLLBACK_MONITORS:
-        raise bad("rollback", "use 'val_accuracy', 'val_loss' or '' (off)")
+        raise _refused(c, "rollback", "use 'val_accuracy', 'val_loss' or '' (off)")
     if c.rollback and c.val_fraction == 0:
-        raise bad("rollback", "it compares validation metrics; set val_fraction > 0")
-    recipe.build_schedule(c)  # the stages, each stage's lr factor, the LR schedules
+        raise _refused(c, "rollback", "it compares validation metrics; set val_fraction > 0")
+    schedule = recipe.build_schedule(c)  # the stages, each stage's lr factor, the LR schedules
     if c.optimizer not in OPTIMIZERS:
-        raise bad(
-            "optimizer", f"one of {', '.join(OPTIMIZERS)}{did_you_mean(c.optimizer, OPTIMIZERS)}"
+        raise _refused(
+            c,
+            "optimizer",
+            f"one of {', '.join(OPTIMIZERS)}{did_you_mean(c.optimizer, OPTIMIZERS)}",
         )
     if c.progress not in PROGRESS:
-        raise bad("progress", f"one of {', '.join(PROGRESS)}")
+        raise _refused(c, "progress", f"one of {', '.join(PROGRESS)}")
+    return schedule
+
+
+def _check_speed(c: Config) -> None:
     for name, allowed in (
         ("feature_cache", FEATURE_CACHE_MODES),
         ("precision", PRECISIONS),
@@ -464,7 +555,6 @@ def validate(config: Config) -> Config:
     ):
         value = getattr(c, name)
         if value not in allowed:
-            raise bad(name, f"one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
+            raise _refused(c, name, f"one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
     if c.logical_cpus < 0 or c.logical_cpus == 1:
-        raise bad("logical_cpus", "use 0 (off) or at least 2 logical devices")
-    return c
+        raise _refused(c, "logical_cpus", "use 0 (off) or at least 2 logical devices")

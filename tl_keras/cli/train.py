@@ -44,11 +44,11 @@ def main(argv: list[str]) -> int:
         common.no_arguments(argv)
         common.require_workdir(FLAGS.workdir, "the folder where the run's artifacts go")
         cfg = common.config_from_flags(phase=FLAGS.phase, resume=FLAGS.resume)
-        config_lib.validate(cfg)  # bad flags fail in milliseconds, before TensorFlow loads
+        spec = config_lib.resolve(cfg)  # bad flags fail in milliseconds, before TensorFlow loads
         from tl_keras.training import runner  # imports TensorFlow: after the cheap checks
 
         result = runner.train(
-            cfg, FLAGS.workdir, phase=FLAGS.phase, overwrite=FLAGS.overwrite, resume=FLAGS.resume
+            spec, FLAGS.workdir, phase=FLAGS.phase, overwrite=FLAGS.overwrite, resume=FLAGS.resume
         )
         _log_done(result)
         return common.EXIT_OK

@@ -181,11 +181,10 @@ class Pipeline:
     label_smoothing: float = 0.0
 
     @classmethod
-    def from_config(cls, config, *, workdir: str | None = None) -> Pipeline:
-        from tl_keras.model import backbones
-
+    def from_config(cls, config, *, image_size: int, workdir: str | None = None) -> Pipeline:
+        """The pipeline a `Config` describes, at `image_size` (its resolved input size)."""
         return cls(
-            image_size=config.image_size or backbones.get(config.backbone).default_size,
+            image_size=image_size,
             batch_size=config.batch_size,
             seed=config.seed,
             resize_method=config.resize_method,
@@ -317,7 +316,7 @@ def load_image_file(path: str, p: Pipeline) -> np.ndarray:
     """Reads one image file exactly as training and evaluation do: float32 0..255, S x S x 3.
 
     For inference on new files (`tl_keras.predict`): the same decoder, resize mode, resize
-    method and rounding as the pipeline `p` (build it with `Pipeline.from_config(run_config)`).
+    method and rounding as the pipeline `p` (build it with `Pipeline.from_config(run_config, image_size=...)`).
 
     Raises:
       DataError: the file is missing, not a file, or not an image TensorFlow can decode.

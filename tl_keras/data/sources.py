@@ -472,7 +472,8 @@ def from_arrays(
     """Builds a `DataBundle` from in-memory arrays (notebooks, tests).
 
     Args:
-      config: a `Config` (image size, batch size, augmentation, val_fraction, seed...).
+      config: a `Config` or its `RunSpec` (image size, batch size, augmentation,
+        val_fraction, seed...).
       x_train: uint8 (or 0..255 numbers) N x H x W x C images, C in 1, 3, 4; or N x H x W.
       y_train: class indices (N,), or one-hot (N, K).
       x_val, y_val: validation arrays; default: hold out `config.val_fraction` of train.
@@ -496,7 +497,8 @@ def from_arrays(
         y_test=y_test,
         class_names=class_names,
     )
-    p = Pipeline.from_config(config, workdir=workdir)
+    config, size = _settings(config)
+    p = Pipeline.from_config(config, image_size=size, workdir=workdir)
     return assemble(raw, p, val_fraction=config.val_fraction)
 
 
@@ -568,12 +570,21 @@ def _check_fields_apply(config, kind: str) -> None:
                 )
 
 
+def _settings(config) -> tuple[Any, int]:
+    """The config, and the input size it resolves to (a `RunSpec` has worked it out already)."""
+    from tl_keras import config as config_lib
+
+    if isinstance(config, config_lib.RunSpec):
+        return config.config, config.image_size
+    return config, config_lib.input_size(config)
+
+
 def load_data(config, *, workdir: str | None = None) -> DataBundle:
     """Loads the data a config names, at the image size of its backbone.
 
     Args:
-      config: a `tl_keras.config.Config`; `data_dir` is an image-folder tree, 'tfds:NAME', a
-        .npz file or 'synthetic'.
+      config: a `tl_keras.config.Config` (or its `RunSpec`); `data_dir` is an image-folder
+        tree, 'tfds:NAME', a .npz file or 'synthetic'.
       workdir: where 'synthetic' data is drawn (under <workdir>/data) and cache='file' caches.
 
     Returns:
@@ -585,6 +596,7 @@ def load_data(config, *, workdir: str | None = None) -> DataBundle:
     """
     from tl_keras.data import synthetic
 
+    config, size = _settings(config)
     data_dir = config.data_dir
     if not data_dir:
         raise DataError(
@@ -613,6 +625,6 @@ def load_data(config, *, workdir: str | None = None) -> DataBundle:
         log.info("data: validation data given (%s); val_fraction is not used", raw.where["val"])
     return assemble(
         raw,
-        Pipeline.from_config(config, workdir=workdir),
+        Pipeline.from_config(config, image_size=size, workdir=workdir),
         val_fraction=0.0 if given_val else config.val_fraction,
     )

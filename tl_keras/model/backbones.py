@@ -181,12 +181,14 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def get(name: str) -> BackboneSpec:
-    """Returns the spec of a backbone by name (case, '_' and '-' ignored).
+def get(name: str | BackboneSpec) -> BackboneSpec:
+    """Returns the spec of a backbone by name (case, '_' and '-' ignored); a spec passes through.
 
     Raises:
       BackboneError: the name is unknown; the message lists the known names.
     """
+    if isinstance(name, BackboneSpec):
+        return name
     canonical = _ALIASES.get(_key(str(name)))
     if canonical is None:
         raise BackboneError(
@@ -216,6 +218,11 @@ def check_alpha(spec: BackboneSpec, alpha: float, weights: str | None) -> None:
             f"{', '.join(f'{a:g}' for a in spec.imagenet_alphas)}, not alpha={alpha:g}; pick one of "
             "those, or train from weights='none'"
         )
+
+
+def input_size(spec: BackboneSpec, image_size: int | None) -> int:
+    """The square input size in pixels: `image_size`, or the backbone's own when 0 or None."""
+    return image_size or spec.default_size
 
 
 def check_image_size(spec: BackboneSpec, image_size: int) -> None:
@@ -303,7 +310,7 @@ def build_base(
     import keras
 
     weights = normalize_weights(weights)
-    size = image_size or spec.default_size
+    size = input_size(spec, image_size)
     check_image_size(spec, size)
     check_alpha(spec, alpha, weights)
     local_file = weights not in (None, "imagenet")

@@ -28,7 +28,7 @@ RNG_FILE = "rng_state.json"  # dropout RNG states, saved next to a model (see `g
 
 
 def build_model(
-    backbone: str,
+    backbone: str | backbones.BackboneSpec,
     num_classes: int,
     *,
     image_size: int | None = None,
@@ -41,7 +41,7 @@ def build_model(
     """Builds the transfer-learning classifier with the whole base frozen (ready for `fe`).
 
     Args:
-      backbone: a name from `tl_keras.backbones.names()`.
+      backbone: a name from `tl_keras.model.backbones.names()` (or its `BackboneSpec`).
       num_classes: number of output classes (>= 2).
       image_size: square input size; None = the backbone's default.
       weights: 'imagenet', None/'none', or the path of a local weights file.
@@ -63,7 +63,7 @@ def build_model(
     spec = backbones.get(backbone)
     if num_classes < 2:
         raise BackboneError(f"num_classes={num_classes} must be at least 2 for a classifier")
-    size = image_size or spec.default_size
+    size = backbones.input_size(spec, image_size)
     base = backbones.build_base(spec, image_size=size, weights=weights, alpha=alpha)
     base.trainable = False
 
@@ -124,7 +124,11 @@ def count_params(weights: list) -> int:
 
 
 def set_trainable(
-    model: keras.Model, backbone: str, unfreeze: str, *, bn_policy: str = "frozen"
+    model: keras.Model,
+    backbone: str | backbones.BackboneSpec,
+    unfreeze: str,
+    *,
+    bn_policy: str = "frozen",
 ) -> TrainabilityReport:
     """Makes exactly the layers named by `unfreeze` (plus the head) trainable.
 
@@ -134,7 +138,7 @@ def set_trainable(
 
     Args:
       model: a model from `build_model` (or loaded from a `.keras` file it saved).
-      backbone: the backbone's registry name (decides the block structure).
+      backbone: the backbone's registry name or `BackboneSpec` (decides the block structure).
       unfreeze: 'none', 'all', 'layers:N', 'blocks:K' or 'fraction:F'.
       bn_policy: 'frozen' or 'train' (experiments only).
 

@@ -30,8 +30,8 @@ import math
 import os
 import secrets
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-import keras
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,6 +40,9 @@ from matplotlib.figure import Figure
 from tl_keras import config as config_lib
 from tl_keras import recipe
 from tl_keras.errors import ConfigError, WorkdirError
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger("tl_keras")
 
@@ -140,6 +143,8 @@ def _save_atomically(fig: Figure, path: str) -> None:
 
 def _clone_with_float_lr(optimizer: keras.optimizers.Optimizer, lr: float):
     """A new, unbuilt optimizer configured like `optimizer` but with a settable float lr."""
+    import keras
+
     loss_scale = getattr(keras.optimizers, "LossScaleOptimizer", None)
     if loss_scale is not None and isinstance(optimizer, loss_scale):
         inner = _clone_with_float_lr(optimizer.inner_optimizer, lr)
@@ -175,6 +180,8 @@ def _state_variables(optimizer) -> list:
     A float learning rate is a variable and a schedule is not, so the copy (always a float) may
     have one more variable than the original; everything else matches one to one.
     """
+    import keras
+
     lr_ids = set()
     for opt in (optimizer, getattr(optimizer, "inner_optimizer", None)):
         if opt is None:
@@ -419,19 +426,37 @@ def run_lr_find(
     """
     import keras
 
-    from tl_keras import io
     from tl_keras.data.sources import load_data
-    from tl_keras.model.classifier import set_trainable
-    from tl_keras.training import optim, runner
-    from tl_keras.training.plan import check_same_run
-    from tl_keras.workdir import Workdir
 
-    config = config_lib.validate(config)
+    spec = config_lib.resolve(config)
     try:
         check_args(min_lr, max_lr, num_steps, 0.98, 4.0)
     except ValueError as e:
         raise ConfigError(f"LR range test: {e}") from None
-    schedule = recipe.build_schedule(config)
+    target, prev, wd, run = _plan(spec, workdir, phase)
+    keras.utils.set_random_seed(spec.config.seed)
+    if data is None:
+        data = load_data(spec, workdir=wd.path)
+    model = _model_for(spec, target, prev, wd, run, data)
+    epochs = math.ceil(num_steps / data.steps_per_epoch)
+    result = find_lr(
+        model, data.train_epochs(0, epochs), min_lr=min_lr, max_lr=max_lr, num_steps=num_steps
+    )
+    out = _write(result, spec, target, wd, min_lr=min_lr, max_lr=max_lr)
+    _log_suggestion(spec.config, target, result, out)
+    return result
+
+
+def _plan(spec, workdir: str, phase: str | None):
+    """The phase to test, the one before it, the workdir and its run.json; refuses the rest.
+
+    Raises:
+      ConfigError: --phase=all or an unknown phase.
+      WorkdirError: the workdir cannot be written, or lacks the phase before the one tested.
+    """
+    from tl_keras.workdir import Workdir
+
+    schedule = spec.schedule
     phase = phase or schedule[0].name
     if phase == "all":
         raise ConfigError(
@@ -449,30 +474,37 @@ def run_lr_find(
             f"{wd.path!r} has no {prev.name!r} done; run "
             f"`python -m tl_keras.train --phase={prev.name} --workdir={workdir}` first"
         )
+    return target, prev, wd, run
 
-    keras.utils.set_random_seed(config.seed)
-    if data is None:
-        data = load_data(config, workdir=wd.path)
+
+def _model_for(spec, target: recipe.Phase, prev, wd, run, data) -> keras.Model:
+    """The model set up as `target` would train it: unfrozen, compiled with its optimizer."""
+    from tl_keras.model.classifier import set_trainable
+    from tl_keras.training import optim, runner
+    from tl_keras.training.plan import check_same_run
+
     if prev is None:
-        model = runner.build_initial_model(config, data)
+        model = runner.build_initial_model(spec, data)
     else:
-        check_same_run(run, config, data.class_names, wd.path)
+        check_same_run(run, spec, data.class_names, wd.path)
         model = runner.load_phase_model(wd, prev.name)
-    set_trainable(model, config.backbone, target.unfreeze, bn_policy=config.bn_policy)
+    set_trainable(model, spec.backbone, target.unfreeze, bn_policy=spec.config.bn_policy)
     # The sweep sets the (base) rate itself; the phase's own schedule does not apply.
     flat = dataclasses.replace(target, lr_schedule=recipe.LRSchedule())
     optimizer, _ = optim.phase_optimizer(
-        model, flat, backbone=config.backbone, steps_per_epoch=data.steps_per_epoch
+        model, flat, backbone=spec.backbone, steps_per_epoch=data.steps_per_epoch
     )
     optim.compile_for_phase(model, flat, optimizer=optimizer)
-    epochs = math.ceil(num_steps / data.steps_per_epoch)
-    result = find_lr(
-        model, data.train_epochs(0, epochs), min_lr=min_lr, max_lr=max_lr, num_steps=num_steps
-    )
+    return model
+
+
+def _write(result: LRFinderResult, spec, target: recipe.Phase, wd, *, min_lr, max_lr) -> str:
+    """Writes `lr_find/<phase>.png` and `.json` (the suggestion and every step); their folder."""
+    from tl_keras import io
 
     out = wd.file(LR_FIND_DIR)
     os.makedirs(out, exist_ok=True)
-    result.plot(os.path.join(out, f"{phase}.png"))
+    result.plot(os.path.join(out, f"{target.name}.png"))
     payload = {
         "phase": target.name,
         "unfreeze": target.unfreeze,
@@ -480,7 +512,7 @@ def run_lr_find(
         "suggestion": result.suggestion,
         "suggestion_method": result.suggestion_method,
         "implied_lr_factor": (
-            config.lr / result.suggestion if result.suggestion and target.trains_base else None
+            spec.config.lr / result.suggestion if result.suggestion and target.trains_base else None
         ),
         "diverged": result.diverged,
         "min_lr": min_lr,
@@ -490,9 +522,8 @@ def run_lr_find(
         "losses": [v if math.isfinite(v) else None for v in result.losses],
         "smoothed_losses": [v if math.isfinite(v) else None for v in result.smoothed_losses],
     }
-    io.atomic_write_json(os.path.join(out, f"{phase}.json"), payload)
-    _log_suggestion(config, target, result, out)
-    return result
+    io.atomic_write_json(os.path.join(out, f"{target.name}.json"), payload)
+    return out
 
 
 def _log_suggestion(config, target: recipe.Phase, result, out: str) -> None:

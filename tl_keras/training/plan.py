@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import ConfigError, WorkdirError
-from tl_keras.model import backbones
 from tl_keras.recipe import Phase
 from tl_keras.training import checkpoint
 from tl_keras.workdir import Workdir
@@ -68,7 +67,7 @@ def check_options(*, overwrite: bool, resume: bool) -> None:
 
 
 def plan_run(
-    config: config_lib.Config,
+    spec: config_lib.RunSpec,
     workdir: str,
     *,
     phase: str = "all",
@@ -79,7 +78,7 @@ def plan_run(
     """Decides which phases run from which state of the workdir, refusing what cannot run.
 
     Args:
-      config: a validated config.
+      spec: the resolved config (`tl_keras.config.resolve`).
       workdir: the run's folder.
       phase: 'all' or one phase's name.
       overwrite: replace results already there.
@@ -96,7 +95,7 @@ def plan_run(
         (without --overwrite), or --resume is given another config.
     """
     check_options(overwrite=overwrite, resume=resume)
-    schedule = tuple(recipe.build_schedule(config))
+    schedule = spec.schedule
     targets = recipe.select_phases(schedule, phase)
     wd, out = Workdir(workdir), Workdir(outdir or workdir)
     out.ensure_writable()
@@ -104,7 +103,7 @@ def plan_run(
     done = dict(run["phases"]) if run else {}
     ckpt = None
     if resume and run is not None:
-        check_resume_config(wd, config)
+        check_resume_config(wd, spec.config)
         ckpt = checkpoint.latest(wd.path)
         targets = [p for p in targets if p.name not in done]
         if not targets:
@@ -177,29 +176,15 @@ def check_resume_config(wd: Workdir, config: config_lib.Config) -> None:
         )
 
 
-def identity(config: config_lib.Config) -> dict:
-    """What a saved model IS: the `run.json` fields a later phase must agree with."""
-    spec = backbones.get(config.backbone)
-    return {
-        "backbone": spec.name,
-        "alpha": config.alpha,
-        "image_size": config.image_size or spec.default_size,
-        "head_units": config.head_units,
-        "dropout": config.dropout,
-        "weights": backbones.normalize_weights(config.weights),
-        "precision": config.precision,
-    }
-
-
 def check_same_run(
-    run: dict, config: config_lib.Config, class_names: Sequence[str], workdir: str
+    run: dict, spec: config_lib.RunSpec, class_names: Sequence[str], workdir: str
 ) -> None:
     """Refuses to continue a workdir with a config or data that describe a different model.
 
     Raises:
       WorkdirError: naming each field that differs, its saved and its given value.
     """
-    given = identity(config)
+    given = spec.identity
     diffs = [f"{k}: saved {run[k]!r}, given {v!r}" for k, v in given.items() if run.get(k) != v]
     if list(run["class_names"]) != list(class_names):
         saved, now = run["class_names"], list(class_names)

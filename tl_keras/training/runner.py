@@ -31,7 +31,6 @@ from tl_keras.data.pipeline import DataBundle
 from tl_keras.data.sources import load_data
 from tl_keras.errors import WorkdirError
 from tl_keras.history import History
-from tl_keras.model import backbones
 from tl_keras.model.classifier import (
     RNG_FILE,
     build_model,
@@ -42,7 +41,7 @@ from tl_keras.model.classifier import (
 from tl_keras.plotting import plot_history
 from tl_keras.training import checkpoint, distribute, rollback
 from tl_keras.training.phase import PhaseResult, run_phase
-from tl_keras.training.plan import RunPlan, check_options, check_same_run, identity, plan_run
+from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")
@@ -98,7 +97,7 @@ def train(
     `resume=True` continues a killed run from the newest one, in any phase.
 
     Args:
-      config: the resolved config (see `tl_keras.config`).
+      config: the config (see `tl_keras.config`), or its `RunSpec` (`config.resolve`).
       workdir: the run's folder.
       phase: 'all' or the name of one phase ('fe', 'ft', or a stage of `config.stages`).
       overwrite: replace results already in `workdir` (otherwise refused).
@@ -121,7 +120,8 @@ def train(
       >>> result.history.boundaries()
       [5.5]
     """
-    config = config_lib.validate(config)
+    spec = config_lib.resolve(config)  # the one place the config is worked out
+    config = spec.config
     check_options(overwrite=overwrite, resume=resume)
     strategy = distribute.make_strategy(config.strategy, logical_cpus=config.logical_cpus)
     previous_policy = keras.mixed_precision.global_policy()
@@ -129,7 +129,7 @@ def train(
     try:
         with strategy.scope():
             return _train(
-                config,
+                spec,
                 workdir,
                 strategy=strategy,
                 phase=phase,
@@ -142,7 +142,7 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(config, workdir, *, strategy, phase, overwrite, resume, data, callbacks) -> RunResult:
+def _train(spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks) -> RunResult:
     """`train` inside the strategy's scope; only the chief's artifacts land in the workdir.
 
     Under multi-worker training, saving a model reads synchronised variables (BatchNorm
@@ -156,15 +156,15 @@ def _train(config, workdir, *, strategy, phase, overwrite, resume, data, callbac
     outdir = workdir if chief else tempfile.mkdtemp(prefix="tl_keras-worker-")
     try:
         plan = plan_run(
-            config, workdir, phase=phase, overwrite=overwrite, resume=resume, outdir=outdir
+            spec, workdir, phase=phase, overwrite=overwrite, resume=resume, outdir=outdir
         )
         if plan.nothing_to_do:
             return _finished_run(plan)
-        plan = _scale_learning_rates(plan, config, strategy.num_replicas_in_sync)
-        state = initial_state(plan, config, data)
+        plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
+        state = initial_state(plan, spec, data)
         distribute.enable_multi_worker_fit(state.model, strategy)  # evaluate() for rollback, too
-        _start_run(plan, config, state)
-        results = run_phases(plan, config, state, strategy=strategy, callbacks=callbacks)
+        _start_run(plan, spec.config, state)
+        results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
         return RunResult(
             state.model, state.history, results, list(state.data.class_names), plan.workdir.path
         )
@@ -196,7 +196,7 @@ def _scale_learning_rates(plan: RunPlan, config: config_lib.Config, replicas: in
 
 
 def initial_state(
-    plan: RunPlan, config: config_lib.Config, data: DataBundle | None = None
+    plan: RunPlan, spec: config_lib.RunSpec, data: DataBundle | None = None
 ) -> RunState:
     """The data, and the model and history the first phase of the plan starts from.
 
@@ -208,11 +208,12 @@ def initial_state(
       DataError: the data cannot be used.
     """
     wd, prev, ckpt, run = plan.workdir, plan.previous, plan.resume_from, plan.run
+    config = spec.config
     keras.utils.set_random_seed(config.seed)
     if data is None:
-        data = load_data(config, workdir=wd.path)
+        data = load_data(spec, workdir=wd.path)
     if run is not None and (prev is not None or ckpt is not None):
-        check_same_run(run, config, data.class_names, wd.path)
+        check_same_run(run, spec, data.class_names, wd.path)
     reference = None  # under rollback: the best weights the next phase must beat
     if ckpt is not None:
         model = ckpt.load_model()
@@ -220,11 +221,11 @@ def initial_state(
         if config.rollback and prev is not None:
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
-        model = build_initial_model(config, data)
+        model = build_initial_model(spec, data)
         if run is not None and plan.chief:  # --overwrite or a restart: now clear the old run
             wd.clear_results()
             checkpoint.remove_all(wd.path)
-        run = {**identity(config), "class_names": list(data.class_names), "phases": {}}
+        run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
         history = History()
     else:
         model = load_phase_model(wd, prev.name)
@@ -248,7 +249,7 @@ def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> Non
 
 def run_phases(
     plan: RunPlan,
-    config: config_lib.Config,
+    spec: config_lib.RunSpec,
     state: RunState,
     *,
     strategy,
@@ -259,13 +260,13 @@ def run_phases(
     A phase counts as done only once its artifacts and then `run.json` are written; its
     checkpoints are removed after that.
     """
-    out, ckpt, results = plan.outdir, plan.resume_from, []
+    out, ckpt, config, results = plan.outdir, plan.resume_from, spec.config, []
     for p in plan.targets:
         result = run_phase(
             state.model,
             p,
             state.data,
-            backbone=config.backbone,
+            backbone=spec.backbone,
             initial_epoch=state.history.last_epoch,
             bn_policy=config.bn_policy,
             callbacks=[*callbacks, *_log_callbacks(config, out)],
@@ -365,23 +366,30 @@ def _final_model(wd: Workdir, run: dict) -> keras.Model:
     return load_phase_model(wd, done[-1])
 
 
-def build_initial_model(config: config_lib.Config, data: DataBundle) -> keras.Model:
+def build_initial_model(
+    config: config_lib.Config | config_lib.RunSpec, data: DataBundle
+) -> keras.Model:
     """Builds the model the first phase starts from (base frozen, ready for `fe`).
 
     With `weights = "none"` the random base's BatchNorm statistics are re-estimated from a few
     training batches (see `calibrate_batchnorm`); pretrained bases are never touched.
+
+    Args:
+      config: the config, or its `RunSpec`.
+      data: the data bundle (its classes, and batches for the calibration).
     """
+    spec = config_lib.resolve(config)
     model = build_model(
-        config.backbone,
+        spec.backbone,
         data.num_classes,
-        image_size=config.image_size or None,
-        weights=backbones.normalize_weights(config.weights),
-        alpha=config.alpha,
-        head_units=config.head_units,
-        dropout=config.dropout,
-        seed=config.seed,
+        image_size=spec.image_size,
+        weights=spec.weights,
+        alpha=spec.config.alpha,
+        head_units=spec.config.head_units,
+        dropout=spec.config.dropout,
+        seed=spec.config.seed,
     )
-    if backbones.normalize_weights(config.weights) is None:
+    if spec.weights is None:
         n = calibrate_batchnorm(model, data.train_epochs(0, 1).take(BN_CALIBRATION_BATCHES))
         log.warning(
             "weights=none: the base starts random, so training only the head learns what random "
