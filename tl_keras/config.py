@@ -25,7 +25,8 @@ from tl_keras import recipe
 from tl_keras.data import augment
 from tl_keras.errors import ConfigError, did_you_mean
 from tl_keras.model import backbones
-from tl_keras.recipe import Phase
+from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase
+from tl_keras.training import distribute, features, optim, rollback
 
 
 def _field(default: Any, help: str) -> Any:
@@ -134,10 +135,14 @@ class Config:
     # --- schedule -----------------------------------------------------------------------------
     lr: float = _field(1e-3, "Learning rate of feature extraction (the base learning rate).")
     ft_lr_factor: float = _field(
-        10.0, "Fine-tuning learning rate = lr / ft_lr_factor; must lie in [10, 100]."
+        10.0,
+        "Fine-tuning learning rate = lr / ft_lr_factor; must lie in "
+        f"[{LR_FACTOR_RANGE[0]:g}, {LR_FACTOR_RANGE[1]:g}].",
     )
     allow_any_lr_factor: bool = _field(
-        False, "Allow an ft_lr_factor outside [10, 100] (you are on your own)."
+        False,
+        f"Allow an ft_lr_factor outside [{LR_FACTOR_RANGE[0]:g}, {LR_FACTOR_RANGE[1]:g}] (you "
+        "are on your own).",
     )
     epochs_fe: int = _field(5, "Epochs of feature extraction (head only, base frozen).")
     epochs_ft: int = _field(5, "Epochs of fine-tuning.")
@@ -251,10 +256,12 @@ IDENTITY_FIELDS = (
     "precision",
 )
 
-BN_POLICIES = ("frozen", "train")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# The names a field may take live in the module that acts on them (recipe.BN_POLICIES,
+# optim.OPTIMIZERS and JIT_COMPILE, distribute.PRECISIONS and STRATEGIES, features.MODES,
+# rollback.MONITORS, the augment presets, the backbones); `validate` checks against those.
+# The data pipeline and the phase's logging need TensorFlow at import, so the names of their
+# fields live here, their only home.
 PROGRESS = ("auto", "bar", "lines")
-ROLLBACK_MONITORS = ("", "val_accuracy", "val_loss")
 RESIZE_METHODS = (
     "bilinear",
     "nearest",
@@ -267,16 +274,6 @@ RESIZE_METHODS = (
 )
 RESIZE_MODES = ("stretch", "crop", "pad", "crop_or_pad")
 CACHE_MODES = ("none", "memory", "file")
-FEATURE_CACHE_MODES = ("memory", "file", "off")
-PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
-JIT_COMPILE = ("auto", "on", "off")
-STRATEGIES = (
-    "default",
-    "mirrored",
-    "multi_worker",
-    "tpu",
-)  # tl_keras.training.distribute builds them
-LR_FACTOR_RANGE = (10.0, 100.0)
 
 
 def field_help(name: str) -> str:
@@ -530,16 +527,15 @@ def _check_training(c: Config) -> list[Phase]:
         raise _refused(c, "stage_lr_decay", "use a positive factor, e.g. 2 (1 = the same rate)")
     if not (math.isfinite(c.layer_decay) and 0 < c.layer_decay <= 1):
         raise _refused(c, "layer_decay", "use a factor in (0, 1], e.g. 0.7 (1.0 = off)")
-    if c.rollback not in ROLLBACK_MONITORS:
+    if c.rollback not in rollback.MONITORS:
         raise _refused(c, "rollback", "use 'val_accuracy', 'val_loss' or '' (off)")
     if c.rollback and c.val_fraction == 0:
         raise _refused(c, "rollback", "it compares validation metrics; set val_fraction > 0")
     schedule = recipe.build_schedule(c)  # the stages, each stage's lr factor, the LR schedules
-    if c.optimizer not in OPTIMIZERS:
+    if c.optimizer not in optim.OPTIMIZERS:
+        names = optim.OPTIMIZERS
         raise _refused(
-            c,
-            "optimizer",
-            f"one of {', '.join(OPTIMIZERS)}{did_you_mean(c.optimizer, OPTIMIZERS)}",
+            c, "optimizer", f"one of {', '.join(names)}{did_you_mean(c.optimizer, names)}"
         )
     if c.progress not in PROGRESS:
         raise _refused(c, "progress", f"one of {', '.join(PROGRESS)}")
@@ -548,10 +544,10 @@ def _check_training(c: Config) -> list[Phase]:
 
 def _check_speed(c: Config) -> None:
     for name, allowed in (
-        ("feature_cache", FEATURE_CACHE_MODES),
-        ("precision", PRECISIONS),
-        ("jit_compile", JIT_COMPILE),
-        ("strategy", STRATEGIES),
+        ("feature_cache", features.MODES),
+        ("precision", distribute.PRECISIONS),
+        ("jit_compile", optim.JIT_COMPILE),
+        ("strategy", distribute.STRATEGIES),
     ):
         value = getattr(c, name)
         if value not in allowed:

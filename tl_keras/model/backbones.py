@@ -26,6 +26,7 @@ BUILTIN = "builtin"
 SCALE_MINUS1_1 = "scale_-1_1"
 
 MIN_IMAGE_SIZE = 32  # keras.applications refuses smaller inputs for include_top=False
+BACKBONE_LAYER = "backbone"  # the base's name in every model: model.get_layer(BACKBONE_LAYER)
 
 # Block rules: (regex on the layer name, block name; "{0}" is the regex's first group). The first
 # matching rule wins; a layer that matches none (an unnamed activation, a padding) belongs to the
@@ -340,9 +341,9 @@ def build_base(
                     "--weights=none to start from random weights"
                 ) from None
             raise
-    # A stable name, so every tool finds the base as model.get_layer("backbone"). Set after
+    # A stable name, so every tool finds the base as model.get_layer(BACKBONE_LAYER). Set after
     # construction: EfficientNetV2 uses its `name` argument to look up its block arguments.
-    base.name = "backbone"
+    base.name = BACKBONE_LAYER
     if local_file:
         load_weights_file(spec, base, weights)
     return base

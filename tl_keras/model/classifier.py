@@ -19,10 +19,14 @@ import numpy as np
 from tl_keras import recipe
 from tl_keras.errors import BackboneError
 from tl_keras.model import backbones
+from tl_keras.model.backbones import BACKBONE_LAYER
 
 log = logging.getLogger("tl_keras")
 
-BACKBONE_LAYER = "backbone"
+# Layer names every tool finds layers by (the head in order; the pooled features it reads);
+# the base is backbones.BACKBONE_LAYER.
+PREPROCESS_LAYER = "preprocess"
+FEATURE_LAYER = "avg_pool"
 HEAD_LAYERS = ("head_dense", "head_dropout", "predictions")
 RNG_FILE = "rng_state.json"  # dropout RNG states, saved next to a model (see `get_rng_state`)
 
@@ -70,24 +74,24 @@ def build_model(
     inputs = keras.Input(shape=(size, size, 3), name="image")
     x = inputs
     if spec.preprocessing == backbones.SCALE_MINUS1_1:
-        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS_LAYER)(x)
     # training=False documents intent, but in Keras 3 fit() overrides it for nested models: the
     # BatchNorm guard in set_trainable is what actually keeps the statistics fixed.
     x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     init = keras.initializers.GlorotUniform(seed=seed)
     if head_units:
         x = keras.layers.Dense(
-            head_units, activation="relu", kernel_initializer=init, name="head_dense"
+            head_units, activation="relu", kernel_initializer=init, name=HEAD_LAYERS[0]
         )(x)
-    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_LAYERS[1])(x)
     # float32 softmax keeps probabilities exact under a mixed-precision policy.
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
         dtype="float32",
         kernel_initializer=init,
-        name="predictions",
+        name=HEAD_LAYERS[2],
     )(x)
     return keras.Model(inputs, outputs, name=f"tl_{spec.name}")
 
@@ -189,7 +193,7 @@ def calibrate_batchnorm(model: keras.Model, batches) -> int:
     bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [(layer.trainable, layer.momentum) for layer in bns]
     base_trainable = base.trainable
-    preprocess = [layer for layer in model.layers if layer.name == "preprocess"]
+    preprocess = [layer for layer in model.layers if layer.name == PREPROCESS_LAYER]
     base.trainable = True
     for layer in bns:
         layer.trainable = True

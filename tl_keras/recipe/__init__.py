@@ -29,6 +29,7 @@ factor): they cannot touch the pretrained features the rule protects.
 """
 
 from tl_keras.recipe.layers import (
+    BN_POLICIES,
     LayerInfo,
     block_lr_multipliers,
     block_order,
@@ -62,6 +63,7 @@ from tl_keras.recipe.stages import (
 )
 
 __all__ = [
+    "BN_POLICIES",
     "LR_FACTOR_RANGE",
     "LR_SCHEDULES",
     "RESERVED_STAGE_NAMES",

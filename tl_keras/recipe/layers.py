@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from tl_keras.errors import ConfigError
 from tl_keras.recipe.stages import Unfreeze, parse_unfreeze
 
+# --bn_policy: 'frozen' (BatchNormalization never trains: the default, and the safe choice) or
+# 'train' (unfrozen BN layers update their statistics; experiments, and training from scratch).
+BN_POLICIES = ("frozen", "train")
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
@@ -78,7 +82,7 @@ def trainable_layers(
             )
         top = set(order[-k:])
         chosen = [layer for layer in candidates if layer.block in top]
-    if bn_policy == "frozen":
+    if bn_policy == BN_POLICIES[0]:  # frozen
         chosen = [layer for layer in chosen if not layer.is_batchnorm]
     return [layer.name for layer in chosen]
 

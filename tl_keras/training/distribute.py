@@ -1,6 +1,7 @@
-"""Training on more than one device or machine with TensorFlow's own `tf.distribute`.
+"""How training runs on the hardware: precision, and more than one device or machine.
 
-`--strategy` picks one of STRATEGIES. The batch size is always the global batch (split across
+`--precision` picks one of PRECISIONS (`precision_policy`); `--strategy` picks one of STRATEGIES
+(TensorFlow's own `tf.distribute`). The batch size is always the global batch (split across
 replicas); learning rates are not rescaled unless the user asks (`--scale_lr_with_replicas`).
 Only the chief writes artifacts; every worker trains.
 
@@ -25,14 +26,20 @@ import json
 import logging
 import os
 import types
-
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from tl_keras.errors import ConfigError
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 log = logging.getLogger("tl_keras")
 
+# --strategy: the names `make_strategy` builds; --precision: the dtype policies (see
+# `precision_policy`). TensorFlow is imported inside the functions, so `tl_keras.config`
+# validates both against these names without it.
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
 
 
 def split_cpu(n: int) -> None:
@@ -41,6 +48,8 @@ def split_cpu(n: int) -> None:
     Raises:
       ConfigError: TensorFlow already initialised its devices with another split.
     """
+    import tensorflow as tf
+
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if current is not None and len(current) == n:
@@ -58,6 +67,8 @@ def split_cpu(n: int) -> None:
 
 def precision_policy(name: str) -> str:
     """The Keras dtype policy for a `precision` value ('mixed' picks float16 on a GPU)."""
+    import tensorflow as tf
+
     if name == "mixed":
         return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
     return name
@@ -81,6 +92,8 @@ def make_strategy(name: str, *, logical_cpus: int = 0) -> tf.distribute.Strategy
     Raises:
       ConfigError: an unknown name, or 'multi_worker' without a usable TF_CONFIG.
     """
+    import tensorflow as tf
+
     if logical_cpus:
         split_cpu(logical_cpus)
     if name == "default":
@@ -111,6 +124,8 @@ def make_strategy(name: str, *, logical_cpus: int = 0) -> tf.distribute.Strategy
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    import tensorflow as tf
+
     return (
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         and strategy.extended._in_multi_worker_mode()
@@ -129,6 +144,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def _local_symbolic_build(self, iterator=None, data_batch=None):
     """Keras's _maybe_symbolic_build with the batch taken from the local replica."""
+    import tensorflow as tf
+
     if self._distribute_strategy is None:
         return
     if iterator is not None:
@@ -160,6 +177,7 @@ def _patch_reduce_per_replica() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
     original = tf_trainer.reduce_per_replica

@@ -29,18 +29,20 @@ import hashlib
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from tl_keras import io
-from tl_keras.model.classifier import BACKBONE_LAYER
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger("tl_keras")
 
-FEATURE_LAYER = "avg_pool"  # the model's pooled features: the head's input
-HEAD_LAYERS = ("head_dense", "head_dropout", "predictions")
+# --feature_cache: keep features in this process, also in files under the workdir, or never.
+# TensorFlow is imported inside the functions, so `tl_keras.config` validates against MODES
+# without it.
 MODES = ("memory", "file", "off")
 _MEMORY: dict[str, dict[str, np.ndarray]] = {}  # key -> {"train": ..., "val": ...}; one process
 
@@ -61,6 +63,10 @@ def why_not_cached(phase, pipeline) -> str | None:
 
 def head_model(model: keras.Model) -> keras.Model:
     """The model's head alone (its own layer objects): pooled features in, probabilities out."""
+    import keras
+
+    from tl_keras.model.classifier import FEATURE_LAYER, HEAD_LAYERS
+
     features = keras.Input(
         shape=(model.get_layer(FEATURE_LAYER).output.shape[-1],), name="features"
     )
@@ -73,10 +79,18 @@ def head_model(model: keras.Model) -> keras.Model:
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """image -> pooled features, the base in inference mode (preprocessing included)."""
+    import keras
+
+    from tl_keras.model.classifier import FEATURE_LAYER
+
     return keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output, name="features")
 
 
 def _digest_base(model: keras.Model) -> str:
+    import keras
+
+    from tl_keras.model.classifier import FEATURE_LAYER
+
     h = hashlib.sha256()
     for layer in model.layers:  # the preprocessing and the base, up to the pooled features
         for w in layer.weights:
@@ -119,6 +133,8 @@ def compute(
         return arrays, 0.0, True
     start = time.perf_counter()
     extractor = feature_extractor(model)
+    import tensorflow as tf
+
     from tl_keras.training import distribute
 
     distribute.enable_multi_worker_fit(extractor, tf.distribute.get_strategy())
@@ -140,6 +156,8 @@ def compute(
 
 def feature_bundle(data, features: dict[str, np.ndarray]):
     """A DataBundle over cached features: the live path's order, batches and targets."""
+    import tensorflow as tf
+
     from tl_keras.data import augment, pipeline
 
     p = data.pipeline
@@ -168,4 +186,4 @@ def feature_bundle(data, features: dict[str, np.ndarray]):
     return dataclasses.replace(data, make_train_epoch=make_epoch, val=val)
 
 
-__all__ = ["BACKBONE_LAYER", "MODES", "compute", "feature_bundle", "head_model", "why_not_cached"]
+__all__ = ["MODES", "compute", "feature_bundle", "head_model", "why_not_cached"]
