@@ -13,9 +13,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tl_keras.training import lr_multipliers as tlo  # noqa: E402
-from tl_keras.training.lr_multipliers import (
+from tl_keras.recipe import layer_decay_multipliers  # noqa: E402
+from tl_keras.training.lr_multipliers import (  # noqa: E402
     LRMultiplierOptimizer,
-    layer_decay_multipliers,
     variable_multipliers,
     with_lr_multipliers,
 )

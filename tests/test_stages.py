@@ -242,7 +242,7 @@ def test_block_lr_multipliers_decay_from_the_head_down():
 
 
 def test_block_lr_multipliers_agree_with_timm_layer_decay():
-    from tl_keras.training.lr_multipliers import layer_decay_multipliers
+    from tl_keras.recipe import layer_decay_multipliers
 
     per_block = layer_decay_multipliers([*recipe.block_order(LAYERS), "head"], 0.7)
     per_layer = recipe.block_lr_multipliers(LAYERS, 0.7)

@@ -17,6 +17,7 @@ from tl_keras.recipe.stages import Unfreeze, parse_unfreeze
 # --bn_policy: 'frozen' (BatchNormalization never trains: the default, and the safe choice) or
 # 'train' (unfrozen BN layers update their statistics; experiments, and training from scratch).
 BN_POLICIES = ("frozen", "train")
+_HEAD = "<head>"  # the head, above the base's top block, in `block_lr_multipliers`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +95,57 @@ def unfrozen_blocks(layers: Sequence[LayerInfo], names: Sequence[str]) -> list[s
     return [b for b in block_order(layers) if b in blocks]
 
 
+def check_multiplier(value: object, what: str) -> float:
+    """Return `value` as a float, or raise ValueError if it is not a finite number > 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a finite number > 0; received {value!r} (a bool).")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite number > 0; received {value!r}.") from None
+    if not math.isfinite(number) or number <= 0.0:
+        raise ValueError(f"{what} must be a finite number > 0; received {value!r}.")
+    return number
+
+
+def layer_decay_multipliers(block_order: list[str], decay: float) -> dict[str, float]:
+    """Learning-rate multipliers that decay geometrically from the top block down.
+
+    This is timm's `layer_decay`: the last block in `block_order` (the one closest to the output,
+    usually the classification head) gets 1.0, the one below it `decay`, the next `decay**2`, and
+    so on down to the first block.
+
+    Args:
+        block_order: Block (layer) names ordered from the input to the output. Each name may be
+            any layer that `variable_multipliers` can find, e.g. a whole nested base model.
+        decay: Factor between neighbouring blocks, in (0, 1].
+
+    Returns:
+        A dict mapping each block name to its multiplier, `decay ** (n - 1 - i)` for the block at
+        index `i` of `n`.
+
+    Raises:
+        ValueError: If `decay` is not in (0, 1], or a block name is repeated or not a string.
+    """
+    decay_value = check_multiplier(decay, "decay")
+    if decay_value > 1.0:
+        raise ValueError(
+            f"decay must be in (0, 1] so that lower blocks learn more slowly; received {decay!r}."
+        )
+    seen: set[str] = set()
+    for name in block_order:
+        if not isinstance(name, str):
+            raise ValueError(f"block_order must contain layer names; received {name!r}.")
+        if name in seen:
+            raise ValueError(f"block_order lists {name!r} more than once.")
+        seen.add(name)
+    n = len(block_order)
+    return {name: decay_value ** (n - 1 - i) for i, name in enumerate(block_order)}
+
+
 def block_lr_multipliers(layers: Sequence[LayerInfo], decay: float) -> dict[str, float]:
-    """Per-layer learning-rate multipliers that decay with depth, block by block (timm's
-    `layer_decay`, with the base's blocks as the layers).
+    """Per-layer learning-rate multipliers that decay with depth, block by block
+    (`layer_decay_multipliers` with the base's blocks, then the head, as the blocks).
 
     The head (every layer outside the base) counts as the top unit and keeps 1.0; the base's top
     block gets `decay`, the block below `decay**2`, and so on down to the stem. Layers before the
@@ -118,6 +167,6 @@ def block_lr_multipliers(layers: Sequence[LayerInfo], decay: float) -> dict[str,
             f"layer_decay={decay!r} is not allowed: use a factor in (0, 1] (1.0 = off), e.g. 0.7"
         )
     order = block_order(layers)
-    depth = {block: len(order) - i for i, block in enumerate(order)}  # top block: 1
-    lowest = len(order)
-    return {layer.name: decay ** depth.get(layer.block, lowest) for layer in layers}
+    per_block = layer_decay_multipliers([*order, _HEAD], decay)  # the head is the top unit
+    lowest = per_block[order[0]] if order else 1.0
+    return {layer.name: per_block.get(layer.block, lowest) for layer in layers}

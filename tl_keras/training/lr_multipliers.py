@@ -6,6 +6,8 @@ multiplier is applied to the `learning_rate` argument of the optimizer's own `up
 adaptive optimizers are affected correctly. Scaling the *gradients* instead would do nothing
 under Adam, RMSprop or Adagrad, whose steps do not depend on the gradient's scale.
 
+    from tl_keras.recipe import layer_decay_multipliers  # timm's rule, without TensorFlow
+
     multipliers = variable_multipliers(
         model, layer_decay_multipliers(["block1", "block2", "head"], decay=0.5)
     )
@@ -29,16 +31,16 @@ the `"backbone/"` prefix. Use `variable_multipliers` to get the paths rather tha
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from collections.abc import Mapping
 
 import keras
 
+from tl_keras.recipe.layers import check_multiplier
+
 __all__ = [
     "LRMultiplierOptimizer",
-    "layer_decay_multipliers",
     "variable_multipliers",
     "with_lr_multipliers",
 ]
@@ -55,19 +57,6 @@ _WEIGHT_DECAY_EXCLUSION_ATTRS = (
 )
 
 
-def _check_multiplier(value: object, what: str) -> float:
-    """Return `value` as a float, or raise ValueError if it is not a finite number > 0."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be a finite number > 0; received {value!r} (a bool).")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a finite number > 0; received {value!r}.") from None
-    if not math.isfinite(number) or number <= 0.0:
-        raise ValueError(f"{what} must be a finite number > 0; received {value!r}.")
-    return number
-
-
 def _check_multiplier_map(multipliers: Mapping[str, object], what: str) -> dict[str, float]:
     if not isinstance(multipliers, Mapping):
         raise ValueError(
@@ -78,43 +67,8 @@ def _check_multiplier_map(multipliers: Mapping[str, object], what: str) -> dict[
     for key, value in multipliers.items():
         if not isinstance(key, str):
             raise ValueError(f"{what} keys must be strings; received {key!r}.")
-        checked[key] = _check_multiplier(value, f"Multiplier for {key!r}")
+        checked[key] = check_multiplier(value, f"Multiplier for {key!r}")
     return checked
-
-
-def layer_decay_multipliers(block_order: list[str], decay: float) -> dict[str, float]:
-    """Learning-rate multipliers that decay geometrically from the top block down.
-
-    This is timm's `layer_decay`: the last block in `block_order` (the one closest to the output,
-    usually the classification head) gets 1.0, the one below it `decay`, the next `decay**2`, and
-    so on down to the first block.
-
-    Args:
-        block_order: Block (layer) names ordered from the input to the output. Each name may be
-            any layer that `variable_multipliers` can find, e.g. a whole nested base model.
-        decay: Factor between neighbouring blocks, in (0, 1].
-
-    Returns:
-        A dict mapping each block name to its multiplier, `decay ** (n - 1 - i)` for the block at
-        index `i` of `n`.
-
-    Raises:
-        ValueError: If `decay` is not in (0, 1], or a block name is repeated or not a string.
-    """
-    decay_value = _check_multiplier(decay, "decay")
-    if decay_value > 1.0:
-        raise ValueError(
-            f"decay must be in (0, 1] so that lower blocks learn more slowly; received {decay!r}."
-        )
-    seen: set[str] = set()
-    for name in block_order:
-        if not isinstance(name, str):
-            raise ValueError(f"block_order must contain layer names; received {name!r}.")
-        if name in seen:
-            raise ValueError(f"block_order lists {name!r} more than once.")
-        seen.add(name)
-    n = len(block_order)
-    return {name: decay_value ** (n - 1 - i) for i, name in enumerate(block_order)}
 
 
 def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -149,7 +103,7 @@ def variable_multipliers(
             different multipliers.
     """
     checked = _check_multiplier_map(layer_multipliers, "layer_multipliers")
-    default_value = _check_multiplier(default, "default")
+    default_value = check_multiplier(default, "default")
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} is not built, so it has no variables yet; build it (call it on "
