@@ -28,6 +28,9 @@ from tl_keras.model import backbones
 from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase
 from tl_keras.training import distribute, features, optim, rollback
 
+# The defaults of the LR-schedule fields are the recipe's (`recipe.LRSchedule`), their one home.
+_LR_SCHEDULE = recipe.LRSchedule()
+
 
 def _field(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
@@ -175,26 +178,33 @@ class Config:
         "1.0 = off.",
     )
     lr_schedule: str = _field(
-        "constant",
+        _LR_SCHEDULE.name,
         "Learning rate within each phase: constant, cosine (decay to lr * min_lr_ratio), step "
         "(times lr_step_gamma every lr_step_every epochs) or plateau (times lr_plateau_factor "
         "after lr_plateau_patience epochs without val_loss improvement).",
     )
     warmup_epochs: float = _field(
-        0.0,
+        _LR_SCHEDULE.warmup_epochs,
         "Linear warm-up from 0 to the phase's lr over this many epochs at the start of every "
         "phase (constant and cosine only; fractions allowed); 0 = none.",
     )
     min_lr_ratio: float = _field(
-        0.0, "Lowest rate as a fraction of the phase's lr (where cosine ends; step/plateau floor)."
+        _LR_SCHEDULE.min_lr_ratio,
+        "Lowest rate as a fraction of the phase's lr (where cosine ends; step/plateau floor).",
     )
-    lr_step_every: int = _field(5, "step schedule: epochs between two decays.")
-    lr_step_gamma: float = _field(0.5, "step schedule: factor applied at each decay, in (0, 1].")
+    lr_step_every: int = _field(
+        _LR_SCHEDULE.step_every, "step schedule: epochs between two decays."
+    )
+    lr_step_gamma: float = _field(
+        _LR_SCHEDULE.gamma, "step schedule: factor applied at each decay, in (0, 1]."
+    )
     lr_plateau_patience: int = _field(
-        2, "plateau schedule: epochs without val_loss improvement before the rate is reduced."
+        _LR_SCHEDULE.plateau_patience,
+        "plateau schedule: epochs without val_loss improvement before the rate is reduced.",
     )
     lr_plateau_factor: float = _field(
-        0.5, "plateau schedule: factor applied at each reduction, in (0, 1)."
+        _LR_SCHEDULE.plateau_factor,
+        "plateau schedule: factor applied at each reduction, in (0, 1).",
     )
     fe_switch_patience: int = _field(
         0,

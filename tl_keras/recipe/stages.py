@@ -104,6 +104,9 @@ def ft_learning_rate(base_lr: float, factor: float, *, allow_any: bool = False) 
 class LRSchedule:
     """How the learning rate moves within one phase (see `tl_keras.training.schedules`).
 
+    Its defaults are the package's: the config's `lr_schedule`, `warmup_epochs`, `min_lr_ratio`,
+    `lr_step_*` and `lr_plateau_*` fields and `schedules.make_schedule` take them from here.
+
     Attributes:
       name: one of LR_SCHEDULES.
       warmup_epochs: linear warm-up from 0 over this many epochs ('constant', 'cosine' only).

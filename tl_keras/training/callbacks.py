@@ -20,8 +20,8 @@ import keras
 from tl_keras import _failpoints
 from tl_keras.history import History
 from tl_keras.training import checkpoint, schedules
-from tl_keras.training.optim import current_lr
 from tl_keras.training.rollback import Snapshot, is_worse
+from tl_keras.training.schedules import current_lr
 
 log = logging.getLogger("tl_keras")
 

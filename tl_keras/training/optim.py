@@ -145,11 +145,3 @@ def compile_for_phase(
         jit_compile=JIT_COMPILE[jit_compile],
         steps_per_execution=steps_per_execution,
     )
-
-
-def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
-    """The optimizer's learning rate now: a schedule is evaluated at its current step, i.e. the
-    rate the next step will use; for a float, the current value of its variable."""
-    import keras
-
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -30,7 +30,19 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-__all__ = ["SCHEDULES", "LRRecorder", "ScheduleSpec", "lr_at_epoch", "make_schedule"]
+from tl_keras.recipe import LRSchedule
+
+__all__ = [
+    "SCHEDULES",
+    "LRRecorder",
+    "ScheduleSpec",
+    "current_lr",
+    "lr_at_epoch",
+    "make_schedule",
+]
+
+# The defaults of every schedule setting: one home, the recipe's `LRSchedule`.
+_DEFAULTS = LRSchedule()
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -291,12 +303,12 @@ def make_schedule(
     base_lr: float,
     steps_per_epoch: int,
     epochs: int,
-    warmup_epochs: float = 0,
-    min_lr_ratio: float = 0.0,
-    step_every: int = 5,
-    gamma: float = 0.5,
-    plateau_patience: int = 3,
-    plateau_factor: float = 0.5,
+    warmup_epochs: float = _DEFAULTS.warmup_epochs,
+    min_lr_ratio: float = _DEFAULTS.min_lr_ratio,
+    step_every: int = _DEFAULTS.step_every,
+    gamma: float = _DEFAULTS.gamma,
+    plateau_patience: int = _DEFAULTS.plateau_patience,
+    plateau_factor: float = _DEFAULTS.plateau_factor,
     plateau_monitor: str = "val_loss",
 ) -> tuple[LearningRate, list[keras.callbacks.Callback]]:
     """Build the learning rate and callbacks for one training phase.
@@ -348,12 +360,12 @@ def lr_at_epoch(
     base_lr: float,
     steps_per_epoch: int,
     epochs: int,
-    warmup_epochs: float = 0,
-    min_lr_ratio: float = 0.0,
-    step_every: int = 5,
-    gamma: float = 0.5,
-    plateau_patience: int = 3,
-    plateau_factor: float = 0.5,
+    warmup_epochs: float = _DEFAULTS.warmup_epochs,
+    min_lr_ratio: float = _DEFAULTS.min_lr_ratio,
+    step_every: int = _DEFAULTS.step_every,
+    gamma: float = _DEFAULTS.gamma,
+    plateau_patience: int = _DEFAULTS.plateau_patience,
+    plateau_factor: float = _DEFAULTS.plateau_factor,
     monitor_values: Sequence[float] | None = None,
 ) -> float:
     """Learning rate at the first optimizer step of `epoch`, computed in plain Python.
@@ -401,9 +413,9 @@ def lr_at_epoch(
     return float(SCHEDULES[name].lr_at_epoch(params, int(epoch), monitor_values))
 
 
-def _current_lr(optimizer: keras.optimizers.Optimizer) -> float:
-    # For a schedule this evaluates it at the optimizer's current step counter, i.e. the rate
-    # the next step will use; for a float it is the value of the learning-rate variable.
+def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
+    """The optimizer's learning rate now: a schedule is evaluated at its current step, i.e. the
+    rate the next step will use; for a float, the current value of its variable."""
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
@@ -441,7 +453,7 @@ class LRRecorder(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if not (self._epoch_pending or self.per_step):
             return
-        lr = _current_lr(self.model.optimizer)
+        lr = current_lr(self.model.optimizer)
         if self._epoch_pending:
             self.lrs.append(lr)
             self._epoch_pending = False
