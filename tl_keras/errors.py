@@ -33,6 +33,10 @@ class DataError(TLKerasError):
     """The data cannot be used as given (missing, empty, unreadable, inconsistent)."""
 
 
+class DataTypeError(DataError, TypeError):
+    """The data is of a type that cannot be read (not a dataset of (images, labels) pairs)."""
+
+
 class WorkdirError(TLKerasError):
     """The workdir is missing what a phase needs, belongs to another run, or cannot be written."""
 

@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from tl_keras import io
 from tl_keras.data import augment as augment_lib
-from tl_keras.errors import DataError
+from tl_keras.errors import DataError, DataTypeError
 
 log = logging.getLogger("tl_keras")
 
@@ -720,3 +720,66 @@ def _log_report(r: DataReport, p: Pipeline) -> None:
         "".join(f", {e}" for e in extras),
         p.cache,
     )
+
+
+# --- labelled data in memory ---------------------------------------------------------------------
+def labelled_batches(dataset: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """Batches of (images, labels) from a `tf.data.Dataset` (batched or not) or an (images,
+    labels) pair of arrays (images as float32), for evaluation and export checks.
+
+    Raises:
+      DataTypeError: neither a dataset of (images, labels) pairs nor a pair of arrays.
+      DataError: images and labels of different lengths.
+    """
+    if isinstance(dataset, tf.data.Dataset):
+        spec = dataset.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise DataTypeError(f"the dataset must yield (images, labels) pairs; it yields {spec}")
+        if spec[0].shape.rank == 3:
+            dataset = dataset.batch(batch_size)
+        return dataset.as_numpy_iterator()
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+        images, labels = np.asarray(dataset[0], np.float32), np.asarray(dataset[1])
+        if len(images) != len(labels):
+            raise DataError(
+                f"got {len(images)} images but {len(labels)} labels; they must line up one to one"
+            )
+        return (
+            (images[i : i + batch_size], labels[i : i + batch_size])
+            for i in range(0, len(images), batch_size)
+        )
+    raise DataTypeError(
+        "the data must be a tf.data.Dataset of (images, labels) or an (images, labels) pair of "
+        f"arrays; got {type(dataset).__name__}"
+    )
+
+
+def class_indices(labels: Any, count: int, num_classes: int | None = None) -> np.ndarray:
+    """Labels as class indices: one-hot (or soft) rows become their argmax.
+
+    Args:
+      labels: class indices, shaped (N,) or (N, 1), or one-hot rows (N, classes).
+      count: the number of images they label.
+      num_classes: when given, the indices must lie in [0, num_classes) and one-hot rows must
+        have that many columns.
+
+    Raises:
+      DataError: not one label per image, or (with `num_classes`) out of range.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        if num_classes is not None and labels.shape[1] != num_classes:
+            raise DataError(
+                f"labels are one-hot over {labels.shape[1]} classes but the data has "
+                f"{num_classes} class names"
+            )
+        labels = labels.argmax(axis=1)
+    labels = labels.reshape(-1).astype(np.int64)
+    top = np.inf if num_classes is None else num_classes
+    if len(labels) != count or (len(labels) and not 0 <= labels.min() <= labels.max() < top):
+        allowed = "class indices" if num_classes is None else f"class indices in [0, {num_classes})"
+        raise DataError(
+            f"labels must be one per image, {allowed} or one-hot rows; "
+            f"got shape {np.shape(labels)} for {count} images"
+        )
+    return labels

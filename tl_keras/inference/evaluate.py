@@ -20,7 +20,7 @@ import heapq
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -190,6 +190,7 @@ def evaluate(
       >>> result = evaluate(model, data.val, data.class_names)
       >>> result.accuracy, result.per_class["circle"]["recall"]
     """
+    from tl_keras.data.pipeline import class_indices, labelled_batches
     from tl_keras.inference.trained import check_class_names
 
     class_names = [str(c) for c in class_names]
@@ -208,9 +209,9 @@ def evaluate(
     probabilities, labels = [], []
     kept: list[tuple[float, int, ConfidentError]] = []  # min-heap on confidence
     seen = 0
-    for images, batch_labels in _batches(dataset, batch_size):
+    for images, batch_labels in labelled_batches(dataset, batch_size):
         probs = np.asarray(model.predict_on_batch(images), dtype=np.float64)
-        y = to_model[_label_indices(batch_labels, len(images), len(to_model))]
+        y = to_model[class_indices(batch_labels, len(images), len(to_model))]
         probabilities.append(probs)
         labels.append(y)
         predicted = probs.argmax(axis=1)
@@ -285,50 +286,6 @@ def _figures(
         confusion=confusion,
         confident_errors=errors,
     )
-
-
-def _batches(dataset: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    import tensorflow as tf
-
-    if isinstance(dataset, tf.data.Dataset):
-        spec = dataset.element_spec
-        if not (isinstance(spec, tuple) and len(spec) == 2):
-            raise DataError(f"the dataset must yield (images, labels) pairs; it yields {spec}")
-        if spec[0].shape.rank == 3:
-            dataset = dataset.batch(batch_size)
-        return dataset.as_numpy_iterator()
-    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
-        images, labels = np.asarray(dataset[0], np.float32), np.asarray(dataset[1])
-        if len(images) != len(labels):
-            raise DataError(f"got {len(images)} images but {len(labels)} labels")
-        return (
-            (images[i : i + batch_size], labels[i : i + batch_size])
-            for i in range(0, len(images), batch_size)
-        )
-    raise DataError(
-        "the data must be a tf.data.Dataset of (images, labels) or an (images, labels) pair of "
-        f"arrays; got {type(dataset).__name__}"
-    )
-
-
-def _label_indices(labels: Any, count: int, num_classes: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        if labels.shape[1] != num_classes:
-            raise DataError(
-                f"labels are one-hot over {labels.shape[1]} classes but the data has "
-                f"{num_classes} class names"
-            )
-        labels = labels.argmax(axis=1)
-    labels = labels.reshape(-1).astype(np.int64)
-    if len(labels) != count or (
-        len(labels) and not 0 <= labels.min() <= labels.max() < num_classes
-    ):
-        raise DataError(
-            f"labels must be one per image, class indices in [0, {num_classes}) or one-hot rows; "
-            f"got shape {np.shape(labels)} for {count} images"
-        )
-    return labels
 
 
 def _round(value: float) -> float:

@@ -16,8 +16,8 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from tl_keras.data.pipeline import class_indices, labelled_batches
 from tl_keras.errors import ExportError, ExportParityError
 from tl_keras.inference.export.formats import (
     _WRITERS,
@@ -317,9 +317,9 @@ def quantization_accuracy(
     """
     run_tflite = load_runner("tflite", tflite_path)
     total = keras_correct = tflite_correct = agree = 0
-    for images, labels in _labelled_batches(dataset, batch_size):
+    for images, labels in labelled_batches(dataset, batch_size):
         images = as_images(images, keras_model)
-        labels = _class_indices(labels, len(images))
+        labels = class_indices(labels, len(images))
         keras_pred = predict_keras(keras_model, images).argmax(-1)
         tflite_pred = run_tflite(images).argmax(-1)
         total += len(images)
@@ -336,42 +336,3 @@ def quantization_accuracy(
         "accuracy_drop": keras_acc - tflite_acc,
         "top1_agreement": agree / total,
     }
-
-
-def _labelled_batches(dataset: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    if isinstance(dataset, tf.data.Dataset):
-        element = dataset.element_spec
-        if not (isinstance(element, tuple) and len(element) == 2):
-            raise TypeError(
-                f"The dataset must yield (images, labels) pairs; its elements are {element}."
-            )
-        if element[0].shape.rank == 3:
-            dataset = dataset.batch(batch_size)
-        return dataset.as_numpy_iterator()
-    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
-        images, labels = np.asarray(dataset[0]), np.asarray(dataset[1])
-        if len(images) != len(labels):
-            raise ExportError(
-                f"Got {len(images)} images but {len(labels)} labels; they must line up one to one."
-            )
-        return (
-            (images[i : i + batch_size], labels[i : i + batch_size])
-            for i in range(0, len(images), batch_size)
-        )
-    raise TypeError(
-        f"dataset must be a tf.data.Dataset of (images, labels) or an (images, labels) pair of "
-        f"arrays; got {type(dataset).__name__}."
-    )
-
-
-def _class_indices(labels: Any, count: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        labels = labels.argmax(-1)  # one-hot or soft labels
-    labels = labels.reshape(-1)
-    if len(labels) != count:
-        raise ExportError(
-            f"Got {count} images but labels shaped {labels.shape}; labels must be class indices "
-            "(N,) / (N, 1) or one-hot (N, classes)."
-        )
-    return labels.astype(np.int64)
