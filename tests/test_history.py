@@ -108,3 +108,15 @@ def test_plot_marks_boundary_and_shades_both_phases(tmp_path):
 def test_plot_single_phase_has_no_boundary():
     fig = plot_history(make_history(3, 0))
     assert not [ln for ln in fig.axes[0].lines if ln.get_gid() == BOUNDARY_GID]
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes keep the umask's permissions (a temporary file from mkstemp would be 0600)."""
+    import os
+
+    history = History()
+    history.append("fe", 1, 1e-3, {"loss": 1.0})
+    history.save(str(tmp_path / "history.json"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "history.json").stat().st_mode & 0o777 == 0o666 & ~umask

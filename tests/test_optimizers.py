@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tl_keras.training import lr_multipliers as tlo  # noqa: E402
 from tl_keras.recipe import layer_decay_multipliers  # noqa: E402
+from tl_keras.training import lr_multipliers as tlo  # noqa: E402
 from tl_keras.training.lr_multipliers import (  # noqa: E402
     LRMultiplierOptimizer,
     variable_multipliers,

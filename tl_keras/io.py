@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +27,21 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+def _reserve(folder: str, prefix: str, suffix: str) -> str:
+    """Creates an empty file of a new name in `folder`, with the usual permissions.
+
+    Not tempfile.mkstemp: its files are mode 0600, which the rename keeps, so every artifact
+    would be readable by its owner alone.
+    """
+    while True:
+        tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds.
@@ -38,8 +53,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.makedirs(folder, exist_ok=True)
     base = os.path.basename(path)
     suffix = ".weights.h5" if base.endswith(".weights.h5") else os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}{TMP_MARK}", suffix=suffix, dir=folder)
-    os.close(fd)
+    tmp = _reserve(folder, f".{base}{TMP_MARK}", suffix)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
