@@ -1,9 +1,12 @@
-"""Files written atomically (every artifact appears whole or not at all), and JSON read back.
+"""Files and folders written atomically (every artifact appears whole or not at all), JSON and
+arrays read back.
 
-Each file is written under a temporary name in its final folder, flushed to disk, and renamed
-into place with `os.replace` (atomic on POSIX and Windows within one file system). A crash leaves
-at worst a stray `*.tmp-*` file, never a truncated artifact, and the previous version of the file
-stays intact until the new one is complete.
+Everything the package writes goes through `atomic_path`: the writer fills a temporary name in
+the artifact's own folder (a file, or a folder such as a SavedModel or a checkpoint), which is
+then flushed to disk and renamed into place with `os.replace` (atomic on POSIX and Windows
+within one file system). A crash leaves at worst a stray `.*.tmp-*` entry, never a truncated
+artifact, and the previous version stays intact until the new one is complete. Files get the
+usual permissions (0666 minus the umask).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
-TMP_MARK = ".tmp-"
+TMP_MARK = ".tmp-"  # in the name of every temporary file or folder
+_OLD_MARK = ".old-"  # a folder set aside while its replacement moves into place
 
 
 def _fsync_dir(path: str) -> None:
@@ -27,42 +32,54 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
-def _reserve(folder: str, prefix: str, suffix: str) -> str:
-    """Creates an empty file of a new name in `folder`, with the usual permissions.
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
-    Not tempfile.mkstemp: its files are mode 0600, which the rename keeps, so every artifact
-    would be readable by its owner alone.
-    """
-    while True:
-        tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
+
+def _move_into_place(tmp: str, path: str) -> None:
+    if not (os.path.isdir(tmp) and os.path.isdir(path)):
+        os.replace(tmp, path)
+        return
+    # rename(2) cannot replace a non-empty folder: set the old one aside first and put it back
+    # if the second rename fails, so `path` is only ever the old or the new version.
+    old = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{_OLD_MARK}")
+    old += secrets.token_hex(4)
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds.
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a new temporary name beside `path`; moves what the block wrote there onto `path`.
 
-    The temporary name keeps `path`'s suffix (Keras checks '.keras' / '.weights.h5' suffixes).
-    On an exception the temporary file is removed and `path` is left as it was.
+    The block writes a file or a folder at the temporary name (nothing is there yet). Its name
+    keeps `path`'s suffix (Keras checks '.keras' / '.weights.h5' suffixes). An existing file or
+    folder at `path` is replaced only once the new one is complete. On an exception the
+    temporary file or folder is removed and `path` is left as it was.
     """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
     base = os.path.basename(path)
     suffix = ".weights.h5" if base.endswith(".weights.h5") else os.path.splitext(base)[1]
-    tmp = _reserve(folder, f".{base}{TMP_MARK}", suffix)
+    tmp = os.path.join(folder, f".{base}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{suffix}")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if os.path.isfile(tmp):
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        _move_into_place(tmp, path)
         _fsync_dir(folder)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
 
 
 def atomic_write_text(path: str, text: str) -> None:

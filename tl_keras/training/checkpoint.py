@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -164,8 +163,10 @@ def write(
     root = _dir(workdir)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"epoch-{epoch:05d}")
-    tmp = tempfile.mkdtemp(prefix=f".epoch-{epoch:05d}{io.TMP_MARK}", dir=root)
-    try:
+    # The whole folder moves into place at the end (the same epoch checkpointed again, by a
+    # rerun, replaces the older folder only then).
+    with io.atomic_path(final) as tmp:
+        os.mkdir(tmp)
         model.save(os.path.join(tmp, "model.keras"))
         io.atomic_write_json(os.path.join(tmp, "rng_state.json"), get_rng_state(model))
         es_state = None
@@ -195,12 +196,6 @@ def write(
             "history": history.records,
         }
         io.atomic_write_json(os.path.join(tmp, "state.json"), state)  # written last
-        if os.path.isdir(final):  # the same epoch checkpointed again (a rerun): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     for old in glob.glob(os.path.join(root, "epoch-*")):
         m = _NAME.match(os.path.basename(old))
         if m and int(m.group(1)) < epoch:

@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import math
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -38,7 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tl_keras import config as config_lib
-from tl_keras import recipe
+from tl_keras import io, recipe
 from tl_keras.errors import ConfigError, WorkdirError
 
 if TYPE_CHECKING:
@@ -120,25 +119,11 @@ class LRFinderResult:
             ax.legend(loc="best")
         fig.tight_layout()
         if path is not None:
-            _save_atomically(fig, os.fspath(path))
+            path = os.fspath(path)
+            fmt = os.path.splitext(path)[1].lstrip(".").lower()
+            with io.atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt or matplotlib.rcParams["savefig.format"])
         return fig
-
-
-def _save_atomically(fig: Figure, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    base, suffix = os.path.splitext(os.path.basename(path))
-    fmt = suffix.lstrip(".").lower() or matplotlib.rcParams["savefig.format"]
-    # Not tempfile.mkstemp: its files are mode 0600, which the rename would keep; "xb" creates
-    # the file with the usual umask-based mode and refuses to reuse an existing name.
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}{suffix}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            fig.savefig(handle, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _clone_with_float_lr(optimizer: keras.optimizers.Optimizer, lr: float):
@@ -500,8 +485,6 @@ def _model_for(spec, target: recipe.Phase, prev, wd, run, data) -> keras.Model:
 
 def _write(result: LRFinderResult, spec, target: recipe.Phase, wd, *, min_lr, max_lr) -> str:
     """Writes `lr_find/<phase>.png` and `.json` (the suggestion and every step); their folder."""
-    from tl_keras import io
-
     out = wd.file(LR_FIND_DIR)
     os.makedirs(out, exist_ok=True)
     result.plot(os.path.join(out, f"{target.name}.png"))

@@ -18,9 +18,7 @@ Formats and what they need:
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tl_keras import io
 from tl_keras.errors import ExportConversionError, ExportError, MissingDependencyError
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -68,7 +67,9 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
         ExportError: if the model does not have exactly one image input.
     """
     input_spec(model)
-    return _atomic_write(Path(path), lambda tmp: _write_saved_model(model, tmp))
+    with io.atomic_path(path) as tmp:
+        _write_saved_model(model, Path(tmp))
+    return str(Path(path))
 
 
 def export_tflite(
@@ -97,9 +98,9 @@ def export_tflite(
     check_quantization(quantization)
     input_spec(model)
     check_float32_compute(model, "tflite")
-    return _atomic_write(
-        Path(path), lambda tmp: _write_tflite(model, tmp, quantization=quantization)
-    )
+    with io.atomic_path(path) as tmp:
+        _write_tflite(model, Path(tmp), quantization=quantization)
+    return str(Path(path))
 
 
 def export_onnx(model: keras.Model, path: str | os.PathLike) -> str:
@@ -125,7 +126,9 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> str:
     require("tf2onnx", "onnx")
     input_spec(model)
     check_float32_compute(model, "onnx")
-    return _atomic_write(Path(path), lambda tmp: _write_onnx(model, tmp))
+    with io.atomic_path(path) as tmp:
+        _write_onnx(model, Path(tmp))
+    return str(Path(path))
 
 
 def _write_saved_model(model: keras.Model, path: Path) -> None:
@@ -418,42 +421,3 @@ def as_images(images: Any, model: keras.Model) -> np.ndarray:
             f"to match the model input; got shape {images.shape}. Resize or batch them first."
         )
     return images
-
-
-def _atomic_write(final: Path, write: Callable[[Path], None]) -> str:
-    """Run write(tmp) on a temporary sibling of `final`, then move it into place.
-
-    The sibling lives in the same directory, so the final rename stays on one filesystem.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        _move_into_place(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return str(final)
-
-
-def _move_into_place(tmp: Path, final: Path) -> None:
-    if not (tmp.is_dir() and final.is_dir()):
-        os.replace(tmp, final)
-        return
-    # rename(2) cannot replace a non-empty directory: set the old one aside first and put it
-    # back if the second rename fails, so `final` is only ever the old or the new export.
-    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        os.replace(old, final)
-        raise
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

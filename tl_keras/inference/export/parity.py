@@ -17,12 +17,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from tl_keras import io
 from tl_keras.data.pipeline import class_indices, labelled_batches
 from tl_keras.errors import ExportError, ExportParityError
 from tl_keras.inference.export.formats import (
     _WRITERS,
     ARTIFACT_NAMES,
-    _atomic_write,
     as_images,
     check_float32_compute,
     check_formats,
@@ -215,7 +215,9 @@ def export(
                 ) from None
             reports[fmt] = dataclasses.replace(report, path=str(final))
 
-        paths[fmt] = _atomic_write(final, write)
+        with io.atomic_path(final) as tmp:
+            write(Path(tmp))
+        paths[fmt] = str(final)
     return {"paths": paths, "parity": reports}
 
 
