@@ -16,8 +16,10 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 TMP_MARK = ".tmp-"  # in the name of every temporary file or folder
 _OLD_MARK = ".old-"  # a folder set aside while its replacement moves into place
@@ -96,3 +98,25 @@ def atomic_write_json(path: str, payload: Any) -> None:
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def save_weights(path: str, weights: Sequence[np.ndarray]) -> None:
+    """Writes a list of arrays (`model.get_weights()`) as one `.npz` file, atomically.
+
+    The one format of every weights file the package writes (`<phase>/best_weights.npz`, a
+    checkpoint's `best_weights.npz` and `best_rollback.npz`): the arrays in order, as
+    `arr_0`, `arr_1`, ... (what `np.savez(path, *weights)` writes).
+    """
+    with atomic_path(path) as tmp:
+        np.savez(tmp, *weights)
+
+
+def load_weights(path: str) -> list[np.ndarray]:
+    """Reads a list of arrays written by `save_weights`, in order; nothing is unpickled.
+
+    Checkpoints written before this format was the only one named the arrays `w0`, `w1`, ...;
+    those read too.
+    """
+    with np.load(path, allow_pickle=False) as f:
+        prefix = "w" if "w0" in f.files else "arr_"
+        return [f[f"{prefix}{i}"] for i in range(len(f.files))]

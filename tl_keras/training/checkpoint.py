@@ -8,6 +8,7 @@ trainable set, optimizer, learning rate and stateful callbacks. A checkpoint the
                            (its iteration count is the learning-rate schedule position)
       rng_state.json       dropout RNG states (Keras does not save them in .keras files)
       best_weights.npz     early stopping's best weights so far, when it keeps any
+      best_rollback.npz    under `rollback`: the phase's best epoch so far (`BestWeights`)
       state.json           phase, global epoch, the stitched history so far, callback state
 
 Each checkpoint is written into a temporary folder and renamed into place when complete, so the
@@ -64,8 +65,7 @@ class Checkpoint:
 
         if not self.best_meta:
             return None
-        with np.load(os.path.join(self.path, "best_rollback.npz"), allow_pickle=False) as f:
-            weights = [f[f"w{i}"] for i in range(len(f.files))]
+        weights = io.load_weights(os.path.join(self.path, "best_rollback.npz"))
         m = self.best_meta
         return Snapshot(m["phase"], m["epoch"], m["monitor"], m["value"], weights)
 
@@ -96,8 +96,7 @@ class Checkpoint:
         path = os.path.join(self.path, "best_weights.npz")
         if not os.path.isfile(path):
             return None
-        with np.load(path, allow_pickle=False) as f:  # nothing is unpickled
-            return [f[f"w{i}"] for i in range(len(f.files))]
+        return io.load_weights(path)
 
 
 # State of Keras callbacks that change the learning rate, by attribute: what on_train_begin resets.
@@ -173,14 +172,11 @@ def write(
         if early_stopping is not None:
             es_state = early_stopping.resume_state()
             if early_stopping.best_weights is not None:
-                arrays = {f"w{i}": w for i, w in enumerate(early_stopping.best_weights)}
-                with io.atomic_path(os.path.join(tmp, "best_weights.npz")) as path:
-                    np.savez(path, **arrays)
+                io.save_weights(os.path.join(tmp, "best_weights.npz"), early_stopping.best_weights)
         best_meta = None
         if best is not None:
             best_meta = best.to_dict()
-            with io.atomic_path(os.path.join(tmp, "best_rollback.npz")) as path:
-                np.savez(path, **{f"w{i}": w for i, w in enumerate(best.weights)})
+            io.save_weights(os.path.join(tmp, "best_rollback.npz"), best.weights)
         state = {
             "format": FORMAT_VERSION,
             "lr": _float_lr(model),

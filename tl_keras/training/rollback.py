@@ -231,8 +231,7 @@ def load_rollback_reference(
         else None
     )
     if saved and saved["monitor"] == monitor and os.path.isfile(npz):
-        with np.load(npz) as f:
-            weights = [f[f"arr_{i}"] for i in range(len(f.files))]
+        weights = io.load_weights(npz)
         shapes = [tuple(w.shape) for w in model.get_weights()]
         if [tuple(w.shape) for w in weights] != shapes:
             raise WorkdirError(f"{npz} does not fit the model of {prev.name!r}; rerun that phase")
@@ -255,5 +254,4 @@ def save_rollback(wd: Workdir, result: PhaseResult, summary: dict) -> None:
         summary["rollback"] = result.rollback.to_dict()
     if result.reference is not None:
         summary["rollback_reference"] = result.reference.to_dict()
-        with io.atomic_path(wd.file(result.phase.name, BEST_WEIGHTS_FILE)) as tmp:
-            np.savez(tmp, *result.reference.weights)
+        io.save_weights(wd.file(result.phase.name, BEST_WEIGHTS_FILE), result.reference.weights)
