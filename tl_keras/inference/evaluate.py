@@ -451,9 +451,6 @@ def evaluate_workdir(
       WorkdirError: no trained model in the workdir.
       DataError: the data is missing, has no such split, or has other classes than the model.
     """
-    from tl_keras.data import pipeline, sources
-    from tl_keras.inference import trained as trained_lib
-
     if data_dir and split:
         raise ConfigError(
             f"--data_dir={data_dir!r} and --split={split!r} both say what to evaluate; give one"
@@ -465,54 +462,22 @@ def evaluate_workdir(
             f"batch_size={batch_size}, top_k={top_k} must be positive and "
             f"num_errors={num_errors} at least 0"
         )
-    files = None
     if data_dir:
-        listing = sources.list_image_folder(data_dir)
-        model_classes = trained_lib.read_run(workdir)["class_names"]
-        trained_lib.check_class_names(
-            model_classes, listing.class_names, repr(data_dir)
-        )  # fail fast
-        run = trained_lib.load_trained(workdir, phase=phase)
-        config = trained_lib.run_config(workdir)  # resize as training did
-        pipeline = pipeline.Pipeline(
-            image_size=run.image_size,
-            batch_size=batch_size,
-            resize_mode=config.resize_mode,
-            resize_method=config.resize_method,
-            max_skipped_fraction=config.max_skipped_fraction,
-        )
-        dataset, listing, _ = sources.folder_dataset(data_dir, pipeline)
-        files, data_classes = listing.files, listing.class_names
-        tag, source, split_name = _folder_tag(data_dir), os.path.abspath(data_dir), None
+        data = _folder_data(workdir, data_dir, phase=phase, batch_size=batch_size)
     else:
-        split_name = split or "test"
-        run = trained_lib.load_trained(workdir, phase=phase)
-        bundle = trained_lib.load_run_data(workdir)
-        dataset = bundle.val if split_name == "val" else getattr(bundle, "test", None)
-        if dataset is None:
-            hint = (
-                "pass --data_dir=FOLDER of held-out images (one sub-folder per class)"
-                if split_name == "test"
-                else "it was trained with val_fraction=0; pass --data_dir=FOLDER"
-            )
-            raise DataError(
-                f"the data of workdir {workdir!r} ({bundle.source}) has no {split_name} split; "
-                f"{hint}"
-                + ("; or --split=val for the validation split" if split_name == "test" else "")
-            )
-        data_classes = bundle.class_names
-        tag, source = split_name, bundle.source
+        data = _split_data(workdir, split or "test", phase=phase)
+    run = data.run
     evaluation = evaluate(
         run.model,
-        dataset,
+        data.dataset,
         run.class_names,
-        data_class_names=data_classes,
-        files=files,
+        data_class_names=data.class_names,
+        files=data.files,
         top_k=top_k,
         num_errors=num_errors,
         batch_size=batch_size,
     )
-    out_dir = out_dir or os.path.join(run.workdir, "evaluation", tag)
+    out_dir = out_dir or os.path.join(run.workdir, "evaluation", data.tag)
     extra = {
         "model": {
             "workdir": run.workdir,
@@ -520,10 +485,72 @@ def evaluate_workdir(
             "backbone": run.backbone,
             "image_size": run.image_size,
         },
-        "data": {"source": source, "split": split_name},
+        "data": {"source": data.source, "split": data.split},
     }
     write_report(evaluation, out_dir, extra=extra)
     return evaluation
+
+
+@dataclasses.dataclass
+class _Evaluated:
+    """A workdir's model and the data to evaluate it on, with where that data comes from."""
+
+    run: Any  # tl_keras.inference.trained.TrainedModel
+    dataset: Any
+    class_names: list[str]
+    files: list[str] | None
+    tag: str  # the folder under <workdir>/evaluation/
+    source: str
+    split: str | None
+
+
+def _folder_data(workdir: str, data_dir: str, *, phase: str | None, batch_size: int) -> _Evaluated:
+    """A whole image-folder tree, decoded and resized as training did; classes checked first."""
+    from tl_keras.data import pipeline, sources
+    from tl_keras.inference import trained as trained_lib
+
+    listing = sources.list_image_folder(data_dir)
+    model_classes = trained_lib.read_run(workdir)["class_names"]
+    trained_lib.check_class_names(model_classes, listing.class_names, repr(data_dir))  # fail fast
+    run = trained_lib.load_trained(workdir, phase=phase)
+    config = trained_lib.run_config(workdir)  # resize as training did
+    settings = pipeline.Pipeline(
+        image_size=run.image_size,
+        batch_size=batch_size,
+        resize_mode=config.resize_mode,
+        resize_method=config.resize_method,
+        max_skipped_fraction=config.max_skipped_fraction,
+    )
+    dataset, listing, _ = sources.folder_dataset(data_dir, settings)
+    return _Evaluated(
+        run,
+        dataset,
+        listing.class_names,
+        listing.files,
+        _folder_tag(data_dir),
+        os.path.abspath(data_dir),
+        None,
+    )
+
+
+def _split_data(workdir: str, split: str, *, phase: str | None) -> _Evaluated:
+    """The test or validation split of the workdir's own data, split exactly as in training."""
+    from tl_keras.inference import trained as trained_lib
+
+    run = trained_lib.load_trained(workdir, phase=phase)
+    bundle = trained_lib.load_run_data(workdir)
+    dataset = bundle.val if split == "val" else getattr(bundle, "test", None)
+    if dataset is None:
+        hint = (
+            "pass --data_dir=FOLDER of held-out images (one sub-folder per class)"
+            if split == "test"
+            else "it was trained with val_fraction=0; pass --data_dir=FOLDER"
+        )
+        raise DataError(
+            f"the data of workdir {workdir!r} ({bundle.source}) has no {split} split; {hint}"
+            + ("; or --split=val for the validation split" if split == "test" else "")
+        )
+    return _Evaluated(run, dataset, bundle.class_names, None, split, bundle.source, split)
 
 
 def _folder_tag(data_dir: str) -> str:

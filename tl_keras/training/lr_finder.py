@@ -266,66 +266,24 @@ def find_lr(
             without a working `get_config`).
     """
     check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor)
-    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
-        raise ValueError(f"Model {model.name!r} must be compiled (with an optimizer) first.")
-    if not model.built:
-        raise ValueError(
-            f"Model {model.name!r} is not built; its weights would be created by the test and "
-            "could not be restored. Build it (call it on a batch or give it an input shape) first."
-        )
-    if not model.trainable_variables:
-        raise ValueError(f"Model {model.name!r} has no trainable variables.")
-
-    original_optimizer = model.optimizer
-    clone = _clone_with_float_lr(original_optimizer, min_lr)
-    clone.build(model.trainable_variables)
-    if original_optimizer.built:
-        src, dst = _state_variables(original_optimizer), _state_variables(clone)
-        if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst, strict=True)):
-            raise ValueError(
-                f"Optimizer {original_optimizer.name!r} was built for different variables than "
-                "the model's current trainable variables (did trainability change without "
-                "recompiling?). Recompile the model before running find_lr."
-            )
-        for target, source in zip(dst, src, strict=True):
-            target.assign(source)
-
+    _check_model(model)
+    clone = _clone_with_state(model.optimizer, model.trainable_variables, min_lr)
+    original_optimizer, saved_train_function = model.optimizer, model.train_function
     model_state = [(v, v.numpy()) for v in model.variables]
     metric_state = [(v, v.numpy()) for v in model.metrics_variables]
-    saved_train_function = model.train_function
-    factor = max_lr / min_lr
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    diverged = False
     try:
         model.optimizer = clone
         model.train_function = None
-        avg, best = 0.0, math.inf
-        batches = _batches(dataset)
-        for step in range(num_steps):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            lr = min_lr * factor ** (step / (num_steps - 1))
-            clone.learning_rate = lr
-            x, y, sample_weight = _unpack(batch)
-            logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
-            loss = float(logs["loss"])
-            lrs.append(lr)
-            losses.append(loss)
-            if not math.isfinite(loss):
-                smoothed.append(math.nan)
-                diverged = True
-                break
-            avg = smoothing * avg + (1.0 - smoothing) * loss
-            value = avg / (1.0 - smoothing ** (step + 1))
-            smoothed.append(value)
-            if step > 0 and value > divergence_factor * best:
-                diverged = True
-                break
-            best = min(best, value)
+        lrs, losses, smoothed, diverged = _sweep(
+            model,
+            clone,
+            dataset,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_steps=num_steps,
+            smoothing=smoothing,
+            divergence_factor=divergence_factor,
+        )
     finally:
         model.optimizer = original_optimizer
         model.train_function = saved_train_function
@@ -345,6 +303,69 @@ def find_lr(
         suggestion_method=method,
         diverged=diverged,
     )
+
+
+def _check_model(model: keras.Model) -> None:
+    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
+        raise ValueError(f"Model {model.name!r} must be compiled (with an optimizer) first.")
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built; its weights would be created by the test and "
+            "could not be restored. Build it (call it on a batch or give it an input shape) first."
+        )
+    if not model.trainable_variables:
+        raise ValueError(f"Model {model.name!r} has no trainable variables.")
+
+
+def _clone_with_state(optimizer, variables, lr: float):
+    """A built copy of `optimizer` at a float rate `lr`, with the original's state when built."""
+    clone = _clone_with_float_lr(optimizer, lr)
+    clone.build(variables)
+    if optimizer.built:
+        src, dst = _state_variables(optimizer), _state_variables(clone)
+        if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst, strict=True)):
+            raise ValueError(
+                f"Optimizer {optimizer.name!r} was built for different variables than "
+                "the model's current trainable variables (did trainability change without "
+                "recompiling?). Recompile the model before running find_lr."
+            )
+        for target, source in zip(dst, src, strict=True):
+            target.assign(source)
+    return clone
+
+
+def _sweep(
+    model, clone, dataset, *, min_lr, max_lr, num_steps, smoothing, divergence_factor
+) -> tuple[list[float], list[float], list[float], bool]:
+    """The test's steps: (learning rates, losses, smoothed losses, whether it diverged)."""
+    factor = max_lr / min_lr
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    avg, best = 0.0, math.inf
+    batches = _batches(dataset)
+    for step in range(num_steps):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        lr = min_lr * factor ** (step / (num_steps - 1))
+        clone.learning_rate = lr
+        x, y, sample_weight = _unpack(batch)
+        logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
+        loss = float(logs["loss"])
+        lrs.append(lr)
+        losses.append(loss)
+        if not math.isfinite(loss):
+            smoothed.append(math.nan)
+            return lrs, losses, smoothed, True
+        avg = smoothing * avg + (1.0 - smoothing) * loss
+        value = avg / (1.0 - smoothing ** (step + 1))
+        smoothed.append(value)
+        if step > 0 and value > divergence_factor * best:
+            return lrs, losses, smoothed, True
+        best = min(best, value)
+    return lrs, losses, smoothed, False
 
 
 def check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor) -> None:

@@ -162,24 +162,30 @@ def export_workdir(
     manifest = _read_manifest(out / MANIFEST_FILE)
     if manifest.get("class_names") not in (None, trained.class_names):
         manifest = {}  # artifacts of another run: their entries no longer describe this folder
-    fingerprint = trained.fingerprint()
     artifacts = manifest.get("artifacts", {})
+    fingerprint = trained.fingerprint()
     for fmt, path in result["paths"].items():
-        fmt_quant = quantization if fmt == "tflite" else None
-        entry: dict[str, Any] = {
+        entry = {
             "format": fmt,
-            "quantization": fmt_quant,
+            "quantization": quantization if fmt == "tflite" else None,
             "bytes": _size(Path(path)),
             "phase": trained.phase,
             "model_sha256": fingerprint,
             "parity": result["parity"][fmt].as_dict() if fmt in result["parity"] else None,
         }
-        if fmt == "tflite" and fmt_quant is not None:
+        if fmt == "tflite" and quantization is not None:
             val = _validation_set(workdir, trained.class_names, data_dir)
             if val is not None:
                 entry["accuracy"] = quantization_accuracy(trained.model, path, val)
         artifacts[os.path.basename(path)] = entry
-    manifest = {
+    manifest = _manifest(trained, artifacts)
+    _write_manifest(out, manifest, trained.class_names)
+    return manifest
+
+
+def _manifest(trained, artifacts: dict[str, Any]) -> dict[str, Any]:
+    """`export.json`: the model's input and output conventions, and every artifact's entry."""
+    return {
         "workdir": trained.workdir,
         "backbone": trained.backbone,
         "image_size": trained.image_size,
@@ -196,8 +202,6 @@ def export_workdir(
         },
         "artifacts": dict(sorted(artifacts.items())),
     }
-    _write_manifest(out, manifest, trained.class_names)
-    return manifest
 
 
 def verify_workdir(
