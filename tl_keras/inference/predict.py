@@ -5,7 +5,8 @@
   python -m tl_keras.predict --workdir=runs/b0 photo.jpg more_photos/
   python -m tl_keras.predict --workdir=runs/b0 --top_k=3 --output=predictions.csv more_photos/
 
-Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif); files named
+Folders are searched recursively for image files (`tl_keras.data.pipeline.IMAGE_EXTENSIONS`:
+.jpg, .jpeg, .png, .bmp, .gif, .webp); files named
 explicitly are always tried. A file that cannot be read as an image is reported with its reason
 (on its own row, and on stderr) and the others are still classified: the command fails only when
 no image at all could be read. Images are decoded and resized exactly as in training
@@ -199,6 +200,7 @@ def predict_workdir(
       DataError: the paths name no file at all (an empty folder).
       WorkdirError: no trained model in the workdir.
     """
+    from tl_keras.data.pipeline import IMAGE_EXTENSIONS
     from tl_keras.inference.trained import load_trained, run_config
 
     if not paths:
@@ -207,7 +209,7 @@ def predict_workdir(
     if not files:
         raise DataError(
             f"no image files in {', '.join(map(repr, paths))} (looked for "
-            ".jpg, .jpeg, .png, .bmp, .gif, recursively)"
+            f"{', '.join(IMAGE_EXTENSIONS)}, recursively)"
         )
     trained = load_trained(workdir, phase=phase)
     config = run_config(workdir)  # the images must be resized the way training resized them
