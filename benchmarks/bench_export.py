@@ -5,7 +5,7 @@
 
 Trains MobileNet (width 0.25, the shared real ImageNet weights) on the shared flower photos with
 tl_keras (fe then ft, reusing the workdir when it already holds that finished run), exports it
-with `tl_keras.export.export_workdir` exactly as `python -m tl_keras.export` does (each artifact
+with `tl_keras.inference.export.export_workdir` exactly as `python -m tl_keras.export` does (each artifact
 parity-checked on 32 validation images), and then runs every artifact on the WHOLE validation
 split against the Keras model: the largest and mean |difference| of the probabilities, the
 99th percentile of each image's largest difference, top-1 agreement, and accuracy. Writes

@@ -1,4 +1,4 @@
-"""tl_keras.evaluate: the figures are right, the report is written, the data's classes are checked.
+"""tl_keras.inference.evaluate: the figures are right, the report is written, the data's classes are checked.
 
 The metric tests use a stub model with known probabilities, so every figure is checked against
 a hand count (and the loss against Keras's own). The workdir tests evaluate a tiny trained run.

@@ -1,4 +1,4 @@
-"""Tests for tl_keras.export: every format exports, reproduces the model, and is written atomically.
+"""Tests for tl_keras.inference.export: every format exports, reproduces the model, and is written atomically.
 
 Tiny MobileNet-0.25 classifiers at 32 px with random weights keep the file to well under a minute.
 """

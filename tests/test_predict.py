@@ -1,4 +1,4 @@
-"""tl_keras.predict: top-k per file, pixels as in training, unreadable files reported not fatal."""
+"""tl_keras.inference.predict: top-k per file, pixels as in training, unreadable files reported not fatal."""
 
 from __future__ import annotations
 

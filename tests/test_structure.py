@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -214,3 +215,34 @@ def test_validation_and_the_plan_import_no_tensorflow(tmp_path):
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+# --- the README's map of the package --------------------------------------------------------------
+def readme_layout() -> set[str]:
+    """The module paths the README's "How the code is laid out" tree lists."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## How the code is laid out") :]
+    tree = section[section.index("```\n") + 4 : section.index("\n```", section.index("```\n") + 4)]
+    listed, folders = set(), []
+    for line in tree.splitlines():
+        depth = (len(line) - len(line.lstrip())) // 2
+        names = re.split(r"\s{2,}", line.strip())[0].split()
+        folders = folders[:depth]
+        for name in names:
+            if name.endswith("/"):
+                folders.append(name.rstrip("/"))
+            elif name.endswith(".py"):
+                listed.add("/".join([*folders, name]))
+    return listed
+
+
+def test_the_readme_lists_every_module_where_it_is():
+    """Every module, in its folder (a subpackage's line stands for its `__init__.py`)."""
+    modules = {
+        str(p.relative_to(REPO))
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py" or p.parent == PACKAGE
+    }
+    assert readme_layout() == modules, (
+        f"only in the README: {readme_layout() - modules}; not in it: {modules - readme_layout()}"
+    )

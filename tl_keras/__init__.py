@@ -6,7 +6,11 @@ The library API (the CLI `python -m tl_keras.train` is a thin layer over it):
     from tl_keras import evaluate_workdir, predict_workdir, export_workdir
 
 Names are imported lazily, so `import tl_keras` and the pure modules (`tl_keras.config`,
-`tl_keras.recipe`, `tl_keras.model.backbones`) do not import TensorFlow.
+`tl_keras.recipe`, `tl_keras.model.backbones`, `tl_keras.data.augment`) do not import TensorFlow.
+
+The package reads as the story of a run: `config` (every setting, resolved once into a
+`RunSpec`), `recipe` (the rules, no TensorFlow), `data`, `model`, `training`, `inference`, and
+`cli` (the commands). The README's "How the code is laid out" lists every module.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ _EXPORTS = {
     "stitch": "tl_keras.history",
     "plot_history": "tl_keras.plotting",
     "TLKerasError": "tl_keras.errors",
-    # After training (the modules tl_keras.evaluate / .predict / .export are the commands).
+    # After training (the commands python -m tl_keras.evaluate / .predict / .export call these).
     "load_trained": "tl_keras.inference.trained",
     "evaluate_workdir": "tl_keras.inference.evaluate",
     "predict_workdir": "tl_keras.inference.predict",

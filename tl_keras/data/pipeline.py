@@ -315,7 +315,7 @@ def _image_loader(images: Images, p: Pipeline) -> Callable[[tf.Tensor], tf.Tenso
 def load_image_file(path: str, p: Pipeline) -> np.ndarray:
     """Reads one image file exactly as training and evaluation do: float32 0..255, S x S x 3.
 
-    For inference on new files (`tl_keras.predict`): the same decoder, resize mode, resize
+    For inference on new files (`tl_keras.inference.predict`): the same decoder, resize mode, resize
     method and rounding as the pipeline `p` (build it with `Pipeline.from_config(run_config, image_size=...)`).
 
     Raises:

@@ -1,1 +1,19 @@
-"""Training: a schedule of phases run on a model, with every artifact kept in the workdir."""
+"""Training: a schedule of phases run on a model, with every artifact kept in the workdir.
+
+    plan.py            which phases run from which state of the workdir, and every refusal
+    runner.py          `train`: plan -> initial state -> the phase loop, each phase saved
+    phase.py           `run_phase`: set-up -> callbacks -> fit -> outcome
+    callbacks.py       the callbacks of a phase's fit (history, NaN guard, checkpoint, ...)
+    optim.py           optimizer names and factory, a phase's optimizer, the compile (XLA)
+    lr_multipliers.py  per-variable learning rates as a Keras optimizer (layer_decay)
+    schedules.py       learning-rate schedules by name
+    checkpoint.py      per-epoch checkpoints, so --resume loses at most one epoch
+    rollback.py        phase control: undo a phase that made validation worse
+    features.py        feature extraction on features computed once
+    lr_finder.py       the learning-rate range test
+    distribute.py      precision, and tf.distribute strategies
+    compare.py         the same budget, four strategies
+
+Nothing here is imported eagerly; `plan`, `optim`, `rollback`, `features`, `distribute` and
+`checkpoint` import TensorFlow only inside their functions.
+"""
