@@ -157,8 +157,14 @@ def run_phase(
         jit_compile=jit_compile,
     )
     if feature_cache != "off":
-        setup = use_cached_features(setup, data, mode=feature_cache, cache_dir=cache_dir,
-                                    jit_compile=jit_compile, strategy=strategy)  # fmt: skip
+        setup = use_cached_features(
+            setup,
+            data,
+            mode=feature_cache,
+            cache_dir=cache_dir,
+            jit_compile=jit_compile,
+            strategy=strategy,
+        )
     if strategy is not None:
         distribute.enable_multi_worker_fit(setup.fit_model, strategy)
     state, cbs = make_callbacks(
@@ -217,9 +223,17 @@ def set_up(
         phase.name, first_epoch, first_epoch - 1 + phase.epochs, history_before, wall_before
     )
     return PhaseSetup(
-        phase, model, model, data, report, window, initial_epoch, schedule_callbacks, resume,
-        done_records,
-    )  # fmt: skip
+        phase=phase,
+        model=model,
+        fit_model=model,
+        fit_data=data,
+        report=report,
+        window=window,
+        initial_epoch=initial_epoch,
+        schedule_callbacks=schedule_callbacks,
+        resume=resume,
+        done_records=done_records,
+    )
 
 
 def use_cached_features(
