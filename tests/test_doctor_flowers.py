@@ -101,22 +101,26 @@ def test_no_duplicate_groups_but_the_planted(planted):
         assert {m["path"] for m in g["members"]} & planted_files, g
 
 
-def test_planted_label_flips_rank_among_the_top_suspects(planted):
-    photos, report = planted
+def test_planted_label_flips_rank_among_the_top_suspects(sets):
+    photos = sets["planted"]
+    report = run(photos, thresholds=Thresholds(max_listed=10**6))  # list every image, ranked
     flips = {photos.paths[i] for i in photos.flips}
     k = len(flips)
-    suspects = report["label_errors"]["suspects"]
-    top = [s["path"] for s in suspects[:k]]
-    precision = sum(p in flips for p in top) / k
-    chance = k / report["label_errors"]["num_checked"]
-    likely = [s for s in suspects if s["likely"]]
+    errors = report["label_errors"]
+    ranked = [s["path"] for s in errors["suspects"]]
+    precision = sum(p in flips for p in ranked[:k]) / k
+    chance = k / errors["num_checked"]
+    median_rank = float(np.median([ranked.index(p) / len(ranked) for p in flips]))
+    likely = [s for s in errors["suspects"] if s["likely"]]
     likely_hits = sum(s["path"] in flips for s in likely)
     print(
-        f"\nlabel flips: precision@{k} {precision:.2f} (chance {chance:.3f}); "
-        f"{len(likely)} likely label errors, {likely_hits} of them planted; "
-        f"probe accuracy {report['label_errors']['probe_accuracy']:.3f}"
+        f"\nlabel flips: precision@{k} {precision:.2f} (chance {chance:.3f}), median rank in the "
+        f"top {100 * median_rank:.0f}%; {len(likely)} likely label errors, {likely_hits} of "
+        f"them planted; probe accuracy {errors['probe_accuracy']:.3f}"
     )
-    assert precision >= 4 * chance  # 0.15 here; the benchmark's 8 seeds: mean 0.30, min 0.17
+    # bench_doctor.py over 8 seeds: precision@12 mean 0.28 (min 0.17), median rank <= 14%.
+    assert precision >= 4 * chance  # 0.15 here
+    assert median_rank <= 0.2
     assert likely_hits >= 2
 
 
