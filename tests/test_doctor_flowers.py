@@ -1,4 +1,4 @@
-"""The doctor's acceptance tests on real photos: defects planted in ../shared's flowers are found.
+"""Issue 14 on real photos: defects planted in ../shared's flowers are found; calibration works.
 
 Features: the real ImageNet MobileNet-0.25 at 96 px (a weak base: a linear probe on its features
 gets about 63% of these 5 flower classes right, which bounds how well label errors can be told
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from doctor_photos import REAL_DUPLICATE_FILES, decode, feature_extractor, features, plant, sample
 
+from tl_keras import calibration
+from tl_keras.doctor import analysis
 from tl_keras.doctor.analysis import Thresholds, diagnose
 
 pytestmark = pytest.mark.shared
@@ -152,3 +154,37 @@ def test_a_clean_subset_raises_no_duplicates_and_no_imbalance(sets):
     assert report["duplicates"]["groups"] == []
     assert report["balance"]["ok"] and report["balance"]["warnings"] == []
     assert report["limits"] == []
+
+
+def test_temperature_scaling_calibrates_a_real_overconfident_classifier(sets):
+    """A softmax head on the flower features, barely regularised (overconfident, as a fine-tuned
+    network is): T fitted on validation lowers ECE on validation and on held-out images."""
+    feats, labels, seen = [], [], set()
+    for photos in (sets["clean"], sets["imbalanced"]):
+        for f, y, p in zip(photos.features, photos.labels, photos.paths, strict=True):
+            if p not in seen:
+                seen.add(p)
+                feats.append(f)
+                labels.append(y)
+    z = analysis.l2_normalize(np.array(feats))
+    y = np.array(labels)
+    part = np.random.default_rng(0).permutation(len(y)) % 4  # 0, 1: train; 2: val; 3: test
+    train, val, test = part < 2, part == 2, part == 3
+    mean, std = z[train].mean(0), z[train].std(0) + 1e-6
+    w, b = analysis.fit_softmax_probe((z[train] - mean) / std, y[train], 5, l2=1.0)
+
+    def probs(mask):
+        return analysis.softmax(((z[mask] - mean) / std) @ w + b)
+
+    t = calibration.fit_temperature(probs(val), y[val])
+    on_val = calibration.calibration_report(probs(val), y[val], t)
+    on_test = calibration.calibration_report(probs(test), y[test], t)
+    print(
+        f"\nT = {t:.2f} (fitted on {val.sum()} validation images); ECE validation "
+        f"{on_val['ece_before']:.3f} -> {on_val['ece_after']:.3f}, held-out {test.sum()} images "
+        f"{on_test['ece_before']:.3f} -> {on_test['ece_after']:.3f}"
+    )
+    assert t > 1  # overconfident: temperature softens
+    assert on_val["ece_after"] < on_val["ece_before"]
+    assert on_test["ece_after"] < on_test["ece_before"]
+    assert on_test["nll_after"] < on_test["nll_before"]
