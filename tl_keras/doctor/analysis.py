@@ -18,14 +18,15 @@ How each check decides (every threshold lives in `Thresholds`, and the report re
   is at most 30% of the distance to that neighbour. Pairs at or above `identical_cosine` count
   whatever their neighbourhood. Pairs are joined into groups, and groups that straddle
   train / validation / test (leakage) are listed first.
-* **Likely label errors** (confident-learning style). Two out-of-sample opinions on every image's
-  class: a softmax-regression probe trained on the other folds (its probabilities
-  temperature-scaled against the given labels, so that they mean what they say whatever the
-  probe's regularisation), and a vote of its `label_k` nearest neighbours (its own duplicates
-  excluded). Their average `p` ranks suspects by
-  `1 - p[given label]`; a suspect is a *likely* label error when `p[given] <=
-  label_error_max_given` and another class has `p >= label_error_min_suggested`, which is then
-  the suggested label.
+* **Likely label errors** (confident-learning style). Two out-of-sample opinions on every
+  image's class: a softmax-regression probe trained on the other folds (`doctor.probe`; its
+  probabilities temperature-scaled against the given labels, so that they mean what they say
+  whatever the probe's regularisation), and a vote of the image's `label_k` nearest neighbours
+  (its own duplicates excluded). Their average `p` ranks suspects by `1 - p[given label]`; a
+  suspect is a *likely* label error when `p[given] <= label_error_max_given` and another class
+  has `p >= label_error_min_suggested`, which is then the suggested label. How many of these are
+  real depends on the base: a probe that tells the classes apart only 63% of the time (the
+  shared MobileNet-0.25 on flowers) also flags hard and odd photos.
 * **Class balance.** Images per class and split; a warning when the largest class has more than
   `imbalance_ratio` times the images of the smallest (or a class has none).
 * **Outliers.** Images far from every class (wrong folder, not a photo of the subject, another
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from tl_keras import calibration
+from tl_keras.doctor.probe import out_of_fold_probabilities
 from tl_keras.errors import DataError
 
 REPORT_VERSION = 1
@@ -288,117 +290,6 @@ def _sorted_splits(splits) -> list[str]:
 # --- label errors -------------------------------------------------------------------------------
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold number of each image: every class spread evenly over the folds, in a seeded order."""
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(labels), dtype=np.int64)
-    offset = 0
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(len(idx))]
-        fold[idx] = (np.arange(len(idx)) + offset) % folds
-        offset += len(idx)  # small classes start where the last one stopped: folds stay even
-    return fold
-
-
-def fit_softmax_probe(
-    x: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    *,
-    l2: float,
-    max_iterations: int = 300,
-    tolerance: float = 1e-4,
-    start: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression by Nesterov-accelerated gradient descent (deterministic).
-
-    Minimises `sum(cross-entropy) + l2 / 2 * |W|^2` (the bias unpenalised). The step is 1 / L with
-    Böhning's bound on the curvature, `L = lambda_max(X'X) / 2 + l2`, so it never diverges; it
-    stops when no weight moves by more than `tolerance` (relative) in a step. float32: the probe
-    ranks images, it does not need more digits, and a step costs a third of float64's.
-
-    Args:
-      start: (D + 1) x K weights and bias to start from (a neighbouring fold's solution);
-        None = zeros.
-
-    Returns:
-      (weights D x K, bias K), float64.
-    """
-    n, d = x.shape
-    xb = np.hstack([np.asarray(x, dtype=np.float32), np.ones((n, 1), dtype=np.float32)])
-    xbt = np.ascontiguousarray(xb.T)  # the gradient's product runs on contiguous memory
-    y = np.eye(num_classes, dtype=np.float32)[labels]
-    lipschitz = 0.5 * _largest_eigenvalue(xbt @ xb) + l2
-    mu = max(l2, 1e-12)
-    momentum = np.float32((1 - math.sqrt(mu / lipschitz)) / (1 + math.sqrt(mu / lipschitz)))
-    penalty = np.full((d + 1, 1), l2, dtype=np.float32)
-    penalty[-1] = 0.0
-    step = np.float32(1.0 / lipschitz)
-    w = np.zeros((d + 1, num_classes), dtype=np.float32)
-    if start is not None:
-        w = np.asarray(start, dtype=np.float32).copy()
-    w_prev = w
-    for _ in range(max_iterations):
-        v = w + momentum * (w - w_prev)
-        grad = xbt @ (softmax(xb @ v) - y) + penalty * v
-        w_prev, w = w, v - step * grad
-        if np.max(np.abs(w - w_prev)) <= tolerance * max(1.0, float(np.max(np.abs(w)))):
-            break
-    w = w.astype(np.float64)
-    return w[:-1], w[-1]
-
-
-def _largest_eigenvalue(gram: np.ndarray, iterations: int = 100) -> float:
-    """Power iteration on a symmetric PSD matrix, 10% added as a margin: an upper bound in practice.
-
-    (LAPACK's eigvalsh is exact but takes half a second on a busy 2-core machine; this is ~1 ms.)
-    """
-    g = gram.astype(np.float64)
-    v = np.ones(len(g)) / math.sqrt(len(g))
-    value = 0.0
-    for _ in range(iterations):
-        w = g @ v
-        value = float(np.linalg.norm(w))
-        if value == 0.0:
-            return 0.0
-        v = w / value
-    return 1.1 * value
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for any finite logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def out_of_fold_probabilities(
-    z: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int, l2: float, seed: int
-) -> np.ndarray:
-    """Each image's class probabilities from a softmax probe that never saw it (k-fold).
-
-    The features are standardised with the training folds' mean and standard deviation.
-    """
-    fold = stratified_folds(labels, folds, seed)
-    probs = np.zeros((len(labels), num_classes))
-    start = None
-    for f in range(folds):
-        test = fold == f
-        train = ~test
-        if not test.any() or not train.any():
-            continue
-        mean = z[train].mean(axis=0)
-        std = z[train].std(axis=0) + 1e-6
-        # Folds share most of their training images: each starts from the last one's solution.
-        w, b = fit_softmax_probe(
-            (z[train] - mean) / std, labels[train], num_classes, l2=l2, start=start
-        )
-        start = np.vstack([w, b[None]])
-        probs[test] = softmax(((z[test] - mean) / std) @ w + b)
-    return probs
-
-
 def neighbour_votes(
     nbr_idx: np.ndarray, labels: np.ndarray, num_classes: int, k: int, exclude: np.ndarray
 ) -> np.ndarray:
@@ -573,64 +464,78 @@ def diagnose(
       DataError: the arrays do not fit together (lengths, label range, non-finite features).
     """
     t = thresholds or Thresholds()
-    x, y, splits, paths, class_names, hash_list = _checked_inputs(
-        features, labels, splits, paths, hashes, class_names
-    )
-    n, num_classes = len(y), len(class_names)
+    x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
     z = l2_normalize(x)
-    hash_ids = np.unique(np.asarray(hash_list), return_inverse=True)[1].astype(np.int64)
     nbr_idx, nbr_sim = nearest_neighbours(z, NEIGHBOURS_KEPT)
-    density = local_density(nbr_idx, nbr_sim, hash_ids, t)
-
-    pairs = duplicate_pairs(nbr_idx, nbr_sim, density, hash_ids, t)
+    density = local_density(nbr_idx, nbr_sim, images.hash_ids, t)
+    pairs = duplicate_pairs(nbr_idx, nbr_sim, density, images.hash_ids, t)
     groups = duplicate_groups(
-        pairs, hash_ids=hash_ids, labels=y, splits=splits, paths=paths, class_names=class_names
+        pairs,
+        hash_ids=images.hash_ids,
+        labels=images.labels,
+        splits=images.splits,
+        paths=images.paths,
+        class_names=images.class_names,
     )
-    balance = class_balance(y, splits, class_names, t)
+    checked, limits = _what_can_be_checked(images, t)
+    report = {
+        "version": REPORT_VERSION,
+        "num_images": len(images.labels),
+        "num_classes": len(images.class_names),
+        "class_names": images.class_names,
+        "splits": _sorted_splits(set(images.splits)),
+        "thresholds": dataclasses.asdict(t),
+        "balance": class_balance(images.labels, images.splits, images.class_names, t),
+        "duplicates": _duplicate_summary(groups),
+        "label_errors": _label_report(z, nbr_idx, pairs, checked, images, t, seed),
+        "outliers": _outlier_report(z, density, checked, images, t),
+        "limits": limits,
+    }
+    report["summary"] = summary_line(report)
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Images:
+    """What the doctor knows about the images besides their features (checked, aligned)."""
+
+    labels: np.ndarray
+    splits: list[str]
+    paths: list[str]
+    class_names: list[str]
+    hash_ids: np.ndarray  # images with equal content share an id
+
+
+def _what_can_be_checked(images: _Images, t: Thresholds) -> tuple[np.ndarray | None, list[str]]:
+    """Which images get label-error and outlier verdicts (None: no statistics at all), and the
+    limits to say in the report."""
+    n, num_classes = len(images.labels), len(images.class_names)
+    counts = np.bincount(images.labels, minlength=num_classes)
+    small = [
+        images.class_names[c] for c in range(num_classes) if 0 < counts[c] < t.min_class_images
+    ]
     limits = []
-    counts = np.bincount(y, minlength=num_classes)
-    small = [class_names[c] for c in range(num_classes) if 0 < counts[c] < t.min_class_images]
-    enough = n >= t.min_images and num_classes >= 2 and len(small) < num_classes
-    if not enough:
-        limits.append(
-            f"{n} images in {int((counts > 0).sum())} classes: too few for label-error and "
-            f"outlier statistics (they need at least {t.min_images} images in 2 or more classes "
-            f"of {t.min_class_images} or more); duplicates and balance are checked"
-        )
-    elif small:
-        limits.append(
-            f"class {', '.join(small)} has fewer than {t.min_class_images} images: too few to "
-            "learn from or to vote on, so its images get no label-error or outlier verdict "
-            "(duplicates and balance are checked)"
-        )
     if n <= t.neighbourhood_k:
         limits.append(
             f"{n} images: too few neighbours for near-duplicates (need more than "
             f"{t.neighbourhood_k}); only exact and identical copies are found"
         )
-    checked = enough & np.isin(
-        y, [c for c in range(num_classes) if counts[c] >= t.min_class_images]
-    )
-    label_report = _label_report(
-        z, y, nbr_idx, pairs, checked, enough, t, seed, splits, paths, class_names
-    )
-    outlier_report = _outlier_report(z, y, density, checked, enough, t, splits, paths, class_names)
-
-    report = {
-        "version": REPORT_VERSION,
-        "num_images": n,
-        "num_classes": num_classes,
-        "class_names": list(class_names),
-        "splits": _sorted_splits(set(splits)),
-        "thresholds": dataclasses.asdict(t),
-        "balance": balance,
-        "duplicates": _duplicate_summary(groups),
-        "label_errors": label_report,
-        "outliers": outlier_report,
-        "limits": limits,
-    }
-    report["summary"] = summary_line(report)
-    return report
+    if n < t.min_images or (counts >= t.min_class_images).sum() < 2:
+        limits.insert(
+            0,
+            f"{n} images in {int((counts > 0).sum())} classes: too few for label-error and "
+            f"outlier statistics (they need at least {t.min_images} images, and 2 or more classes "
+            f"of {t.min_class_images} or more); duplicates and balance are checked",
+        )
+        return None, limits
+    if small:
+        limits.insert(
+            0,
+            f"class {', '.join(small)} has fewer than {t.min_class_images} images: too few to "
+            "learn from or to vote on, so its images get no label-error or outlier verdict "
+            "(duplicates and balance are checked)",
+        )
+    return counts[images.labels] >= t.min_class_images, limits
 
 
 def _checked_inputs(features, labels, splits, paths, hashes, class_names):
@@ -666,7 +571,8 @@ def _checked_inputs(features, labels, splits, paths, hashes, class_names):
     for name, values in (("splits", splits), ("paths", paths), ("hashes", hashes)):
         if len(values) != n:
             raise DataError(f"{name} must have one entry per image ({n}); got {len(values)}")
-    return x, y, splits, paths, class_names, hashes
+    hash_ids = np.unique(np.asarray(hashes), return_inverse=True)[1].astype(np.int64).reshape(-1)
+    return x, _Images(y, splits, paths, class_names, hash_ids)
 
 
 def _duplicate_summary(groups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -685,9 +591,10 @@ def _duplicate_summary(groups: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _label_report(z, y, nbr_idx, pairs, checked, enough, t, seed, splits, paths, class_names):
-    if not enough:
+def _label_report(z, nbr_idx, pairs, checked, images: _Images, t: Thresholds, seed: int):
+    if checked is None:
         return {"checked": False, "num_likely": 0, "num_checked": 0, "suspects": []}
+    y, splits, paths, class_names = images.labels, images.splits, images.paths, images.class_names
     num_classes = len(class_names)
     raw = out_of_fold_probabilities(
         z, y, num_classes, folds=t.probe_folds, l2=t.probe_l2, seed=seed
@@ -735,9 +642,10 @@ def _label_report(z, y, nbr_idx, pairs, checked, enough, t, seed, splits, paths,
     }
 
 
-def _outlier_report(z, y, density, checked, enough, t, splits, paths, class_names):
-    if not enough:
+def _outlier_report(z, density, checked, images: _Images, t: Thresholds):
+    if checked is None:
         return {"checked": False, "num_outliers": 0, "items": []}
+    y, splits, paths, class_names = images.labels, images.splits, images.paths, images.class_names
     # Angles, not cosine distances: 1 - cos grows with the square of the angle, so its spread
     # has a long right tail, and a median / MAD score flags ordinary members of broad classes.
     to_centroid = _angle(centroid_distance(z, y, len(class_names)))
@@ -824,6 +732,5 @@ __all__ = [
     "diagnose",
     "l2_normalize",
     "nearest_neighbours",
-    "out_of_fold_probabilities",
     "summary_line",
 ]
