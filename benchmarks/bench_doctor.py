@@ -16,13 +16,16 @@ On ../shared's flowers (3,439 photos) with the real ImageNet MobileNet-0.25 at 9
   flips, how many likely label errors are planted flips, planted outliers flagged.
 
 Writes benchmarks/results/doctor.json. The times depend on the machine and on whatever else runs
-on it: the JSON records the load average before and after.
+on it: the JSON records the load average before and after, and OPENBLAS_NUM_THREADS (on a busy
+2-core machine `OPENBLAS_NUM_THREADS=1 python benchmarks/bench_doctor.py` runs diagnose about 3x
+faster than OpenBLAS's default threads).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import statistics
 import sys
 import time
@@ -207,6 +210,9 @@ def main(argv=None) -> int:
     planted = planted_runs(model, seeds, 40 if args.quick else args.per_class)
     payload = {
         "machine": _common.machine(),
+        # OpenBLAS's threads fight over 2 busy cores on the probe's thin products: with
+        # OPENBLAS_NUM_THREADS=1 diagnose ran about 3x faster here. Recorded so figures compare.
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
         "quick": args.quick,
         "whole_set": full,
         "planted": planted,
