@@ -241,7 +241,15 @@ def plot_reliability(
         lefts = [b["lower"] for b in d["bins"] if b["count"]]
         accs = [b["accuracy"] for b in d["bins"] if b["count"]]
         confs = [b["confidence"] for b in d["bins"] if b["count"]]
-        ax.bar(lefts, accs, width=width, align="edge", color="#4c72b0", edgecolor="white")
+        ax.bar(
+            lefts,
+            accs,
+            width=width,
+            align="edge",
+            color="#4c72b0",
+            edgecolor="white",
+            label="accuracy",
+        )
         ax.bar(
             lefts,
             [c - a for a, c in zip(accs, confs, strict=True)],
