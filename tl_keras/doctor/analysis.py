@@ -1,0 +1,736 @@
+"""What a data set's pretrained features say about it: duplicates, label errors, balance, outliers.
+
+Pure numpy over arrays: the features of every image (N x D, the frozen base's pooled output), the
+integer labels, and optionally each image's split, file path and content hash. No TensorFlow;
+`diagnose` runs every check and returns a JSON-serialisable report, `summary_line` the one log
+line shown before training.
+
+How each check decides (every threshold lives in `Thresholds`, and the report records them):
+
+* **Duplicates.** Exact: the same content hash (of the file's bytes, or of the decoded pixels,
+  whichever the caller hashed). Near: a resized or re-encoded copy lands next to its original in
+  feature space, but how close "next to" is depends on the backbone and on how crowded that part
+  of the space is (MobileNet-0.25 puts unrelated meadow photos at cosine 0.96 and a 64 px JPEG
+  copy of a photo at 0.94). So a pair counts as near-duplicate when its cosine similarity `s` is
+  at least `near_duplicate_min_cosine` and its *local* score `(s - b) / (1 - b)` is at least
+  `near_duplicate_score`, where `b` is the similarity of the `neighbourhood_k`-th nearest
+  neighbour of whichever of the two images sits in the denser place: the pair's cosine distance
+  is at most 30% of the distance to that neighbour. Pairs at or above `identical_cosine` count
+  whatever their neighbourhood. Pairs are joined into groups, and groups that straddle
+  train / validation / test (leakage) are listed first.
+* **Likely label errors** (confident-learning style). Two out-of-sample opinions on every
+  image's class: a softmax-regression probe trained on the other folds (`doctor.probe`; its
+  probabilities temperature-scaled against the given labels, so that they mean what they say
+  whatever the probe's regularisation), and a vote of the image's `label_k` nearest neighbours
+  (its own duplicates excluded). Their average `p` ranks suspects by `1 - p[given label]`; a
+  suspect is a *likely* label error when `p[given] <= label_error_max_given` and another class
+  has `p >= label_error_min_suggested`, which is then the suggested label. How many of these are
+  real depends on the base: a probe that tells the classes apart only 63% of the time (the
+  shared MobileNet-0.25 on flowers) also flags hard and odd photos.
+* **Class balance.** Images per class and split; a warning when the largest class has more than
+  `imbalance_ratio` times the images of the smallest (or a class has none).
+* **Outliers.** Images far from every class (wrong folder, not a photo of the subject, another
+  domain): the robust z-score (median / MAD) of the angle to the nearest class centroid (the
+  image's own class without it) is at least `outlier_z`. A cluster of images from another
+  domain is far from every centroid too, so the score does not ask for isolation; the report
+  adds each outlier's `isolation` (the same z-score of the angle to its `neighbourhood_k`-th
+  neighbour) to tell a lone odd image from a group of them.
+
+Classes with fewer than `min_class_images` images are too small to learn from or to vote on: their
+own images get no label or outlier verdict (duplicates and balance are still checked), and the
+report says so in `limits` rather than guessing.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tl_keras import calibration
+from tl_keras.doctor.probe import out_of_fold_probabilities
+from tl_keras.errors import DataError
+
+REPORT_VERSION = 1
+SPLIT_ORDER = ("train", "val", "test")  # how splits are listed; any other name sorts after
+NEIGHBOURS_KEPT = 64  # per image, from the one pass over all pairs (duplicates, votes, density)
+BLOCK_ELEMENTS = 1 << 24  # similarity entries computed at once: 64 MiB of float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Every threshold the doctor applies; `diagnose` records them in its report."""
+
+    # Duplicates (cosine similarity of L2-normalised features).
+    near_duplicate_score: float = 0.7  # (s - b) / (1 - b): distance <= 30% of the k-th neighbour's
+    near_duplicate_min_cosine: float = 0.9  # a near-duplicate pair is never less similar than this
+    identical_cosine: float = 0.99  # at or above: duplicates whatever the neighbourhood
+    neighbourhood_k: int = 5  # the k-th nearest neighbour measures how crowded a place is
+    # Label errors.
+    label_k: int = 10  # neighbours that vote on an image's class
+    probe_folds: int = 5  # out-of-fold predictions of the softmax-regression probe
+    probe_l2: float = 100.0  # L2 penalty on the probe's weights against the summed loss
+    label_error_max_given: float = 0.1  # likely error: the given label gets at most this...
+    label_error_min_suggested: float = 0.5  # ...and another class at least this
+    # Class balance.
+    imbalance_ratio: float = 5.0  # warn when the largest class exceeds this x the smallest
+    # Outliers.
+    outlier_z: float = 3.5  # robust z-score of the angle to the nearest class centroid
+    # Limits.
+    min_class_images: int = 5  # fewer: no label or outlier verdict on that class's images
+    min_images: int = 20  # fewer in all: no label-error or outlier statistics at all
+    # Reporting.
+    max_listed: int = 25  # suspects and outliers listed in the report (all are counted)
+
+    def __post_init__(self):
+        for name in ("near_duplicate_score", "near_duplicate_min_cosine", "identical_cosine"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise DataError(f"doctor threshold {name}={value} must be in (0, 1]")
+        for name in ("neighbourhood_k", "label_k", "min_class_images", "min_images", "max_listed"):
+            if getattr(self, name) < 1:
+                raise DataError(f"doctor threshold {name}={getattr(self, name)} must be >= 1")
+        if self.probe_folds < 2:
+            raise DataError(f"doctor threshold probe_folds={self.probe_folds} must be >= 2")
+        if self.imbalance_ratio < 1:
+            raise DataError(f"doctor threshold imbalance_ratio={self.imbalance_ratio} must be >= 1")
+
+
+# --- hashes and features ------------------------------------------------------------------------
+
+
+def content_hash(data: bytes | np.ndarray) -> str:
+    """A SHA-256 hex digest of file bytes, or of decoded pixels (their shape and dtype included).
+
+    Hash the file's bytes to find byte-identical copies; hash the decoded pixels to also find a
+    copy saved again without loss (PNG from PNG, a renamed file).
+    """
+    if isinstance(data, np.ndarray):
+        pixels = np.ascontiguousarray(data)
+        header = f"{pixels.dtype.str}{pixels.shape}".encode()
+        return hashlib.sha256(header + pixels.tobytes()).hexdigest()
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); an all-zero row stays zero."""
+    x = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.float32(1e-12))
+
+
+def nearest_neighbours(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar other rows of each row of `z` (unit rows: cosine similarity).
+
+    Computed in blocks of rows, so memory stays at about `BLOCK_ELEMENTS` similarities whatever N.
+
+    Returns:
+      (indices, similarities), each N x min(k, N - 1), most similar first; ties by lower index.
+    """
+    n = len(z)
+    k = min(k, n - 1)
+    indices = np.zeros((n, max(k, 0)), dtype=np.int64)
+    sims = np.zeros((n, max(k, 0)), dtype=np.float32)
+    if k <= 0:
+        return indices, sims
+    rows = max(1, min(n, BLOCK_ELEMENTS // n))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        block = z[start:stop] @ z.T
+        block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # never one's own match
+        cand = np.argpartition(-block, k - 1, axis=1)[:, :k]  # k <= n - 1: never the diagonal
+        cand_sims = np.take_along_axis(block, cand, axis=1)
+        order = np.lexsort((cand, -cand_sims), axis=1)
+        indices[start:stop] = np.take_along_axis(cand, order, axis=1)
+        sims[start:stop] = np.take_along_axis(cand_sims, order, axis=1)
+    return indices, sims
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:  # path compression
+            self.parent[i], i = root, self.parent[i]
+        return int(root)
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def local_density(
+    nbr_idx: np.ndarray, nbr_sim: np.ndarray, hash_ids: np.ndarray, t: Thresholds
+) -> np.ndarray:
+    """Similarity of each image's `neighbourhood_k`-th neighbour that is not a copy of it.
+
+    Copies (same hash, or at least `identical_cosine`) are skipped, so an image with several
+    copies is measured against its real neighbourhood. NaN when there are too few neighbours.
+    """
+    copy = (nbr_sim >= t.identical_cosine) | (hash_ids[nbr_idx] == hash_ids[:, None])
+    ranked = np.where(copy, -np.inf, nbr_sim)
+    ranked = -np.sort(-ranked, axis=1)
+    k = t.neighbourhood_k
+    if ranked.shape[1] < k:
+        return np.full(len(nbr_sim), np.nan)
+    b = ranked[:, k - 1].astype(np.float64)
+    return np.where(np.isfinite(b), b, np.nan)
+
+
+def duplicate_pairs(
+    nbr_idx: np.ndarray,
+    nbr_sim: np.ndarray,
+    density: np.ndarray,
+    hash_ids: np.ndarray,
+    t: Thresholds,
+) -> list[tuple[int, int, float, str]]:
+    """Every duplicate pair (i < j, cosine, 'exact' | 'near'), from the neighbour lists and hashes.
+
+    Exact pairs come from the hashes alone (all members of a hash group, chained), so they are
+    found however many copies there are.
+    """
+    pairs: dict[tuple[int, int], tuple[float, str]] = {}
+    first_of_hash: dict[int, int] = {}
+    for i, h in enumerate(hash_ids.tolist()):
+        if h in first_of_hash:
+            pairs[(first_of_hash[h], i)] = (1.0, "exact")
+        else:
+            first_of_hash[h] = i
+    b = np.maximum(density[:, None], density[nbr_idx])  # the denser of the two places
+    with np.errstate(invalid="ignore", divide="ignore"):
+        local = (nbr_sim - b) / (1.0 - b)
+    near = (nbr_sim >= t.near_duplicate_min_cosine) & (
+        (nbr_sim >= t.identical_cosine) | (np.nan_to_num(local, nan=-1.0) >= t.near_duplicate_score)
+    )
+    for i, col in zip(*np.nonzero(near), strict=True):
+        j = int(nbr_idx[i, col])
+        key = (min(int(i), j), max(int(i), j))
+        if key not in pairs:
+            pairs[key] = (float(nbr_sim[i, col]), "near")
+    return [(i, j, s, kind) for (i, j), (s, kind) in sorted(pairs.items())]
+
+
+def duplicate_groups(
+    pairs: Sequence[tuple[int, int, float, str]],
+    *,
+    hash_ids: np.ndarray,
+    labels: np.ndarray,
+    splits: Sequence[str],
+    paths: Sequence[str],
+    class_names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Joins duplicate pairs into groups, leakage across splits first.
+
+    Returns:
+      One dict per group: `kind` ('exact' when every member has the same hash, else 'near'),
+      `size`, `splits`, `across_splits`, `classes`, `label_conflict`, `min_cosine` (its weakest
+      link) and `members` (path, split, label), members in split order then path.
+    """
+    uf = _UnionFind(len(labels))
+    for i, j, _, _ in pairs:
+        uf.union(i, j)
+    weakest: dict[int, float] = {}
+    members: dict[int, set[int]] = collections.defaultdict(set)
+    for i, j, s, _ in pairs:
+        root = uf.find(i)
+        members[root].update((i, j))
+        weakest[root] = min(weakest.get(root, 1.0), s)
+    groups = []
+    for root, idx in members.items():
+        idx_sorted = sorted(idx, key=lambda k: (_split_rank(splits[k]), paths[k]))
+        group_splits = _sorted_splits({splits[k] for k in idx})
+        classes = sorted({class_names[labels[k]] for k in idx})
+        groups.append(
+            {
+                "kind": "exact" if len({int(hash_ids[k]) for k in idx}) == 1 else "near",
+                "size": len(idx),
+                "splits": group_splits,
+                "across_splits": len(group_splits) > 1,
+                "classes": classes,
+                "label_conflict": len(classes) > 1,
+                "min_cosine": round(weakest[root], 4),
+                "members": [
+                    {"path": paths[k], "split": splits[k], "label": class_names[labels[k]]}
+                    for k in idx_sorted
+                ],
+            }
+        )
+    groups.sort(
+        key=lambda g: (
+            not g["across_splits"],
+            not g["label_conflict"],
+            -g["size"],
+            g["members"][0]["path"],
+        )
+    )
+    return groups
+
+
+def _split_rank(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+def _sorted_splits(splits) -> list[str]:
+    return sorted(splits, key=_split_rank)
+
+
+# --- label errors -------------------------------------------------------------------------------
+
+
+def neighbour_votes(
+    nbr_idx: np.ndarray, labels: np.ndarray, num_classes: int, k: int, exclude: np.ndarray
+) -> np.ndarray:
+    """Share of each image's k nearest neighbours in each class, skipping `exclude[i, col]`."""
+    n = len(nbr_idx)
+    votes = np.zeros((n, num_classes))
+    keep = ~exclude
+    rank = np.cumsum(keep, axis=1)  # the k first kept neighbours vote
+    voters = keep & (rank <= k)
+    rows = np.repeat(np.arange(n), nbr_idx.shape[1])
+    np.add.at(votes, (rows[voters.ravel()], labels[nbr_idx].ravel()[voters.ravel()]), 1.0)
+    total = votes.sum(axis=1, keepdims=True)
+    return np.divide(votes, total, out=np.full_like(votes, 1.0 / num_classes), where=total > 0)
+
+
+def label_suspects(
+    p: np.ndarray, labels: np.ndarray, checked: np.ndarray, t: Thresholds
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks images by how little the evidence `p` supports their given label.
+
+    Returns:
+      (order: indices of checked images, most suspect first; suggested: the most probable other
+      class of every image; likely: whether each image is a likely label error).
+    """
+    n, num_classes = p.shape
+    given = p[np.arange(n), labels]
+    others = np.where(np.eye(num_classes, dtype=bool)[labels], -np.inf, p)
+    suggested = others.argmax(axis=1)
+    likely = (
+        checked
+        & (given <= t.label_error_max_given)
+        & (p[np.arange(n), suggested] >= t.label_error_min_suggested)
+    )
+    idx = np.flatnonzero(checked)
+    order = idx[np.lexsort((idx, given[idx]))]  # least support first; ties by index
+    return order, suggested, likely
+
+
+# --- outliers -----------------------------------------------------------------------------------
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(v - median) / (1.4826 MAD), over the finite values; 0 where the spread is 0."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return np.full_like(values, np.nan)
+    median = np.median(finite)
+    mad = 1.4826 * np.median(np.abs(finite - median))
+    if mad <= 0:
+        mad = 1.2533 * np.mean(np.abs(finite - median))  # mean absolute deviation, normal scale
+    if mad <= 0:
+        return np.where(np.isfinite(values), 0.0, np.nan)
+    return (values - median) / mad
+
+
+def centroid_distance(z: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Cosine distance from each image to the nearest class centroid, its own class without it.
+
+    NaN for an image alone in its class with no other class to compare with.
+    """
+    n = len(z)
+    onehot = np.eye(num_classes)[labels]
+    counts = onehot.sum(axis=0)
+    sums = onehot.T @ z.astype(np.float64)  # K x D
+    best = np.full(n, -np.inf)
+    for c in range(num_classes):
+        own = labels == c
+        centre = np.broadcast_to(sums[c], z.shape).copy()
+        size = np.full(n, counts[c])
+        centre[own] -= z[own]  # leave the image out of its own class's centroid
+        size[own] -= 1
+        norms = np.linalg.norm(centre, axis=1)
+        valid = (size > 0) & (norms > 0)
+        cos = np.einsum("nd,nd->n", z, centre) / np.where(valid, norms, 1.0)
+        best = np.where(valid, np.maximum(best, cos), best)
+    return np.where(np.isfinite(best), 1.0 - best, np.nan)
+
+
+# --- class balance ------------------------------------------------------------------------------
+
+
+def class_balance(
+    labels: np.ndarray, splits: Sequence[str], class_names: Sequence[str], t: Thresholds
+) -> dict[str, Any]:
+    """Images per class and split, the largest-to-smallest ratio, and warnings.
+
+    Returns:
+      `counts` ({class: {split: n}}), `totals` ({class: n}), `ratio` (largest / smallest class;
+      None when a class has no images), `largest`, `smallest`, `ok`, and `warnings` (plain words).
+    """
+    split_names = _sorted_splits(set(splits))
+    counts = {name: dict.fromkeys(split_names, 0) for name in class_names}
+    for label, split in zip(labels.tolist(), splits, strict=True):
+        counts[class_names[label]][split] += 1
+    totals = {name: sum(c.values()) for name, c in counts.items()}
+    largest = max(totals, key=lambda k: (totals[k], k))
+    smallest = min(totals, key=lambda k: (totals[k], k))
+    warnings = []
+    ratio = None
+    if totals[smallest] == 0:
+        empty = [name for name, n in totals.items() if n == 0]
+        warnings.append(f"no images of class {', '.join(empty)}")
+    else:
+        ratio = totals[largest] / totals[smallest]
+        if ratio > t.imbalance_ratio:
+            warnings.append(
+                f"imbalanced: {largest} has {totals[largest]} images, {ratio:.0f}x the "
+                f"{totals[smallest]} of {smallest} (more than {t.imbalance_ratio:g}x): accuracy "
+                "says little here, read balanced accuracy and macro F1, and consider "
+                'class_weight="balanced"'
+            )
+    for split in split_names:
+        missing = [name for name in class_names if totals[name] and not counts[name][split]]
+        if missing and len(split_names) > 1:
+            warnings.append(f"split {split!r} has no images of class {', '.join(missing)}")
+    return {
+        "counts": counts,
+        "totals": totals,
+        "ratio": round(ratio, 2) if ratio is not None else None,
+        "largest": largest,
+        "smallest": smallest,
+        "ok": not warnings,
+        "warnings": warnings,
+    }
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """`n / (K * n_c)` per class (scikit-learn's "balanced"): each class weighs the same in all.
+
+    K counts the classes that have images, so the mean weight per image stays 1; a class with
+    no images gets weight 0 (it contributes no loss anyway).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    present = int((counts > 0).sum())
+    n = counts.sum()
+    return {c: (float(n / (present * counts[c])) if counts[c] else 0.0) for c in range(num_classes)}
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def diagnose(
+    features: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    *,
+    splits: Sequence[str] | None = None,
+    paths: Sequence[str] | None = None,
+    hashes: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    thresholds: Thresholds | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Runs every check and returns the report (JSON-serialisable; `summary` is the log line).
+
+    Args:
+      features: N x D, each image's features from the frozen pretrained base (any scale; they
+        are L2-normalised here).
+      labels: N class indices in [0, len(class_names)).
+      splits: each image's split ('train', 'val', 'test', ...); None = all 'train'.
+      paths: each image's file, to name it in the report; None = '#<index>'.
+      hashes: each image's content hash (`content_hash` of its bytes or pixels), for exact
+        duplicates; None = only identical features count as exact.
+      class_names: the name of each class index; None = '0', '1', ...
+      thresholds: None = `Thresholds()`.
+      seed: the probe's fold assignment.
+
+    Returns:
+      {'version', 'num_images', 'num_classes', 'class_names', 'splits', 'thresholds', 'balance',
+      'duplicates', 'label_errors', 'outliers', 'limits', 'summary'}.
+
+    Raises:
+      DataError: the arrays do not fit together (lengths, label range, non-finite features).
+    """
+    t = thresholds or Thresholds()
+    x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
+    z = l2_normalize(x)
+    nbr_idx, nbr_sim = nearest_neighbours(z, NEIGHBOURS_KEPT)
+    density = local_density(nbr_idx, nbr_sim, images.hash_ids, t)
+    pairs = duplicate_pairs(nbr_idx, nbr_sim, density, images.hash_ids, t)
+    groups = duplicate_groups(
+        pairs,
+        hash_ids=images.hash_ids,
+        labels=images.labels,
+        splits=images.splits,
+        paths=images.paths,
+        class_names=images.class_names,
+    )
+    checked, limits = _what_can_be_checked(images, t)
+    report = {
+        "version": REPORT_VERSION,
+        "num_images": len(images.labels),
+        "num_classes": len(images.class_names),
+        "class_names": images.class_names,
+        "splits": _sorted_splits(set(images.splits)),
+        "thresholds": dataclasses.asdict(t),
+        "balance": class_balance(images.labels, images.splits, images.class_names, t),
+        "duplicates": _duplicate_summary(groups),
+        "label_errors": _label_report(z, nbr_idx, pairs, checked, images, t, seed),
+        "outliers": _outlier_report(z, density, checked, images, t),
+        "limits": limits,
+    }
+    report["summary"] = summary_line(report)
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Images:
+    """What the doctor knows about the images besides their features (checked, aligned)."""
+
+    labels: np.ndarray
+    splits: list[str]
+    paths: list[str]
+    class_names: list[str]
+    hash_ids: np.ndarray  # images with equal content share an id
+
+
+def _what_can_be_checked(images: _Images, t: Thresholds) -> tuple[np.ndarray | None, list[str]]:
+    """Which images get label-error and outlier verdicts (None: no statistics at all), and the
+    limits to say in the report."""
+    n, num_classes = len(images.labels), len(images.class_names)
+    counts = np.bincount(images.labels, minlength=num_classes)
+    small = [
+        images.class_names[c] for c in range(num_classes) if 0 < counts[c] < t.min_class_images
+    ]
+    limits = []
+    if n <= t.neighbourhood_k:
+        limits.append(
+            f"{n} images: too few neighbours for near-duplicates (need more than "
+            f"{t.neighbourhood_k}); only exact and identical copies are found"
+        )
+    if n < t.min_images or (counts >= t.min_class_images).sum() < 2:
+        limits.insert(
+            0,
+            f"{n} images in {int((counts > 0).sum())} classes: too few for label-error and "
+            f"outlier statistics (they need at least {t.min_images} images, and 2 or more classes "
+            f"of {t.min_class_images} or more); duplicates and balance are checked",
+        )
+        return None, limits
+    if small:
+        limits.insert(
+            0,
+            f"class {', '.join(small)} has fewer than {t.min_class_images} images: too few to "
+            "learn from or to vote on, so its images get no label-error or outlier verdict "
+            "(duplicates and balance are checked)",
+        )
+    return counts[images.labels] >= t.min_class_images, limits
+
+
+def _checked_inputs(features, labels, splits, paths, hashes, class_names):
+    x = np.asarray(features)
+    if x.ndim != 2 or not len(x):
+        raise DataError(f"features must be an N x D array with N >= 1; got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise DataError(
+            f"features of {len(bad)} images are NaN or infinite (first: index {bad[0]}); "
+            "recompute the features (a corrupt image or cache)"
+        )
+    n = len(x)
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(
+            f"labels must be {n} integers, one per feature row; got {y.dtype} {y.shape}"
+        )
+    y = y.astype(np.int64)
+    if class_names is None:
+        class_names = [str(c) for c in range(int(y.max()) + 1)]
+    class_names = [str(c) for c in class_names]
+    if y.min() < 0 or y.max() >= len(class_names):
+        raise DataError(
+            f"labels must be in [0, {len(class_names)}) for the classes {class_names[:8]}; "
+            f"got {int(y.min())}..{int(y.max())}"
+        )
+    splits = ["train"] * n if splits is None else [str(s) for s in splits]
+    paths = [f"#{i}" for i in range(n)] if paths is None else [str(p) for p in paths]
+    if hashes is None:  # identical feature rows are the best evidence of identical content left
+        hashes = [content_hash(row) for row in np.ascontiguousarray(x)]
+    hashes = [str(h) for h in hashes]
+    for name, values in (("splits", splits), ("paths", paths), ("hashes", hashes)):
+        if len(values) != n:
+            raise DataError(f"{name} must have one entry per image ({n}); got {len(values)}")
+    hash_ids = np.unique(np.asarray(hashes), return_inverse=True)[1].astype(np.int64).reshape(-1)
+    return x, _Images(y, splits, paths, class_names, hash_ids)
+
+
+def _duplicate_summary(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    leaked: collections.Counter[str] = collections.Counter()
+    for g in groups:
+        if "train" in g["splits"]:
+            leaked.update(m["split"] for m in g["members"] if m["split"] != "train")
+    return {
+        "num_groups": len(groups),
+        "num_exact_groups": sum(g["kind"] == "exact" for g in groups),
+        "num_across_splits": sum(g["across_splits"] for g in groups),
+        "num_label_conflicts": sum(g["label_conflict"] for g in groups),
+        "num_images": sum(g["size"] for g in groups),
+        "leaked_from_train": dict(sorted(leaked.items(), key=lambda kv: _split_rank(kv[0]))),
+        "groups": groups,
+    }
+
+
+def _label_report(z, nbr_idx, pairs, checked, images: _Images, t: Thresholds, seed: int):
+    if checked is None:
+        return {"checked": False, "num_likely": 0, "num_checked": 0, "suspects": []}
+    y, splits, paths, class_names = images.labels, images.splits, images.paths, images.class_names
+    num_classes = len(class_names)
+    raw = out_of_fold_probabilities(
+        z, y, num_classes, folds=t.probe_folds, l2=t.probe_l2, seed=seed
+    )
+    # The probe's regularisation makes its probabilities too soft or too sharp; temperature
+    # scaling against the given labels (mostly right) makes "p_given <= 0.1" mean what it says.
+    temperature = calibration.fit_temperature(raw, y)
+    probe = calibration.apply_temperature(raw, temperature)
+    partners = collections.defaultdict(set)  # an image's duplicates must not vote for it
+    for i, j, _, _ in pairs:
+        partners[i].add(j)
+        partners[j].add(i)
+    exclude = np.zeros(nbr_idx.shape, dtype=bool)
+    for i, js in partners.items():
+        exclude[i] = np.isin(nbr_idx[i], list(js))
+    votes = neighbour_votes(nbr_idx, y, num_classes, t.label_k, exclude)
+    p = (probe + votes) / 2
+    order, suggested, likely = label_suspects(p, y, checked, t)
+    ar = np.arange(len(y))
+    listed = [i for rank, i in enumerate(order) if rank < t.max_listed or likely[i]]
+    suspects = [
+        {
+            "path": paths[i],
+            "split": splits[i],
+            "label": class_names[y[i]],
+            "suggested": class_names[suggested[i]],
+            "score": round(float(1 - p[i, y[i]]), 4),
+            "p_given": round(float(p[i, y[i]]), 4),
+            "p_suggested": round(float(p[i, suggested[i]]), 4),
+            "probe_p_given": round(float(probe[i, y[i]]), 4),
+            "neighbours_agreeing": round(float(votes[i, y[i]]), 4),
+            "likely": bool(likely[i]),
+        }
+        for i in listed
+    ]
+    return {
+        "checked": True,
+        "num_checked": int(checked.sum()),
+        "num_likely": int(likely.sum()),
+        "probe_accuracy": round(float(np.mean(probe[checked].argmax(1) == y[checked])), 4),
+        "probe_temperature": round(temperature, 4),
+        "neighbour_accuracy": round(float(np.mean(votes[checked].argmax(1) == y[checked])), 4),
+        "mean_p_given": round(float(np.mean(p[ar, y][checked])), 4),
+        "suspects": suspects,
+    }
+
+
+def _outlier_report(z, density, checked, images: _Images, t: Thresholds):
+    if checked is None:
+        return {"checked": False, "num_outliers": 0, "items": []}
+    y, splits, paths, class_names = images.labels, images.splits, images.paths, images.class_names
+    # Angles, not cosine distances: 1 - cos grows with the square of the angle, so its spread
+    # has a long right tail, and a median / MAD score flags ordinary members of broad classes.
+    to_centroid = _angle(centroid_distance(z, y, len(class_names)))
+    to_neighbour = _angle(1.0 - density)
+    score = robust_z(np.where(checked, to_centroid, np.nan))
+    isolation = robust_z(np.where(checked, to_neighbour, np.nan))
+    flagged = np.flatnonzero(np.nan_to_num(score, nan=-np.inf) >= t.outlier_z)
+    flagged = flagged[np.lexsort((flagged, -score[flagged]))]
+    return {
+        "checked": True,
+        "num_outliers": len(flagged),
+        "items": [
+            {
+                "path": paths[i],
+                "split": splits[i],
+                "label": class_names[y[i]],
+                "score": round(float(score[i]), 3),
+                "isolation": _rounded(isolation[i], 3),
+                "centroid_angle": round(float(to_centroid[i]), 2),
+                "neighbour_angle": _rounded(to_neighbour[i], 2),
+            }
+            for i in flagged[: t.max_listed]
+        ],
+    }
+
+
+def _angle(cosine_distance: np.ndarray) -> np.ndarray:
+    """Degrees between two directions, from their cosine distance (NaN stays NaN)."""
+    return np.degrees(np.arccos(np.clip(1.0 - cosine_distance, -1.0, 1.0)))
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if math.isfinite(value) else None
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The one line shown before training, e.g.
+
+    'doctor: 3 duplicate groups (1 across train/val), 12 likely label errors, balance ok,
+    2 outliers'
+    """
+    dup = report["duplicates"]
+    across = collections.Counter("/".join(g["splits"]) for g in dup["groups"] if g["across_splits"])
+    dup_text = f"{dup['num_groups']} duplicate group{'s' * (dup['num_groups'] != 1)}"
+    if across:
+        dup_text += f" ({', '.join(f'{n} across {s}' for s, n in sorted(across.items()))})"
+    parts = [dup_text]
+    labels = report["label_errors"]
+    if labels["checked"]:
+        n = labels["num_likely"]
+        parts.append(f"{n} likely label error{'s' * (n != 1)}")
+    else:
+        parts.append("label errors not checked")
+    balance = report["balance"]
+    if balance["ok"]:
+        parts.append("balance ok")
+    elif (
+        balance["ratio"] is not None and balance["ratio"] > report["thresholds"]["imbalance_ratio"]
+    ):
+        parts.append(
+            f"imbalance {balance['ratio']:.0f}:1 ({balance['largest']} "
+            f"{balance['totals'][balance['largest']]}, {balance['smallest']} "
+            f"{balance['totals'][balance['smallest']]})"
+        )
+    else:
+        parts.append(balance["warnings"][0])
+    outliers = report["outliers"]
+    if outliers["checked"]:
+        n = outliers["num_outliers"]
+        parts.append(f"{n} outlier{'s' * (n != 1)}")
+    else:
+        parts.append("outliers not checked")
+    line = "doctor: " + ", ".join(parts)
+    if report["limits"]:
+        line += f" ({len(report['limits'])} limit{'s' * (len(report['limits']) != 1)}: see report)"
+    return line
+
+
+__all__ = [
+    "Thresholds",
+    "balanced_class_weights",
+    "class_balance",
+    "content_hash",
+    "diagnose",
+    "l2_normalize",
+    "nearest_neighbours",
+    "summary_line",
+]
