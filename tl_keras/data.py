@@ -959,7 +959,9 @@ def _missing_module(e: BaseException) -> str | None:
     """The top-level module an ImportError in `e`'s chain could not find, else None.
 
     TFDS re-raises a failed lazy import as a new ImportError (its `.name` lost, the original as
-    its cause) or wraps it, so the chain is searched and the message read as a last resort.
+    its cause) or wraps it, so the causes are searched and the message read as a last resort.
+    Only `raise ... from` causes: an ImportError merely being handled when another error struck
+    (`__context__`) did not cause it.
     """
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
@@ -971,7 +973,7 @@ def _missing_module(e: BaseException) -> str | None:
                 name = found.group(1) if found else None
             if name:
                 return name.split(".")[0]
-        e = e.__cause__ or e.__context__
+        e = e.__cause__
     return None
 
 
