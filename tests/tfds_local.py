@@ -92,12 +92,20 @@ def make_flower_photos(
     return out
 
 
-def pack_archive(folder: os.PathLike | str, archive: os.PathLike | str) -> pathlib.Path:
-    """Packs a folder as `archive` (`.tgz` as TFDS downloads it, or a faster plain `.tar`)."""
+def pack_archive(
+    folder: os.PathLike | str, archive: os.PathLike | str, *, arcname: str | None = None
+) -> pathlib.Path:
+    """Packs a folder as `archive` (`.tgz` as TFDS downloads it, or a faster plain `.tar`).
+
+    Args:
+      folder: what to pack; it is the archive's top folder, named `arcname` (default: its name).
+      archive: the file to write; its suffix picks gzip or not.
+      arcname: the top folder's name inside the archive.
+    """
     archive = pathlib.Path(archive)
     mode = "w:gz" if archive.name.endswith((".tgz", ".tar.gz")) else "w"
     with tarfile.open(archive, mode) as tar:
-        tar.add(folder, arcname=pathlib.Path(folder).name)
+        tar.add(folder, arcname=arcname or pathlib.Path(folder).name)
     return archive
 
 
@@ -200,17 +208,25 @@ def make_oxford_flowers102(root: os.PathLike | str, *, per_split: int = 1) -> di
     }
 
 
-def prepare_tf_flowers(data_dir: os.PathLike | str, archive: os.PathLike | str):
+def prepare_tf_flowers(
+    data_dir: os.PathLike | str, archive: os.PathLike | str, *, num_shards: int | None = None
+):
     """Runs TFDS's real `download_and_prepare` of tf_flowers into `data_dir`, from `archive`.
+
+    Args:
+      data_dir: the tfds_data_dir to prepare into.
+      archive: a `flower_photos` archive (`make_flower_photos` + `pack_archive`).
+      num_shards: shards of the train split; None lets TFDS choose by size, as for a user.
 
     Returns:
       The prepared builder.
     """
     import tensorflow_datasets as tfds
 
+    config = tfds.download.DownloadConfig(num_shards=num_shards)
     with local_downloads({TF_FLOWERS_URL: archive}):
         builder = tfds.builder("tf_flowers", data_dir=os.fspath(data_dir))
-        builder.download_and_prepare()
+        builder.download_and_prepare(download_config=config)
     return builder
 
 
