@@ -55,6 +55,16 @@ def read(path) -> dict:
     return json.loads(pathlib.Path(path).read_text())
 
 
+@pytest.fixture(autouse=True)
+def real_tfds():
+    """Fails clearly when an earlier test in this process left TFDS mocked (tfds.testing)."""
+    where = tfds.core.DatasetBuilder.as_dataset.__module__
+    assert not where.startswith("tensorflow_datasets.testing"), (
+        f"DatasetBuilder.as_dataset is still {where}'s mock: a test undid its patch after "
+        "tfds.testing.mock_data exited"
+    )
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> pathlib.Path:
     """`flower_photos/<class>/*.jpg` as in TFDS's archive: real photos from ../shared if there."""
