@@ -63,7 +63,7 @@ def load_set(limit: int | None) -> tuple[list[str], np.ndarray, list[bytes]]:
 
 
 def whole_set(model, limit: int | None, rounds: int) -> dict:
-    from tl_keras.data import stratified_split
+    from tl_keras.data.pipeline import stratified_split
 
     start = time.perf_counter()
     paths, labels, data = load_set(limit)

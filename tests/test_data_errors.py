@@ -212,7 +212,12 @@ def test_tfds_download_failure_says_how_to_use_prepared_data(tmp_path, monkeypat
 
 def test_tfds_bad_split_spec(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
+    # The patch is undone inside the mock's block: undone after it, it would put the mock's
+    # as_dataset back for every later test in the process (tests/test_tfds_local.py reads for real).
+    with (
+        tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE),
+        monkeypatch.context() as patch,
+    ):
         as_dataset = tfds.core.DatasetBuilder.as_dataset
 
         def unknown_split(self, split, **kwargs):
@@ -220,7 +225,7 @@ def test_tfds_bad_split_spec(monkeypatch):
                 return as_dataset(self, split=split, **kwargs)
             raise ValueError(f"Unknown split \"{split}\". Should be one of ['train'].")
 
-        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", unknown_split)
+        patch.setattr(tfds.core.DatasetBuilder, "as_dataset", unknown_split)
         with pytest.raises(
             DataError, match=r"val_split='validaton' is not a split of TFDS tf_flowers"
         ):

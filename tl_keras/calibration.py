@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tl_keras.errors import DataError
-from tl_keras.io_utils import atomic_path  # the package's one atomic writer (io_utils -> io soon)
+from tl_keras.io import atomic_path  # the package's one atomic writer
 
 DEFAULT_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # beyond these a model is broken, not miscalibrated

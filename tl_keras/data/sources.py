@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -275,6 +276,44 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
+# pip names of modules TFDS builders import lazily, where they differ from the module's name.
+_PIP_NAMES = {"cv2": "opencv-python", "PIL": "pillow", "skimage": "scikit-image"}
+
+
+def _missing_module(e: BaseException) -> str | None:
+    """The top-level module an ImportError in `e`'s chain could not find, else None.
+
+    TFDS re-raises a failed lazy import as a new ImportError (its `.name` lost, the original as
+    its cause) or wraps it, so the causes are searched and the message read as a last resort.
+    Only `raise ... from` causes: an ImportError merely being handled when another error struck
+    (`__context__`) did not cause it.
+    """
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ImportError):
+            name = e.name
+            if not name:
+                found = re.search(r"No module named '([\w.]+)'", str(e))
+                name = found.group(1) if found else None
+            if name:
+                return name.split(".")[0]
+        e = e.__cause__
+    return None
+
+
+def _missing_module_error(e: BaseException, name: str, step: str) -> DataError | None:
+    """A DataError naming the module TFDS lacks to `step` data set `name`, and the pip command."""
+    module = _missing_module(e)
+    if module is None:
+        return None
+    return DataError(
+        f"TFDS cannot {step} {name!r}: the Python module {module!r} is not installed "
+        f"({_first_line(e)}). This is not a network problem: install it with "
+        f"pip install {_PIP_NAMES.get(module, module)} and run again"
+    )
+
+
 def _tfds_builder(name: str, data_dir: str):
     import tensorflow_datasets as tfds
 
@@ -289,7 +328,9 @@ def _tfds_builder(name: str, data_dir: str):
             "tensorflow_datasets.list_builders() for the names"
         ) from None
     except Exception as e:
-        raise DataError(f"data_dir='tfds:{name}' cannot be opened ({_first_line(e)})") from None
+        raise _missing_module_error(e, name, "open") or DataError(
+            f"data_dir='tfds:{name}' cannot be opened ({_first_line(e)})"
+        ) from None
 
 
 def _tfds_split(builder, name: str, spec: str, field: str, image_key: str) -> Images:
@@ -303,6 +344,8 @@ def _tfds_split(builder, name: str, spec: str, field: str, image_key: str) -> Im
             decoders={image_key: tfds.decode.SkipDecoding()},  # keep the encoded bytes
         )
     except Exception as e:
+        if missing := _missing_module_error(e, name, "read"):
+            raise missing from None
         splits = ", ".join(builder.info.splits) or "unknown"
         raise DataError(
             f"{field}={spec!r} is not a split of TFDS {name} ({_first_line(e)}); its splits: "
@@ -345,6 +388,8 @@ def _tfds_source(config) -> RawData:
     try:
         builder.download_and_prepare()
     except Exception as e:
+        if missing := _missing_module_error(e, name, "download and prepare"):
+            raise missing from None
         where = config.tfds_data_dir or os.path.expanduser("~/tensorflow_datasets")
         raise DataError(
             f"TFDS could not download or prepare {name!r} into {where} ({_first_line(e)}). "
