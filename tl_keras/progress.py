@@ -1,0 +1,88 @@
+"""Progress of the long one-off passes: the decode check, the feature pass, re-reading data.
+
+A pass that takes more than a moment says where it is, with counts, every few seconds and once
+at the end, on the package's logger:
+
+    [decode check] 1,024 / 3,439 images (30%), 2.1 s
+    [decode check] 3,439 / 3,439 images (100%) in 6.8 s
+
+A pass that ends within `quiet_s` prints nothing, so short runs and the tests stay quiet. Times
+come from `time.monotonic`, so a wall clock that jumps (NTP, a laptop waking up) cannot make a
+pass look negative or endless.
+
+    with Progress("decode check", total=len(files)) as progress:
+        for batch in batches:
+            ...
+            progress.update(len(batch))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("tl_keras")
+
+
+class Progress:
+    """Counts a pass and logs its progress at most every `every_s` seconds.
+
+    Args:
+      label: what the pass is ("decode check", "feature pass").
+      total: how many units the pass has; None when unknown (then no percentage).
+      unit: what is counted ("images").
+      every_s: the shortest interval between two progress lines.
+      quiet_s: a pass that ends sooner logs nothing at all.
+      logger: where the lines go (the package's logger by default).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        *,
+        unit: str = "images",
+        every_s: float = 5.0,
+        quiet_s: float = 2.0,
+        logger: logging.Logger | None = None,
+    ):
+        self.label, self.total, self.unit = label, total, unit
+        self.every_s, self.quiet_s = every_s, quiet_s
+        self.log = logger or log
+        self.done = 0
+        self._start = time.monotonic()
+        self._last = self._start
+        self._shown = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._start
+
+    def _line(self, final: bool) -> str:
+        count = f"{self.done:,}"
+        if self.total:
+            count += f" / {self.total:,} {self.unit} ({100 * self.done / self.total:.0f}%)"
+        else:
+            count += f" {self.unit}"
+        when = f"in {self.elapsed_s:.1f} s" if final else f"{self.elapsed_s:.1f} s"
+        return f"[{self.label}] {count}{',' if not final else ''} {when}"
+
+    def update(self, n: int = 1) -> None:
+        """Counts `n` more units; logs a line when `every_s` has passed since the last one."""
+        self.done += n
+        now = time.monotonic()
+        if now - self._start >= self.quiet_s and now - self._last >= self.every_s:
+            self._last, self._shown = now, True
+            self.log.info(self._line(final=False))
+
+    def close(self) -> None:
+        """Logs the final count when the pass was long enough to be worth a line."""
+        if self._shown or self.elapsed_s >= self.quiet_s:
+            self.log.info(self._line(final=True))
