@@ -60,7 +60,4 @@ def test_unknown_total_and_a_failed_pass(caplog, monkeypatch):
                 raise RuntimeError("boom")
         except RuntimeError:
             pass
-    assert _lines(caplog) == [
-        "[feature pass] 7 batches, 3.0 s",
-        "[feature pass] 7 batches in 3.0 s",
-    ]
+    assert _lines(caplog) == ["[feature pass] 7 batches in 3.0 s"]  # the failed read: silent
