@@ -11,7 +11,7 @@ import re
 import shutil
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_module
 
 TINY = [
     "--data_dir=synthetic",
@@ -106,6 +106,13 @@ FLAG_CASES = {
     "weights-missing-file": (
         ["--weights=nope.weights.h5"],
         ["weights file 'nope.weights.h5' does not exist", "'imagenet', 'none'"],
+    ),
+    "image-size-cannot-fit": (
+        ["--image_size=100000"],
+        [
+            "image_size=100000 with batch_size=8 on mobilenet cannot fit in memory",
+            "Lower --image_size",
+        ],
     ),
 }
 
@@ -221,21 +228,119 @@ def test_damaged_run_json(fe_done, tmp_path):
     before = digest(workdir)
     assert_refused(
         run_cli("--phase=ft", f"--workdir={workdir}"),
-        "run.json is unreadable",
-        "the workdir is damaged",
+        "run.json is damaged (not valid JSON, truncated or edited",
+        "start it again with --overwrite",
     )
     assert digest(workdir) == before
 
 
+def test_run_json_a_list(fe_done, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(fe_done, workdir)
+    (workdir / "run.json").write_text("[]")
+    before = digest(workdir)
+    assert_refused(
+        run_cli("--phase=ft", f"--workdir={workdir}"),
+        f"{workdir}/run.json is damaged (the file is a JSON list, not an object)",
+        "start it again with --overwrite, or use another --workdir",
+    )
+    assert digest(workdir) == before
+
+
+def read_only_command(folder: pathlib.Path, module: str, *args: str):
+    """Runs a command with `folder` read-only: a read-only bind mount of its own (root, where
+    permission bits do not stop writes), else the permission bits; skips where neither works."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", module, *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")] if p.is_dir()}
+        for p in modes:
+            p.chmod(0o555)
+        try:
+            return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+    f = str(folder)
+    mount = f'mount --bind {f} {f} && mount -o remount,bind,ro {f} {f} && exec "$@"'
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", mount, "sh", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"cannot make {folder} read-only here: {probe.stderr[-200:]!r}")
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", mount, "sh", *command],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_read_only_workdir_evaluate(finished, tmp_path):
+    before = digest(finished)
+    proc = read_only_command(finished, "tl_keras.evaluate", f"--workdir={finished}", "--split=val")
+    assert_refused(
+        proc,
+        f"cannot write to {finished}/evaluation/val (Read-only file system",
+        "pass --out_dir=FOLDER to write the results elsewhere",
+    )
+    out = tmp_path / "eval"
+    proc = read_only_command(
+        finished, "tl_keras.evaluate", f"--workdir={finished}", "--split=val", f"--out_dir={out}"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "metrics.json").is_file()
+    assert digest(finished) == before
+
+
+def test_read_only_workdir_export(finished):
+    proc = read_only_command(finished, "tl_keras.export", f"--workdir={finished}")
+    assert_refused(proc, f"cannot write to {finished}/export (", "pass --out_dir=FOLDER")
+
+
+def test_unsafe_model_file(finished, tmp_path):
+    import keras
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Lambda(lambda t: t * 1.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(
+        workdir / "ft" / "model.keras"
+    )
+    image = next((workdir / "data" / "synthetic" / "circle").glob("*.png"))
+    proc = run_module("tl_keras.predict", f"--workdir={workdir}", str(image))
+    assert_refused(
+        proc,
+        "ft/model.keras asks to run Python code when it is loaded",
+        "If you made it yourself and trust it, pass --trust_model_code",
+    )
+    proc = run_module("tl_keras.predict", f"--workdir={workdir}", "--trust_model_code", str(image))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert image.name in proc.stdout
+
+
 def test_table_and_tests_match():
     """Every documented case has a test here, and every test here is documented."""
-    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", TABLE.read_text(), flags=re.M))
+    bad_input = TABLE.read_text().split("\n## ")[0]  # the first table; the second is below
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", bad_input, flags=re.M))
     tested = set(FLAG_CASES) | {
         name.removeprefix("test_").replace("_", "-")
         for name in globals()
-        if name.startswith("test_") and name not in ("test_flag_case", "test_table_and_tests_match")
+        if name.startswith("test_")
+        and name
+        not in ("test_flag_case", "test_table_and_tests_match", "test_every_row_has_its_test")
     }
     assert documented == tested, (
         f"only documented: {documented - tested}; only tested: {tested - documented}"
     )
     assert os.path.isfile(TABLE)
+
+
+def test_every_row_has_its_test():
+    """The second table (a run that meets trouble) names each row's test: it exists."""
+    rows = TABLE.read_text().split("\n## ", 1)[1]
+    cited = re.findall(r"`(tests/[a-z_]+\.py)::(test_[a-z0-9_]+)`", rows)
+    assert len(cited) >= 15
+    for path, name in cited:
+        assert re.search(rf"^def {name}\(", (REPO / path).read_text(), flags=re.M), (path, name)

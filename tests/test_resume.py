@@ -4,6 +4,9 @@ The process is killed by the TL_KERAS_FAILPOINT hook (`tl_keras/_failpoints.py`)
 real SIGKILL at an exact point, so each scenario hits the same spot every time. After resuming,
 the run must be indistinguishable from one that was never interrupted: every epoch exactly once,
 the boundary in place, frozen layers bitwise equal to the pretrained file, the same final model.
+The same holds after SIGTERM and Ctrl-C (real signals, which stop the run cleanly with a resume
+hint) and after a full disk (injected at the write's flush, and a real full tmpfs where one can
+be mounted), which stops the run with one line and keeps the last good checkpoint.
 """
 
 import json
@@ -12,11 +15,14 @@ import pathlib
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from tl_keras.history import History
 from tl_keras.model import backbones
@@ -112,6 +118,10 @@ def test_kill_and_resume_equals_uninterrupted(scenario, tmp_path, pretrained, re
     # The last attempt trains only what no checkpoint or saved phase held: at most one epoch lost.
     assert [int(e) for e in re.findall(r"\] epoch (\d+) \(", proc.stdout)] == trained_last
 
+    assert_same_as_uninterrupted(workdir, reference, pretrained)
+
+
+def assert_same_as_uninterrupted(workdir, reference, pretrained) -> None:
     history = History.load(str(workdir / "history.json"))
     ref_history = History.load(str(reference / "history.json"))
     assert history.epochs == list(range(1, FE + FT + 1))  # every epoch exactly once
@@ -187,7 +197,7 @@ def test_truncated_checkpoint_is_a_clear_error(crashed, pretrained, tmp_path):
     model_file.write_bytes(model_file.read_bytes()[:1000])
     proc = run_cli(*args(workdir, pretrained), "--resume")
     assert proc.returncode == 2
-    assert "cannot be loaded" in proc.stderr and "it is damaged" in proc.stderr
+    assert "cannot load" in proc.stderr and "remove that checkpoint folder" in proc.stderr
 
 
 def test_resume_of_a_finished_run_does_nothing(tmp_path, reference, pretrained):
@@ -241,3 +251,117 @@ def test_kill_and_resume_keeps_schedules_layer_decay_and_rollback(tmp_path, pret
     ref_final = keras.models.load_model(reference / "ft2" / "model.keras", compile=False)
     for a, b in zip(final.weights, ref_final.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
+def error_lines(stderr: str, prefix: str = "error: ") -> list[str]:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return [ln for ln in stderr.splitlines() if ln.startswith(prefix)]
+
+
+def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_as_if_uninterrupted(
+    tmp_path, pretrained, reference
+):
+    workdir = tmp_path / "run"
+    # SIGTERM (a reclaimed spot instance), delivered by the process to itself mid-epoch 2.
+    proc = run_cli(*args(workdir, pretrained), env={"TL_KERAS_FAILPOINT": "signal:TERM:batch:2:1"})
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    (line,) = error_lines(proc.stderr, "interrupted: ")
+    assert "SIGTERM stopped the run; the checkpoint of epoch 1 (phase 'fe') is kept" in line
+    assert line.endswith(f"--workdir={workdir} --resume")
+    assert checkpoint.latest(str(workdir)).epoch == 1  # the partial epoch 2 was not saved
+
+    # Ctrl-C from outside, during ft, wherever it lands.
+    err = (tmp_path / "err").open("w")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tl_keras.train", *args(workdir, pretrained), "--resume"],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
+    for out_line in child.stdout:
+        if "[ft] epoch 4 (" in out_line:
+            child.send_signal(signal.SIGINT)
+            break
+    child.stdout.read()
+    assert child.wait() == 128 + signal.SIGINT
+    err.close()
+    (line,) = error_lines((tmp_path / "err").read_text(), "interrupted: ")
+    assert re.search(r"SIGINT stopped the run; the checkpoint of epoch [456] \(phase 'ft'\)", line)
+    assert "--resume" in line
+    assert not [p for p in workdir.rglob("*") if ".tmp-" in p.name]
+
+    proc = run_cli(*args(workdir, pretrained), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_as_uninterrupted(workdir, reference, pretrained)
+
+
+def assert_disk_full(proc, workdir) -> str:
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = error_lines(proc.stderr)
+    assert f"error: the disk is full: writing {workdir}/checkpoints/epoch-00002" in line
+    assert "nothing was half-written; a checkpoint of this run needs about" in line
+    assert "the newest complete checkpoint (phase 'fe', epoch 1) is kept" in line
+    assert line.endswith("continue with --resume")
+    assert checkpoint.latest(str(workdir)).epoch == 1
+    assert not [p for p in workdir.rglob("*") if ".tmp-" in p.name]
+    return line
+
+
+def test_a_full_disk_stops_with_one_line_and_resume_continues(tmp_path, pretrained, reference):
+    """ENOSPC injected where a full disk reports it: when epoch 2's checkpoint is flushed."""
+    workdir = tmp_path / "run"
+    env = {"TL_KERAS_FAILPOINT": "enospc:checkpoints/epoch-00002"}
+    assert_disk_full(run_cli(*args(workdir, pretrained), env=env), workdir)
+    proc = run_cli(*args(workdir, pretrained), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_as_uninterrupted(workdir, reference, pretrained)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small file system of its own (a tmpfs); skips where it cannot be mounted (not root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk(tmp_path, tmpfs, pretrained, reference):
+    """The workdir's file system fills up (another program's file) while epoch 2 trains."""
+    workdir, pause = tmpfs / "run", tmp_path / "pause"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_FAILPOINT":
+           "pause:after_checkpoint:1", "TL_KERAS_PAUSE_FILE": str(pause)}  # fmt: skip
+    with (tmp_path / "err").open("w") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tl_keras.train", *args(workdir, pretrained)],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not pause.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "never paused"
+            time.sleep(0.1)
+        one = sum(p.stat().st_size for p in (workdir / "checkpoints").rglob("*") if p.is_file())
+        filler = tmpfs / "filler"
+        with filler.open("wb") as f:  # leave half a checkpoint's space free
+            left = os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize - one // 2
+            while left > 0:
+                left -= f.write(b"\0" * min(left, 1 << 20))
+        pause.unlink()
+        child.wait(timeout=300)
+    proc = subprocess.CompletedProcess(
+        child.args, child.returncode, "", (tmp_path / "err").read_text()
+    )
+    assert_disk_full(proc, workdir)
+    filler.unlink()  # space freed
+    proc = run_cli(*args(workdir, pretrained), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_as_uninterrupted(workdir, reference, pretrained)

@@ -198,5 +198,6 @@ def test_guard_catches_nan_weights_when_the_loss_is_finite():
         5,
         None,
         "the weights became NaN or infinite (m/d/bias) although the loss stayed finite",
+        "nan",
     )
     assert model.stop_training

@@ -32,6 +32,10 @@ from tl_keras.training import distribute, features, optim, rollback
 _LR_SCHEDULE = recipe.LRSchedule()
 
 
+# The way out of a damaged workdir config.json.
+SAVED_CONFIG_FIX = "start the run again with --overwrite, or use another --workdir"
+
+
 def _field(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
@@ -372,18 +376,32 @@ def merged(
     Raises:
       ConfigError: an unknown field, a value of the wrong type, a missing or bad file.
     """
-    from tl_keras import io
-
     cfg = Config()
     saved = os.path.join(workdir, "config.json") if workdir else None
     if saved and os.path.isfile(saved) and (resume or phase != "all"):
-        saved_cfg = replace(cfg, io.read_json(saved), saved)
+        saved_cfg = read_saved(saved, fix=SAVED_CONFIG_FIX)
         names = [p.name for p in recipe.build_schedule(saved_cfg)]
         if resume or phase in names[1:]:
             cfg = saved_cfg
     if config_file:
         cfg = replace(cfg, load_file(config_file), config_file)
     return replace(cfg, overrides, "command line")
+
+
+def read_saved(path: str, *, fix: str) -> Config:
+    """Reads a config the package saved (a workdir's `config.json`), checked.
+
+    Raises:
+      DamagedFileError: the file is missing, not JSON, not an object, or has a field that is
+        unknown or of the wrong type; naming the file and `fix`, the way out.
+    """
+    from tl_keras import schema
+
+    values = schema.read_json(path, schema.DictOf(schema.Anything), fix=fix)
+    try:
+        return from_dict(values, path)
+    except ConfigError as e:
+        raise schema.damaged(path, str(e).replace(f" in {path}", ""), fix) from None
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -41,10 +41,33 @@ class WorkdirError(TLKerasError):
     """The workdir is missing what a phase needs, belongs to another run, or cannot be written."""
 
 
+class DamagedFileError(WorkdirError):
+    """A file the package wrote and reads back is damaged: not JSON, not of its shape, truncated.
+
+    The message names the file, what is wrong with it, and the way out (`--overwrite`, or the
+    phase to rerun); see `tl_keras.schema`.
+    """
+
+
 class TrainingError(TLKerasError):
     """Training cannot go on (for example the loss became NaN)."""
 
     bad_input = False  # the run started and failed; its last good checkpoint is kept
+
+
+class DiskFullError(TLKerasError):
+    """A write failed because the file system is full (or over quota); nothing was half-written.
+
+    Attributes:
+      path: the file or folder being written.
+      free_bytes: the space left on its file system when it failed, or None if unknown.
+    """
+
+    bad_input = False  # the command was fine; the disk was not
+
+    def __init__(self, message: str, *, path: str = "", free_bytes: int | None = None):
+        super().__init__(message)
+        self.path, self.free_bytes = path, free_bytes
 
 
 class ExportError(TLKerasError):

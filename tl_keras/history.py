@@ -16,10 +16,16 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tl_keras import schema
 from tl_keras.io import atomic_write_text
 
 # Columns written first in the CSV, in this order; metrics follow alphabetically.
 LEADING_COLUMNS = ("epoch", "phase", "lr")
+# One epoch's record as history.json and a checkpoint's state.json hold it.
+RECORD_SHAPE = schema.Obj(
+    {"epoch": schema.Int, "phase": schema.Name}, optional={"lr": schema.Maybe(schema.Num)}
+)
+HISTORY_SHAPE = schema.Obj({"records": schema.ListOf(RECORD_SHAPE)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +135,39 @@ class History:
             atomic_write_text(csv_path, self.to_csv())
 
     @classmethod
-    def load(cls, json_path: str) -> History:
-        with open(json_path, encoding="utf-8") as f:
-            return cls.from_json(f.read())
+    def load(
+        cls, json_path: str, *, fix: str = "rerun the phase that wrote it with --overwrite"
+    ) -> History:
+        """Reads a history.json, checked (see `from_records`).
+
+        Raises:
+          DamagedFileError: the file is not a history: naming it and `fix`, the way out.
+        """
+        payload = schema.read_json(json_path, HISTORY_SHAPE, fix=fix)
+        return cls.from_records(payload["records"], source=json_path, fix=fix)
+
+    @classmethod
+    def from_records(
+        cls, records: list, *, source: str, fix: str = "rerun the phase that wrote it"
+    ) -> History:
+        """A history from saved records: each of `RECORD_SHAPE`, metrics numbers or null, and
+        every epoch once, in order.
+
+        Raises:
+          DamagedFileError: naming `source` and `fix`.
+        """
+        history = cls()
+        for i, r in enumerate(records):
+            if (p := schema.problem(r, RECORD_SHAPE)) is not None:
+                raise schema.damaged(source, f"epoch record {i}: {p}", fix)
+            bad = [k for k, v in r.items() if k not in ("phase",) and not _is_num_or_null(v)]
+            if bad:
+                raise schema.damaged(source, f"epoch record {i}: {bad[0]!r} is not a number", fix)
+            try:
+                history.append(r["phase"], r["epoch"], r.get("lr"), r)
+            except ValueError as e:
+                raise schema.damaged(source, str(e).split(":")[0], fix) from None
+        return history
 
 
 def stitch(
@@ -156,6 +192,10 @@ def stitch(
             lr = lrs[i][j] if lrs is not None else epoch_logs.get("learning_rate")
             history.append(phase, history.last_epoch + 1, lr, epoch_logs)
     return history
+
+
+def _is_num_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def _num(value: Any) -> float | None:

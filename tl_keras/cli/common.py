@@ -104,6 +104,19 @@ def define_verbose() -> None:
     flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
 
 
+def define_trust_flag() -> None:
+    """--trust_model_code: the one way to load a model file whose config runs Python code."""
+    from absl import flags
+
+    flags.DEFINE_boolean(
+        "trust_model_code",
+        False,
+        "Load a .keras model whose config runs Python code (a Lambda layer). tl_keras never "
+        "writes one and refuses such a file by default (Keras safe_mode); pass this only for a "
+        "file you made yourself.",
+    )
+
+
 def define_config_flags() -> None:
     """Every config field as a flag of the same name, and the flags of a run's config.
 

@@ -36,6 +36,7 @@ def define_flags() -> None:
         "num_errors", evaluate_lib.DEFAULT_NUM_ERRORS, "Confident mistakes in the gallery."
     )
     flags.DEFINE_integer("batch_size", evaluate_lib.DEFAULT_BATCH_SIZE, "Images per forward pass.")
+    common.define_trust_flag()
     common.define_verbose()
 
 
@@ -57,6 +58,7 @@ def main(argv: list[str]) -> int:
             top_k=FLAGS.top_k,
             num_errors=FLAGS.num_errors,
             batch_size=FLAGS.batch_size,
+            trust_code=FLAGS.trust_model_code,
         )
         print(evaluation.summary())
         for name, path in evaluation.paths.items():

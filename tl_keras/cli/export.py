@@ -48,6 +48,7 @@ def define_flags() -> None:
         "verify", False, "Export nothing: check the artifacts listed in <out_dir>/export.json."
     )
     common.define_verbose()
+    common.define_trust_flag()
 
 
 def main(argv: list[str]) -> int:
@@ -59,7 +60,12 @@ def main(argv: list[str]) -> int:
     def body() -> int:
         common.no_arguments(argv)
         common.require_workdir(FLAGS.workdir, "the folder of a training run")
-        where = dict(phase=FLAGS.phase, data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir)
+        where = dict(
+            phase=FLAGS.phase,
+            data_dir=FLAGS.data_dir,
+            out_dir=FLAGS.out_dir,
+            trust_code=FLAGS.trust_model_code,
+        )
         if FLAGS.verify:
             for report in export_lib.verify_workdir(
                 FLAGS.workdir, num_parity_images=FLAGS.parity_images, **where

@@ -30,6 +30,7 @@ def define_flags() -> None:
     flags.DEFINE_string("phase", None, "Use this phase's model (default: the final one).")
     flags.DEFINE_integer("batch_size", predict_lib.DEFAULT_BATCH_SIZE, "Images per forward pass.")
     common.define_verbose()
+    common.define_trust_flag()
 
 
 def main(argv: list[str]) -> int:
@@ -48,6 +49,7 @@ def main(argv: list[str]) -> int:
             phase=FLAGS.phase,
             top_k=FLAGS.top_k,
             batch_size=FLAGS.batch_size,
+            trust_code=FLAGS.trust_model_code,
         )
         failed = [p for p in predictions if not p.ok]  # each was logged on stderr
         if FLAGS.output:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from tl_keras import config as config_lib
+from tl_keras import interrupt
 from tl_keras.cli import common
 
 
@@ -53,7 +55,33 @@ def main(argv: list[str]) -> int:
         _log_done(result)
         return common.EXIT_OK
 
-    return common.report_errors(body, verbose=FLAGS.verbose)
+    with interrupt.handled():  # SIGTERM and Ctrl-C stop at a safe point, with a resume hint
+        try:
+            return common.report_errors(body, verbose=FLAGS.verbose)
+        except interrupt.Interrupted as stop:
+            print(f"interrupted: {_interrupted(stop, FLAGS.workdir)}", file=sys.stderr)
+            return stop.exit_code
+
+
+def _interrupted(stop: interrupt.Interrupted, workdir: str) -> str:
+    """What an interrupted run kept, and the command that continues it."""
+    from tl_keras.training import checkpoint
+    from tl_keras.workdir import Workdir
+
+    try:
+        ckpt = checkpoint.latest(workdir)
+        done = Workdir(workdir).phases_done() if os.path.isdir(workdir) else {}
+    except Exception:  # a damaged file: --resume will say which
+        ckpt, done = None, {}
+    if ckpt is not None:
+        kept = f"the checkpoint of epoch {ckpt.epoch} (phase {ckpt.phase!r}) is kept"
+    elif done:
+        kept = f"phase(s) {', '.join(done)} are done"
+    else:
+        kept = "no epoch was finished yet"
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+    command = " ".join(["python -m tl_keras.train", *args, "--resume"])
+    return f"{stop.name} stopped the run; {kept}. Continue it with: {command}"
 
 
 def _log_done(result) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import io
+from tl_keras import _failpoints, io
 from tl_keras.data import augment as augment_lib
 from tl_keras.errors import DataError, DataTypeError
 
@@ -139,6 +139,8 @@ class DataBundle:
     train_labels: np.ndarray | None = None
     train_in_order: tf.data.Dataset | None = None
     feature_source_key: tuple[str, str] | None = None
+    # The image files the datasets read, to name the ones that changed if a read fails later.
+    files: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -470,8 +472,12 @@ def _cache_key(images: Images, p: Pipeline) -> str:
     h.update(np.asarray(images.labels, np.int32).tobytes())
     if images.kind == "files":
         for path in images.items:
-            st = os.stat(path)
-            h.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(path)
+                stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+            except OSError:  # removed since it was listed: the decode check skips it
+                stamp = "missing"
+            h.update(f"{os.path.abspath(path)}\0{stamp}\n".encode())
     elif images.kind == "bytes":
         for blob in images.items:
             h.update(hashlib.sha256(blob).digest())
@@ -496,18 +502,23 @@ def checked_split(
         folder = os.path.join(p.cache_dir, f"{split}-{_cache_key(images, p)}")
         manifest_path = os.path.join(folder, "manifest.json")
         npy = os.path.join(folder, "images.npy")
-        if os.path.isfile(manifest_path) and os.path.isfile(npy):
-            manifest = io.read_json(manifest_path)
-            kept = np.asarray(manifest["kept"], np.int64)
-            for i, reason in manifest["skipped"]:
-                report.skipped.append({"split": split, "item": images.names[i], "reason": reason})
-            sizes = collections.Counter({tuple(k): v for k, v in manifest["sizes"]})
-            check = _Check(np.isin(np.arange(len(images)), kept), {}, sizes, None, 0.0)
-            stored = np.load(npy, mmap_mode="r")
-            log.info("data: %s: reusing the file cache %s", split, folder)
-            return Images(
-                "prepared", stored, images.labels[kept], list(np.asarray(images.names)[kept])
-            ), check
+        try:  # a cache is only a shortcut: a damaged one (truncated, edited) is rebuilt
+            if os.path.isfile(manifest_path) and os.path.isfile(npy):
+                manifest = io.read_json(manifest_path)
+                kept = np.asarray(manifest["kept"], np.int64)
+                skipped = [(images.names[i], str(r)) for i, r in manifest["skipped"]]
+                sizes = collections.Counter({tuple(k): int(v) for k, v in manifest["sizes"]})
+                stored = np.load(npy, mmap_mode="r")
+                if kept.ndim != 1 or stored.shape != (len(kept), p.image_size, p.image_size, 3):
+                    raise ValueError(f"{len(kept)} images listed, {stored.shape} stored")
+                report.skipped += [{"split": split, "item": n, "reason": r} for n, r in skipped]
+                check = _Check(np.isin(np.arange(len(images)), kept), {}, sizes, None, 0.0)
+                log.info("data: %s: reusing the file cache %s", split, folder)
+                return Images(
+                    "prepared", stored, images.labels[kept], list(np.asarray(images.names)[kept])
+                ), check
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            log.warning("data: the file cache %s is damaged (%s): rebuilding it", folder, e)
     check = _check_images(images, p, keep=p.cache != "none")
     report.decode_check_s += check.seconds
     for i, reason in sorted(check.reasons.items()):
@@ -624,6 +635,7 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
     Raises:
       DataError: too many unreadable files, a class missing from a split, or a bad cache setting.
     """
+    _failpoints.hit("data_listed")
     if raw.splits.get("val") is None and val_fraction > 0:
         _hold_out_validation(raw, val_fraction, p.seed)
     report = DataReport(raw.source, list(raw.class_names), ignored_files=list(raw.ignored))
@@ -670,6 +682,9 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
         feature_source_key=(
             _cache_key(splits["train"], p),
             _cache_key(val, p) if val is not None and len(val) else "",
+        ),
+        files=tuple(
+            str(f) for images in splits.values() if images.kind == "files" for f in images.items
         ),
     )
 

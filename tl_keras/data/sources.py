@@ -502,6 +502,26 @@ def arrays_source(
     return RawData(splits, [str(n) for n in class_names], source=source, where=where)
 
 
+def check_class_names(names: Sequence[str], source: str) -> None:
+    """Refuses class names that labels.txt, CSV files and run.json cannot carry one to a line.
+
+    A name is data, never a path here, so '/' or '..' is harmless; an empty name, a duplicate,
+    or a control character (a newline would split labels.txt) is not.
+
+    Raises:
+      DataError: naming the first bad name.
+    """
+    seen = set()
+    for i, name in enumerate(names):
+        if not name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name) or name in seen:
+            why = "a duplicate" if name in seen else "empty or holds a control character"
+            raise DataError(
+                f"class name {i} of {source}, {name[:60]!r}, is {why}; class names must be "
+                "distinct, printable and on one line. Rename it"
+            )
+        seen.add(name)
+
+
 def from_arrays(
     config,
     x_train: Any,
@@ -665,6 +685,7 @@ def load_data(config, *, workdir: str | None = None) -> DataBundle:
             )
             config = dataclasses.replace(config, data_dir=root)
         raw = _folder_source(config)
+    check_class_names(raw.class_names, raw.source)
     given_val = raw.splits.get("val") is not None
     if given_val and config.val_fraction > 0:
         log.info("data: validation data given (%s); val_fraction is not used", raw.where["val"])

@@ -7,6 +7,7 @@ point the trainer at, so the quickstart exercises the real image-folder path.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -64,8 +65,8 @@ def make_shapes(
     }
     manifest = os.path.join(out_dir, MANIFEST)
     if os.path.isfile(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            if json.load(f) == wanted:
+        with open(manifest, encoding="utf-8") as f, contextlib.suppress(ValueError):
+            if json.load(f) == wanted:  # a damaged manifest: the images are drawn again
                 return out_dir
     rng = np.random.default_rng(seed)
     for kind in CLASSES:

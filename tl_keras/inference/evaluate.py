@@ -430,6 +430,7 @@ def evaluate_workdir(
     top_k: int = DEFAULT_TOP_K,
     num_errors: int = DEFAULT_NUM_ERRORS,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    trust_code: bool = False,
 ) -> Evaluation:
     """Evaluates a workdir's model and writes the report (what `python -m tl_keras.evaluate` does).
 
@@ -442,13 +443,15 @@ def evaluate_workdir(
       phase: which phase's model; None = the final one.
       out_dir: where to write; default `<workdir>/evaluation/<split or data folder name>`.
       top_k, num_errors, batch_size: as in `evaluate`.
+      trust_code: load a model file that runs code (see `load_trained`).
 
     Returns:
       The `Evaluation`, with `paths` of the files written.
 
     Raises:
       ConfigError: both data_dir and split, or an unknown split.
-      WorkdirError: no trained model in the workdir.
+      WorkdirError: no trained model in the workdir, or `out_dir` (by default inside the
+        workdir) cannot be written.
       DataError: the data is missing, has no such split, or has other classes than the model.
     """
     if data_dir and split:
@@ -462,10 +465,16 @@ def evaluate_workdir(
             f"batch_size={batch_size}, top_k={top_k} must be positive and "
             f"num_errors={num_errors} at least 0"
         )
+    from tl_keras.inference.trained import read_run, writable_output
+
+    read_run(workdir)  # no run there: that error first
+    tag = _folder_tag(data_dir) if data_dir else split or "test"
+    out_dir = out_dir or os.path.join(os.path.abspath(workdir), "evaluation", tag)
+    writable_output(out_dir, "--out_dir=FOLDER")  # before any work
     if data_dir:
-        data = _folder_data(workdir, data_dir, phase=phase, batch_size=batch_size)
+        data = _folder_data(workdir, data_dir, phase=phase, batch_size=batch_size, trust=trust_code)
     else:
-        data = _split_data(workdir, split or "test", phase=phase)
+        data = _split_data(workdir, split or "test", phase=phase, trust=trust_code)
     run = data.run
     evaluation = evaluate(
         run.model,
@@ -477,7 +486,6 @@ def evaluate_workdir(
         num_errors=num_errors,
         batch_size=batch_size,
     )
-    out_dir = out_dir or os.path.join(run.workdir, "evaluation", data.tag)
     extra = {
         "model": {
             "workdir": run.workdir,
@@ -504,7 +512,9 @@ class _Evaluated:
     split: str | None
 
 
-def _folder_data(workdir: str, data_dir: str, *, phase: str | None, batch_size: int) -> _Evaluated:
+def _folder_data(
+    workdir: str, data_dir: str, *, phase: str | None, batch_size: int, trust: bool
+) -> _Evaluated:
     """A whole image-folder tree, decoded and resized as training did; classes checked first."""
     from tl_keras.data import pipeline, sources
     from tl_keras.inference import trained as trained_lib
@@ -512,7 +522,7 @@ def _folder_data(workdir: str, data_dir: str, *, phase: str | None, batch_size: 
     listing = sources.list_image_folder(data_dir)
     model_classes = trained_lib.read_run(workdir)["class_names"]
     trained_lib.check_class_names(model_classes, listing.class_names, repr(data_dir))  # fail fast
-    run = trained_lib.load_trained(workdir, phase=phase)
+    run = trained_lib.load_trained(workdir, phase=phase, trust_code=trust)
     config = trained_lib.run_config(workdir)  # resize as training did
     settings = pipeline.Pipeline(
         image_size=run.image_size,
@@ -533,11 +543,11 @@ def _folder_data(workdir: str, data_dir: str, *, phase: str | None, batch_size: 
     )
 
 
-def _split_data(workdir: str, split: str, *, phase: str | None) -> _Evaluated:
+def _split_data(workdir: str, split: str, *, phase: str | None, trust: bool) -> _Evaluated:
     """The test or validation split of the workdir's own data, split exactly as in training."""
     from tl_keras.inference import trained as trained_lib
 
-    run = trained_lib.load_trained(workdir, phase=phase)
+    run = trained_lib.load_trained(workdir, phase=phase, trust_code=trust)
     bundle = trained_lib.load_run_data(workdir)
     dataset = bundle.val if split == "val" else getattr(bundle, "test", None)
     if dataset is None:

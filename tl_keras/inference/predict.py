@@ -183,6 +183,7 @@ def predict_workdir(
     phase: str | None = None,
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    trust_code: bool = False,
 ) -> list[Prediction]:
     """Classifies files and folders with a workdir's model (what the command line does).
 
@@ -191,6 +192,7 @@ def predict_workdir(
       paths: image files and folders (searched recursively for images).
       phase: which phase's model; None = the final one.
       top_k, batch_size: as in `predict`.
+      trust_code: load a model file that runs code (see `load_trained`).
 
     Returns:
       One `Prediction` per image file found, in order.
@@ -211,7 +213,7 @@ def predict_workdir(
             f"no image files in {', '.join(map(repr, paths))} (looked for "
             f"{', '.join(IMAGE_EXTENSIONS)}, recursively)"
         )
-    trained = load_trained(workdir, phase=phase)
+    trained = load_trained(workdir, phase=phase, trust_code=trust_code)
     config = run_config(workdir)  # the images must be resized the way training resized them
     return predict(
         trained.model,
@@ -268,6 +270,7 @@ def write_predictions(predictions: Sequence[Prediction], path: str) -> str:
 
     Raises:
       ConfigError: the suffix is neither .csv nor .json.
+      WorkdirError: its folder cannot be written.
     """
     check_output(path)
     csv_file = path.lower().endswith(".csv")
@@ -277,6 +280,14 @@ def write_predictions(predictions: Sequence[Prediction], path: str) -> str:
 
 
 def check_output(path: str) -> None:
-    """Refuses an output file whose suffix is neither .csv nor .json."""
+    """Refuses an output file whose suffix is neither .csv nor .json, or that cannot be written.
+
+    Raises:
+      ConfigError: a suffix other than .csv or .json.
+      WorkdirError: its folder is read-only or cannot be created.
+    """
     if os.path.splitext(path)[1].lower().lstrip(".") not in OUTPUT_FORMATS:
         raise ConfigError(f"--output={path!r} must end in .csv or .json (that picks the format)")
+    from tl_keras.inference.trained import writable_output
+
+    writable_output(os.path.dirname(os.path.abspath(path)), "another --output=FILE")

@@ -99,25 +99,30 @@ def _read_run(workdir: str) -> tuple[Workdir, dict[str, Any]]:
     return wd, run
 
 
-def load_trained(workdir: str, *, phase: str | None = None) -> TrainedModel:
+def load_trained(
+    workdir: str, *, phase: str | None = None, trust_code: bool = False
+) -> TrainedModel:
     """Loads a workdir's model for inference, with its class names and input size.
 
     Args:
       workdir: a folder written by `tl_keras.train`.
       phase: which phase's model; None = the final one (last phase done in schedule order).
+      trust_code: load a model file whose config runs Python code (`--trust_model_code`);
+        tl_keras never writes one, so only for a file you made yourself.
 
     Returns:
       The model with its class names, image size, backbone and phase.
 
     Raises:
-      WorkdirError: no run there, the phase is not done, or its model does not load.
+      WorkdirError: no run there, the phase is not done, or its model does not load (one that
+        would run code: `UnsafeModelError`, unless `trust_code`).
 
     Example:
       >>> trained = load_trained("runs/demo")
       >>> trained.phase, trained.class_names
       ('ft', ['circle', 'square', 'triangle'])
     """
-    import keras  # TensorFlow: only once the cheap checks passed
+    from tl_keras.model.classifier import load_model  # TensorFlow: after the cheap checks
 
     wd, run = _read_run(workdir)
     done = run.get("phases") or {}
@@ -129,14 +134,7 @@ def load_trained(workdir: str, *, phase: str | None = None) -> TrainedModel:
             f"{', '.join(done) or 'none'} (omit --phase for the final model)"
         )
     path = wd.model_path(phase)
-    if not os.path.isfile(path):
-        raise WorkdirError(f"{path} is missing: the workdir is damaged; rerun phase {phase!r}")
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:
-        raise WorkdirError(
-            f"cannot load {path} ({str(e).splitlines()[0][:200]}); rerun phase {phase!r}"
-        ) from None
+    model = load_model(path, trust_code=trust_code, fix=f"rerun phase {phase!r}")
     class_names = [str(c) for c in run["class_names"]]
     image_size = int(run["image_size"])
     shape = tuple(model.inputs[0].shape[1:])
@@ -161,14 +159,10 @@ def run_config(workdir: str) -> config_lib.Config:
     """The resolved config the workdir's latest training command saved (`config.json`).
 
     Raises:
-      WorkdirError: the file is missing or unreadable.
+      DamagedFileError: the file is missing, unreadable, or not a config.
     """
     wd, _ = _read_run(workdir)
-    path = wd.file("config.json")
-    try:
-        return config_lib.from_dict(io.read_json(path), path)
-    except (OSError, ValueError) as e:
-        raise WorkdirError(f"cannot read {path} ({e}); the workdir is damaged") from None
+    return config_lib.read_saved(wd.file("config.json"), fix="start the run again with --overwrite")
 
 
 def load_run_data(workdir: str, *, data_dir: str | None = None):
@@ -199,6 +193,22 @@ def load_run_data(workdir: str, *, data_dir: str | None = None):
     except DataError as e:
         raise DataError(
             f"{e} (this is the data of workdir {workdir!r}; pass --data_dir=FOLDER if it moved)"
+        ) from None
+
+
+def writable_output(folder: str, option: str) -> None:
+    """Proves a command can write its output to `folder` (creating it), before any work.
+
+    Raises:
+      WorkdirError: it cannot (a read-only workdir, another user's folder), pointing at
+        `option`, the flag that writes elsewhere.
+    """
+    try:
+        io.check_writable(folder)
+    except OSError as e:
+        raise WorkdirError(
+            f"cannot write to {folder} ({e.strerror or e}): it is read-only or not yours; pass "
+            f"{option} to write the results elsewhere"
         ) from None
 
 

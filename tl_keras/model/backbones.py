@@ -165,6 +165,62 @@ _SPECS: list[BackboneSpec] = [
 
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
 
+# What a base needs in memory, per backbone at width 1.0, measured on the built base at 224 px
+# (`python benchmarks/backbone_footprint.py` prints this table): the largest layer output and
+# the sum of every layer's output, in float32 values per input pixel, and the parameters.
+# Activations scale with the width (alpha), parameters with its square.
+_FOOTPRINT: dict[str, tuple[float, float, int]] = {
+    "efficientnet_b0": (24.43, 500.5, 4049571),
+    "efficientnet_b1": (24.43, 688.0, 6575239),
+    "efficientnet_b2": (24.43, 720.2, 7768569),
+    "efficientnet_b3": (36.65, 952.8, 10783535),
+    "efficientnet_b4": (36.65, 1237.7, 17673823),
+    "efficientnet_b5": (36.65, 1694.1, 28513527),
+    "efficientnet_b6": (48.86, 2163.4, 40960143),
+    "efficientnet_b7": (48.86, 2886.2, 64097687),
+    "efficientnet_v2_b0": (8.00, 322.2, 5919312),
+    "efficientnet_v2_b1": (8.00, 427.0, 6931124),
+    "efficientnet_v2_b2": (8.00, 461.3, 8769374),
+    "efficientnet_v2_b3": (10.00, 576.0, 12930622),
+    "efficientnet_v2_s": (12.00, 836.5, 20331360),
+    "efficientnet_v2_m": (12.00, 1357.9, 53150388),
+    "efficientnet_v2_l": (16.00, 2392.2, 117746848),
+    "mobilenet": (16.29, 335.7, 3228864),
+    "mobilenet_v2": (24.43, 434.7, 2257984),
+    "mobilenet_v3_small": (4.66, 106.7, 939120),
+    "mobilenet_v3_large": (16.29, 307.4, 2996352),
+}
+_FLOAT_BYTES = 4
+_ADAM_COPIES = 4  # weights, gradients and the optimizer's two moments
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a training step of one batch needs, estimated before any model is built.
+
+    Attributes:
+      floor: what any step needs at least: the batch's float32 input and the base's largest
+        layer output at once, and the weights; a step cannot run below it.
+      step: a step that trains the whole base: every layer's output kept for the backward
+        pass and its gradient, the weights, their gradients and Adam's two moments.
+    """
+
+    floor: int
+    step: int
+
+
+def memory_estimate(
+    spec: BackboneSpec, *, image_size: int, batch_size: int, alpha: float = 1.0
+) -> MemoryEstimate:
+    """The memory one batch of `batch_size` images of `image_size` px needs (`MemoryEstimate`)."""
+    peak, total, params = _FOOTPRINT[spec.name]
+    width = alpha if spec.has_alpha else 1.0
+    pixels = batch_size * image_size * image_size
+    weights = params * width * width * _FLOAT_BYTES
+    floor = pixels * (3 + peak * width) * _FLOAT_BYTES + weights
+    step = 2 * pixels * total * width * _FLOAT_BYTES + _ADAM_COPIES * weights
+    return MemoryEstimate(int(floor), int(step))
+
 
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())

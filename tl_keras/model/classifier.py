@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import keras
 import numpy as np
 
-from tl_keras import recipe
-from tl_keras.errors import BackboneError
+from tl_keras import recipe, schema
+from tl_keras.errors import BackboneError, WorkdirError
 from tl_keras.model import backbones
 from tl_keras.model.backbones import BACKBONE_LAYER
 
@@ -29,6 +30,47 @@ PREPROCESS_LAYER = "preprocess"
 FEATURE_LAYER = "avg_pool"
 HEAD_LAYERS = ("head_dense", "head_dropout", "predictions")
 RNG_FILE = "rng_state.json"  # dropout RNG states, saved next to a model (see `get_rng_state`)
+RNG_SHAPE = schema.DictOf(schema.ListOf(schema.Int))
+TRUST_OPTION = "--trust_model_code"  # the commands' flag (trust_code=True in the library)
+
+
+class UnsafeModelError(WorkdirError):
+    """A model file asks to run Python code when loaded (a Lambda layer, an arbitrary callable)."""
+
+
+def load_model(path: str, *, compile: bool = False, trust_code: bool = False, fix: str):
+    """Loads a `.keras` file the package wrote; no code from the file runs unless trusted.
+
+    Keras's `safe_mode` refuses a config that would run Python code (a `Lambda` layer's
+    marshalled function, a callable of an arbitrary module). The package never writes one, so
+    such a file was made elsewhere or altered.
+
+    Args:
+      path: the `.keras` file.
+      compile: rebuild its optimizer and loss (a checkpoint, to resume; import
+        `tl_keras.training.lr_multipliers` first, which registers the optimizer it may hold).
+      trust_code: load even a file whose config runs code (`--trust_model_code`): only for a
+        file you made yourself.
+      fix: the way out when the file cannot be loaded ("rerun phase 'fe'").
+
+    Raises:
+      UnsafeModelError: the file would run code and `trust_code` is False.
+      WorkdirError: it is missing, truncated or not a Keras model.
+    """
+    if not os.path.isfile(path):
+        raise WorkdirError(f"{path} is missing: the workdir is damaged; {fix}")
+    try:
+        return keras.models.load_model(path, compile=compile, safe_mode=not trust_code)
+    except Exception as e:
+        text = " ".join(str(e).split())
+        if "safe_mode" in text or "arbitrary code" in text:
+            raise UnsafeModelError(
+                f"{path} asks to run Python code when it is loaded (its Keras config holds a "
+                "Lambda layer or another callable), which tl_keras refuses: it never writes such "
+                f"a model, so the file was made elsewhere or altered. If you made it yourself and "
+                f"trust it, pass {TRUST_OPTION} (trust_code=True); otherwise {fix}"
+            ) from None
+        raise WorkdirError(f"cannot load {path} ({text[:200]}); {fix}") from None
 
 
 def build_model(

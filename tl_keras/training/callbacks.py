@@ -17,7 +17,7 @@ import time
 
 import keras
 
-from tl_keras import _failpoints
+from tl_keras import _failpoints, interrupt
 from tl_keras.history import History
 from tl_keras.training import checkpoint, schedules
 from tl_keras.training.rollback import Snapshot, is_worse
@@ -82,9 +82,20 @@ def use_progress_bar(progress: str) -> bool:
     return progress == "bar" or (progress == "auto" and sys.stdout.isatty())
 
 
+# Divergence with a finite loss. Conservative on purpose: a normal run, its first fine-tuning
+# epochs and a warm-up included, stays far from each (see README "Reliability").
+DIVERGED_LOSS_TIMES_CHANCE = 100.0  # an epoch's loss over 100 x ln(classes), the chance level
+GROWING_EPOCHS = 4  # ... or rising this many epochs in a row,
+GROWN_TIMES_LOWEST = 10.0  # to 10 x the phase's lowest and above the chance level
+EXPLODED_WEIGHTS = 1000.0  # trained weights whose largest |value| grew 1000-fold ...
+EXPLODED_WEIGHTS_FLOOR = 100.0  # ... to over 100
+
+
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose loss is NaN or infinite, or at the end of the
-    first epoch whose trained weights are, and remembers where.
+    """Stops training when it has gone wrong, and remembers where: at the first batch whose
+    loss is NaN or infinite; at the end of an epoch whose trained weights are; or at the end of
+    an epoch where the loss diverged while staying finite (far above the chance level, growing
+    epoch after epoch, or the weights exploding).
 
     Under `steps_per_execution` > 1 Keras calls the batch hooks once per block of batches, so the
     bad batch is known to the block ('3-5'); the loss is the epoch's running mean, which stays
@@ -92,13 +103,22 @@ class NonFiniteGuard(keras.callbacks.Callback):
     can miss a divergence: on CPUs where TensorFlow fuses a Dense layer with its ReLU (oneDNN),
     the fused ReLU turns a NaN input into 0, so NaN images give a finite loss while their NaN
     gradients overwrite the weights.
+
+    Args:
+      losses_before: the phase's epoch losses before this `fit` (a resumed phase's).
+
+    Attributes:
+      bad: (global epoch, batch(es) or None, what went wrong, 'nan' or 'diverged'), or None.
     """
 
-    def __init__(self):
+    def __init__(self, losses_before: list[float | None] | None = None):
         super().__init__()
-        # (global epoch 1-based, batch(es) or None, what went wrong)
-        self.bad: tuple[int, str | None, str] | None = None
-        self._epoch, self._begin = 0, 0
+        self.bad: tuple[int, str | None, str, str] | None = None
+        self.losses = [x for x in (losses_before or []) if x is not None]
+        self._epoch, self._begin, self._start_max = 0, 0, None
+
+    def on_train_begin(self, logs=None):
+        self._start_max = self._largest_weight()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch, self._begin = epoch + 1, 0
@@ -112,7 +132,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
             where = str(batch) if batch == self._begin else f"{self._begin}-{batch}"
-            self.bad = (self._epoch, where, f"the loss became {float(loss)}")
+            self.bad = (self._epoch, where, f"the loss became {float(loss)}", "nan")
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -122,13 +142,71 @@ class NonFiniteGuard(keras.callbacks.Callback):
         finite = [keras.ops.all(keras.ops.isfinite(w)) for w in weights]
         if weights and not bool(keras.ops.all(keras.ops.stack(finite))):  # one sync per epoch
             broken = [w.path for w, ok in zip(weights, finite, strict=True) if not bool(ok)]
-            self.bad = (
-                self._epoch,
-                None,
+            problem = (
                 f"the weights became NaN or infinite ({', '.join(broken[:3])}"
-                f"{', ...' if len(broken) > 3 else ''}) although the loss stayed finite",
+                f"{', ...' if len(broken) > 3 else ''}) although the loss stayed finite"
             )
+            self.bad = (self._epoch, None, problem, "nan")
+        else:
+            loss = (logs or {}).get("loss")
+            problem = self._diverged(None if loss is None else float(loss))
+            if problem is not None:
+                self.bad = (self._epoch, None, problem, "diverged")
+        if self.bad is not None:
             self.model.stop_training = True
+
+    def _largest_weight(self) -> float | None:
+        weights = self.model.trainable_weights
+        if not weights:
+            return None
+        return float(
+            keras.ops.max(keras.ops.stack([keras.ops.max(keras.ops.abs(w)) for w in weights]))
+        )
+
+    def _diverged(self, loss: float | None) -> str | None:
+        """What says the phase diverged at this epoch's end, in words, or None."""
+        chance = math.log(max(2, int(self.model.outputs[0].shape[-1])))
+        if loss is not None:
+            self.losses.append(loss)
+            if loss > DIVERGED_LOSS_TIMES_CHANCE * chance:
+                return (
+                    f"the loss diverged to {loss:.3g}, over {DIVERGED_LOSS_TIMES_CHANCE:g}x the "
+                    f"chance level (ln of the classes: {chance:.3g})"
+                )
+            recent = self.losses[-(GROWING_EPOCHS + 1) :]
+            rising = len(recent) == GROWING_EPOCHS + 1 and all(
+                a < b for a, b in zip(recent, recent[1:], strict=False)
+            )
+            if rising and loss > max(GROWN_TIMES_LOWEST * min(self.losses), chance):
+                return (
+                    f"the loss diverged: it rose {GROWING_EPOCHS} epochs in a row to {loss:.3g}, "
+                    f"over {GROWN_TIMES_LOWEST:g}x the phase's lowest ({min(self.losses):.3g})"
+                )
+        largest = self._largest_weight()
+        if (
+            largest is not None
+            and self._start_max
+            and largest > max(EXPLODED_WEIGHTS * self._start_max, EXPLODED_WEIGHTS_FLOOR)
+        ):
+            return (
+                f"the weights exploded: the largest trained weight grew from "
+                f"{self._start_max:.3g} to {largest:.3g}"
+            )
+        return None
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """Raises `tl_keras.interrupt.Interrupted` at a safe point once SIGTERM or SIGINT arrived.
+
+    The last callback of a phase: at a batch's end (the partial epoch is dropped, never
+    checkpointed) and at an epoch's end, after its checkpoint is written.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupt.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        interrupt.check()
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -259,7 +337,7 @@ class PhaseState:
 
     Attributes:
       recorder: the phase's history so far.
-      guard: the NaN guard (a diverged epoch is never checkpointed).
+      guard: the NaN and divergence guard (a diverged epoch is never checkpointed).
       early: early stopping's progress and best weights, when on.
       best: rollback's copy of the phase's best epoch, when tracked.
       schedule: the learning-rate schedule's callbacks (ReduceLROnPlateau's counters).

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import re
 import shutil
@@ -28,9 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tl_keras import io
-from tl_keras.errors import WorkdirError
-from tl_keras.history import History
+from tl_keras import io, schema
+from tl_keras.history import RECORD_SHAPE, History
 
 if TYPE_CHECKING:
     import keras
@@ -40,6 +38,45 @@ if TYPE_CHECKING:
 CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^epoch-(\d{5})$")
+_SNAPSHOT = schema.Obj(
+    {"phase": schema.Name, "epoch": schema.Int, "monitor": schema.Str, "value": schema.Num}
+)
+# What a checkpoint's state.json must hold before --resume trusts it.
+STATE_SHAPE = schema.Obj(
+    {
+        "format": schema.Int,
+        "phase": schema.Name,
+        "epoch": schema.Int,
+        "phase_first_epoch": schema.Int,
+        "finished_phase": schema.Bool,
+        "stopped_early": schema.Bool,
+        "wall_time_s": schema.Num,
+        "history": schema.ListOf(RECORD_SHAPE),
+    },
+    optional={
+        "lr": schema.Maybe(schema.Num),
+        "callback_state": schema.DictOf(schema.Maybe(schema.DictOf(schema.Num))),
+        "best": schema.Maybe(_SNAPSHOT),
+        "early_stopping": schema.Maybe(
+            schema.Obj(
+                {
+                    "wait": schema.Int,
+                    "best": schema.Maybe(schema.Num),
+                    "best_epoch": schema.Int,
+                    "stopped_epoch": schema.Int,
+                }
+            )
+        ),
+    },
+)
+
+
+def damage_fix(path: str) -> str:
+    """The way out of a damaged checkpoint, for messages."""
+    return (
+        f"remove that checkpoint folder ({path}) to resume from the last completed phase, or "
+        "use --overwrite"
+    )
 
 
 @dataclasses.dataclass
@@ -59,13 +96,18 @@ class Checkpoint:
     callback_state: dict = dataclasses.field(default_factory=dict)
     best_meta: dict | None = None  # rollback's best snapshot of the phase so far
 
-    def best_snapshot(self):
-        """The rollback tracker's best weights so far in this phase (`phase_control.Snapshot`)."""
+    def best_snapshot(self, like: list[tuple[int, ...]] | None = None):
+        """The rollback tracker's best weights so far in this phase (`rollback.Snapshot`).
+
+        Raises:
+          DamagedFileError: its weights file is unreadable or does not fit `like`'s shapes.
+        """
         from tl_keras.training.rollback import Snapshot
 
         if not self.best_meta:
             return None
-        weights = io.load_weights(os.path.join(self.path, "best_rollback.npz"))
+        path = os.path.join(self.path, "best_rollback.npz")
+        weights = schema.read_weights(path, like=like, fix=damage_fix(self.path))
         m = self.best_meta
         return Snapshot(m["phase"], m["epoch"], m["monitor"], m["value"], weights)
 
@@ -73,30 +115,32 @@ class Checkpoint:
         """Loads the compiled model (optimizer state included) and its RNG states.
 
         Raises:
-          WorkdirError: the checkpoint is truncated or tampered with.
+          WorkdirError: the checkpoint is truncated or tampered with (a model file that would
+            run code: `UnsafeModelError`).
         """
-        import keras
-
         # Registers the per-variable learning-rate optimizer a checkpoint may hold.
         import tl_keras.training.lr_multipliers  # noqa: F401
-        from tl_keras.model.classifier import set_rng_state
+        from tl_keras.model.classifier import RNG_SHAPE, load_model, set_rng_state
 
-        path = os.path.join(self.path, "model.keras")
+        fix = damage_fix(self.path)
+        model = load_model(os.path.join(self.path, "model.keras"), compile=True, fix=fix)
+        rng_path = os.path.join(self.path, "rng_state.json")
         try:
-            model = keras.models.load_model(path, compile=True, safe_mode=True)
-            set_rng_state(model, io.read_json(os.path.join(self.path, "rng_state.json")))
-        except Exception as e:
-            raise WorkdirError(
-                f"checkpoint {path} cannot be loaded ({str(e).splitlines()[0][:200]}); it is damaged. "
-                "Remove that checkpoint folder to resume from the last completed phase, or use --overwrite"
-            ) from None
+            set_rng_state(model, schema.read_json(rng_path, RNG_SHAPE, fix=fix))
+        except ValueError as e:  # states of layers the model does not have
+            raise schema.damaged(rng_path, str(e), fix) from None
         return model
 
-    def best_weights(self) -> list[np.ndarray] | None:
+    def best_weights(self, like: list[tuple[int, ...]] | None = None) -> list[np.ndarray] | None:
+        """Early stopping's best weights so far, or None (checked against `like`'s shapes).
+
+        Raises:
+          DamagedFileError: the file is unreadable or does not fit.
+        """
         path = os.path.join(self.path, "best_weights.npz")
         if not os.path.isfile(path):
             return None
-        return io.load_weights(path)
+        return schema.read_weights(path, like=like, fix=damage_fix(self.path))
 
 
 # State of Keras callbacks that change the learning rate, by attribute: what on_train_begin resets.
@@ -139,6 +183,14 @@ def _float_lr(model: keras.Model) -> float | None:
 
 def _dir(workdir: str) -> str:
     return os.path.join(workdir, CHECKPOINTS)
+
+
+def estimate_bytes(model: keras.Model) -> int:
+    """About what a checkpoint of `model` takes on disk: its weights and optimizer state."""
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
 
 
 def write(
@@ -203,7 +255,8 @@ def latest(workdir: str) -> Checkpoint | None:
     """Returns the newest complete checkpoint, or None.
 
     Raises:
-      WorkdirError: the newest checkpoint's state file is unreadable (tampered or truncated).
+      DamagedFileError: the newest checkpoint's state file is unreadable, truncated or not of
+        its shape (`STATE_SHAPE`).
     """
     found = []
     for path in glob.glob(os.path.join(_dir(workdir), "epoch-*")):
@@ -214,32 +267,29 @@ def latest(workdir: str) -> Checkpoint | None:
         return None
     _, path = max(found)
     state_path = os.path.join(path, "state.json")
-    try:
-        state: dict[str, Any] = io.read_json(state_path)
-        if state.get("format") != FORMAT_VERSION:
-            raise ValueError(f"format {state.get('format')!r}")
-        history = History()
-        for r in state["history"]:
-            history.append(r["phase"], r["epoch"], r.get("lr"), r)
-        return Checkpoint(
-            path=path,
-            phase=state["phase"],
-            epoch=int(state["epoch"]),
-            phase_first_epoch=int(state["phase_first_epoch"]),
-            finished_phase=bool(state["finished_phase"]),
-            stopped_early=bool(state["stopped_early"]),
-            wall_time_s=float(state["wall_time_s"]),
-            history=history,
-            early_stopping=state.get("early_stopping"),
-            lr=state.get("lr"),
-            callback_state=state.get("callback_state") or {},
-            best_meta=state.get("best"),
-        )
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise WorkdirError(
-            f"checkpoint state {state_path} is unreadable ({e}); it is damaged. Remove that "
-            "checkpoint folder to resume from the last completed phase, or use --overwrite"
-        ) from None
+    fix = damage_fix(path)
+    state: dict[str, Any] = schema.read_json(state_path, STATE_SHAPE, fix=fix)
+    if state["format"] != FORMAT_VERSION:
+        raise schema.damaged(state_path, f"format {state['format']}, not {FORMAT_VERSION}", fix)
+    history = History.from_records(state["history"], source=state_path, fix=fix)
+    if state["epoch"] != history.last_epoch or not (
+        1 <= state["phase_first_epoch"] <= state["epoch"]
+    ):
+        raise schema.damaged(state_path, f"epoch {state['epoch']} does not match its history", fix)
+    return Checkpoint(
+        path=path,
+        phase=state["phase"],
+        epoch=state["epoch"],
+        phase_first_epoch=state["phase_first_epoch"],
+        finished_phase=state["finished_phase"],
+        stopped_early=state["stopped_early"],
+        wall_time_s=float(state["wall_time_s"]),
+        history=history,
+        early_stopping=state.get("early_stopping"),
+        lr=state.get("lr"),
+        callback_state=state.get("callback_state") or {},
+        best_meta=state.get("best"),
+    )
 
 
 def remove_all(workdir: str) -> None:

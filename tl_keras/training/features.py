@@ -127,10 +127,15 @@ def compute(
     if key in _MEMORY:
         return _MEMORY[key], 0.0, True
     if path and os.path.isfile(path):
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        _MEMORY[key] = arrays
-        return arrays, 0.0, True
+        try:  # a cache is only a shortcut: a damaged one is computed again
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in ("train", "val")}
+            if len(arrays["train"]) != data.num_train or len(arrays["val"]) != data.num_val:
+                raise ValueError(f"{len(arrays['train'])} + {len(arrays['val'])} rows")
+            _MEMORY[key] = arrays
+            return arrays, 0.0, True
+        except Exception as e:  # zipfile, numpy and pickle refusals alike
+            log.warning("the feature cache %s is damaged (%s): computing it again", path, e)
     start = time.perf_counter()
     extractor = feature_extractor(model)
     import tensorflow as tf

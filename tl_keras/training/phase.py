@@ -21,7 +21,10 @@ import time
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
 
+from tl_keras import interrupt
+from tl_keras.data import changes
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.errors import TrainingError
 from tl_keras.history import History
@@ -34,6 +37,7 @@ from tl_keras.training.callbacks import (
     EpochLogger,
     FullModelView,
     HistoryRecorder,
+    InterruptCheck,
     NonFiniteGuard,
     PhaseState,
     PhaseWindow,
@@ -316,12 +320,15 @@ def make_callbacks(
     phase, resume = setup.phase, setup.resume
     recorder = HistoryRecorder(phase.name)
     recorder.history.records.extend(dict(r) for r in setup.done_records)
-    state = PhaseState(recorder, NonFiniteGuard(), schedule=setup.schedule_callbacks)
+    guard = NonFiniteGuard(losses_before=[r.get("loss") for r in setup.done_records])
+    state = PhaseState(recorder, guard, schedule=setup.schedule_callbacks)
     cbs: list[keras.callbacks.Callback] = [recorder, state.guard]
     if track_best:  # before early stopping, which may restore other weights at the end
         state.best = BestWeights(phase.name, track_best, source_model=setup.model)
         if resume is not None:
-            state.best.best = resume.best_snapshot()
+            state.best.best = resume.best_snapshot(
+                like=[tuple(w.shape) for w in setup.model.weights]
+            )
         cbs.append(state.best)
     if phase.early_stopping_patience:
         state.early = ResumableEarlyStopping(
@@ -329,7 +336,11 @@ def make_callbacks(
             patience=phase.early_stopping_patience,
             restore_best_weights=True,
             resume_state=resume.early_stopping if resume else None,
-            best_weights=resume.best_weights() if resume else None,
+            best_weights=(
+                resume.best_weights(like=[tuple(w.shape) for w in setup.fit_model.weights])
+                if resume
+                else None
+            ),
         )
         cbs.append(state.early)
     cbs += state.schedule  # they change the rate at epoch ends: before the checkpoint
@@ -340,7 +351,7 @@ def make_callbacks(
         cbs.append(EpochLogger(phase.name, w.first_epoch - 1, phase.epochs, recorder))
     if setup.fit_model is not setup.model:  # cached features: callbacks still see the whole model
         user_callbacks = [FullModelView(cb, setup.model) for cb in user_callbacks]
-    return state, cbs + list(user_callbacks)
+    return state, [*cbs, *user_callbacks, InterruptCheck()]
 
 
 # --- 3. fit ---------------------------------------------------------------------------------------
@@ -361,8 +372,17 @@ def fit(
             setup.fit_model.set_weights(early.best_weights)  # as EarlyStopping.on_train_end would
     if remaining > 0:
         data = setup.fit_data
+        with interrupt.deferred():  # a signal stops the fit at a batch's end, cleanly
+            _fit(
+                setup, data, callbacks, last_epoch=last_epoch, initial_epoch=initial_epoch, bar=bar
+            )
+
+
+def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar) -> None:
+    """`fit`, with a failed read of an image file (the data changed under the run) in words."""
+    try:
         setup.fit_model.fit(
-            data.train_epochs(initial_epoch, remaining),
+            data.train_epochs(initial_epoch, last_epoch - initial_epoch),
             validation_data=data.val,
             epochs=last_epoch,
             initial_epoch=initial_epoch,
@@ -371,6 +391,15 @@ def fit(
             callbacks=callbacks,
             verbose=1 if bar else 0,
         )
+    except tf.errors.OpError as e:
+        changed = changes.changed_files(e, data.files)
+        if changed is None:
+            raise
+        raise TrainingError(
+            f"the data changed while the run read it: {changed}. Training stopped in phase "
+            f"{setup.phase.name!r} and the last good checkpoint was kept: restore those files and "
+            "continue with --resume, or start again on the data as it is now with --overwrite"
+        ) from None
 
 
 # --- 4. outcome -----------------------------------------------------------------------------------
@@ -384,17 +413,26 @@ def outcome(
     """
     phase, window, early = setup.phase, setup.window, state.early
     if state.guard.bad is not None:
-        epoch, batch, problem = state.guard.bad
+        epoch, batch, problem, kind = state.guard.bad
         kept = (
             f"checkpoint of epoch {epoch - 1}"
             if checkpoint_dir and epoch > window.first_epoch
             else "the start of the phase"
         )
+        if kind == "diverged":
+            advice = (
+                f"The phase's learning rate, {phase.lr:g}, is too high for it: lower it (--lr, "
+                "--ft_lr_factor or the stage's factor)"
+            )
+        else:
+            advice = (
+                "Check the inputs for NaN or infinite values, lower the learning rate (phase lr "
+                f"{phase.lr:g})"
+            )
         raise TrainingError(
             f"{problem} in phase {phase.name!r}, epoch {epoch}"
             f"{'' if batch is None else f', batch {batch}'}: training stopped and the last good "
-            f"state was kept ({kept}). Check the inputs for NaN or infinite values, lower the "
-            f"learning rate (phase lr {phase.lr:g}), and rerun the phase with "
+            f"state was kept ({kept}). {advice}, and rerun the phase with "
             f"--phase={phase.name} --overwrite"
         )
     stopped = bool(early is not None and early.stopped_epoch > 0) or bool(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.model import backbones
 from tl_keras.recipe import Phase
 from tl_keras.training import checkpoint
 from tl_keras.workdir import Workdir
@@ -95,6 +96,7 @@ def plan_run(
         (without --overwrite), or --resume is given another config.
     """
     check_options(overwrite=overwrite, resume=resume)
+    check_memory(spec)
     schedule = spec.schedule
     targets = recipe.select_phases(schedule, phase)
     wd, out = Workdir(workdir), Workdir(outdir or workdir)
@@ -127,6 +129,72 @@ def plan_run(
     return plan
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use: the machine's available memory, capped by a
+    container's (cgroup) limit; None where neither can be read (not Linux)."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit) as f, open(usage) as g:
+                found.append(int(f.read().strip()) - int(g.read().strip()))
+        except (OSError, ValueError):  # no such file, or "max" (no limit)
+            continue
+    return min(found) if found else None
+
+
+def check_memory(spec: config_lib.RunSpec, available: int | None = None) -> None:
+    """Refuses a batch that cannot fit in memory, before anything is built or decoded.
+
+    A step needs at least the batch's input and the base's largest layer output at once
+    (`backbones.memory_estimate`, `floor`); below that no run can go. A step that trains the
+    whole base may need far more (`step`): that only gets a warning, since frozen layers keep
+    no activations for the backward pass.
+
+    Args:
+      spec: the resolved config.
+      available: bytes available (default: `available_memory()`; unknown: no check).
+
+    Raises:
+      ConfigError: the floor exceeds the memory available, naming both and the flags to lower.
+    """
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    c = spec.config
+    need = backbones.memory_estimate(
+        spec.backbone, image_size=spec.image_size, batch_size=c.batch_size, alpha=c.alpha
+    )
+    what = f"image_size={spec.image_size} with batch_size={c.batch_size} on {spec.backbone.name}"
+    if need.floor > available:
+        raise ConfigError(
+            f"{what} cannot fit in memory: one batch needs at least {io.format_bytes(need.floor)} "
+            f"(its images and the base's largest layer output), and "
+            f"{io.format_bytes(available)} is available. Lower --image_size ({spec.backbone.name}'s "
+            f"own is {spec.backbone.default_size}) or --batch_size"
+        )
+    if need.step > available:
+        log.warning(
+            "%s: a step that trains the whole base may need up to %s, more than the %s "
+            "available; if it runs out of memory, lower --batch_size or --image_size",
+            what,
+            io.format_bytes(need.step),
+            io.format_bytes(available),
+        )
+
+
 def _refuse_conflicts(plan: RunPlan, *, overwrite: bool, resume: bool) -> None:
     """Refuses to replace a run silently, to skip a phase, or to redo one without --overwrite."""
     wd, done, prev, first = plan.workdir, plan.done, plan.previous, plan.targets[0]
@@ -134,9 +202,11 @@ def _refuse_conflicts(plan: RunPlan, *, overwrite: bool, resume: bool) -> None:
         state = f"phases done: {', '.join(done)}" if done else "unfinished: no phase completed"
         if checkpoint.latest(wd.path) is not None:
             state += ", a checkpoint to resume from"
+        note = wd.replaced_note()
         raise WorkdirError(
             f"workdir {wd.path!r} already holds a run ({state}); rerun with --resume to continue "
             "it, --overwrite to replace it, or use another --workdir"
+            + (f". Also, {note}" if note else "")
         )
     if prev is None:
         return
@@ -162,7 +232,7 @@ def check_resume_config(wd: Workdir, config: config_lib.Config) -> None:
     saved_path = wd.file("config.json")
     if not os.path.isfile(saved_path):
         return
-    saved = config_lib.from_dict(io.read_json(saved_path), saved_path)
+    saved = config_lib.read_saved(saved_path, fix=config_lib.SAVED_CONFIG_FIX)
     diffs = [
         f"{name}: saved {getattr(saved, name)!r}, given {getattr(config, name)!r}"
         for name in config_lib.FIELDS

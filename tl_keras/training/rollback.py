@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tl_keras import io
-from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras import io, schema
+from tl_keras.errors import ConfigError
 from tl_keras.history import History
 from tl_keras.recipe import Phase
 from tl_keras.training import optim
@@ -48,6 +48,22 @@ MONITORS = ("", "val_accuracy", "val_loss")
 # Under `rollback`: the weights the next phase must beat (`model.get_weights()` order), and their
 # phase, epoch and score in summary.json's "rollback_reference".
 BEST_WEIGHTS_FILE = "best_weights.npz"
+# What a phase's summary.json must hold for rollback to trust it.
+SUMMARY_SHAPE = schema.Obj(
+    {},
+    optional={
+        "rollback_reference": schema.Maybe(
+            schema.Obj(
+                {
+                    "phase": schema.Name,
+                    "epoch": schema.Int,
+                    "monitor": schema.Str,
+                    "value": schema.Num,
+                }
+            )
+        )
+    },
+)
 
 
 def lower_is_better(monitor: str) -> bool:
@@ -222,21 +238,21 @@ def load_rollback_reference(
     weights it handed on (the model just loaded), scored now.
 
     Raises:
-      WorkdirError: the saved best weights do not fit the model.
+      DamagedFileError: the phase's summary.json, best weights or history are damaged, or the
+        weights do not fit the model.
     """
     summary_path, npz = wd.file(prev.name, "summary.json"), wd.file(prev.name, BEST_WEIGHTS_FILE)
+    fix = f"rerun phase {prev.name!r} (--phase={prev.name} --overwrite)"
     saved = (
-        io.read_json(summary_path).get("rollback_reference")
+        schema.read_json(summary_path, SUMMARY_SHAPE, fix=fix).get("rollback_reference")
         if os.path.isfile(summary_path)
         else None
     )
     if saved and saved["monitor"] == monitor and os.path.isfile(npz):
-        weights = io.load_weights(npz)
-        shapes = [tuple(w.shape) for w in model.get_weights()]
-        if [tuple(w.shape) for w in weights] != shapes:
-            raise WorkdirError(f"{npz} does not fit the model of {prev.name!r}; rerun that phase")
+        shapes = [tuple(w.shape) for w in model.weights]
+        weights = schema.read_weights(npz, like=shapes, fix=fix)
         return Snapshot(saved["phase"], saved["epoch"], monitor, saved["value"], weights)
-    last = History.load(wd.file(prev.name, "history.json")).last_epoch
+    last = History.load(wd.file(prev.name, "history.json"), fix=fix).last_epoch
     value = evaluate_metric(model, data, monitor)
     log.info(
         "[rollback] %s saved no best weights by %s; the reference is the weights it handed on "

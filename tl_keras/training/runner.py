@@ -16,6 +16,7 @@ memory, for users who want the pieces.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,17 +26,19 @@ from collections.abc import Sequence
 
 import keras
 
-from tl_keras import _failpoints, io
+from tl_keras import _failpoints, io, lock, schema
 from tl_keras import config as config_lib
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.data.sources import load_data
-from tl_keras.errors import WorkdirError
+from tl_keras.errors import DiskFullError
 from tl_keras.history import History
 from tl_keras.model.classifier import (
     RNG_FILE,
+    RNG_SHAPE,
     build_model,
     calibrate_batchnorm,
     get_rng_state,
+    load_model,
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
@@ -110,9 +113,12 @@ def train(
       The final model, the stitched history and each phase's result.
 
     Raises:
-      ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written.
-      TrainingError: the loss or the weights became NaN or infinite (the last good
-        checkpoint is kept).
+      ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written
+        (another process writing to `workdir` included: one writer per workdir, `tl_keras.lock`).
+      TrainingError: the loss or the weights became NaN or infinite, or the loss diverged (the
+        last good checkpoint is kept).
+      DiskFullError: the disk filled up; the last good checkpoint is kept, and `resume=True`
+        continues once there is space.
 
     Example:
       >>> cfg = Config(data_dir="synthetic", backbone="mobilenet", alpha=0.25, weights="none")
@@ -145,39 +151,79 @@ def train(
 def _train(spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks) -> RunResult:
     """`train` inside the strategy's scope; only the chief's artifacts land in the workdir.
 
-    Under multi-worker training, saving a model reads synchronised variables (BatchNorm
-    statistics, metrics) with collective operations that every worker must join in the same
-    order. So every worker makes the same writes; a non-chief makes them in a scratch folder that
-    is deleted at the end (the pattern of TensorFlow's multi-worker guide).
+    The chief holds the workdir's lock throughout (one writer per workdir). Under multi-worker
+    training, saving a model reads synchronised variables (BatchNorm statistics, metrics) with
+    collective operations that every worker must join in the same order. So every worker makes
+    the same writes; a non-chief makes them in a scratch folder that is deleted at the end (the
+    pattern of TensorFlow's multi-worker guide).
     """
     chief = distribute.is_chief(strategy)
     if not chief:
         log.info("%s: training; the chief writes every artifact", distribute.describe(strategy))
+    Workdir(workdir)  # no workdir given: that error before anything else
     outdir = workdir if chief else tempfile.mkdtemp(prefix="tl_keras-worker-")
     try:
-        plan = plan_run(
-            spec, workdir, phase=phase, overwrite=overwrite, resume=resume, outdir=outdir
-        )
-        if plan.nothing_to_do:
-            return _finished_run(plan)
-        plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
-        state = initial_state(plan, spec, data)
-        distribute.enable_multi_worker_fit(state.model, strategy)  # evaluate() for rollback, too
-        _start_run(plan, spec.config, state)
-        results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
-        return RunResult(
-            state.model, state.history, results, list(state.data.class_names), plan.workdir.path
-        )
+        with lock.hold(workdir) if chief else contextlib.nullcontext():
+            if chief and resume:
+                io.remove_leftovers(os.path.abspath(workdir))
+            plan = plan_run(
+                spec, workdir, phase=phase, overwrite=overwrite, resume=resume, outdir=outdir
+            )
+            if resume and (note := plan.workdir.replaced_note()):
+                log.info(note)
+            if plan.nothing_to_do:
+                return _finished_run(plan)
+            plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
+            state = None
+            try:
+                state = initial_state(plan, spec, data)
+                distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
+                _start_run(plan, spec.config, state)
+                results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
+            except Exception as e:
+                if io.is_disk_full(e):
+                    raise _disk_full(e, plan, state) from None
+                raise
+            return RunResult(
+                state.model, state.history, results, list(state.data.class_names), plan.workdir.path
+            )
     finally:
         if not chief:
             shutil.rmtree(outdir, ignore_errors=True)
+
+
+def _disk_full(error: Exception, plan: RunPlan, state: RunState | None) -> DiskFullError:
+    """A full disk in a run: what failed where, what a checkpoint needs, what is kept, and how
+    to go on."""
+    path = getattr(error, "path", None) or getattr(error, "filename", None) or plan.outdir.path
+    first = io.disk_full(str(path), error)
+    ckpt = checkpoint.latest(plan.outdir.path)
+    need = io.folder_bytes(ckpt.path) if ckpt is not None else 0
+    if not need and state is not None:
+        need = checkpoint.estimate_bytes(state.model)
+    kept = (
+        f"the newest complete checkpoint (phase {ckpt.phase!r}, epoch {ckpt.epoch}) is kept"
+        if ckpt is not None
+        else f"phases done: {', '.join(plan.outdir.phases_done()) or 'none'}"
+    )
+    size = f"; a checkpoint of this run needs about {io.format_bytes(need)}" if need else ""
+    return DiskFullError(
+        f"{first}{size}; {kept}. Free {'at least that much ' if need else ''}space there and "
+        "continue with --resume",
+        path=first.path,
+        free_bytes=first.free_bytes,
+    )
 
 
 def _finished_run(plan: RunPlan) -> RunResult:
     """What `train --resume` returns for a run whose every phase is done."""
     wd = plan.workdir
     path = wd.file("history.json")
-    history = History.load(path) if os.path.isfile(path) else History()
+    history = (
+        History.load(path, fix="rerun the last phase with --overwrite")
+        if os.path.isfile(path)
+        else History()
+    )
     return RunResult(
         _final_model(wd, plan.run), history, [], list(plan.run["class_names"]), wd.path
     )
@@ -222,26 +268,62 @@ def initial_state(
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
         model = build_initial_model(spec, data)
-        if run is not None and plan.chief:  # --overwrite or a restart: now clear the old run
-            wd.clear_results()
-            checkpoint.remove_all(wd.path)
+        if run is not None and plan.chief:  # --overwrite or a restart: now set the old run aside
+            if run["phases"] or checkpoint.latest(wd.path) is not None:
+                _set_aside(wd, None, run, None)
+            else:  # nothing finished, nothing to resume from: nothing worth keeping
+                wd.clear_results()
+                checkpoint.remove_all(wd.path)
         run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
         history = History()
     else:
         model = load_phase_model(wd, prev.name)
-        history = History.load(wd.file("history.json")).truncate(plan.done[prev.name]["last_epoch"])
+        history = History.load(
+            wd.file("history.json"),
+            fix=f"rerun phase {prev.name!r} (--phase={prev.name} --overwrite)",
+        ).truncate(plan.done[prev.name]["last_epoch"])
         if config.rollback:
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
         names = [p.name for p in plan.schedule]
         first = names.index(plan.targets[0].name)
-        for n in [n for n in plan.done if n in names and names.index(n) >= first]:
+        redone = [n for n in plan.done if n in names and names.index(n) >= first]
+        if redone and plan.chief:  # --overwrite of finished phases: keep them until replaced
+            _set_aside(
+                wd,
+                redone,
+                dict(run),
+                {**run, "phases": {k: v for k, v in run["phases"].items() if k not in redone}},
+            )
+        for n in redone:
             run["phases"].pop(n)  # redone phases and everything after them
     return RunState(model, history, run, reference, data)
 
 
+def _set_aside(wd: Workdir, phases: list[str] | None, run: dict, run_after: dict | None) -> None:
+    """Sets the results an --overwrite replaces aside (all, or the finished `phases`), logged."""
+    remove = wd.result_entries() if phases is None else [*phases, checkpoint.CHECKPOINTS]
+    aside = wd.set_aside(remove, run_after=run_after)
+    if aside is None:
+        return
+    done = [p for p in (phases or run["phases"])]
+    log.warning(
+        "--overwrite: the results it replaces (%s) are kept in %s, a complete workdir, until "
+        "this run finishes a phase; to keep them for good, move that folder out of %s",
+        f"phases {', '.join(done)}" if done else "an unfinished run",
+        aside,
+        wd.path,
+    )
+
+
 def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> None:
-    """Writes run.json (with the schedule) and config.json: a run is in progress from here on."""
+    """Writes run.json (with the schedule) and config.json: a run is in progress from here on.
+
+    A phase that starts afresh drops checkpoints an earlier attempt left (they would otherwise
+    outrank its own on a later --resume).
+    """
     out = plan.outdir
+    if plan.resume_from is None:
+        checkpoint.remove_all(out.path)
     state.run["schedule"] = [p.to_dict() for p in plan.schedule]
     out.write_run(state.run)
     io.atomic_write_text(out.file("config.json"), config_lib.to_json(config))
@@ -287,6 +369,7 @@ def run_phases(
         state.history.extend(result.history)
         save_phase(out, state, config, result)
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
+        out.drop_replaced(f"this run finished phase {p.name!r}")
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     return results
@@ -343,20 +426,20 @@ def save_phase(
 
 
 def load_phase_model(wd: Workdir, phase: str) -> keras.Model:
-    path = wd.model_path(phase)
-    if not os.path.isfile(path):
-        raise WorkdirError(
-            f"{path} is missing: the workdir is damaged; rerun phase {phase!r} or use --overwrite"
-        )
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
-        rng_path = wd.file(phase, RNG_FILE)
-        if os.path.isfile(rng_path):
-            set_rng_state(model, io.read_json(rng_path))
-    except Exception as e:
-        raise WorkdirError(
-            f"cannot load {path} ({str(e).splitlines()[0][:200]}); rerun phase {phase!r}"
-        ) from None
+    """Loads what phase `phase` saved (its model and RNG states), checked.
+
+    Raises:
+      WorkdirError: the model is missing, truncated, or would run code when loaded.
+      DamagedFileError: its rng_state.json is damaged.
+    """
+    fix = f"rerun phase {phase!r} (--phase={phase} --overwrite)"
+    model = load_model(wd.model_path(phase), compile=False, fix=fix)
+    rng_path = wd.file(phase, RNG_FILE)
+    if os.path.isfile(rng_path):
+        try:
+            set_rng_state(model, schema.read_json(rng_path, RNG_SHAPE, fix=fix))
+        except ValueError as e:  # states of layers the model does not have
+            raise schema.damaged(rng_path, str(e), fix) from None
     return model
 
 

@@ -23,8 +23,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tl_keras import schema
 from tl_keras.errors import ExportError, ExportParityError
 from tl_keras.inference.export.formats import (
+    ARTIFACT_NAMES,
+    FORMATS,
     OUTPUT_NAME,
     check_formats,
     check_quantization,
@@ -38,6 +41,21 @@ from tl_keras.inference.export.parity import (
 )
 
 MANIFEST_FILE = "export.json"
+_ENTRY = schema.Obj(
+    {"format": schema.Str},
+    optional={
+        "quantization": schema.Maybe(schema.Str),
+        "bytes": schema.Int,
+        "phase": schema.Maybe(schema.Name),
+        "model_sha256": schema.Str,
+    },
+)
+# What export.json must hold before verify trusts it: artifact names are the known file names,
+# so an edited manifest cannot point outside its folder.
+MANIFEST_SHAPE = schema.Obj(
+    {}, optional={"class_names": schema.ListOf(schema.Str), "artifacts": schema.DictOf(_ENTRY)}
+)
+MANIFEST_FIX = "delete it and export again"
 
 
 LABELS_FILE = "labels.txt"
@@ -87,14 +105,23 @@ def _validation_set(workdir: str, class_names: list[str], data_dir: str | None):
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    import json
+    """export.json, checked: its shape, and that each artifact is a file name export writes.
 
+    Raises:
+      DamagedFileError: naming the file and the way out (delete it and export again).
+    """
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ExportError(f"{path} is unreadable ({err}); delete it and export again") from None
+    manifest = schema.read_json(str(path), MANIFEST_SHAPE, fix=MANIFEST_FIX)
+    for name, entry in manifest.get("artifacts", {}).items():
+        if name not in ARTIFACT_NAMES.values() or entry["format"] not in FORMATS:
+            raise schema.damaged(
+                str(path),
+                f"it lists {name[:80]!r} ({entry['format'][:20]!r}), not an artifact export "
+                f"writes ({', '.join(ARTIFACT_NAMES.values())})",
+                MANIFEST_FIX,
+            )
+    return manifest
 
 
 def _write_manifest(out_dir: Path, manifest: dict[str, Any], class_names: list[str]) -> None:
@@ -113,6 +140,7 @@ def export_workdir(
     phase: str | None = None,
     num_parity_images: int = DEFAULT_PARITY_IMAGES,
     data_dir: str | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Exports a workdir's model, checks each artifact, and records what was made.
 
@@ -132,6 +160,7 @@ def export_workdir(
       phase: which phase's model; None = the final one.
       num_parity_images: images for the parity check; 0 skips it (not recommended).
       data_dir: the data's folder, if it moved since training.
+      trust_code: load a model file that runs code (see `load_trained`).
 
     Returns:
       The manifest written to `export.json`.
@@ -139,20 +168,24 @@ def export_workdir(
     Raises:
       ExportError: bad formats or quantisation (before anything is written).
       ExportParityError: an artifact does not reproduce the model (it is not kept).
-      WorkdirError, DataError: no trained model, or its data cannot be found.
+      WorkdirError, DataError: no trained model, its data cannot be found, or `out_dir` (by
+        default inside the workdir) cannot be written.
 
     Example:
       >>> manifest = export_workdir("runs/b0", formats=["tflite"], quantization="dynamic")
       >>> manifest["artifacts"]["model_dynamic.tflite"]["accuracy"]["accuracy_drop"]
     """
-    from tl_keras.inference.trained import load_trained
+    from tl_keras.inference.trained import load_trained, read_run, writable_output
 
     requested = check_formats(formats)
     check_quantization(quantization)
     if num_parity_images < 0:
         raise ExportError(f"num_parity_images={num_parity_images} must be 0 (skip) or more")
-    trained = load_trained(workdir, phase=phase)
-    out = Path(out_dir or os.path.join(trained.workdir, "export"))
+    read_run(workdir)  # no run there: that error first
+    out = Path(out_dir or os.path.join(os.path.abspath(workdir), "export"))
+    writable_output(str(out), "--out_dir=FOLDER")  # before any work
+    _read_manifest(out / MANIFEST_FILE)  # a damaged one: before any work, too
+    trained = load_trained(workdir, phase=phase, trust_code=trust_code)
     images = None
     if num_parity_images:
         images = parity_images(workdir, num_parity_images, data_dir=data_dir)
@@ -211,6 +244,7 @@ def verify_workdir(
     phase: str | None = None,
     num_parity_images: int = DEFAULT_PARITY_IMAGES,
     data_dir: str | None = None,
+    trust_code: bool = False,
 ) -> list[ParityReport]:
     """Checks every artifact listed in an export folder's `export.json` against the Keras model.
 
@@ -223,6 +257,7 @@ def verify_workdir(
       phase: compare with this phase's model; None = the phase each artifact was exported from.
       num_parity_images: images to check on (at least 1).
       data_dir: the data's folder, if it moved since training.
+      trust_code: load a model file that runs code (see `load_trained`).
 
     Returns:
       One passing `ParityReport` per artifact.
@@ -249,7 +284,7 @@ def verify_workdir(
     for name, entry in artifacts.items():
         source = phase or entry.get("phase")
         if source not in models:
-            models[source] = load_trained(workdir, phase=source).model
+            models[source] = load_trained(workdir, phase=source, trust_code=trust_code).model
         try:
             reports.append(
                 parity_check(
