@@ -100,8 +100,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         _move_into_place(tmp, path)
         _fsync_dir(folder)
     except Exception as e:
-        if is_disk_full(e):
-            raise disk_full(path, e) from None
+        if is_disk_full(e):  # named by the outermost write: the artifact, not a file inside it
+            raise disk_full(path) from None
         raise
     finally:
         remove(tmp)
@@ -127,10 +127,8 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def disk_full(path: str, error: BaseException | None = None) -> DiskFullError:
+def disk_full(path: str) -> DiskFullError:
     """The `DiskFullError` of a write to `path` that failed: the path and the space left."""
-    if isinstance(error, DiskFullError):
-        return error
     folder = os.path.dirname(os.path.abspath(path))
     free = free_bytes(folder)
     return DiskFullError(

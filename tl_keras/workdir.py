@@ -191,8 +191,8 @@ class Workdir:
             return ""
         return (
             f"the run an earlier --overwrite replaced is kept in {kept[-1]} (a complete workdir) "
-            "until the new run finishes a phase; to keep it, move it out of the workdir "
-            f"(mv {kept[-1]} SOMEWHERE) or pass it as --workdir"
+            "until the new run finishes a phase; to get it back, move it out of the workdir "
+            f"(mv {kept[-1]} SOMEWHERE) and use it as the --workdir"
         )
 
     def result_entries(self) -> list[str]:

@@ -195,8 +195,10 @@ def _train(spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks
 def _disk_full(error: Exception, plan: RunPlan, state: RunState | None) -> DiskFullError:
     """A full disk in a run: what failed where, what a checkpoint needs, what is kept, and how
     to go on."""
-    path = getattr(error, "path", None) or getattr(error, "filename", None) or plan.outdir.path
-    first = io.disk_full(str(path), error)
+    if isinstance(error, DiskFullError):
+        first = error
+    else:  # a write outside tl_keras.io (a log, a TensorFlow file)
+        first = io.disk_full(str(getattr(error, "filename", None) or plan.outdir.path))
     ckpt = checkpoint.latest(plan.outdir.path)
     need = io.folder_bytes(ckpt.path) if ckpt is not None else 0
     if not need and state is not None:
