@@ -362,7 +362,7 @@ def fit(
     if remaining > 0:
         data = setup.fit_data
         setup.fit_model.fit(
-            data.train_epochs(initial_epoch, remaining),
+            distribute.train_input(data, initial_epoch, remaining),
             validation_data=data.val,
             epochs=last_epoch,
             initial_epoch=initial_epoch,

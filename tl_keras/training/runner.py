@@ -161,7 +161,9 @@ def _train(spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks
         if plan.nothing_to_do:
             return _finished_run(plan)
         plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
+        distribute.check_batch_size(spec.config.batch_size, strategy)
         state = initial_state(plan, spec, data)
+        state.data = distribute.shard_data(state.data, strategy)  # each worker its own part
         distribute.enable_multi_worker_fit(state.model, strategy)  # evaluate() for rollback, too
         _start_run(plan, spec.config, state)
         results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
