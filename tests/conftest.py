@@ -7,15 +7,23 @@ ImageNet weights, real flower photos) are marked `shared` and skip cleanly witho
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What tl_keras remembers about data (decode checks, TFDS indexes) goes to a folder of this test
+# session, inherited by the commands the tests run, never to the user's ~/.cache.
+if "TL_KERAS_CACHE_DIR" not in os.environ:
+    os.environ["TL_KERAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="tl_keras-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TL_KERAS_CACHE_DIR"], True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("TL_KERAS_SHARED", REPO.parent / "shared"))

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -111,3 +112,76 @@ def test_multi_worker_two_processes_train_and_only_the_chief_writes(shapes, tmp_
     assert chief_out.count("[ft] epoch 3") == worker_out.count("[ft] epoch 3") == 1
     last = [ln for ln in chief_out.splitlines() if "[ft] epoch 3" in ln][0].split(" - ", 2)[2]
     assert last in worker_out
+
+
+# Each worker records the images of every batch it trains on, as its train step runs them (not
+# as the pipeline produces them: Keras reads ahead once to learn the shapes). Image k is a solid
+# colour whose red value is 8 k, so the pixels say which image it is.
+RECORDER = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+from tl_keras.config import Config
+from tl_keras.training import runner
+
+out, data_dir, val_dir, workdir = sys.argv[1:5]
+seen = []
+train_step = TensorFlowTrainer.train_step
+
+def record(x):
+    seen.append(np.rint(x.numpy()[:, 0, 0, 0] / 8).astype(int).tolist())
+    return 0
+
+def recording_train_step(self, data):
+    tf.py_function(record, [data[0]], tf.int32)
+    return train_step(self, data)
+
+TensorFlowTrainer.train_step = recording_train_step
+config = Config(data_dir=data_dir, val_dir=val_dir, val_fraction=0.0, backbone="mobilenet",
+                alpha=0.25, weights="none", image_size=32, batch_size=6, epochs_fe=2,
+                epochs_ft=0, head_units=8, dropout=0.0, feature_cache="off",
+                strategy="multi_worker", progress="lines")
+runner.train(config, workdir)
+with open(out, "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def coded_images(root, first: int, count: int):
+    """Images first .. first + count - 1 in 3 class folders; image k is solid red 8 k."""
+    from data_fixtures import encode
+
+    for k in range(first, first + count):
+        folder = root / f"c{k % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.zeros((32, 32, 3), np.uint8)
+        pixels[...] = (8 * k, 60 * (k % 3), 50)
+        (folder / f"img{k:03d}.png").write_bytes(encode(pixels))
+    return root
+
+
+def test_two_workers_together_see_every_training_image_once_per_epoch(tmp_path):
+    train = coded_images(tmp_path / "train", 0, 25)  # 25: 12 and 13 per worker
+    val = coded_images(tmp_path / "val", 25, 3)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RECORDER, str(tmp_path / f"seen{i}.json"), str(train), str(val),
+             str(tmp_path / "run")],
+            cwd=REPO,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    for proc in procs:
+        finish(proc)
+    seen = [json.loads((tmp_path / f"seen{i}.json").read_text()) for i in range(2)]
+    assert [len(steps) for steps in seen] == [8, 8]  # 2 epochs of 4 steps on each worker
+    for epoch in (0, 1):
+        parts = [[k for batch in steps[4 * epoch : 4 * epoch + 4] for k in batch] for steps in seen]
+        assert sorted(parts[0] + parts[1]) == list(range(25)), epoch  # each exactly once
+        assert sorted(map(len, parts)) == [12, 13]  # batches of 3; the last of 13 takes 4
+    assert History.load(str(tmp_path / "run" / "history.json")).epochs == [1, 2]

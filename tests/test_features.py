@@ -78,8 +78,8 @@ def test_file_cache_is_reused_and_never_stale(tmp_path, log_lines):
     features._MEMORY.clear()
     workdir = tmp_path / "run"
     runner.train(fe_only(feature_cache="file", epochs_fe=1), str(workdir))
-    files = sorted((workdir / "cache" / "features").glob("*.npz"))
-    assert len(files) == 1
+    entries = sorted((workdir / "cache" / "features").iterdir())
+    assert len(entries) == 1
     features._MEMORY.clear()  # a new process: only the file remains
     runner.train(fe_only(feature_cache="file", epochs_fe=1), str(workdir), overwrite=True)
     assert any("reused the features of" in ln for ln in log_lines())
@@ -88,7 +88,7 @@ def test_file_cache_is_reused_and_never_stale(tmp_path, log_lines):
         fe_only(feature_cache="file", epochs_fe=1, image_size=48), str(workdir), overwrite=True
     )
     runner.train(fe_only(feature_cache="file", epochs_fe=1, seed=3), str(workdir), overwrite=True)
-    assert len(list((workdir / "cache" / "features").glob("*.npz"))) == 3
+    assert len(list((workdir / "cache" / "features").iterdir())) == 3
 
 
 def test_a_phase_that_trains_the_base_always_runs_live():
@@ -121,3 +121,29 @@ def test_user_callbacks_see_the_whole_model_and_can_stop_training(tmp_path, log_
     assert any("cached features" in ln for ln in log_lines())  # the cached path ran
     assert probe.seen == [get_base(result.model).name]
     assert probe.epochs == [0] and result.history.epochs == [1]  # the stop request reached fit
+
+
+def test_file_cache_in_shards_trains_the_same_head_as_memory(tmp_path, monkeypatch, log_lines):
+    """feature_cache='file' writes the features in shards as the pass goes and trains on them
+    read back memory-mapped: the same head, bit for bit, as the features kept in memory."""
+    monkeypatch.setattr(features, "SHARD_ROWS", 5)  # several shards even for 18 images
+    features._MEMORY.clear()
+    memory = runner.train(fe_only(feature_cache="memory"), str(tmp_path / "m"))
+    features._MEMORY.clear()
+    on_disk = runner.train(fe_only(feature_cache="file"), str(tmp_path / "f"))
+    (entry,) = (tmp_path / "f" / "cache" / "features").iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "index.json", "train-00000.npy", "train-00001.npy", "train-00002.npy",
+        "train-00003.npy", "val-00000.npy", "val-00001.npy",
+    ]  # fmt: skip
+    features._MEMORY.clear()  # a new process: only the shard files remain
+    again = runner.train(fe_only(feature_cache="file"), str(tmp_path / "f"), overwrite=True)
+    assert any("reused the features of" in ln for ln in log_lines())
+    for result in (on_disk, again):
+        for name in HEAD:
+            for a, b in zip(
+                memory.model.get_layer(name).weights,
+                result.model.get_layer(name).weights,
+                strict=True,
+            ):
+                np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)

@@ -1,20 +1,24 @@
-"""How a listed data source becomes batches the model trains on: decode, check, cache, epochs.
+"""How a listed data source becomes batches the model trains on: check, cache, epochs.
 
 Every source (`tl_keras.data.sources`) ends as a `RawData` of `Images` per split; `assemble` turns
 it into a `DataBundle`: batched datasets of (image, one-hot label) pairs, images as float32 raw
 0..255 pixels at the model's input size (preprocessing is inside the model), and the class names
 in label order. Labels are one-hot so label smoothing, MixUp and CutMix need no special case.
+Nothing holds the data set: images are read, decoded and resized as `tf.data` asks for them
+(`tl_keras.data.images`), unless a cache is asked for.
 
 1. split off validation when no separate validation data is given (seeded, stratified, before
    any file is read, so the split does not depend on which files turn out unreadable);
-2. decode every image once on the host, with the decoder training uses: a file that cannot be
-   decoded is skipped, logged and counted (`DataBundle.report`, saved in each phase's
-   `summary.json`), never met for the first time inside `fit`; with `cache` on, the same pass
-   keeps the decoded, resized images;
-3. per epoch: the order is a pure function of (seed, epoch); parallel decode and resize, then
-   augmentation (training only; its randomness is also a pure function of seed, epoch and the
-   example or batch index, see `tl_keras.data.augment`), batch, MixUp / CutMix / label smoothing,
-   prefetch.
+2. decode every image once on the host, with the decoder training uses (`tl_keras.data.check`):
+   a file that cannot be decoded is skipped, logged and counted (`DataBundle.report`, saved in
+   each phase's `summary.json`), never met for the first time inside `fit`. The check is
+   remembered, so a later run on the same files decodes only what changed; with `cache` on, the
+   same pass keeps the decoded, resized images;
+3. per epoch: the order is a pure function of (seed, epoch); parallel read, decode and resize,
+   then augmentation (training only; its randomness is also a pure function of seed, epoch and
+   the example or batch index, see `tl_keras.data.augment`), batch, MixUp / CutMix / label
+   smoothing, prefetch. Under multi-worker training each worker builds only its own part
+   (`DataBundle.sharded`).
 
 Every problem with the data is a `DataError` naming the path or value and what to do, raised
 before training starts; the README's "Bad data" table lists each case.
@@ -24,39 +28,53 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import json
+import functools
 import logging
-import math
-import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import _failpoints, io
+from tl_keras import _failpoints
 from tl_keras.data import augment as augment_lib
+from tl_keras.data.check import cache_key, checked_split, refuse_memory_cache
+from tl_keras.data.images import (
+    AUTOTUNE,
+    BATCH_STREAM,
+    EXAMPLE_STREAM,
+    IMAGE_EXTENSIONS,
+    Images,
+    Names,
+    Pipeline,
+    epoch_key,
+    epoch_order,
+    epoch_permutation,
+    fold,
+    in_order,
+    load,
+    load_image_file,
+    worker_batches,
+    worker_steps,
+)
 from tl_keras.errors import DataError, DataTypeError
+from tl_keras.progress import Progress
 
 log = logging.getLogger("tl_keras")
 
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-
-
-AUTOTUNE = tf.data.AUTOTUNE
-
-
-# Independent random streams under one (seed, epoch) key.
-_EXAMPLE_STREAM, _BATCH_STREAM = 1, 2
-
-
-_CACHE_VERSION = 1
-
-
 _SHOWN = 5  # file names shown in a log line or an error before "..."
+
+
+@dataclasses.dataclass
+class RawData:
+    """A listed source: its splits (val/test may be None), class names and ignored files."""
+
+    splits: dict[str, Images | None]
+    class_names: list[str]
+    source: str
+    where: dict[str, str]  # split -> where it came from, for messages ('val_dir=...', ...)
+    ignored: list[str] = dataclasses.field(default_factory=list)
+    check_seconds: float = 0.0  # decode-check time spent while listing (a TFDS split's pass)
 
 
 # --- what the runner gets ------------------------------------------------------------------------
@@ -120,6 +138,9 @@ class DataBundle:
       test: the held-out test split (batched, fixed order, never augmented), or None.
       num_test: number of test images.
       report: what was loaded, skipped and ignored (see `DataReport`).
+      make_shard_epoch: (epoch, worker, workers) -> that worker's part of the epoch (see
+        `sharded`); None for a bundle that cannot be split by worker (one built by hand).
+      workers: how many workers share each epoch (1; `sharded` sets it).
     """
 
     make_train_epoch: Callable[[tf.Tensor], tf.data.Dataset]
@@ -132,13 +153,19 @@ class DataBundle:
     test: tf.data.Dataset | None = None
     num_test: int = 0
     report: DataReport | None = None
-    # For cached features (tl_keras.training.features): the pipeline's settings, the training labels in
-    # index order, the training images in index order (unaugmented), and the identity of the
-    # train and validation images with their resize settings.
+    # For cached features (tl_keras.training.features): the pipeline's settings, the training
+    # labels in index order, the training images in index order (unaugmented), the validation
+    # labels in the validation dataset's order, each epoch's order of training indices
+    # ((epoch, worker, workers) -> indices, the images' own order), and the identity of the
+    # train and validation images with their resize settings (or a function computing it).
     pipeline: Pipeline | None = None
     train_labels: np.ndarray | None = None
     train_in_order: tf.data.Dataset | None = None
-    feature_source_key: tuple[str, str] | None = None
+    feature_source_key: tuple[str, str] | Callable[[], tuple[str, str]] | None = None
+    val_labels: np.ndarray | None = None
+    train_order: Callable[[tf.Tensor, int, int], tf.data.Dataset] | None = None
+    make_shard_epoch: Callable[[tf.Tensor, int, int], tf.data.Dataset] | None = None
+    workers: int = 1
     # The image files the datasets read, to name the ones that changed if a read fails later.
     files: tuple[str, ...] = ()
 
@@ -148,15 +175,45 @@ class DataBundle:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_train / self.batch_size)
+        return worker_steps(self.num_train, self.batch_size, self.workers)
 
-    def train_epochs(self, first_epoch: int, num_epochs: int) -> tf.data.Dataset:
-        """Returns the batches of epochs first_epoch .. first_epoch + num_epochs - 1, in order.
+    def sharded(self, workers: int) -> DataBundle:
+        """The same data, each epoch split between `workers` (multi-worker training).
+
+        Worker w builds only its contiguous part of each epoch's order (so it reads only its own
+        files) in batches of batch_size / workers, and every worker runs `steps_per_epoch`
+        steps: the workers together see every training image exactly once per epoch.
+
+        Raises:
+          DataError: fewer training images than workers, or a batch size they cannot share.
+        """
+        if workers == 1:
+            return dataclasses.replace(self, workers=1)
+        if self.batch_size % workers:
+            raise DataError(
+                f"batch_size={self.batch_size} is the global batch and must split evenly over "
+                f"the {workers} workers; use a multiple of {workers}"
+            )
+        if self.num_train < workers:
+            raise DataError(
+                f"{self.num_train} training image(s) cannot be shared by {workers} workers"
+            )
+        return dataclasses.replace(self, workers=workers)
+
+    def train_epochs(
+        self, first_epoch: int, num_epochs: int, *, worker: int = 0
+    ) -> tf.data.Dataset:
+        """Returns the batches of epochs first_epoch .. first_epoch + num_epochs - 1, in order
+        (worker `worker`'s part of them when the bundle is `sharded`).
 
         Pass it to `fit(..., initial_epoch=first_epoch, steps_per_epoch=self.steps_per_epoch)`.
         """
         epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs)
-        return epochs.flat_map(self.make_train_epoch).prefetch(AUTOTUNE)
+        if self.workers > 1:
+            make = functools.partial(_call_shard, self.make_shard_epoch, worker, self.workers)
+        else:
+            make = self.make_train_epoch
+        return epochs.flat_map(make).prefetch(AUTOTUNE)
 
     @property
     def train(self) -> tf.data.Dataset:
@@ -164,232 +221,60 @@ class DataBundle:
         return self.train_epochs(0, 1)
 
 
-# --- the settings of a pipeline --------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Pipeline:
-    """How images become batches (the data fields of a `Config`, see there for their meaning)."""
-
-    image_size: int
-    batch_size: int
-    seed: int = 0
-    resize_method: str = "bilinear"
-    resize_mode: str = "stretch"
-    cache: str = "none"
-    cache_dir: str | None = None
-    max_skipped_fraction: float = 0.05
-    augment: str = "none"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
-
-    @classmethod
-    def from_config(cls, config, *, image_size: int, workdir: str | None = None) -> Pipeline:
-        """The pipeline a `Config` describes, at `image_size` (its resolved input size)."""
-        return cls(
-            image_size=image_size,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            resize_method=config.resize_method,
-            resize_mode=config.resize_mode,
-            cache=config.cache,
-            cache_dir=os.path.join(workdir, "data", "cache") if workdir else None,
-            max_skipped_fraction=config.max_skipped_fraction,
-            augment=config.augment,
-            mixup=config.mixup,
-            cutmix=config.cutmix,
-            label_smoothing=config.label_smoothing,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("seed", "cache_dir")}
-
-
-# --- a split before decoding -----------------------------------------------------------------------
-@dataclasses.dataclass
-class Images:
-    """The images of one split before decoding.
-
-    Attributes:
-      kind: 'files' (paths), 'bytes' (encoded images, from TFDS), 'array' (uint8 N x H x W x C
-        pixels) or 'prepared' (uint8 N x S x S x 3, already at the model's size: a cache).
-      items: the paths, encoded images or array.
-      labels: int32 class index of each image.
-      names: a name per image for messages (a path relative to the data folder, ...).
-    """
-
-    kind: str
-    items: Any
-    labels: np.ndarray
-    names: Sequence[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, idx: np.ndarray) -> Images:
-        idx = np.asarray(idx, dtype=np.int64)
-        if self.kind in ("array", "prepared"):
-            items = self.items[idx]
-        else:
-            items = [self.items[i] for i in idx]
-        return Images(self.kind, items, self.labels[idx], [self.names[i] for i in idx])
-
-
-@dataclasses.dataclass
-class RawData:
-    """A listed source: its splits (val/test may be None), class names and ignored files."""
-
-    splits: dict[str, Images | None]
-    class_names: list[str]
-    source: str
-    where: dict[str, str]  # split -> where it came from, for messages ('val_dir=...', ...)
-    ignored: list[str] = dataclasses.field(default_factory=list)
-
-
-# --- decoding --------------------------------------------------------------------------------------
-def _decode(raw: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF/WebP -> uint8 RGB (grayscale replicated, alpha dropped)."""
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
-    return tf.ensure_shape(image, (None, None, 3))
-
-
-def _prepare(image: tf.Tensor, p: Pipeline) -> tf.Tensor:
-    """Any-size uint8 RGB -> uint8 S x S x 3 as `resize_mode` / `resize_method` say.
-
-    The result is rounded to whole pixel values, so a cached image and a freshly decoded one
-    are bitwise equal and a cache can hold uint8 (a quarter of float32).
-    """
-    s = p.image_size
-    if p.resize_mode == "crop_or_pad":
-        out = tf.image.resize_with_crop_or_pad(image, s, s)
-    elif p.resize_mode == "pad":
-        out = tf.image.resize_with_pad(image, s, s, method=p.resize_method)
-    else:
-        if p.resize_mode == "crop":  # the centred square, then resize: the aspect is kept
-            h, w = tf.shape(image)[0], tf.shape(image)[1]
-            side = tf.minimum(h, w)
-            image = tf.image.crop_to_bounding_box(
-                image, (h - side) // 2, (w - side) // 2, side, side
-            )
-        out = tf.image.resize(image, (s, s), method=p.resize_method)
-    out = tf.clip_by_value(tf.round(tf.cast(out, tf.float32)), 0.0, 255.0)
-    return tf.ensure_shape(tf.cast(out, tf.uint8), (s, s, 3))
-
-
-def _raw_loader(images: Images) -> Callable[[tf.Tensor], tf.Tensor] | None:
-    """index -> encoded image bytes, or None for sources that are already pixels."""
-    if images.kind == "files":
-        paths = tf.constant(list(images.items), tf.string)
-        return lambda i: tf.io.read_file(tf.gather(paths, i))
-    if images.kind == "bytes":
-        blobs = tf.constant(list(images.items), tf.string)
-        return lambda i: tf.gather(blobs, i)
-    return None
-
-
-def _to_rgb(image: tf.Tensor) -> tf.Tensor:
-    channels = image.shape[-1]
-    if channels == 1:
-        return tf.tile(image, [1, 1, 3])
-    return image[..., :3]  # RGBA: alpha dropped, as decode_image(channels=3) does
-
-
-def _image_loader(images: Images, p: Pipeline) -> Callable[[tf.Tensor], tf.Tensor]:
-    """index -> uint8 S x S x 3 image at the model's size."""
-    raw = _raw_loader(images)
-    if raw is not None:
-        return lambda i: _prepare(_decode(raw(i)), p)
-    if images.kind == "array":
-        pixels = tf.constant(images.items)
-        return lambda i: _prepare(_to_rgb(tf.gather(pixels, i)), p)
-    shape = (p.image_size, p.image_size, 3)
-    if isinstance(images.items, np.memmap):  # a file cache: read the rows asked for
-        store = images.items
-
-        def read(i):
-            out = tf.numpy_function(lambda j: np.asarray(store[j]), [i], tf.uint8, stateful=False)
-            return tf.ensure_shape(out, shape)
-
-        return read
-    pixels = tf.constant(images.items)
-    return lambda i: tf.gather(pixels, i)
-
-
-def load_image_file(path: str, p: Pipeline) -> np.ndarray:
-    """Reads one image file exactly as training and evaluation do: float32 0..255, S x S x 3.
-
-    For inference on new files (`tl_keras.inference.predict`): the same decoder, resize mode, resize
-    method and rounding as the pipeline `p` (build it with `Pipeline.from_config(run_config, image_size=...)`).
-
-    Raises:
-      DataError: the file is missing, not a file, or not an image TensorFlow can decode.
-    """
-    if not os.path.isfile(path):
-        raise DataError("no such file" if not os.path.exists(path) else "not a file")
-    try:
-        image = _prepare(_decode(tf.io.read_file(path)), p)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        raise DataError(f"not a readable image ({_tf_error_text(e)[:120]})") from None
-    return image.numpy().astype(np.float32)
+def _call_shard(make, worker: int, workers: int, epoch: tf.Tensor) -> tf.data.Dataset:
+    return make(epoch, worker, workers)
 
 
 # --- datasets --------------------------------------------------------------------------------------
-def epoch_permutation(n: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
-    """The order of `n` items in a given epoch: a pure function of (seed, epoch)."""
-    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    return tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
-
-
-def _fold(key: tf.Tensor, *data) -> tf.Tensor:
-    for d in data:
-        key = tf.random.experimental.stateless_fold_in(key, tf.cast(d, tf.int64))
-    return key
-
-
 def eval_dataset(images: Images, num_classes: int, p: Pipeline) -> tf.data.Dataset:
     """Batches of (float32 image, one-hot label) in the split's fixed order, never augmented."""
-    load = _image_loader(images, p)
     labels = tf.constant(images.labels, tf.int32)
-    ds = tf.data.Dataset.range(len(images)).map(
-        lambda i: (tf.cast(load(i), tf.float32), tf.one_hot(tf.gather(labels, i), num_classes)),
+    ds = load(in_order(images), images, p).map(
+        lambda i, image: (
+            tf.cast(image, tf.float32),
+            tf.one_hot(tf.gather(labels, i), num_classes),
+        ),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
     return ds.batch(p.batch_size).prefetch(AUTOTUNE)
 
 
-def train_epoch_fn(
+def shard_epoch_fn(
     images: Images, num_classes: int, p: Pipeline
-) -> Callable[[tf.Tensor], tf.data.Dataset]:
-    """Returns epoch -> that epoch's shuffled, augmented batches.
+) -> Callable[[tf.Tensor, int, int], tf.data.Dataset]:
+    """Returns (epoch, worker, workers) -> that worker's shuffled, augmented batches of the epoch.
 
     Every random choice (order, per-image augmentation, per-batch MixUp / CutMix) is keyed by
-    (seed, epoch) and the example's index or the batch's position, and nothing else.
+    (seed, epoch) and the example's index or the batch's position, and nothing else. One worker
+    (the default) gets the whole epoch.
     """
-    load = _image_loader(images, p)
     labels = tf.constant(images.labels, tf.int32)
-    n = len(images)
     per_example = augment_lib.example_fn(p.augment, p.image_size)
     per_batch = augment_lib.batch_fn(
         mixup=p.mixup, cutmix=p.cutmix, label_smoothing=p.label_smoothing
     )
 
-    def make_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-        key = tf.stack([tf.constant(p.seed, tf.int64), tf.cast(epoch, tf.int64)])
+    def make_epoch(epoch: tf.Tensor, worker: int = 0, workers: int = 1) -> tf.data.Dataset:
+        key = epoch_key(p.seed, epoch)
 
-        def example(i):
-            image = load(i)  # uint8: the geometric warps are cheaper on it
+        def example(i, image):  # uint8 image: the geometric warps are cheaper on it
             if per_example is None:
                 image = tf.cast(image, tf.float32)
             else:
-                image = per_example(image, _fold(key, _EXAMPLE_STREAM, i))
+                image = per_example(image, fold(key, EXAMPLE_STREAM, i))
             return image, tf.one_hot(tf.gather(labels, i), num_classes)
 
-        order = tf.data.Dataset.from_tensor_slices(epoch_permutation(n, p.seed, epoch))
-        ds = order.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.batch(p.batch_size)
+        order = epoch_order(images, p, epoch, worker=worker, workers=workers)
+        ds = load(order, images, p).map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = worker_batches(
+            ds, n=len(images), batch_size=p.batch_size, workers=workers, worker=worker
+        )
         if per_batch is not None:
             ds = ds.enumerate().map(
-                lambda b, xy: per_batch(xy[0], xy[1], _fold(key, _BATCH_STREAM, b)),
+                lambda b, xy: per_batch(
+                    xy[0], xy[1], fold(key, BATCH_STREAM, b * workers + worker)
+                ),
                 num_parallel_calls=AUTOTUNE,
                 deterministic=True,
             )
@@ -398,150 +283,12 @@ def train_epoch_fn(
     return make_epoch
 
 
-# --- the decode check (and cache fill) --------------------------------------------------------------
-def _tf_error_text(e: Exception) -> str:
-    """A TensorFlow error message without its '{{function_node ...}}' and '[Op:...]' wrapping."""
-    text = getattr(e, "message", None) or str(e)
-    text = text.split("}} ", 1)[-1].split(" [Op:", 1)[0].strip()
-    if text.startswith("Unknown image file format"):
-        return "not an image TensorFlow can decode (unknown format)"
-    if text.startswith("Input is empty"):
-        return "empty file"
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-def _why_unreadable(raw: Callable, i: int) -> str:
-    try:
-        _decode(raw(tf.constant(i, tf.int64)))
-    except (tf.errors.OpError, ValueError) as e:
-        return _tf_error_text(e)
-    return "decoding failed once, then succeeded: the file may be changing"
-
-
-@dataclasses.dataclass
-class _Check:
-    ok: np.ndarray  # bool per image
-    reasons: dict[int, str]  # index -> why it cannot be decoded
-    sizes: collections.Counter  # (height, width) -> images
-    prepared: np.ndarray | None  # uint8 N_ok x S x S x 3 when a cache is filled
-    seconds: float
-
-
-def _check_images(images: Images, p: Pipeline, *, keep: bool) -> _Check:
-    """Decodes every image once, in parallel, with the decoder training uses."""
-    start = time.perf_counter()
-    n, s = len(images), p.image_size
-    raw = _raw_loader(images)
-    if raw is None:  # arrays: pixels already, checked by `_array_split`
-        sizes = collections.Counter({tuple(images.items.shape[1:3]): n})
-        prepared = None
-        if keep:
-            load = _image_loader(images, p)
-            ds = tf.data.Dataset.range(n).map(load, num_parallel_calls=AUTOTUNE).batch(256)
-            prepared = np.concatenate(list(ds.as_numpy_iterator()))
-        return _Check(np.ones(n, bool), {}, sizes, prepared, time.perf_counter() - start)
-
-    def probe(i):
-        image = _decode(raw(i))
-        out = {"index": i, "hw": tf.shape(image)[:2]}
-        if keep:
-            out["image"] = _prepare(image, p)
-        return out
-
-    ok = np.zeros(n, bool)
-    sizes: collections.Counter = collections.Counter()
-    prepared = np.zeros((n, s, s, 3), np.uint8) if keep else None
-    # Order does not matter here (each result carries its index), so let the fastest finish first.
-    ds = tf.data.Dataset.range(n).map(probe, num_parallel_calls=AUTOTUNE, deterministic=False)
-    for batch in ds.ignore_errors().batch(256).as_numpy_iterator():
-        ok[batch["index"]] = True
-        sizes.update(map(tuple, batch["hw"].tolist()))
-        if keep:
-            prepared[batch["index"]] = batch["image"]
-    reasons = {int(i): _why_unreadable(raw, int(i)) for i in np.flatnonzero(~ok)}
-    if keep and not ok.all():
-        prepared = prepared[ok]
-    return _Check(ok, reasons, sizes, prepared, time.perf_counter() - start)
-
-
-def _cache_key(images: Images, p: Pipeline) -> str:
-    """Changes whenever the images, their labels or the way they are resized change."""
-    h = hashlib.sha256()
-    h.update(json.dumps([_CACHE_VERSION, images.kind, p.image_size, p.resize_mode]).encode())
-    h.update(p.resize_method.encode())
-    h.update(np.asarray(images.labels, np.int32).tobytes())
-    if images.kind == "files":
-        for path in images.items:
-            try:
-                st = os.stat(path)
-                stamp = f"{st.st_size}\0{st.st_mtime_ns}"
-            except OSError:  # removed since it was listed: the decode check skips it
-                stamp = "missing"
-            h.update(f"{os.path.abspath(path)}\0{stamp}\n".encode())
-    elif images.kind == "bytes":
-        for blob in images.items:
-            h.update(hashlib.sha256(blob).digest())
-    else:
-        h.update(str(images.items.shape).encode())
-        h.update(np.ascontiguousarray(images.items).tobytes())
-    return h.hexdigest()[:24]
-
-
-def checked_split(
-    images: Images, split: str, p: Pipeline, report: DataReport
-) -> tuple[Images, _Check]:
-    """Returns the split without its unreadable images (a cache when one is asked for).
-
-    With cache='file', a cache written by an earlier run on the same files and settings is
-    reused, decode check included.
-    """
-    folder = manifest_path = npy = None
-    if p.cache == "file":
-        if not p.cache_dir:
-            raise DataError("cache='file' needs a workdir (the cache goes to <workdir>/data/cache)")
-        folder = os.path.join(p.cache_dir, f"{split}-{_cache_key(images, p)}")
-        manifest_path = os.path.join(folder, "manifest.json")
-        npy = os.path.join(folder, "images.npy")
-        try:  # a cache is only a shortcut: a damaged one (truncated, edited) is rebuilt
-            if os.path.isfile(manifest_path) and os.path.isfile(npy):
-                manifest = io.read_json(manifest_path)
-                kept = np.asarray(manifest["kept"], np.int64)
-                skipped = [(images.names[i], str(r)) for i, r in manifest["skipped"]]
-                sizes = collections.Counter({tuple(k): int(v) for k, v in manifest["sizes"]})
-                stored = np.load(npy, mmap_mode="r")
-                if kept.ndim != 1 or stored.shape != (len(kept), p.image_size, p.image_size, 3):
-                    raise ValueError(f"{len(kept)} images listed, {stored.shape} stored")
-                report.skipped += [{"split": split, "item": n, "reason": r} for n, r in skipped]
-                check = _Check(np.isin(np.arange(len(images)), kept), {}, sizes, None, 0.0)
-                log.info("data: %s: reusing the file cache %s", split, folder)
-                return Images(
-                    "prepared", stored, images.labels[kept], list(np.asarray(images.names)[kept])
-                ), check
-        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-            log.warning("data: the file cache %s is damaged (%s): rebuilding it", folder, e)
-    check = _check_images(images, p, keep=p.cache != "none")
-    report.decode_check_s += check.seconds
-    for i, reason in sorted(check.reasons.items()):
-        report.skipped.append({"split": split, "item": images.names[i], "reason": reason})
-    kept = np.flatnonzero(check.ok)
-    usable = images if check.ok.all() else images.subset(kept)
-    if p.cache == "none":
-        return usable, check
-    prepared = check.prepared
-    if p.cache == "file":
-        os.makedirs(folder, exist_ok=True)
-        with io.atomic_path(npy) as tmp:
-            np.save(tmp, prepared)
-        io.atomic_write_json(  # written last: its presence means the cache is complete
-            manifest_path,
-            {
-                "kept": kept.tolist(),
-                "skipped": sorted(check.reasons.items()),
-                "sizes": [[list(k), v] for k, v in check.sizes.items()],
-            },
-        )
-        prepared = np.load(npy, mmap_mode="r")
-    return Images("prepared", prepared, usable.labels, usable.names), check
+def train_epoch_fn(
+    images: Images, num_classes: int, p: Pipeline
+) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """Returns epoch -> that epoch's shuffled, augmented batches (one worker)."""
+    make = shard_epoch_fn(images, num_classes, p)
+    return lambda epoch: make(epoch, 0, 1)
 
 
 # --- assembling a bundle ---------------------------------------------------------------------------
@@ -633,13 +380,17 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
     """Checks a listed source, decodes it once, and builds its datasets.
 
     Raises:
-      DataError: too many unreadable files, a class missing from a split, or a bad cache setting.
+      DataError: too many unreadable files, a class missing from a split, a bad cache setting,
+        or a memory cache that would not fit.
     """
     _failpoints.hit("data_listed")
     if raw.splits.get("val") is None and val_fraction > 0:
         _hold_out_validation(raw, val_fraction, p.seed)
+    if p.cache == "memory":
+        refuse_memory_cache({s: len(im) for s, im in raw.splits.items() if im is not None}, p)
     report = DataReport(raw.source, list(raw.class_names), ignored_files=list(raw.ignored))
     report.pipeline = p.describe()
+    report.decode_check_s = raw.check_seconds
     sizes: collections.Counter = collections.Counter()
     splits: dict[str, Images] = {}
     listed = 0
@@ -663,13 +414,27 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
             images.labels, minlength=len(raw.class_names)
         ).tolist()
     _log_report(report, p)
+    return _bundle(splits, raw, p, report)
+
+
+def _bundle(splits: dict[str, Images], raw: RawData, p: Pipeline, report: DataReport) -> DataBundle:
     k = len(raw.class_names)
-    val, test = splits.get("val"), splits.get("test")
+    train, val, test = splits["train"], splits.get("val"), splits.get("test")
+    val = val if val is not None and len(val) else None
+    make_shard_epoch = shard_epoch_fn(train, k, p)
+
+    @functools.cache
+    def source_key() -> tuple[str, str]:
+        return cache_key(train, p), cache_key(val, p) if val is not None else ""
+
+    def train_order(epoch, worker: int = 0, workers: int = 1) -> tf.data.Dataset:
+        return epoch_order(train, p, epoch, worker=worker, workers=workers, payload=False)
+
     return DataBundle(
-        make_train_epoch=train_epoch_fn(splits["train"], k, p),
-        val=eval_dataset(val, k, p) if val is not None and len(val) else None,
+        make_train_epoch=lambda epoch: make_shard_epoch(epoch, 0, 1),
+        val=eval_dataset(val, k, p) if val is not None else None,
         class_names=list(raw.class_names),
-        num_train=len(splits["train"]),
+        num_train=len(train),
         num_val=len(val) if val is not None else 0,
         batch_size=p.batch_size,
         source=raw.source,
@@ -677,14 +442,17 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
         num_test=len(test) if test is not None else 0,
         report=report,
         pipeline=p,
-        train_labels=np.asarray(splits["train"].labels, np.int32),
-        train_in_order=eval_dataset(splits["train"], k, p).map(lambda x, y: x),
-        feature_source_key=(
-            _cache_key(splits["train"], p),
-            _cache_key(val, p) if val is not None and len(val) else "",
-        ),
+        train_labels=np.asarray(train.labels, np.int32),
+        train_in_order=eval_dataset(train, k, p).map(lambda x, y: x),
+        feature_source_key=source_key,
+        val_labels=None if val is None else np.asarray(val.labels, np.int32),
+        train_order=train_order,
+        make_shard_epoch=make_shard_epoch,
         files=tuple(
-            str(f) for images in splits.values() if images.kind == "files" for f in images.items
+            str(images.items[j])
+            for images in splits.values()
+            if images.kind == "files"
+            for j in images.ids
         ),
     )
 
@@ -692,7 +460,7 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
 def _log_report(r: DataReport, p: Pipeline) -> None:
     counts = " / ".join(f"{n} {split}" for split, n in r.images.items())
     log.info(
-        "data: %s: %d classes, %s images (every image decoded once in %.1fs)",
+        "data: %s: %d classes, %s images (decode check %.1fs)",
         r.source,
         len(r.class_names),
         counts,
@@ -738,9 +506,13 @@ def _log_report(r: DataReport, p: Pipeline) -> None:
 
 
 # --- labelled data in memory ---------------------------------------------------------------------
-def labelled_batches(dataset: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+def labelled_batches(
+    dataset: Any, batch_size: int, *, progress: str | None = None
+) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """Batches of (images, labels) from a `tf.data.Dataset` (batched or not) or an (images,
-    labels) pair of arrays (images as float32), for evaluation and export checks.
+    labels) pair of arrays (images as float32), for evaluation and export checks. A dataset is
+    read a batch at a time, never whole; with `progress`, the pass logs its counts under that
+    label (`tl_keras.progress`).
 
     Raises:
       DataTypeError: neither a dataset of (images, labels) pairs nor a pair of arrays.
@@ -752,21 +524,34 @@ def labelled_batches(dataset: Any, batch_size: int) -> Iterable[tuple[np.ndarray
             raise DataTypeError(f"the dataset must yield (images, labels) pairs; it yields {spec}")
         if spec[0].shape.rank == 3:
             dataset = dataset.batch(batch_size)
-        return dataset.as_numpy_iterator()
+        return _counted(dataset.as_numpy_iterator(), progress)
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
         images, labels = np.asarray(dataset[0], np.float32), np.asarray(dataset[1])
         if len(images) != len(labels):
             raise DataError(
                 f"got {len(images)} images but {len(labels)} labels; they must line up one to one"
             )
-        return (
-            (images[i : i + batch_size], labels[i : i + batch_size])
-            for i in range(0, len(images), batch_size)
+        return _counted(
+            (
+                (images[i : i + batch_size], labels[i : i + batch_size])
+                for i in range(0, len(images), batch_size)
+            ),
+            progress,
         )
     raise DataTypeError(
         "the data must be a tf.data.Dataset of (images, labels) or an (images, labels) pair of "
         f"arrays; got {type(dataset).__name__}"
     )
+
+
+def _counted(batches: Iterable, label: str | None) -> Iterable:
+    if label is None:
+        yield from batches
+        return
+    with Progress(label) as progress:
+        for images, labels in batches:
+            yield images, labels
+            progress.update(len(images))
 
 
 def class_indices(labels: Any, count: int, num_classes: int | None = None) -> np.ndarray:
@@ -798,3 +583,25 @@ def class_indices(labels: Any, count: int, num_classes: int | None = None) -> np
             f"got shape {np.shape(labels)} for {count} images"
         )
     return labels
+
+
+# What other modules import from here (some of it lives in tl_keras.data.images / .check).
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DataBundle",
+    "DataReport",
+    "Images",
+    "Names",
+    "Pipeline",
+    "RawData",
+    "assemble",
+    "checked_split",
+    "class_indices",
+    "epoch_permutation",
+    "eval_dataset",
+    "labelled_batches",
+    "load_image_file",
+    "shard_epoch_fn",
+    "stratified_split",
+    "train_epoch_fn",
+]

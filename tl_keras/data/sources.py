@@ -26,6 +26,7 @@ from tl_keras.data.pipeline import (
     DataBundle,
     DataReport,
     Images,
+    Names,
     Pipeline,
     RawData,
     assemble,
@@ -186,7 +187,11 @@ def folder_dataset(
         source=root, class_names=list(listing.class_names), ignored_files=list(listing.ignored)
     )
     images = Images(
-        "files", list(listing.files), np.asarray(listing.labels, np.int32), list(listing.files)
+        "files",
+        listing.files,
+        np.asarray(listing.labels, np.int32),
+        listing.files,
+        origin=listing.root,
     )
     usable, check = checked_split(images, "eval", dataclasses.replace(p, cache="none"), report)
     if len(usable) == 0 or (len(images) - len(usable)) > p.max_skipped_fraction * len(images):
@@ -202,8 +207,10 @@ def folder_dataset(
 
 
 def _images_from_listing(listing: FolderListing) -> Images:
-    names = [os.path.relpath(f, listing.root) for f in listing.files]
-    return Images("files", listing.files, np.asarray(listing.labels, np.int32), names)
+    files, root = listing.files, listing.root
+    names = Names(lambda j: os.path.relpath(files[j], root), np.arange(len(files)))
+    labels = np.asarray(listing.labels, np.int32)
+    return Images("files", files, labels, names, origin=root)
 
 
 def _folder_source(config) -> RawData:
@@ -333,16 +340,21 @@ def _tfds_builder(name: str, data_dir: str):
         ) from None
 
 
-def _tfds_split(builder, name: str, spec: str, field: str, image_key: str) -> Images:
-    import tensorflow_datasets as tfds
+def _tfds_split(builder, name: str, spec: str, field: str, keys: tuple[str, str]) -> Images:
+    """A split spec as `Images` of kind 'tfds': its labels and decode check, never its images."""
+    from tl_keras.data.check import cache_root
+    from tl_keras.data.tfds_stream import TfdsSplit
 
     try:
-        ds = builder.as_dataset(
-            split=spec,
-            as_supervised=True,
-            shuffle_files=False,
-            decoders={image_key: tfds.decode.SkipDecoding()},  # keep the encoded bytes
+        split = TfdsSplit(
+            builder,
+            name=name,
+            spec=spec,
+            image_key=keys[0],
+            label_key=keys[1],
+            cache_dir=cache_root(),
         )
+        index = split.open()
     except Exception as e:
         if missing := _missing_module_error(e, name, "read"):
             raise missing from None
@@ -351,19 +363,18 @@ def _tfds_split(builder, name: str, spec: str, field: str, image_key: str) -> Im
             f"{field}={spec!r} is not a split of TFDS {name} ({_first_line(e)}); its splits: "
             f"{splits}; slices look like 'train[:80%]'"
         ) from None
-    blobs: list[bytes] = []
-    labels: list[int] = []
-    for images, targets in ds.batch(1024).as_numpy_iterator():
-        blobs += list(images)
-        labels += targets.tolist()
-    if not blobs:
+    if not len(index.labels):
         raise DataError(f"{field}={spec!r} of TFDS {name} has no examples")
-    names = [f"{name}[{spec}] example {i}" for i in range(len(blobs))]
-    return Images("bytes", blobs, np.asarray(labels, np.int32), names)
+    if index.remembered:
+        log.info(
+            "data: TFDS %s[%s]: labels and decode check remembered from an earlier run", name, spec
+        )
+    ids = np.arange(len(index.labels), dtype=np.int64)
+    return Images("tfds", split, index.labels, Names(split.name_of, ids), origin=split.origin)
 
 
 def _tfds_source(config) -> RawData:
-    """Reads a TFDS image-classification data set (its encoded images) into memory."""
+    """Lists a TFDS image-classification data set: its labels, and each split's decode check."""
     name = config.data_dir[len(TFDS_PREFIX) :].strip()
     if not name:
         raise DataError("data_dir='tfds:' names no data set; use e.g. data_dir='tfds:tf_flowers'")
@@ -383,8 +394,7 @@ def _tfds_source(config) -> RawData:
             f"TFDS {name} is not an image-classification data set: its supervised keys are "
             f"{keys!r}, tl_keras needs (image, class label)"
         )
-    image_key, label_key = keys
-    class_names = [str(n) for n in features[label_key].names]
+    class_names = [str(n) for n in features[keys[1]].names]
     try:
         builder.download_and_prepare()
     except Exception as e:
@@ -404,18 +414,34 @@ def _tfds_source(config) -> RawData:
         ("val", config.val_split, "val_split"),
         ("test", config.test_split, "test_split"),
     ):
-        raw.splits[split] = _tfds_split(builder, name, spec, field, image_key) if spec else None
+        raw.splits[split] = _tfds_split(builder, name, spec, field, keys) if spec else None
         raw.where[split] = f"{field}={spec!r}"
+        if spec:
+            raw.check_seconds += raw.splits[split].items.index.seconds
     return raw
 
 
 # --- arrays ----------------------------------------------------------------------------------------
+def _pixel_range(x: np.ndarray, xname: str) -> tuple[float, float]:
+    """(smallest, largest) pixel, a block of images at a time (a memory-mapped array is read
+    through once, never copied whole)."""
+    lo, hi = np.inf, -np.inf
+    step = max(1, (64 << 20) // max(x[0].nbytes, 1))
+    for start in range(0, len(x), step):
+        block = np.asarray(x[start : start + step])
+        if x.dtype.kind == "f" and not np.isfinite(block).all():
+            raise DataError(f"{xname} contains NaN or infinite values")
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return lo, hi
+
+
 def _array_split(
     x: Any, y: Any, field: str, num_classes: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Checks one (images, labels) pair; returns uint8 N x H x W x C and int32 labels."""
+    """Checks one (images, labels) pair; returns N x H x W x C images (the caller's array, or a
+    view of it: never a copy) and int32 labels."""
     xname, yname = f"x_{field}", f"y_{field}"
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = (x if isinstance(x, np.ndarray) else np.asarray(x)), np.asarray(y)
     if x.ndim == 3:
         x = x[..., None]  # N x H x W grayscale
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or not len(x):
@@ -425,9 +451,7 @@ def _array_split(
         )
     if x.dtype.kind not in "uif":
         raise DataError(f"{xname} has dtype {x.dtype}; use uint8 (or numbers in 0..255)")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"{xname} contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = _pixel_range(x, xname) if x.dtype != np.uint8 else (0, 255)
     if lo < 0 or hi > 255:
         raise DataError(f"{xname} has values in [{lo:g}, {hi:g}]; pixels must be raw 0..255")
     if x.dtype.kind == "f" and hi <= 1.0:
@@ -460,9 +484,7 @@ def _array_split(
             + (f" for the {num_classes} class_names" if num_classes is not None else "")
             + f" ({len(bad)} label(s) out of range)"
         )
-    if x.dtype != np.uint8:
-        x = np.clip(np.round(x), 0, 255).astype(np.uint8)
-    return x, y.astype(np.int32)
+    return x, y.astype(np.int32)  # other dtypes become uint8 as they are read (images.as_uint8)
 
 
 def arrays_source(
@@ -567,12 +589,44 @@ def from_arrays(
     return assemble(raw, p, val_fraction=config.val_fraction)
 
 
+def _npz_member(path: str, zf, name: str) -> np.ndarray:
+    """One array of a .npz file: memory-mapped when stored uncompressed (`np.savez`), so the
+    images are read from disk as batches need them; read whole when compressed."""
+    import zipfile
+
+    info = zf.getinfo(f"{name}.npy")
+    if info.compress_type == zipfile.ZIP_STORED and name.startswith("x_"):
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the member's local header: its name and extra field lengths
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+            start += int.from_bytes(local[28:30], "little")
+            f.seek(start)
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                version, np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = header(f)
+            if not dtype.hasobject:
+                order = "F" if fortran else "C"
+                return np.memmap(path, dtype, "r", offset=f.tell(), shape=shape, order=order)
+    with zf.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        names = [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+        return {name: _npz_member(path, zf, name) for name in names}
+
+
 def _npz_source(path: str) -> RawData:
     if not os.path.isfile(path):
         raise DataError(f"{_where(path, 'data_dir')} is not a file")
     try:
-        npz = np.load(path, allow_pickle=False)
-        arrays = {k: npz[k] for k in npz.files}
+        arrays = _read_npz(path)
     except Exception as e:
         raise DataError(
             f"{_where(path, 'data_dir')} is not a readable .npz file ({_first_line(e)})"

@@ -209,7 +209,7 @@ def evaluate(
     probabilities, labels = [], []
     kept: list[tuple[float, int, ConfidentError]] = []  # min-heap on confidence
     seen = 0
-    for images, batch_labels in labelled_batches(dataset, batch_size):
+    for images, batch_labels in labelled_batches(dataset, batch_size, progress="evaluate"):
         probs = np.asarray(model.predict_on_batch(images), dtype=np.float64)
         y = to_model[class_indices(batch_labels, len(images), len(to_model))]
         probabilities.append(probs)

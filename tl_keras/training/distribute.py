@@ -132,6 +132,71 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     )
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes training together (1 unless multi-worker)."""
+    if not is_multi_worker(strategy):
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(spec.get("worker", [])) + len(spec.get("chief", []))
+
+
+def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
+    """Refuses a global batch the workers cannot share evenly (before anything is written).
+
+    Raises:
+      ConfigError: batch_size is not a multiple of the number of workers.
+    """
+    workers = num_workers(strategy)
+    if workers > 1 and batch_size % workers:
+        raise ConfigError(
+            f"batch_size={batch_size} is the global batch and must split evenly over the "
+            f"{workers} workers; use a multiple of {workers}"
+        )
+
+
+def shard_data(data, strategy: tf.distribute.Strategy):
+    """The data bundle each worker trains on: under multi-worker training, its own part of every
+    epoch (by file where the source has files, see `DataBundle.sharded`).
+
+    Left to tf.distribute's own sharding (every worker reads everything and keeps its part) when
+    the bundle cannot be split (built by hand) or a worker has several replicas.
+
+    Raises:
+      DataError: a batch size the workers cannot share, or fewer images than workers.
+    """
+    workers = num_workers(strategy)
+    if workers == 1:
+        return data
+    if data.make_shard_epoch is None or strategy.num_replicas_in_sync != workers:
+        log.info(
+            "multi_worker: every worker reads the whole data and keeps its part (%s)",
+            "a data bundle built by hand"
+            if data.make_shard_epoch is None
+            else f"{strategy.num_replicas_in_sync} replicas on {workers} workers",
+        )
+        return data
+    log.info(
+        "multi_worker: worker %d of %d reads its own part of each epoch (%d images a step)",
+        strategy.cluster_resolver.task_id,
+        workers,
+        data.batch_size // workers,
+    )
+    return data.sharded(workers)
+
+
+def train_input(data, first_epoch: int, num_epochs: int):
+    """What `fit` trains on: the bundle's epochs, or under a sharded bundle each worker's part,
+    built on that worker (`distribute_datasets_from_function`: nothing is sharded again)."""
+    import tensorflow as tf
+
+    if data.workers == 1:
+        return data.train_epochs(first_epoch, num_epochs)
+    strategy = tf.distribute.get_strategy()
+    return strategy.distribute_datasets_from_function(
+        lambda context: data.train_epochs(first_epoch, num_epochs, worker=context.input_pipeline_id)
+    )
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the one process that writes artifacts (worker 0, or the only process)."""
     if not is_multi_worker(strategy):

@@ -19,7 +19,11 @@ validation images are computed once, and the head trains on them:
 * **Never stale.** A cache is keyed by a digest of the base's actual weights (so of the backbone,
   width and weights file), the image size and preprocessing, and the exact images of each split
   with their resize settings. In memory it lives for the process; with `feature_cache = "file"`
-  it is stored under `<workdir>/cache/features/` (written atomically) and reused by later runs.
+  it is written under `<workdir>/cache/features/<key>/` in shards of `SHARD_ROWS` rows as the
+  pass goes (the folder atomically) and read back memory-mapped, batch by batch: features that
+  do not fit in memory still train at cached speed. Later runs reuse it.
+* **Shared by workers.** Under multi-worker training each worker trains the head on its own part
+  of each epoch's order, exactly as the live path splits it (`DataBundle.sharded`).
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
+import shutil
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tl_keras import io
+from tl_keras.progress import Progress
 
 if TYPE_CHECKING:
     import keras
@@ -44,7 +51,8 @@ log = logging.getLogger("tl_keras")
 # TensorFlow is imported inside the functions, so `tl_keras.config` validates against MODES
 # without it.
 MODES = ("memory", "file", "off")
-_MEMORY: dict[str, dict[str, np.ndarray]] = {}  # key -> {"train": ..., "val": ...}; one process
+SHARD_ROWS = 8192  # feature rows per shard file (feature_cache='file')
+_MEMORY: dict[str, dict] = {}  # key -> {"train": rows, "val": rows}; one process
 
 
 def why_not_cached(phase, pipeline) -> str | None:
@@ -103,92 +111,239 @@ def _digest_base(model: keras.Model) -> str:
 
 def cache_key(model: keras.Model, data) -> str:
     """Identifies the features: the base's weights, the input size, and each split's images."""
+    source = data.feature_source_key
     h = hashlib.sha256()
     h.update(_digest_base(model).encode())
     h.update(str(model.inputs[0].shape).encode())
-    h.update(str(data.feature_source_key).encode())
+    h.update(str(source() if callable(source) else source).encode())
     return h.hexdigest()[:24]
+
+
+class ShardedRows:
+    """Feature rows stored as `.npy` shards of `SHARD_ROWS` rows, memory-mapped: rows are read
+    from disk as batches ask for them, so features larger than memory train just as well.
+
+    Args:
+      folder: the cache entry's folder.
+      split: 'train' or 'val'.
+      count: rows.
+      dim: values per row.
+    """
+
+    def __init__(self, folder: str, split: str, count: int, dim: int):
+        self.shape = (count, dim)
+        shards = math.ceil(count / SHARD_ROWS)
+        self._shards = [
+            np.load(os.path.join(folder, _shard_name(split, k)), mmap_mode="r")
+            for k in range(shards)
+        ]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """The rows `idx`, in that order, as one float32 array."""
+        idx = np.asarray(idx, np.int64)
+        out = np.empty((len(idx), self.shape[1]), np.float32)
+        shard, row = np.divmod(idx, SHARD_ROWS)
+        for k in np.unique(shard):
+            at = shard == k
+            out[at] = self._shards[k][row[at]]
+        return out
+
+
+def _shard_name(split: str, k: int) -> str:
+    return f"{split}-{k:05d}.npy"
+
+
+def _take(rows, idx: np.ndarray) -> np.ndarray:
+    return rows.take(idx) if isinstance(rows, ShardedRows) else rows[idx]
+
+
+class _Sink:
+    """Where the feature pass puts each batch of rows: arrays in memory, or shard files."""
+
+    def __init__(self, folder: str | None, split: str):
+        self.folder, self.split = folder, split
+        self.parts: list[np.ndarray] = []
+        self.buffered = self.count = self.shards = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.parts.append(rows)
+        self.buffered += len(rows)
+        self.count += len(rows)
+        if self.folder and self.buffered >= SHARD_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        rows = np.concatenate(self.parts) if self.parts else np.zeros((0, 0), np.float32)
+        while len(rows) >= SHARD_ROWS or (final and len(rows)):
+            np.save(
+                os.path.join(self.folder, _shard_name(self.split, self.shards)), rows[:SHARD_ROWS]
+            )
+            rows, self.shards = rows[SHARD_ROWS:], self.shards + 1
+        self.parts, self.buffered = [rows] if len(rows) else [], len(rows)
+
+    def result(self, dim: int) -> np.ndarray | None:
+        if self.folder:
+            self._flush(final=True)
+            return None
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, dim), np.float32)
+
+
+def _feature_pass(extractor, data, folder: str | None) -> dict[str, np.ndarray | None]:
+    """Runs the frozen base over the train (index order) and val images once, a batch at a time,
+    with progress; each batch's features go to memory or, with `folder`, to shard files."""
+    import tensorflow as tf
+
+    step = tf.function(lambda x: extractor(x, training=False))
+    dim = int(extractor.outputs[0].shape[-1])
+    sources = {"train": data.train_in_order}
+    if data.val is not None:
+        sources["val"] = data.val.map(lambda x, y: x)
+    total = data.num_train + (data.num_val if data.val is not None else 0)
+    out, counts = {}, {}
+    with Progress("feature pass", total) as progress:
+        for split, images in sources.items():
+            sink = _Sink(folder, split)
+            for batch in images:
+                sink.add(np.asarray(step(batch), np.float32))
+                progress.update(len(batch))
+            out[split], counts[split] = sink.result(dim), sink.count
+    out.setdefault("val", None if folder else np.zeros((0, dim), np.float32))
+    counts.setdefault("val", 0)
+    out["counts"], out["dim"] = counts, dim
+    return out
+
+
+def _load_file_cache(folder: str, data=None) -> dict[str, ShardedRows] | None:
+    """The stored features, or None when there are none or they are damaged (a cache is only a
+    shortcut: a damaged one is removed, with a warning, and computed again)."""
+    index_path = os.path.join(folder, "index.json")
+    if not os.path.isfile(index_path):
+        return None
+    try:
+        index = io.read_json(index_path)
+        stored = {
+            split: ShardedRows(folder, split, int(index["counts"][split]), int(index["dim"]))
+            for split in ("train", "val")
+        }
+        for split, rows in stored.items():
+            if rows.shape[0] != sum(len(s) for s in rows._shards) or any(
+                s.shape[1:] != (rows.shape[1],) for s in rows._shards
+            ):
+                raise ValueError(f"{split}: the shards do not hold {rows.shape[0]} rows")
+        if data is not None and (len(stored["train"]), len(stored["val"])) != (
+            data.num_train,
+            data.num_val,
+        ):
+            raise ValueError(f"{len(stored['train'])} + {len(stored['val'])} rows")
+        return stored
+    except Exception as e:  # json, numpy and shape refusals alike
+        log.warning("the feature cache %s is damaged (%s): computing it again", folder, e)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
 
 def compute(
     model: keras.Model, data, *, mode: str, workdir: str | None
-) -> tuple[dict[str, np.ndarray], float, bool]:
+) -> tuple[dict, float, bool]:
     """Returns the pooled features of the train (index order) and val splits.
 
+    With mode='file' and a workdir they are written under `<workdir>/cache/features/<key>/` in
+    shards as the pass goes (never all in memory) and read back memory-mapped.
+
     Returns:
-      ({'train': N x D, 'val': M x D (empty without validation)}, seconds spent, reused or not).
+      ({'train': N x D rows, 'val': M x D rows (empty without validation)}: arrays, or
+      `ShardedRows` from files; seconds spent; reused or not).
     """
     key = cache_key(model, data)
-    path = (
-        os.path.join(workdir, "cache", "features", f"{key}.npz")
-        if workdir and mode == "file"
-        else None
-    )
+    folder = os.path.join(workdir, "cache", "features", key) if workdir and mode == "file" else None
     if key in _MEMORY:
         return _MEMORY[key], 0.0, True
-    if path and os.path.isfile(path):
-        try:  # a cache is only a shortcut: a damaged one is computed again
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in ("train", "val")}
-            if len(arrays["train"]) != data.num_train or len(arrays["val"]) != data.num_val:
-                raise ValueError(f"{len(arrays['train'])} + {len(arrays['val'])} rows")
-            _MEMORY[key] = arrays
-            return arrays, 0.0, True
-        except Exception as e:  # zipfile, numpy and pickle refusals alike
-            log.warning("the feature cache %s is damaged (%s): computing it again", path, e)
+    if folder and (stored := _load_file_cache(folder, data)) is not None:
+        _MEMORY.clear()
+        _MEMORY[key] = stored
+        return stored, 0.0, True
     start = time.perf_counter()
     extractor = feature_extractor(model)
-    import tensorflow as tf
-
-    from tl_keras.training import distribute
-
-    distribute.enable_multi_worker_fit(extractor, tf.distribute.get_strategy())
-    arrays = {"train": np.asarray(extractor.predict(data.train_in_order, verbose=0), np.float32)}
-    dim = arrays["train"].shape[-1]
-    arrays["val"] = (
-        np.asarray(extractor.predict(data.val.map(lambda x, y: x), verbose=0), np.float32)
-        if data.val is not None
-        else np.zeros((0, dim), np.float32)
-    )
+    if folder is None:
+        result = _feature_pass(extractor, data, None)
+        features = {"train": result["train"], "val": result["val"]}
+    else:
+        with io.atomic_path(folder) as tmp:
+            os.makedirs(tmp)
+            result = _feature_pass(extractor, data, tmp)
+            io.atomic_write_json(  # last: a folder with its index is complete
+                os.path.join(tmp, "index.json"), {"counts": result["counts"], "dim": result["dim"]}
+            )
+        features = _load_file_cache(folder)
     seconds = time.perf_counter() - start
     _MEMORY.clear()  # one entry: a process trains one model at a time
-    _MEMORY[key] = arrays
-    if path:
-        with io.atomic_path(path) as tmp:
-            np.savez(tmp, **arrays)
-    return arrays, seconds, False
+    _MEMORY[key] = features
+    return features, seconds, False
 
 
-def feature_bundle(data, features: dict[str, np.ndarray]):
+def feature_bundle(data, features: dict):
     """A DataBundle over cached features: the live path's order, batches and targets."""
     import tensorflow as tf
 
-    from tl_keras.data import augment, pipeline
+    from tl_keras.data import augment, images
 
     p = data.pipeline
-    train = tf.constant(features["train"])
+    train = features["train"]
     labels = tf.constant(data.train_labels, tf.int32)
     k = data.num_classes
     n = len(data.train_labels)
+    dim = features["train"].shape[-1]
     smooth = augment.batch_fn(mixup=0.0, cutmix=0.0, label_smoothing=p.label_smoothing)
 
-    def make_epoch(epoch):
-        # The live path's batches (the epoch's permutation, cut every batch_size), gathered a
+    def rows(store):
+        def gather(i):
+            out = tf.numpy_function(lambda j: _take(store, j), [i], tf.float32, stateful=False)
+            return tf.ensure_shape(out, (None, dim))
+
+        return gather
+
+    gather_train = rows(train)
+
+    def order(epoch, worker, workers):
+        if data.train_order is not None:  # the images' own order (a TFDS split's stream too)
+            return data.train_order(epoch, worker, workers)
+        lo, hi = images.worker_range(n, worker, workers)
+        return tf.data.Dataset.from_tensor_slices(images.epoch_permutation(n, p.seed, epoch)[lo:hi])
+
+    def make_epoch(epoch, worker=0, workers=1):
+        # The live path's batches (the epoch's order, cut as the live path cuts it), gathered a
         # batch at a time: one gather per batch instead of one dataset element per image.
-        order = tf.data.Dataset.from_tensor_slices(pipeline.epoch_permutation(n, p.seed, epoch))
-        ds = order.batch(p.batch_size).map(
-            lambda i: (tf.gather(train, i), tf.one_hot(tf.gather(labels, i), k))
+        ds = images.worker_batches(
+            order(epoch, worker, workers),
+            n=n,
+            batch_size=p.batch_size,
+            workers=workers,
+            worker=worker,
         )
+        ds = ds.map(lambda i: (gather_train(i), tf.one_hot(tf.gather(labels, i), k)))
         if smooth is not None:
-            key = tf.stack([tf.constant(p.seed, tf.int64), tf.cast(epoch, tf.int64)])
+            key = images.epoch_key(p.seed, epoch)
             ds = ds.enumerate().map(lambda b, xy: smooth(xy[0], xy[1], key))
         return ds
 
     val = None
     if data.val is not None:
-        val_labels = np.concatenate([y.numpy() for _, y in data.val], axis=0)
-        val = tf.data.Dataset.from_tensor_slices((features["val"], val_labels)).batch(p.batch_size)
-    return dataclasses.replace(data, make_train_epoch=make_epoch, val=val)
+        val_labels = data.val_labels
+        if val_labels is None:  # a bundle built by hand: read its labels once
+            val_labels = np.concatenate([y.numpy() for _, y in data.val], axis=0).argmax(-1)
+        val_y = tf.constant(np.asarray(val_labels, np.int32))
+        gather_val = rows(features["val"])
+        val = (
+            tf.data.Dataset.range(len(val_labels))
+            .batch(p.batch_size)
+            .map(lambda i: (gather_val(i), tf.one_hot(tf.gather(val_y, i), k)))
+        )
+    return dataclasses.replace(
+        data, make_train_epoch=lambda epoch: make_epoch(epoch), make_shard_epoch=make_epoch, val=val
+    )
 
 
-__all__ = ["MODES", "compute", "feature_bundle", "head_model", "why_not_cached"]
+__all__ = ["MODES", "ShardedRows", "compute", "feature_bundle", "head_model", "why_not_cached"]

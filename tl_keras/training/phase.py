@@ -382,7 +382,7 @@ def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar) -> None:
     """`fit`, with a failed read of an image file (the data changed under the run) in words."""
     try:
         setup.fit_model.fit(
-            data.train_epochs(initial_epoch, last_epoch - initial_epoch),
+            distribute.train_input(data, initial_epoch, last_epoch - initial_epoch),
             validation_data=data.val,
             epochs=last_epoch,
             initial_epoch=initial_epoch,

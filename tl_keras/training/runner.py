@@ -177,6 +177,7 @@ def _train(spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks
             state = None
             try:
                 state = initial_state(plan, spec, data)
+                state.data = distribute.shard_data(state.data, strategy)  # each worker its own part
                 distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
                 _start_run(plan, spec.config, state)
                 results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)

@@ -319,7 +319,7 @@ def quantization_accuracy(
     """
     run_tflite = load_runner("tflite", tflite_path)
     total = keras_correct = tflite_correct = agree = 0
-    for images, labels in labelled_batches(dataset, batch_size):
+    for images, labels in labelled_batches(dataset, batch_size, progress="quantisation accuracy"):
         images = as_images(images, keras_model)
         labels = class_indices(labels, len(images))
         keras_pred = predict_keras(keras_model, images).argmax(-1)
