@@ -7,7 +7,8 @@
 2. **state** (`initial_state`): the data, and the model and history the first phase starts
    from: a new model, what the previous phase saved, or the newest checkpoint;
 3. **loop** (`run_phases`): each phase (`tl_keras.training.phase.run_phase`), then rollback when
-   asked, then its artifacts and `run.json`, the commit point.
+   asked, then its artifacts and `run.json`, the commit point; after the last phase, the
+   temperature fitted on validation (`tl_keras.training.calibrate`), in run.json's "inference".
 
 A schedule may have any number of phases (gradual unfreezing); under `rollback`, a phase that
 ends worse than the previous phase's best is undone. `run_phase` runs one phase on a model in
@@ -39,7 +40,7 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
-from tl_keras.training import checkpoint, distribute, rollback
+from tl_keras.training import calibrate, checkpoint, distribute, rollback
 from tl_keras.training.phase import PhaseResult, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
@@ -289,6 +290,8 @@ def run_phases(
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
+    if results:  # the temperature of the model this run ends with, fitted on validation
+        calibrate.calibrate_run(out, state.run, state.model, state.data, config, p.name)
     return results
 
 
@@ -335,6 +338,7 @@ def save_phase(
             title=f"{run['backbone']}: {' -> '.join(s.phase for s in history.spans())}",
             show_lr=True,
         )
+    calibrate.forget_temperature(run)  # fitted for the model this phase replaces
     run["phases"][name] = {
         k: summary[k]
         for k in ("first_epoch", "last_epoch", "epochs_run", "stopped_early", "wall_time_s")
