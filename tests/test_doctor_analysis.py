@@ -307,15 +307,6 @@ def test_out_of_fold_probabilities_never_see_the_image():
         assert np.bincount(folds[y == c], minlength=5).max() <= 3
 
 
-def test_balanced_class_weights_match_scikit_learn():
-    utils = pytest.importorskip("sklearn.utils")
-    y = np.array([0] * 90 + [1] * 9 + [2])
-    ours = analysis.balanced_class_weights(y, 3)
-    theirs = utils.class_weight.compute_class_weight("balanced", classes=np.arange(3), y=y)
-    assert np.allclose([ours[c] for c in range(3)], theirs)
-    assert analysis.balanced_class_weights(np.array([0, 0]), 2) == {0: 1.0, 1: 0.0}
-
-
 def test_content_hash_of_bytes_and_pixels():
     pixels = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
     assert analysis.content_hash(pixels) == analysis.content_hash(pixels.copy())

@@ -139,6 +139,9 @@ class DataBundle:
     train_labels: np.ndarray | None = None
     train_in_order: tf.data.Dataset | None = None
     feature_source_key: tuple[str, str] | None = None
+    # Each split's images as listed (paths, encoded bytes or arrays; unreadable ones left out),
+    # in the order of its dataset: what the data doctor hashes and names.
+    images: dict[str, Images] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -630,12 +633,14 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
     report.pipeline = p.describe()
     sizes: collections.Counter = collections.Counter()
     splits: dict[str, Images] = {}
+    kept: dict[str, Images] = {}
     listed = 0
     for split, images in raw.splits.items():
         if images is None:
             continue
         listed += len(images)
         splits[split], check = checked_split(images, split, p, report)
+        kept[split] = images if check.ok.all() else images.subset(np.flatnonzero(check.ok))
         sizes.update(check.sizes)
     report.image_sizes = _size_summary(sizes)
     if report.num_skipped > p.max_skipped_fraction * listed:
@@ -671,6 +676,7 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
             _cache_key(splits["train"], p),
             _cache_key(val, p) if val is not None and len(val) else "",
         ),
+        images=kept,
     )
 
 

@@ -16,8 +16,13 @@ How each check decides (every threshold lives in `Thresholds`, and the report re
   `near_duplicate_score`, where `b` is the similarity of the `neighbourhood_k`-th nearest
   neighbour of whichever of the two images sits in the denser place: the pair's cosine distance
   is at most 30% of the distance to that neighbour. Pairs at or above `identical_cosine` count
-  whatever their neighbourhood. Pairs are joined into groups, and groups that straddle
-  train / validation / test (leakage) are listed first.
+  whatever their neighbourhood. A photo after a colour edit, or turned grey, moves further in
+  feature space than that; its 16 px grey thumbnail hardly changes. So when thumbnails are
+  given, a pair whose thumbnails correlate at least `thumbnail_correlation` (and whose features
+  are at least `thumbnail_min_cosine` alike) is a near-duplicate too: on the shared flowers 15
+  real pairs (copies, edits, grey versions) score >= 0.978 and every other pair <= 0.960. Pairs
+  are joined into groups, each with the evidence that joined it (`same bytes`, `features`,
+  `thumbnails`), and groups that straddle train / validation / test (leakage) are listed first.
 * **Likely label errors** (confident-learning style). Two out-of-sample opinions on every
   image's class: a softmax-regression probe trained on the other folds (`doctor.probe`; its
   probabilities temperature-scaled against the given labels, so that they mean what they say
@@ -26,7 +31,9 @@ How each check decides (every threshold lives in `Thresholds`, and the report re
   suspect is a *likely* label error when `p[given] <= label_error_max_given` and another class
   has `p >= label_error_min_suggested`, which is then the suggested label. How many of these are
   real depends on the base: a probe that tells the classes apart only 63% of the time (the
-  shared MobileNet-0.25 on flowers) also flags hard and odd photos.
+  shared MobileNet-0.25 on flowers) also flags hard and odd photos: below
+  `label_check_min_accuracy` the check is reported as weak (`reliable: false`), and the summary
+  line says "label suspects to review" instead of counting "likely label errors".
 * **Class balance.** Images per class and split; a warning when the largest class has more than
   `imbalance_ratio` times the images of the smallest (or a class has none).
 * **Outliers.** Images far from every class (wrong folder, not a photo of the subject, another
@@ -59,6 +66,8 @@ from tl_keras.errors import DataError
 REPORT_VERSION = 1
 SPLIT_ORDER = ("train", "val", "test")  # how splits are listed; any other name sorts after
 NEIGHBOURS_KEPT = 64  # per image, from the one pass over all pairs (duplicates, votes, density)
+THUMBNAIL_NEIGHBOURS = 8  # most similar thumbnails kept per image (a photo has few copies)
+EVIDENCE = {"exact": "same bytes", "near": "features", "thumbnail": "thumbnails"}
 BLOCK_ELEMENTS = 1 << 24  # similarity entries computed at once: 64 MiB of float32
 
 
@@ -77,6 +86,10 @@ class Thresholds:
     probe_l2: float = 100.0  # L2 penalty on the probe's weights against the summed loss
     label_error_max_given: float = 0.1  # likely error: the given label gets at most this...
     label_error_min_suggested: float = 0.5  # ...and another class at least this
+    label_check_min_accuracy: float = 0.8  # a weaker probe: suspects to review, not errors
+    # Thumbnails (16 px grey, optional): edited and grey copies the features miss.
+    thumbnail_correlation: float = 0.975  # Pearson correlation of the two thumbnails
+    thumbnail_min_cosine: float = 0.7  # and their features at least this alike
     # Class balance.
     imbalance_ratio: float = 5.0  # warn when the largest class exceeds this x the smallest
     # Outliers.
@@ -88,7 +101,14 @@ class Thresholds:
     max_listed: int = 25  # suspects and outliers listed in the report (all are counted)
 
     def __post_init__(self):
-        for name in ("near_duplicate_score", "near_duplicate_min_cosine", "identical_cosine"):
+        for name in (
+            "near_duplicate_score",
+            "near_duplicate_min_cosine",
+            "identical_cosine",
+            "thumbnail_correlation",
+            "thumbnail_min_cosine",
+            "label_check_min_accuracy",
+        ):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise DataError(f"doctor threshold {name}={value} must be in (0, 1]")
@@ -223,6 +243,26 @@ def duplicate_pairs(
     return [(i, j, s, kind) for (i, j), (s, kind) in sorted(pairs.items())]
 
 
+def thumbnail_pairs(
+    z: np.ndarray, thumbnails: np.ndarray, t: Thresholds
+) -> list[tuple[int, int, float, str]]:
+    """Pairs whose grey thumbnails correlate >= `thumbnail_correlation` (features alike enough).
+
+    Returns:
+      (i < j, feature cosine, 'thumbnail') for each pair, in index order.
+    """
+    x = np.asarray(thumbnails, dtype=np.float32).reshape(len(thumbnails), -1)
+    centred = l2_normalize(x - x.mean(axis=1, keepdims=True))  # a flat image: all zero, no pair
+    idx, corr = nearest_neighbours(centred, THUMBNAIL_NEIGHBOURS)
+    pairs = {}
+    for i, col in zip(*np.nonzero(corr >= t.thumbnail_correlation), strict=True):
+        j = int(idx[i, col])
+        cosine = float(z[i] @ z[j])
+        if cosine >= t.thumbnail_min_cosine:
+            pairs[(min(int(i), j), max(int(i), j))] = cosine
+    return [(i, j, c, "thumbnail") for (i, j), c in sorted(pairs.items())]
+
+
 def duplicate_groups(
     pairs: Sequence[tuple[int, int, float, str]],
     *,
@@ -237,17 +277,20 @@ def duplicate_groups(
     Returns:
       One dict per group: `kind` ('exact' when every member has the same hash, else 'near'),
       `size`, `splits`, `across_splits`, `classes`, `label_conflict`, `min_cosine` (its weakest
-      link) and `members` (path, split, label), members in split order then path.
+      link), `evidence` (what joined it: 'same bytes', 'features', 'thumbnails') and `members`
+      (path, split, label), members in split order then path.
     """
     uf = _UnionFind(len(labels))
     for i, j, _, _ in pairs:
         uf.union(i, j)
     weakest: dict[int, float] = {}
     members: dict[int, set[int]] = collections.defaultdict(set)
-    for i, j, s, _ in pairs:
+    evidence: dict[int, set[str]] = collections.defaultdict(set)
+    for i, j, s, kind in pairs:
         root = uf.find(i)
         members[root].update((i, j))
         weakest[root] = min(weakest.get(root, 1.0), s)
+        evidence[root].add(EVIDENCE[kind])
     groups = []
     for root, idx in members.items():
         idx_sorted = sorted(idx, key=lambda k: (_split_rank(splits[k]), paths[k]))
@@ -262,6 +305,7 @@ def duplicate_groups(
                 "classes": classes,
                 "label_conflict": len(classes) > 1,
                 "min_cosine": round(weakest[root], 4),
+                "evidence": sorted(evidence[root]),
                 "members": [
                     {"path": paths[k], "split": splits[k], "label": class_names[labels[k]]}
                     for k in idx_sorted
@@ -416,18 +460,6 @@ def class_balance(
     }
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """`n / (K * n_c)` per class (scikit-learn's "balanced"): each class weighs the same in all.
-
-    K counts the classes that have images, so the mean weight per image stays 1; a class with
-    no images gets weight 0 (it contributes no loss anyway).
-    """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-    present = int((counts > 0).sum())
-    n = counts.sum()
-    return {c: (float(n / (present * counts[c])) if counts[c] else 0.0) for c in range(num_classes)}
-
-
 # --- the report ---------------------------------------------------------------------------------
 
 
@@ -441,12 +473,15 @@ def diagnose(
     class_names: Sequence[str] | None = None,
     thresholds: Thresholds | None = None,
     seed: int = 0,
+    thumbnails: np.ndarray | None = None,
+    extra_limits: Sequence[str] = (),
+    no_features: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Runs every check and returns the report (JSON-serialisable; `summary` is the log line).
 
     Args:
       features: N x D, each image's features from the frozen pretrained base (any scale; they
-        are L2-normalised here).
+        are L2-normalised here); None = no features (see below).
       labels: N class indices in [0, len(class_names)).
       splits: each image's split ('train', 'val', 'test', ...); None = all 'train'.
       paths: each image's file, to name it in the report; None = '#<index>'.
@@ -455,6 +490,13 @@ def diagnose(
       class_names: the name of each class index; None = '0', '1', ...
       thresholds: None = `Thresholds()`.
       seed: the probe's fold assignment.
+      thumbnails: N x P small grey thumbnails (e.g. 16 x 16 = 256 pixels each), to find
+        edited and grey copies; None = features and hashes only.
+      extra_limits: what the caller could not check, listed first in the report's limits.
+      no_features: with `features=None`, the limits to state (why there are no features);
+        default `NO_FEATURES`.
+
+    With `features=None` only exact copies (the hashes) and the class balance are checked.
 
     Returns:
       {'version', 'num_images', 'num_classes', 'class_names', 'splits', 'thresholds', 'balance',
@@ -464,11 +506,18 @@ def diagnose(
       DataError: the arrays do not fit together (lengths, label range, non-finite features).
     """
     t = thresholds or Thresholds()
-    x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
+    if features is None:  # zero-width rows; each image its own content unless hashes say not
+        features = np.zeros((len(np.asarray(labels)), 0), np.float32)
+        hashes = hashes if hashes is not None else [f"#{i}" for i in range(len(features))]
+        thumbnails = None
+        x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
+        features = None
+    else:
+        x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
     z = l2_normalize(x)
-    nbr_idx, nbr_sim = nearest_neighbours(z, NEIGHBOURS_KEPT)
-    density = local_density(nbr_idx, nbr_sim, images.hash_ids, t)
-    pairs = duplicate_pairs(nbr_idx, nbr_sim, density, images.hash_ids, t)
+    nbr_idx, density, pairs = _duplicates(
+        z, images, thumbnails, t, features_given=features is not None
+    )
     groups = duplicate_groups(
         pairs,
         hash_ids=images.hash_ids,
@@ -478,6 +527,9 @@ def diagnose(
         class_names=images.class_names,
     )
     checked, limits = _what_can_be_checked(images, t)
+    if features is None:
+        checked, limits = None, list(no_features or [NO_FEATURES])
+    limits = [*(extra_limits or ()), *limits]
     report = {
         "version": REPORT_VERSION,
         "num_images": len(images.labels),
@@ -493,6 +545,34 @@ def diagnose(
     }
     report["summary"] = summary_line(report)
     return report
+
+
+NO_FEATURES = (
+    "no features: only exact copies (the same content hash) and the class balance are checked; "
+    "near-duplicates, label errors and outliers need a pretrained base's features"
+)
+
+
+def _duplicates(z, images, thumbnails, t: Thresholds, *, features_given: bool):
+    """The neighbour lists, local density and duplicate pairs (exact only without features)."""
+    n = len(images.labels)
+    if not features_given:
+        empty_idx, empty_sim = np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
+        density = np.full(n, np.nan)
+        return (
+            empty_idx,
+            density,
+            duplicate_pairs(empty_idx, empty_sim, density, images.hash_ids, t),
+        )
+    nbr_idx, nbr_sim = nearest_neighbours(z, NEIGHBOURS_KEPT)
+    density = local_density(nbr_idx, nbr_sim, images.hash_ids, t)
+    pairs = duplicate_pairs(nbr_idx, nbr_sim, density, images.hash_ids, t)
+    if thumbnails is not None:
+        if len(thumbnails) != n:
+            raise DataError(f"thumbnails must have one row per image ({n}); got {len(thumbnails)}")
+        known = {(i, j) for i, j, _, _ in pairs}
+        pairs = sorted(pairs + [q for q in thumbnail_pairs(z, thumbnails, t) if q[:2] not in known])
+    return nbr_idx, density, pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -630,11 +710,23 @@ def _label_report(z, nbr_idx, pairs, checked, images: _Images, t: Thresholds, se
         }
         for i in listed
     ]
+    accuracy = float(np.mean(probe[checked].argmax(1) == y[checked]))
+    reliable = accuracy >= t.label_check_min_accuracy
     return {
         "checked": True,
+        "reliable": reliable,
+        "note": (
+            "a probe on these features tells the classes apart well: likely label errors are "
+            "worth fixing"
+            if reliable
+            else f"a probe on these features gets only {accuracy:.0%} of the labels right (below "
+            f"{t.label_check_min_accuracy:.0%}): hard and odd photos rank as high as wrong labels, "
+            "so the suspects are a list to review, not a count of errors (a stronger backbone "
+            "sharpens it)"
+        ),
         "num_checked": int(checked.sum()),
         "num_likely": int(likely.sum()),
-        "probe_accuracy": round(float(np.mean(probe[checked].argmax(1) == y[checked])), 4),
+        "probe_accuracy": round(accuracy, 4),
         "probe_temperature": round(temperature, 4),
         "neighbour_accuracy": round(float(np.mean(votes[checked].argmax(1) == y[checked])), 4),
         "mean_p_given": round(float(np.mean(p[ar, y][checked])), 4),
@@ -694,9 +786,15 @@ def summary_line(report: dict[str, Any]) -> str:
         dup_text += f" ({', '.join(f'{n} across {s}' for s, n in sorted(across.items()))})"
     parts = [dup_text]
     labels = report["label_errors"]
-    if labels["checked"]:
+    if labels["checked"] and labels.get("reliable", True):
         n = labels["num_likely"]
         parts.append(f"{n} likely label error{'s' * (n != 1)}")
+    elif labels["checked"]:
+        n = labels["num_likely"]
+        parts.append(
+            f"{n} label suspect{'s' * (n != 1)} to review (weak check: a probe gets "
+            f"{labels['probe_accuracy']:.0%} right)"
+        )
     else:
         parts.append("label errors not checked")
     balance = report["balance"]
@@ -726,7 +824,6 @@ def summary_line(report: dict[str, Any]) -> str:
 
 __all__ = [
     "Thresholds",
-    "balanced_class_weights",
     "class_balance",
     "content_hash",
     "diagnose",

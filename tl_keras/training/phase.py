@@ -108,6 +108,7 @@ def run_phase(
     cache_dir: str | None = None,
     jit_compile: str = "auto",
     strategy=None,
+    class_weight: dict[int, float] | None = None,
 ) -> PhaseResult:
     """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
 
@@ -133,6 +134,8 @@ def run_phase(
       cache_dir: the workdir, where feature_cache='file' keeps its files.
       jit_compile: XLA: 'auto', 'on' or 'off'.
       strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
+      class_weight: class index -> weight of its images' training loss
+        (`tl_keras.training.class_weight`); None = unweighted.
 
     Returns:
       The phase's history (global epochs, the learning rate each epoch used), trainability
@@ -171,7 +174,7 @@ def run_phase(
         setup, callbacks, track_best=track_best, checkpoint_dir=checkpoint_dir, progress=progress
     )
     start = time.perf_counter()
-    fit(setup, state, cbs, bar=use_progress_bar(progress))
+    fit(setup, state, cbs, bar=use_progress_bar(progress), class_weight=class_weight)
     return outcome(setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir)
 
 
@@ -350,8 +353,13 @@ def fit(
     callbacks: list[keras.callbacks.Callback],
     *,
     bar: bool,
+    class_weight: dict[int, float] | None = None,
 ) -> None:
-    """Fits the phase's remaining epochs (none when a resumed phase had already finished)."""
+    """Fits the phase's remaining epochs (none when a resumed phase had already finished).
+
+    `class_weight` weights each training image's loss by its class (Keras maps the one-hot
+    targets of each batch to sample weights); validation stays unweighted.
+    """
     last_epoch, initial_epoch = setup.window.last_epoch, setup.initial_epoch
     remaining = last_epoch - initial_epoch
     resume, early = setup.resume, state.early
@@ -370,6 +378,7 @@ def fit(
             shuffle=False,  # the order is the data bundle's: a pure function of (seed, epoch)
             callbacks=callbacks,
             verbose=1 if bar else 0,
+            class_weight=class_weight,
         )
 
 

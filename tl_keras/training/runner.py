@@ -40,7 +40,7 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
-from tl_keras.training import calibrate, checkpoint, distribute, rollback
+from tl_keras.training import calibrate, checkpoint, class_weight, distribute, rollback
 from tl_keras.training.phase import PhaseResult, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
@@ -227,6 +227,7 @@ def initial_state(
             wd.clear_results()
             checkpoint.remove_all(wd.path)
         run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
+        run["doctor"] = run_doctor(spec, data, model, plan.outdir.path)
         history = History()
     else:
         model = load_phase_model(wd, prev.name)
@@ -238,6 +239,25 @@ def initial_state(
         for n in [n for n in plan.done if n in names and names.index(n) >= first]:
             run["phases"].pop(n)  # redone phases and everything after them
     return RunState(model, history, run, reference, data)
+
+
+def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -> dict:
+    """The data doctor before the first phase (`tl_keras.doctor.workflow.examine`): one log line,
+    the report in `<workdir>/doctor/`; what run.json records of it."""
+    if spec.config.doctor == "off":
+        log.info("doctor: off (doctor='off'): the data was not examined before training")
+        return {"skipped": "doctor='off'"}
+    if data.images is None:
+        log.info("doctor: skipped: this DataBundle does not list its images")
+        return {"skipped": "the data bundle does not list its images"}
+    from tl_keras.doctor import workflow
+
+    result = workflow.examine(spec, data, model, outdir)
+    return {
+        "summary": result.summary,
+        "report": f"{workflow.FOLDER}/report.json",
+        "manifest_sha256": result.report["data"]["manifest_sha256"],
+    }
 
 
 def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> None:
@@ -262,6 +282,7 @@ def run_phases(
     checkpoints are removed after that.
     """
     out, ckpt, config, results = plan.outdir, plan.resume_from, spec.config, []
+    weights = _class_weights(config, state.data)
     for p in plan.targets:
         result = run_phase(
             state.model,
@@ -280,6 +301,7 @@ def run_phases(
             cache_dir=out.path,
             jit_compile=config.jit_compile,
             strategy=strategy,
+            class_weight=weights,
         )
         if config.rollback:
             state.reference = rollback.apply_rollback(
@@ -293,6 +315,18 @@ def run_phases(
     if results:  # the temperature of the model this run ends with, fitted on validation
         calibrate.calibrate_run(out, state.run, state.model, state.data, config, p.name)
     return results
+
+
+def _class_weights(config: config_lib.Config, data: DataBundle) -> dict[int, float] | None:
+    """The per-class loss weights of `class_weight`, logged once (None: unweighted)."""
+    weights = class_weight.class_weights(config.class_weight, data.train_labels, data.num_classes)
+    if weights is not None:
+        log.info(
+            "class_weight=%s: each training image's loss weighs %s",
+            config.class_weight,
+            ", ".join(f"{name} {weights[c]:.3g}" for c, name in enumerate(data.class_names)),
+        )
+    return weights
 
 
 def _log_callbacks(config: config_lib.Config, wd: Workdir) -> list[keras.callbacks.Callback]:
