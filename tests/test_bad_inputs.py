@@ -233,6 +233,12 @@ def test_damaged_run_json(fe_done, tmp_path):
     assert digest(workdir) == before
 
 
+def test_compare_zero_seeds(tmp_path):
+    proc = run_cli(*TINY, "--seeds=0", f"--workdir={tmp_path / 'w'}", module="tl_keras.compare")
+    assert_refused(proc, "seeds=0 must be a whole number of at least 1")
+    assert not (tmp_path / "w" / "comparison.md").exists()
+
+
 def test_damaged_inference_section(fe_done, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(fe_done, workdir)
