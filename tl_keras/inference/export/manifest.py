@@ -1,8 +1,9 @@
 """Exporting a trained workdir: its model, checked on the run's own validation images, recorded.
 
-`export_workdir` writes the artifacts with `labels.txt` and `export.json` (each artifact's size,
-source model, parity report and, for a quantised file, its accuracy); `verify_workdir` re-checks
-every artifact listed there later. What is exported is the model as the workdir answers
+`export_workdir` writes the artifacts with `labels.txt`, `export.json` (each artifact's size,
+source model, parity report and, for a quantised file, its accuracy) and the model card
+(`model_card.json`, `model_card.md`: `tl_keras.inference.export.card`); `verify_workdir`
+re-checks every artifact listed there later. What is exported is the model as the workdir answers
 (`TrainedModel.served`): run.json's test-time augmentation and temperature are baked into every
 artifact's graph, and the parity check compares each artifact with that same Keras graph, the
 one `predict` runs. `python -m tl_keras.export` is a thin layer over those two:
@@ -27,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.errors import ExportError, ExportParityError
+from tl_keras.inference.export import card
 from tl_keras.inference.export.formats import (
     OUTPUT_NAME,
     check_formats,
@@ -184,6 +186,7 @@ def export_workdir(
         artifacts[os.path.basename(path)] = entry
     manifest = _manifest(trained, artifacts)
     _write_manifest(out, manifest, trained.class_names)
+    card.write_card(trained, manifest, out, data_dir=data_dir)
     return manifest
 
 
