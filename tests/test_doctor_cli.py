@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import re
+import shlex
 import shutil
 
 import numpy as np
 import pytest
-from conftest import run_module, tiny_config
+from conftest import REPO, run_module, tiny_config
 from doctor_fixtures import base_weights, flags, noise_png, noise_tree
 
 from tl_keras import config as config_lib
@@ -171,3 +173,26 @@ def test_scale_sample_is_seeded_and_holds_every_copy():
     a = workflow.scale_sample(hashes, 10, seed=0)
     assert len(a) == 10 and {3, 50, 100, 101} <= set(a.tolist())
     np.testing.assert_array_equal(a, workflow.scale_sample(hashes, 10, seed=0))
+
+
+def readme_doctor_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The data doctor") :]
+    section = section[: section.index("\n## ", 1)]
+    block = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]
+    return [ln.strip() for ln in block.splitlines() if ln.startswith("python -m")]
+
+
+def test_the_readme_commands_run(tmp_path):
+    """Each README command as written, made tiny by flags after it (a noise tree, no weights)."""
+    commands = readme_doctor_commands()
+    assert len(commands) == 2
+    tree = noise_tree(tmp_path / "data", {"ant": 6, "bee": 6})
+    for k, command in enumerate(commands):
+        args = [a for a in shlex.split(command)[3:] if not a.startswith("--workdir=")]
+        workdir = tmp_path / f"w{k}"
+        proc = run_module(
+            "tl_keras.doctor", *args, *flags(tree), f"--workdir={workdir}", "--cache=none"
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (workdir / "doctor" / "report.md").is_file()
