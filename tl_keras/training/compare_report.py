@@ -69,8 +69,8 @@ class Comparison:
     all_histories: dict = dataclasses.field(default_factory=dict, repr=False)  # name -> [seed]
 
     def to_markdown(self) -> str:
-        n = len(self.seeds)
-        seeds = ", ".join(map(str, self.seeds))
+        done = [s for s in self.seeds if all(s in r.seeds for r in self.rows)] or self.seeds
+        n, seeds = len(done), ", ".join(map(str, done))
         lines = [
             f"Scores of each final model on the {self.eval_split} split, over {n} seed"
             f"{'s' * (n != 1)} ({seeds}): mean" + (" ± standard deviation" if n > 1 else "") + ".",
