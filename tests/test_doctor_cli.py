@@ -120,7 +120,10 @@ def test_fe_trains_on_the_features_the_doctor_computed(tmp_path, weights_file):
 
 
 def test_the_cache_is_reused_until_a_file_changes(tmp_path, weights_file):
-    tree = noise_tree(tmp_path / "data", {"ant": 12, "bee": 12})
+    tree = noise_tree(
+        tmp_path / "data",
+        {"train": {"ant": 8, "bee": 8}, "val": {"ant": 2, "bee": 2}, "test": {"ant": 2, "bee": 2}},
+    )
     cfg = config_lib.Config(
         data_dir=str(tree),
         backbone="mobilenet",
@@ -136,13 +139,14 @@ def test_the_cache_is_reused_until_a_file_changes(tmp_path, weights_file):
     assert second.report["features"]["reused"].endswith("doctor/features.npz")
     with np.load(f"{work}/doctor/features.npz") as f:
         before = f["features"]
-    (tree / "bee" / "bee_3.png").write_bytes(noise_png(999))  # same name, other content
+    assert before.shape == (24, 256)  # train, val and test
+    (tree / "test" / "bee" / "bee_1.png").write_bytes(noise_png(999))  # same name, new content
     third = workflow.doctor_workdir(cfg, work)
     assert third.report["features"]["computed"]
     with np.load(f"{work}/doctor/features.npz") as f:
         after = f["features"]
     changed = np.flatnonzero(np.any(before != after, axis=1))
-    assert len(changed) == 1  # exactly the changed image's row was not the old one
+    assert changed.tolist() == [23]  # test/bee/bee_1.png, the last row: only it changed
 
 
 def test_above_the_limit_the_checks_run_on_a_sample_that_keeps_every_copy(

@@ -235,8 +235,7 @@ def image_features(model, data, listed: _Listed, *, folder: str, spec) -> tuple[
     arrays, _, _ = features_lib.compute(model, data, mode=mode, workdir=os.path.dirname(folder))
     parts = [arrays["train"], arrays["val"]]
     if data.test is not None and listed.counts.get("test"):
-        extractor = features_lib.feature_extractor(model)
-        parts.append(np.asarray(extractor.predict(_images_only(data.test), verbose=0), np.float32))
+        parts.append(_forward(features_lib.feature_extractor(model), _images_only(data.test)))
     out = {
         "features": np.concatenate([p for p in parts if len(p)]).astype(np.float32),
         "thumbnails": thumbnails(data),
@@ -281,6 +280,15 @@ def _read_cache(path: str, key: str, listed: _Listed) -> dict | None:
     )
     log.info("doctor: the cached features in %s are stale (%s): recomputing them", path, why)
     return None
+
+
+def _forward(extractor, dataset) -> np.ndarray:
+    """The extractor's output for every batch, called directly (no Keras predict loop, so no
+    distribution machinery: the same on every worker)."""
+    import tensorflow as tf
+
+    run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+    return np.concatenate([np.asarray(run(x), np.float32) for x in dataset])
 
 
 def _images_only(dataset):
