@@ -3,31 +3,33 @@
     python benchmarks/bench_doctor.py            # the whole shared flower set, 8 planted seeds
     python benchmarks/bench_doctor.py --quick    # 300 photos, 1 seed: a smoke run
 
-On ../shared's flowers (3,439 photos) with the real ImageNet MobileNet-0.25 at 96 px:
+Everything runs through the package, as `python -m tl_keras.doctor` does
+(`tl_keras.doctor.workflow.doctor_workdir`): the pipeline, content hashes, the feature pass of
+the real ImageNet MobileNet-0.25 from ../shared, thumbnails, `diagnose`, the report.
 
-* the time to compute the features (decode + forward pass), apart from the time `diagnose` takes
-  given them (best and median of 3 rounds, wall clock and CPU): the doctor runs on cached
-  features, so the second figure is what it adds to a run;
-* what `diagnose` finds on the real, unplanted set, split as `--val_fraction=0.2 --seed=0`
-  would split it (`tl_keras.data.stratified_split`): duplicate groups (those across train / val
-  first), the top label-error suspects, the outliers;
-* over 8 seeds, on 60 photos per class with planted defects (see tests/doctor_photos.py):
-  recall of planted copies, duplicate groups beyond the planted, precision@k of planted label
-  flips, how many likely label errors are planted flips, planted outliers flagged.
+* On the whole flower set (3,439 photos) at 128 px (configs/flowers.toml's size), split as
+  `--val_fraction=0.2 --seed=0` splits it: the doctor's wall time with the features computed,
+  then again with them cached (each step's seconds, and the command itself end to end in a
+  fresh process, TensorFlow's import included); what it finds: duplicate groups (those across
+  train / val first) and how many of the pairs known by eye (tests/doctor_photos.py) they hold,
+  the label check, the outliers.
+* Over 8 seeds, on 60 photos per class at 96 px with planted defects (see
+  tests/doctor_photos.py): recall of planted copies, duplicate groups beyond the planted,
+  precision@k of planted label flips, likely label errors that are planted flips, planted
+  outliers flagged.
 
-Writes benchmarks/results/doctor.json. The times depend on the machine and on whatever else runs
-on it: the JSON records the load average before and after, and OPENBLAS_NUM_THREADS (on a busy
-2-core machine `OPENBLAS_NUM_THREADS=1 python benchmarks/bench_doctor.py` runs diagnose about 3x
-faster than OpenBLAS's default threads).
+Writes benchmarks/results/doctor.json with the machine's load before and after, and whether
+BLAS was limited to one thread for the probe (threadpoolctl; on a busy 2-core machine one thread
+ran `diagnose` up to 3x faster than OpenBLAS's default).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import _common
@@ -37,8 +39,6 @@ sys.path.insert(0, str(_common.REPO / "tests"))  # the photo and planting helper
 
 import doctor_photos as photos_lib  # noqa: E402
 
-from tl_keras.doctor.analysis import diagnose  # noqa: E402
-
 CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
 
 
@@ -47,93 +47,93 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="300 photos and 1 seed: a smoke run")
     ap.add_argument("--seeds", type=int, default=8, help="planted-defect seeds")
     ap.add_argument("--per_class", type=int, default=60, help="photos per class, planted runs")
-    ap.add_argument("--rounds", type=int, default=3, help="timed diagnose rounds")
+    ap.add_argument("--image_size", type=int, default=128, help="whole-set input size")
     return ap.parse_args(argv)
 
 
-def load_set(limit: int | None) -> tuple[list[str], np.ndarray, list[bytes]]:
-    files = photos_lib.class_files(_common.FLOWERS)
-    paths, labels = [], []
-    for label, name in enumerate(files):
-        chosen = files[name] if limit is None else files[name][: limit // len(files)]
-        paths += chosen
-        labels += [label] * len(chosen)
-    data = [(_common.FLOWERS / p).read_bytes() for p in paths]
-    return paths, np.array(labels), data
+def whole_set(data_dir: str, workdir: str, image_size: int) -> dict:
+    from tl_keras.config import Config
+    from tl_keras.doctor.workflow import doctor_workdir
 
-
-def whole_set(model, limit: int | None, rounds: int) -> dict:
-    from tl_keras.data.pipeline import stratified_split
-
-    start = time.perf_counter()
-    paths, labels, data = load_set(limit)
-    pixels = photos_lib.decode(data)
-    decode_s = time.perf_counter() - start
-    start = time.perf_counter()
-    feats = photos_lib.features(model, pixels)
-    forward_s = time.perf_counter() - start
-    hashes = [hashlib.sha256(d).hexdigest() for d in data]
-    _, val_idx = stratified_split(labels, 0.2, seed=0)
-    splits = np.full(len(labels), "train", dtype=object)
-    splits[val_idx] = "val"
-    walls, cpus = [], []
-    for _ in range(rounds):
-        wall, cpu = time.perf_counter(), time.process_time()
-        report = diagnose(
-            feats,
-            labels,
-            splits=splits.tolist(),
-            paths=paths,
-            hashes=hashes,
-            class_names=list(photos_lib.class_files(_common.FLOWERS)),
-        )
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+    cfg = Config(
+        data_dir=data_dir,
+        backbone="mobilenet",
+        alpha=0.25,
+        weights=str(_common.WEIGHTS),
+        image_size=image_size,
+        batch_size=64,
+    )
+    runs = {}
+    for name in ("features_computed", "features_cached"):
+        start = time.perf_counter()
+        result = doctor_workdir(cfg, workdir)
+        runs[name] = {
+            "wall_s": round(time.perf_counter() - start, 2),
+            "steps_s": {k: round(v, 2) for k, v in result.seconds.items()},
+        }
+    runs["command_cached_s"] = command_time(data_dir, workdir, image_size)
     return {
-        "images": len(paths),
-        "features": {
-            "decode_s": round(decode_s, 2),
-            "forward_s": round(forward_s, 2),
-            "image_size": photos_lib.IMAGE_SIZE,
-        },
-        "diagnose": {
-            "wall_s": [round(w, 2) for w in walls],
-            "cpu_s": [round(c, 2) for c in cpus],
-            "best_wall_s": round(min(walls), 2),
-            "median_wall_s": round(statistics.median(walls), 2),
-        },
-        "findings": findings(report),
+        "images": result.report["num_images"],
+        "image_size": image_size,
+        "timing": runs,
+        "findings": findings(result.report),
     }
+
+
+def command_time(data_dir: str, workdir: str, image_size: int) -> float:
+    """`python -m tl_keras.doctor` end to end in a fresh process, with the features cached."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "tl_keras.doctor", f"--data_dir={data_dir}",
+         "--backbone=mobilenet", "--alpha=0.25", f"--weights={_common.WEIGHTS}",
+         f"--image_size={image_size}", "--batch_size=64", f"--workdir={workdir}"],
+        cwd=_common.REPO, check=True, capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    return round(time.perf_counter() - start, 2)
 
 
 def findings(report: dict) -> dict:
     errors = report["label_errors"]
+    groups = report["duplicates"]["groups"]
+    names = [{m["path"].split("flowers5/")[-1] for m in g["members"]} for g in groups]
+    known = {
+        kind: sum(any(set(pair) <= n for n in names) for pair in pairs)
+        for kind, pairs in (
+            ("copies", photos_lib.KNOWN_DUPLICATES),
+            ("edited_copies", photos_lib.KNOWN_EDITED_COPIES),
+            ("same_scene", photos_lib.KNOWN_SAME_SCENE),
+        )
+    }
     return {
         "summary": report["summary"],
+        "known_pairs_found": known,
         "duplicate_groups": [
             {
                 "kind": g["kind"],
+                "evidence": g["evidence"],
                 "splits": g["splits"],
                 "min_cosine": g["min_cosine"],
-                "files": [m["path"] for m in g["members"]],
+                "files": [m["path"].split("flowers5/")[-1] for m in g["members"]],
             }
-            for g in report["duplicates"]["groups"]
+            for g in groups
         ],
         "probe_accuracy": errors.get("probe_accuracy"),
+        "label_check_reliable": errors.get("reliable"),
         "likely_label_errors": errors["num_likely"],
         "top_suspects": [
             {k: s[k] for k in ("path", "split", "label", "suggested", "p_given", "likely")}
             for s in errors["suspects"][:15]
         ],
         "outliers": [
-            {k: o[k] for k in ("path", "label", "score", "centroid_angle")}
+            {k: o[k] for k in ("path", "label", "score", "isolation")}
             for o in report["outliers"]["items"]
         ],
         "balance": {"ratio": report["balance"]["ratio"], "totals": report["balance"]["totals"]},
     }
 
 
-def planted_runs(model, seeds: int, per_class: int) -> dict:
+def planted_runs(seeds: int, per_class: int, scratch: str) -> dict:
     rows = []
     for seed in range(seeds):
         photos = photos_lib.sample(
@@ -143,20 +143,16 @@ def planted_runs(model, seeds: int, per_class: int) -> dict:
             exclude=photos_lib.REAL_DUPLICATE_FILES,
         )
         photos_lib.plant(photos, exact=8, resized=18, flips=12, outliers=3, seed=seed)
-        feats = photos_lib.features(model, photos_lib.decode(photos.data))
-        report = diagnose(
-            feats,
-            np.array(photos.labels),
-            splits=photos.splits,
-            paths=photos.paths,
-            hashes=photos.hashes,
-            class_names=photos.class_names,
+        root = os.path.join(scratch, f"planted-{seed}")
+        report = photos_lib.examine(
+            photos, os.path.join(root, "data"), os.path.join(root, "work"), str(_common.WEIGHTS)
         )
         rows.append(score_planted(photos, report))
         print(f"seed {seed}: {rows[-1]}", flush=True)
     keys = rows[0].keys()
     return {
         "per_class": per_class,
+        "image_size": photos_lib.IMAGE_SIZE,
         "planted": {"exact": 8, "resized": 18, "flips": 12, "outliers": 3},
         "seeds": rows,
         "mean": {k: round(float(np.mean([r[k] for r in rows])), 3) for k in keys},
@@ -196,36 +192,48 @@ def score_planted(photos, report) -> dict:
     }
 
 
+def quick_set(scratch: str) -> str:
+    """300 photos (60 per class) as one image-folder tree, for --quick."""
+    files = photos_lib.class_files(_common.FLOWERS)
+    for name, chosen in files.items():
+        os.makedirs(os.path.join(scratch, "quick", name), exist_ok=True)
+        for f in chosen[:60]:
+            with open(os.path.join(scratch, "quick", f), "wb") as out:
+                out.write((_common.FLOWERS / f).read_bytes())
+    return os.path.join(scratch, "quick")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not (_common.FLOWERS.is_dir() and _common.WEIGHTS.is_file()):
         print(f"needs the shared flowers and weights under {_common.SHARED}", file=sys.stderr)
         return 2
+    from tl_keras.doctor.probe import one_blas_thread
+
     seeds = 1 if args.quick else args.seeds
-    start = time.perf_counter()
-    model = photos_lib.feature_extractor(str(_common.WEIGHTS))
-    build_s = time.perf_counter() - start
-    full = whole_set(model, 300 if args.quick else None, 1 if args.quick else args.rounds)
-    full["features"]["model_build_s"] = round(build_s, 2)
-    planted = planted_runs(model, seeds, 40 if args.quick else args.per_class)
+    with tempfile.TemporaryDirectory(prefix="bench_doctor-") as scratch:
+        data_dir = quick_set(scratch) if args.quick else str(_common.FLOWERS)
+        size = 96 if args.quick else args.image_size
+        full = whole_set(data_dir, os.path.join(scratch, "whole"), size)
+        planted = planted_runs(seeds, 40 if args.quick else args.per_class, scratch)
     payload = {
         "machine": _common.machine(),
-        # OpenBLAS's threads fight over 2 busy cores on the probe's thin products: with
-        # OPENBLAS_NUM_THREADS=1 diagnose ran about 3x faster here. Recorded so figures compare.
-        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "blas_one_thread_for_the_probe": type(one_blas_thread()).__name__ != "nullcontext",
         "quick": args.quick,
         "whole_set": full,
         "planted": planted,
     }
     path = _common.write("doctor", payload)
-    f, d = full["features"], full["diagnose"]
+    t = full["timing"]
     print(
-        f"\n{full['images']} photos: features {f['decode_s'] + f['forward_s']:.1f} s "
-        f"(decode {f['decode_s']:.1f} s, forward {f['forward_s']:.1f} s at {f['image_size']} px, "
-        f"model build {f['model_build_s']:.1f} s); diagnose best {d['best_wall_s']:.2f} s, "
-        f"median {d['median_wall_s']:.2f} s (CPU {min(d['cpu_s']):.2f} s)"
+        f"\n{full['images']} photos at {full['image_size']} px: doctor "
+        f"{t['features_computed']['wall_s']:.1f} s computing the features, "
+        f"{t['features_cached']['wall_s']:.1f} s with them cached (steps "
+        f"{t['features_cached']['steps_s']}); the command end to end, cached: "
+        f"{t['command_cached_s']:.1f} s"
     )
     print(full["findings"]["summary"])
+    print(f"known pairs found: {full['findings']['known_pairs_found']}")
     print(f"planted, mean over {seeds} seed(s): {planted['mean']}")
     print(f"planted, worst seed: {planted['min']}")
     print(f"wrote {path}")

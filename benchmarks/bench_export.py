@@ -8,9 +8,14 @@ tl_keras (fe then ft, reusing the workdir when it already holds that finished ru
 with `tl_keras.inference.export.export_workdir` exactly as `python -m tl_keras.export` does (each artifact
 parity-checked on 32 validation images), and then runs every artifact on the WHOLE validation
 split against the Keras model: the largest and mean |difference| of the probabilities, the
-99th percentile of each image's largest difference, top-1 agreement, and accuracy. Writes
-`benchmarks/results/export_<name>.json` (with versions and the machine's load) and prints a
-Markdown table.
+99th percentile of each image's largest difference, top-1 agreement, and accuracy. The model
+compared is the one users get (`TrainedModel.served`: the temperature fitted on validation
+after training, and the run's test-time augmentation), so the table is parity extended to the
+temperature; `predict_vs_artifacts` compares `predict_workdir`'s probabilities for the
+validation files with each float32 artifact's, and `calibration` records the temperature with
+the expected calibration error before and after it on the validation split. Writes
+`benchmarks/results/export_<name>.json` (with versions and the machine's load) and prints two
+Markdown tables.
 
 The validation split is tl_keras's seeded 20% of each class; it is not a test set.
 """
@@ -153,7 +158,7 @@ def main(argv=None) -> int:
             "bytes": entry["bytes"],
             "tolerance": export.default_tolerance(entry["format"], entry["quantization"]).__dict__,
             "export_parity_check": entry["parity"],
-            "whole_validation_split": measure(trained.model, run_artifact, images, labels),
+            "whole_validation_split": measure(trained.served, run_artifact, images, labels),
         }
     results = {
         "command": "python benchmarks/bench_export.py" + (" --smoke" if args.smoke else ""),
@@ -161,6 +166,8 @@ def main(argv=None) -> int:
         "train_seconds": round(train_s, 1),
         "export_seconds": timings,
         "artifacts": rows,
+        "calibration": calibration(workdir, trained, images),
+        "predict_vs_artifacts": predict_vs_artifacts(workdir, manifest, export_dir),
         "machine": {
             "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in load_before],
@@ -175,8 +182,73 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     pathlib.Path(out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))
+    print(calibration_table(results))
     print(f"\nwritten: {out}")
     return 0
+
+
+def calibration(workdir: str, trained, images) -> dict:
+    """The run's temperature and ECE on validation (calibration.json), and how far the model
+    users get (temperature applied) is from the raw model."""
+    import numpy as np
+
+    from tl_keras import io
+
+    report = io.read_json(os.path.join(workdir, "calibration", "calibration.json"))
+    c = report["calibration"]
+    raw = np.asarray(trained.model.predict_on_batch(images[:256]), np.float64)
+    served = np.asarray(trained.served.predict_on_batch(images[:256]), np.float64)
+    return {
+        "inference": trained.inference.to_dict(),
+        "fitted": report["inference"]["fitted"],
+        **{k: c[k] for k in ("ece_before", "ece_after", "nll_before", "nll_after")},
+        "validation": report["validation"],
+        "served_vs_raw_max_abs_diff": float(np.abs(served - raw).max()),
+    }
+
+
+def predict_vs_artifacts(workdir: str, manifest: dict, export_dir: pathlib.Path) -> dict:
+    """`predict_workdir` on the validation files against each float32 artifact, per class."""
+    import numpy as np
+
+    from tl_keras.inference import export
+    from tl_keras.inference.predict import load_image, predict_workdir
+    from tl_keras.inference.trained import load_run_data, run_config
+
+    bundle = load_run_data(workdir)
+    files = [str(f) for f in bundle.images["val"].items][:256]
+    k = len(bundle.class_names)
+    rows = predict_workdir(workdir, files, top_k=k)
+    predicted = np.array(
+        [[dict(zip(r.labels, r.probabilities, strict=True))[c] for c in bundle.class_names]
+         for r in rows]
+    )  # fmt: skip
+    cfg = run_config(workdir)
+    size = manifest["image_size"]
+    pixels = np.stack(
+        [load_image(f, size, resize_mode=cfg.resize_mode, resize_method=cfg.resize_method)
+         for f in files]
+    )  # fmt: skip
+    out = {"num_images": len(files)}
+    for name, entry in manifest["artifacts"].items():
+        if entry["quantization"] is None:
+            got = export.load_artifact(export_dir / name, entry["format"])(pixels)
+            out[name] = float(np.abs(got.astype(np.float64) - predicted).max())
+    return out
+
+
+def calibration_table(results: dict) -> str:
+    c, p = results["calibration"], results["predict_vs_artifacts"]
+    lines = [
+        "",
+        f"temperature {c['inference']['temperature']:.3f} ({c['fitted']}); validation ECE "
+        f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}, NLL {c['nll_before']:.4f} -> "
+        f"{c['nll_after']:.4f}; the calibrated answer differs from the raw model by up to "
+        f"{c['served_vs_raw_max_abs_diff']:.3f}",
+        f"predict vs artifact, largest |difference| over {p['num_images']} validation files: "
+        + ", ".join(f"{k} {v:.2g}" for k, v in p.items() if k != "num_images"),
+    ]
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:

@@ -1,8 +1,12 @@
-"""Real flower photos with planted defects, and their MobileNet-0.25 features (a helper module).
+"""Real flower photos with planted defects, examined by the package's doctor (a helper module).
 
-For the doctor's acceptance tests and `benchmarks/bench_doctor.py`. The features come from the
-real ImageNet MobileNet-0.25 in ../shared at 96 px, computed here with Keras directly: once the
-doctor is wired into the package, its own cached-features path replaces `features()`.
+For the doctor's acceptance tests and `benchmarks/bench_doctor.py`. `examine` writes the photos
+as an image-folder tree (train/ and val/ folders of class folders: a moved image sits in the
+wrong class folder), and runs the doctor on it as `python -m tl_keras.doctor` would
+(`tl_keras.doctor.workflow`): the real ImageNet MobileNet-0.25 in ../shared at 96 px, the
+package's pipeline, hashes, feature pass and thumbnails. The features it computed come back in
+`Photos.features` (and the thumbnails in `Photos.thumbnails`) for tests that re-run `diagnose`
+with other thresholds.
 
 Defects are planted in memory, each as it happens to real data:
 * an exact copy: the same file bytes under another name;
@@ -85,7 +89,9 @@ class Photos:
     copies: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (original, copy)
     flips: list[int] = dataclasses.field(default_factory=list)
     outliers: list[int] = dataclasses.field(default_factory=list)
-    features: np.ndarray | None = None  # filled in by whoever computes them
+    features: np.ndarray | None = None  # filled in by `examine`
+    thumbnails: np.ndarray | None = None
+    report: dict | None = None  # the doctor's, from `examine`
 
     def add(self, data: bytes, label: int, split: str, path: str) -> int:
         self.data.append(data)
@@ -117,15 +123,19 @@ def sample(
     exclude: set[str] = frozenset(),
     val_fraction: float = 0.2,
 ) -> Photos:
-    """A seeded subset: `per_class[name]` files of each class, each train or val at random."""
+    """A seeded subset: `per_class[name]` files of each class, `val_fraction` of them (at least
+    one) in val."""
     files = class_files(root)
     rng = np.random.default_rng(seed)
     photos = Photos(class_names=list(files))
     for label, name in enumerate(files):
         pool = [f for f in files[name] if f not in exclude]
-        for f in sorted(rng.choice(pool, per_class.get(name, 0), replace=False)):
-            split = "val" if rng.random() < val_fraction else "train"
-            photos.add((pathlib.Path(root) / f).read_bytes(), label, split, f)
+        chosen = rng.choice(pool, per_class.get(name, 0), replace=False)
+        val = set(chosen[: max(1, round(val_fraction * len(chosen)))].tolist())
+        for f in sorted(chosen):
+            photos.add(
+                (pathlib.Path(root) / f).read_bytes(), label, "val" if f in val else "train", f
+            )
     return photos
 
 
@@ -187,30 +197,43 @@ def _not_a_flower(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.where(disc[..., None], 0, 255).astype(np.uint8).repeat(3, axis=2)
 
 
-def decode(data: list[bytes], size: int = IMAGE_SIZE) -> np.ndarray:
-    """N x size x size x 3 float32 pixels in [0, 255] (bilinear resize, as the pipeline does)."""
-    return np.stack(
-        [
-            np.asarray(
-                Image.open(io.BytesIO(d)).convert("RGB").resize((size, size), Image.BILINEAR),
-                dtype=np.float32,
-            )
-            for d in data
-        ]
+def write_tree(photos: Photos, root: str | pathlib.Path) -> list[str]:
+    """Writes every image to root/<split>/<class>/<name>; returns each one's path."""
+    paths = []
+    for data, label, split, path in zip(
+        photos.data, photos.labels, photos.splits, photos.paths, strict=True
+    ):
+        target = pathlib.Path(root) / split / photos.class_names[label] / pathlib.Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        paths.append(str(target))
+    return paths
+
+
+def examine(photos: Photos, root, workdir, weights: str, *, image_size: int = IMAGE_SIZE) -> dict:
+    """Runs the package's doctor on the photos written as a folder tree; returns its report.
+
+    `photos.paths` become the written files (as the report names them), and `photos.features`
+    and `photos.thumbnails` what the doctor computed, in `photos` order.
+    """
+    from tl_keras import config as config_lib
+    from tl_keras.data.sources import load_data
+    from tl_keras.doctor import workflow
+
+    photos.paths = write_tree(photos, root)
+    cfg = config_lib.Config(
+        data_dir=str(root),
+        backbone="mobilenet",
+        alpha=0.25,
+        weights=weights,
+        image_size=image_size,
+        batch_size=64,
     )
-
-
-def feature_extractor(weights: str, size: int = IMAGE_SIZE):
-    """MobileNet-0.25 (real ImageNet weights), global average pooled: image -> 256 features."""
-    import keras
-
-    return keras.applications.MobileNet(
-        alpha=0.25, include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg"
-    )
-
-
-def features(model, pixels: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    import keras
-
-    x = keras.applications.mobilenet.preprocess_input(pixels.copy())
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    spec = config_lib.resolve(cfg)
+    data = load_data(spec)
+    result = workflow.doctor_workdir(spec, str(workdir), data=data)
+    row = {name: i for i, name in enumerate(workflow.list_images(data).names)}
+    order = [row[p] for p in photos.paths]
+    with np.load(pathlib.Path(workdir) / workflow.FOLDER / workflow.CACHE_FILE) as f:
+        photos.features, photos.thumbnails = f["features"][order], f["thumbnails"][order]
+    return result.report

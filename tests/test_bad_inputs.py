@@ -5,6 +5,7 @@ traceback, and no change to what the workdir held before.
 """
 
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -103,6 +104,11 @@ FLAG_CASES = {
         ["--phase=ft needs phase 'fe' done", "run --phase=fe there first"],
     ),
     "resume-and-overwrite": (["--resume", "--overwrite"], ["give only one"]),
+    "doctor-unknown-mode": (["--doctor=full"], ["doctor='full' is not allowed: one of auto, off"]),
+    "class-weight-unknown": (
+        ["--class_weight=inverse"],
+        ["class_weight='inverse' is not allowed: one of none, balanced"],
+    ),
     "weights-missing-file": (
         ["--weights=nope.weights.h5"],
         ["weights file 'nope.weights.h5' does not exist", "'imagenet', 'none'"],
@@ -247,6 +253,28 @@ def test_run_json_a_list(fe_done, tmp_path):
     assert digest(workdir) == before
 
 
+def test_compare_zero_seeds(tmp_path):
+    proc = run_cli(*TINY, "--seeds=0", f"--workdir={tmp_path / 'w'}", module="tl_keras.compare")
+    assert_refused(proc, "seeds=0 must be a whole number of at least 1")
+    assert not (tmp_path / "w" / "comparison.md").exists()
+
+
+def test_damaged_inference_section(fe_done, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(fe_done, workdir)
+    run = json.loads((workdir / "run.json").read_text())
+    run["inference"] = {"temperature": -1, "tta": "none", "phase": "fe"}
+    (workdir / "run.json").write_text(json.dumps(run))
+    image = next((workdir / "data" / "synthetic").rglob("*.png"))
+    before = digest(workdir)
+    assert_refused(
+        run_cli(f"--workdir={workdir}", str(image), module="tl_keras.predict"),
+        "inference temperature=-1 must be a finite number > 0",
+        "the workdir is damaged",
+    )
+    assert digest(workdir) == before
+
+
 def read_only_command(folder: pathlib.Path, module: str, *args: str):
     """Runs a command with `folder` read-only: a read-only bind mount of its own (root, where
     permission bits do not stop writes), else the permission bits; skips where neither works."""
@@ -318,6 +346,55 @@ def test_unsafe_model_file(finished, tmp_path):
     proc = run_module("tl_keras.predict", f"--workdir={workdir}", "--trust_model_code", str(image))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert image.name in proc.stdout
+# --- data the doctor can only partly use: exit 0, and the report says what it could not do -----
+def doctor_summary(proc) -> str:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    return next(ln for ln in proc.stdout.splitlines() if ln.startswith("doctor: "))
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> str:
+    from doctor_fixtures import base_weights
+
+    return base_weights(tmp_path_factory.mktemp("weights") / "mobilenet_025.weights.h5")
+
+
+def test_doctor_too_small(tmp_path, weights_file):
+    from doctor_fixtures import flags, noise_tree
+
+    small_class = noise_tree(tmp_path / "one", {"ant": 12, "bee": 12, "cat": 2})
+    proc = run_cli(*flags(small_class, weights_file), f"--workdir={tmp_path / 'w1'}",
+                   module="tl_keras.doctor")  # fmt: skip
+    assert doctor_summary(proc).endswith("(1 limit: see report)")
+    limits = json.loads((tmp_path / "w1" / "doctor" / "report.json").read_text())["limits"]
+    assert limits == [
+        "class cat has fewer than 5 images: too few to learn from or to vote on, so its images "
+        "get no label-error or outlier verdict (duplicates and balance are checked)"
+    ]
+    tiny = noise_tree(tmp_path / "two", {"ant": 2, "bee": 2})
+    proc = run_cli(*flags(tiny, weights_file), "--val_fraction=0", f"--workdir={tmp_path / 'w2'}",
+                   module="tl_keras.doctor")  # fmt: skip
+    summary = doctor_summary(proc)
+    assert "label errors not checked" in summary and summary.endswith("(2 limits: see report)")
+    limits = json.loads((tmp_path / "w2" / "doctor" / "report.json").read_text())["limits"]
+    assert limits[0].startswith("4 images in 2 classes: too few for label-error and outlier")
+    assert limits[1].startswith("4 images: too few neighbours for near-duplicates")
+    assert "What could not be checked" in (tmp_path / "w2" / "doctor" / "report.md").read_text()
+
+
+def test_doctor_stale_features(tmp_path, weights_file):
+    from doctor_fixtures import flags, noise_png, noise_tree
+
+    tree = noise_tree(tmp_path / "data", {"ant": 8, "bee": 8})
+    args = (*flags(tree, weights_file), f"--workdir={tmp_path / 'w'}")
+    doctor_summary(run_cli(*args, module="tl_keras.doctor"))
+    (tree / "ant" / "ant_2.png").write_bytes(noise_png(12345))  # same name, new content
+    proc = run_cli(*args, module="tl_keras.doctor")
+    doctor_summary(proc)
+    assert "are stale (1 of 16 images are new or changed): recomputing them" in proc.stdout
+    report = json.loads((tmp_path / "w" / "doctor" / "report.json").read_text())
+    assert report["features"]["computed"]
 
 
 def test_table_and_tests_match():

@@ -25,8 +25,10 @@ def test_doctor_benchmark_quick(tmp_path, flowers_dir, shared_weights):
     payload = json.loads((tmp_path / "doctor.json").read_text())
     whole = payload["whole_set"]
     assert payload["quick"] and whole["images"] == 300
-    assert whole["diagnose"]["best_wall_s"] > 0 and whole["features"]["forward_s"] > 0
+    timing = whole["timing"]
+    assert timing["features_computed"]["steps_s"]["features"] > 0
+    assert timing["features_cached"]["wall_s"] > 0 and timing["command_cached_s"] > 0
     assert whole["findings"]["summary"].startswith("doctor: ")
     seed = payload["planted"]["seeds"][0]
     assert seed["duplicate_recall"] >= 0.95 and seed["planted_outliers_flagged"] >= 2
-    assert "diagnose best" in proc.stdout
+    assert "with them cached" in proc.stdout

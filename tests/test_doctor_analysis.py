@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tl_keras.doctor import analysis, probe
+from tl_keras.doctor import analysis, neighbours, probe
 from tl_keras.doctor.analysis import Thresholds, diagnose, summary_line
 from tl_keras.errors import DataError
 
@@ -135,6 +135,56 @@ def test_label_flips_ranked_first_with_the_right_suggestion():
         assert s["suggested"] == CLASSES[y[i]]
     assert not any(s["likely"] for s in errors["suspects"][5:])
     assert "5 likely label errors" in report["summary"]
+
+
+def test_thumbnails_find_an_edited_copy_the_features_miss():
+    """Image 7 and 60 share a thumbnail (a colour edit): joined by thumbnails, as long as their
+    features are at least thumbnail_min_cosine alike; flat thumbnails never pair."""
+    x, y, splits, paths = clusters()
+    x[60] = x[7] + np.random.default_rng(5).normal(0, 2.0, x.shape[1])  # beyond a near-copy
+    rng = np.random.default_rng(6)
+    thumbs = rng.normal(0, 1, (len(y), 256))
+    thumbs[60] = thumbs[7] * 0.6 + 10 + rng.normal(0, 0.01, 256)  # a brightness / contrast edit
+    thumbs[[100, 101]] = 5.0  # two flat grey images
+    z = analysis.l2_normalize(x)
+    assert 0.7 <= z[7] @ z[60] < 0.98
+    plain = run(x, y, splits, paths)
+    assert plain["duplicates"]["groups"] == []
+    report = run(x, y, splits, paths, thumbnails=thumbs)
+    (group,) = report["duplicates"]["groups"]
+    assert sorted(m["path"] for m in group["members"]) == sorted([paths[7], paths[60]])
+    assert group["evidence"] == ["thumbnails"] and group["kind"] == "near"
+    strict = run(
+        x, y, splits, paths, thumbnails=thumbs, thresholds=Thresholds(thumbnail_min_cosine=0.99)
+    )
+    assert strict["duplicates"]["groups"] == []
+    with pytest.raises(DataError, match="thumbnails must have one row per image"):
+        run(x, y, splits, paths, thumbnails=thumbs[:5])
+
+
+def test_a_weak_probe_reports_suspects_to_review_not_errors():
+    x, y, splits, paths = clusters(spread=9.0)  # classes overlap: a probe gets few right
+    report = run(x, y, splits, paths)
+    errors = report["label_errors"]
+    assert errors["probe_accuracy"] < 0.8 and not errors["reliable"]
+    assert "a list to review, not a count of errors" in errors["note"]
+    n = errors["num_likely"]
+    assert (
+        f"{n} label suspect{'s' * (n != 1)} to review (weak check: a probe gets "
+        in (report["summary"])
+    )
+    assert "likely label error" not in report["summary"]
+
+
+def test_without_features_only_hashes_and_balance_are_checked():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    report = diagnose(None, y, hashes=list("abcdea"), class_names=["ant", "bee"])
+    (group,) = report["duplicates"]["groups"]
+    assert group["kind"] == "exact" and group["label_conflict"]
+    assert not report["label_errors"]["checked"] and not report["outliers"]["checked"]
+    assert report["limits"] == [analysis.NO_FEATURES]
+    custom = diagnose(None, y, class_names=["ant", "bee"], no_features=["random base"])
+    assert custom["limits"] == ["random base"] and custom["duplicates"]["groups"] == []
 
 
 def test_copies_of_a_mislabelled_image_do_not_vouch_for_it():
@@ -274,7 +324,7 @@ def test_thresholds_refuse_nonsense(field, value):
 
 def test_nearest_neighbours_in_blocks_equal_brute_force(monkeypatch):
     z = analysis.l2_normalize(np.random.default_rng(8).normal(size=(57, 6)))
-    monkeypatch.setattr(analysis, "BLOCK_ELEMENTS", 57 * 5)  # 5 rows per block
+    monkeypatch.setattr(neighbours, "BLOCK_ELEMENTS", 57 * 5)  # 5 rows per block
     idx, sims = analysis.nearest_neighbours(z, 7)
     full = z @ z.T
     np.fill_diagonal(full, -np.inf)
@@ -305,15 +355,6 @@ def test_out_of_fold_probabilities_never_see_the_image():
     assert sorted(np.bincount(folds).tolist()) == [4, 4, 4, 4, 5]
     for c in (0, 1):
         assert np.bincount(folds[y == c], minlength=5).max() <= 3
-
-
-def test_balanced_class_weights_match_scikit_learn():
-    utils = pytest.importorskip("sklearn.utils")
-    y = np.array([0] * 90 + [1] * 9 + [2])
-    ours = analysis.balanced_class_weights(y, 3)
-    theirs = utils.class_weight.compute_class_weight("balanced", classes=np.arange(3), y=y)
-    assert np.allclose([ours[c] for c in range(3)], theirs)
-    assert analysis.balanced_class_weights(np.array([0, 0]), 2) == {0: 1.0, 1: 0.0}
 
 
 def test_content_hash_of_bytes_and_pixels():

@@ -1,15 +1,17 @@
 """Issue 14 on real photos: defects planted in ../shared's flowers are found; calibration works.
 
-Features: the real ImageNet MobileNet-0.25 at 96 px (a weak base: a linear probe on its features
-gets about 63% of these 5 flower classes right, which bounds how well label errors can be told
-from hard photos). A subset of 60 photos per class keeps the test to seconds; every figure is
-printed (`pytest -s`), and `benchmarks/bench_doctor.py` measures the same over 8 seeds and on
-the whole set.
+Each data set is written as an image-folder tree and examined by the package's doctor, as the
+command does (`doctor_photos.examine`: pipeline, hashes, feature pass, thumbnails). Features:
+the real ImageNet MobileNet-0.25 at 96 px (a weak base: a linear probe on its features gets
+about 63% of these 5 flower classes right, which bounds how well label errors can be told from
+hard photos). A subset of 60 photos per class keeps the test short; every figure is printed
+(`pytest -s`), and `benchmarks/bench_doctor.py` measures the same over 8 seeds and on the
+whole set.
 """
 
 import numpy as np
 import pytest
-from doctor_photos import REAL_DUPLICATE_FILES, decode, feature_extractor, features, plant, sample
+from doctor_photos import REAL_DUPLICATE_FILES, examine, plant, sample
 
 from tl_keras import calibration
 from tl_keras.doctor import analysis, probe
@@ -22,8 +24,8 @@ CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
 
 
 @pytest.fixture(scope="module")
-def sets(flowers_dir, shared_weights):
-    """Three data sets from the photos, their features computed in one pass."""
+def sets(flowers_dir, shared_weights, tmp_path_factory):
+    """Three data sets from the photos, each examined by the doctor (its report in `.report`)."""
     even = dict.fromkeys(CLASSES, PER_CLASS)
     out = {
         "planted": plant(
@@ -40,13 +42,9 @@ def sets(flowers_dir, shared_weights):
             flowers_dir, {**even, "dandelion": 250, "rose": 5}, seed=2, exclude=REAL_DUPLICATE_FILES
         ),
     }
-    model = feature_extractor(shared_weights)
-    data = [d for photos in out.values() for d in photos.data]
-    feats = features(model, decode(data))
-    start = 0
-    for photos in out.values():
-        photos.features = feats[start : start + len(photos.data)]
-        start += len(photos.data)
+    for name, photos in out.items():
+        root = tmp_path_factory.mktemp(name)
+        photos.report = examine(photos, root / "data", root / "work", shared_weights)
     return out
 
 
@@ -58,6 +56,7 @@ def run(photos, **kwargs):
         paths=photos.paths,
         hashes=photos.hashes,
         class_names=photos.class_names,
+        thumbnails=photos.thumbnails,
         **kwargs,
     )
 
@@ -65,7 +64,7 @@ def run(photos, **kwargs):
 @pytest.fixture(scope="module")
 def planted(sets):
     photos = sets["planted"]
-    return photos, run(photos)
+    return photos, photos.report
 
 
 def test_planted_copies_are_found(planted):
@@ -140,7 +139,7 @@ def test_planted_outliers_rank_first(planted, sets):
 
 
 def test_a_50_to_1_class_is_warned_about(sets):
-    report = run(sets["imbalanced"])
+    report = sets["imbalanced"].report
     balance = report["balance"]
     print(f"\n{report['summary']}")
     assert balance["ratio"] == 50.0 and not balance["ok"]
@@ -149,7 +148,7 @@ def test_a_50_to_1_class_is_warned_about(sets):
 
 
 def test_a_clean_subset_raises_no_duplicates_and_no_imbalance(sets):
-    report = run(sets["clean"])
+    report = sets["clean"].report
     print(f"\nclean subset: {report['summary']}")
     assert report["duplicates"]["groups"] == []
     assert report["balance"]["ok"] and report["balance"]["warnings"] == []

@@ -150,7 +150,7 @@ def test_bad_data_is_refused():
 def test_report_files(tmp_path, result):
     paths = ev.write_report(result, str(tmp_path / "out"), extra={"model": {"phase": "ft"}})
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        [ev.METRICS_FILE, ev.CONFUSION_FILE, ev.ERRORS_FILE]
+        [ev.METRICS_FILE, ev.CONFUSION_FILE, ev.ERRORS_FILE, ev.RELIABILITY_FILE]
     )
     saved = json.loads((tmp_path / "out" / ev.METRICS_FILE).read_text())
     assert saved["model"] == {"phase": "ft"}
@@ -158,6 +158,62 @@ def test_report_files(tmp_path, result):
     assert saved["confusion_matrix"] == [[2, 1, 1], [1, 2, 0], [0, 1, 2]]
     assert [e["index"] for e in saved["confident_errors"]] == [9, 3, 2, 6]
     assert all(os.path.getsize(paths[k]) > 5_000 for k in ("confusion_matrix", "confident_errors"))
+
+
+def test_balanced_accuracy_macro_f1_and_their_intervals(result, tmp_path):
+    recalls = [2 / 4, 2 / 3, 2 / 3]
+    assert result.balanced_accuracy == pytest.approx(np.mean(recalls))
+    f1 = [result.per_class[c]["f1"] for c in CLASSES]
+    assert result.macro_f1 == pytest.approx(np.mean(f1)) == pytest.approx(result.macro_avg["f1"])
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        low, high = result.intervals[name]
+        assert 0 <= low <= getattr(result, name) <= high <= 1
+    first = result.summary().splitlines()[0]
+    assert (
+        first.startswith("10 images: accuracy 0.6000 [") and "balanced accuracy 0.6111 [" in first
+    )
+    ev.write_report(result, str(tmp_path))
+    saved = json.loads((tmp_path / ev.METRICS_FILE).read_text())
+    assert saved["balanced_accuracy"] == pytest.approx(0.611111, abs=1e-6)
+    assert saved["intervals"]["accuracy"] == [
+        pytest.approx(v) for v in result.intervals["accuracy"]
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_macro_averages_follow_scikit_learn_when_a_model_class_is_absent():
+    """One definition with tl_keras.metrics: a class the data lacks and the model never
+    predicts does not drag the macro averages down (it did before: F1 0 averaged in)."""
+    sk = pytest.importorskip("sklearn.metrics")
+    labels = np.array([0, 0, 1, 1, 1, 0])  # no fox
+    probs = PROBS[:6].copy()
+    probs[3] = [0.1, 0.85, 0.05]  # nothing predicted fox
+    model = StubModel()
+    model.predict_on_batch = lambda images: probs[np.asarray(images)[:, 0, 0, 0].astype(int)]
+    result = ev.evaluate(model, stub_data(labels), CLASSES)
+    predicted = probs.argmax(1)
+    assert result.macro_avg["f1"] == pytest.approx(sk.f1_score(labels, predicted, average="macro"))
+    assert result.macro_avg["precision"] == pytest.approx(
+        sk.precision_score(labels, predicted, average="macro", zero_division=0)
+    )
+    assert result.balanced_accuracy == pytest.approx(sk.balanced_accuracy_score(labels, predicted))
+    assert result.per_class["fox"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_temperature_applies_to_every_figure_and_calibration_compares_both(result):
+    from tl_keras import calibration
+
+    scaled = ev.evaluate(StubModel(), stub_data(), CLASSES, temperature=2.0, top_k=2)
+    expected = calibration.apply_temperature(PROBS, 2.0)
+    keras_loss = keras.losses.CategoricalCrossentropy()(np.eye(3)[LABELS], expected)
+    assert scaled.loss == pytest.approx(float(keras_loss), rel=1e-6)
+    assert scaled.accuracy == result.accuracy  # a temperature changes no prediction
+    assert scaled.confident_errors[0].confidence == pytest.approx(expected[9].max())
+    c = scaled.calibration
+    assert c["temperature"] == 2.0
+    assert c["ece_before"] == pytest.approx(calibration.expected_calibration_error(PROBS, LABELS))
+    assert c["ece_after"] == pytest.approx(calibration.expected_calibration_error(expected, LABELS))
+    assert result.calibration["ece_before"] == result.calibration["ece_after"]  # T = 1
 
 
 def test_confusion_figure_shows_counts_and_recall(result):
@@ -288,5 +344,5 @@ def test_cli_validation_split_goes_to_the_workdir(trained_workdir):
         saved = json.load(f)
     assert saved["data"]["split"] == "val" and saved["model"]["phase"] == "ft"
     assert sorted(os.listdir(folder)) == sorted(
-        [ev.METRICS_FILE, ev.CONFUSION_FILE, ev.ERRORS_FILE]
+        [ev.METRICS_FILE, ev.CONFUSION_FILE, ev.ERRORS_FILE, ev.RELIABILITY_FILE]
     )

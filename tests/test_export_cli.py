@@ -11,9 +11,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -86,6 +88,62 @@ def test_quantised_export_measures_accuracy_on_the_validation_split(
     )
     assert entry["bytes"] < 0.6 * second["artifacts"]["model.tflite"]["bytes"]
     assert json.loads((out / ex.MANIFEST_FILE).read_text()) == json.loads(json.dumps(second))
+
+
+def test_the_model_card_describes_data_recipe_metrics_calibration_and_exports(
+    trained_workdir, float16_export
+):
+    from tl_keras.inference.trained import load_trained
+
+    out, _, second = float16_export
+    card = json.loads((out / ex.CARD_JSON).read_text())
+    trained = load_trained(trained_workdir)
+    assert card["model"]["model_sha256"] == trained.fingerprint()
+    assert card["model"]["inference"] == {"temperature": 1.0, "tta": "none"}
+    run = json.loads((Path(trained_workdir) / "run.json").read_text())
+    data = card["data"]
+    assert data["manifest_sha256"]["at_training"] == run["doctor"]["manifest_sha256"]
+    assert data["manifest_sha256"]["changed_since_training"] is False
+    assert data["doctor"]["summary"] == run["doctor"]["summary"]
+    assert data["images"] == {"train": 24, "val": 6}
+    assert card["recipe"]["source"] == "config.json" and card["recipe"]["values"]["seed"] == 0
+    assert [p["name"] for p in card["recipe"]["schedule"]] == ["fe", "ft"]
+    metrics = card["metrics"]
+    assert metrics["split"] == "val" and metrics["num_images"] == 6
+    low, high = metrics["intervals"]["accuracy"]
+    assert low <= metrics["accuracy"] <= high
+    assert set(metrics["per_class"]) == set(run["class_names"])
+    assert card["calibration"]["fitted"].startswith("no: 6 validation images")
+    assert set(card["exports"]) == set(second["artifacts"])
+    assert card["exports"]["model_float16.tflite"]["accuracy"]["num_examples"] == 6
+    text = (out / ex.CARD_MARKDOWN).read_text()
+    for heading in (
+        "## Model",
+        "## Data",
+        "## Recipe",
+        "## Metrics",
+        "## Calibration",
+        "## Exports",
+    ):
+        assert heading in text
+    assert "| `model_float16.tflite` |" in text and "optimistic" in text
+    assert (out / "evaluation" / "val" / "metrics.json").is_file()  # not in the workdir
+
+
+def test_the_card_says_when_the_data_changed_and_reads_recipe_json(trained_workdir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_workdir, copy)
+    image = sorted((copy / "data" / "synthetic" / "circle").glob("*.png"))[0]
+    image.write_bytes(
+        sorted((copy / "data" / "synthetic" / "square").glob("*.png"))[0].read_bytes()
+    )
+    (copy / "recipe.json").write_text(json.dumps({"decided": "by the recipe", "seed": 7}))
+    ex.export_workdir(str(copy), formats=["tflite"], out_dir=str(tmp_path / "export"))
+    card = json.loads((tmp_path / "export" / ex.CARD_JSON).read_text())
+    assert card["data"]["manifest_sha256"]["changed_since_training"] is True
+    assert card["recipe"] == {**card["recipe"], "source": "recipe.json"}
+    assert card["recipe"]["values"] == {"decided": "by the recipe", "seed": 7}
+    assert "CHANGED since training" in (tmp_path / "export" / ex.CARD_MARKDOWN).read_text()
 
 
 def test_verify_passes_then_catches_an_altered_artifact(trained_workdir, float16_export):
@@ -270,3 +328,9 @@ def test_export_benchmark_smoke_run(tmp_path):
         assert whole["max_abs_diff"] <= 1.0 and 0.0 <= whole["top1_agreement"] <= 1.0
     assert rows["saved_model"]["whole_validation_split"]["max_abs_diff"] < 5e-4
     assert "| `model.tflite` |" in proc.stdout and results["machine"]["cpus"] >= 1
+    assert results["calibration"]["fitted"].startswith("no: 6 validation images")
+    parity = results["predict_vs_artifacts"]
+    assert (
+        parity["num_images"] == 6 and parity["saved_model"] < 5e-4 and parity["model.tflite"] < 5e-4
+    )
+    assert "predict vs artifact" in proc.stdout

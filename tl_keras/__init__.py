@@ -3,7 +3,7 @@
 The library API (the CLI `python -m tl_keras.train` is a thin layer over it):
 
     from tl_keras import Config, train, build_model, set_trainable, run_phase, plot_history
-    from tl_keras import evaluate_workdir, predict_workdir, export_workdir
+    from tl_keras import evaluate_workdir, predict_workdir, export_workdir, doctor_workdir
 
 Names are imported lazily, so `import tl_keras` and the pure modules (`tl_keras.config`,
 `tl_keras.recipe`, `tl_keras.model.backbones`, `tl_keras.data.augment`) do not import TensorFlow.
@@ -39,6 +39,8 @@ _EXPORTS = {
     "evaluate_workdir": "tl_keras.inference.evaluate",
     "predict_workdir": "tl_keras.inference.predict",
     "export_workdir": "tl_keras.inference.export.manifest",
+    # The data doctor (python -m tl_keras.doctor calls this).
+    "doctor_workdir": "tl_keras.doctor.workflow",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,12 +21,14 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from tl_keras import doctor as doctor_lib
 from tl_keras import recipe
 from tl_keras.data import augment
 from tl_keras.errors import ConfigError, did_you_mean
 from tl_keras.model import backbones
 from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase
 from tl_keras.training import distribute, features, optim, rollback
+from tl_keras.training.class_weight import CLASS_WEIGHTS
 
 # The defaults of the LR-schedule fields are the recipe's (`recipe.LRSchedule`), their one home.
 _LR_SCHEDULE = recipe.LRSchedule()
@@ -215,11 +217,23 @@ class Config:
         "Phase control: end a head-only phase (fe) after this many epochs without val_loss "
         "improvement, keep its best weights and go on to the next phase; 0 = run all its epochs.",
     )
+    class_weight: str = _field(
+        "none",
+        "'balanced': weight each training image's loss by n / (K * n_c), so every class counts "
+        "the same (for imbalanced data; validation stays unweighted); 'none' = unweighted.",
+    )
     rollback: str = _field(
         "",
         "Phase control: 'val_accuracy' or 'val_loss': when a phase ends with this metric worse "
         "than the best of the previous phase, restore the previous phase's best weights (logged "
         "and saved in <phase>/summary.json); '' = off.",
+    )
+
+    doctor: str = _field(
+        "auto",
+        "Data doctor before training: 'auto' (duplicates and leakage across splits, label "
+        "suspects, class balance, outliers, from the frozen base's features; one log line, the "
+        "report in <workdir>/doctor/) or 'off'. See `python -m tl_keras.doctor`.",
     )
 
     # --- speed and scale ----------------------------------------------------------------------
@@ -524,6 +538,8 @@ def _check_data(c: Config) -> None:
         raise _refused(c, "cutmix", "use 0 (off) or a factor in (0, 1], e.g. 1.0")
     if not 0.0 <= c.label_smoothing < 1.0:
         raise _refused(c, "label_smoothing", "use a value in [0, 1), e.g. 0.1")
+    if c.doctor not in doctor_lib.MODES:
+        raise _refused(c, "doctor", f"one of {', '.join(doctor_lib.MODES)}")
 
 
 def _check_model(c: Config) -> backbones.BackboneSpec:
@@ -555,6 +571,8 @@ def _check_training(c: Config) -> list[Phase]:
         raise _refused(c, "stage_lr_decay", "use a positive factor, e.g. 2 (1 = the same rate)")
     if not (math.isfinite(c.layer_decay) and 0 < c.layer_decay <= 1):
         raise _refused(c, "layer_decay", "use a factor in (0, 1], e.g. 0.7 (1.0 = off)")
+    if c.class_weight not in CLASS_WEIGHTS:
+        raise _refused(c, "class_weight", f"one of {', '.join(CLASS_WEIGHTS)}")
     if c.rollback not in rollback.MONITORS:
         raise _refused(c, "rollback", "use 'val_accuracy', 'val_loss' or '' (off)")
     if c.rollback and c.val_fraction == 0:

@@ -11,6 +11,10 @@ images, or the same seeds, for both), which removes the variation the two share:
   mean difference, `mean(d) +- t(n-1) * sd(d) / sqrt(n)`; Student's t quantile is computed
   here (regularised incomplete beta), so no scipy is needed.
 
+`bootstrap_scores` gives one model's accuracy, balanced accuracy and macro F1 their intervals
+(resampling the test images; the metrics are `tl_keras.metrics.confusion_scores`, their one
+definition).
+
 `PairedInterval.verdict` says it plainly: "fe_ft beats fe by 2.6 points, 95% CI [0.4, 4.8]",
 or "fe_ft vs fe: within noise, +1.4 points, 95% CI [-1.1, 3.9] contains 0".
 """
@@ -24,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_keras import metrics
 from tl_keras.errors import DataError
 
 DEFAULT_RESAMPLES = 10_000
@@ -182,6 +187,57 @@ def paired_t_interval(
     return PairedInterval(mean, mean - half, mean + half, confidence, method, n)
 
 
+DEFAULT_SCORE_RESAMPLES = 2_000  # one model's intervals: enough for 2 digits of a 95% interval
+
+
+def bootstrap_scores(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    num_classes: int,
+    *,
+    resamples: int = DEFAULT_SCORE_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of one model's scores over its test images.
+
+    Each resample draws the images with replacement and scores its confusion matrix with
+    `metrics.confusion_scores`, all resamples at once (a few hundred ms for thousands of images).
+
+    Returns:
+      {'accuracy', 'balanced_accuracy', 'macro_f1'} -> (low, high).
+
+    Raises:
+      DataError: lengths differ, empty input, labels out of range, or a bad setting.
+    """
+    t = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if len(t) != len(p) or not len(t):
+        raise DataError(f"need one prediction per label; got {len(t)} labels, {len(p)} predictions")
+    if min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes:
+        raise DataError(f"labels and predictions must be class indices in [0, {num_classes})")
+    _check_confidence(confidence)
+    if not isinstance(resamples, int) or resamples < 100:
+        raise DataError(f"resamples must be an integer >= 100; got {resamples!r}")
+    n, k = len(t), num_classes
+    cell = t * k + p
+    rng = np.random.default_rng(seed)
+    chunk = max(1, (1 << 22) // n)
+    scores: dict[str, list[np.ndarray]] = {}
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        drawn = cell[rng.integers(0, n, size=(r, n))] + (np.arange(r) * k * k)[:, None]
+        cm = np.bincount(drawn.ravel(), minlength=r * k * k).reshape(r, k, k)
+        for name, values in metrics.confusion_scores(cm).items():
+            scores.setdefault(name, []).append(values)
+    alpha = 1.0 - confidence
+    out = {}
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        low, high = np.quantile(np.concatenate(scores[name]), [alpha / 2, 1 - alpha / 2])
+        out[name] = (float(low), float(high))
+    return out
+
+
 # --- Student's t, without scipy -------------------------------------------------------------------
 
 
@@ -264,6 +320,7 @@ def _check_confidence(confidence: float) -> None:
 
 __all__ = [
     "PairedInterval",
+    "bootstrap_scores",
     "Spread",
     "mean_std",
     "paired_bootstrap",

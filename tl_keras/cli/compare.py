@@ -1,10 +1,12 @@
-"""Command line: `python -m tl_keras.compare --config=FILE --workdir=DIR [--strategies=...]`.
+"""Command line: `python -m tl_keras.compare --config=FILE --workdir=DIR [--strategies=...] [--seeds=N]`.
 
     python -m tl_keras.compare --config=configs/compare_flowers.toml --workdir=runs/compare_flowers
+    python -m tl_keras.compare --config=configs/compare_flowers.toml --workdir=runs/cmp --seeds=3
 
 A thin layer over `tl_keras.training.compare.compare`: the config flags of
 `python -m tl_keras.train` (every config field, --config), --overwrite, and which strategies to
-run. --phase does not apply: the comparison runs every strategy whole.
+run, and on how many seeds (each difference then gets a paired interval over seeds as well as
+over images). --phase does not apply: the comparison runs every strategy whole.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def define_flags() -> None:
         list(compare_lib.STRATEGIES),
         f"Strategies to compare, in this order: any of {', '.join(compare_lib.STRATEGIES)}.",
     )
+    flags.DEFINE_integer(
+        "seeds",
+        1,
+        "Run every strategy on this many seeds (--seed, --seed + 1, ...) and give each "
+        "difference its paired 95% interval over seeds and over images.",
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +47,11 @@ def main(argv: list[str]) -> int:
             raise ConfigError("--phase does not apply: the comparison runs every strategy whole")
         cfg = common.config_from_flags(phase="all")
         compare_lib.compare(
-            cfg, FLAGS.workdir, strategies=FLAGS.strategies, overwrite=FLAGS.overwrite
+            cfg,
+            FLAGS.workdir,
+            strategies=FLAGS.strategies,
+            overwrite=FLAGS.overwrite,
+            seeds=FLAGS.seeds,
         )
         return common.EXIT_OK
 

@@ -168,6 +168,9 @@ class DataBundle:
     workers: int = 1
     # The image files the datasets read, to name the ones that changed if a read fails later.
     files: tuple[str, ...] = ()
+    # Each split's images as checked (unreadable ones left out), in the order of its dataset:
+    # what the data doctor hashes and names.
+    images: dict[str, Images] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -454,6 +457,7 @@ def _bundle(splits: dict[str, Images], raw: RawData, p: Pipeline, report: DataRe
             if images.kind == "files"
             for j in images.ids
         ),
+        images=dict(splits),
     )
 
 

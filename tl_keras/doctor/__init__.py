@@ -1,8 +1,19 @@
 """The data doctor: what a data set's pretrained features say about the data before training.
 
-`tl_keras.doctor.analysis` holds the checks (duplicates and leakage across splits, likely label
-errors, class balance, outliers) as pure numpy functions over arrays, and `diagnose`, which runs
-them all and returns a JSON-serialisable report; `tl_keras.doctor.probe` is the numpy linear
-probe it asks for out-of-fold opinions. Neither imports TensorFlow: the caller computes the
-features (the frozen base's pooled output, cached once per data set) and hands them in.
+    analysis.py   the checks (duplicates and leakage across splits, likely label errors, class
+                  balance, outliers) as pure numpy over arrays, and `diagnose`, which runs them
+                  all into a JSON-serialisable report (no TensorFlow)
+    neighbours.py hashes, nearest neighbours (in blocks) and duplicate groups (numpy)
+    probe.py      the numpy linear probe `diagnose` asks for out-of-fold opinions
+    workflow.py   the doctor on a real data set: content hashes, the frozen base's features of
+                  train, val and test (cached, never stale), `diagnose`; `doctor_workdir` (the
+                  command) and `examine` (the step `train` runs before the first phase)
+    report.py     report.md and thumbnails.png beside report.json
+    __main__.py   python -m tl_keras.doctor (the command is tl_keras.cli.doctor)
+
+Importing this package imports neither TensorFlow nor the modules above.
 """
+
+# config.doctor: run the doctor before training ("auto"), or not ("off"). Its one home: the
+# runner acts on it, `tl_keras.config` validates against it without importing the doctor.
+MODES = ("auto", "off")

@@ -16,8 +16,13 @@ How each check decides (every threshold lives in `Thresholds`, and the report re
   `near_duplicate_score`, where `b` is the similarity of the `neighbourhood_k`-th nearest
   neighbour of whichever of the two images sits in the denser place: the pair's cosine distance
   is at most 30% of the distance to that neighbour. Pairs at or above `identical_cosine` count
-  whatever their neighbourhood. Pairs are joined into groups, and groups that straddle
-  train / validation / test (leakage) are listed first.
+  whatever their neighbourhood. A photo after a colour edit, or turned grey, moves further in
+  feature space than that; its 16 px grey thumbnail hardly changes. So when thumbnails are
+  given, a pair whose thumbnails correlate at least `thumbnail_correlation` (and whose features
+  are at least `thumbnail_min_cosine` alike) is a near-duplicate too: on the shared flowers 15
+  real pairs (copies, edits, grey versions) score >= 0.978 and every other pair <= 0.960. Pairs
+  are joined into groups, each with the evidence that joined it (`same bytes`, `features`,
+  `thumbnails`), and groups that straddle train / validation / test (leakage) are listed first.
 * **Likely label errors** (confident-learning style). Two out-of-sample opinions on every
   image's class: a softmax-regression probe trained on the other folds (`doctor.probe`; its
   probabilities temperature-scaled against the given labels, so that they mean what they say
@@ -26,7 +31,9 @@ How each check decides (every threshold lives in `Thresholds`, and the report re
   suspect is a *likely* label error when `p[given] <= label_error_max_given` and another class
   has `p >= label_error_min_suggested`, which is then the suggested label. How many of these are
   real depends on the base: a probe that tells the classes apart only 63% of the time (the
-  shared MobileNet-0.25 on flowers) also flags hard and odd photos.
+  shared MobileNet-0.25 on flowers) also flags hard and odd photos: below
+  `label_check_min_accuracy` the check is reported as weak (`reliable: false`), and the summary
+  line says "label suspects to review" instead of counting "likely label errors".
 * **Class balance.** Images per class and split; a warning when the largest class has more than
   `imbalance_ratio` times the images of the smallest (or a class has none).
 * **Outliers.** Images far from every class (wrong folder, not a photo of the subject, another
@@ -45,7 +52,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -53,13 +59,22 @@ from typing import Any
 import numpy as np
 
 from tl_keras import calibration
+from tl_keras.doctor.neighbours import (
+    NEIGHBOURS_KEPT,
+    _sorted_splits,
+    _split_rank,
+    content_hash,
+    duplicate_groups,
+    duplicate_pairs,
+    l2_normalize,
+    local_density,
+    nearest_neighbours,
+    thumbnail_pairs,
+)
 from tl_keras.doctor.probe import out_of_fold_probabilities
 from tl_keras.errors import DataError
 
 REPORT_VERSION = 1
-SPLIT_ORDER = ("train", "val", "test")  # how splits are listed; any other name sorts after
-NEIGHBOURS_KEPT = 64  # per image, from the one pass over all pairs (duplicates, votes, density)
-BLOCK_ELEMENTS = 1 << 24  # similarity entries computed at once: 64 MiB of float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +92,10 @@ class Thresholds:
     probe_l2: float = 100.0  # L2 penalty on the probe's weights against the summed loss
     label_error_max_given: float = 0.1  # likely error: the given label gets at most this...
     label_error_min_suggested: float = 0.5  # ...and another class at least this
+    label_check_min_accuracy: float = 0.8  # a weaker probe: suspects to review, not errors
+    # Thumbnails (16 px grey, optional): edited and grey copies the features miss.
+    thumbnail_correlation: float = 0.975  # Pearson correlation of the two thumbnails
+    thumbnail_min_cosine: float = 0.7  # and their features at least this alike
     # Class balance.
     imbalance_ratio: float = 5.0  # warn when the largest class exceeds this x the smallest
     # Outliers.
@@ -88,7 +107,14 @@ class Thresholds:
     max_listed: int = 25  # suspects and outliers listed in the report (all are counted)
 
     def __post_init__(self):
-        for name in ("near_duplicate_score", "near_duplicate_min_cosine", "identical_cosine"):
+        for name in (
+            "near_duplicate_score",
+            "near_duplicate_min_cosine",
+            "identical_cosine",
+            "thumbnail_correlation",
+            "thumbnail_min_cosine",
+            "label_check_min_accuracy",
+        ):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise DataError(f"doctor threshold {name}={value} must be in (0, 1]")
@@ -99,192 +125,6 @@ class Thresholds:
             raise DataError(f"doctor threshold probe_folds={self.probe_folds} must be >= 2")
         if self.imbalance_ratio < 1:
             raise DataError(f"doctor threshold imbalance_ratio={self.imbalance_ratio} must be >= 1")
-
-
-# --- hashes and features ------------------------------------------------------------------------
-
-
-def content_hash(data: bytes | np.ndarray) -> str:
-    """A SHA-256 hex digest of file bytes, or of decoded pixels (their shape and dtype included).
-
-    Hash the file's bytes to find byte-identical copies; hash the decoded pixels to also find a
-    copy saved again without loss (PNG from PNG, a renamed file).
-    """
-    if isinstance(data, np.ndarray):
-        pixels = np.ascontiguousarray(data)
-        header = f"{pixels.dtype.str}{pixels.shape}".encode()
-        return hashlib.sha256(header + pixels.tobytes()).hexdigest()
-    return hashlib.sha256(bytes(data)).hexdigest()
-
-
-def l2_normalize(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32); an all-zero row stays zero."""
-    x = np.asarray(features, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
-
-
-def nearest_neighbours(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar other rows of each row of `z` (unit rows: cosine similarity).
-
-    Computed in blocks of rows, so memory stays at about `BLOCK_ELEMENTS` similarities whatever N.
-
-    Returns:
-      (indices, similarities), each N x min(k, N - 1), most similar first; ties by lower index.
-    """
-    n = len(z)
-    k = min(k, n - 1)
-    indices = np.zeros((n, max(k, 0)), dtype=np.int64)
-    sims = np.zeros((n, max(k, 0)), dtype=np.float32)
-    if k <= 0:
-        return indices, sims
-    rows = max(1, min(n, BLOCK_ELEMENTS // n))
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        block = z[start:stop] @ z.T
-        block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # never one's own match
-        cand = np.argpartition(-block, k - 1, axis=1)[:, :k]  # k <= n - 1: never the diagonal
-        cand_sims = np.take_along_axis(block, cand, axis=1)
-        order = np.lexsort((cand, -cand_sims), axis=1)
-        indices[start:stop] = np.take_along_axis(cand, order, axis=1)
-        sims[start:stop] = np.take_along_axis(cand_sims, order, axis=1)
-    return indices, sims
-
-
-# --- duplicates ---------------------------------------------------------------------------------
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-
-    def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:  # path compression
-            self.parent[i], i = root, self.parent[i]
-        return int(root)
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
-def local_density(
-    nbr_idx: np.ndarray, nbr_sim: np.ndarray, hash_ids: np.ndarray, t: Thresholds
-) -> np.ndarray:
-    """Similarity of each image's `neighbourhood_k`-th neighbour that is not a copy of it.
-
-    Copies (same hash, or at least `identical_cosine`) are skipped, so an image with several
-    copies is measured against its real neighbourhood. NaN when there are too few neighbours.
-    """
-    copy = (nbr_sim >= t.identical_cosine) | (hash_ids[nbr_idx] == hash_ids[:, None])
-    ranked = np.where(copy, -np.inf, nbr_sim)
-    ranked = -np.sort(-ranked, axis=1)
-    k = t.neighbourhood_k
-    if ranked.shape[1] < k:
-        return np.full(len(nbr_sim), np.nan)
-    b = ranked[:, k - 1].astype(np.float64)
-    return np.where(np.isfinite(b), b, np.nan)
-
-
-def duplicate_pairs(
-    nbr_idx: np.ndarray,
-    nbr_sim: np.ndarray,
-    density: np.ndarray,
-    hash_ids: np.ndarray,
-    t: Thresholds,
-) -> list[tuple[int, int, float, str]]:
-    """Every duplicate pair (i < j, cosine, 'exact' | 'near'), from the neighbour lists and hashes.
-
-    Exact pairs come from the hashes alone (all members of a hash group, chained), so they are
-    found however many copies there are.
-    """
-    pairs: dict[tuple[int, int], tuple[float, str]] = {}
-    first_of_hash: dict[int, int] = {}
-    for i, h in enumerate(hash_ids.tolist()):
-        if h in first_of_hash:
-            pairs[(first_of_hash[h], i)] = (1.0, "exact")
-        else:
-            first_of_hash[h] = i
-    b = np.maximum(density[:, None], density[nbr_idx])  # the denser of the two places
-    with np.errstate(invalid="ignore", divide="ignore"):
-        local = (nbr_sim - b) / (1.0 - b)
-    near = (nbr_sim >= t.near_duplicate_min_cosine) & (
-        (nbr_sim >= t.identical_cosine) | (np.nan_to_num(local, nan=-1.0) >= t.near_duplicate_score)
-    )
-    for i, col in zip(*np.nonzero(near), strict=True):
-        j = int(nbr_idx[i, col])
-        key = (min(int(i), j), max(int(i), j))
-        if key not in pairs:
-            pairs[key] = (float(nbr_sim[i, col]), "near")
-    return [(i, j, s, kind) for (i, j), (s, kind) in sorted(pairs.items())]
-
-
-def duplicate_groups(
-    pairs: Sequence[tuple[int, int, float, str]],
-    *,
-    hash_ids: np.ndarray,
-    labels: np.ndarray,
-    splits: Sequence[str],
-    paths: Sequence[str],
-    class_names: Sequence[str],
-) -> list[dict[str, Any]]:
-    """Joins duplicate pairs into groups, leakage across splits first.
-
-    Returns:
-      One dict per group: `kind` ('exact' when every member has the same hash, else 'near'),
-      `size`, `splits`, `across_splits`, `classes`, `label_conflict`, `min_cosine` (its weakest
-      link) and `members` (path, split, label), members in split order then path.
-    """
-    uf = _UnionFind(len(labels))
-    for i, j, _, _ in pairs:
-        uf.union(i, j)
-    weakest: dict[int, float] = {}
-    members: dict[int, set[int]] = collections.defaultdict(set)
-    for i, j, s, _ in pairs:
-        root = uf.find(i)
-        members[root].update((i, j))
-        weakest[root] = min(weakest.get(root, 1.0), s)
-    groups = []
-    for root, idx in members.items():
-        idx_sorted = sorted(idx, key=lambda k: (_split_rank(splits[k]), paths[k]))
-        group_splits = _sorted_splits({splits[k] for k in idx})
-        classes = sorted({class_names[labels[k]] for k in idx})
-        groups.append(
-            {
-                "kind": "exact" if len({int(hash_ids[k]) for k in idx}) == 1 else "near",
-                "size": len(idx),
-                "splits": group_splits,
-                "across_splits": len(group_splits) > 1,
-                "classes": classes,
-                "label_conflict": len(classes) > 1,
-                "min_cosine": round(weakest[root], 4),
-                "members": [
-                    {"path": paths[k], "split": splits[k], "label": class_names[labels[k]]}
-                    for k in idx_sorted
-                ],
-            }
-        )
-    groups.sort(
-        key=lambda g: (
-            not g["across_splits"],
-            not g["label_conflict"],
-            -g["size"],
-            g["members"][0]["path"],
-        )
-    )
-    return groups
-
-
-def _split_rank(split: str) -> tuple[int, str]:
-    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
-
-
-def _sorted_splits(splits) -> list[str]:
-    return sorted(splits, key=_split_rank)
 
 
 # --- label errors -------------------------------------------------------------------------------
@@ -416,18 +256,6 @@ def class_balance(
     }
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """`n / (K * n_c)` per class (scikit-learn's "balanced"): each class weighs the same in all.
-
-    K counts the classes that have images, so the mean weight per image stays 1; a class with
-    no images gets weight 0 (it contributes no loss anyway).
-    """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-    present = int((counts > 0).sum())
-    n = counts.sum()
-    return {c: (float(n / (present * counts[c])) if counts[c] else 0.0) for c in range(num_classes)}
-
-
 # --- the report ---------------------------------------------------------------------------------
 
 
@@ -441,12 +269,15 @@ def diagnose(
     class_names: Sequence[str] | None = None,
     thresholds: Thresholds | None = None,
     seed: int = 0,
+    thumbnails: np.ndarray | None = None,
+    extra_limits: Sequence[str] = (),
+    no_features: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Runs every check and returns the report (JSON-serialisable; `summary` is the log line).
 
     Args:
       features: N x D, each image's features from the frozen pretrained base (any scale; they
-        are L2-normalised here).
+        are L2-normalised here); None = no features (see below).
       labels: N class indices in [0, len(class_names)).
       splits: each image's split ('train', 'val', 'test', ...); None = all 'train'.
       paths: each image's file, to name it in the report; None = '#<index>'.
@@ -455,6 +286,13 @@ def diagnose(
       class_names: the name of each class index; None = '0', '1', ...
       thresholds: None = `Thresholds()`.
       seed: the probe's fold assignment.
+      thumbnails: N x P small grey thumbnails (e.g. 16 x 16 = 256 pixels each), to find
+        edited and grey copies; None = features and hashes only.
+      extra_limits: what the caller could not check, listed first in the report's limits.
+      no_features: with `features=None`, the limits to state (why there are no features);
+        default `NO_FEATURES`.
+
+    With `features=None` only exact copies (the hashes) and the class balance are checked.
 
     Returns:
       {'version', 'num_images', 'num_classes', 'class_names', 'splits', 'thresholds', 'balance',
@@ -464,11 +302,18 @@ def diagnose(
       DataError: the arrays do not fit together (lengths, label range, non-finite features).
     """
     t = thresholds or Thresholds()
-    x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
+    if features is None:  # zero-width rows; each image its own content unless hashes say not
+        features = np.zeros((len(np.asarray(labels)), 0), np.float32)
+        hashes = hashes if hashes is not None else [f"#{i}" for i in range(len(features))]
+        thumbnails = None
+        x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
+        features = None
+    else:
+        x, images = _checked_inputs(features, labels, splits, paths, hashes, class_names)
     z = l2_normalize(x)
-    nbr_idx, nbr_sim = nearest_neighbours(z, NEIGHBOURS_KEPT)
-    density = local_density(nbr_idx, nbr_sim, images.hash_ids, t)
-    pairs = duplicate_pairs(nbr_idx, nbr_sim, density, images.hash_ids, t)
+    nbr_idx, density, pairs = _duplicates(
+        z, images, thumbnails, t, features_given=features is not None
+    )
     groups = duplicate_groups(
         pairs,
         hash_ids=images.hash_ids,
@@ -478,6 +323,9 @@ def diagnose(
         class_names=images.class_names,
     )
     checked, limits = _what_can_be_checked(images, t)
+    if features is None:
+        checked, limits = None, list(no_features or [NO_FEATURES])
+    limits = [*(extra_limits or ()), *limits]
     report = {
         "version": REPORT_VERSION,
         "num_images": len(images.labels),
@@ -493,6 +341,34 @@ def diagnose(
     }
     report["summary"] = summary_line(report)
     return report
+
+
+NO_FEATURES = (
+    "no features: only exact copies (the same content hash) and the class balance are checked; "
+    "near-duplicates, label errors and outliers need a pretrained base's features"
+)
+
+
+def _duplicates(z, images, thumbnails, t: Thresholds, *, features_given: bool):
+    """The neighbour lists, local density and duplicate pairs (exact only without features)."""
+    n = len(images.labels)
+    if not features_given:
+        empty_idx, empty_sim = np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
+        density = np.full(n, np.nan)
+        return (
+            empty_idx,
+            density,
+            duplicate_pairs(empty_idx, empty_sim, density, images.hash_ids, t),
+        )
+    nbr_idx, nbr_sim = nearest_neighbours(z, NEIGHBOURS_KEPT)
+    density = local_density(nbr_idx, nbr_sim, images.hash_ids, t)
+    pairs = duplicate_pairs(nbr_idx, nbr_sim, density, images.hash_ids, t)
+    if thumbnails is not None:
+        if len(thumbnails) != n:
+            raise DataError(f"thumbnails must have one row per image ({n}); got {len(thumbnails)}")
+        known = {(i, j) for i, j, _, _ in pairs}
+        pairs = sorted(pairs + [q for q in thumbnail_pairs(z, thumbnails, t) if q[:2] not in known])
+    return nbr_idx, density, pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -630,11 +506,23 @@ def _label_report(z, nbr_idx, pairs, checked, images: _Images, t: Thresholds, se
         }
         for i in listed
     ]
+    accuracy = float(np.mean(probe[checked].argmax(1) == y[checked]))
+    reliable = accuracy >= t.label_check_min_accuracy
     return {
         "checked": True,
+        "reliable": reliable,
+        "note": (
+            "a probe on these features tells the classes apart well: likely label errors are "
+            "worth fixing"
+            if reliable
+            else f"a probe on these features gets only {accuracy:.0%} of the labels right (below "
+            f"{t.label_check_min_accuracy:.0%}): hard and odd photos rank as high as wrong labels, "
+            "so the suspects are a list to review, not a count of errors (a stronger backbone "
+            "sharpens it)"
+        ),
         "num_checked": int(checked.sum()),
         "num_likely": int(likely.sum()),
-        "probe_accuracy": round(float(np.mean(probe[checked].argmax(1) == y[checked])), 4),
+        "probe_accuracy": round(accuracy, 4),
         "probe_temperature": round(temperature, 4),
         "neighbour_accuracy": round(float(np.mean(votes[checked].argmax(1) == y[checked])), 4),
         "mean_p_given": round(float(np.mean(p[ar, y][checked])), 4),
@@ -694,9 +582,15 @@ def summary_line(report: dict[str, Any]) -> str:
         dup_text += f" ({', '.join(f'{n} across {s}' for s, n in sorted(across.items()))})"
     parts = [dup_text]
     labels = report["label_errors"]
-    if labels["checked"]:
+    if labels["checked"] and labels.get("reliable", True):
         n = labels["num_likely"]
         parts.append(f"{n} likely label error{'s' * (n != 1)}")
+    elif labels["checked"]:
+        n = labels["num_likely"]
+        parts.append(
+            f"{n} label suspect{'s' * (n != 1)} to review (weak check: a probe gets "
+            f"{labels['probe_accuracy']:.0%} right)"
+        )
     else:
         parts.append("label errors not checked")
     balance = report["balance"]
@@ -726,7 +620,6 @@ def summary_line(report: dict[str, Any]) -> str:
 
 __all__ = [
     "Thresholds",
-    "balanced_class_weights",
     "class_balance",
     "content_hash",
     "diagnose",

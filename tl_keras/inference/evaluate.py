@@ -2,11 +2,14 @@
 
 `evaluate_workdir` (what `python -m tl_keras.evaluate` does) writes, under `<workdir>/evaluation/<data>/` (or `--out_dir`):
 
-  metrics.json            accuracy, loss, top-k accuracy, per-class precision / recall / F1 /
-                          support, macro and weighted averages, the confusion matrix, and the
-                          most confident mistakes
+  metrics.json            accuracy, balanced accuracy and macro F1 with 95% bootstrap intervals,
+                          loss, top-k accuracy, per-class precision / recall / F1 / support,
+                          macro and weighted averages (`tl_keras.metrics`, their one definition),
+                          the confusion matrix, calibration (ECE before and after the workdir's
+                          temperature), and the most confident mistakes
   confusion_matrix.png    counts, and rows normalised to recall
   confident_errors.png    the misclassified images the model was surest about
+  reliability.png         reliability diagrams before and after the temperature
 
 The library call `evaluate(model, dataset, class_names)` returns the same numbers for any model
 and data in memory. The data's class names are checked against the model's: a different set of
@@ -25,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from tl_keras import io
+from tl_keras import calibration, io, metrics, stats
 from tl_keras.errors import ConfigError, DataError
+from tl_keras.model.inference import InferenceSettings, inference_model
 
 log = logging.getLogger("tl_keras")
 
@@ -38,6 +42,7 @@ LOSS_EPSILON = 1e-7  # Keras's probability clip in categorical cross-entropy
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 ERRORS_FILE = "confident_errors.png"
+RELIABILITY_FILE = "reliability.png"
 
 
 @dataclasses.dataclass
@@ -86,10 +91,16 @@ class Evaluation:
       top_k_accuracy: fraction of images whose class is among the k most probable.
       per_class: class name -> {'precision', 'recall', 'f1', 'support'}. Precision of a class
         never predicted is 0, as is recall of a class with no images.
-      macro_avg: unweighted mean of precision, recall and F1 over classes.
+      macro_avg: unweighted mean of precision, recall and F1 over the classes the data has or
+        the model predicts (scikit-learn's rule: `tl_keras.metrics`).
       weighted_avg: the same weighted by support.
       confusion: counts, rows = true class, columns = predicted class.
       confident_errors: the mistakes with the highest confidence, most confident first.
+      balanced_accuracy: mean recall over the classes the data has (honest when imbalanced).
+      macro_f1: `macro_avg['f1']`.
+      intervals: metric -> (low, high), 95% percentile bootstrap over the images.
+      calibration: the temperature applied and the ECE / NLL before and after it, with the
+        reliability diagrams (`tl_keras.calibration.calibration_report`).
       paths: files written (by `write_report`), name -> path.
     """
 
@@ -104,6 +115,10 @@ class Evaluation:
     weighted_avg: dict[str, float]
     confusion: np.ndarray
     confident_errors: list[ConfidentError]
+    balanced_accuracy: float = 0.0
+    macro_f1: float = 0.0
+    intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
     paths: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -122,6 +137,14 @@ class Evaluation:
         return {
             "num_images": self.num_images,
             "accuracy": _round(self.accuracy),
+            "balanced_accuracy": _round(self.balanced_accuracy),
+            "macro_f1": _round(self.macro_f1),
+            "intervals": {
+                "confidence": stats.DEFAULT_CONFIDENCE,
+                "method": "percentile bootstrap over the images",
+                **{k: [_round(lo), _round(hi)] for k, (lo, hi) in self.intervals.items()},
+            },
+            "calibration": self.calibration,
             "loss": _round(self.loss),
             "top_k": self.top_k,
             "top_k_accuracy": _round(self.top_k_accuracy),
@@ -139,10 +162,19 @@ class Evaluation:
         """A plain-text report: overall figures, then one line per class."""
         width = max(12, *(len(c) for c in self.class_names))
         lines = [
-            f"{self.num_images} images: accuracy {self.accuracy:.4f}, loss {self.loss:.4f}, "
-            f"top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, {self.num_errors} errors",
-            f"{'class':<{width}} precision    recall        f1   support",
+            f"{self.num_images} images: accuracy {self._with_interval('accuracy')}, balanced "
+            f"accuracy {self._with_interval('balanced_accuracy')}, macro F1 "
+            f"{self._with_interval('macro_f1')}",
+            f"loss {self.loss:.4f}, top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, "
+            f"{self.num_errors} errors",
         ]
+        c = self.calibration
+        if c:
+            lines.append(
+                f"calibration: temperature {c['temperature']:.3g}, ECE {c['ece_before']:.3f} "
+                f"before, {c['ece_after']:.3f} after"
+            )
+        lines.append(f"{'class':<{width}} precision    recall        f1   support")
         rows = [*self.per_class.items(), ("macro avg", self.macro_avg)]
         rows.append(("weighted avg", self.weighted_avg))
         for name, row in rows:
@@ -152,6 +184,13 @@ class Evaluation:
                 f"{row['f1']:9.4f} {int(support):9d}"
             )
         return "\n".join(lines)
+
+    def _with_interval(self, name: str) -> str:
+        value = getattr(self, name)
+        if name not in self.intervals:
+            return f"{value:.4f}"
+        lo, hi = self.intervals[name]
+        return f"{value:.4f} [{lo:.3f}, {hi:.3f}]"
 
 
 # --- the computation ------------------------------------------------------------------------------
@@ -165,6 +204,7 @@ def evaluate(
     top_k: int = DEFAULT_TOP_K,
     num_errors: int = DEFAULT_NUM_ERRORS,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    temperature: float = 1.0,
 ) -> Evaluation:
     """Evaluates a classifier on labelled images.
 
@@ -179,6 +219,8 @@ def evaluate(
       top_k: k of the top-k accuracy, clipped to [1, classes - 1].
       num_errors: how many of the most confident mistakes to keep.
       batch_size: images per forward pass for arrays.
+      temperature: applied to the model's probabilities (`calibration.apply_temperature`)
+        before every figure; the calibration entry compares the ECE before and after it.
 
     Returns:
       The `Evaluation`.
@@ -209,9 +251,12 @@ def evaluate(
     probabilities, labels = [], []
     kept: list[tuple[float, int, ConfidentError]] = []  # min-heap on confidence
     seen = 0
+    raw_probabilities = []
     for images, batch_labels in labelled_batches(dataset, batch_size, progress="evaluate"):
-        probs = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        raw = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        probs = raw if temperature == 1.0 else calibration.apply_temperature(raw, temperature)
         y = to_model[class_indices(batch_labels, len(images), len(to_model))]
+        raw_probabilities.append(raw)
         probabilities.append(probs)
         labels.append(y)
         predicted = probs.argmax(axis=1)
@@ -236,7 +281,11 @@ def evaluate(
         raise DataError("the data to evaluate is empty; point at a folder with images")
     probs = np.concatenate(probabilities)
     y = np.concatenate(labels)
-    return _figures(probs, y, class_names, k, [e for _, _, e in sorted(kept, reverse=True)])
+    result = _figures(probs, y, class_names, k, [e for _, _, e in sorted(kept, reverse=True)])
+    result.calibration = calibration.calibration_report(
+        np.concatenate(raw_probabilities), y, temperature
+    )
+    return result
 
 
 def _figures(
@@ -252,39 +301,32 @@ def _figures(
     loss = float(np.mean(-np.log(np.clip(true_p, LOSS_EPSILON, 1 - LOSS_EPSILON))))
     # Rank of the true class: how many classes are strictly more probable (ties count as in).
     rank = np.sum(probs > true_p[:, None], axis=1)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (y, predicted), 1)
-    per_class = {}
-    for c, name in enumerate(class_names):
-        hits, predicted_c, support = confusion[c, c], confusion[:, c].sum(), confusion[c].sum()
-        precision = hits / predicted_c if predicted_c else 0.0
-        recall = hits / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(support),
+    report = metrics.classification_report(y, predicted, num_classes)
+    rows = report["per_class"]
+    per_class = {
+        name: {
+            "precision": float(rows["precision"][c]),
+            "recall": float(rows["recall"][c]),
+            "f1": float(rows["f1"][c]),
+            "support": int(rows["support"][c]),
         }
-    support = np.array([row["support"] for row in per_class.values()], dtype=np.float64)
-    averages = {}
-    for kind, weights in (("macro", np.ones(num_classes)), ("weighted", support)):
-        averages[kind] = {
-            m: float(np.average([row[m] for row in per_class.values()], weights=weights))
-            for m in ("precision", "recall", "f1")
-        }
+        for c, name in enumerate(class_names)
+    }
     return Evaluation(
         class_names=list(class_names),
         num_images=int(n),
-        accuracy=float(np.mean(predicted == y)),
+        accuracy=report["accuracy"],
         loss=loss,
         top_k=k,
         top_k_accuracy=float(np.mean(rank < k)),
         per_class=per_class,
-        macro_avg=averages["macro"],
-        weighted_avg=averages["weighted"],
-        confusion=confusion,
+        macro_avg=report["macro_avg"],
+        weighted_avg=report["weighted_avg"],
+        confusion=report["confusion"],
         confident_errors=errors,
+        balanced_accuracy=report["balanced_accuracy"],
+        macro_f1=report["macro_f1"],
+        intervals=stats.bootstrap_scores(y, predicted, num_classes),
     )
 
 
@@ -396,7 +438,9 @@ def plot_confident_errors(evaluation: Evaluation, path: str | None = None, *, co
 def write_report(
     evaluation: Evaluation, out_dir: str, *, extra: dict[str, Any] | None = None
 ) -> dict[str, str]:
-    """Writes metrics.json, confusion_matrix.png and confident_errors.png (each atomically).
+    """Writes metrics.json, confusion_matrix.png, confident_errors.png and reliability.png.
+
+    Each file is written atomically.
 
     Args:
       evaluation: what `evaluate` returned.
@@ -414,6 +458,18 @@ def write_report(
     }
     plot_confusion_matrix(evaluation, paths["confusion_matrix"])
     plot_confident_errors(evaluation, paths["confident_errors"])
+    c = evaluation.calibration
+    if c:
+        paths["reliability"] = os.path.join(out_dir, RELIABILITY_FILE)
+        calibration.plot_reliability(
+            [c["reliability_before"], c["reliability_after"]],
+            paths["reliability"],
+            titles=[
+                f"as the model answers: ECE {100 * c['ece_before']:.1f}%",
+                f"temperature {c['temperature']:.2f}: ECE {100 * c['ece_after']:.1f}%",
+            ],
+            suptitle=f"{evaluation.num_images} images",
+        )
     io.atomic_write_json(paths["metrics"], {**(extra or {}), **evaluation.as_dict()})
     evaluation.paths = paths
     return paths
@@ -476,8 +532,10 @@ def evaluate_workdir(
     else:
         data = _split_data(workdir, split or "test", phase=phase, trust=trust_code)
     run = data.run
+    # TTA in the graph, the temperature on its output: the figures before and after it.
+    tta_only = inference_model(run.model, InferenceSettings(1.0, run.inference.tta))
     evaluation = evaluate(
-        run.model,
+        tta_only,
         data.dataset,
         run.class_names,
         data_class_names=data.class_names,
@@ -485,6 +543,7 @@ def evaluate_workdir(
         top_k=top_k,
         num_errors=num_errors,
         batch_size=batch_size,
+        temperature=run.inference.temperature,
     )
     extra = {
         "model": {
@@ -492,6 +551,8 @@ def evaluate_workdir(
             "phase": run.phase,
             "backbone": run.backbone,
             "image_size": run.image_size,
+            "model_sha256": run.fingerprint(),
+            "inference": run.inference.to_dict(),
         },
         "data": {"source": data.source, "split": data.split},
     }

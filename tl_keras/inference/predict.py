@@ -10,7 +10,9 @@ Folders are searched recursively for image files (`tl_keras.data.pipeline.IMAGE_
 explicitly are always tried. A file that cannot be read as an image is reported with its reason
 (on its own row, and on stderr) and the others are still classified: the command fails only when
 no image at all could be read. Images are decoded and resized exactly as in training
-(`tl_keras.data.pipeline`), and the model does its own preprocessing, so raw pixels go in.
+(`tl_keras.data.pipeline`), and the model does its own preprocessing, so raw pixels go in. The
+probabilities are the workdir's calibrated answer: run.json's test-time augmentation and
+temperature applied (`TrainedModel.served`, the graph every export holds).
 """
 
 from __future__ import annotations
@@ -215,8 +217,10 @@ def predict_workdir(
         )
     trained = load_trained(workdir, phase=phase, trust_code=trust_code)
     config = run_config(workdir)  # the images must be resized the way training resized them
+    if not trained.inference.is_identity:
+        log.info("%s's model answers with %s", trained.phase, trained.inference.describe())
     return predict(
-        trained.model,
+        trained.served,
         files,
         trained.class_names,
         top_k=top_k,

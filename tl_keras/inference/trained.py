@@ -2,7 +2,9 @@
 
 Evaluation, prediction and export all start here. The model of a workdir is the model of its last
 phase done in schedule order (`run.json` lists the schedule and the phases done), unless a phase
-is named. It is loaded for inference only (`compile=False`, `safe_mode=True`): the optimizer is
+is named. It answers through run.json's "inference" settings (test-time augmentation, then the
+temperature fitted on validation; `tl_keras.model.inference`): `TrainedModel.served` is the model
+as predict, evaluate and every export use it. It is loaded for inference only (`compile=False`, `safe_mode=True`): the optimizer is
 not rebuilt, so a model compiled with any optimizer loads. Class names, backbone and image size
 come from `run.json`, which the training run wrote; nothing is guessed from the data.
 """
@@ -18,6 +20,7 @@ from typing import Any
 from tl_keras import config as config_lib
 from tl_keras import io
 from tl_keras.errors import DataError, WorkdirError
+from tl_keras.model.inference import InferenceSettings, inference_model, settings_from_run
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")
@@ -35,6 +38,9 @@ class TrainedModel:
       phase: the phase whose model this is.
       workdir: the run's folder (absolute).
       model_path: the `.keras` file loaded.
+      inference: the temperature and TTA run.json gives this phase's model.
+      served: `model` wrapped by `inference` (the model itself when T = 1 and no TTA): what
+        predict, evaluate and every export run.
     """
 
     model: Any
@@ -44,6 +50,12 @@ class TrainedModel:
     phase: str
     workdir: str
     model_path: str
+    inference: InferenceSettings = dataclasses.field(default_factory=InferenceSettings)
+    served: Any = None
+
+    def __post_init__(self):
+        if self.served is None:
+            self.served = inference_model(self.model, self.inference)
 
     @property
     def num_classes(self) -> int:
@@ -133,6 +145,7 @@ def load_trained(
             f"phase={phase!r} is not done in {wd.path!r}; phases done: "
             f"{', '.join(done) or 'none'} (omit --phase for the final model)"
         )
+    inference = settings_from_run(run, phase, where=wd.file("run.json"))  # before the slow load
     path = wd.model_path(phase)
     model = load_model(path, trust_code=trust_code, fix=f"rerun phase {phase!r}")
     class_names = [str(c) for c in run["class_names"]]
@@ -152,6 +165,7 @@ def load_trained(
         phase=phase,
         workdir=wd.path,
         model_path=path,
+        inference=inference,
     )
 
 

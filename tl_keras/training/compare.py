@@ -18,26 +18,37 @@ epochs (early stopping, if the config asks for it, may end a phase sooner):
 
 Each strategy runs `tl_keras.train` in `<workdir>/<strategy>/` (its own history, curves and
 models), all on one `DataBundle` (the same split and the same order of batches, a pure function of
-(seed, epoch)). The comparison writes `comparison.md` (a table), `comparison.json` and
-`comparison.png` (validation accuracy and loss of every strategy over the epochs, each
-strategy's phase boundaries marked).
+(seed, epoch)). With `seeds=N` (`--seeds=N`) every strategy runs once per seed (`config.seed`,
+`+1`, ...; each in `<strategy>/seed-<seed>/`; the seed draws the split too, and all strategies of a
+seed share it). Each run's final model answers the evaluation split (test when the data has one,
+else validation), and its per-image right / wrong answers are saved in `predictions.npz` for
+the paired intervals (`tl_keras.training.compare_report`). The data doctor examines the first
+seed's data once (not every run). The comparison writes `comparison.md` (the table: mean and
+standard deviation over seeds, each difference with its paired 95% intervals and a verdict in
+words), `comparison.json` and `comparison.png` (validation accuracy and loss of every strategy
+over the epochs, each strategy's phase boundaries marked).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.config import Config
 from tl_keras.errors import ConfigError, TLKerasError, WorkdirError
+from tl_keras.training import compare_report
+from tl_keras.training.compare_report import Comparison, StrategyResult, plot_comparison
 
 log = logging.getLogger("tl_keras")
+
+PREDICTIONS_FILE = "predictions.npz"  # each run's per-image answers on the evaluation split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,57 +140,6 @@ def strategy_configs(config: Config, names: Sequence[str]) -> dict[str, Config]:
     return configs
 
 
-@dataclasses.dataclass
-class StrategyResult:
-    """One row of the comparison."""
-
-    strategy: str
-    phases: str
-    epochs_run: int
-    final_val_accuracy: float | None
-    best_val_accuracy: float | None
-    best_epoch: int | None
-    wall_time_s: float
-    trainable_params: int
-    workdir: str
-
-
-@dataclasses.dataclass
-class Comparison:
-    """What `compare` did: one row per strategy and where its files are."""
-
-    rows: list[StrategyResult]
-    budget: int
-    workdir: str
-    histories: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    def to_markdown(self) -> str:
-        lines = [
-            "| strategy | phases (epochs) | final val acc | best val acc (epoch) | wall time | "
-            "trainable params |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            best = (
-                f"{r.best_val_accuracy:.4f} ({r.best_epoch})"
-                if r.best_val_accuracy is not None
-                else "-"
-            )
-            final = f"{r.final_val_accuracy:.4f}" if r.final_val_accuracy is not None else "-"
-            lines.append(
-                f"| {r.strategy} | {r.phases} | {final} | {best} | {r.wall_time_s:.0f} s | "
-                f"{r.trainable_params:,} |"
-            )
-        notes = [f"- `{r.strategy}`: {STRATEGIES[r.strategy].description}" for r in self.rows]
-        return "\n".join(lines + ["", *notes]) + "\n"
-
-    def to_dict(self) -> dict:
-        return {
-            "budget_epochs": self.budget,
-            "rows": [dataclasses.asdict(r) for r in self.rows],
-        }
-
-
 def compare(
     config: Config,
     workdir: str,
@@ -187,119 +147,175 @@ def compare(
     strategies: Sequence[str] = tuple(STRATEGIES),
     overwrite: bool = False,
     data=None,
+    seeds: int = 1,
 ) -> Comparison:
     """Trains each strategy on the same data, seed and epoch budget, and writes the comparison.
 
     Args:
       config: the comparison's config: data, backbone, weights, `lr`, `epochs_fe`/`epochs_ft`
         (the budget and the `fe_ft` split), `unfreeze`, `stages` (for `gradual`).
-      workdir: folder for `comparison.md|json|png` and one sub-folder per strategy.
+      workdir: folder for `comparison.md|json|png` and one sub-folder per strategy (with
+        several seeds, one per seed below it: `<strategy>/seed-<seed>/`).
       strategies: names from STRATEGIES, in the order to run and report them.
       overwrite: replace strategy runs already in `workdir` (otherwise refused up front).
-      data: a ready `DataBundle`; default: load what `config.data_dir` names, once for all.
+      data: a ready `DataBundle`, used for every seed (the split then stays fixed and only
+        training's randomness changes); default: load what `config.data_dir` names, once per
+        seed (the seed also draws the validation split).
+      seeds: how many seeds, `config.seed`, `config.seed + 1`, ...: every strategy runs on each.
 
     Returns:
-      The comparison (rows in `strategies` order).
+      The comparison (rows in `strategies` order, then the paired differences).
 
     Raises:
       ConfigError, WorkdirError, DataError, BackboneError: bad input, before anything trains.
 
     Example:
-      >>> comparison = compare(cfg, "runs/compare", strategies=["fe", "fe_ft"])
+      >>> comparison = compare(cfg, "runs/compare", strategies=["fe", "fe_ft"], seeds=3)
       >>> print(comparison.to_markdown())
     """
-    from tl_keras.data.sources import load_data
-    from tl_keras.training import runner
     from tl_keras.workdir import Workdir
 
     config = config_lib.validate(config)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds={seeds!r} must be a whole number of at least 1, e.g. 3")
     configs = strategy_configs(config, list(strategies))
+    seed_list = [config.seed + k for k in range(seeds)]
     wd = Workdir(workdir)
     wd.ensure_writable()
-    taken = [n for n in configs if os.path.isfile(wd.file(n, "run.json"))]
+    taken = [n for n in configs if any(_taken(wd, n, s, seeds) for s in seed_list)]
     if taken and not overwrite:
         raise WorkdirError(
             f"{wd.path!r} already holds the strategies {', '.join(taken)}; pass --overwrite to "
             "run them again, or use another --workdir"
         )
-    if data is None:
-        data = load_data(config, workdir=wd.path)
     io.atomic_write_text(wd.file("config.json"), config_lib.to_json(config))
-
-    budget = epoch_budget(config)
-    comparison = Comparison([], budget, wd.path)
-    for name, cfg in configs.items():
-        log.info("[compare] %s: %s (%d epochs)", name, STRATEGIES[name].description, budget)
-        start = time.perf_counter()
-        result = runner.train(cfg, wd.file(name), overwrite=overwrite, data=data)
-        wall = time.perf_counter() - start
-        comparison.rows.append(_row(name, result, wall))
-        comparison.histories[name] = result.history
-        _write(comparison, config)  # after every strategy: a partial table is still a table
+    comparison = Comparison(
+        [],
+        epoch_budget(config),
+        wd.path,
+        seeds=seed_list,
+        descriptions={n: s.description for n, s in STRATEGIES.items()},
+    )
+    correct: dict[str, list] = {}
+    for k, seed in enumerate(seed_list):
+        seed_data = _seed_data(config, seed, data, wd.path, doctor=k == 0)
+        for name, cfg in configs.items():
+            cfg = dataclasses.replace(cfg, seed=seed, doctor="off")  # examined once, above
+            run = _run_strategy(name, cfg, _run_dir(wd, name, seed, seeds), seed_data, overwrite)
+            comparison.eval_split = run.pop("split")
+            correct.setdefault(name, []).append(run.pop("correct"))
+            _add_run(comparison, name, run)
+        _write(comparison, config, correct)  # after every seed: a partial table is still a table
     log.info("[compare] done: %s\n%s", wd.file("comparison.md"), comparison.to_markdown())
     return comparison
 
 
-def _row(name: str, result, wall: float) -> StrategyResult:
+def _taken(wd, name: str, seed: int, seeds: int) -> bool:
+    return os.path.isfile(os.path.join(_run_dir(wd, name, seed, seeds), "run.json"))
+
+
+def _run_dir(wd, name: str, seed: int, seeds: int) -> str:
+    """`<workdir>/<strategy>/`, or with several seeds `<workdir>/<strategy>/seed-<seed>/`."""
+    return wd.file(name) if seeds == 1 else wd.file(name, f"seed-{seed}")
+
+
+def _seed_data(config: Config, seed: int, data, workdir: str, *, doctor: bool):
+    """The data every strategy of a seed trains on; the doctor examines the first seed's."""
+    from tl_keras.data.sources import load_data
+
+    spec = config_lib.resolve(dataclasses.replace(config, seed=seed))
+    if data is None:
+        data = load_data(spec, workdir=workdir)
+    if doctor and config.doctor != "off" and data.images is not None:
+        from tl_keras.doctor import workflow
+
+        workflow.doctor_workdir(spec, workdir, data=data)
+    return data
+
+
+def _run_strategy(name: str, cfg: Config, run_dir: str, data, overwrite: bool) -> dict:
+    """Trains one strategy on one seed; its scores and per-image answers on the eval split."""
+    from tl_keras.training import runner
+    from tl_keras.training.calibrate import predict_split
+
+    log.info(
+        "[compare] %s, seed %d: %s (%d epochs)",
+        name,
+        cfg.seed,
+        STRATEGIES[name].description,
+        epoch_budget(cfg),
+    )
+    start = time.perf_counter()
+    result = runner.train(cfg, run_dir, overwrite=overwrite, data=data)
+    wall = time.perf_counter() - start
+    split, dataset = ("test", data.test) if data.test is not None else ("val", data.val)
+    if dataset is None:
+        raise ConfigError(
+            "the comparison scores every strategy on a held-out split, and this data has neither "
+            "validation nor test images; set val_fraction > 0"
+        )
+    probs, labels = predict_split(result.model, dataset)
+    predicted = probs.argmax(axis=1)
+    # The per-image answers: what the paired bootstrap over images resamples.
+    with io.atomic_path(os.path.join(run_dir, PREDICTIONS_FILE)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, labels=labels, predicted=predicted, correct=predicted == labels, split=split)
     history = result.history
     val = [(r["epoch"], r.get("val_accuracy")) for r in history.records]
     scored = [(e, v) for e, v in val if v is not None]
     best = max(scored, key=lambda ev: ev[1]) if scored else (None, None)
-    return StrategyResult(
-        strategy=name,
-        phases=" -> ".join(f"{s.phase} {s.epochs}" for s in history.spans()),
-        epochs_run=len(history),
-        final_val_accuracy=val[-1][1] if val else None,
-        best_val_accuracy=best[1],
-        best_epoch=best[0],
-        wall_time_s=round(wall, 1),
-        trainable_params=result.phases[-1].report.trainable_params if result.phases else 0,
-        workdir=result.workdir,
-    )
+    return {
+        "seed": cfg.seed,
+        "workdir": result.workdir,
+        "split": split,
+        "correct": predicted == labels,
+        "history": history,
+        "phases": " -> ".join(f"{s.phase} {s.epochs}" for s in history.spans()),
+        "epochs_run": len(history),
+        "final_val_accuracy": val[-1][1] if val else None,
+        "best_val_accuracy": best[1],
+        "best_epoch": best[0],
+        "wall_time_s": round(wall, 1),
+        "trainable_params": result.phases[-1].report.trainable_params if result.phases else 0,
+        **compare_report.seed_scores(labels, predicted, len(data.class_names)),
+    }
 
 
-def _write(comparison: Comparison, config: Config) -> None:
+def _add_run(comparison: Comparison, name: str, run: dict) -> None:
+    """Adds one seed's run to its strategy's row (made on the first seed)."""
+    history = run.pop("history")
+    row = next((r for r in comparison.rows if r.strategy == name), None)
+    if row is None:
+        row = StrategyResult(
+            strategy=name,
+            phases=run["phases"],
+            epochs_run=run["epochs_run"],
+            final_val_accuracy=None,
+            best_val_accuracy=None,
+            best_epoch=run["best_epoch"],
+            wall_time_s=0.0,
+            trainable_params=run["trainable_params"],
+            workdir=run["workdir"],
+        )
+        comparison.rows.append(row)
+        comparison.histories[name] = history
+    comparison.all_histories.setdefault(name, []).append(history)
+    keep = ("phases", "epochs_run", "best_epoch", "trainable_params")
+    row.per_seed.append({k: v for k, v in run.items() if k not in keep})
+    compare_report.summarize(row)
+
+
+def _write(comparison: Comparison, config: Config, correct: dict) -> None:
+    comparison.differences = compare_report.differences(comparison.rows, correct)
     wd = comparison.workdir
     io.atomic_write_text(os.path.join(wd, "comparison.md"), comparison.to_markdown())
     io.atomic_write_json(os.path.join(wd, "comparison.json"), comparison.to_dict())
+    n = len(comparison.seeds)
     plot_comparison(
         comparison,
         os.path.join(wd, "comparison.png"),
-        title=f"{config.backbone}, {comparison.budget} epochs per strategy, seed {config.seed}",
+        title=f"{config.backbone}, {comparison.budget} epochs per strategy, "
+        + (f"seed {config.seed}" if n == 1 else f"{n} seeds"),
     )
 
 
-def plot_comparison(comparison: Comparison, path: str | None = None, *, title: str = ""):
-    """One figure: validation accuracy and loss of every strategy, phase boundaries marked.
-
-    Returns:
-      The matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    from tl_keras.plotting import BOUNDARY_GID, PHASE_COLORS, save_figure
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, (name, history) in enumerate(comparison.histories.items()):
-        color = PHASE_COLORS[i % len(PHASE_COLORS)]
-        for ax, metric in zip(axes, ("val_accuracy", "val_loss"), strict=True):
-            values = [
-                v if v is not None and math.isfinite(v) else None for v in history.metric(metric)
-            ]
-            ax.plot(history.epochs, values, marker=".", color=color, label=name)
-            for x in history.boundaries():
-                ax.axvline(x, color=color, linestyle=":", linewidth=1, gid=BOUNDARY_GID)
-    for ax, metric in zip(axes, ("validation accuracy", "validation loss"), strict=True):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-    if title:
-        fig.suptitle(f"{title} (dotted: phase boundaries)")
-    fig.tight_layout()
-    if path:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
+__all__ = ["STRATEGIES", "Comparison", "StrategyResult", "compare", "plot_comparison"]

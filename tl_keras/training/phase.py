@@ -112,6 +112,7 @@ def run_phase(
     cache_dir: str | None = None,
     jit_compile: str = "auto",
     strategy=None,
+    class_weight: dict[int, float] | None = None,
 ) -> PhaseResult:
     """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
 
@@ -137,6 +138,8 @@ def run_phase(
       cache_dir: the workdir, where feature_cache='file' keeps its files.
       jit_compile: XLA: 'auto', 'on' or 'off'.
       strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
+      class_weight: class index -> weight of its images' training loss
+        (`tl_keras.training.class_weight`); None = unweighted.
 
     Returns:
       The phase's history (global epochs, the learning rate each epoch used), trainability
@@ -175,7 +178,7 @@ def run_phase(
         setup, callbacks, track_best=track_best, checkpoint_dir=checkpoint_dir, progress=progress
     )
     start = time.perf_counter()
-    fit(setup, state, cbs, bar=use_progress_bar(progress))
+    fit(setup, state, cbs, bar=use_progress_bar(progress), class_weight=class_weight)
     return outcome(setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir)
 
 
@@ -361,8 +364,13 @@ def fit(
     callbacks: list[keras.callbacks.Callback],
     *,
     bar: bool,
+    class_weight: dict[int, float] | None = None,
 ) -> None:
-    """Fits the phase's remaining epochs (none when a resumed phase had already finished)."""
+    """Fits the phase's remaining epochs (none when a resumed phase had already finished).
+
+    `class_weight` weights each training image's loss by its class (Keras maps the one-hot
+    targets of each batch to sample weights); validation stays unweighted.
+    """
     last_epoch, initial_epoch = setup.window.last_epoch, setup.initial_epoch
     remaining = last_epoch - initial_epoch
     resume, early = setup.resume, state.early
@@ -374,11 +382,17 @@ def fit(
         data = setup.fit_data
         with interrupt.deferred():  # a signal stops the fit at a batch's end, cleanly
             _fit(
-                setup, data, callbacks, last_epoch=last_epoch, initial_epoch=initial_epoch, bar=bar
+                setup,
+                data,
+                callbacks,
+                last_epoch=last_epoch,
+                initial_epoch=initial_epoch,
+                bar=bar,
+                class_weight=class_weight,
             )
 
 
-def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar) -> None:
+def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar, class_weight) -> None:
     """`fit`, with a failed read of an image file (the data changed under the run) in words."""
     try:
         setup.fit_model.fit(
@@ -390,6 +404,7 @@ def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar) -> None:
             shuffle=False,  # the order is the data bundle's: a pure function of (seed, epoch)
             callbacks=callbacks,
             verbose=1 if bar else 0,
+            class_weight=class_weight,
         )
     except tf.errors.OpError as e:
         changed = changes.changed_files(e, data.files)

@@ -25,7 +25,7 @@ from tl_keras.workdir import Workdir
 log = logging.getLogger("tl_keras")
 
 # Fields that may differ when a run is resumed: they change what is logged, not what is trained.
-RESUME_MAY_CHANGE = ("progress", "tensorboard", "csv_log")
+RESUME_MAY_CHANGE = ("progress", "tensorboard", "csv_log", "doctor")  # none changes training
 
 
 @dataclasses.dataclass(frozen=True)

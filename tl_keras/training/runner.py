@@ -7,7 +7,8 @@
 2. **state** (`initial_state`): the data, and the model and history the first phase starts
    from: a new model, what the previous phase saved, or the newest checkpoint;
 3. **loop** (`run_phases`): each phase (`tl_keras.training.phase.run_phase`), then rollback when
-   asked, then its artifacts and `run.json`, the commit point.
+   asked, then its artifacts and `run.json`, the commit point; after the last phase, the
+   temperature fitted on validation (`tl_keras.training.calibrate`), in run.json's "inference".
 
 A schedule may have any number of phases (gradual unfreezing); under `rollback`, a phase that
 ends worse than the previous phase's best is undone. `run_phase` runs one phase on a model in
@@ -42,7 +43,7 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
-from tl_keras.training import checkpoint, distribute, rollback
+from tl_keras.training import calibrate, checkpoint, class_weight, distribute, rollback
 from tl_keras.training.phase import PhaseResult, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
@@ -278,6 +279,7 @@ def initial_state(
                 wd.clear_results()
                 checkpoint.remove_all(wd.path)
         run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
+        run["doctor"] = run_doctor(spec, data, model, plan.outdir.path)
         history = History()
     else:
         model = load_phase_model(wd, prev.name)
@@ -318,6 +320,25 @@ def _set_aside(wd: Workdir, phases: list[str] | None, run: dict, run_after: dict
     )
 
 
+def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -> dict:
+    """The data doctor before the first phase (`tl_keras.doctor.workflow.examine`): one log line,
+    the report in `<workdir>/doctor/`; what run.json records of it."""
+    if spec.config.doctor == "off":
+        log.info("doctor: off (doctor='off'): the data was not examined before training")
+        return {"skipped": "doctor='off'"}
+    if data.images is None:
+        log.info("doctor: skipped: this DataBundle does not list its images")
+        return {"skipped": "the data bundle does not list its images"}
+    from tl_keras.doctor import workflow
+
+    result = workflow.examine(spec, data, model, outdir)
+    return {
+        "summary": result.summary,
+        "report": f"{workflow.FOLDER}/report.json",
+        "manifest_sha256": result.report["data"]["manifest_sha256"],
+    }
+
+
 def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> None:
     """Writes run.json (with the schedule) and config.json: a run is in progress from here on.
 
@@ -346,6 +367,7 @@ def run_phases(
     checkpoints are removed after that.
     """
     out, ckpt, config, results = plan.outdir, plan.resume_from, spec.config, []
+    weights = _class_weights(config, state.data)
     for p in plan.targets:
         result = run_phase(
             state.model,
@@ -364,6 +386,7 @@ def run_phases(
             cache_dir=out.path,
             jit_compile=config.jit_compile,
             strategy=strategy,
+            class_weight=weights,
         )
         if config.rollback:
             state.reference = rollback.apply_rollback(
@@ -375,7 +398,21 @@ def run_phases(
         out.drop_replaced(f"this run finished phase {p.name!r}")
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
+    if results:  # the temperature of the model this run ends with, fitted on validation
+        calibrate.calibrate_run(out, state.run, state.model, state.data, config, p.name)
     return results
+
+
+def _class_weights(config: config_lib.Config, data: DataBundle) -> dict[int, float] | None:
+    """The per-class loss weights of `class_weight`, logged once (None: unweighted)."""
+    weights = class_weight.class_weights(config.class_weight, data.train_labels, data.num_classes)
+    if weights is not None:
+        log.info(
+            "class_weight=%s: each training image's loss weighs %s",
+            config.class_weight,
+            ", ".join(f"{name} {weights[c]:.3g}" for c, name in enumerate(data.class_names)),
+        )
+    return weights
 
 
 def _log_callbacks(config: config_lib.Config, wd: Workdir) -> list[keras.callbacks.Callback]:
@@ -421,6 +458,7 @@ def save_phase(
             title=f"{run['backbone']}: {' -> '.join(s.phase for s in history.spans())}",
             show_lr=True,
         )
+    calibrate.forget_temperature(run)  # fitted for the model this phase replaces
     run["phases"][name] = {
         k: summary[k]
         for k in ("first_epoch", "last_epoch", "epochs_run", "stopped_early", "wall_time_s")

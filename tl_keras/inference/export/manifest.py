@@ -1,8 +1,12 @@
 """Exporting a trained workdir: its model, checked on the run's own validation images, recorded.
 
-`export_workdir` writes the artifacts with `labels.txt` and `export.json` (each artifact's size,
-source model, parity report and, for a quantised file, its accuracy); `verify_workdir` re-checks
-every artifact listed there later. `python -m tl_keras.export` is a thin layer over those two:
+`export_workdir` writes the artifacts with `labels.txt`, `export.json` (each artifact's size,
+source model, parity report and, for a quantised file, its accuracy) and the model card
+(`model_card.json`, `model_card.md`: `tl_keras.inference.export.card`); `verify_workdir`
+re-checks every artifact listed there later. What is exported is the model as the workdir answers
+(`TrainedModel.served`): run.json's test-time augmentation and temperature are baked into every
+artifact's graph, and the parity check compares each artifact with that same Keras graph, the
+one `predict` runs. `python -m tl_keras.export` is a thin layer over those two:
 
   python -m tl_keras.export --workdir=runs/b0 --formats=saved_model,tflite,onnx
   python -m tl_keras.export --workdir=runs/b0 --formats=tflite --quantization=float16
@@ -25,6 +29,7 @@ import tensorflow as tf
 
 from tl_keras import schema
 from tl_keras.errors import ExportError, ExportParityError
+from tl_keras.inference.export import card
 from tl_keras.inference.export.formats import (
     ARTIFACT_NAMES,
     FORMATS,
@@ -191,7 +196,7 @@ def export_workdir(
         images = parity_images(workdir, num_parity_images, data_dir=data_dir)
     else:
         warnings.warn("num_parity_images=0: the exports are not checked", stacklevel=2)
-    result = export(trained.model, out, requested, quantization=quantization, check_images=images)
+    result = export(trained.served, out, requested, quantization=quantization, check_images=images)
     manifest = _read_manifest(out / MANIFEST_FILE)
     if manifest.get("class_names") not in (None, trained.class_names):
         manifest = {}  # artifacts of another run: their entries no longer describe this folder
@@ -204,15 +209,17 @@ def export_workdir(
             "bytes": _size(Path(path)),
             "phase": trained.phase,
             "model_sha256": fingerprint,
+            "inference": trained.inference.to_dict(),
             "parity": result["parity"][fmt].as_dict() if fmt in result["parity"] else None,
         }
         if fmt == "tflite" and quantization is not None:
             val = _validation_set(workdir, trained.class_names, data_dir)
             if val is not None:
-                entry["accuracy"] = quantization_accuracy(trained.model, path, val)
+                entry["accuracy"] = quantization_accuracy(trained.served, path, val)
         artifacts[os.path.basename(path)] = entry
     manifest = _manifest(trained, artifacts)
     _write_manifest(out, manifest, trained.class_names)
+    card.write_card(trained, manifest, out, data_dir=data_dir)
     return manifest
 
 
@@ -231,8 +238,10 @@ def _manifest(trained, artifacts: dict[str, Any]) -> dict[str, Any]:
         },
         "output": {
             "name": OUTPUT_NAME,
-            "meaning": f"class probabilities (softmax), in {LABELS_FILE} order",
+            "meaning": f"class probabilities (softmax), in {LABELS_FILE} order, after the "
+            "inference settings below (test-time augmentation, then the temperature)",
         },
+        "inference": trained.inference.to_dict(),
         "artifacts": dict(sorted(artifacts.items())),
     }
 
@@ -283,8 +292,8 @@ def verify_workdir(
     reports, failures = [], []
     for name, entry in artifacts.items():
         source = phase or entry.get("phase")
-        if source not in models:
-            models[source] = load_trained(workdir, phase=source, trust_code=trust_code).model
+        if source not in models:  # as the workdir answers now: a changed temperature fails
+            models[source] = load_trained(workdir, phase=source, trust_code=trust_code).served
         try:
             reports.append(
                 parity_check(

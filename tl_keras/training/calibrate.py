@@ -1,0 +1,169 @@
+"""After training: fit the temperature on the validation split, and say how the model scores there.
+
+The last step of `train`, once the run's last phase is saved:
+
+1. one pass of the final model over the validation split, through the inference wrapper with
+   the run's test-time augmentation (`tl_keras.model.inference`; TTA comes before the
+   temperature, so the temperature is fitted on what users will get);
+2. the temperature T that minimises the validation NLL (`tl_keras.calibration.fit_temperature`)
+   and the expected calibration error (ECE) and reliability diagram before and after it;
+3. `<workdir>/calibration/calibration.json` and `reliability.png`, then run.json's "inference"
+   section (`{"temperature", "tta", "phase", ...}`), which predict, evaluate and export apply.
+
+One log line says what came of it, with the validation accuracy, balanced accuracy and macro F1
+(the last two tell an imbalanced set's truth). T is kept at 1 when it cannot be fitted honestly:
+no validation split, fewer than `MIN_IMAGES` validation images, or a fit that ends at a bound of
+`calibration.TEMPERATURE_BOUNDS` (every validation answer right: the NLL keeps falling as the
+answers get sharper, which says nothing about new images).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from tl_keras import calibration, io, metrics
+from tl_keras.model.inference import INFERENCE_KEY, InferenceSettings, inference_model
+
+log = logging.getLogger("tl_keras")
+
+MIN_IMAGES = 20  # fewer validation images: one scalar is not worth fitting on them
+FOLDER = "calibration"
+REPORT_FILE = "calibration.json"
+DIAGRAM_FILE = "reliability.png"
+
+
+def decided_tta(config) -> str:
+    """The test-time augmentation the run's recipe decided ('none' until issue 10's `tta`)."""
+    return str(getattr(config, "tta", "none"))
+
+
+def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and class indices of a batched (images, one-hot labels) dataset.
+
+    Calls the model directly on each batch (no Keras predict loop), so it needs no distribution
+    machinery and reads the same on every worker.
+    """
+    import tensorflow as tf
+
+    run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    probs, labels = [], []
+    for images, onehot in dataset:
+        probs.append(np.asarray(run(images), np.float64))
+        labels.append(np.asarray(onehot).argmax(axis=-1))
+    if not probs:
+        return np.zeros((0, 0)), np.zeros(0, np.int64)
+    return np.concatenate(probs), np.concatenate(labels).astype(np.int64)
+
+
+def forget_temperature(run: dict[str, Any]) -> None:
+    """Drops a fitted temperature from run.json's section: the final model is about to change.
+
+    The TTA decision stays (it belongs to the recipe, not to one model).
+    """
+    section = run.get(INFERENCE_KEY)
+    if isinstance(section, dict):
+        run[INFERENCE_KEY] = {k: v for k, v in section.items() if k == "tta"}
+
+
+def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> dict[str, Any]:
+    """Fits T for `phase`'s model on the validation split, writes the report and run.json.
+
+    Args:
+      wd: the `Workdir` written to.
+      run: run.json as the runner holds it (updated and written here).
+      model: the phase's model.
+      data: the run's `DataBundle`.
+      config: the run's config (its `tta`).
+      phase: the phase whose model this is.
+
+    Returns:
+      The "inference" section written to run.json.
+    """
+    tta = decided_tta(config)
+    section: dict[str, Any] = {"temperature": 1.0, "tta": tta, "phase": phase}
+    if data.val is None:
+        section["fitted"] = "no: no validation split (val_fraction=0)"
+        log.info("[calibration] temperature kept at 1: the run has no validation split")
+        return _commit(wd, run, section, None)
+    probs, labels = predict_split(inference_model(model, InferenceSettings(1.0, tta)), data.val)
+    scores = validation_scores(probs, labels, len(data.class_names))
+    t, section["fitted"] = fit(probs, labels)
+    report = calibration.calibration_report(probs, labels, t)
+    section.update(
+        temperature=t,
+        ece_before=round(report["ece_before"], 6),
+        ece_after=round(report["ece_after"], 6),
+        report=f"{FOLDER}/{REPORT_FILE}",
+    )
+    _write_report(wd, section, report, scores)
+    log.info(
+        "[calibration] %s; ECE on validation %.3f -> %.3f, NLL %.3f -> %.3f; validation accuracy "
+        "%.4f, balanced accuracy %.4f, macro F1 %.4f",
+        f"temperature {t:.3f}" if t != 1.0 else f"temperature 1 ({section['fitted']})",
+        report["ece_before"],
+        report["ece_after"],
+        report["nll_before"],
+        report["nll_after"],
+        scores["accuracy"],
+        scores["balanced_accuracy"],
+        scores["macro_f1"],
+    )
+    return _commit(wd, run, section, scores)
+
+
+def fit(probs: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
+    """The temperature to use, and in words whether it was fitted and why not.
+
+    Returns:
+      (T, 'yes: on N validation images') or (1.0, 'no: why').
+    """
+    n = len(labels)
+    if n < MIN_IMAGES:
+        return 1.0, f"no: {n} validation images (a temperature needs {MIN_IMAGES} or more)"
+    t = calibration.fit_temperature(probs, labels)
+    low, high = calibration.TEMPERATURE_BOUNDS
+    if np.isclose(t, low) or np.isclose(t, high):
+        return 1.0, f"no: the fit ran to the bound T={t:g} (every validation answer right?)"
+    return t, f"yes: on {n} validation images"
+
+
+def validation_scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Accuracy, balanced accuracy and macro F1 of the answers (a temperature changes none)."""
+    report = metrics.classification_report(labels, probs.argmax(axis=1), num_classes)
+    return {
+        "num_images": len(labels),
+        **{k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+    }
+
+
+def _write_report(wd, section: dict, report: dict, scores: dict) -> None:
+    folder = wd.file(FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    calibration.plot_reliability(
+        [report["reliability_before"], report["reliability_after"]],
+        os.path.join(folder, DIAGRAM_FILE),
+        titles=[
+            f"before: ECE {100 * report['ece_before']:.1f}%",
+            f"after T={report['temperature']:.2f}: ECE {100 * report['ece_after']:.1f}%",
+        ],
+        suptitle=f"validation split, {scores['num_images']} images",
+    )
+    io.atomic_write_json(
+        os.path.join(folder, REPORT_FILE),
+        {"inference": section, "validation": scores, "calibration": report},
+    )
+
+
+def _commit(wd, run: dict, section: dict, scores: dict | None) -> dict:
+    if scores is not None:
+        section["validation"] = {k: round(v, 6) for k, v in scores.items()}
+    run[INFERENCE_KEY] = section
+    wd.write_run(run)
+    return section
+
+
+__all__ = ["MIN_IMAGES", "calibrate_run", "decided_tta", "forget_temperature", "predict_split"]
