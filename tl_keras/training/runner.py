@@ -39,7 +39,7 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
-from tl_keras.training import checkpoint, distribute, rollback
+from tl_keras.training import checkpoint, distribute, optim, rollback
 from tl_keras.training.phase import PhaseResult, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
@@ -222,6 +222,7 @@ def initial_state(
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
         model = build_initial_model(spec, data)
+        _check_rates(plan, spec, model)  # before an old run is cleared
         if run is not None and plan.chief:  # --overwrite or a restart: now clear the old run
             wd.clear_results()
             checkpoint.remove_all(wd.path)
@@ -236,7 +237,22 @@ def initial_state(
         first = names.index(plan.targets[0].name)
         for n in [n for n in plan.done if n in names and names.index(n) >= first]:
             run["phases"].pop(n)  # redone phases and everything after them
+    _check_rates(plan, spec, model)
     return RunState(model, history, run, reference, data)
+
+
+def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) -> None:
+    """Refuses per-block rates that do not fit the base (more groups than blocks) before any
+    phase trains, rather than when the first phase that unfreezes starts.
+
+    Raises:
+      ConfigError: naming `layer_decay_groups` and the base's blocks.
+    """
+    for p in plan.targets:
+        if p.trains_base and p.layer_decay != 1.0:
+            optim.discriminative_multipliers(
+                model, spec.backbone, p.layer_decay, groups=p.layer_decay_groups
+            )
 
 
 def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> None:
