@@ -148,6 +148,21 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.stopped_epoch = self._resume_state["stopped_epoch"]
             self.best_weights = self._resume_best_weights
 
+    def resumed_best_weights(self):
+        """The best weights so far, also for a resumed phase whose `fit` never ran (it had
+        finished): those come from the checkpoint, as `on_train_begin` would have set them."""
+        return self.best_weights if self.best_weights is not None else self._resume_best_weights
+
+    def kept_epoch(self) -> int | None:
+        """The global epoch (1-based) whose weights the phase hands on, or None when early
+        stopping restored none (`restore_best_weights` restores at the end of every `fit`)."""
+        if self.best_weights is not None:
+            return int(self.best_epoch) + 1  # Keras counts global epochs from 0
+        saved = self._resume_state
+        if self._resume_best_weights is not None and saved:
+            return int(saved["best_epoch"]) + 1
+        return None
+
     def resume_state(self) -> dict:
         best = None if self.best is None else float(self.best)
         return {
@@ -317,7 +332,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
             finished_phase=stopped or e == w.last_epoch,
             stopped_early=stopped,
             wall_time_s=w.wall_before + time.perf_counter() - self._start,
-            history=History(w.history_before.records + s.recorder.history.records),
+            history=History(
+                w.history_before.records + s.recorder.history.records, list(w.history_before.kept)
+            ),
             early_stopping=s.early,
             callback_state={type(cb).__name__: checkpoint.callback_state(cb) for cb in s.schedule},
             best=s.best.best if s.best is not None else None,

@@ -30,7 +30,7 @@ import numpy as np
 
 from tl_keras import io
 from tl_keras.errors import WorkdirError
-from tl_keras.history import History
+from tl_keras.history import History, KeptEpoch
 
 if TYPE_CHECKING:
     import keras
@@ -190,6 +190,7 @@ def write(
             "wall_time_s": wall_time_s,
             "early_stopping": es_state,
             "history": history.records,
+            "history_kept": [dataclasses.asdict(k) for k in history.kept],
         }
         io.atomic_write_json(os.path.join(tmp, "state.json"), state)  # written last
     for old in glob.glob(os.path.join(root, "epoch-*")):
@@ -221,6 +222,7 @@ def latest(workdir: str) -> Checkpoint | None:
         history = History()
         for r in state["history"]:
             history.append(r["phase"], r["epoch"], r.get("lr"), r)
+        history.kept = [KeptEpoch(**k) for k in state.get("history_kept", [])]
         return Checkpoint(
             path=path,
             phase=state["phase"],

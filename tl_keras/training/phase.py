@@ -58,6 +58,8 @@ class PhaseResult:
     rollback: RollbackDecision | None = None
     # Under rollback: what the next phase must beat (the best weights kept so far).
     reference: Snapshot | None = None
+    # The global epoch whose weights early stopping restored at the phase's end, when it did.
+    kept_epoch: int | None = None
 
 
 @dataclasses.dataclass
@@ -358,8 +360,9 @@ def fit(
     resume, early = setup.resume, state.early
     if resume is not None and resume.finished_phase:
         remaining = 0
-        if early is not None and early.best_weights is not None:
-            setup.fit_model.set_weights(early.best_weights)  # as EarlyStopping.on_train_end would
+        best = None if early is None else early.resumed_best_weights()
+        if best is not None:
+            setup.fit_model.set_weights(best)  # as EarlyStopping.on_train_end would
     if remaining > 0:
         data = setup.fit_data
         setup.fit_model.fit(
@@ -423,5 +426,11 @@ def outcome(
         )
     best = state.best.best if state.best is not None else None
     return PhaseResult(
-        phase, state.recorder.history, setup.report, window.wall_before + seconds, stopped, best
+        phase,
+        state.recorder.history,
+        setup.report,
+        window.wall_before + seconds,
+        stopped,
+        best,
+        kept_epoch=early.kept_epoch() if early is not None else None,
     )

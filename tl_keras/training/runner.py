@@ -301,11 +301,21 @@ def run_phases(
                 state.model, result, state.reference, state.data
             )
         state.history.extend(result.history)
+        _mark_kept(state.history, result)
         save_phase(out, state, config, result)
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     return results
+
+
+def _mark_kept(history: History, result: PhaseResult) -> None:
+    """Marks the epoch whose weights the phase handed on, when not simply its last one."""
+    decision = result.rollback
+    if decision is not None and decision.rolled_back:
+        history.mark_kept(result.phase.name, decision.reference.epoch, "rollback")
+    elif result.kept_epoch is not None:
+        history.mark_kept(result.phase.name, result.kept_epoch, "early stopping")
 
 
 def _log_callbacks(config: config_lib.Config, wd: Workdir) -> list[keras.callbacks.Callback]:
