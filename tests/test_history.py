@@ -148,7 +148,8 @@ def test_learning_rate_steps_at_the_boundary_never_slopes_across_it():
     # Each epoch's rate drawn flat over that epoch, from 0.5 to 5.5.
     assert list(line.get_xdata()) == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
     xs, ys = STEP_LOOKUP_MAP[line.get_drawstyle()](line.get_xdata(), line.get_ydata())
-    segments = list(zip(zip(xs, ys), zip(xs[1:], ys[1:]), strict=False))
+    points = list(zip(xs, ys, strict=True))
+    segments = list(zip(points, points[1:], strict=False))
     # As drawn: no segment changes epoch and rate at once (no slope), and the one change of
     # rate is a vertical step at the boundary, 2.5.
     assert not [s for s in segments if s[0][0] != s[1][0] and s[0][1] != s[1][1]]
