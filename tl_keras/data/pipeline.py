@@ -39,6 +39,7 @@ import tensorflow as tf
 from tl_keras import io
 from tl_keras.data import augment as augment_lib
 from tl_keras.errors import DataError, DataTypeError
+from tl_keras.progress import say
 
 log = logging.getLogger("tl_keras")
 
@@ -139,6 +140,11 @@ class DataBundle:
     train_labels: np.ndarray | None = None
     train_in_order: tf.data.Dataset | None = None
     feature_source_key: tuple[str, str] | None = None
+    # The validation and test images in their datasets' order, for reports that name an image
+    # (evaluate's confident mistakes): their files for image folders, else the source's name of
+    # each image (`x_train[12]`, `tf_flowers[train] example 17`). Split name -> list.
+    image_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    image_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -241,6 +247,8 @@ class RawData:
     source: str
     where: dict[str, str]  # split -> where it came from, for messages ('val_dir=...', ...)
     ignored: list[str] = dataclasses.field(default_factory=list)
+    # split -> the folder its images' names are relative to (image folders only).
+    roots: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 # --- decoding --------------------------------------------------------------------------------------
@@ -595,6 +603,8 @@ def _hold_out_validation(raw: RawData, val_fraction: float, seed: int) -> None:
         )
     train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
     raw.splits["train"], raw.splits["val"] = train.subset(train_idx), train.subset(val_idx)
+    if "train" in raw.roots:
+        raw.roots["val"] = raw.roots["train"]
     raw.where["val"] = f"val_fraction={val_fraction:g} of {raw.where['train']}"
 
 
@@ -653,6 +663,12 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
     _log_report(report, p)
     k = len(raw.class_names)
     val, test = splits.get("val"), splits.get("test")
+    files, names = {}, {}
+    for split, images in (("val", val), ("test", test)):
+        if images is not None and split in raw.roots:
+            files[split] = [os.path.join(raw.roots[split], n) for n in images.names]
+        elif images is not None:
+            names[split] = list(images.names)
     return DataBundle(
         make_train_epoch=train_epoch_fn(splits["train"], k, p),
         val=eval_dataset(val, k, p) if val is not None and len(val) else None,
@@ -671,12 +687,14 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
             _cache_key(splits["train"], p),
             _cache_key(val, p) if val is not None and len(val) else "",
         ),
+        image_files=files,
+        image_names=names,
     )
 
 
 def _log_report(r: DataReport, p: Pipeline) -> None:
     counts = " / ".join(f"{n} {split}" for split, n in r.images.items())
-    log.info(
+    say(
         "data: %s: %d classes, %s images (every image decoded once in %.1fs)",
         r.source,
         len(r.class_names),

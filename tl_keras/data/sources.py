@@ -235,12 +235,14 @@ def _folder_source(config) -> RawData:
         source=config.data_dir,
         where={"train": _where(root, "data_dir")},
         ignored=list(train.ignored),
+        roots={"train": train.root},
     )
     for split, folder, field in (("val", val_dir, "val_dir"), ("test", test_dir, "test_dir")):
         if folder:
             listing = list_image_folder(folder, class_names=train.class_names, field=field)
             raw.splits[split] = _images_from_listing(listing)
             raw.where[split] = _where(folder, field)
+            raw.roots[split] = listing.root
             raw.ignored += [os.path.join(folder, f) for f in listing.ignored]
     return raw
 

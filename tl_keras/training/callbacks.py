@@ -19,6 +19,7 @@ import keras
 
 from tl_keras import _failpoints
 from tl_keras.history import History
+from tl_keras.progress import Progress, say
 from tl_keras.training import checkpoint, schedules
 from tl_keras.training.rollback import Snapshot, is_worse
 from tl_keras.training.schedules import current_lr
@@ -50,7 +51,9 @@ class HistoryRecorder(schedules.LRRecorder):
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """One plain line per epoch, for logs and non-interactive runs (no progress-bar noise)."""
+    """One plain line per epoch, for logs, notebooks and non-interactive runs (no progress-bar
+    noise): `[ft] epoch 7 (2/5) - 1.2s - loss ... - val_accuracy ... - lr 1.00e-04`, the run's
+    epoch, then the phase's k/n. Shown without any set-up (`tl_keras.progress.say`)."""
 
     def __init__(
         self, phase: str, initial_epoch: int, epochs: int, recorder: HistoryRecorder | None = None
@@ -65,7 +68,7 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         metrics = " - ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
-        log.info(
+        say(
             "[%s] epoch %d (%d/%d) - %.1fs - %s - lr %.2e",
             self.phase,
             epoch + 1,
@@ -78,8 +81,51 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def use_progress_bar(progress: str) -> bool:
-    """Whether `fit` shows its progress bar (else one plain line per epoch, `EpochLogger`)."""
+    """Whether `fit` shows a progress bar (`PhaseProgressBar`) rather than one plain line per
+    epoch (`EpochLogger`): 'bar', or 'auto' on a terminal. A notebook gets the lines: they read
+    well live and in a saved notebook, where a bar's redraws would not."""
     return progress == "bar" or (progress == "auto" and sys.stdout.isatty())
+
+
+class PhaseProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, headed by the phase, its epoch k/n and the learning rate.
+
+    Keras's own bar says only `Epoch 7/10`, which across phases is ambiguous (whose 10?) and
+    hides the switch to a 10-100x lower rate. Passed to `fit` (with `verbose=1`), it replaces
+    the bar Keras would add; each epoch opens with
+
+        [ft] epoch 7 (2/5) - lr 1.00e-04
+
+    and the bar's last line carries the epoch's metrics.
+    """
+
+    def __init__(self, phase: str, initial_epoch: int, epochs: int):
+        super().__init__()
+        self.phase, self.initial_epoch, self.phase_epochs = phase, initial_epoch, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if self.verbose:
+            print(
+                f"[{self.phase}] epoch {epoch + 1} ({epoch + 1 - self.initial_epoch}/"
+                f"{self.phase_epochs}) - lr {current_lr(self.model.optimizer):.2e}",
+                flush=True,
+            )
+
+
+class CountImages(keras.callbacks.Callback):
+    """Counts the images `predict` runs through into a `tl_keras.progress.Progress`, so a long
+    one-off pass (the feature pass) shows how far it is."""
+
+    def __init__(self, progress: Progress):
+        super().__init__()
+        self.progress = progress
+
+    def on_predict_batch_end(self, batch, logs=None):
+        outputs = (logs or {}).get("outputs")
+        if outputs is not None:
+            self.progress.update(int(keras.ops.shape(outputs)[0]))
 
 
 class NonFiniteGuard(keras.callbacks.Callback):

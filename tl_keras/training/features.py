@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tl_keras import io
+from tl_keras.progress import Progress
 
 if TYPE_CHECKING:
     import keras
@@ -136,15 +137,23 @@ def compute(
     import tensorflow as tf
 
     from tl_keras.training import distribute
+    from tl_keras.training.callbacks import CountImages
 
     distribute.enable_multi_worker_fit(extractor, tf.distribute.get_strategy())
-    arrays = {"train": np.asarray(extractor.predict(data.train_in_order, verbose=0), np.float32)}
-    dim = arrays["train"].shape[-1]
-    arrays["val"] = (
-        np.asarray(extractor.predict(data.val.map(lambda x, y: x), verbose=0), np.float32)
-        if data.val is not None
-        else np.zeros((0, dim), np.float32)
-    )
+    total = data.num_train + (data.num_val if data.val is not None else 0)
+    with Progress("feature pass", total=total) as progress:
+        counted = [CountImages(progress)]
+        train = extractor.predict(data.train_in_order, verbose=0, callbacks=counted)
+        arrays = {"train": np.asarray(train, np.float32)}
+        dim = arrays["train"].shape[-1]
+        arrays["val"] = (
+            np.asarray(
+                extractor.predict(data.val.map(lambda x, y: x), verbose=0, callbacks=counted),
+                np.float32,
+            )
+            if data.val is not None
+            else np.zeros((0, dim), np.float32)
+        )
     seconds = time.perf_counter() - start
     _MEMORY.clear()  # one entry: a process trains one model at a time
     _MEMORY[key] = arrays

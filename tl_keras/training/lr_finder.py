@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.progress import say
 
 if TYPE_CHECKING:
     import keras
@@ -543,7 +544,7 @@ def _log_suggestion(config, target: recipe.Phase, result, out: str) -> None:
             f" = lr {config.lr:.2e} / {config.lr / result.suggestion:.3g} (a fine-tuning factor "
             f"must lie in [{lo:g}, {hi:g}])"
         )
-    log.info(
+    say(
         "[lr_find] %s: suggested lr %.2e (%s, %d steps%s)%s; the phase now trains at %.2e; "
         "plot and JSON in %s",
         target.name,

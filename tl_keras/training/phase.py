@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ from tl_keras.data.pipeline import DataBundle
 from tl_keras.errors import TrainingError
 from tl_keras.history import History
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
+from tl_keras.progress import say
 from tl_keras.recipe import Phase
 from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
 from tl_keras.training.callbacks import (
@@ -35,14 +35,13 @@ from tl_keras.training.callbacks import (
     FullModelView,
     HistoryRecorder,
     NonFiniteGuard,
+    PhaseProgressBar,
     PhaseState,
     PhaseWindow,
     ResumableEarlyStopping,
     use_progress_bar,
 )
 from tl_keras.training.rollback import RollbackDecision, Snapshot
-
-log = logging.getLogger("tl_keras")
 
 
 @dataclasses.dataclass
@@ -198,7 +197,7 @@ def set_up(
     )
     first_epoch, wall_before, done_records = initial_epoch + 1, 0.0, []
     if resume is None:
-        log.info("[%s] %s", phase.name, report.summary())
+        say("[%s] %s", phase.name, report.summary())
         _log_rates(phase, optimizer)
         optim.compile_for_phase(model, phase, optimizer=optimizer, jit_compile=jit_compile)
     else:
@@ -212,7 +211,7 @@ def set_up(
             model.optimizer.learning_rate = resume.lr
         for cb in schedule_callbacks:
             checkpoint.restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
-        log.info(
+        say(
             "[%s] resuming after epoch %d (%d of %d done) from %s; %s",
             phase.name,
             resume.epoch,
@@ -255,7 +254,7 @@ def use_cached_features(
     reason = features.why_not_cached(phase, data.pipeline)
     if reason is not None:
         if not phase.trains_base:
-            log.info("[%s] feature extraction runs the base every epoch: %s", phase.name, reason)
+            say("[%s] feature extraction runs the base every epoch: %s", phase.name, reason)
         return setup
     arrays, seconds, reused = features.compute(model, data, mode=mode, workdir=cache_dir)
     fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
@@ -271,7 +270,7 @@ def use_cached_features(
         jit_compile=jit_compile,
         steps_per_execution=1 if strategy is not None else max(1, fit_data.steps_per_epoch or 1),
     )
-    log.info(
+    say(
         "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
         "head trains on them",
         phase.name,
@@ -287,7 +286,7 @@ def use_cached_features(
 def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
     s = phase.lr_schedule
     if s.name != "constant" or s.warmup_epochs:
-        log.info(
+        say(
             "[%s] lr %.2e, schedule %s%s",
             phase.name,
             phase.lr,
@@ -296,7 +295,7 @@ def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
         )
     if isinstance(optimizer, lr_multipliers.LRMultiplierOptimizer):
         rates = sorted(set(optimizer.lr_multipliers.values()))
-        log.info(
+        say(
             "[%s] discriminative learning rates (layer_decay %g%s): %d variables at lr x %s",
             phase.name,
             phase.layer_decay,
@@ -338,8 +337,10 @@ def make_callbacks(
     cbs += state.schedule  # they change the rate at epoch ends: before the checkpoint
     if checkpoint_dir:
         cbs.append(EpochCheckpoint(checkpoint_dir, setup.window, state, save_model=setup.model))
-    if not use_progress_bar(progress):
-        w = setup.window
+    w = setup.window
+    if use_progress_bar(progress):
+        cbs.append(PhaseProgressBar(phase.name, w.first_epoch - 1, phase.epochs))
+    else:
         cbs.append(EpochLogger(phase.name, w.first_epoch - 1, phase.epochs, recorder))
     if setup.fit_model is not setup.model:  # cached features: callbacks still see the whole model
         user_callbacks = [FullModelView(cb, setup.model) for cb in user_callbacks]
@@ -406,7 +407,7 @@ def outcome(
     )
     epochs_run = len(state.recorder.history)
     if stopped and not phase.trains_base:
-        log.info(
+        say(
             "[%s] %s stopped improving for %d epochs: switching to the next phase after %d of "
             "%d epochs, with the phase's best weights (epoch %d)",
             phase.name,
@@ -417,7 +418,7 @@ def outcome(
             early.best_epoch + 1,  # Keras counts global epochs from 0 when fit has initial_epoch
         )
     elif stopped:
-        log.info(
+        say(
             "[%s] early stopping after %d of %d epochs; restored the phase's best weights (epoch %d)",
             phase.name,
             epochs_run,
