@@ -107,6 +107,10 @@ FLAG_CASES = {
         ["--weights=nope.weights.h5"],
         ["weights file 'nope.weights.h5' does not exist", "'imagenet', 'none'"],
     ),
+    "layer-decay-groups-too-many": (
+        ["--layer_decay=0.33", "--layer_decay_groups=20"],
+        ["layer_decay_groups=20 is not allowed: the base has 14 blocks (stem .. block_13)"],
+    ),
 }
 
 
