@@ -185,3 +185,28 @@ def test_kept_marks_survive_json_and_truncate_with_their_phase():
     assert again.truncate(4).kept == [KeptEpoch("fe", 2, "early stopping")]  # ft not over
     h.mark_kept("fe", 1, "early stopping")  # one mark per phase: the newest decision
     assert [k for k in h.kept if k.phase == "fe"] == [KeptEpoch("fe", 1, "early stopping")]
+
+
+def test_drawing_leaves_the_programs_matplotlib_alone():
+    """The package never picks a backend nor leaves figures in pyplot: a notebook's inline
+    backend survives `train()`, and its own `plt.show()` still shows."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from test_history import make_history\n"
+        "from tl_keras.plotting import plot_history\n"
+        "from tl_keras.inference import evaluate as ev\n"
+        "from tl_keras.training import compare\n"
+        "plot_history(make_history(), show_lr=True)\n"
+        "print(matplotlib.get_backend(), plt.get_fignums())\n"
+    )
+    from conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "svg []"

@@ -6,20 +6,19 @@ numbers on the axis; the learning rate is drawn as what it is, one rate per epoc
 first step used), so a phase switch shows as a step at the boundary, never as a slope across
 it; the epoch whose weights a phase handed on, when not its last (early stopping, rollback), is
 ringed on the validation curves (`History.kept`).
+
+Figures are drawn on their own Agg canvas (`new_figure`), never through pyplot: the package
+does not choose the program's matplotlib backend.
 """
 
 from __future__ import annotations
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only; never needs a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from tl_keras import io  # noqa: E402
-from tl_keras.history import History  # noqa: E402
+from tl_keras import io
+from tl_keras.history import History
 
 PHASE_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 BOUNDARY_GID = "phase-boundary"  # matplotlib gid, so tests and tools can find the lines
@@ -47,14 +46,14 @@ def plot_history(
       title: figure title.
 
     Returns:
-      The matplotlib Figure (closed from pyplot's registry, so figures do not pile up).
+      The matplotlib Figure (on its own Agg canvas, never in pyplot's registry: in a notebook,
+      `display(fig)` shows it).
     """
     panels = [m for m in metrics if any(v is not None for v in history.metric(m))]
     if show_lr:
         panels.append("lr")
-    fig, axes = plt.subplots(
-        1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 4), squeeze=False
-    )
+    fig = new_figure(figsize=(5.5 * max(len(panels), 1), 4))
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)
     for ax, name in zip(axes[0], panels, strict=False):
         _shade_phases(ax, history)
         if name == "lr":
@@ -74,7 +73,18 @@ def plot_history(
     fig.tight_layout()
     if path:
         save_figure(fig, path)
-    plt.close(fig)
+    return fig
+
+
+def new_figure(**kwargs) -> Figure:
+    """A matplotlib Figure on its own Agg canvas, outside pyplot.
+
+    The package draws only through these: it never chooses the program's matplotlib backend
+    (`matplotlib.use`) nor leaves figures in pyplot's registry, so a notebook's own
+    `plt.show()` after `train()` still shows inline, and nothing piles up in a long run.
+    """
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
     return fig
 
 

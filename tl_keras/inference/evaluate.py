@@ -336,12 +336,13 @@ def plot_confusion_matrix(evaluation: Evaluation, path: str | None = None):
     Returns:
       The matplotlib Figure.
     """
-    from tl_keras.plotting import plt, save_figure
+    from tl_keras.plotting import new_figure, save_figure
 
     names = evaluation.class_names
     n = len(names)
     side = min(4 + 0.45 * n, 14)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), squeeze=False)
+    fig = new_figure(figsize=(2 * side + 1.5, side))
+    axes = fig.subplots(1, 2, squeeze=False)
     panels = (
         (evaluation.confusion, "counts", "d"),
         (evaluation.normalized_confusion(), "normalised by true class (row = recall)", ".2f"),
@@ -375,7 +376,6 @@ def plot_confusion_matrix(evaluation: Evaluation, path: str | None = None):
     fig.tight_layout()
     if path:
         save_figure(fig, path)
-    plt.close(fig)
     return fig
 
 
@@ -390,11 +390,12 @@ def plot_confident_errors(evaluation: Evaluation, path: str | None = None, *, co
     Returns:
       The matplotlib Figure.
     """
-    from tl_keras.plotting import plt, save_figure
+    from tl_keras.plotting import new_figure, save_figure
 
     errors = [e for e in evaluation.confident_errors if e.image is not None]
     if not errors:
-        fig, ax = plt.subplots(figsize=(5, 1.5), layout="constrained")
+        fig = new_figure(figsize=(5, 1.5), layout="constrained")
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(
             0.5,
@@ -408,9 +409,8 @@ def plot_confident_errors(evaluation: Evaluation, path: str | None = None, *, co
         rows = math.ceil(len(errors) / cols)
         # Constrained layout sizes the gaps from the captions themselves, so a three-line
         # caption never runs into the image above it (tight_layout let them overlap).
-        fig, axes = plt.subplots(
-            rows, cols, figsize=(2.6 * cols, 3.2 * rows), squeeze=False, layout="constrained"
-        )
+        fig = new_figure(figsize=(2.6 * cols, 3.2 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.ravel():
             ax.axis("off")
         for ax, error in zip(axes.ravel(), errors, strict=False):
@@ -424,7 +424,6 @@ def plot_confident_errors(evaluation: Evaluation, path: str | None = None, *, co
         fig.suptitle(f"Most confident mistakes ({len(errors)} of {evaluation.num_errors})")
     if path:
         save_figure(fig, path)
-    plt.close(fig)
     return fig
 
 
