@@ -1,31 +1,45 @@
-"""Run the walkthroughs top to bottom, or strip their outputs before a commit.
+"""Run the walkthroughs top to bottom; render them with their outputs for git; check them.
 
-    python notebooks/run.py                 # every notebook, full size; executed copies with
-                                            # their outputs go to runs/notebooks/ (not in git)
-    python notebooks/run.py --tiny 02_fine_tuning.ipynb     # small and fast, as CI runs it
-    python notebooks/run.py --strip         # clear outputs of the committed notebooks in place
+    python notebooks/run.py --render                  # every notebook, full size, outputs saved
+    python notebooks/run.py --render 03_gradual_unfreezing.ipynb        # one (or several)
+    python notebooks/run.py --check                   # are the committed outputs current?
+    python notebooks/run.py --tiny 02_fine_tuning.ipynb   # small and fast, as CI runs it
+    python notebooks/run.py                           # full size, executed copies in runs/notebooks/
+    python notebooks/run.py --strip                   # clear outputs in place (while editing)
 
-The committed notebooks carry no outputs (tests/test_notebooks.py checks it): outputs belong to
-a machine and a run, and they would bloat every diff. The test suite executes each notebook in
-tiny mode through `execute` below, so a broken walkthrough fails CI.
+The committed notebooks carry their outputs, from a full-size run on the shared ImageNet weights
+and flower photos, so a reader sees every plot and table without running anything. `--render`
+executes each notebook in a fresh kernel, compresses its images (at most MAX_IMAGE_WIDTH pixels
+wide, 256 colours) and records in the notebook's metadata (`tl_keras`) the hash of what produced
+the outputs (its code cells and walkthrough.py), how long it took and on how many CPUs.
+tests/test_notebooks.py checks that hash against the current code, that no output is an error,
+and runs every notebook again in tiny mode. Format a notebook (`ruff format notebooks`) before
+rendering it: formatting changes its code, so its hash.
 
-Each notebook reads its parameters from the environment in its first cell:
-  TL_KERAS_TINY=1     small data, small images, one or two epochs (seconds, not minutes)
-  TL_KERAS_RUNS=DIR   where it writes its workdirs (default ../runs/notebooks)
-  TL_KERAS_SHARED=DIR the shared weights and photos, when present (default ../../shared)
+Each notebook's first code cell calls `walkthrough.setup()`, which reads the parameters from the
+environment (TL_KERAS_TINY, TL_KERAS_RUNS, TL_KERAS_SHARED, TL_KERAS_OFFLINE) and says which
+weights and photos it uses.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import datetime
+import hashlib
+import io
 import os
 import pathlib
+import re
 import sys
 import time
 
 NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parent
 REPO = NOTEBOOKS_DIR.parent
 KERNEL = "python3"
+HELPER = NOTEBOOKS_DIR / "walkthrough.py"  # the set-up every notebook imports: part of its source
+MAX_IMAGE_WIDTH = 1100  # pixels; wider figures are scaled down when rendering
+RENDER_CELL_TIMEOUT_S = 3600
 
 
 def notebooks() -> list[str]:
@@ -56,7 +70,8 @@ def execute(name: str, *, tiny: bool, runs_dir: str | os.PathLike, timeout: int 
     env = {
         **os.environ,
         "TL_KERAS_TINY": "1" if tiny else "0",
-        "TL_KERAS_RUNS": str(pathlib.Path(runs_dir).resolve()),
+        # Relative to the notebook's folder, where the kernel runs: outputs show short paths.
+        "TL_KERAS_RUNS": os.path.relpath(pathlib.Path(runs_dir).resolve(), NOTEBOOKS_DIR),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         # This checkout's package first, whatever an editable install elsewhere points at.
         "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -69,6 +84,106 @@ def execute(name: str, *, tiny: bool, runs_dir: str | os.PathLike, timeout: int 
     )
     client.execute(env=env)
     return nb
+
+
+def source_hash(nb) -> str:
+    """sha256 of what produces a notebook's outputs: walkthrough.py and the code cells, in order.
+
+    Markdown cells are left out: editing prose does not make the outputs stale.
+    """
+    h = hashlib.sha256(HELPER.read_bytes())
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            h.update(b"\0code cell\0" + cell.source.encode("utf-8"))
+    return h.hexdigest()
+
+
+def compress_png(data: str) -> str:
+    """A base64 PNG made smaller for git: at most MAX_IMAGE_WIDTH wide, 256 colours, optimised.
+
+    Returns the original when the result would not be smaller.
+    """
+    from PIL import Image
+
+    raw = base64.b64decode(data)
+    image = Image.open(io.BytesIO(raw)).convert("RGB")
+    if image.width > MAX_IMAGE_WIDTH:
+        height = round(image.height * MAX_IMAGE_WIDTH / image.width)
+        image = image.resize((MAX_IMAGE_WIDTH, height), Image.Resampling.LANCZOS)
+    image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    if out.tell() >= len(raw):
+        return data
+    return base64.b64encode(out.getvalue()).decode("ascii") + "\n"
+
+
+# TensorFlow's C++ start-up lines on stderr (absl's format: `I0000 00:00:1796113296.297283 123 port.cc:153]`,
+# and the line announcing them), which TF 2.21 prints whatever TF_CPP_MIN_LOG_LEVEL says. They
+# describe the rendering machine (its CPU instructions, that it has no GPU), not the walkthrough,
+# so rendering drops them; every other stderr line stays.
+TF_STARTUP = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] .*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$"
+)
+
+
+def drop_tf_startup_lines(cell) -> None:
+    """Removes TF_STARTUP lines from a cell's stderr outputs (and outputs left empty)."""
+    kept = []
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream" and output.get("name") == "stderr":
+            lines = output.text.splitlines(keepends=True)
+            output.text = "".join(line for line in lines if not TF_STARTUP.match(line.rstrip("\n")))
+            if not output.text:
+                continue
+        kept.append(output)
+    cell.outputs = kept
+
+
+def render(name: str, *, runs_dir: str | os.PathLike) -> float:
+    """Executes a notebook at full size and saves it in place, with its outputs.
+
+    Returns:
+      The seconds it took.
+    """
+    import nbformat
+
+    start = time.perf_counter()
+    nb = execute(name, tiny=False, runs_dir=runs_dir, timeout=RENDER_CELL_TIMEOUT_S)
+    seconds = time.perf_counter() - start
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # per-cell timestamps: noise in every diff
+        if cell.cell_type != "code":
+            continue
+        drop_tf_startup_lines(cell)
+        for output in cell.outputs:
+            if "image/png" in output.get("data", {}):
+                output.data["image/png"] = compress_png(output.data["image/png"])
+    nb.metadata["tl_keras"] = {
+        "source_sha256": source_hash(nb),
+        "mode": "full",
+        "render_seconds": round(seconds),
+        "rendered_on": f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPUs",
+    }
+    nbformat.write(nb, NOTEBOOKS_DIR / name)
+    return seconds
+
+
+def stale(name: str) -> str | None:
+    """Why a committed notebook's outputs are not current, or None when they are."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+    meta = nb.metadata.get("tl_keras", {})
+    if meta.get("source_sha256") is None:
+        return "never rendered"
+    if meta["source_sha256"] != source_hash(nb):
+        return "its code (or walkthrough.py) changed since it was rendered"
+    if meta.get("mode") != "full":
+        return f"rendered in {meta.get('mode')!r} mode, not full size"
+    return None
 
 
 def strip(path: str | os.PathLike) -> bool:
@@ -92,8 +207,11 @@ def strip(path: str | os.PathLike) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="notebooks to run (default: all)")
-    parser.add_argument("--tiny", action="store_true", help="small parameters, as CI runs them")
-    parser.add_argument("--strip", action="store_true", help="clear outputs in place instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--tiny", action="store_true", help="small parameters, as CI runs them")
+    mode.add_argument("--render", action="store_true", help="full size, outputs saved in place")
+    mode.add_argument("--check", action="store_true", help="say which outputs are stale")
+    mode.add_argument("--strip", action="store_true", help="clear outputs in place instead")
     parser.add_argument("--runs_dir", default=str(REPO / "runs" / "notebooks"))
     args = parser.parse_args(argv)
     names = args.names or notebooks()
@@ -104,15 +222,25 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"{name}: {'stripped' if strip(NOTEBOOKS_DIR / name) else 'already clean'}")
         return 0
+    if args.check:
+        reasons = {name: stale(name) for name in names}
+        for name, reason in reasons.items():
+            print(f"{name}: {reason or 'current'}")
+        return 1 if any(reasons.values()) else 0
     import nbformat
 
     os.makedirs(args.runs_dir, exist_ok=True)
+    total = time.perf_counter()
     for name in names:
+        if args.render:
+            print(f"{name}: rendered in {render(name, runs_dir=args.runs_dir):.0f} s", flush=True)
+            continue
         start = time.perf_counter()
         nb = execute(name, tiny=args.tiny, runs_dir=args.runs_dir)
         out = pathlib.Path(args.runs_dir) / name
         nbformat.write(nb, out)
-        print(f"{name}: {time.perf_counter() - start:.0f} s -> {out}")
+        print(f"{name}: {time.perf_counter() - start:.0f} s -> {out}", flush=True)
+    print(f"{len(names)} notebook(s) in {time.perf_counter() - total:.0f} s")
     return 0
 
 

@@ -120,6 +120,10 @@ FLAG_CASES = {
             "Lower --image_size",
         ],
     ),
+    "layer-decay-groups-too-many": (
+        ["--layer_decay=0.33", "--layer_decay_groups=20"],
+        ["layer_decay_groups=20 is not allowed: the base has 14 blocks (stem .. block_13)"],
+    ),
 }
 
 
@@ -346,6 +350,8 @@ def test_unsafe_model_file(finished, tmp_path):
     proc = run_module("tl_keras.predict", f"--workdir={workdir}", "--trust_model_code", str(image))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert image.name in proc.stdout
+
+
 # --- data the doctor can only partly use: exit 0, and the report says what it could not do -----
 def doctor_summary(proc) -> str:
     assert proc.returncode == 0, proc.stderr[-3000:]

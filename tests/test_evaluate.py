@@ -110,6 +110,92 @@ def test_top_k_is_clipped_below_the_number_of_classes():
     assert ev.evaluate(StubModel(), stub_data(), CLASSES, top_k=5).top_k == 2
 
 
+@pytest.mark.parametrize(
+    "classes, k",
+    [(2, 1), (3, 1), (5, 1), (7, 1), (8, 2), (11, 2), (12, 3), (19, 3), (20, 5), (1000, 5)],
+)
+def test_default_top_k_covers_at_most_a_quarter_of_the_classes(classes, k):
+    """Never "top-4 of 5": a top-k over many of the classes is near 1 for any model."""
+    assert ev.default_top_k(classes) == k
+
+
+def test_few_classes_report_top_1_only_by_default():
+    result = ev.evaluate(StubModel(), stub_data(), CLASSES)  # 3 classes, top_k not given
+    assert result.top_k == 1 and result.top_k_accuracy == result.accuracy
+    assert "top-" not in result.summary().splitlines()[0]
+    with pytest.raises(ConfigError, match="top_k=-1 0 \\(the default"):
+        ev.evaluate_workdir("unused", split="val", top_k=-1)
+
+
+def test_a_mistake_is_named_by_its_file_or_its_place_in_the_source_never_null():
+    images, labels = stub_data()
+    names = [f"x_train[{i}]" for i in range(10)]
+    by_name = ev.evaluate(StubModel(), (images, labels), CLASSES, names=names, num_errors=2)
+    assert [e.as_dict() for e in by_name.confident_errors][0] == {
+        "index": 9, "item": "x_train[9]", "true_class": "fox", "predicted_class": "dog",
+        "confidence": 0.9, "true_probability": 0.05,
+    }  # fmt: skip
+    files = [f"/photos/{CLASSES[y]}/{i}.jpg" for i, y in enumerate(LABELS)]
+    by_file = ev.evaluate(StubModel(), (images, labels), CLASSES, files=files, num_errors=2)
+    assert [e.as_dict()["file"] for e in by_file.confident_errors] == [files[9], files[3]]
+    unknown = ev.evaluate(StubModel(), (images, labels), CLASSES, num_errors=2)
+    assert [set(e.as_dict()) & {"file", "item"} for e in unknown.confident_errors] == [set(), set()]
+    assert "null" not in json.dumps([e.as_dict() for e in unknown.confident_errors])
+
+
+def test_array_data_names_each_validation_image_by_its_array_index():
+    from conftest import tiny_config
+
+    from tl_keras.data.sources import from_arrays
+
+    x = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3)).astype(np.uint8)
+    y = np.arange(20) % 2
+    data = from_arrays(tiny_config(val_fraction=0.25), x, y)
+    names = data.image_names["val"]
+    assert len(names) == data.num_val == 4 and not data.image_files  # 2 of each class
+    held_out = [int(n.removeprefix("x_train[").removesuffix("]")) for n in names]
+    val_x = np.concatenate([b.numpy() for b, _ in data.val])
+    assert val_x.shape[0] == 4 and len(set(held_out)) == 4  # distinct training images
+    assert [int(y[i]) for i in held_out] == [
+        int(v) for v in np.concatenate([b.numpy().argmax(1) for _, b in data.val])
+    ]
+
+
+def test_gallery_captions_never_run_into_the_images_above():
+    """Three-line captions under a row of images: each caption's box stays clear of the image
+    above it and of its neighbours' captions (tight_layout let them overlap)."""
+    long = "a_rather_long_file_name_from_a_camera_roll_0001.jpg"
+    errors = [
+        ev.ConfidentError(i, "sunflower", "dandelion", 0.99, 0.001, file=f"/p/{i}{long}",
+                          image=np.zeros((128, 128, 3), np.uint8))
+        for i in range(12)
+    ]  # fmt: skip
+    evaluation = ev.evaluate(StubModel(), stub_data(), CLASSES)
+    evaluation.confident_errors = errors
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ev.plot_confident_errors(evaluation)
+    canvas = FigureCanvasAgg(fig)  # the figure was closed after saving: a fresh canvas draws it
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.images]
+    rows: dict[float, list] = {}
+    for ax in axes:
+        rows.setdefault(round(ax.get_position().y0, 3), []).append(ax)
+    ordered = [
+        sorted(rows[y], key=lambda a: a.get_position().x0) for y in sorted(rows, reverse=True)
+    ]
+    assert [len(r) for r in ordered] == [4, 4, 4]
+    for above, row in zip(ordered, ordered[1:], strict=False):
+        for top, ax in zip(above, row, strict=True):
+            image = top.get_window_extent(renderer)
+            caption = ax.title.get_window_extent(renderer)
+            assert caption.y1 < image.y0, (caption, image)
+    for row in ordered:
+        boxes = [ax.title.get_window_extent(renderer) for ax in row]
+        assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), boxes
+
+
 def test_labels_in_another_class_order_are_remapped(result):
     # The same data, labelled in the order fox, cat, dog.
     order = ["fox", "cat", "dog"]
@@ -248,6 +334,16 @@ def test_workdir_validation_figures_equal_keras_evaluate(trained_workdir, tmp_pa
     saved = json.loads((tmp_path / ev.METRICS_FILE).read_text())
     assert saved["model"]["phase"] == "ft" and saved["data"]["split"] == "val"
     assert saved["accuracy"] == pytest.approx(result.accuracy, abs=5e-7)  # stored with 6 decimals
+    # Every mistake names its file (never "file": null): a validation image of its true class.
+    errors = saved["confident_errors"]
+    assert errors and None not in [e.get("file") for e in errors]
+    for e in errors:
+        assert (
+            os.path.isfile(e["file"])
+            and os.path.basename(os.path.dirname(e["file"])) == (e["true_class"])
+        )
+    val_files = load_run_data(trained_workdir).image_files["val"]
+    assert [e["file"] for e in errors] == [val_files[e["index"]] for e in errors]
 
 
 def test_workdir_phase_selects_that_phase_model(trained_workdir, tmp_path):
@@ -270,7 +366,12 @@ def test_workdir_test_split_is_used_when_the_data_has_one(trained_workdir, tmp_p
 
     real = trained_lib.load_run_data(trained_workdir)
     with_test = types.SimpleNamespace(
-        val=None, test=real.val, class_names=real.class_names, source="with a test split"
+        val=None,
+        test=real.val,
+        class_names=real.class_names,
+        source="with a test split",
+        image_files={"test": real.image_files["val"]},
+        image_names={},
     )
     monkeypatch.setattr(trained_lib, "load_run_data", lambda workdir, **kw: with_test)
     result = ev.evaluate_workdir(trained_workdir, out_dir=str(tmp_path))  # --split=test default

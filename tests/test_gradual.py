@@ -231,3 +231,32 @@ def test_saved_model_with_lr_multipliers_loads(tmp_path):
     assert type(result.model.optimizer).__name__ == "LRMultiplierAdam"
     loaded = keras.models.load_model(str(tmp_path / "ft" / "model.keras"))
     assert loaded.optimizer.lr_multipliers == result.model.optimizer.lr_multipliers
+
+
+def test_layer_decay_groups_give_five_rates_three_times_apart(tmp_path):
+    """Exercise (c)'s schedule on the real MobileNet: head 1, then 4 runs of blocks at 1/3,
+    1/9, 1/27, 1/81 down to the stem; every trainable variable of a run at its run's rate."""
+    from tl_keras.model.backbones import get, layer_infos
+    from tl_keras.model.classifier import build_model, set_trainable
+    from tl_keras.recipe import block_order, group_blocks
+
+    model = build_model("mobilenet", 3, image_size=32, weights=None, alpha=0.25)
+    set_trainable(model, "mobilenet", "all")
+    multipliers = optim.discriminative_multipliers(model, "mobilenet", 1 / 3, groups=4)
+    assert sorted({round(m, 9) for m in multipliers.values()}) == [
+        round(3.0**-k, 9) for k in (4, 3, 2, 1, 0)
+    ]
+    infos = layer_infos(get("mobilenet"), get_base(model))
+    runs = group_blocks(block_order(infos), 4)
+    top_run = {info.name for info in infos if info.block in runs[-1]}
+    in_top = {p: m for p, m in multipliers.items() if p.split("/")[-2] in top_run}
+    assert in_top and all(m == pytest.approx(1 / 3) for m in in_top.values())
+
+
+def test_too_many_layer_decay_groups_are_refused_before_anything_trains(tmp_path):
+    from tl_keras.errors import ConfigError
+
+    cfg = tiny_config(layer_decay=0.5, layer_decay_groups=99)
+    with pytest.raises(ConfigError, match="layer_decay_groups=99 is not allowed: the base has 14"):
+        runner.train(cfg, str(tmp_path))
+    assert not os.path.exists(tmp_path / "run.json") and not os.path.exists(tmp_path / "fe")

@@ -32,6 +32,8 @@ def test_fe_range_test_writes_plot_and_json(tmp_path):
     payload = json.loads((tmp_path / "lr_find" / "fe.json").read_text())
     assert payload["phase"] == "fe" and payload["phase_lr"] == pytest.approx(1e-3)
     assert payload["suggestion"] == pytest.approx(result.suggestion)
+    assert payload["suggestion_method"] in ("valley", "min/10")  # valley is the default rule
+    assert set(payload["suggestions"]) == {"valley", "steepest"}
     assert payload["implied_lr_factor"] is None  # fe trains only the head: no factor rule
     assert len(payload["lrs"]) == len(payload["losses"]) == len(result.lrs)
     assert (tmp_path / "lr_find" / "fe.png").read_bytes()[:4] == b"\x89PNG"
@@ -57,6 +59,8 @@ def test_refusals(tmp_path):
         run_lr_find(tiny_config(), str(tmp_path), phase="all")
     with pytest.raises(ConfigError, match="max_lr"):
         run_lr_find(tiny_config(), str(tmp_path), min_lr=1.0, max_lr=0.1)
+    with pytest.raises(ConfigError, match="--suggest='steep' is not a rule .* valley, steepest"):
+        run_lr_find(tiny_config(), str(tmp_path), suggest="steep")
     assert not (tmp_path / "lr_find").exists()
 
 
@@ -84,3 +88,5 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert_one_line_error(proc, "LR range test: max_lr must be a finite number > min_lr (0.01)")
     proc = run_lr_find_cli(*TINY, "--num_steps=1", f"--workdir={tmp_path}")
     assert_one_line_error(proc, "num_steps must be an integer >= 2")
+    proc = run_lr_find_cli(*TINY, "--suggest=steep", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "--suggest='steep' is not a rule of the LR range test")

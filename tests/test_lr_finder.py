@@ -13,7 +13,13 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tl_keras.training.lr_finder import LRFinderResult, _suggest, find_lr  # noqa: E402
+from tl_keras.training.lr_finder import (  # noqa: E402
+    SUGGEST_RULES,
+    LRFinderResult,
+    _suggest,
+    find_lr,
+    suggestions,
+)
 
 
 def _data(n=64, seed=0):
@@ -141,7 +147,8 @@ def test_suggestion_in_range_and_plot(tmp_path):
     result = find_lr(model, _dataset(), min_lr=1e-5, max_lr=10.0, num_steps=30)
     assert result.suggestion is not None
     assert result.lrs[0] <= result.suggestion <= result.lrs[-1]
-    assert result.suggestion_method in ("steepest", "min/10")
+    assert result.suggestion_method in ("valley", "min/10")
+    assert set(result.suggestions) == set(SUGGEST_RULES)
     path = tmp_path / "lr_find.png"
     fig = result.plot(path)
     assert isinstance(fig, Figure)
@@ -157,15 +164,52 @@ def test_suggest_rules():
     lrs = list(np.logspace(-5, 0, 11))
     # Falls, fastest between 1e-3.5 and 1e-2.5, bottoms out, then rises.
     smoothed = [2.0, 1.98, 1.95, 1.9, 1.6, 1.2, 1.0, 0.95, 0.9, 1.5, 5.0]
-    suggestion, method = _suggest(lrs, smoothed)
+    suggestion, method = _suggest(lrs, smoothed, "steepest")
     assert method == "steepest" and suggestion == lrs[4]
     # Minimum in the first steps: no descent to speak of, so min-loss lr / 10 ...
     coarse = [1e-6, 1e-4, 1e-2, 1.0]
-    assert _suggest(coarse, [1.0, 0.9, 2.0, 9.0]) == (pytest.approx(1e-5), "min/10")
-    # ... never below the first lr; values after a non-finite one are ignored.
-    suggestion, method = _suggest(lrs, [1.0, 2.0, 4.0, math.nan, 0.1] + [0.0] * 6)
-    assert method == "min/10" and suggestion == lrs[0]
-    assert _suggest(lrs[:1], [1.0]) == (None, None)
+    for rule in SUGGEST_RULES:
+        assert _suggest(coarse, [1.0, 0.9, 2.0, 9.0], rule) == (pytest.approx(1e-5), "min/10")
+        # ... never below the first lr; values after a non-finite one are ignored.
+        suggestion, method = _suggest(lrs, [1.0, 2.0, 4.0, math.nan, 0.1] + [0.0] * 6, rule)
+        assert method == "min/10" and suggestion == lrs[0]
+        assert _suggest(lrs[:1], [1.0], rule) == (None, None)
+    with pytest.raises(ValueError, match="suggest='steep' is unknown; use one of valley, steepest"):
+        _suggest(lrs, smoothed, "steep")
+
+
+def synthetic_range_test(early_dip: bool) -> tuple[list[float], list[float]]:
+    """A smoothed loss curve whose right answer is known: flat at 1.6 up to 1e-5, falling
+    steadily (linearly in log lr) to 0.4 at 1e-2, then diverging. The middle of the fall,
+    1e-3.5 = 3.2e-4, is the rate to pick, and its middle third, 1e-4 .. 1e-3, a right answer. With `early_dip`, the flat start has one noisy step
+    (a 0.06 drop and back near 9e-7), what misled the old rule on the shared flowers."""
+    lrs = np.logspace(-7, 0, 100)
+    x = np.log10(lrs)
+    loss = np.where(x < -5, 1.6, np.where(x < -2, 1.6 - 0.4 * (x + 5), 0.4 + 4 * (x + 2) ** 2))
+    loss = loss + 0.002 * np.sin(7 * x)  # a little wobble, as real curves have
+    if early_dip:
+        i = int(np.argmin(np.abs(lrs - 9e-7)))
+        loss[i : i + 2] -= 0.06
+    return list(lrs), list(loss)
+
+
+@pytest.mark.parametrize("early_dip", [False, True])
+def test_valley_finds_the_middle_of_the_fall(early_dip):
+    lrs, loss = synthetic_range_test(early_dip)
+    suggestion, method = _suggest(lrs, loss)  # the default rule
+    assert method == "valley"
+    # In the middle third of the fall, 1e-4 .. 1e-3 (the exact middle is 3.2e-4).
+    assert 1e-4 <= suggestion <= 1e-3, suggestion
+    assert suggestions(lrs, loss)["valley"] == suggestion
+
+
+def test_steepest_is_fooled_by_one_noisy_early_step():
+    """Why 'valley' is the default: the old rule picks the noise, three decades too low."""
+    lrs, loss = synthetic_range_test(early_dip=True)
+    suggestion, method = _suggest(lrs, loss, "steepest")
+    assert method == "steepest" and suggestion < 2e-6
+    clean = _suggest(*synthetic_range_test(early_dip=False), "steepest")[0]
+    assert 1e-5 <= clean <= 1e-2  # without the dip it lands in the fall
 
 
 def test_works_with_lr_multiplier_optimizer():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from tl_keras.history import KeptEpoch
 from tl_keras.training import runner
 from tl_keras.training.callbacks import BestWeights
 from tl_keras.training.rollback import Snapshot, decide_rollback, is_worse
@@ -116,8 +117,9 @@ def test_rollback_restores_the_previous_phase_best_weights_bitwise(tmp_path, log
         line.startswith("[ft] rollback: val_loss") and "kept the weights of fe epoch 1" in line
         for line in log_lines
     ), log_lines
-    # The history keeps what ft did; the model is fe's best.
+    # The history keeps what ft did; the model is fe's best, and the history marks it.
     assert [r["phase"] for r in result.history.records] == ["fe", "ft"]
+    assert result.history.kept == [KeptEpoch("ft", 1, "rollback")]
 
 
 def test_rollback_across_processes_uses_the_saved_best_weights(tmp_path, log_lines):

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from tl_keras.errors import TrainingError, WorkdirError
-from tl_keras.history import History
+from tl_keras.history import History, KeptEpoch
 from tl_keras.training import callbacks, runner
 
 
@@ -127,6 +127,11 @@ def test_early_stopping_moves_the_boundary(tmp_path):
     assert [p.stopped_early for p in result.phases] == [True, True]
     run = json.loads(pathlib.Path(tmp_path / "run.json").read_text())
     assert run["phases"]["fe"]["last_epoch"] == 2 and run["phases"]["fe"]["stopped_early"]
+    # Each phase handed on its first epoch's weights (val_loss never improved after it): the
+    # history says so, for the curves to ring those epochs.
+    kept = [KeptEpoch("fe", 1, "early stopping"), KeptEpoch("ft", 3, "early stopping")]
+    assert result.history.kept == kept
+    assert History.load(str(tmp_path / "history.json")).kept == kept
 
 
 def test_overwrite_replaces_a_run(tmp_path):

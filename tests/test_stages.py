@@ -248,3 +248,51 @@ def test_block_lr_multipliers_agree_with_timm_layer_decay():
     per_layer = recipe.block_lr_multipliers(LAYERS, 0.7)
     for layer in LAYERS[1:]:
         assert per_layer[layer.name] == pytest.approx(per_block[layer.block])
+
+
+# --- discriminative rates in groups of blocks -----------------------------------------------------
+MOBILENET_BLOCKS = ["stem", *[f"block_{i}" for i in range(1, 14)]]  # what layer_infos gives
+
+
+def test_group_blocks_splits_neighbours_evenly_lower_runs_larger():
+    assert recipe.group_blocks(["stem", "b1", "b2", "b3", "b4"], 2) == [
+        ["stem", "b1", "b2"],
+        ["b3", "b4"],
+    ]
+    runs = recipe.group_blocks(MOBILENET_BLOCKS, 4)
+    assert [len(r) for r in runs] == [4, 4, 3, 3]
+    assert [b for r in runs for b in r] == MOBILENET_BLOCKS  # every block once, in order
+    assert recipe.group_blocks(["a", "b"], 0) == [["a"], ["b"]]
+
+
+@pytest.mark.parametrize("groups", [-1, 15])
+def test_group_blocks_refuses_a_count_the_base_cannot_take(groups):
+    with pytest.raises(ConfigError, match=f"layer_decay_groups={groups} is not allowed: the base "
+                       "has 14 blocks \\(stem .. block_13\\); use 0"):  # fmt: skip
+        recipe.group_blocks(MOBILENET_BLOCKS, groups)
+
+
+def test_five_parameter_groups_each_three_times_the_one_below():
+    """Exercise (c): head, then 4 runs of blocks down to the stem, each rate 3x the one below."""
+    layers = [LayerInfo(f"{b}_conv", b, True, False) for b in MOBILENET_BLOCKS]
+    multipliers = recipe.block_lr_multipliers(layers, 1 / 3, groups=4)
+    by_block = {layer.block: multipliers[layer.name] for layer in layers}
+    runs = recipe.group_blocks(MOBILENET_BLOCKS, 4)
+    rates = [[by_block[b] for b in run] for run in runs]
+    assert all(len(set(r)) == 1 for r in rates)  # one rate per run
+    # stem run 1/81, then 1/27, 1/9, 1/3; the head (outside the base) trains at 1.
+    assert [r[0] for r in rates] == pytest.approx([1 / 81, 1 / 27, 1 / 9, 1 / 3])
+    # groups=0 is the per-block rule, unchanged.
+    assert recipe.block_lr_multipliers(LAYERS, 0.5, groups=0) == recipe.block_lr_multipliers(
+        LAYERS, 0.5
+    )
+
+
+def test_layer_decay_groups_reach_every_phase_and_refuse_negative():
+    for phase in recipe.build_schedule(Config(layer_decay=1 / 3, layer_decay_groups=4)):
+        assert (phase.layer_decay, phase.layer_decay_groups) == (1 / 3, 4)
+    assert Phase.from_dict({"name": "ft", "unfreeze": "all", "epochs": 1, "lr": 1e-4}) == Phase(
+        "ft", "all", 1, 1e-4
+    )  # a run.json written before the field existed still reads
+    with pytest.raises(ConfigError, match="layer_decay_groups=-1 is not allowed"):
+        config_lib.validate(Config(layer_decay_groups=-1))

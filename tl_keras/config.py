@@ -183,6 +183,12 @@ class Config:
         "block below at lr * layer_decay**2, ... down to the stem; the head at lr. In (0, 1]; "
         "1.0 = off.",
     )
+    layer_decay_groups: int = _field(
+        0,
+        "Discriminative learning rates in groups: the base's blocks (stem .. top) split into this "
+        "many runs of neighbouring blocks, each run one rate, layer_decay apart (head lr, top run "
+        "lr * layer_decay, ...); 0 = one rate per block.",
+    )
     lr_schedule: str = _field(
         _LR_SCHEDULE.name,
         "Learning rate within each phase: constant, cosine (decay to lr * min_lr_ratio), step "
@@ -573,6 +579,8 @@ def _check_training(c: Config) -> list[Phase]:
         raise _refused(c, "layer_decay", "use a factor in (0, 1], e.g. 0.7 (1.0 = off)")
     if c.class_weight not in CLASS_WEIGHTS:
         raise _refused(c, "class_weight", f"one of {', '.join(CLASS_WEIGHTS)}")
+    if c.layer_decay_groups < 0:
+        raise _refused(c, "layer_decay_groups", "use 0 (one rate per block) or a number of groups")
     if c.rollback not in rollback.MONITORS:
         raise _refused(c, "rollback", "use 'val_accuracy', 'val_loss' or '' (off)")
     if c.rollback and c.val_fraction == 0:

@@ -41,11 +41,29 @@ class PhaseSpan:
         return self.last - self.first + 1
 
 
+@dataclasses.dataclass(frozen=True)
+class KeptEpoch:
+    """The weights a phase handed on are those of an earlier epoch than its last one.
+
+    Attributes:
+      phase: the phase that handed them on.
+      epoch: the global epoch (1-based) whose weights were kept; under rollback, an epoch of an
+        earlier phase.
+      reason: why, in a few words ('early stopping', 'rollback').
+    """
+
+    phase: str
+    epoch: int
+    reason: str
+
+
 @dataclasses.dataclass
 class History:
-    """Per-epoch records of a whole run, in epoch order."""
+    """Per-epoch records of a whole run, in epoch order, and which epochs' weights were kept
+    where a phase did not hand on its last epoch's (`kept`)."""
 
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    kept: list[KeptEpoch] = dataclasses.field(default_factory=list)
 
     # --- building -----------------------------------------------------------------------------
     def append(self, phase: str, epoch: int, lr: float | None, logs: Mapping[str, Any]) -> None:
@@ -64,10 +82,18 @@ class History:
     def extend(self, other: History) -> None:
         for r in other.records:
             self.append(r["phase"], r["epoch"], r.get("lr"), r)
+        self.kept += other.kept
+
+    def mark_kept(self, phase: str, epoch: int, reason: str) -> None:
+        """Records that `phase` handed on the weights of `epoch` (early stopping, rollback)."""
+        self.kept = [k for k in self.kept if k.phase != phase] + [KeptEpoch(phase, epoch, reason)]
 
     def truncate(self, last_epoch: int) -> History:
-        """Returns the records up to and including `last_epoch`."""
-        return History([dict(r) for r in self.records if r["epoch"] <= last_epoch])
+        """Returns the records up to and including `last_epoch` (and the kept marks of the
+        phases that ended by then)."""
+        records = [dict(r) for r in self.records if r["epoch"] <= last_epoch]
+        ended = {s.phase for s in self.spans() if s.last <= last_epoch}
+        return History(records, [k for k in self.kept if k.phase in ended])
 
     # --- reading ------------------------------------------------------------------------------
     @property
@@ -108,7 +134,11 @@ class History:
 
     # --- (de)serialisation --------------------------------------------------------------------
     def to_json(self) -> str:
-        payload = {"records": self.records, "spans": [dataclasses.asdict(s) for s in self.spans()]}
+        payload = {
+            "records": self.records,
+            "spans": [dataclasses.asdict(s) for s in self.spans()],
+            "kept": [dataclasses.asdict(k) for k in self.kept],
+        }
         return json.dumps(payload, indent=1, allow_nan=False) + "\n"
 
     @classmethod
@@ -117,6 +147,7 @@ class History:
         history = cls()
         for r in payload["records"]:
             history.append(r["phase"], r["epoch"], r.get("lr"), r)
+        history.kept = [KeptEpoch(**k) for k in payload.get("kept", [])]
         return history
 
     def to_csv(self) -> str:

@@ -1,4 +1,12 @@
-"""Progress of the long one-off passes: the decode check, the feature pass, re-reading data.
+"""Progress a user sees without asking, and of the long one-off passes (decode check, feature
+pass, re-reading data).
+
+Where the lines go (`say`): through the `tl_keras` logger when the program has configured
+logging for it (a handler on it or on an ancestor it propagates to, or a level set on it: the
+commands do, and so does any program that calls `logging.basicConfig`); otherwise printed on
+stdout, so `train()` in a fresh notebook or a bare script shows its epochs without a set-up
+call. The library never adds a handler to, or sets the level of, any logger: that is the
+program's choice.
 
 A pass that takes more than a moment says where it is, with counts, every few seconds and once
 at the end, on the package's logger:
@@ -6,7 +14,7 @@ at the end, on the package's logger:
     [decode check] 1,024 / 3,439 images (30%), 2.1 s
     [decode check] 3,439 / 3,439 images (100%) in 6.8 s
 
-A pass that ends within `quiet_s` prints nothing, so short runs and the tests stay quiet. Times
+A pass that ends within `quiet_s` shows nothing, so short runs and the tests stay quiet. Times
 come from `time.monotonic`, so a wall clock that jumps (NTP, a laptop waking up) cannot make a
 pass look negative or endless.
 
@@ -19,9 +27,41 @@ pass look negative or endless.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 log = logging.getLogger("tl_keras")
+
+
+def logging_configured(logger: logging.Logger | None = None) -> bool:
+    """Whether the program configured logging for `logger` (default: the package's): a level
+    set on it, or a handler on it or on an ancestor its records propagate to."""
+    logger = logger or log
+    if logger.level != logging.NOTSET:
+        return True
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.handlers:
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def say(message: str, *args, logger: logging.Logger | None = None) -> None:
+    """One line of progress: an INFO record when logging is configured, else printed on stdout.
+
+    Args:
+      message: a %-format string, as for `logging`.
+      *args: its arguments.
+      logger: the logger (default: the package's).
+    """
+    logger = logger or log
+    if logging_configured(logger):
+        logger.info(message, *args)
+    else:
+        print(message % args if args else message, file=sys.stdout, flush=True)
 
 
 class Progress:
@@ -80,9 +120,9 @@ class Progress:
         now = time.monotonic()
         if now - self._start >= self.quiet_s and now - self._last >= self.every_s:
             self._last, self._shown = now, True
-            self.log.info(self._line(final=False))
+            say(self._line(final=False), logger=self.log)
 
     def close(self) -> None:
         """Logs the final count when the pass was long enough to be worth a line."""
         if self._shown or self.elapsed_s >= self.quiet_s:
-            self.log.info(self._line(final=True))
+            say(self._line(final=True), logger=self.log)

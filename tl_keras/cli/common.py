@@ -72,12 +72,45 @@ def setup_logging(stream=None) -> None:
     logger.propagate = False
 
 
+HELP_ARGS = ("--help", "-h", "-?")
+
+
+def script_name(module: str) -> str:
+    """The console command installed for a command module: tl_keras.cli.lr_find -> tl-keras-lr-find
+    (setup.cfg's `console_scripts`; tests/test_console_scripts.py holds the two together)."""
+    return "tl-keras-" + module.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def command_help(module: str) -> str:
+    """What `--help` prints: the command's docstring, then its flags (with the shared ones)."""
+    from absl import flags
+
+    doc = (sys.modules[module].__doc__ or "").strip()
+    sections = [
+        doc,
+        f"Installed as `{script_name(module)}`; the same as `python -m tl_keras."
+        f"{module.rsplit('.', 1)[-1]}`.",
+        "flags:" + flags.FLAGS.module_help(module),
+    ]
+    shared = flags.FLAGS.module_help(__name__)
+    if shared.strip() != f"{__name__}:":
+        sections.append("shared flags:" + shared)
+    sections.append("--helpfull lists every flag, TensorFlow's and absl's included.")
+    return "\n\n".join(sections)
+
+
 def run_main(define_flags: Callable[[], None], main: Callable[[list[str]], int]) -> None:
-    """The entry point every command shares: quiet TensorFlow, define the flags, run `main`."""
+    """The entry point every command shares: quiet TensorFlow, define the flags, run `main`.
+
+    `--help` prints the command's own help and exits 0 (absl's would point elsewhere and exit 1).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warning chatter
     from absl import app
 
     define_flags()
+    if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+        print(command_help(define_flags.__module__))
+        sys.exit(EXIT_OK)
     app.run(main)
 
 

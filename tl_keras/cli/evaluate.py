@@ -30,7 +30,10 @@ def define_flags() -> None:
     flags.DEFINE_string("phase", None, "Evaluate this phase's model (default: the final one).")
     flags.DEFINE_string("out_dir", None, "Output folder [default: <workdir>/evaluation/<data>].")
     flags.DEFINE_integer(
-        "top_k", evaluate_lib.DEFAULT_TOP_K, "k of the top-k accuracy (at most classes - 1)."
+        "top_k",
+        evaluate_lib.DEFAULT_TOP_K,
+        "k of the top-k accuracy (at most classes - 1); 0 = top-5 from 20 classes, top-3 from "
+        "12, top-2 from 8, else top-1 only.",
     )
     flags.DEFINE_integer(
         "num_errors", evaluate_lib.DEFAULT_NUM_ERRORS, "Confident mistakes in the gallery."

@@ -26,6 +26,12 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "num_steps", lr_finder.DEFAULT_NUM_STEPS, "LR range test: steps (one batch each), at most."
     )
+    flags.DEFINE_string(
+        "suggest",
+        lr_finder.SUGGEST_RULES[0],
+        "How the suggestion is read off the loss curve: 'valley' (half-way along the longest "
+        "fall, fastai's default) or 'steepest' (the steepest fall before the minimum).",
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -46,6 +52,7 @@ def main(argv: list[str]) -> int:
             min_lr=FLAGS.min_lr,
             max_lr=FLAGS.max_lr,
             num_steps=FLAGS.num_steps,
+            suggest=FLAGS.suggest,
         )
         return common.EXIT_OK
 

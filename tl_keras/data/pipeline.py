@@ -58,7 +58,7 @@ from tl_keras.data.images import (
     worker_steps,
 )
 from tl_keras.errors import DataError, DataTypeError
-from tl_keras.progress import Progress
+from tl_keras.progress import Progress, say
 
 log = logging.getLogger("tl_keras")
 
@@ -171,6 +171,11 @@ class DataBundle:
     # Each split's images as checked (unreadable ones left out), in the order of its dataset:
     # what the data doctor hashes and names.
     images: dict[str, Images] | None = None
+    # The validation and test images in their datasets' order, for reports that name an image
+    # (evaluate's confident mistakes): their files for image folders, else the source's name of
+    # each image (`x_train[12]`, `tf_flowers[train] example 17`). Split name -> list.
+    image_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    image_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -433,6 +438,13 @@ def _bundle(splits: dict[str, Images], raw: RawData, p: Pipeline, report: DataRe
     def train_order(epoch, worker: int = 0, workers: int = 1) -> tf.data.Dataset:
         return epoch_order(train, p, epoch, worker=worker, workers=workers, payload=False)
 
+    files, names = {}, {}
+    for split, images in (("val", val), ("test", test)):
+        if images is not None and images.kind == "files":
+            files[split] = [str(images.items[j]) for j in images.ids]
+        elif images is not None:
+            names[split] = list(images.names)
+
     return DataBundle(
         make_train_epoch=lambda epoch: make_shard_epoch(epoch, 0, 1),
         val=eval_dataset(val, k, p) if val is not None else None,
@@ -458,13 +470,15 @@ def _bundle(splits: dict[str, Images], raw: RawData, p: Pipeline, report: DataRe
             for j in images.ids
         ),
         images=dict(splits),
+        image_files=files,
+        image_names=names,
     )
 
 
 def _log_report(r: DataReport, p: Pipeline) -> None:
     counts = " / ".join(f"{n} {split}" for split, n in r.images.items())
-    log.info(
-        "data: %s: %d classes, %s images (decode check %.1fs)",
+    say(
+        "data: %s: %d classes, %s images (every image decoded once in %.1fs)",
         r.source,
         len(r.class_names),
         counts,

@@ -31,10 +31,11 @@ import numpy as np
 from tl_keras import calibration, io, metrics, stats
 from tl_keras.errors import ConfigError, DataError
 from tl_keras.model.inference import InferenceSettings, inference_model
+from tl_keras.progress import Progress
 
 log = logging.getLogger("tl_keras")
 
-DEFAULT_TOP_K = 5  # top-k accuracy; clipped to (classes - 1), where top-k is not trivially 1
+DEFAULT_TOP_K = 0  # 0 = `default_top_k(classes)`; an explicit k is clipped to classes - 1
 DEFAULT_NUM_ERRORS = 16  # images in the gallery of confident mistakes
 DEFAULT_BATCH_SIZE = 32  # images per forward pass
 SPLITS = ("test", "val")
@@ -43,6 +44,17 @@ METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 ERRORS_FILE = "confident_errors.png"
 RELIABILITY_FILE = "reliability.png"
+
+
+def default_top_k(num_classes: int) -> int:
+    """The k of the top-k accuracy when none is asked for: the largest of 5, 3 and 2 that is at
+    most a quarter of the classes, else 1 (top-1 only, which is the accuracy).
+
+    A top-k over a large share of the classes says little: top-4 of 5 classes is near 1 for any
+    model that is not useless. So 5 classes get top-1 only, 8 get top-2, 12 top-3, 20 and more
+    top-5 (ImageNet's figure).
+    """
+    return next((k for k in (5, 3, 2) if 4 * k <= num_classes), 1)
 
 
 @dataclasses.dataclass
@@ -55,7 +67,9 @@ class ConfidentError:
       predicted_class: the model's top-1 class.
       confidence: the probability the model gave its (wrong) top-1 class.
       true_probability: the probability it gave the true class.
-      file: the image file, when known.
+      file: the image file, when the data came from files.
+      item: otherwise, the data source's name of the image when known (`x_train[12]`,
+        `tf_flowers[train] example 17`).
       image: the pixels (uint8, height x width x 3), for the gallery; not written to JSON.
     """
 
@@ -65,12 +79,23 @@ class ConfidentError:
     confidence: float
     true_probability: float
     file: str | None = None
+    item: str | None = None
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
+    @property
+    def where(self) -> str:
+        """The image in a few words: its file name, the source's name of it, or its index."""
+        if self.file:
+            return os.path.basename(self.file)
+        return self.item or f"image #{self.index}"
+
     def as_dict(self) -> dict[str, Any]:
+        """The JSON entry: `index` always (its position in the evaluated data), then `file` or
+        `item` when known; never a null."""
+        known = {"file": self.file} if self.file else {"item": self.item} if self.item else {}
         return {
             "index": self.index,
-            "file": self.file,
+            **known,
             "true_class": self.true_class,
             "predicted_class": self.predicted_class,
             "confidence": _round(self.confidence),
@@ -161,12 +186,12 @@ class Evaluation:
     def summary(self) -> str:
         """A plain-text report: overall figures, then one line per class."""
         width = max(12, *(len(c) for c in self.class_names))
+        top_k = f"top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, " if self.top_k > 1 else ""
         lines = [
             f"{self.num_images} images: accuracy {self._with_interval('accuracy')}, balanced "
             f"accuracy {self._with_interval('balanced_accuracy')}, macro F1 "
             f"{self._with_interval('macro_f1')}",
-            f"loss {self.loss:.4f}, top-{self.top_k} accuracy {self.top_k_accuracy:.4f}, "
-            f"{self.num_errors} errors",
+            f"loss {self.loss:.4f}, {top_k}{self.num_errors} errors",
         ]
         c = self.calibration
         if c:
@@ -201,6 +226,7 @@ def evaluate(
     *,
     data_class_names: Sequence[str] | None = None,
     files: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
     top_k: int = DEFAULT_TOP_K,
     num_errors: int = DEFAULT_NUM_ERRORS,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -216,7 +242,8 @@ def evaluate(
       data_class_names: the data's classes in its label order; checked against `class_names`
         (other classes are an error, another order is remapped). None = the model's.
       files: the image file of each example, in the data's order (for the gallery and JSON).
-      top_k: k of the top-k accuracy, clipped to [1, classes - 1].
+      names: otherwise, the data source's name of each example (`x_train[12]`).
+      top_k: k of the top-k accuracy, clipped to [1, classes - 1]; 0 = `default_top_k`.
       num_errors: how many of the most confident mistakes to keep.
       batch_size: images per forward pass for arrays.
       temperature: applied to the model's probabilities (`calibration.apply_temperature`)
@@ -246,13 +273,15 @@ def evaluate(
     to_model = np.arange(num_classes)
     if data_class_names is not None:
         to_model = np.asarray(check_class_names(class_names, list(data_class_names), "the data"))
-    k = max(1, min(int(top_k), num_classes - 1))
+    k = max(1, min(int(top_k), num_classes - 1)) if top_k else default_top_k(num_classes)
 
     probabilities, labels = [], []
     kept: list[tuple[float, int, ConfidentError]] = []  # min-heap on confidence
     seen = 0
     raw_probabilities = []
-    for images, batch_labels in labelled_batches(dataset, batch_size, progress="evaluate"):
+    known = files if files is not None else names
+    progress = Progress("evaluate", total=len(known) if known is not None else None)
+    for images, batch_labels in labelled_batches(dataset, batch_size):
         raw = np.asarray(model.predict_on_batch(images), dtype=np.float64)
         probs = raw if temperature == 1.0 else calibration.apply_temperature(raw, temperature)
         y = to_model[class_indices(batch_labels, len(images), len(to_model))]
@@ -269,6 +298,7 @@ def evaluate(
                 confidence=float(probs[i, predicted[i]]),
                 true_probability=float(probs[i, y[i]]),
                 file=str(files[index]) if files is not None else None,
+                item=str(names[index]) if names is not None else None,
                 image=np.clip(np.asarray(images[i]), 0, 255).astype(np.uint8),
             )
             item = (error.confidence, -index, error)  # ties: the earlier image wins
@@ -277,6 +307,8 @@ def evaluate(
             elif item[:2] > kept[0][:2]:
                 heapq.heapreplace(kept, item)
         seen += len(images)
+        progress.update(len(images))
+    progress.close()
     if not seen:
         raise DataError("the data to evaluate is empty; point at a folder with images")
     probs = np.concatenate(probabilities)
@@ -345,12 +377,13 @@ def plot_confusion_matrix(evaluation: Evaluation, path: str | None = None):
     Returns:
       The matplotlib Figure.
     """
-    from tl_keras.plotting import plt, save_figure
+    from tl_keras.plotting import new_figure, save_figure
 
     names = evaluation.class_names
     n = len(names)
     side = min(4 + 0.45 * n, 14)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), squeeze=False)
+    fig = new_figure(figsize=(2 * side + 1.5, side))
+    axes = fig.subplots(1, 2, squeeze=False)
     panels = (
         (evaluation.confusion, "counts", "d"),
         (evaluation.normalized_confusion(), "normalised by true class (row = recall)", ".2f"),
@@ -384,7 +417,6 @@ def plot_confusion_matrix(evaluation: Evaluation, path: str | None = None):
     fig.tight_layout()
     if path:
         save_figure(fig, path)
-    plt.close(fig)
     return fig
 
 
@@ -399,11 +431,12 @@ def plot_confident_errors(evaluation: Evaluation, path: str | None = None, *, co
     Returns:
       The matplotlib Figure.
     """
-    from tl_keras.plotting import plt, save_figure
+    from tl_keras.plotting import new_figure, save_figure
 
     errors = [e for e in evaluation.confident_errors if e.image is not None]
     if not errors:
-        fig, ax = plt.subplots(figsize=(5, 1.5))
+        fig = new_figure(figsize=(5, 1.5), layout="constrained")
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(
             0.5,
@@ -415,24 +448,35 @@ def plot_confident_errors(evaluation: Evaluation, path: str | None = None, *, co
     else:
         cols = min(columns, len(errors))
         rows = math.ceil(len(errors) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+        # Constrained layout sizes the gaps from the captions themselves, so a three-line
+        # caption never runs into the image above it (tight_layout let them overlap).
+        fig = new_figure(figsize=(2.6 * cols, 3.2 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.ravel():
             ax.axis("off")
         for ax, error in zip(axes.ravel(), errors, strict=False):
             ax.imshow(error.image)
-            where = os.path.basename(error.file) if error.file else f"image #{error.index}"
             ax.set_title(
                 f"true {error.true_class}\npredicted {error.predicted_class} "
-                f"({error.confidence:.2f})\n{where}",
+                f"({error.confidence:.2f})\n{_shorten(error.where, CAPTION_CHARS)}",
                 fontsize=8,
                 color="firebrick",
             )
         fig.suptitle(f"Most confident mistakes ({len(errors)} of {evaluation.num_errors})")
-    fig.tight_layout()
     if path:
         save_figure(fig, path)
-    plt.close(fig)
     return fig
+
+
+CAPTION_CHARS = 30  # a caption line longer than this would run into its neighbour's
+
+
+def _shorten(text: str, limit: int) -> str:
+    """`text`, or its start and end around an ellipsis when longer than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head) :]}"
 
 
 def write_report(
@@ -516,10 +560,10 @@ def evaluate_workdir(
         )
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split={split!r} is not known; use one of {', '.join(SPLITS)}")
-    if batch_size < 1 or top_k < 1 or num_errors < 0:
+    if batch_size < 1 or top_k < 0 or num_errors < 0:
         raise ConfigError(
-            f"batch_size={batch_size}, top_k={top_k} must be positive and "
-            f"num_errors={num_errors} at least 0"
+            f"batch_size={batch_size} must be positive, top_k={top_k} 0 (the default for the "
+            f"number of classes) or more, and num_errors={num_errors} at least 0"
         )
     from tl_keras.inference.trained import read_run, writable_output
 
@@ -540,6 +584,7 @@ def evaluate_workdir(
         run.class_names,
         data_class_names=data.class_names,
         files=data.files,
+        names=data.names,
         top_k=top_k,
         num_errors=num_errors,
         batch_size=batch_size,
@@ -571,6 +616,7 @@ class _Evaluated:
     tag: str  # the folder under <workdir>/evaluation/
     source: str
     split: str | None
+    names: list[str] | None = None  # the source's name of each image, when not files
 
 
 def _folder_data(
@@ -621,7 +667,16 @@ def _split_data(workdir: str, split: str, *, phase: str | None, trust: bool) -> 
             f"the data of workdir {workdir!r} ({bundle.source}) has no {split} split; {hint}"
             + ("; or --split=val for the validation split" if split == "test" else "")
         )
-    return _Evaluated(run, dataset, bundle.class_names, None, split, bundle.source, split)
+    return _Evaluated(
+        run,
+        dataset,
+        bundle.class_names,
+        bundle.image_files.get(split),
+        split,
+        bundle.source,
+        split,
+        names=bundle.image_names.get(split),
+    )
 
 
 def _folder_tag(data_dir: str) -> str:

@@ -143,30 +143,75 @@ def layer_decay_multipliers(block_order: list[str], decay: float) -> dict[str, f
     return {name: decay_value ** (n - 1 - i) for i, name in enumerate(block_order)}
 
 
-def block_lr_multipliers(layers: Sequence[LayerInfo], decay: float) -> dict[str, float]:
+def group_blocks(order: Sequence[str], groups: int) -> list[list[str]]:
+    """Splits the base's blocks (input to output) into `groups` runs of neighbouring blocks.
+
+    The runs are as even as they can be; where they cannot be, the lower runs take one block
+    more (the stem and early blocks are the most general, so they share a rate in larger runs,
+    and the top run stays small).
+
+    Args:
+      order: the blocks from input to output (`block_order`).
+      groups: how many runs; 0 = one run per block.
+
+    Returns:
+      The runs, from input to output; every block in exactly one, in order.
+
+    Raises:
+      ConfigError: `groups` is negative or more than there are blocks.
+
+    Example:
+      >>> group_blocks(["stem", "b1", "b2", "b3", "b4"], 2)
+      [['stem', 'b1', 'b2'], ['b3', 'b4']]
+    """
+    if groups < 0 or groups > len(order):
+        raise ConfigError(
+            f"layer_decay_groups={groups} is not allowed: the base has {len(order)} blocks "
+            f"({order[0] if order else '-'} .. {order[-1] if order else '-'}); use 0 (one group "
+            f"per block) up to {len(order)}"
+        )
+    if groups == 0:
+        return [[block] for block in order]
+    size, extra = divmod(len(order), groups)
+    runs, start = [], 0
+    for i in range(groups):
+        end = start + size + (1 if i < extra else 0)
+        runs.append(list(order[start:end]))
+        start = end
+    return runs
+
+
+def block_lr_multipliers(
+    layers: Sequence[LayerInfo], decay: float, *, groups: int = 0
+) -> dict[str, float]:
     """Per-layer learning-rate multipliers that decay with depth, block by block
     (`layer_decay_multipliers` with the base's blocks, then the head, as the blocks).
 
     The head (every layer outside the base) counts as the top unit and keeps 1.0; the base's top
-    block gets `decay`, the block below `decay**2`, and so on down to the stem. Layers before the
-    first block (no block, e.g. an input rescaling) share the stem's multiplier. Frozen layers
-    are included: the optimizer only uses the entries of variables that train.
+    block gets `decay`, the block below `decay**2`, and so on down to the stem. With `groups`,
+    neighbouring blocks share a rate in that many runs (`group_blocks`): the head 1.0, the top
+    run `decay`, the run below `decay**2`, ... (5 parameter groups at about 3x apart: `groups=4`,
+    `decay=1/3`). Layers before the first block (no block, e.g. an input rescaling) share the
+    stem's multiplier. Frozen layers are included: the optimizer only uses the entries of
+    variables that train.
 
     Args:
       layers: the base's layers in order.
-      decay: the factor between neighbouring blocks, in (0, 1]; 1.0 = one rate for all.
+      decay: the factor between neighbouring blocks (or runs), in (0, 1]; 1.0 = one rate for all.
+      groups: runs of neighbouring blocks that share a rate; 0 = one per block.
 
     Returns:
       Base layer name -> multiplier, for every layer of the base.
 
     Raises:
-      ConfigError: `decay` is outside (0, 1].
+      ConfigError: `decay` is outside (0, 1], or `groups` outside [0, number of blocks].
     """
     if not (math.isfinite(decay) and 0.0 < decay <= 1.0):
         raise ConfigError(
             f"layer_decay={decay!r} is not allowed: use a factor in (0, 1] (1.0 = off), e.g. 0.7"
         )
-    order = block_order(layers)
-    per_block = layer_decay_multipliers([*order, _HEAD], decay)  # the head is the top unit
-    lowest = per_block[order[0]] if order else 1.0
+    runs = group_blocks(block_order(layers), groups)
+    per_run = layer_decay_multipliers([*(run[0] for run in runs), _HEAD], decay)
+    per_block = {block: per_run[run[0]] for run in runs for block in run}
+    lowest = per_run[runs[0][0]] if runs else 1.0
     return {layer.name: per_block.get(layer.block, lowest) for layer in layers}

@@ -140,6 +140,8 @@ class Phase:
       lr_schedule: how the rate moves within the phase.
       layer_decay: discriminative learning rates: the top block of the base trains at
         `lr * layer_decay`, the one below at `lr * layer_decay**2`, ...; 1.0 = one rate.
+      layer_decay_groups: neighbouring blocks share a rate in this many runs, `layer_decay`
+        apart (`recipe.group_blocks`); 0 = one rate per block.
     """
 
     name: str
@@ -150,6 +152,7 @@ class Phase:
     early_stopping_patience: int = 0
     lr_schedule: LRSchedule = LRSchedule()
     layer_decay: float = 1.0
+    layer_decay_groups: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -447,6 +450,7 @@ def build_schedule(config: Any) -> list[Phase]:
                 plateau_factor=config.lr_plateau_factor,
             ),
             layer_decay=config.layer_decay,
+            layer_decay_groups=config.layer_decay_groups,
         )
         check_lr_schedule(phase)
         phases.append(phase)

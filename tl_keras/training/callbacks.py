@@ -19,6 +19,7 @@ import keras
 
 from tl_keras import _failpoints, interrupt
 from tl_keras.history import History
+from tl_keras.progress import say
 from tl_keras.training import checkpoint, schedules
 from tl_keras.training.rollback import Snapshot, is_worse
 from tl_keras.training.schedules import current_lr
@@ -50,7 +51,9 @@ class HistoryRecorder(schedules.LRRecorder):
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """One plain line per epoch, for logs and non-interactive runs (no progress-bar noise)."""
+    """One plain line per epoch, for logs, notebooks and non-interactive runs (no progress-bar
+    noise): `[ft] epoch 7 (2/5) - 1.2s - loss ... - val_accuracy ... - lr 1.00e-04`, the run's
+    epoch, then the phase's k/n. Shown without any set-up (`tl_keras.progress.say`)."""
 
     def __init__(
         self, phase: str, initial_epoch: int, epochs: int, recorder: HistoryRecorder | None = None
@@ -65,7 +68,7 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         metrics = " - ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
-        log.info(
+        say(
             "[%s] epoch %d (%d/%d) - %.1fs - %s - lr %.2e",
             self.phase,
             epoch + 1,
@@ -78,7 +81,9 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def use_progress_bar(progress: str) -> bool:
-    """Whether `fit` shows its progress bar (else one plain line per epoch, `EpochLogger`)."""
+    """Whether `fit` shows a progress bar (`PhaseProgressBar`) rather than one plain line per
+    epoch (`EpochLogger`): 'bar', or 'auto' on a terminal. A notebook gets the lines: they read
+    well live and in a saved notebook, where a bar's redraws would not."""
     return progress == "bar" or (progress == "auto" and sys.stdout.isatty())
 
 
@@ -89,6 +94,33 @@ GROWING_EPOCHS = 4  # ... or rising this many epochs in a row,
 GROWN_TIMES_LOWEST = 10.0  # to 10 x the phase's lowest and above the chance level
 EXPLODED_WEIGHTS = 1000.0  # trained weights whose largest |value| grew 1000-fold ...
 EXPLODED_WEIGHTS_FLOOR = 100.0  # ... to over 100
+
+
+class PhaseProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, headed by the phase, its epoch k/n and the learning rate.
+
+    Keras's own bar says only `Epoch 7/10`, which across phases is ambiguous (whose 10?) and
+    hides the switch to a 10-100x lower rate. Passed to `fit` (with `verbose=1`), it replaces
+    the bar Keras would add; each epoch opens with
+
+        [ft] epoch 7 (2/5) - lr 1.00e-04
+
+    and the bar's last line carries the epoch's metrics.
+    """
+
+    def __init__(self, phase: str, initial_epoch: int, epochs: int):
+        super().__init__()
+        self.phase, self.initial_epoch, self.phase_epochs = phase, initial_epoch, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if self.verbose:
+            print(
+                f"[{self.phase}] epoch {epoch + 1} ({epoch + 1 - self.initial_epoch}/"
+                f"{self.phase_epochs}) - lr {current_lr(self.model.optimizer):.2e}",
+                flush=True,
+            )
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -225,6 +257,21 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.best_epoch = self._resume_state["best_epoch"]
             self.stopped_epoch = self._resume_state["stopped_epoch"]
             self.best_weights = self._resume_best_weights
+
+    def resumed_best_weights(self):
+        """The best weights so far, also for a resumed phase whose `fit` never ran (it had
+        finished): those come from the checkpoint, as `on_train_begin` would have set them."""
+        return self.best_weights if self.best_weights is not None else self._resume_best_weights
+
+    def kept_epoch(self) -> int | None:
+        """The global epoch (1-based) whose weights the phase hands on, or None when early
+        stopping restored none (`restore_best_weights` restores at the end of every `fit`)."""
+        if self.best_weights is not None:
+            return int(self.best_epoch) + 1  # Keras counts global epochs from 0
+        saved = self._resume_state
+        if self._resume_best_weights is not None and saved:
+            return int(saved["best_epoch"]) + 1
+        return None
 
     def resume_state(self) -> dict:
         best = None if self.best is None else float(self.best)
@@ -395,7 +442,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
             finished_phase=stopped or e == w.last_epoch,
             stopped_early=stopped,
             wall_time_s=w.wall_before + time.perf_counter() - self._start,
-            history=History(w.history_before.records + s.recorder.history.records),
+            history=History(
+                w.history_before.records + s.recorder.history.records, list(w.history_before.kept)
+            ),
             early_stopping=s.early,
             callback_state={type(cb).__name__: checkpoint.callback_state(cb) for cb in s.schedule},
             best=s.best.best if s.best is not None else None,

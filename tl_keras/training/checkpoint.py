@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tl_keras import io, schema
-from tl_keras.history import RECORD_SHAPE, History
+from tl_keras.history import RECORD_SHAPE, History, KeptEpoch
 
 if TYPE_CHECKING:
     import keras
@@ -242,6 +242,7 @@ def write(
             "wall_time_s": wall_time_s,
             "early_stopping": es_state,
             "history": history.records,
+            "history_kept": [dataclasses.asdict(k) for k in history.kept],
         }
         io.atomic_write_json(os.path.join(tmp, "state.json"), state)  # written last
     for old in glob.glob(os.path.join(root, "epoch-*")):
@@ -276,6 +277,10 @@ def latest(workdir: str) -> Checkpoint | None:
         1 <= state["phase_first_epoch"] <= state["epoch"]
     ):
         raise schema.damaged(state_path, f"epoch {state['epoch']} does not match its history", fix)
+    try:
+        history.kept = [KeptEpoch(**k) for k in state.get("history_kept", [])]
+    except TypeError as e:
+        raise schema.damaged(state_path, f"history_kept: {e}", fix) from None
     return Checkpoint(
         path=path,
         phase=state["phase"],

@@ -202,12 +202,12 @@ def plot_comparison(comparison: Comparison, path: str | None = None, *, title: s
     Returns:
       The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from tl_keras.plotting import BOUNDARY_GID, PHASE_COLORS, save_figure
+    from tl_keras.plotting import BOUNDARY_GID, PHASE_COLORS, new_figure, save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = new_figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     for i, (name, history) in enumerate(comparison.histories.items()):
         color = PHASE_COLORS[i % len(PHASE_COLORS)]
         for ax, metric in zip(axes, ("val_accuracy", "val_loss"), strict=True):
@@ -235,7 +235,6 @@ def plot_comparison(comparison: Comparison, path: str | None = None, *, title: s
     fig.tight_layout()
     if path:
         save_figure(fig, path)
-    plt.close(fig)
     return fig
 
 

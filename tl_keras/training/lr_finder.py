@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.progress import Progress, say
 
 if TYPE_CHECKING:
     import keras
@@ -62,8 +63,9 @@ class LRFinderResult:
         losses: Raw training loss of each step (the last may be inf/nan if it diverged).
         smoothed_losses: Exponentially smoothed, bias-corrected losses.
         suggestion: Suggested learning rate (see `find_lr`); None if fewer than 2 finite losses.
-        suggestion_method: "steepest" or "min/10", which rule produced `suggestion`.
+        suggestion_method: "valley", "steepest" or "min/10", which rule produced `suggestion`.
         diverged: Whether the test stopped early because the loss diverged.
+        suggestions: What each rule of `SUGGEST_RULES` suggests (None where none).
     """
 
     lrs: list[float]
@@ -72,6 +74,7 @@ class LRFinderResult:
     suggestion: float | None
     suggestion_method: str | None = None
     diverged: bool = False
+    suggestions: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
     def plot(self, path: str | os.PathLike | None = None) -> Figure:
         """Plot smoothed (and raw) loss against the learning rate on a log axis.
@@ -110,6 +113,9 @@ class LRFinderResult:
                 linestyle="--",
                 label=f"suggestion {self.suggestion:.2e} ({self.suggestion_method})",
             )
+        for rule, lr in self.suggestions.items():
+            if lr is not None and rule != self.suggestion_method:
+                ax.axvline(lr, color="0.45", linestyle=":", label=f"{rule} would say {lr:.2e}")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("training loss")
@@ -200,24 +206,84 @@ def _unpack(batch):
     return batch, None, None
 
 
-def _suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, str | None]:
-    """Steepest descent of the smoothed loss before its minimum; else the min-loss lr / 10."""
+# How a suggestion is read off the smoothed loss curve (`find_lr(suggest=...)`, `--suggest`).
+# 'valley' (fastai's default since 2.5): half-way along the longest stretch over which the loss
+# keeps falling. 'steepest' (fastai's old 'steep'): the steepest fall before the minimum; one
+# noisy step in the flat start can win it (on the shared flowers it said 9e-7, where the loss
+# visibly falls between 1e-4 and 1e-2), which is why it is no longer the default.
+SUGGEST_RULES = ("valley", "steepest")
+
+
+def _finite_prefix(lrs: list[float], smoothed: list[float]) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(smoothed, dtype=float)
     finite = np.isfinite(values)
-    if finite.sum() < 2:
-        return None, None
     n = int(np.argmax(~finite)) if not finite.all() else len(values)
-    values = values[:n]
-    log_lrs = np.log(np.asarray(lrs[:n], dtype=float))
+    return np.asarray(lrs[:n], dtype=float), values[:n]
+
+
+def _steepest(lrs: np.ndarray, values: np.ndarray) -> int | None:
+    """Index of the steepest descent (per log-lr) before the minimum, or None."""
     best = int(np.argmin(values))
-    if best >= 2:
-        # Only the stretch before the minimum: past it the loss is heading up, and a steep
-        # fall there can only be noise.
-        slopes = np.gradient(values[: best + 1], log_lrs[: best + 1])
-        steepest = int(np.argmin(slopes))
-        if slopes[steepest] < 0:
-            return float(lrs[steepest]), "steepest"
-    return float(max(lrs[best] / 10.0, lrs[0])), "min/10"
+    if best < 2:
+        return None
+    # Only the stretch before the minimum: past it the loss is heading up, and a steep fall
+    # there can only be noise.
+    slopes = np.gradient(values[: best + 1], np.log(lrs[: best + 1]))
+    steepest = int(np.argmin(slopes))
+    return steepest if slopes[steepest] < 0 else None
+
+
+def _valley(values: np.ndarray) -> int | None:
+    """Index half-way along the longest valley, as fastai's `valley` finds it, or None.
+
+    The valley is the longest decreasing subsequence of the smoothed loss (ending at index
+    `end`, `length` points long, so starting about `end - length`); the suggestion sits
+    a half of its length in (fastai: start + a third + a sixth). The first tenth of the steps
+    is left out, as fastai does: a bias-corrected average of a handful of losses is noise.
+    """
+    skip = len(values) // 10 if len(values) >= 20 else 0
+    v = values[skip:]
+    n = len(v)
+    longest = [1] * n
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if v[i] < v[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[i] > longest[end]:
+            end = i
+            start = end - longest[end]
+    if longest[end] < 3:  # fewer than 3 falling points: no valley to speak of
+        return None
+    third = (end - start) / 3
+    return skip + max(0, start + int(third) + int(third / 2))
+
+
+def _suggest(
+    lrs: list[float], smoothed: list[float], rule: str = "valley"
+) -> tuple[float | None, str | None]:
+    """The suggested rate by `rule` ('valley' or 'steepest'), read off the smoothed losses up to
+    the first non-finite one; where the rule finds nothing, the rate of the lowest loss / 10
+    ('min/10', never below the first rate).
+
+    Returns:
+      (rate, the rule that gave it), or (None, None) with fewer than 2 finite losses.
+    """
+    if rule not in SUGGEST_RULES:
+        raise ValueError(f"suggest={rule!r} is unknown; use one of {', '.join(SUGGEST_RULES)}")
+    rates, values = _finite_prefix(lrs, smoothed)
+    if len(values) < 2:
+        return None, None
+    index = _valley(values) if rule == "valley" else _steepest(rates, values)
+    if index is not None:
+        return float(rates[index]), rule
+    best = int(np.argmin(values))
+    return float(max(rates[best] / 10.0, rates[0])), "min/10"
+
+
+def suggestions(lrs: list[float], smoothed: list[float]) -> dict[str, float | None]:
+    """What every rule suggests for one curve (the JSON and the plot show them side by side)."""
+    return {rule: _suggest(lrs, smoothed, rule)[0] for rule in SUGGEST_RULES}
 
 
 def find_lr(
@@ -229,6 +295,7 @@ def find_lr(
     num_steps: int = 100,
     smoothing: float = 0.98,
     divergence_factor: float = 4.0,
+    suggest: str = "valley",
 ) -> LRFinderResult:
     """Run a learning-rate range test on a compiled model, leaving it unchanged.
 
@@ -240,12 +307,14 @@ def find_lr(
     is not finite or the smoothed loss exceeds `divergence_factor` times its best value so far
     (losses are assumed positive), and when a non-repeatable `dataset` runs out.
 
-    The suggestion is the learning rate where the smoothed loss falls fastest per log-lr step
-    (steepest negative slope), searched only up to the minimum of the smoothed loss: a rate
-    that still makes fast progress and sits well below where training becomes unstable, which
-    is why it is preferred to the minimum itself (fastai's "steep"). If the loss never falls
-    before its minimum (e.g. the minimum is within the first steps), it falls back to the
-    rate at the minimum divided by 10 (fastai's "lr_min"), clipped to `min_lr`.
+    The suggestion follows `suggest`. 'valley' (the default, fastai's since 2.5): the rate
+    half-way along the longest stretch over which the smoothed loss keeps falling, a rate that
+    makes steady progress well below where training becomes unstable. 'steepest': where the
+    smoothed loss falls fastest per log-lr step before its minimum (fastai's old 'steep'); one
+    noisy step early in the flat start can win it, so it may sit orders of magnitude too low.
+    Where the rule finds nothing (no descent before the minimum), the rate at the minimum
+    divided by 10 (fastai's "lr_min"), clipped to `min_lr`. `LRFinderResult.suggestions` holds
+    what every rule says.
 
     Args:
         model: A built, compiled Keras model (its optimizer may be unbuilt).
@@ -256,6 +325,7 @@ def find_lr(
         num_steps: Number of steps (and learning rates), >= 2.
         smoothing: Exponential smoothing factor, in [0, 1).
         divergence_factor: Stop when the smoothed loss exceeds this times the best, > 1.
+        suggest: 'valley' or 'steepest' (see above).
 
     Returns:
         An `LRFinderResult` with one entry per step taken.
@@ -266,6 +336,8 @@ def find_lr(
             without a working `get_config`).
     """
     check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor)
+    if suggest not in SUGGEST_RULES:
+        raise ValueError(f"suggest={suggest!r} is unknown; use one of {', '.join(SUGGEST_RULES)}")
     _check_model(model)
     clone = _clone_with_state(model.optimizer, model.trainable_variables, min_lr)
     original_optimizer, saved_train_function = model.optimizer, model.train_function
@@ -294,7 +366,7 @@ def find_lr(
         for variable, value in metric_state:
             variable.assign(value)
 
-    suggestion, method = _suggest(lrs, smoothed)
+    suggestion, method = _suggest(lrs, smoothed, suggest)
     return LRFinderResult(
         lrs=lrs,
         losses=losses,
@@ -302,6 +374,7 @@ def find_lr(
         suggestion=suggestion,
         suggestion_method=method,
         diverged=diverged,
+        suggestions=suggestions(lrs, smoothed),
     )
 
 
@@ -344,28 +417,33 @@ def _sweep(
     smoothed: list[float] = []
     avg, best = 0.0, math.inf
     batches = _batches(dataset)
-    for step in range(num_steps):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            break
-        lr = min_lr * factor ** (step / (num_steps - 1))
-        clone.learning_rate = lr
-        x, y, sample_weight = _unpack(batch)
-        logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
-        loss = float(logs["loss"])
-        lrs.append(lr)
-        losses.append(loss)
-        if not math.isfinite(loss):
-            smoothed.append(math.nan)
-            return lrs, losses, smoothed, True
-        avg = smoothing * avg + (1.0 - smoothing) * loss
-        value = avg / (1.0 - smoothing ** (step + 1))
-        smoothed.append(value)
-        if step > 0 and value > divergence_factor * best:
-            return lrs, losses, smoothed, True
-        best = min(best, value)
-    return lrs, losses, smoothed, False
+    diverged = False
+    with Progress("lr range test", total=num_steps, unit="steps") as progress:
+        for step in range(num_steps):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            lr = min_lr * factor ** (step / (num_steps - 1))
+            clone.learning_rate = lr
+            x, y, sample_weight = _unpack(batch)
+            logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
+            progress.update()
+            loss = float(logs["loss"])
+            lrs.append(lr)
+            losses.append(loss)
+            if not math.isfinite(loss):
+                smoothed.append(math.nan)
+                diverged = True
+                break
+            avg = smoothing * avg + (1.0 - smoothing) * loss
+            value = avg / (1.0 - smoothing ** (step + 1))
+            smoothed.append(value)
+            if step > 0 and value > divergence_factor * best:
+                diverged = True
+                break
+            best = min(best, value)
+    return lrs, losses, smoothed, diverged
 
 
 def check_args(min_lr, max_lr, num_steps, smoothing, divergence_factor) -> None:
@@ -406,6 +484,7 @@ def run_lr_find(
     min_lr: float = DEFAULT_MIN_LR,
     max_lr: float = DEFAULT_MAX_LR,
     num_steps: int = DEFAULT_NUM_STEPS,
+    suggest: str = "valley",
     data=None,
 ):
     """Runs the LR range test for one phase and writes its plot and JSON.
@@ -417,6 +496,7 @@ def run_lr_find(
       min_lr: first learning rate.
       max_lr: last learning rate.
       num_steps: steps of the test (one training batch each), at most.
+      suggest: how the suggestion is read off the curve: 'valley' or 'steepest'.
       data: a ready `DataBundle`; default: load what `config.data_dir` names.
 
     Returns:
@@ -439,6 +519,11 @@ def run_lr_find(
         check_args(min_lr, max_lr, num_steps, 0.98, 4.0)
     except ValueError as e:
         raise ConfigError(f"LR range test: {e}") from None
+    if suggest not in SUGGEST_RULES:
+        raise ConfigError(
+            f"--suggest={suggest!r} is not a rule of the LR range test; use one of "
+            f"{', '.join(SUGGEST_RULES)}"
+        )
     target, prev, wd, run = _plan(spec, workdir, phase)
     keras.utils.set_random_seed(spec.config.seed)
     if data is None:
@@ -446,7 +531,12 @@ def run_lr_find(
     model = _model_for(spec, target, prev, wd, run, data)
     epochs = math.ceil(num_steps / data.steps_per_epoch)
     result = find_lr(
-        model, data.train_epochs(0, epochs), min_lr=min_lr, max_lr=max_lr, num_steps=num_steps
+        model,
+        data.train_epochs(0, epochs),
+        min_lr=min_lr,
+        max_lr=max_lr,
+        num_steps=num_steps,
+        suggest=suggest,
     )
     out = _write(result, spec, target, wd, min_lr=min_lr, max_lr=max_lr)
     _log_suggestion(spec.config, target, result, out)
@@ -515,6 +605,7 @@ def _write(result: LRFinderResult, spec, target: recipe.Phase, wd, *, min_lr, ma
         "phase_lr": target.lr,
         "suggestion": result.suggestion,
         "suggestion_method": result.suggestion_method,
+        "suggestions": result.suggestions,
         "implied_lr_factor": (
             spec.config.lr / result.suggestion if result.suggestion and target.trains_base else None
         ),
@@ -543,7 +634,7 @@ def _log_suggestion(config, target: recipe.Phase, result, out: str) -> None:
             f" = lr {config.lr:.2e} / {config.lr / result.suggestion:.3g} (a fine-tuning factor "
             f"must lie in [{lo:g}, {hi:g}])"
         )
-    log.info(
+    say(
         "[lr_find] %s: suggested lr %.2e (%s, %d steps%s)%s; the phase now trains at %.2e; "
         "plot and JSON in %s",
         target.name,

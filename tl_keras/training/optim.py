@@ -46,7 +46,7 @@ def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
 
 
 def discriminative_multipliers(
-    model: keras.Model, backbone, layer_decay: float
+    model: keras.Model, backbone, layer_decay: float, *, groups: int = 0
 ) -> dict[str, float]:
     """Per-variable learning-rate multipliers: `layer_decay` per block, from the head down.
 
@@ -58,6 +58,10 @@ def discriminative_multipliers(
       model: a model from `build_model`, trainability set.
       backbone: the backbone's registry name or `BackboneSpec` (its blocks).
       layer_decay: the factor between neighbouring blocks, in (0, 1].
+      groups: runs of neighbouring blocks sharing a rate (`recipe.group_blocks`); 0 = per block.
+
+    Raises:
+      ConfigError: more groups than the base has blocks.
     """
     from tl_keras import recipe
     from tl_keras.model import backbones
@@ -66,7 +70,7 @@ def discriminative_multipliers(
 
     infos = backbones.layer_infos(backbones.get(backbone), get_base(model))
     return lr_multipliers.variable_multipliers(
-        model, recipe.block_lr_multipliers(infos, layer_decay)
+        model, recipe.block_lr_multipliers(infos, layer_decay, groups=groups)
     )
 
 
@@ -113,7 +117,9 @@ def phase_optimizer(
         )
     optimizer = make_optimizer(phase.optimizer, learning_rate)
     if phase.layer_decay != 1.0 and phase.trains_base:
-        multipliers = discriminative_multipliers(model, backbone, phase.layer_decay)
+        multipliers = discriminative_multipliers(
+            model, backbone, phase.layer_decay, groups=phase.layer_decay_groups
+        )
         optimizer = lr_multipliers.with_lr_multipliers(optimizer, multipliers)
     return optimizer, callbacks
 

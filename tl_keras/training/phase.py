@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Sequence
 
@@ -29,6 +28,7 @@ from tl_keras.data.pipeline import DataBundle
 from tl_keras.errors import TrainingError
 from tl_keras.history import History
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
+from tl_keras.progress import say
 from tl_keras.recipe import Phase
 from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
 from tl_keras.training.callbacks import (
@@ -39,14 +39,13 @@ from tl_keras.training.callbacks import (
     HistoryRecorder,
     InterruptCheck,
     NonFiniteGuard,
+    PhaseProgressBar,
     PhaseState,
     PhaseWindow,
     ResumableEarlyStopping,
     use_progress_bar,
 )
 from tl_keras.training.rollback import RollbackDecision, Snapshot
-
-log = logging.getLogger("tl_keras")
 
 
 @dataclasses.dataclass
@@ -62,6 +61,8 @@ class PhaseResult:
     rollback: RollbackDecision | None = None
     # Under rollback: what the next phase must beat (the best weights kept so far).
     reference: Snapshot | None = None
+    # The global epoch whose weights early stopping restored at the phase's end, when it did.
+    kept_epoch: int | None = None
 
 
 @dataclasses.dataclass
@@ -203,7 +204,7 @@ def set_up(
     )
     first_epoch, wall_before, done_records = initial_epoch + 1, 0.0, []
     if resume is None:
-        log.info("[%s] %s", phase.name, report.summary())
+        say("[%s] %s", phase.name, report.summary())
         _log_rates(phase, optimizer)
         optim.compile_for_phase(model, phase, optimizer=optimizer, jit_compile=jit_compile)
     else:
@@ -217,7 +218,7 @@ def set_up(
             model.optimizer.learning_rate = resume.lr
         for cb in schedule_callbacks:
             checkpoint.restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
-        log.info(
+        say(
             "[%s] resuming after epoch %d (%d of %d done) from %s; %s",
             phase.name,
             resume.epoch,
@@ -260,7 +261,7 @@ def use_cached_features(
     reason = features.why_not_cached(phase, data.pipeline)
     if reason is not None:
         if not phase.trains_base:
-            log.info("[%s] feature extraction runs the base every epoch: %s", phase.name, reason)
+            say("[%s] feature extraction runs the base every epoch: %s", phase.name, reason)
         return setup
     arrays, seconds, reused = features.compute(model, data, mode=mode, workdir=cache_dir)
     fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
@@ -276,7 +277,7 @@ def use_cached_features(
         jit_compile=jit_compile,
         steps_per_execution=1 if strategy is not None else max(1, fit_data.steps_per_epoch or 1),
     )
-    log.info(
+    say(
         "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
         "head trains on them",
         phase.name,
@@ -292,7 +293,7 @@ def use_cached_features(
 def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
     s = phase.lr_schedule
     if s.name != "constant" or s.warmup_epochs:
-        log.info(
+        say(
             "[%s] lr %.2e, schedule %s%s",
             phase.name,
             phase.lr,
@@ -301,10 +302,11 @@ def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
         )
     if isinstance(optimizer, lr_multipliers.LRMultiplierOptimizer):
         rates = sorted(set(optimizer.lr_multipliers.values()))
-        log.info(
-            "[%s] discriminative learning rates (layer_decay %g): %d variables at lr x %s",
+        say(
+            "[%s] discriminative learning rates (layer_decay %g%s): %d variables at lr x %s",
             phase.name,
             phase.layer_decay,
+            f", {phase.layer_decay_groups} groups" if phase.layer_decay_groups else "",
             len(optimizer.lr_multipliers),
             " .. ".join(f"{r:.3g}" for r in (rates[0], rates[-1])) if rates else "-",
         )
@@ -349,8 +351,10 @@ def make_callbacks(
     cbs += state.schedule  # they change the rate at epoch ends: before the checkpoint
     if checkpoint_dir:
         cbs.append(EpochCheckpoint(checkpoint_dir, setup.window, state, save_model=setup.model))
-    if not use_progress_bar(progress):
-        w = setup.window
+    w = setup.window
+    if use_progress_bar(progress):
+        cbs.append(PhaseProgressBar(phase.name, w.first_epoch - 1, phase.epochs))
+    else:
         cbs.append(EpochLogger(phase.name, w.first_epoch - 1, phase.epochs, recorder))
     if setup.fit_model is not setup.model:  # cached features: callbacks still see the whole model
         user_callbacks = [FullModelView(cb, setup.model) for cb in user_callbacks]
@@ -376,8 +380,9 @@ def fit(
     resume, early = setup.resume, state.early
     if resume is not None and resume.finished_phase:
         remaining = 0
-        if early is not None and early.best_weights is not None:
-            setup.fit_model.set_weights(early.best_weights)  # as EarlyStopping.on_train_end would
+        best = None if early is None else early.resumed_best_weights()
+        if best is not None:
+            setup.fit_model.set_weights(best)  # as EarlyStopping.on_train_end would
     if remaining > 0:
         data = setup.fit_data
         with interrupt.deferred():  # a signal stops the fit at a batch's end, cleanly
@@ -455,7 +460,7 @@ def outcome(
     )
     epochs_run = len(state.recorder.history)
     if stopped and not phase.trains_base:
-        log.info(
+        say(
             "[%s] %s stopped improving for %d epochs: switching to the next phase after %d of "
             "%d epochs, with the phase's best weights (epoch %d)",
             phase.name,
@@ -466,7 +471,7 @@ def outcome(
             early.best_epoch + 1,  # Keras counts global epochs from 0 when fit has initial_epoch
         )
     elif stopped:
-        log.info(
+        say(
             "[%s] early stopping after %d of %d epochs; restored the phase's best weights (epoch %d)",
             phase.name,
             epochs_run,
@@ -475,5 +480,11 @@ def outcome(
         )
     best = state.best.best if state.best is not None else None
     return PhaseResult(
-        phase, state.recorder.history, setup.report, window.wall_before + seconds, stopped, best
+        phase,
+        state.recorder.history,
+        setup.report,
+        window.wall_before + seconds,
+        stopped,
+        best,
+        kept_epoch=early.kept_epoch() if early is not None else None,
     )

@@ -31,6 +31,7 @@ import numpy as np
 from tl_keras import io, schema
 from tl_keras.errors import ConfigError
 from tl_keras.history import History
+from tl_keras.progress import say
 from tl_keras.recipe import Phase
 from tl_keras.training import optim
 from tl_keras.workdir import Workdir
@@ -224,7 +225,7 @@ def apply_rollback(
         model.set_weights(reference.weights)
         log.warning(decision.message())
     else:
-        log.info(decision.message())
+        say(decision.message())
     result.rollback = decision
     return result.reference
 

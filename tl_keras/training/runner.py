@@ -43,7 +43,7 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
-from tl_keras.training import calibrate, checkpoint, class_weight, distribute, rollback
+from tl_keras.training import calibrate, checkpoint, class_weight, distribute, optim, rollback
 from tl_keras.training.phase import PhaseResult, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
@@ -272,6 +272,7 @@ def initial_state(
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
         model = build_initial_model(spec, data)
+        _check_rates(plan, spec, model)  # before an old run is set aside
         if run is not None and plan.chief:  # --overwrite or a restart: now set the old run aside
             if run["phases"] or checkpoint.latest(wd.path) is not None:
                 _set_aside(wd, None, run, None)
@@ -301,6 +302,7 @@ def initial_state(
             )
         for n in redone:
             run["phases"].pop(n)  # redone phases and everything after them
+    _check_rates(plan, spec, model)
     return RunState(model, history, run, reference, data)
 
 
@@ -337,6 +339,20 @@ def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -
         "report": f"{workflow.FOLDER}/report.json",
         "manifest_sha256": result.report["data"]["manifest_sha256"],
     }
+
+
+def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) -> None:
+    """Refuses per-block rates that do not fit the base (more groups than blocks) before any
+    phase trains, rather than when the first phase that unfreezes starts.
+
+    Raises:
+      ConfigError: naming `layer_decay_groups` and the base's blocks.
+    """
+    for p in plan.targets:
+        if p.trains_base and p.layer_decay != 1.0:
+            optim.discriminative_multipliers(
+                model, spec.backbone, p.layer_decay, groups=p.layer_decay_groups
+            )
 
 
 def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> None:
@@ -393,6 +409,7 @@ def run_phases(
                 state.model, result, state.reference, state.data
             )
         state.history.extend(result.history)
+        _mark_kept(state.history, result)
         save_phase(out, state, config, result)
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
         out.drop_replaced(f"this run finished phase {p.name!r}")
@@ -413,6 +430,15 @@ def _class_weights(config: config_lib.Config, data: DataBundle) -> dict[int, flo
             ", ".join(f"{name} {weights[c]:.3g}" for c, name in enumerate(data.class_names)),
         )
     return weights
+
+
+def _mark_kept(history: History, result: PhaseResult) -> None:
+    """Marks the epoch whose weights the phase handed on, when not simply its last one."""
+    decision = result.rollback
+    if decision is not None and decision.rolled_back:
+        history.mark_kept(result.phase.name, decision.reference.epoch, "rollback")
+    elif result.kept_epoch is not None:
+        history.mark_kept(result.phase.name, result.kept_epoch, "early stopping")
 
 
 def _log_callbacks(config: config_lib.Config, wd: Workdir) -> list[keras.callbacks.Callback]:

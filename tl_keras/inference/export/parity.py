@@ -34,6 +34,7 @@ from tl_keras.inference.export.formats import (
     require,
     variant_key,
 )
+from tl_keras.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +320,8 @@ def quantization_accuracy(
     """
     run_tflite = load_runner("tflite", tflite_path)
     total = keras_correct = tflite_correct = agree = 0
-    for images, labels in labelled_batches(dataset, batch_size, progress="quantisation accuracy"):
+    progress = Progress(f"accuracy of {os.path.basename(os.fspath(tflite_path))}")
+    for images, labels in labelled_batches(dataset, batch_size):
         images = as_images(images, keras_model)
         labels = class_indices(labels, len(images))
         keras_pred = predict_keras(keras_model, images).argmax(-1)
@@ -328,6 +330,8 @@ def quantization_accuracy(
         keras_correct += int(np.sum(keras_pred == labels))
         tflite_correct += int(np.sum(tflite_pred == labels))
         agree += int(np.sum(keras_pred == tflite_pred))
+        progress.update(len(images))
+    progress.close()
     if total == 0:
         raise ExportError("The dataset given to quantization_accuracy yielded no examples.")
     keras_acc, tflite_acc = keras_correct / total, tflite_correct / total
