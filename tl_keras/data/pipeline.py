@@ -6,7 +6,7 @@ it into a `DataBundle`: batched datasets of (image, one-hot label) pairs, images
 in label order. Labels are one-hot so label smoothing, MixUp and CutMix need no special case.
 
 1. split off validation when no separate validation data is given (seeded, stratified, before
-   any file is read, so the split does not depend on which files turn out unreadable);
+   any file is read);
 2. decode every image once on the host, with the decoder training uses: a file that cannot be
    decoded is skipped, logged and counted (`DataBundle.report`, saved in each phase's
    `summary.json`), never met for the first time inside `fit`; with `cache` on, the same pass
@@ -139,6 +139,7 @@ class DataBundle:
     train_labels: np.ndarray | None = None
     train_in_order: tf.data.Dataset | None = None
     feature_source_key: tuple[str, str] | None = None
+    train_images: Images | None = None  # for `with_training`: new epochs, no new decoding
 
     @property
     def num_classes(self) -> int:
@@ -160,6 +161,18 @@ class DataBundle:
     def train(self) -> tf.data.Dataset:
         """One epoch of training batches (epoch 0's order), for quick use in notebooks."""
         return self.train_epochs(0, 1)
+
+    def with_training(self, **settings: Any) -> DataBundle:
+        """The same data with other training-only settings (`augment.TRAINING_ONLY`), decoded once."""
+        if set(settings) - set(augment_lib.TRAINING_ONLY) or self.train_images is None:
+            raise ValueError(f"only {augment_lib.TRAINING_ONLY}, on a bundle from `assemble`")
+        p = dataclasses.replace(self.pipeline, **settings)
+        epoch_fn = train_epoch_fn(self.train_images, self.num_classes, p)
+        return (
+            self
+            if p == self.pipeline
+            else dataclasses.replace(self, pipeline=p, make_train_epoch=epoch_fn)
+        )
 
 
 # --- the settings of a pipeline --------------------------------------------------------------------
@@ -671,6 +684,7 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
             _cache_key(splits["train"], p),
             _cache_key(val, p) if val is not None and len(val) else "",
         ),
+        train_images=splits["train"],
     )
 
 
@@ -710,16 +724,6 @@ def _log_report(r: DataReport, p: Pipeline) -> None:
             p.resize_mode,
             p.resize_method,
         )
-    extras = [
-        f"{k} {getattr(p, k):g}" for k in ("mixup", "cutmix", "label_smoothing") if getattr(p, k)
-    ]
-    log.info(
-        "data: training augmentation: %s (%s)%s; cache: %s",
-        p.augment,
-        augment_lib.get(p.augment).description,
-        "".join(f", {e}" for e in extras),
-        p.cache,
-    )
 
 
 # --- labelled data in memory ---------------------------------------------------------------------
