@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -58,6 +58,8 @@ class PhaseResult:
     rollback: RollbackDecision | None = None
     # Under rollback: what the next phase must beat (the best weights kept so far).
     reference: Snapshot | None = None
+    # Under weight averaging: validation metrics of the last epoch's and of the averaged weights.
+    averaged: dict | None = None
 
 
 @dataclasses.dataclass
@@ -70,6 +72,7 @@ class PhaseSetup:
       fit_model: what `fit` trains: `model`, or its head alone on cached features.
       fit_data: the batches `fit` sees (of images, or of cached features).
       report: what trains, and the parameter counts.
+      backbone: the backbone's registry name or `BackboneSpec` (its blocks).
       window: where the phase sits in the run (first and last epoch, the history before it).
       initial_epoch: global epochs done before this `fit` (the previous phase's real end, or
         the checkpoint's epoch when resuming).
@@ -83,6 +86,7 @@ class PhaseSetup:
     fit_model: keras.Model
     fit_data: DataBundle
     report: TrainabilityReport
+    backbone: object
     window: PhaseWindow
     initial_epoch: int
     schedule_callbacks: list[keras.callbacks.Callback]
@@ -108,6 +112,7 @@ def run_phase(
     cache_dir: str | None = None,
     jit_compile: str = "auto",
     strategy=None,
+    epochs_planner: Callable[[PhaseSetup], int] | None = None,
 ) -> PhaseResult:
     """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
 
@@ -133,6 +138,8 @@ def run_phase(
       cache_dir: the workdir, where feature_cache='file' keeps its files.
       jit_compile: XLA: 'auto', 'on' or 'off'.
       strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
+      epochs_planner: decides the phase's epochs once it is compiled (the time budget, see
+        `tl_keras.training.budget`); its measurement leaves every variable as it was.
 
     Returns:
       The phase's history (global epochs, the learning rate each epoch used), trainability
@@ -156,6 +163,8 @@ def run_phase(
         resume=resume,
         jit_compile=jit_compile,
     )
+    if epochs_planner is not None and resume is None:
+        setup = replan(setup, epochs_planner(setup), data, jit_compile=jit_compile)
     if feature_cache != "off":
         setup = use_cached_features(
             setup,
@@ -172,7 +181,10 @@ def run_phase(
     )
     start = time.perf_counter()
     fit(setup, state, cbs, bar=use_progress_bar(progress))
-    return outcome(setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir)
+    result = outcome(
+        setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir
+    )
+    return dataclasses.replace(result, averaged=_averaged(setup, state))
 
 
 # --- 1. set-up ------------------------------------------------------------------------------------
@@ -228,11 +240,35 @@ def set_up(
         fit_model=model,
         fit_data=data,
         report=report,
+        backbone=backbone,
         window=window,
         initial_epoch=initial_epoch,
         schedule_callbacks=schedule_callbacks,
         resume=resume,
         done_records=done_records,
+    )
+
+
+def replan(setup: PhaseSetup, epochs: int, data: DataBundle, *, jit_compile: str) -> PhaseSetup:
+    """The setup for a phase of `epochs` epochs: a fresh optimizer whose schedule has that
+    length, compiled again (nothing has trained yet); the setup itself when nothing changes."""
+    phase = setup.phase
+    if epochs == phase.epochs:
+        return setup
+    phase = dataclasses.replace(phase, epochs=epochs)
+    monitor = "val_loss" if data.val is not None else "loss"
+    optimizer, schedule_callbacks = optim.phase_optimizer(
+        setup.model,
+        phase,
+        backbone=setup.backbone,
+        steps_per_epoch=data.steps_per_epoch,
+        monitor=monitor,
+    )
+    optim.compile_for_phase(setup.model, phase, optimizer=optimizer, jit_compile=jit_compile)
+    w = setup.window
+    window = dataclasses.replace(w, last_epoch=w.first_epoch - 1 + epochs)
+    return dataclasses.replace(
+        setup, phase=phase, window=window, schedule_callbacks=schedule_callbacks
     )
 
 
@@ -357,6 +393,9 @@ def fit(
     resume, early = setup.resume, state.early
     if resume is not None and resume.finished_phase:
         remaining = 0
+        optimizer = setup.fit_model.optimizer
+        if getattr(optimizer, "use_ema", False):  # as fit does when its last epoch ends
+            optimizer.finalize_variable_values(setup.fit_model.trainable_weights)
         if early is not None and early.best_weights is not None:
             setup.fit_model.set_weights(early.best_weights)  # as EarlyStopping.on_train_end would
     if remaining > 0:
@@ -371,6 +410,25 @@ def fit(
             callbacks=callbacks,
             verbose=1 if bar else 0,
         )
+
+
+def _averaged(setup: PhaseSetup, state: PhaseState) -> dict | None:
+    """Under weight averaging: the validation metrics of the averaged weights (logged), beside
+    the last epoch's, whose weights the average replaced."""
+    model, data = setup.fit_model, setup.fit_data
+    if not getattr(model.optimizer, "use_ema", False) or data.val is None:
+        return None
+    last = state.recorder.history.records[-1] if len(state.recorder.history) else {}
+    scores = model.evaluate(data.val, verbose=0, return_dict=True)
+    averaged = {f"val_{k}": float(v) for k, v in scores.items()}
+    log.info(
+        "[%s] weight averaging (EMA): the saved weights score val_accuracy %.4f (the last "
+        "epoch's: %.4f)",
+        setup.phase.name,
+        averaged.get("val_accuracy", float("nan")),
+        last.get("val_accuracy", float("nan")),
+    )
+    return {"last_epoch": {k: last[k] for k in averaged if k in last}, "averaged": averaged}
 
 
 # --- 4. outcome -----------------------------------------------------------------------------------
