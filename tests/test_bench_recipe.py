@@ -35,5 +35,7 @@ def test_recipe_benchmark_quick(tmp_path, flowers_dir, shared_weights):
         for arm in ("plain", "tl_keras", "tl_keras_same_budget"):
             assert 0.0 <= run[arm]["test_accuracy"] <= 1.0 and run[arm]["wall_s"] > 0
         assert run["tl_keras_same_budget"]["time_budget"]["budget_s"] > 0
-        assert run["tl_keras"]["recipe"]["epochs_fe"] == 1  # given by --quick: the user's value wins
+        assert (
+            run["tl_keras"]["recipe"]["epochs_fe"] == 1
+        )  # given by --quick: the user's value wins
     assert "| fewshot |" in proc.stdout and "| digits |" in proc.stdout

@@ -107,7 +107,7 @@ def test_at_the_native_size_the_blocks_that_look_like_imagenet_stay_frozen():
 
 
 def test_a_schedule_that_ends_at_a_large_rate_averages_its_weights():
-    v = values(auto.decide({}, facts(schedule_given="constant")))
+    v = values(auto.decide({"lr_schedule": "constant"}, facts(schedule_given="constant")))
     assert v["weight_averaging"] == "ema"
 
 
@@ -133,6 +133,20 @@ def test_given_stages_fix_epochs_and_unfreezing_and_the_card_says_so():
         d = card.get(field)
         assert d.source == "user" and "stages" in d.reason
     assert card.get("augment").source == "rule"
+    # the stages are the user's schedule: their rates stay constant, without a warm-up
+    assert (card.get("lr_schedule").value, card.get("warmup_epochs").value) == ("constant", 0.0)
+    assert card.get("weight_averaging").value == "none"
+
+
+def test_rules_bend_to_what_the_user_fixed():
+    plateau = auto.decide({"lr_schedule": "plateau"}, facts())
+    assert plateau.get("warmup_epochs").value == 0.0  # only cosine warms up
+    assert plateau.get("weight_averaging").value == "ema"  # ends at a large rate
+    decayed = auto.decide(
+        {"lr_schedule": "constant", "layer_decay": 0.8}, facts(schedule_given="constant")
+    )
+    assert decayed.get("weight_averaging").value == "none"  # EMA and per-block rates exclude
+    assert "layer_decay" in decayed.get("weight_averaging").reason
 
 
 def test_the_manual_recipe_takes_the_fixed_defaults():
@@ -202,8 +216,12 @@ def test_a_decided_warm_up_fits_inside_a_short_given_phase():
     card = auto.decide({"epochs_fe": 1, "epochs_ft": 2}, facts())
     d = card.get("warmup_epochs")
     assert (d.value, d.source) == (0.25, "rule") and "quarter of the shortest" in d.reason
-    staged = auto.decide({}, facts(stages_given=True, stage_epochs=(3, 0, 2)))
+    staged = auto.decide(
+        {"lr_schedule": "cosine"}, facts(stages_given=True, stage_epochs=(3, 0, 2))
+    )
     assert staged.get("warmup_epochs").value == 1.0  # shorter than every stage: kept
-    staged = auto.decide({}, facts(stages_given=True, stage_epochs=(3, 1, 2)))
+    staged = auto.decide(
+        {"lr_schedule": "cosine"}, facts(stages_given=True, stage_epochs=(3, 1, 2))
+    )
     assert staged.get("warmup_epochs").value == 0.25
     assert auto.decide({"warmup_epochs": 0.0}, facts()).get("warmup_epochs").value == 0.0

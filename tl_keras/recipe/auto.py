@@ -426,7 +426,34 @@ def decide(config: Mapping[str, Any], facts: Facts, *, recipe: str = "auto") -> 
             would = f"; the recipe would choose {_shown(value)}" if given != value else ""
             value, source, reason = given, "user", f"given{would}"
         decisions.append(Decision(field, value, source, reason))
+    if recipe == "auto":
+        decisions = _consistent(decisions, facts)
     return Card(recipe, regime, facts.to_dict(), tuple(_fit_warmup(decisions, facts)))
+
+
+def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
+    """Rule choices adjusted to what the user fixed: given stages are the user's schedule (the
+    rates inside them stay the fixed default: constant, no warm-up); only a cosine schedule has
+    a warm-up; weight averaging never meets per-block rates (they do not combine)."""
+    by = {d.field: d for d in decisions}
+
+    def ruled(field: str, value: Any, reason: str) -> None:
+        if by[field].source == "rule" and by[field].value != value:
+            by[field] = Decision(field, value, "rule", reason)
+
+    if facts.stages_given:
+        ruled("lr_schedule", MANUAL["lr_schedule"], "the given stages are your schedule: constant")
+    schedule = by["lr_schedule"].value
+    if schedule != "cosine":
+        ruled("warmup_epochs", 0.0, f"a {schedule} schedule has no warm-up")
+    averaging = "ema" if schedule != "cosine" and not facts.stages_given else "none"
+    why = f"a {schedule} schedule ends at a large rate: average the weights over the last part"
+    if by["layer_decay"].value != 1.0:
+        averaging, why = "none", "per-block rates (layer_decay < 1) do not combine with EMA"
+    elif averaging == "none":
+        why = by["weight_averaging"].reason if schedule == "cosine" else "the stages' own rates"
+    ruled("weight_averaging", averaging, why)
+    return [by[d.field] for d in decisions]
 
 
 def _fit_warmup(decisions: list[Decision], facts: Facts) -> list[Decision]:
