@@ -78,6 +78,9 @@ def tiny_config(**overrides):
         head_units=8,
         unfreeze="blocks:2",
         progress="lines",
+        # The mechanics under test, not the decided recipe (tests/test_recipe_auto*.py): the
+        # fixed defaults of recipe = "manual".
+        recipe="manual",
     )
     values.update(overrides)
     return Config(**values)

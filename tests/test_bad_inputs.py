@@ -124,6 +124,24 @@ FLAG_CASES = {
         ["--layer_decay=0.33", "--layer_decay_groups=20"],
         ["layer_decay_groups=20 is not allowed: the base has 14 blocks (stem .. block_13)"],
     ),
+    "unreadable-budget": (
+        ["--time_budget=10 minutes"],
+        ["time_budget='10 minutes' is not understood", "90s, 10m, 1.5h, 1h30m"],
+    ),
+    "negative-budget": (["--time_budget=-5m"], ["time_budget='-5m' is not understood"]),
+    "budget-too-small": (
+        ["--time_budget=1s"],
+        ["time_budget=1s cannot hold one epoch of each phase: estimated", "Give at least"],
+    ),
+    "unknown-recipe": (["--recipe=fast"], ["recipe='fast' is not allowed: one of auto, manual"]),
+    "auto-field-wrong-type": (
+        ["--epochs_ft=many"],
+        ["'epochs_ft' in command line must be int, got 'many'", "'auto'"],
+    ),
+    "ema-with-layer-decay": (
+        ["--weight_averaging=ema", "--layer_decay=0.8"],
+        ["weight_averaging='ema'", "use one of the two"],
+    ),
 }
 
 

@@ -31,7 +31,7 @@ def fake_run(workdir, done, **identity):
         "format": 1,
     }
     (workdir / "run.json").write_text(json.dumps(run))
-    (workdir / "config.json").write_text(config_lib.to_json(s.config))
+    (workdir / "config.json").write_text(config_lib.to_json(s.given or s.config))  # as given
 
 
 def test_a_new_workdir_runs_every_phase(tmp_path):
@@ -62,7 +62,7 @@ def test_refusals(tmp_path, done, kwargs, match):
 
 def test_resume_refuses_another_config_and_finds_nothing_left(tmp_path):
     fake_run(tmp_path, ["fe", "ft1", "ft2"])
-    with pytest.raises(WorkdirError, match="ft_lr_factor: saved 10.0, given 20.0"):
+    with pytest.raises(WorkdirError, match="ft_lr_factor: saved 'auto', given 20.0"):
         plan_run(spec(stages=STAGES, ft_lr_factor=20.0), str(tmp_path), resume=True)
     assert plan_run(spec(stages=STAGES), str(tmp_path), resume=True).nothing_to_do
     with pytest.raises(ConfigError, match="give only one"):

@@ -175,7 +175,9 @@ def test_resume_refuses_a_changed_config(crashed, pretrained):
     before = tree(crashed)
     proc = run_cli(*args(crashed, pretrained), "--resume", "--ft_lr_factor=20")
     assert proc.returncode == 2
-    assert "ft_lr_factor: saved 10.0, given 20.0" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "ft_lr_factor: saved 'auto', given 20.0" in proc.stderr and "Traceback" not in proc.stderr
+    )
     assert tree(crashed) == before
 
 

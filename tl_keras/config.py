@@ -27,6 +27,8 @@ from tl_keras.data import augment
 from tl_keras.errors import ConfigError, did_you_mean
 from tl_keras.model import backbones
 from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase
+from tl_keras.recipe import auto as auto_recipe
+from tl_keras.recipe.auto import AUTO
 from tl_keras.training import distribute, features, optim, rollback
 from tl_keras.training.class_weight import CLASS_WEIGHTS
 
@@ -40,6 +42,14 @@ SAVED_CONFIG_FIX = "start the run again with --overwrite, or use another --workd
 
 def _field(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _auto(help: str) -> Any:
+    """A setting the recipe decides unless given: 'auto' by default (see `tl_keras.recipe.auto`).
+
+    Its help text ends with its fixed default under recipe = "manual" (`auto_recipe.MANUAL`).
+    """
+    return _field(AUTO, help)
 
 
 @dataclasses.dataclass
@@ -102,10 +112,13 @@ class Config:
         "Largest fraction of image files that cannot be decoded and are skipped (each one "
         "logged and counted); more than that is an error.",
     )
-    augment: str = _field(
-        "none",
+    augment: str = _auto(
         "Training-only augmentation preset: 'none', 'light' (flip, rotation, zoom, contrast) "
         "or 'strong' (flip + RandAugment). See tl_keras.data.augment.",
+    )
+    augment_phases: str = _auto(
+        "Which phases see the augmentation (and MixUp / CutMix): 'all', or 'base' (only phases "
+        "that train part of the base; head-only phases then train on cached features).",
     )
     mixup: float = _field(
         0.0, "MixUp alpha for training batches (keras.layers.MixUp); 0 = off, 0.2 is typical."
@@ -115,8 +128,7 @@ class Config:
         "CutMix factor in (0, 1] for training batches (keras.layers.CutMix); 0 = off. With "
         "mixup too, each batch gets one of the two.",
     )
-    label_smoothing: float = _field(
-        0.0,
+    label_smoothing: float | str = _auto(
         "Label smoothing of training targets, in [0, 1) (0.1 is typical); validation and test "
         "labels stay one-hot.",
     )
@@ -142,9 +154,19 @@ class Config:
     )
 
     # --- schedule -----------------------------------------------------------------------------
-    lr: float = _field(1e-3, "Learning rate of feature extraction (the base learning rate).")
-    ft_lr_factor: float = _field(
-        10.0,
+    recipe: str = _field(
+        "auto",
+        "'auto': every setting marked auto below is decided from the data, the model and "
+        "time_budget, printed as a recipe card and kept in <workdir>/recipe.json; 'manual': "
+        "they take fixed defaults. A value you give always wins.",
+    )
+    time_budget: str = _field(
+        "",
+        "Wall-time budget of the run, e.g. '90s', '10m', '1.5h', '1h30m': fine-tuning epochs are "
+        "planned from the run's measured step rates to end within it; '' = none.",
+    )
+    lr: float | str = _auto("Learning rate of feature extraction (the base learning rate).")
+    ft_lr_factor: float | str = _auto(
         "Fine-tuning learning rate = lr / ft_lr_factor; must lie in "
         f"[{LR_FACTOR_RANGE[0]:g}, {LR_FACTOR_RANGE[1]:g}].",
     )
@@ -153,10 +175,9 @@ class Config:
         f"Allow an ft_lr_factor outside [{LR_FACTOR_RANGE[0]:g}, {LR_FACTOR_RANGE[1]:g}] (you "
         "are on your own).",
     )
-    epochs_fe: int = _field(5, "Epochs of feature extraction (head only, base frozen).")
-    epochs_ft: int = _field(5, "Epochs of fine-tuning.")
-    unfreeze: str = _field(
-        "blocks:2",
+    epochs_fe: int | str = _auto("Epochs of feature extraction (head only, base frozen).")
+    epochs_ft: int | str = _auto("Epochs of fine-tuning.")
+    unfreeze: str = _auto(
         "What fine-tuning unfreezes: 'blocks:K' (top K blocks), 'layers:N' (top N layers, as "
         "base.layers[-N:]), 'fraction:F' (top F of the layers) or 'all'. BN stays frozen.",
     )
@@ -177,8 +198,7 @@ class Config:
         "Gradual unfreezing: the j-th stage that unfreezes part of the base (j = 0, 1, ...) "
         "trains at lr / (ft_lr_factor * stage_lr_decay**j) unless the stage gives /FACTOR.",
     )
-    layer_decay: float = _field(
-        1.0,
+    layer_decay: float | str = _auto(
         "Discriminative learning rates: the base's top block trains at lr * layer_decay, the "
         "block below at lr * layer_decay**2, ... down to the stem; the head at lr. In (0, 1]; "
         "1.0 = off.",
@@ -189,14 +209,12 @@ class Config:
         "many runs of neighbouring blocks, each run one rate, layer_decay apart (head lr, top run "
         "lr * layer_decay, ...); 0 = one rate per block.",
     )
-    lr_schedule: str = _field(
-        _LR_SCHEDULE.name,
+    lr_schedule: str = _auto(
         "Learning rate within each phase: constant, cosine (decay to lr * min_lr_ratio), step "
         "(times lr_step_gamma every lr_step_every epochs) or plateau (times lr_plateau_factor "
         "after lr_plateau_patience epochs without val_loss improvement).",
     )
-    warmup_epochs: float = _field(
-        _LR_SCHEDULE.warmup_epochs,
+    warmup_epochs: float | str = _auto(
         "Linear warm-up from 0 to the phase's lr over this many epochs at the start of every "
         "phase (constant and cosine only; fractions allowed); 0 = none.",
     )
@@ -218,8 +236,7 @@ class Config:
         _LR_SCHEDULE.plateau_factor,
         "plateau schedule: factor applied at each reduction, in (0, 1).",
     )
-    fe_switch_patience: int = _field(
-        0,
+    fe_switch_patience: int | str = _auto(
         "Phase control: end a head-only phase (fe) after this many epochs without val_loss "
         "improvement, keep its best weights and go on to the next phase; 0 = run all its epochs.",
     )
@@ -227,6 +244,18 @@ class Config:
         "none",
         "'balanced': weight each training image's loss by n / (K * n_c), so every class counts "
         "the same (for imbalanced data; validation stays unweighted); 'none' = unweighted.",
+    )
+    weight_decay: float | str = _auto(
+        "Decoupled weight decay of the optimizer (each step shrinks weights by lr * weight_decay); "
+        "0 = none.",
+    )
+    weight_averaging: str = _auto(
+        "'ema': the saved weights of a phase that trains the base are an exponential moving "
+        "average over about its last quarter (Keras's optimizer EMA); 'none'.",
+    )
+    tta: str = _auto(
+        "Test-time augmentation the trained model is evaluated and served with: 'none' or "
+        "'flip' (the image and its mirror, averaged); kept in run.json for predict and export.",
     )
     rollback: str = _field(
         "",
@@ -328,6 +357,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     """Checks a value's type against the field's default, allowing int where float is expected."""
     if name == "stages" and isinstance(value, list):  # a TOML array of tables [[stages]]
         return recipe.stages_from_tables(value, source)
+    if name in auto_recipe.AUTO_FIELDS:  # 'auto', or a value of the manual default's type
+        return auto_recipe.coerce(name, value, source)
     expected = type(FIELDS[name].default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -400,7 +431,7 @@ def merged(
     saved = os.path.join(workdir, "config.json") if workdir else None
     if saved and os.path.isfile(saved) and (resume or phase != "all"):
         saved_cfg = read_saved(saved, fix=SAVED_CONFIG_FIX)
-        names = [p.name for p in recipe.build_schedule(saved_cfg)]
+        names = [p.name for p in recipe.build_schedule(filled(saved_cfg))]
         if resume or phase in names[1:]:
             cfg = saved_cfg
     if config_file:
@@ -445,11 +476,15 @@ class RunSpec:
     Data, model and training take this instead of deriving the same facts again.
 
     Attributes:
-      config: the config.
+      config: the config with every decided setting filled in: the recipe card's values, or the
+        fixed defaults of `recipe.auto.MANUAL` while no card is known (`decided` False).
       backbone: the backbone's registry entry.
       image_size: the square input size in pixels (the backbone's own when the config says 0).
       weights: 'imagenet', None (random initialisation) or the path of a weights file.
       schedule: the phases, in order (`recipe.build_schedule`).
+      given: the config as given, 'auto' where the recipe decides (what `config.json` keeps).
+      card: the recipe card (`recipe.auto.decide`), once the facts are known.
+      time_budget_s: the run's time budget in seconds, or None.
     """
 
     config: Config
@@ -457,6 +492,14 @@ class RunSpec:
     image_size: int
     weights: str | None
     schedule: tuple[Phase, ...]
+    given: Config | None = None
+    card: auto_recipe.Card | None = None
+    time_budget_s: float | None = None
+
+    @property
+    def decided(self) -> bool:
+        """Whether every setting is final: a card is known, or nothing is left to decide."""
+        return self.card is not None or not undecided(self.given or self.config)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -469,22 +512,43 @@ class RunSpec:
         return {name: resolved.get(name, getattr(self.config, name)) for name in IDENTITY_FIELDS}
 
 
-def resolve(config: Config | RunSpec) -> RunSpec:
-    """Validates a config and works out what follows from it, once (a RunSpec passes through).
+def resolve(config: Config | RunSpec, card: auto_recipe.Card | None = None) -> RunSpec:
+    """Validates a config and works out what follows from it (a RunSpec passes through).
+
+    The settings left at 'auto' take the recipe card's values, or, while no card is known, the
+    fixed defaults of `recipe.auto.MANUAL` (the runner decides the card once it knows the data
+    and the model, and resolves again with it).
 
     Raises:
       ConfigError, BackboneError: as `validate`.
     """
     if isinstance(config, RunSpec):
-        return config
-    spec, schedule = _checked(config)
+        if card is None:
+            return config
+        config = config.given or config.config
+    effective = filled(config, card)
+    spec, schedule = _checked(effective)
     return RunSpec(
-        config=config,
+        config=effective,
         backbone=spec,
         image_size=backbones.input_size(spec, config.image_size),
         weights=backbones.normalize_weights(config.weights),
         schedule=tuple(schedule),
+        given=config,
+        card=card,
+        time_budget_s=auto_recipe.parse_duration(config.time_budget),
     )
+
+
+def undecided(config: Config) -> list[str]:
+    """The settings a config leaves to the recipe ('auto'), in AUTO_FIELDS order."""
+    return [f for f in auto_recipe.AUTO_FIELDS if auto_recipe.is_auto(getattr(config, f))]
+
+
+def filled(config: Config, card: auto_recipe.Card | None = None) -> Config:
+    """The config with every 'auto' setting replaced: the card's value, else the manual default."""
+    values = auto_recipe.resolved(to_dict(config), card)
+    return dataclasses.replace(config, **values)
 
 
 def input_size(config: Config) -> int:
@@ -501,7 +565,7 @@ def validate(config: Config) -> Config:
       ConfigError: with the field, the value received and what is allowed.
       BackboneError: an unknown backbone, or a width or size it cannot take.
     """
-    _checked(config)
+    _checked(filled(config))
     return config
 
 
@@ -510,6 +574,7 @@ def _checked(c: Config) -> tuple[backbones.BackboneSpec, list[Phase]]:
     _check_data(c)
     spec = _check_model(c)
     schedule = _check_training(c)
+    _check_recipe(c)
     _check_speed(c)
     return spec, schedule
 
@@ -594,6 +659,27 @@ def _check_training(c: Config) -> list[Phase]:
     if c.progress not in PROGRESS:
         raise _refused(c, "progress", f"one of {', '.join(PROGRESS)}")
     return schedule
+
+
+def _check_recipe(c: Config) -> None:
+    """The recipe's own fields (the decided ones are checked with the rest)."""
+    if c.recipe not in auto_recipe.RECIPES:
+        raise _refused(c, "recipe", f"one of {', '.join(auto_recipe.RECIPES)}")
+    auto_recipe.parse_duration(c.time_budget)  # raises naming the accepted forms
+    if c.augment_phases not in auto_recipe.AUGMENT_PHASES:
+        raise _refused(c, "augment_phases", f"one of {', '.join(auto_recipe.AUGMENT_PHASES)}")
+    if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
+        raise _refused(c, "weight_decay", "use 0 (off) or a positive factor, e.g. 0.05")
+    if c.weight_averaging not in auto_recipe.WEIGHT_AVERAGING:
+        raise _refused(c, "weight_averaging", f"one of {', '.join(auto_recipe.WEIGHT_AVERAGING)}")
+    if c.weight_averaging == "ema" and c.layer_decay != 1.0:
+        raise _refused(
+            c,
+            "weight_averaging",
+            "'ema' does not combine with per-block rates (layer_decay < 1); use one of the two",
+        )
+    if c.tta not in auto_recipe.TTA_MODES:
+        raise _refused(c, "tta", f"one of {', '.join(auto_recipe.TTA_MODES)}")
 
 
 def _check_speed(c: Config) -> None:

@@ -179,9 +179,15 @@ def define_config_flags() -> None:
         float: flags.DEFINE_float,
         bool: flags.DEFINE_boolean,
     }
+    from tl_keras.recipe import auto
+
     for f in dataclasses.fields(config_lib.Config):
-        # The real default lives in Config (shown in the help text).
-        definers[type(f.default)](f.name, None, f"{f.metadata['help']} [default: {f.default!r}]")
+        # The real default lives in Config (shown in the help text); a setting the recipe
+        # decides shows the fixed default recipe=manual gives it.
+        default = f"{f.default!r}"
+        if f.name in auto.MANUAL:
+            default += f"; with --recipe=manual: {auto.MANUAL[f.name]!r}"
+        definers[type(f.default)](f.name, None, f"{f.metadata['help']} [default: {default}]")
 
 
 def flag_overrides() -> dict:

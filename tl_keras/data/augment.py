@@ -25,13 +25,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
 from tl_keras.errors import ConfigError, did_you_mean
 
+log = logging.getLogger("tl_keras")
+
 # `light`: the largest rotation (degrees), zoom (fraction of the side) and contrast change.
+# The pipeline settings that only shape training batches (validation and test never see them).
+TRAINING_ONLY = ("augment", "mixup", "cutmix", "label_smoothing")
+
 LIGHT_ROTATION_DEG = 15.0
 LIGHT_ZOOM = 0.10
 LIGHT_CONTRAST = 0.20
@@ -328,3 +334,18 @@ def batch_fn(*, mixup: float, cutmix: float, label_smoothing: float) -> BatchFn 
         return images, labels
 
     return tf.function(apply, autograph=False, reduce_retracing=True)
+
+
+def log_training(p: Any) -> None:
+    """Logs what training batches get (a `tl_keras.data.pipeline.Pipeline`): the augmentation
+    and its options, and the cache."""
+    extras = [
+        f"{k} {getattr(p, k):g}" for k in ("mixup", "cutmix", "label_smoothing") if getattr(p, k)
+    ]
+    log.info(
+        "data: training augmentation: %s (%s)%s; cache: %s",
+        p.augment,
+        get(p.augment).description,
+        "".join(f", {e}" for e in extras),
+        p.cache,
+    )

@@ -176,6 +176,7 @@ class DataBundle:
     # each image (`x_train[12]`, `tf_flowers[train] example 17`). Split name -> list.
     image_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     image_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    train_images: Images | None = None  # for `with_training`: new epochs, no new decoding
 
     @property
     def num_classes(self) -> int:
@@ -227,6 +228,21 @@ class DataBundle:
     def train(self) -> tf.data.Dataset:
         """One epoch of training batches (epoch 0's order), for quick use in notebooks."""
         return self.train_epochs(0, 1)
+
+    def with_training(self, **settings: Any) -> DataBundle:
+        """The same data with other training-only settings (`augment.TRAINING_ONLY`), decoded once."""
+        if set(settings) - set(augment_lib.TRAINING_ONLY) or self.train_images is None:
+            raise ValueError(f"only {augment_lib.TRAINING_ONLY}, on a bundle from `assemble`")
+        p = dataclasses.replace(self.pipeline, **settings)
+        if p == self.pipeline:
+            return self
+        make_shard_epoch = shard_epoch_fn(self.train_images, self.num_classes, p)
+        return dataclasses.replace(  # a worker's part stays its part (`workers` is kept)
+            self,
+            pipeline=p,
+            make_train_epoch=lambda epoch: make_shard_epoch(epoch, 0, 1),
+            make_shard_epoch=make_shard_epoch,
+        )
 
 
 def _call_shard(make, worker: int, workers: int, epoch: tf.Tensor) -> tf.data.Dataset:
@@ -472,6 +488,7 @@ def _bundle(splits: dict[str, Images], raw: RawData, p: Pipeline, report: DataRe
         images=dict(splits),
         image_files=files,
         image_names=names,
+        train_images=train,
     )
 
 
@@ -511,16 +528,6 @@ def _log_report(r: DataReport, p: Pipeline) -> None:
             p.resize_mode,
             p.resize_method,
         )
-    extras = [
-        f"{k} {getattr(p, k):g}" for k in ("mixup", "cutmix", "label_smoothing") if getattr(p, k)
-    ]
-    log.info(
-        "data: training augmentation: %s (%s)%s; cache: %s",
-        p.augment,
-        augment_lib.get(p.augment).description,
-        "".join(f", {e}" for e in extras),
-        p.cache,
-    )
 
 
 # --- labelled data in memory ---------------------------------------------------------------------

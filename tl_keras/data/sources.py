@@ -695,7 +695,7 @@ def _settings(config) -> tuple[Any, int]:
 
     if isinstance(config, config_lib.RunSpec):
         return config.config, config.image_size
-    return config, config_lib.input_size(config)
+    return config_lib.filled(config), config_lib.input_size(config)  # 'auto': manual defaults
 
 
 def load_data(config, *, workdir: str | None = None) -> DataBundle:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tl_keras.errors import ConfigError, did_you_mean
+from tl_keras.recipe import auto
 
 UNFREEZE_KINDS = ("none", "layers", "blocks", "fraction", "all")
 LR_FACTOR_RANGE = (10.0, 100.0)
@@ -117,8 +118,8 @@ class LRSchedule:
       plateau_factor: 'plateau': reduction factor.
     """
 
-    name: str = "constant"
-    warmup_epochs: float = 0.0
+    name: str = auto.MANUAL["lr_schedule"]
+    warmup_epochs: float = auto.MANUAL["warmup_epochs"]
     min_lr_ratio: float = 0.0
     step_every: int = 5
     gamma: float = 0.5
@@ -142,6 +143,11 @@ class Phase:
         `lr * layer_decay`, the one below at `lr * layer_decay**2`, ...; 1.0 = one rate.
       layer_decay_groups: neighbouring blocks share a rate in this many runs, `layer_decay`
         apart (`recipe.group_blocks`); 0 = one rate per block.
+      augment: whether the phase's training batches take the configured augmentation (and
+        MixUp / CutMix); without it a head-only phase can train on cached features.
+      weight_decay: the optimizer's decoupled weight decay; 0 = none.
+      weight_averaging: 'ema': the phase ends with an exponential moving average of its weights
+        (Keras's optimizer EMA); 'none'.
     """
 
     name: str
@@ -153,6 +159,9 @@ class Phase:
     lr_schedule: LRSchedule = LRSchedule()
     layer_decay: float = 1.0
     layer_decay_groups: int = 0
+    augment: bool = True
+    weight_decay: float = 0.0
+    weight_averaging: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -390,6 +399,16 @@ def check_lr_schedule(phase: Phase) -> None:
         raise bad("plateau_factor", "use a factor in (0, 1)")
 
 
+class _Filled:
+    """A config seen with some of its fields replaced."""
+
+    def __init__(self, config: Any, values: Mapping[str, Any]):
+        self._config, self._values = config, values
+
+    def __getattr__(self, name: str) -> Any:
+        return self._values[name] if name in self._values else getattr(self._config, name)
+
+
 def build_schedule(config: Any) -> list[Phase]:
     """Returns the ordered phases a config asks for: its `stages`, or `fe` then `ft`.
 
@@ -398,12 +417,15 @@ def build_schedule(config: Any) -> list[Phase]:
     improvement when that is set (the switch from `fe` to `ft`), else `early_stopping_patience`.
 
     Args:
-      config: a `tl_keras.config.Config` (anything with its fields).
+      config: a `tl_keras.config.Config` (anything with its fields); a field left 'auto' takes
+        its fixed default (`recipe.auto.MANUAL`): the decided values come from the run's card.
 
     Raises:
       ConfigError: a bad stage list, a learning-rate factor outside [10, 100] for a stage that
         unfreezes part of the base (unless `allow_any_lr_factor`), or a bad schedule value.
     """
+    if any(auto.is_auto(getattr(config, f, None)) for f in auto.AUTO_FIELDS):
+        config = _Filled(config, auto.resolved(vars(config), None))  # 'auto': manual defaults
     stages = parse_stages(config.stages) if config.stages else default_stages(config)
     phases, unfreezing = [], 0
     for stage in stages:
@@ -451,6 +473,9 @@ def build_schedule(config: Any) -> list[Phase]:
             ),
             layer_decay=config.layer_decay,
             layer_decay_groups=config.layer_decay_groups,
+            augment=getattr(config, "augment_phases", "all") == "all" or not head_only,
+            weight_decay=getattr(config, "weight_decay", 0.0),
+            weight_averaging="none" if head_only else getattr(config, "weight_averaging", "none"),
         )
         check_lr_schedule(phase)
         phases.append(phase)

@@ -61,7 +61,8 @@ class Strategy:
 
 
 def epoch_budget(config: Config) -> int:
-    """The epochs every strategy gets: `epochs_fe + epochs_ft`."""
+    """The epochs every strategy gets: `epochs_fe + epochs_ft` (manual defaults for 'auto')."""
+    config = config_lib.filled(config)
     return config.epochs_fe + config.epochs_ft
 
 
@@ -128,6 +129,9 @@ def strategy_configs(config: Config, names: Sequence[str]) -> dict[str, Config]:
             f"strategies={','.join(names)!r}: unknown {', '.join(unknown) or '(none given)'}; "
             f"use a comma-separated list of {', '.join(STRATEGIES)}"
         )
+    # Strategies compare ways to train at one epoch budget: their settings are fixed, not
+    # decided per run (a setting left 'auto' takes recipe = "manual"'s default).
+    config = dataclasses.replace(config_lib.filled(config), recipe="manual")
     budget = epoch_budget(config)
     if budget < 1:
         raise ConfigError("the epoch budget epochs_fe + epochs_ft must be at least 1")

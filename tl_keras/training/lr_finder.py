@@ -513,6 +513,7 @@ def run_lr_find(
     import keras
 
     from tl_keras.data.sources import load_data
+    from tl_keras.training import decide
 
     spec = config_lib.resolve(config)
     try:
@@ -525,6 +526,10 @@ def run_lr_find(
             f"{', '.join(SUGGEST_RULES)}"
         )
     target, prev, wd, run = _plan(spec, workdir, phase)
+    card = decide.read_card(wd)  # a run's decided recipe, when the workdir has one
+    if card is not None:
+        spec = config_lib.resolve(spec, card)
+        target = next(p for p in spec.schedule if p.name == target.name)
     keras.utils.set_random_seed(spec.config.seed)
     if data is None:
         data = load_data(spec, workdir=wd.path)

@@ -31,8 +31,18 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
 JIT_COMPILE: dict[str, str | bool] = {"auto": "auto", "on": True, "off": False}
 
 
-def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    name: str, learning_rate, *, weight_decay: float = 0.0, ema_momentum: float | None = None
+) -> keras.optimizers.Optimizer:
     """Returns a fresh optimizer by name (one of `OPTIMIZERS`).
+
+    Args:
+      name: the optimizer's name.
+      learning_rate: a float or a Keras schedule.
+      weight_decay: decoupled weight decay; 0 keeps the optimizer's own default (AdamW's 0.004,
+        none for the others).
+      ema_momentum: keep an exponential moving average of the weights with this momentum and
+        write it into the weights when `fit` ends (Keras's `use_ema`); None = off.
 
     Raises:
       ConfigError: an unknown name.
@@ -42,7 +52,23 @@ def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
     if name not in OPTIMIZERS:
         raise ConfigError(f"optimizer={name!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
     class_name, kwargs = OPTIMIZERS[name]
+    kwargs = dict(kwargs)
+    if weight_decay:
+        kwargs["weight_decay"] = weight_decay
+    if ema_momentum is not None:
+        kwargs.update(use_ema=True, ema_momentum=ema_momentum)
     return getattr(keras.optimizers, class_name)(learning_rate, **kwargs)
+
+
+def ema_momentum(phase: Phase, steps_per_epoch: int) -> float | None:
+    """The EMA momentum that averages about the last `EMA_FRACTION` of a phase's steps, or None
+    when the phase does not average its weights."""
+    from tl_keras.recipe import auto
+
+    if phase.weight_averaging != "ema" or not phase.trains_base or phase.epochs < 1:
+        return None
+    window = max(2.0, auto.EMA_FRACTION * phase.epochs * steps_per_epoch)
+    return 1.0 - 1.0 / window
 
 
 def discriminative_multipliers(
@@ -115,7 +141,12 @@ def phase_optimizer(
             plateau_factor=s.plateau_factor,
             plateau_monitor=monitor,
         )
-    optimizer = make_optimizer(phase.optimizer, learning_rate)
+    optimizer = make_optimizer(
+        phase.optimizer,
+        learning_rate,
+        weight_decay=phase.weight_decay,
+        ema_momentum=ema_momentum(phase, steps_per_epoch),
+    )
     if phase.layer_decay != 1.0 and phase.trains_base:
         multipliers = discriminative_multipliers(
             model, backbone, phase.layer_decay, groups=phase.layer_decay_groups

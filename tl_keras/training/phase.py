@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -63,6 +63,8 @@ class PhaseResult:
     reference: Snapshot | None = None
     # The global epoch whose weights early stopping restored at the phase's end, when it did.
     kept_epoch: int | None = None
+    # Under weight averaging: validation metrics of the last epoch's and of the averaged weights.
+    averaged: dict | None = None
 
 
 @dataclasses.dataclass
@@ -75,6 +77,7 @@ class PhaseSetup:
       fit_model: what `fit` trains: `model`, or its head alone on cached features.
       fit_data: the batches `fit` sees (of images, or of cached features).
       report: what trains, and the parameter counts.
+      backbone: the backbone's registry name or `BackboneSpec` (its blocks).
       window: where the phase sits in the run (first and last epoch, the history before it).
       initial_epoch: global epochs done before this `fit` (the previous phase's real end, or
         the checkpoint's epoch when resuming).
@@ -88,6 +91,7 @@ class PhaseSetup:
     fit_model: keras.Model
     fit_data: DataBundle
     report: TrainabilityReport
+    backbone: object
     window: PhaseWindow
     initial_epoch: int
     schedule_callbacks: list[keras.callbacks.Callback]
@@ -114,6 +118,7 @@ def run_phase(
     jit_compile: str = "auto",
     strategy=None,
     class_weight: dict[int, float] | None = None,
+    epochs_planner: Callable[[PhaseSetup], int] | None = None,
 ) -> PhaseResult:
     """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
 
@@ -141,6 +146,8 @@ def run_phase(
       strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
       class_weight: class index -> weight of its images' training loss
         (`tl_keras.training.class_weight`); None = unweighted.
+      epochs_planner: decides the phase's epochs once it is compiled (the time budget, see
+        `tl_keras.training.budget`); its measurement leaves every variable as it was.
 
     Returns:
       The phase's history (global epochs, the learning rate each epoch used), trainability
@@ -164,6 +171,8 @@ def run_phase(
         resume=resume,
         jit_compile=jit_compile,
     )
+    if epochs_planner is not None and resume is None:
+        setup = replan(setup, epochs_planner(setup), data, jit_compile=jit_compile)
     if feature_cache != "off":
         setup = use_cached_features(
             setup,
@@ -180,7 +189,10 @@ def run_phase(
     )
     start = time.perf_counter()
     fit(setup, state, cbs, bar=use_progress_bar(progress), class_weight=class_weight)
-    return outcome(setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir)
+    result = outcome(
+        setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir
+    )
+    return dataclasses.replace(result, averaged=_averaged(setup, state))
 
 
 # --- 1. set-up ------------------------------------------------------------------------------------
@@ -236,11 +248,35 @@ def set_up(
         fit_model=model,
         fit_data=data,
         report=report,
+        backbone=backbone,
         window=window,
         initial_epoch=initial_epoch,
         schedule_callbacks=schedule_callbacks,
         resume=resume,
         done_records=done_records,
+    )
+
+
+def replan(setup: PhaseSetup, epochs: int, data: DataBundle, *, jit_compile: str) -> PhaseSetup:
+    """The setup for a phase of `epochs` epochs: a fresh optimizer whose schedule has that
+    length, compiled again (nothing has trained yet); the setup itself when nothing changes."""
+    phase = setup.phase
+    if epochs == phase.epochs:
+        return setup
+    phase = dataclasses.replace(phase, epochs=epochs)
+    monitor = "val_loss" if data.val is not None else "loss"
+    optimizer, schedule_callbacks = optim.phase_optimizer(
+        setup.model,
+        phase,
+        backbone=setup.backbone,
+        steps_per_epoch=data.steps_per_epoch,
+        monitor=monitor,
+    )
+    optim.compile_for_phase(setup.model, phase, optimizer=optimizer, jit_compile=jit_compile)
+    w = setup.window
+    window = dataclasses.replace(w, last_epoch=w.first_epoch - 1 + epochs)
+    return dataclasses.replace(
+        setup, phase=phase, window=window, schedule_callbacks=schedule_callbacks
     )
 
 
@@ -380,6 +416,9 @@ def fit(
     resume, early = setup.resume, state.early
     if resume is not None and resume.finished_phase:
         remaining = 0
+        optimizer = setup.fit_model.optimizer
+        if getattr(optimizer, "use_ema", False):  # as fit does when its last epoch ends
+            optimizer.finalize_variable_values(setup.fit_model.trainable_weights)
         best = None if early is None else early.resumed_best_weights()
         if best is not None:
             setup.fit_model.set_weights(best)  # as EarlyStopping.on_train_end would
@@ -420,6 +459,25 @@ def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar, class_weight
             f"{setup.phase.name!r} and the last good checkpoint was kept: restore those files and "
             "continue with --resume, or start again on the data as it is now with --overwrite"
         ) from None
+
+
+def _averaged(setup: PhaseSetup, state: PhaseState) -> dict | None:
+    """Under weight averaging: the validation metrics of the averaged weights (logged), beside
+    the last epoch's, whose weights the average replaced."""
+    model, data = setup.fit_model, setup.fit_data
+    if not getattr(model.optimizer, "use_ema", False) or data.val is None:
+        return None
+    last = state.recorder.history.records[-1] if len(state.recorder.history) else {}
+    scores = model.evaluate(data.val, verbose=0, return_dict=True)
+    averaged = {f"val_{k}": float(v) for k, v in scores.items()}
+    say(
+        "[%s] weight averaging (EMA): the saved weights score val_accuracy %.4f (the last "
+        "epoch's: %.4f)",
+        setup.phase.name,
+        averaged.get("val_accuracy", float("nan")),
+        last.get("val_accuracy", float("nan")),
+    )
+    return {"last_epoch": {k: last[k] for k in averaged if k in last}, "averaged": averaged}
 
 
 # --- 4. outcome -----------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def plan_run(
     done = dict(run["phases"]) if run else {}
     ckpt = None
     if resume and run is not None:
-        check_resume_config(wd, spec.config)
+        check_resume_config(wd, spec.given or spec.config)
         ckpt = checkpoint.latest(wd.path)
         targets = [p for p in targets if p.name not in done]
         if not targets:

@@ -6,9 +6,12 @@
    workdir, and every refusal, before TensorFlow loads;
 2. **state** (`initial_state`): the data, and the model and history the first phase starts
    from: a new model, what the previous phase saved, or the newest checkpoint;
-3. **loop** (`run_phases`): each phase (`tl_keras.training.phase.run_phase`), then rollback when
-   asked, then its artifacts and `run.json`, the commit point; after the last phase, the
-   temperature fitted on validation (`tl_keras.training.calibrate`), in run.json's "inference".
+3. **recipe** (`decide_recipe`): the settings left to the recipe, decided from the data and the
+   model (`tl_keras.training.decide`) or read back from the workdir's `recipe.json`;
+4. **loop** (`run_phases`): each phase (`tl_keras.training.phase.run_phase`, its epochs planned
+   from the time budget when there is one), then rollback when asked, then its artifacts and
+   `run.json`, the commit point; after the last phase, the temperature fitted on validation
+   (`tl_keras.training.calibrate`), in run.json's "inference".
 
 A schedule may have any number of phases (gradual unfreezing); under `rollback`, a phase that
 ends worse than the previous phase's best is undone. `run_phase` runs one phase on a model in
@@ -23,12 +26,14 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 
 import keras
 
 from tl_keras import _failpoints, io, lock, schema
 from tl_keras import config as config_lib
+from tl_keras.data import augment
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.data.sources import load_data
 from tl_keras.errors import DiskFullError
@@ -43,8 +48,18 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
-from tl_keras.training import calibrate, checkpoint, class_weight, distribute, optim, rollback
-from tl_keras.training.phase import PhaseResult, run_phase
+from tl_keras.recipe import auto
+from tl_keras.training import (
+    budget,
+    calibrate,
+    checkpoint,
+    class_weight,
+    decide,
+    distribute,
+    optim,
+    rollback,
+)
+from tl_keras.training.phase import PhaseResult, PhaseSetup, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
 
@@ -74,6 +89,9 @@ class RunState:
       run: `run.json` as it will be written (identity, classes, phases done, schedule).
       reference: under rollback, the best weights the next phase must beat.
       data: the data every phase trains on.
+      card: the recipe card the run follows.
+      clock: the time budget and the run's start, or None without a budget.
+      save_s: how long the last phase's artifacts took to write (the budget's reserve).
     """
 
     model: keras.Model
@@ -81,6 +99,9 @@ class RunState:
     run: dict
     reference: rollback.Snapshot | None
     data: DataBundle
+    card: auto.Card | None = None
+    clock: budget.Clock | None = None
+    save_s: float = 1.0
 
 
 def train(
@@ -127,7 +148,8 @@ def train(
       >>> result.history.boundaries()
       [5.5]
     """
-    spec = config_lib.resolve(config)  # the one place the config is worked out
+    started = time.monotonic()  # the time budget counts from here
+    spec = config_lib.resolve(config)  # worked out once here, and once more with the recipe card
     config = spec.config
     check_options(overwrite=overwrite, resume=resume)
     strategy = distribute.make_strategy(config.strategy, logical_cpus=config.logical_cpus)
@@ -144,12 +166,15 @@ def train(
                 resume=resume,
                 data=data,
                 callbacks=callbacks,
+                started=started,
             )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks) -> RunResult:
+def _train(
+    spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks, started
+) -> RunResult:
     """`train` inside the strategy's scope; only the chief's artifacts land in the workdir.
 
     The chief holds the workdir's lock throughout (one writer per workdir). Under multi-worker
@@ -174,13 +199,14 @@ def _train(spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks
                 log.info(note)
             if plan.nothing_to_do:
                 return _finished_run(plan)
-            plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
             state = None
             try:
                 state = initial_state(plan, spec, data)
+                spec, plan = decide_recipe(plan, spec, state, started=started)
+                plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
                 state.data = distribute.shard_data(state.data, strategy)  # each worker its own part
                 distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
-                _start_run(plan, spec.config, state)
+                _start_run(plan, spec, state)
                 results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
             except Exception as e:
                 if io.is_disk_full(e):
@@ -355,8 +381,57 @@ def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) ->
             )
 
 
-def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> None:
-    """Writes run.json (with the schedule) and config.json: a run is in progress from here on.
+def decide_recipe(
+    plan: RunPlan, spec: config_lib.RunSpec, state: RunState, *, started: float
+) -> tuple[config_lib.RunSpec, RunPlan]:
+    """The run's recipe card, and the config, plan and data that follow from it.
+
+    The first phase of a run decides the card (and refuses a time budget that cannot hold one
+    epoch of each phase, before anything is written); a later phase or a resumed run reads it
+    from the workdir.
+
+    Raises:
+      ConfigError: a time budget too small for the run.
+      WorkdirError: a damaged `recipe.json`.
+    """
+    first = plan.previous is None and plan.resume_from is None
+    card, rate, new = decide.decide(spec, state.data, state.model, plan.workdir, first_phase=first)
+    spec = config_lib.resolve(spec, card)
+    if spec.time_budget_s is not None:
+        state.clock = budget.Clock(spec.time_budget_s, started)
+        if new and rate:
+            _check_budget(spec, state, rate)
+    state.card = card
+    cfg = spec.config
+    if state.data.train_images is not None:
+        state.data = state.data.with_training(
+            augment=cfg.augment,
+            mixup=cfg.mixup,
+            cutmix=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+        )
+    if state.data.pipeline is not None:
+        augment.log_training(state.data.pipeline)
+    names = {p.name for p in plan.targets}
+    targets = tuple(p for p in spec.schedule if p.name in names)
+    return spec, dataclasses.replace(plan, schedule=spec.schedule, targets=targets)
+
+
+def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> None:
+    """Refuses a budget that cannot hold one epoch of each phase (estimated from the probe's
+    forward rate: fe one pass over train + validation, an ft epoch twice a pass over train)."""
+    data, schedule = state.data, spec.schedule
+    fe_s = (data.num_train + data.num_val) / rate
+    ft = [p for p in schedule if p.trains_base and p.epochs > 0]
+    ft_epoch_s = 2.0 * data.num_train / rate + data.num_val / rate
+    auto.check_budget_holds(
+        spec.time_budget_s, state.clock.elapsed_s, fe_s, ft_epoch_s, ft_runs=bool(ft)
+    )
+
+
+def _start_run(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None:
+    """Writes run.json (with the schedule), config.json (as given: 'auto' where the recipe
+    decides) and recipe.json (the card): a run is in progress from here on.
 
     A phase that starts afresh drops checkpoints an earlier attempt left (they would otherwise
     outrank its own on a later --resume).
@@ -365,8 +440,12 @@ def _start_run(plan: RunPlan, config: config_lib.Config, state: RunState) -> Non
     if plan.resume_from is None:
         checkpoint.remove_all(out.path)
     state.run["schedule"] = [p.to_dict() for p in plan.schedule]
+    # How the trained model is served: predict, evaluate and every export read this.
+    state.run["inference"] = {**state.run.get("inference", {}), "tta": spec.config.tta}
     out.write_run(state.run)
-    io.atomic_write_text(out.file("config.json"), config_lib.to_json(config))
+    io.atomic_write_text(out.file("config.json"), config_lib.to_json(spec.given or spec.config))
+    if state.card is not None:
+        decide.write_card(out, state.card)
 
 
 def run_phases(
@@ -384,15 +463,22 @@ def run_phases(
     """
     out, ckpt, config, results = plan.outdir, plan.resume_from, spec.config, []
     weights = _class_weights(config, state.data)
+    unaugmented = None
     for p in plan.targets:
+        data = state.data
+        if not p.augment and data.train_images is not None:  # e.g. fe on cached features
+            unaugmented = unaugmented or data.with_training(augment="none", mixup=0.0, cutmix=0.0)
+            data = unaugmented
+        planner = _epochs_planner(plan, spec, state, p)
+        guard = [budget.BudgetGuard(state.clock, state.save_s)] if state.clock else []
         result = run_phase(
             state.model,
             p,
-            state.data,
+            data,
             backbone=spec.backbone,
             initial_epoch=state.history.last_epoch,
             bn_policy=config.bn_policy,
-            callbacks=[*callbacks, *_log_callbacks(config, out)],
+            callbacks=[*callbacks, *guard, *_log_callbacks(config, out)],
             progress=config.progress,
             track_best=config.rollback or None,
             checkpoint_dir=out.path,
@@ -403,14 +489,19 @@ def run_phases(
             jit_compile=config.jit_compile,
             strategy=strategy,
             class_weight=weights,
+            epochs_planner=planner,
         )
+        if result.phase.epochs != p.epochs:  # planned from the time budget
+            _record_planned(plan, state, result.phase)
         if config.rollback:
             state.reference = rollback.apply_rollback(
                 state.model, result, state.reference, state.data
             )
         state.history.extend(result.history)
         _mark_kept(state.history, result)
-        save_phase(out, state, config, result)
+        started = time.monotonic()
+        save_phase(out, state, config, result, pipeline=data.pipeline)
+        state.save_s = time.monotonic() - started
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
         out.drop_replaced(f"this run finished phase {p.name!r}")
         _failpoints.hit(f"phase_saved:{p.name}")
@@ -441,6 +532,60 @@ def _mark_kept(history: History, result: PhaseResult) -> None:
         history.mark_kept(result.phase.name, result.kept_epoch, "early stopping")
 
 
+def _epochs_planner(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, phase):
+    """Under a time budget, what plans a phase's epochs once it is compiled; else None.
+
+    Only for a phase that trains the base and whose length the recipe decided (not the user's
+    epochs or stages); it gets what is left of the budget after the phases before it.
+    """
+    card = state.card
+    if state.clock is None or card is None or not phase.trains_base or plan.resume_from:
+        return None
+    if card.get("epochs_ft").source not in ("rule", "budget") or spec.config.stages:
+        return None
+    clock = state.clock
+
+    def planner(setup: PhaseSetup) -> int:
+        cost = budget.measure_epoch_cost(
+            setup.fit_model, setup.fit_data, first_epoch=setup.initial_epoch
+        )
+        reserve = state.save_s + cost.val_s + cost.trace_s  # saving, a last pass, a retrace
+        epochs = auto.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
+        left = auto.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
+        log.info(
+            "[%s] time budget: an epoch costs %.1fs (train %.1fs, validation %.1fs, checkpoint "
+            "%.1fs); %.0fs of the %.0fs budget left: %d epochs",
+            phase.name,
+            cost.total_s,
+            cost.train_s,
+            cost.val_s,
+            cost.overhead_s,
+            left,
+            clock.budget_s,
+            epochs,
+        )
+        state.card = card.with_decision(
+            auto.Decision(
+                "epochs_ft",
+                epochs,
+                "budget",
+                f"planned: {cost.total_s:.1f}s per epoch measured, {left:.0f}s of the "
+                f"{clock.budget_s:.0f}s time budget left",
+            )
+        )
+        decide.write_card(plan.outdir, state.card)  # a resumed run keeps the plan
+        return epochs
+
+    return planner
+
+
+def _record_planned(plan: RunPlan, state: RunState, phase) -> None:
+    """The schedule in run.json gets a planned phase's real length."""
+    state.run["schedule"] = [
+        phase.to_dict() if p["name"] == phase.name else p for p in state.run["schedule"]
+    ]
+
+
 def _log_callbacks(config: config_lib.Config, wd: Workdir) -> list[keras.callbacks.Callback]:
     cbs: list[keras.callbacks.Callback] = []
     if config.tensorboard:
@@ -452,9 +597,17 @@ def _log_callbacks(config: config_lib.Config, wd: Workdir) -> list[keras.callbac
 
 
 def save_phase(
-    wd: Workdir, state: RunState, config: config_lib.Config, result: PhaseResult
+    wd: Workdir,
+    state: RunState,
+    config: config_lib.Config,
+    result: PhaseResult,
+    *,
+    pipeline=None,
 ) -> None:
-    """Writes a phase's artifacts, then run.json (the commit point), each file atomically."""
+    """Writes a phase's artifacts, then run.json (the commit point), each file atomically.
+
+    `pipeline`: the data pipeline the phase trained on (its augmentation), for `summary.json`.
+    """
     run, history, model, data = state.run, state.history, state.model, state.data
     name = result.phase.name
     os.makedirs(wd.phase_dir(name), exist_ok=True)
@@ -474,6 +627,10 @@ def save_phase(
         # What the phase trained on: counts, skipped unreadable files, pipeline settings.
         "data": data.report.to_dict() if data.report is not None else None,
     }
+    if summary["data"] is not None and pipeline is not None:
+        summary["data"]["pipeline"] = pipeline.describe()
+    if result.averaged is not None:
+        summary["weight_averaging"] = result.averaged
     rollback.save_rollback(wd, result, summary)
     io.atomic_write_json(wd.file(name, "summary.json"), summary)
     history.save(wd.file("history.json"), wd.file("history.csv"))
@@ -489,6 +646,8 @@ def save_phase(
         k: summary[k]
         for k in ("first_epoch", "last_epoch", "epochs_run", "stopped_early", "wall_time_s")
     }
+    if state.clock is not None:
+        run["time_budget"] = state.clock.report()
     wd.write_run(run)
 
 

@@ -1,0 +1,299 @@
+"""Does tl_keras's default beat the 40 lines of plain Keras it replaces, in no more time?
+
+    python benchmarks/bench_recipe.py            # 3 regimes x 3 seeds (about 25 minutes on 2 cores)
+    python benchmarks/bench_recipe.py --quick    # smoke run: tiny, one seed (the test suite runs it)
+
+Three regimes, each with MobileNet-0.25 and the shared ImageNet weights:
+
+* **flowers**: the shared flower photos (3,439, 5 classes) at 128 px;
+* **fewshot**: the same with 20 images per class;
+* **digits**: scikit-learn's bundled handwritten digits (8 x 8 grey, 1,797 images, 10 classes),
+  upscaled to 32 px PNG files and trained at 64 px: a domain far from ImageNet.
+
+Each regime's data is written once as image folders: a **test** split (15% of each class, a fixed
+seed) that no run ever sees and no decision ever reads, and the rest, the folder a user would
+point a trainer at. Per seed, side by side in this one process:
+
+* **plain**: the TensorFlow transfer-learning tutorial's way, written here without the package:
+  `image_dataset_from_directory(validation_split=0.2)`, flip + rotation layers in the model,
+  feature extraction 8 epochs at 1e-3, then the top 30 layers 8 epochs at 1e-4 with
+  BatchNormalization frozen;
+* **tl_keras**: `tl_keras.train` with no recipe setting at all (the decided recipe), then
+  `tl_keras.evaluate_workdir` on the test folder (what `python -m tl_keras.evaluate` does);
+* **tl_keras, same budget**: the same with `time_budget` set to the plain run's wall time.
+
+Reports test accuracy mean and standard deviation over the seeds, wall time, and the paired
+difference with a 95% interval over seeds. Writes benchmarks/results/recipe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+
+import _common
+
+REGIMES = ("flowers", "fewshot", "digits")
+TEST_FRACTION = 0.15
+SPLIT_SEED = 20261201  # the test carve: fixed once, never tuned
+SIZES = {"flowers": 128, "fewshot": 128, "digits": 64}
+
+
+# --- the regimes' data, written once ------------------------------------------------------------
+def _carve(files_by_class: dict[str, list[str]], root: str, per_class: int | None) -> None:
+    """Links each class's files into root/test (TEST_FRACTION) and root/user (the rest)."""
+    rng = random.Random(SPLIT_SEED)
+    for cls, files in sorted(files_by_class.items()):
+        files = sorted(files)
+        rng.shuffle(files)
+        n_test = round(TEST_FRACTION * len(files))
+        test, user = files[:n_test], files[n_test:]
+        if per_class is not None:
+            user = user[:per_class]
+        for split, chosen in (("test", test), ("user", user)):
+            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+            for f in chosen:
+                os.symlink(f, os.path.join(root, split, cls, os.path.basename(f)))
+
+
+def _flower_files(flowers: str, quick: bool) -> dict[str, list[str]]:
+    out = {}
+    for cls in sorted(os.listdir(flowers)):
+        names = sorted(os.listdir(os.path.join(flowers, cls)))
+        out[cls] = [os.path.join(flowers, cls, n) for n in (names[:40] if quick else names)]
+    return out
+
+
+def _digit_files(folder: str, quick: bool) -> dict[str, list[str]]:
+    """Writes scikit-learn's digits as 32 px RGB PNGs (bilinear upscaling) and lists them."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out: dict[str, list[str]] = {}
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if quick and i >= 200:
+            break
+        cls = str(label)
+        path = os.path.join(folder, cls, f"{i:04d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pixels = (image / 16.0 * 255.0).round().astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).convert("RGB").save(path)
+        out.setdefault(cls, []).append(path)
+    return out
+
+
+def make_regimes(root: str, flowers: str, quick: bool, regimes: list[str]) -> dict[str, str]:
+    """Writes each regime's test/ and user/ folders under root; returns regime -> folder."""
+    folders = {}
+    for regime in regimes:
+        if regime == "digits":
+            source, per_class = _digit_files(os.path.join(root, "digits_png"), quick), None
+        else:
+            source = _flower_files(flowers, quick)
+            per_class = 20 if regime == "fewshot" else None
+        folders[regime] = os.path.join(root, regime)
+        _carve(source, folders[regime], per_class)
+    return folders
+
+
+# --- the plain recipe, the way the TensorFlow tutorial writes it ---------------------------------
+def plain_recipe(folder: str, size: int, weights: str, seed: int, quick: bool) -> dict:
+    """Trains the tutorial's way on folder/user, scores folder/test; returns wall and accuracy."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    kw = dict(image_size=(size, size), batch_size=32, seed=seed, validation_split=0.2)
+    user = os.path.join(folder, "user")
+    train = keras.utils.image_dataset_from_directory(user, subset="training", verbose=False, **kw)
+    val = keras.utils.image_dataset_from_directory(user, subset="validation", verbose=False, **kw)
+    num_classes = len(train.class_names)
+    train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
+    augment = keras.Sequential(
+        [keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.2)]
+    )
+    base = keras.applications.MobileNet(
+        input_shape=(size, size, 3), alpha=0.25, include_top=False, weights=weights
+    )
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    x = keras.applications.mobilenet.preprocess_input(augment(inputs))
+    x = base(x, training=False)
+    x = keras.layers.Dropout(0.2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    fe_epochs, ft_epochs = (1, 1) if quick else (8, 8)
+    model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
+    first = model.fit(train, validation_data=val, epochs=fe_epochs, verbose=0)
+    base.trainable = True
+    for layer in base.layers[:-30]:
+        layer.trainable = False
+    for layer in base.layers:  # the tutorial relies on training=False; Keras 3 needs this
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    model.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
+    model.fit(
+        train,
+        validation_data=val,
+        epochs=len(first.epoch) + ft_epochs,
+        initial_epoch=len(first.epoch),
+        verbose=0,
+    )
+    wall = time.perf_counter() - start
+    test = keras.utils.image_dataset_from_directory(
+        os.path.join(folder, "test"), image_size=(size, size), shuffle=False, verbose=False
+    )
+    _, accuracy = model.evaluate(test, verbose=0)
+    return {"wall_s": round(wall, 2), "test_accuracy": round(float(accuracy), 4)}
+
+
+# --- tl_keras, as a user runs it ------------------------------------------------------------------
+def tl_keras_run(
+    folder: str, size: int, weights: str, seed: int, quick: bool, budget_s: float | None = None
+) -> dict:
+    """`tl_keras.train` with no recipe settings on folder/user, then evaluate on folder/test."""
+    from tl_keras import Config, evaluate_workdir, train
+
+    workdir = tempfile.mkdtemp(prefix="bench-recipe-")
+    overrides = {"time_budget": f"{budget_s:.1f}s"} if budget_s else {}
+    if quick:
+        overrides.update(epochs_fe=1, epochs_ft=1)
+    config = Config(
+        data_dir=os.path.join(folder, "user"),
+        backbone="mobilenet",
+        alpha=0.25,
+        weights=weights,
+        image_size=size,
+        seed=seed,
+        progress="lines",
+        **overrides,
+    )
+    try:
+        start = time.perf_counter()
+        train(config, workdir)
+        wall = time.perf_counter() - start
+        evaluation = evaluate_workdir(workdir, data_dir=os.path.join(folder, "test"))
+        with open(os.path.join(workdir, "recipe.json"), encoding="utf-8") as f:
+            card = json.load(f)
+        with open(os.path.join(workdir, "run.json"), encoding="utf-8") as f:
+            run = json.load(f)
+        out = {
+            "wall_s": round(wall, 2),
+            "test_accuracy": round(float(evaluation.metrics["accuracy"]), 4),
+            "recipe": {d["field"]: d["value"] for d in card["decisions"]},
+            "epochs_run": {p: len(e) for p, e in _epochs_by_phase(workdir).items()},
+        }
+        if "time_budget" in run:
+            out["time_budget"] = run["time_budget"]
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _epochs_by_phase(workdir: str) -> dict[str, list[int]]:
+    from tl_keras import History
+
+    by_phase: dict[str, list[int]] = {}
+    for record in History.load(os.path.join(workdir, "history.json")).records:
+        by_phase.setdefault(record["phase"], []).append(record["epoch"])
+    return by_phase
+
+
+def summarise(runs: list[dict], arms: list[str]) -> dict:
+    """Mean and standard deviation of each arm, and its paired difference to plain over seeds."""
+    from tl_keras import stats
+
+    out = {}
+    for arm in arms:
+        accs = [r[arm]["test_accuracy"] for r in runs]
+        walls = [r[arm]["wall_s"] for r in runs]
+        out[arm] = {
+            "test_accuracy_mean": round(statistics.fmean(accs), 4),
+            "test_accuracy_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+            "wall_s_mean": round(statistics.fmean(walls), 1),
+        }
+        if arm != "plain":
+            plain = [r["plain"]["test_accuracy"] for r in runs]
+            if len(runs) > 1:
+                ci = stats.paired_t_interval(accs, plain)
+                out[arm]["minus_plain"] = {
+                    "mean": round(ci.mean, 4),
+                    "ci95": [round(ci.low, 4), round(ci.high, 4)],
+                }
+            out[arm]["wall_vs_plain"] = round(
+                statistics.fmean(walls) / statistics.fmean(r["plain"]["wall_s"] for r in runs), 2
+            )
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (one seed, 1+1 epochs)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--regimes", default=",".join(REGIMES))
+    ap.add_argument("--no_budget_arm", action="store_true", help="skip the same-budget arm")
+    args = ap.parse_args(argv)
+    flowers, weights = _common.flowers_or_exit()
+    seeds = list(range(1 if args.quick else args.seeds))
+    arms = ["plain", "tl_keras"] + ([] if args.no_budget_arm else ["tl_keras_same_budget"])
+    root = tempfile.mkdtemp(prefix="bench-recipe-data-")
+    results = {"machine": _common.machine(), "seeds": seeds, "regimes": {}}
+    try:
+        regimes = args.regimes.split(",")
+        unknown = sorted(set(regimes) - set(REGIMES))
+        if unknown:
+            ap.error(f"unknown regime(s) {', '.join(unknown)}: use {', '.join(REGIMES)}")
+        folders = make_regimes(root, flowers, args.quick, regimes)
+        for regime in regimes:
+            size, runs = SIZES[regime], []
+            for seed in seeds:
+                run = {"seed": seed}
+                run["plain"] = plain_recipe(folders[regime], size, weights, seed, args.quick)
+                run["tl_keras"] = tl_keras_run(folders[regime], size, weights, seed, args.quick)
+                if "tl_keras_same_budget" in arms:
+                    run["tl_keras_same_budget"] = tl_keras_run(
+                        folders[regime], size, weights, seed, args.quick, run["plain"]["wall_s"]
+                    )
+                print(regime, run, flush=True)
+                runs.append(run)
+            results["regimes"][regime] = {"runs": runs, "summary": summarise(runs, arms)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    path = _common.write("recipe" if not args.quick else "recipe_quick", results)
+    print(table(results, arms))
+    print(f"wrote {path}")
+
+
+def table(results: dict, arms: list[str]) -> str:
+    lines = [
+        "| regime | " + " | ".join(arms) + " | tl_keras - plain (95% CI over seeds) |",
+        "|---" * (len(arms) + 2) + "|",
+    ]
+    for regime, r in results["regimes"].items():
+        s = r["summary"]
+        cells = [
+            f"{s[a]['test_accuracy_mean']:.3f} ± {s[a]['test_accuracy_std']:.3f} "
+            f"({s[a]['wall_s_mean']:.0f} s)"
+            for a in arms
+        ]
+        diff = s["tl_keras"].get("minus_plain")
+        ci = (
+            f"{diff['mean'] * 100:+.1f} [{diff['ci95'][0] * 100:+.1f}, {diff['ci95'][1] * 100:+.1f}]"
+            if diff
+            else "-"
+        )
+        lines.append(f"| {regime} | " + " | ".join(cells) + f" | {ci} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

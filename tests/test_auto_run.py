@@ -1,0 +1,217 @@
+"""The decided recipe in a real run: the card is measured, printed, kept, trusted and obeyed.
+
+Tiny runs (MobileNet-0.25 at 32 px, a few dozen generated images); the epochs are given so the
+runs stay short, and everything else is left to the recipe. The rules themselves are tested
+without training in tests/test_recipe_auto.py.
+"""
+
+import json
+import logging
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from tl_keras import config as config_lib
+from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.recipe import auto
+from tl_keras.training import budget, decide
+from tl_keras.training.runner import build_initial_model, train
+
+
+def read(path) -> dict:
+    return json.loads(pathlib.Path(path).read_text())
+
+
+def auto_config(**overrides):
+    """A tiny run that leaves every recipe setting but the epochs to the recipe."""
+    values = dict(recipe="auto", epochs_fe=1, epochs_ft=2, unfreeze="auto")
+    return tiny_config(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("auto")
+    logger = logging.getLogger("tl_keras")
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = train(auto_config(), str(wd))
+    finally:
+        logger.removeHandler(handler)
+    return wd, result, lines
+
+
+def test_the_card_is_printed_kept_and_says_who_chose_what(auto_run):
+    wd, _, lines = auto_run
+    card = auto.Card.from_dict(read(wd / "recipe.json"))
+    assert card.recipe == "auto"
+    assert card.get("epochs_ft").source == "user" and card.get("augment").source == "rule"
+    assert card.get("unfreeze").value == "all"  # random weights: no statistics to compare
+    header = [line for line in lines if line.startswith("recipe card (auto)")]
+    assert len(header) == 1 and "no pretrained weights" in header[0]
+    assert any(line.split()[:2] == ["lr_schedule", "cosine"] for line in lines)
+
+
+def test_the_run_follows_the_card(auto_run):
+    wd, result, lines = auto_run
+    card = auto.Card.from_dict(read(wd / "recipe.json"))
+    run = read(wd / "run.json")
+    fe, ft = (p for p in run["schedule"])
+    # fe trains on cached, unaugmented features; ft on the decided augmentation.
+    assert (fe["augment"], ft["augment"]) == (False, True)
+    assert any("[fe] cached features" in line for line in lines)
+    assert ft["lr_schedule"]["name"] == card.get("lr_schedule").value == "cosine"
+    assert ft["unfreeze"] == "all" and ft["lr"] == pytest.approx(1e-4)
+    assert read(wd / "fe" / "summary.json")["data"]["pipeline"]["augment"] == "none"
+    assert read(wd / "ft" / "summary.json")["data"]["pipeline"]["augment"] == "light"
+    assert read(wd / "ft" / "config.json")["label_smoothing"] == 0.1  # what the phase ran with
+    assert read(wd / "config.json")["label_smoothing"] == "auto"  # what the user asked
+    assert run["inference"] == {"tta": card.get("tta").value}
+    assert [r["epoch"] for r in result.history.records] == [1, 2, 3]
+
+
+def test_a_later_phase_trusts_the_saved_card_and_never_decides_again(tmp_path):
+    wd = tmp_path / "w"
+    train(auto_config(), str(wd), phase="fe")
+    saved = read(wd / "recipe.json")
+    # Edit the kept card: a later phase must follow it, not decide afresh.
+    for d in saved["decisions"]:
+        if d["field"] == "augment":
+            d["value"] = "none"
+    (wd / "recipe.json").write_text(json.dumps(saved))
+    train(auto_config(), str(wd), phase="ft")
+    assert read(wd / "ft" / "config.json")["augment"] == "none"
+    assert read(wd / "recipe.json") == saved
+
+
+def test_a_damaged_card_is_one_line_naming_the_file_and_the_way_out(tmp_path):
+    wd = tmp_path / "w"
+    train(auto_config(), str(wd), phase="fe")
+    (wd / "recipe.json").write_text("[1, 2]")
+    with pytest.raises(WorkdirError, match=r"recipe.json is damaged .* with --overwrite"):
+        train(auto_config(), str(wd), phase="ft")
+
+
+def test_a_budget_too_small_for_one_epoch_is_refused_before_anything_is_written(tmp_path):
+    wd = tmp_path / "w"
+    with pytest.raises(ConfigError, match=r"time_budget=1s cannot hold one epoch of each phase"):
+        train(auto_config(time_budget="1s"), str(wd))
+    assert not (wd / "run.json").exists() and not (wd / "recipe.json").exists()
+
+
+@pytest.fixture(scope="module")
+def budget_runs(tmp_path_factory):
+    """A run with a time budget, and the same run given the epochs the budget planned."""
+    root = tmp_path_factory.mktemp("budget")
+    planned = train(auto_config(time_budget="25s", epochs_ft="auto"), str(root / "a"))
+    card = auto.Card.from_dict(read(root / "a" / "recipe.json"))
+    given = train(auto_config(epochs_ft=card.get("epochs_ft").value), str(root / "b"))
+    return root / "a", planned, card, given
+
+
+def test_the_budget_plans_fine_tuning_and_run_json_reports_what_was_used(budget_runs):
+    wd, result, card, _ = budget_runs
+    planned = card.get("epochs_ft")
+    assert planned.source == "budget" and planned.value >= 1
+    run = read(wd / "run.json")
+    assert run["schedule"][1]["epochs"] == planned.value
+    ft_epochs = [r for r in result.history.records if r["phase"] == "ft"]
+    assert 1 <= len(ft_epochs) <= planned.value  # the guard may stop a phase early, never late
+    used = run["time_budget"]
+    assert used["budget_s"] == 25 and used["used_s"] > 0
+    assert used["used_share"] == pytest.approx(used["used_s"] / 25, abs=1e-3)
+
+
+def test_a_planned_run_is_the_run_its_epochs_would_give(budget_runs):
+    """The budget's measurement (real steps, then everything put back) leaves no trace: the
+    planned run equals a run given the planned epochs outright, bitwise."""
+    _, planned, card, given = budget_runs
+    ft_epochs = [r for r in planned.history.records if r["phase"] == "ft"]
+    if len(ft_epochs) < card.get("epochs_ft").value:
+        pytest.skip("the guard cut the planned run short on this busy machine")
+    for a, b in zip(planned.model.weights, given.model.weights, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_measuring_an_epoch_changes_nothing(tmp_path):
+    spec = config_lib.resolve(auto_config())
+    from tl_keras.data.sources import load_data
+
+    data = load_data(spec, workdir=str(tmp_path))
+    keras.utils.set_random_seed(0)
+    model = build_initial_model(spec, data)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3, use_ema=True),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.optimizer.build(model.trainable_variables)
+    before = [np.array(v) for v in model.weights + model.optimizer.variables]
+    cost = budget.measure_epoch_cost(model, data, first_epoch=0)
+    after = [np.array(v) for v in model.weights + model.optimizer.variables]
+    assert cost.train_s > 0 and cost.overhead_s > 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_weight_averaging_saves_the_average_and_reports_both_scores(tmp_path):
+    last = {}
+
+    class Last(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            last["weights"] = [np.array(w) for w in self.model.trainable_weights]
+
+    result = train(auto_config(weight_averaging="ema"), str(tmp_path / "w"), callbacks=[Last()])
+    summary = read(tmp_path / "w" / "ft" / "summary.json")
+    assert set(summary["weight_averaging"]) == {"last_epoch", "averaged"}
+    assert "val_accuracy" in summary["weight_averaging"]["averaged"]
+    final = [np.array(w) for w in result.model.trainable_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(final, last["weights"], strict=True))
+
+
+def test_auto_is_accepted_on_the_command_line_and_in_files(tmp_path):
+    cfg = config_lib.merged({"lr": "auto", "epochs_ft": "7"})
+    assert cfg.lr == auto.AUTO and cfg.epochs_ft == 7
+    path = tmp_path / "c.toml"
+    path.write_text('lr = "auto"\nepochs_ft = 4\nlabel_smoothing = 0\n')
+    cfg = config_lib.merged({}, config_file=str(path))
+    assert (cfg.lr, cfg.epochs_ft, cfg.label_smoothing) == (auto.AUTO, 4, 0.0)
+
+
+@pytest.mark.shared
+def test_the_probe_tells_photos_from_a_far_domain(tmp_path, shared_weights, flowers_dir):
+    """Real ImageNet weights: flower photos sit near ImageNet, the drawn shapes far from it."""
+    import os
+
+    small = tmp_path / "flowers"
+    for cls in sorted(os.listdir(flowers_dir)):
+        (small / cls).mkdir(parents=True)
+        for name in sorted(os.listdir(os.path.join(flowers_dir, cls)))[:24]:
+            (small / cls / name).symlink_to(os.path.join(flowers_dir, cls, name))
+    domains = {}
+    for name, data_dir in (("flowers", str(small)), ("shapes", "synthetic")):
+        cfg = tiny_config(
+            data_dir=data_dir,
+            weights=shared_weights,
+            image_size=64,
+            synthetic_images_per_class=24,
+            recipe="auto",
+        )
+        spec = config_lib.resolve(cfg)
+        from tl_keras.data.sources import load_data
+
+        data = load_data(spec, workdir=str(tmp_path / name))
+        model = build_initial_model(spec, data)
+        facts, rate = decide.measure_facts(spec, data, model)
+        assert len(facts.block_shift) == 14 and rate > 0  # stem and 13 blocks of MobileNet
+        domains[name] = (facts.domain, facts.early_shift)
+    assert domains["flowers"][0] == "near" and domains["shapes"][0] == "far", domains

@@ -1,0 +1,41 @@
+"""benchmarks/bench_recipe.py's quick command runs every arm and writes its JSON.
+
+The figures themselves come from the full command (README, "The decided recipe"); this checks the
+path: the plain recipe, tl_keras's default and the same-budget arm, on few-shot flowers and on
+scikit-learn's digits, each scored on a test split no run saw.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.shared]
+
+
+def test_recipe_benchmark_quick(tmp_path, flowers_dir, shared_weights):
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_recipe.py", "--quick", "--regimes=fewshot,digits"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((tmp_path / "recipe_quick.json").read_text())
+    assert set(payload["regimes"]) == {"fewshot", "digits"}
+    for regime in payload["regimes"].values():
+        run = regime["runs"][0]
+        for arm in ("plain", "tl_keras", "tl_keras_same_budget"):
+            assert 0.0 <= run[arm]["test_accuracy"] <= 1.0 and run[arm]["wall_s"] > 0
+        assert run["tl_keras_same_budget"]["time_budget"]["budget_s"] > 0
+        assert (
+            run["tl_keras"]["recipe"]["epochs_fe"] == 1
+        )  # given by --quick: the user's value wins
+    assert "| fewshot |" in proc.stdout and "| digits |" in proc.stdout

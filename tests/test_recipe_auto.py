@@ -1,0 +1,227 @@
+"""The decided recipe's rules: one test per branch, without TensorFlow or training."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tl_keras.errors import ConfigError
+from tl_keras.recipe import auto
+
+# BatchNorm shifts as tl_keras.training.probe measured them with MobileNet-0.25 (rounded).
+FLOWERS = (
+    ("stem", 0.03),
+    ("block_1", 0.04),
+    ("block_2", 0.07),
+    ("block_3", 0.09),
+    ("block_4", 0.27),
+    ("block_5", 0.11),
+    ("block_6", 0.27),
+    ("block_7", 0.19),
+    ("block_8", 0.11),
+    ("block_9", 0.09),
+    ("block_10", 0.09),
+    ("block_11", 0.12),
+    ("block_12", 0.22),
+    ("block_13", 0.35),
+)
+DIGITS = (("stem", 0.22), ("block_1", 0.19), ("block_2", 0.47), ("block_3", 0.39)) + tuple(
+    (f"block_{i}", 0.5) for i in range(4, 14)
+)
+
+
+def facts(**kw):
+    values = dict(
+        num_train=2339,
+        num_classes=5,
+        min_per_class=392,
+        block_shift=FLOWERS,
+        image_size=128,
+        native_size=224,
+    )
+    values.update(kw)
+    return auto.Facts(**values)
+
+
+def values(card):
+    return card.values()
+
+
+def test_the_recipe_module_imports_no_tensorflow():
+    code = "import sys, tl_keras.recipe.auto; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_enough_photos_near_imagenet_fine_tune_deep_with_light_augmentation():
+    f = facts()
+    assert f.domain == "near" and f.data_size == "enough"
+    v = values(auto.decide({}, f))
+    assert v["epochs_fe"] == auto.FE_MAX_EPOCHS and v["fe_switch_patience"] == auto.FE_PATIENCE
+    assert v["epochs_ft"] == 12  # 12 * sqrt(2500 / 2339) = 12.4
+    # 128 px of the base's 224: every block sees another scale, the whole base adapts.
+    assert v["unfreeze"] == "all"
+    assert (v["lr"], v["ft_lr_factor"], v["layer_decay"]) == (1e-3, 10.0, 1.0)
+    assert (v["lr_schedule"], v["warmup_epochs"]) == ("cosine", 1.0)
+    assert (v["augment"], v["augment_phases"], v["label_smoothing"]) == ("light", "base", 0.1)
+    assert (v["weight_decay"], v["weight_averaging"], v["tta"]) == (0.0, "none", "none")
+
+
+def test_few_images_near_imagenet_extract_features_only_and_average_with_the_mirror():
+    f = facts(num_train=80, min_per_class=16)
+    v = values(auto.decide({}, f))
+    assert f.data_size == "few"
+    assert v["epochs_ft"] == 0 and v["tta"] == "flip" and v["augment"] == "none"
+
+
+def test_far_from_imagenet_fine_tunes_everything_without_flips():
+    f = facts(num_train=1222, num_classes=10, min_per_class=115, block_shift=DIGITS)
+    v = values(auto.decide({}, f))
+    assert f.domain == "far"
+    assert v["unfreeze"] == "all" and v["augment"] == "none" and v["tta"] == "none"
+    assert v["epochs_ft"] == 17  # 12 * sqrt(2500 / 1222) = 17.2
+
+
+def test_few_images_far_from_imagenet_fine_tune_carefully():
+    v = values(auto.decide({}, facts(num_train=120, min_per_class=12, block_shift=DIGITS)))
+    assert v["epochs_ft"] > 0 and v["unfreeze"] == "blocks:2"
+    assert v["ft_lr_factor"] == auto.FT_FACTOR_CAREFUL
+
+
+def test_random_weights_train_the_whole_base_after_a_short_fe():
+    f = facts(pretrained=False, block_shift=())
+    v = values(auto.decide({}, f))
+    assert f.domain == "unknown"
+    assert v["epochs_fe"] == 3 and v["fe_switch_patience"] == 0 and v["unfreeze"] == "all"
+
+
+def test_at_the_native_size_the_blocks_that_look_like_imagenet_stay_frozen():
+    native = dict(image_size=224, native_size=224)
+    # The 4 lowest blocks shift by < 0.1: they stay frozen, the top 10 of 14 train.
+    assert auto.unfreeze_for(facts(**native))[0] == "blocks:10"
+    shallow = tuple((b, 0.05 if i < 12 else 0.3) for i, (b, _) in enumerate(FLOWERS))
+    assert auto.unfreeze_for(facts(block_shift=shallow, **native))[0] == "blocks:7"  # half
+    deep = tuple((b, 0.5) for b, _ in FLOWERS)
+    assert auto.unfreeze_for(facts(block_shift=deep, **native))[0] == "all"
+    assert auto.unfreeze_for(facts(block_shift=shallow, image_size=160))[0] == "all"
+
+
+def test_a_schedule_that_ends_at_a_large_rate_averages_its_weights():
+    v = values(auto.decide({"lr_schedule": "constant"}, facts(schedule_given="constant")))
+    assert v["weight_averaging"] == "ema"
+
+
+@pytest.mark.parametrize(
+    "num_train, epochs", [(100, 30), (625, 24), (2500, 12), (10000, 6), (1_000_000, 3)]
+)
+def test_fine_tuning_epochs_shrink_with_the_square_root_of_the_data(num_train, epochs):
+    assert auto.ft_epochs_for(num_train) == epochs
+
+
+def test_a_given_value_wins_and_the_card_says_what_the_rule_would_have_chosen():
+    card = auto.decide({"epochs_ft": 3, "lr": 3e-4, "augment": auto.AUTO}, facts())
+    d = card.get("epochs_ft")
+    assert (d.value, d.source) == (3, "user") and "would choose 12" in d.reason
+    assert card.get("lr").source == "user" and card.get("augment").source == "rule"
+    same = auto.decide({"augment": "light"}, facts()).get("augment")
+    assert same.source == "user" and "would choose" not in same.reason
+
+
+def test_given_stages_fix_epochs_and_unfreezing_and_the_card_says_so():
+    card = auto.decide({}, facts(stages_given=True))
+    for field in ("epochs_fe", "epochs_ft", "unfreeze"):
+        d = card.get(field)
+        assert d.source == "user" and "stages" in d.reason
+    assert card.get("augment").source == "rule"
+    # the stages are the user's schedule: their rates stay constant, without a warm-up
+    assert (card.get("lr_schedule").value, card.get("warmup_epochs").value) == ("constant", 0.0)
+    assert card.get("weight_averaging").value == "none"
+
+
+def test_rules_bend_to_what_the_user_fixed():
+    plateau = auto.decide({"lr_schedule": "plateau"}, facts())
+    assert plateau.get("warmup_epochs").value == 0.0  # only cosine warms up
+    assert plateau.get("weight_averaging").value == "ema"  # ends at a large rate
+    decayed = auto.decide(
+        {"lr_schedule": "constant", "layer_decay": 0.8}, facts(schedule_given="constant")
+    )
+    assert decayed.get("weight_averaging").value == "none"  # EMA and per-block rates exclude
+    assert "layer_decay" in decayed.get("weight_averaging").reason
+
+
+def test_the_manual_recipe_takes_the_fixed_defaults():
+    card = auto.decide({"lr": 0.01}, facts(), recipe="manual")
+    assert values(card) == {**auto.MANUAL, "lr": 0.01}
+    with pytest.raises(ConfigError, match="recipe='fast' is not allowed"):
+        auto.decide({}, facts(), recipe="fast")
+
+
+def test_the_card_prints_one_line_per_setting_and_round_trips():
+    card = auto.decide({"epochs_ft": 3}, facts())
+    lines = card.lines()
+    assert lines[0].startswith("recipe card (auto): 2339 training images, 5 classes")
+    assert len(lines) == 1 + len(auto.AUTO_FIELDS)
+    assert any(line.split()[:3] == ["epochs_ft", "3", "user:"] for line in lines)
+    again = auto.Card.from_dict(card.to_dict())
+    assert again == card
+    with pytest.raises(ConfigError, match="decides nothing for tta"):
+        auto.Card.from_dict({**card.to_dict(), "decisions": card.to_dict()["decisions"][:-1]})
+    with pytest.raises(ConfigError, match="not a recipe card"):
+        auto.Card.from_dict([1, 2])
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400), ("45", 45)]
+)
+def test_durations(text, seconds):
+    assert auto.parse_duration(text) == seconds
+    assert auto.parse_duration("") is None
+
+
+@pytest.mark.parametrize("text", ["10 minutes", "-5m", "0", "5d", "m", "1e400"])
+def test_a_duration_that_does_not_parse_names_the_accepted_forms(text):
+    with pytest.raises(ConfigError, match=r"time_budget=.* is not understood: write 90s, 10m"):
+        auto.parse_duration(text)
+
+
+def test_epochs_are_planned_to_end_inside_the_budget():
+    cost = auto.EpochCost(train_s=5.0, val_s=0.5, overhead_s=0.5)  # 6 s an epoch
+    # 0.95 * 120 - 30 spent - 6 reserved = 78 s left: 13 epochs.
+    assert auto.plan_epochs(120, 30, cost, reserve_s=6) == 13
+    assert auto.plan_epochs(10, 30, cost) == 1  # never less than one epoch
+
+
+def test_a_budget_too_small_for_one_epoch_of_each_phase_is_refused_with_the_estimate():
+    auto.check_budget_holds(60, 10, 5, 20, ft_runs=True)
+    with pytest.raises(ConfigError) as e:
+        auto.check_budget_holds(20, 10, 5, 20, ft_runs=True)
+    assert str(e.value).startswith("time_budget=20s cannot hold one epoch of each phase")
+    assert "10 s already spent" in str(e.value) and "20 s per ft epoch" in str(e.value)
+    assert "= 35 s" in str(e.value) and "at least time_budget=42s" in str(e.value)
+    auto.check_budget_holds(20, 10, 5, 20, ft_runs=False)  # fe alone fits
+
+
+def test_decided_fields_read_auto_or_a_value_of_their_type():
+    assert auto.coerce("lr", "auto", "flags") == auto.AUTO
+    assert auto.coerce("lr", "3e-4", "flags") == 3e-4
+    assert auto.coerce("epochs_ft", "7", "flags") == 7 and auto.coerce("epochs_ft", 7.0, "x") == 7
+    assert auto.coerce("label_smoothing", 0, "toml") == 0.0
+    with pytest.raises(ConfigError, match="'epochs_ft' in flags must be int, got '7.5'"):
+        auto.coerce("epochs_ft", "7.5", "flags")
+    with pytest.raises(ConfigError, match="must be str"):
+        auto.coerce("augment", 3, "toml")
+
+
+def test_a_decided_warm_up_fits_inside_a_short_given_phase():
+    card = auto.decide({"epochs_fe": 1, "epochs_ft": 2}, facts())
+    d = card.get("warmup_epochs")
+    assert (d.value, d.source) == (0.25, "rule") and "quarter of the shortest" in d.reason
+    staged = auto.decide(
+        {"lr_schedule": "cosine"}, facts(stages_given=True, stage_epochs=(3, 0, 2))
+    )
+    assert staged.get("warmup_epochs").value == 1.0  # shorter than every stage: kept
+    staged = auto.decide(
+        {"lr_schedule": "cosine"}, facts(stages_given=True, stage_epochs=(3, 1, 2))
+    )
+    assert staged.get("warmup_epochs").value == 0.25
+    assert auto.decide({"warmup_epochs": 0.0}, facts()).get("warmup_epochs").value == 0.0

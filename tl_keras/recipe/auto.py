@@ -1,0 +1,618 @@
+"""The decided recipe: every setting of the schedule, from what is known before training.
+
+In the spirit of BiT's HyperRule, a few pure rules map facts about the data, the model and an
+optional time budget (`Facts`) to the settings of the two-phase recipe, each with its reason
+(`decide` -> `Card`, the *recipe card* a run prints and keeps in `<workdir>/recipe.json`). The
+runner measures the facts (image counts, how far the data's BatchNorm statistics sit from the
+stored ImageNet ones, step rates) and asks; nothing here imports TensorFlow.
+
+A setting is decided only where the config leaves it at `AUTO`; a value the user gave always
+wins, and the card says so next to what the rule would have chosen. `recipe = "manual"` turns the
+rules off: every `AUTO` setting takes its fixed default from `MANUAL`, the package's schedule
+before the recipe was decided (5 + 5 epochs, the top 2 blocks, a constant rate).
+
+The rules and their evidence (validation accuracy, MobileNet-0.25 with ImageNet weights, means
+over seeds; the test splits were never read; `benchmarks/bench_recipe.py` has the held-out
+figures):
+
+* **Feature extraction runs to convergence.** On cached features an `fe` epoch costs next to
+  nothing (the base runs once), so `fe` stops on a validation plateau rather than a count.
+* **Little data and a domain like ImageNet: feature extraction only** (the course's first row).
+  With 20 flower photos per class, fine-tuning the whole base afterwards gained +0.6 points
+  (0.509 -> 0.515, within noise) for five times the time; with 100 per class it gained +3.2
+  (0.585 -> 0.617). The line sits between: `FEW_SHOT_PER_CLASS`.
+* **Otherwise fine-tune, deep**, down to the deepest block whose BatchNorm statistics show the
+  data differs from ImageNet there (at least half the blocks): on 2,339 flower photos the whole
+  base reached 0.702 against 0.659 for feature extraction alone and 0.638 for the TensorFlow
+  tutorial's top 30 layers; half the blocks reached 0.683.
+* **Rates**: the head at 1e-3 (the course's 1e-3 to 1e-2), the base at lr / 10 = 1e-4 (the
+  course's 1e-5 to 1e-4 for the top layers), with a one-epoch linear warm-up and a cosine decay.
+  The course's 1e-6 to 1e-5 for the whole base was beaten: decaying the rate by 0.85 per block
+  (1e-5 at the stem) scored 0.686 against 0.702 for 1e-4 throughout; 3e-4 scored 0.688.
+* **A domain far from ImageNet** (large BatchNorm shifts in the early blocks: digits, documents,
+  spectrograms) gets no flips or rotations: natural photos have those invariances, other domains
+  need not (on digits, augmentation cost 1 to 4 points: 0.977 without, 0.949 with).
+* **Label smoothing 0.1** while fine-tuning; **no weight decay** (BiT found none needed to
+  fine-tune); **no weight averaging and no test-time flips** under a cosine decay, which already
+  ends at a small rate: averaging the last epochs' weights moved validation accuracy by +0.0
+  (+-0.3) points and flip averaging by +0.0 (+-0.5), so neither pays its cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import statistics
+from collections.abc import Mapping
+from typing import Any
+
+from tl_keras.errors import ConfigError
+
+AUTO = "auto"
+RECIPES = ("auto", "manual")
+AUGMENT_PHASES = ("all", "base")  # augment every phase, or only phases that train the base
+WEIGHT_AVERAGING = ("none", "ema")
+TTA_MODES = ("none", "flip")
+
+# The settings the recipe decides, with their fixed defaults under recipe = "manual": the one
+# home of these defaults (`tl_keras.config` declares the fields with AUTO).
+MANUAL: dict[str, Any] = {
+    "epochs_fe": 5,
+    "epochs_ft": 5,
+    "unfreeze": "blocks:2",
+    "lr": 1e-3,
+    "ft_lr_factor": 10.0,
+    "layer_decay": 1.0,
+    "lr_schedule": "constant",  # (recipe.LRSchedule takes these two defaults from here)
+    "warmup_epochs": 0.0,
+    "fe_switch_patience": 0,
+    "augment": "none",
+    "augment_phases": "all",
+    "label_smoothing": 0.0,
+    "weight_decay": 0.0,
+    "weight_averaging": "none",
+    "tta": "none",
+}
+AUTO_FIELDS = tuple(MANUAL)
+
+# --- thresholds, each with its evidence (see the module docstring) ------------------------------
+FEW_SHOT_PER_CLASS = 50  # fewer training images in the smallest class: feature extraction only
+# BatchNorm shifts (`tl_keras.training.probe`), MobileNet-0.25: the lowest third of the blocks
+# shifts by 0.07 (flowers at 128 px) to 0.09 (at 64 px); 0.39 on digits and 0.38 on the package's
+# drawn shapes, both far from photos.
+FAR_DOMAIN_SHIFT = 0.2  # early-block shift above this: far from ImageNet
+ADAPT_SHIFT = 0.1  # a block whose statistics shift less keeps its ImageNet features frozen ...
+NATIVE_SHARE = 0.8  # ... but only at (nearly) the base's own resolution: below it, adapt them all
+FE_MAX_EPOCHS, FE_PATIENCE = 40, 5  # feature extraction: until 5 epochs without improvement
+FT_REF_EPOCHS, FT_REF_IMAGES = 12, 2500  # fine-tuning epochs at 2,500 training images ...
+FT_MIN_EPOCHS, FT_MAX_EPOCHS = 3, 30  # ... scaled by sqrt(2500 / images), within these bounds
+HEAD_LR, FT_FACTOR, FT_FACTOR_CAREFUL = 1e-3, 10.0, 30.0
+WARMUP_EPOCHS = 1.0
+LABEL_SMOOTHING = 0.1
+EMA_FRACTION = 0.25  # weight averaging, when on, over about the last quarter of fine-tuning
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What is known before training, the recipe's only inputs.
+
+    Attributes:
+      num_train: training images.
+      num_classes: classes.
+      min_per_class: training images of the smallest class.
+      has_validation: whether a validation split exists (plateau detection needs one, or uses
+        the training loss).
+      image_size: the input size the model trains at.
+      native_size: the size the backbone's ImageNet weights were trained at.
+      pretrained: whether the base starts from pretrained weights.
+      block_shift: (block, shift) from input to output: how far the data's BatchNorm input
+        statistics sit from the stored ones in each block (see `tl_keras.training.probe`); empty
+        when not measured (random weights).
+      stages_given: the user gave `stages`, which fix the epochs and unfreezing.
+      stage_epochs: the epochs of each given stage.
+      schedule_given: the LR schedule the user chose, or None for the recipe's.
+      time_budget_s: the run's time budget, or None.
+    """
+
+    num_train: int
+    num_classes: int
+    min_per_class: int
+    has_validation: bool = True
+    image_size: int = 224
+    native_size: int = 224
+    pretrained: bool = True
+    block_shift: tuple[tuple[str, float], ...] = ()
+    stages_given: bool = False
+    stage_epochs: tuple[int, ...] = ()
+    schedule_given: str | None = None
+    time_budget_s: float | None = None
+
+    @property
+    def early_shift(self) -> float | None:
+        """The median shift over the lowest third of the blocks (stem included), or None."""
+        if not self.block_shift:
+            return None
+        low = [s for _, s in self.block_shift[: max(1, math.ceil(len(self.block_shift) / 3))]]
+        return float(statistics.median(low))
+
+    @property
+    def domain(self) -> str:
+        """'near' or 'far' from ImageNet, or 'unknown' (no pretrained statistics to compare)."""
+        shift = self.early_shift
+        if shift is None:
+            return "unknown"
+        return "far" if shift > FAR_DOMAIN_SHIFT else "near"
+
+    @property
+    def data_size(self) -> str:
+        """'few' (under FEW_SHOT_PER_CLASS images in the smallest class) or 'enough'."""
+        return "few" if self.min_per_class < FEW_SHOT_PER_CLASS else "enough"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["block_shift"] = [[b, round(s, 4)] for b, s in self.block_shift]
+        out.update(early_shift=self.early_shift, domain=self.domain, data_size=self.data_size)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One setting of the card: its value, who chose it ('rule', 'user', 'manual', 'budget')
+    and why."""
+
+    field: str
+    value: Any
+    source: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+    """The recipe card: every decided setting with its reason, and the facts behind them."""
+
+    recipe: str
+    regime: str
+    facts: dict[str, Any]
+    decisions: tuple[Decision, ...]
+
+    def values(self) -> dict[str, Any]:
+        """Field -> decided value, for every field of AUTO_FIELDS."""
+        return {d.field: d.value for d in self.decisions}
+
+    def get(self, field: str) -> Decision:
+        return next(d for d in self.decisions if d.field == field)
+
+    def with_decision(self, decision: Decision) -> Card:
+        """The card with one setting replaced (the budget planner's epochs)."""
+        kept = tuple(decision if d.field == decision.field else d for d in self.decisions)
+        return dataclasses.replace(self, decisions=kept)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "regime": self.regime,
+            "facts": self.facts,
+            "decisions": [dataclasses.asdict(d) for d in self.decisions],
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Card:
+        """Reads a card back (a saved `recipe.json`).
+
+        Raises:
+          ConfigError: the mapping is not a card (missing keys, a field that is not decided).
+        """
+        try:
+            decisions = tuple(Decision(**d) for d in values["decisions"])
+            card = cls(
+                str(values["recipe"]), str(values["regime"]), dict(values["facts"]), decisions
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"not a recipe card ({type(e).__name__}: {e})") from None
+        missing = sorted(set(AUTO_FIELDS) - {d.field for d in decisions})
+        if missing:
+            raise ConfigError(f"not a recipe card: it decides nothing for {', '.join(missing)}")
+        return card
+
+    def lines(self) -> list[str]:
+        """The card as printed at the start of a run: a header, then one line per setting."""
+        width = max(len(d.field) for d in self.decisions)
+        out = [f"recipe card ({self.recipe}): {self.regime}"]
+        for d in self.decisions:
+            out.append(f"  {d.field:<{width}}  {_shown(d.value):<10} {d.source}: {d.reason}")
+        return out
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == AUTO
+
+
+# --- the rules ----------------------------------------------------------------------------------
+def ft_epochs_for(num_train: int) -> int:
+    """Fine-tuning epochs for a data set size: FT_REF_EPOCHS at FT_REF_IMAGES, scaled by the
+    square root of the size ratio (fewer epochs over more images, as BiT's schedule lengths),
+    within [FT_MIN_EPOCHS, FT_MAX_EPOCHS]."""
+    scaled = FT_REF_EPOCHS * math.sqrt(FT_REF_IMAGES / max(1, num_train))
+    return int(min(FT_MAX_EPOCHS, max(FT_MIN_EPOCHS, round(scaled))))
+
+
+def unfreeze_for(facts: Facts) -> tuple[str, str]:
+    """How deep to fine-tune, and why.
+
+    Below NATIVE_SHARE of the base's own input size every filter sees objects at another scale
+    than it learned, so the whole base adapts (on flowers at 128 px of 224, freezing the 4
+    least-shifted blocks cost 1.7 points). At about the native size, down to the deepest block
+    whose BatchNorm statistics shift by at least ADAPT_SHIFT, at least half the blocks.
+    """
+    blocks = [b for b, _ in facts.block_shift]
+    n = len(blocks)
+    if not n:
+        return "all", "no statistics to compare (random weights): train the whole base"
+    if facts.image_size < NATIVE_SHARE * facts.native_size:
+        return "all", (
+            f"{facts.image_size} px is below the base's {facts.native_size}: every block sees "
+            "another scale, fine-tune the whole base (flowers at 128 px: freezing the 4 "
+            "least-shifted blocks cost 1.7 points)"
+        )
+    adapt = [i for i, (_, s) in enumerate(facts.block_shift) if s >= ADAPT_SHIFT]
+    deepest = adapt[0] if adapt else n - 1
+    k = max(n - deepest, math.ceil(n / 2))
+    shifts = ", ".join(f"{b} {s:.2f}" for b, s in facts.block_shift[: max(1, n - k)])
+    if k >= n:
+        return "all", (
+            f"every block's BatchNorm statistics shift by >= {ADAPT_SHIFT:g} on this data (or "
+            "half the base would be frozen for little): fine-tune the whole base"
+        )
+    return f"blocks:{k}", (
+        f"the {n - k} lowest blocks barely differ from ImageNet here ({shifts}; < "
+        f"{ADAPT_SHIFT:g}): keep them frozen, fine-tune the top {k} of {n}"
+    )
+
+
+Rules = dict[str, tuple[Any, str]]  # field -> (value, reason)
+
+
+def regime_text(f: Facts) -> str:
+    """One line saying which regime the facts put the run in."""
+    shift = f"early-block BatchNorm shift {f.early_shift or 0:.2f}"
+    domain = {
+        "near": f"near ImageNet ({shift} <= {FAR_DOMAIN_SHIFT:g})",
+        "far": f"far from ImageNet ({shift} > {FAR_DOMAIN_SHIFT:g})",
+        "unknown": "no pretrained weights (training from scratch)",
+    }[f.domain]
+    return (
+        f"{f.num_train} training images, {f.num_classes} classes, {f.min_per_class} in the "
+        f"smallest class ({f.data_size} to fine-tune); {domain}"
+    )
+
+
+def _epoch_rules(f: Facts) -> Rules:
+    """How long each phase runs, and how deep fine-tuning goes."""
+    v: Rules = {
+        "epochs_fe": (
+            FE_MAX_EPOCHS,
+            f"cached features make an fe epoch nearly free: run to a plateau, at most "
+            f"{FE_MAX_EPOCHS}",
+        ),
+        "fe_switch_patience": (
+            FE_PATIENCE,
+            f"fe ends after {FE_PATIENCE} epochs without "
+            f"{'val_loss' if f.has_validation else 'loss'} improvement, keeping its best weights",
+        ),
+    }
+    if not f.pretrained:
+        v["epochs_fe"] = (3, "random features: a short fe only initialises the head")
+        v["fe_switch_patience"] = (0, "fe is short")
+    if f.data_size == "few" and f.domain == "near":
+        v["epochs_ft"] = (
+            0,
+            f"few images per class (< {FEW_SHOT_PER_CLASS}) near ImageNet: feature extraction "
+            "only (20/class: fine-tuning +0.6 points, noise, for 5x the time)",
+        )
+        v["unfreeze"] = (MANUAL["unfreeze"], "unused: no fine-tuning")
+        return v
+    n = f.num_train
+    v["epochs_ft"] = (ft_epochs_for(n), f"12 epochs at 2,500 images, scaled by sqrt(2500/{n})")
+    if f.data_size == "few" and f.domain == "far":  # the course's "careful fine-tuning"
+        v["unfreeze"] = ("blocks:2", "little data far from ImageNet: only the top 2 blocks")
+    else:
+        v["unfreeze"] = unfreeze_for(f)
+    return v
+
+
+def _rate_rules(f: Facts) -> Rules:
+    """The learning rates and how they move within a phase."""
+    careful = f.data_size == "few" and f.domain == "far"
+    factor = FT_FACTOR_CAREFUL if careful else FT_FACTOR
+    why = (
+        " (careful: little data)"
+        if careful
+        else " (course: 1e-5 to 1e-4 for top layers; 3e-4 measured -1.4 points)"
+    )
+    return {
+        "lr": (HEAD_LR, "the head's rate (course: 1e-3 to 1e-2)"),
+        "ft_lr_factor": (factor, f"base at lr/{factor:g} = {HEAD_LR / factor:.0e}{why}"),
+        "layer_decay": (1.0, "one rate for the whole base (0.85 per block measured -1.6 points)"),
+        "lr_schedule": ("cosine", "decays to 0 by the phase's end; no step to tune"),
+        "warmup_epochs": (
+            WARMUP_EPOCHS,
+            "a linear warm-up keeps the first fine-tuning steps from wrecking the features",
+        ),
+    }
+
+
+def _regularisation_rules(f: Facts, fe_only: bool) -> Rules:
+    """Augmentation, smoothing, weight decay, weight averaging and test-time flips."""
+    if fe_only:
+        augment = ("none", "unused: only fe trains, on cached (unaugmented) features")
+    elif f.domain == "far":
+        augment = ("none", "far from ImageNet: flip/rotation invariance unknown (digits: -1 to -4)")
+    else:
+        augment = ("light", "flips, small rotations and zoom keep a natural photo's label")
+    schedule = f.schedule_given or "cosine"
+    if schedule == "cosine":
+        averaging = (
+            "none",
+            "the cosine decay ends at a small rate (averaging measured +0.0 +-0.3)",
+        )
+    else:
+        averaging = (
+            "ema",
+            f"a {schedule} schedule ends at a large rate: average the weights over the last "
+            f"~{EMA_FRACTION:.0%} of fine-tuning",
+        )
+    if fe_only and f.domain == "near":
+        tta = (
+            "flip",
+            "the model never trains on mirrored images: averaging with the mirror measured +0.6 "
+            "(20/class) and +1.8 points (100/class) for feature extraction alone",
+        )
+    else:
+        tta = ("none", "after fine-tuning with flips, flip averaging measured +0.0 +-0.5 points")
+    return {
+        "augment": augment,
+        "augment_phases": (
+            "base",
+            "fe trains on cached, unaugmented features; the phases that train the base augment",
+        ),
+        "label_smoothing": (LABEL_SMOOTHING, "softer targets for fine-tuning (0.1 is standard)"),
+        "weight_decay": (0.0, "none (BiT: not needed to fine-tune; the schedule is short)"),
+        "weight_averaging": averaging,
+        "tta": tta,
+    }
+
+
+def rules(f: Facts) -> Rules:
+    """The rules' choice for every decided field, with its reason."""
+    epochs = _epoch_rules(f)
+    return {
+        **epochs,
+        **_rate_rules(f),
+        **_regularisation_rules(f, fe_only=epochs["epochs_ft"][0] == 0),
+    }
+
+
+def decide(config: Mapping[str, Any], facts: Facts, *, recipe: str = "auto") -> Card:
+    """The recipe card for a config (field -> value, `AUTO` where undecided) and the facts.
+
+    Args:
+      config: the values of at least AUTO_FIELDS; `AUTO` marks what to decide.
+      facts: what is known before training.
+      recipe: 'auto' (the rules decide) or 'manual' (the fixed defaults in MANUAL).
+
+    Raises:
+      ConfigError: an unknown recipe.
+    """
+    if recipe not in RECIPES:
+        raise ConfigError(f"recipe={recipe!r} is not allowed: use one of {', '.join(RECIPES)}")
+    if recipe == "manual":
+        regime = "the fixed schedule (recipe = manual)"
+        chosen = {f: (MANUAL[f], "the fixed default") for f in AUTO_FIELDS}
+    else:
+        regime, chosen = regime_text(facts), rules(facts)
+    decisions = []
+    for field in AUTO_FIELDS:
+        value, reason = chosen[field]
+        given = config.get(field, AUTO)
+        source = "rule" if recipe == "auto" else "manual"
+        if facts.stages_given and field in ("epochs_fe", "epochs_ft", "unfreeze"):
+            value, source, reason = MANUAL[field], "user", "unused: the given stages fix it"
+        elif not is_auto(given):
+            would = f"; the recipe would choose {_shown(value)}" if given != value else ""
+            value, source, reason = given, "user", f"given{would}"
+        decisions.append(Decision(field, value, source, reason))
+    if recipe == "auto":
+        decisions = _consistent(decisions, facts)
+    return Card(recipe, regime, facts.to_dict(), tuple(_fit_warmup(decisions, facts)))
+
+
+def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
+    """Rule choices adjusted to what the user fixed: given stages are the user's schedule (the
+    rates inside them stay the fixed default: constant, no warm-up); only a cosine schedule has
+    a warm-up; weight averaging never meets per-block rates (they do not combine)."""
+    by = {d.field: d for d in decisions}
+
+    def ruled(field: str, value: Any, reason: str) -> None:
+        if by[field].source == "rule" and by[field].value != value:
+            by[field] = Decision(field, value, "rule", reason)
+
+    if facts.stages_given:
+        ruled("lr_schedule", MANUAL["lr_schedule"], "the given stages are your schedule: constant")
+    schedule = by["lr_schedule"].value
+    if schedule != "cosine":
+        ruled("warmup_epochs", 0.0, f"a {schedule} schedule has no warm-up")
+    averaging = "ema" if schedule != "cosine" and not facts.stages_given else "none"
+    why = f"a {schedule} schedule ends at a large rate: average the weights over the last part"
+    if by["layer_decay"].value != 1.0:
+        averaging, why = "none", "per-block rates (layer_decay < 1) do not combine with EMA"
+    elif averaging == "none":
+        why = by["weight_averaging"].reason if schedule == "cosine" else "the stages' own rates"
+    ruled("weight_averaging", averaging, why)
+    return [by[d.field] for d in decisions]
+
+
+def _fit_warmup(decisions: list[Decision], facts: Facts) -> list[Decision]:
+    """A decided warm-up shortened to a quarter of the shortest phase when that phase is too
+    short for it (a warm-up must end before its phase does)."""
+    by = {d.field: d for d in decisions}
+    warmup = by["warmup_epochs"]
+    epochs = (
+        facts.stage_epochs
+        if facts.stages_given
+        else (
+            by["epochs_fe"].value,
+            by["epochs_ft"].value,
+        )
+    )
+    shortest = min([e for e in epochs if e > 0], default=0)
+    if warmup.source != "rule" or not shortest or warmup.value < shortest:
+        return decisions
+    fitted = Decision(
+        "warmup_epochs",
+        shortest / 4,
+        "rule",
+        f"a quarter of the shortest phase ({shortest} epochs): a warm-up must end before it",
+    )
+    return [fitted if d.field == "warmup_epochs" else d for d in decisions]
+
+
+# --- the time budget -------------------------------------------------------------------------------
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+DURATION_FORMS = "90s, 10m, 1.5h or 1h30m (a plain number is seconds)"
+
+
+def parse_duration(text: str, field: str = "time_budget") -> float | None:
+    """Seconds in a duration such as '90s', '10m', '1.5h', '1h30m' or '600'; '' = None.
+
+    Raises:
+      ConfigError: naming the text and the accepted forms.
+    """
+    text = str(text).strip().lower()
+    if not text:
+        return None
+    bad = ConfigError(f"{field}={text!r} is not understood: write {DURATION_FORMS}")
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if not match or not any(match.groups()):
+            raise bad from None
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise bad
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochCost:
+    """What one epoch of a phase costs, measured (seconds)."""
+
+    train_s: float
+    val_s: float = 0.0
+    overhead_s: float = 0.0  # per-epoch checkpoint, callbacks
+    trace_s: float = 0.0  # once: tracing the phase's functions again after a new plan
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.val_s + self.overhead_s
+
+
+BUDGET_TARGET = 0.95  # plan to end at this share of the budget (the promise: within 0.8 to 1.1)
+
+
+def plan_epochs(
+    budget_s: float, elapsed_s: float, cost: EpochCost, *, reserve_s: float = 0.0
+) -> int:
+    """Epochs of a phase that fit in what is left of the budget: at least 1.
+
+    Args:
+      budget_s: the run's budget.
+      elapsed_s: time already spent by the run.
+      cost: the measured cost of one epoch of the phase.
+      reserve_s: time needed after the phase (saving, plots, calibration).
+    """
+    left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
+    return max(1, int(left // max(cost.total_s, 1e-9)))
+
+
+def check_budget_holds(
+    budget_s: float, elapsed_s: float, fe_s: float, ft_epoch_s: float, *, ft_runs: bool
+) -> None:
+    """Refuses a budget that cannot hold one epoch of each phase, naming the estimate.
+
+    Raises:
+      ConfigError: with the estimate's parts and the smallest budget that would do.
+    """
+    need = elapsed_s + fe_s + (ft_epoch_s if ft_runs else 0.0)
+    if need <= budget_s:
+        return
+    parts = f"{elapsed_s:.0f} s already spent (data, model, probe), {fe_s:.0f} s of fe"
+    if ft_runs:
+        parts += f", {ft_epoch_s:.0f} s per ft epoch"
+    raise ConfigError(
+        f"time_budget={budget_s:g}s cannot hold one epoch of each phase: estimated {parts} = "
+        f"{need:.0f} s. Give at least time_budget={math.ceil(need * 1.2)}s, or drop "
+        "time_budget to use the recipe's epochs"
+    )
+
+
+def field_types() -> dict[str, type]:
+    """The type of each decided field's values (its manual default's)."""
+    return {field: type(value) for field, value in MANUAL.items()}
+
+
+def coerce(field: str, value: Any, source: str) -> Any:
+    """A decided field's value from a file or flag: `AUTO`, or a value of the field's type.
+
+    Raises:
+      ConfigError: neither.
+    """
+    if is_auto(value):
+        return AUTO
+    expected = field_types()[field]
+    if isinstance(value, str) and expected in (int, float):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and (expected is float or number.is_integer()):
+            return expected(number)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(
+        f"config field {field!r} in {source} must be {expected.__name__}, got {value!r} (or "
+        "'auto': the recipe decides)"
+    )
+
+
+def resolved(values: Mapping[str, Any], card: Card | None) -> dict[str, Any]:
+    """The decided fields' values: the card's, else MANUAL's where `AUTO` remains."""
+    decided = card.values() if card is not None else {}
+    return {
+        f: decided.get(f, MANUAL[f]) if is_auto(values.get(f, AUTO)) else values[f]
+        for f in AUTO_FIELDS
+    }
+
+
+__all__ = [
+    "AUTO",
+    "AUTO_FIELDS",
+    "MANUAL",
+    "Card",
+    "Decision",
+    "EpochCost",
+    "Facts",
+    "decide",
+    "parse_duration",
+    "plan_epochs",
+]

@@ -1,0 +1,159 @@
+"""A time budget that holds: measure what an epoch costs, plan the epochs, keep to the plan.
+
+With `time_budget`, a phase whose length the recipe decides measures itself before it trains:
+a few real training steps and validation batches on the phase's own compiled model (the same
+traced functions `fit` then reuses), after which every variable the steps touched (weights,
+optimizer state, dropout RNG states) is put back exactly, so the run that follows is the run
+that would have happened without the measurement. `recipe.auto.plan_epochs` turns the cost into
+epochs; `BudgetGuard` stops the phase at an epoch's end if the clock says the next epoch would
+end past `GUARD` times the budget (a slow, shared machine), and `report` writes what the run used
+into `run.json`.
+
+Durations are `time.monotonic` differences: a wall clock that jumps cannot break the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import statistics
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from tl_keras.model.classifier import get_rng_state, set_rng_state
+from tl_keras.recipe import auto
+
+log = logging.getLogger("tl_keras")
+
+PROBE_STEPS = 8  # training steps timed (after the first, which traces the graph)
+GUARD = 1.08  # stop at an epoch's end when the next would end past this share of the budget
+
+
+@dataclasses.dataclass
+class Clock:
+    """The run's time budget and when the run started (monotonic seconds)."""
+
+    budget_s: float
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def report(self) -> dict:
+        """What the run used, for `run.json`."""
+        used = self.elapsed_s
+        return {
+            "budget_s": round(self.budget_s, 2),
+            "used_s": round(used, 2),
+            "used_share": round(used / self.budget_s, 3),
+        }
+
+
+class _Timer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.train, self.test = [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.train.append(time.monotonic() - self._t)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._v = time.monotonic()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test.append(time.monotonic() - self._v)
+
+
+def _snapshot(model: keras.Model) -> tuple[list, list, dict]:
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    weights = [np.array(v) for v in model.weights]
+    slots = [np.array(v) for v in optimizer.variables]
+    return weights, slots, get_rng_state(model)
+
+
+def _restore(model: keras.Model, snapshot: tuple[list, list, dict]) -> None:
+    weights, slots, rng = snapshot
+    for variable, value in zip(model.weights, weights, strict=True):
+        variable.assign(value)
+    for variable, value in zip(model.optimizer.variables, slots, strict=True):
+        variable.assign(value)
+    set_rng_state(model, rng)
+
+
+def measure_epoch_cost(model: keras.Model, data, *, first_epoch: int) -> auto.EpochCost:
+    """What one epoch of the compiled model's phase costs, measured and then undone.
+
+    Runs `PROBE_STEPS + 1` training steps (the first traces the train function `fit` reuses)
+    and two validation batches, times the steady ones, and times one save of the model (an
+    epoch's checkpoint). Every variable is restored afterwards, bitwise.
+    """
+    steps = min(PROBE_STEPS + 1, data.steps_per_epoch)
+    snapshot = _snapshot(model)
+    timer = _Timer()
+    try:
+        model.fit(
+            data.train_epochs(first_epoch, 1).take(steps),
+            validation_data=data.val.take(2) if data.val is not None else None,
+            epochs=1,
+            steps_per_epoch=steps,
+            shuffle=False,
+            callbacks=[timer],
+            verbose=0,
+        )
+        with tempfile.TemporaryDirectory(prefix="tl_keras-budget-") as folder:
+            start = time.monotonic()
+            model.save(f"{folder}/probe.keras")
+            save_s = time.monotonic() - start
+    finally:
+        _restore(model, snapshot)
+    step_s = statistics.median(timer.train[1:] or timer.train)
+    # The first train step and the first validation batch include tracing: what a recompile
+    # for a new schedule length costs again.
+    trace_s = max(0.0, timer.train[0] - step_s) + (timer.test[0] if timer.test else 0.0)
+    val_batches = math.ceil(data.num_val / data.batch_size) if data.val is not None else 0
+    # A validation batch costs about a third of a training step (forward only) when there is
+    # only one batch to time beside the traced one.
+    val_batch_s = statistics.median(timer.test[1:]) if len(timer.test) > 1 else step_s / 3
+    return auto.EpochCost(
+        train_s=step_s * data.steps_per_epoch,
+        val_s=val_batch_s * val_batches,
+        overhead_s=save_s + 0.05,
+        trace_s=trace_s,
+    )
+
+
+class BudgetGuard(keras.callbacks.Callback):
+    """Stops a phase at an epoch's end when the next epoch would end past GUARD x the budget."""
+
+    def __init__(self, clock: Clock, reserve_s: float):
+        super().__init__()
+        self.clock, self.reserve_s = clock, reserve_s
+        self.stopped_at: int | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch_s = time.monotonic() - self._start
+        end = self.clock.elapsed_s + epoch_s + self.reserve_s
+        if end > GUARD * self.clock.budget_s and not self.model.stop_training:
+            self.stopped_at = epoch + 1
+            self.model.stop_training = True
+            log.warning(
+                "time budget: epoch %d took %.1fs; another would end at %.0fs of the %.0fs "
+                "budget, so the phase stops here",
+                epoch + 1,
+                epoch_s,
+                end,
+                self.clock.budget_s,
+            )
