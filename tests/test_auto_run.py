@@ -76,7 +76,7 @@ def test_the_run_follows_the_card(auto_run):
     assert read(wd / "ft" / "summary.json")["data"]["pipeline"]["augment"] == "light"
     assert read(wd / "ft" / "config.json")["label_smoothing"] == 0.1  # what the phase ran with
     assert read(wd / "config.json")["label_smoothing"] == "auto"  # what the user asked
-    assert run["inference"] == {"tta": card.get("tta").value}
+    assert run["inference"]["tta"] == card.get("tta").value  # beside the fitted temperature
     assert [r["epoch"] for r in result.history.records] == [1, 2, 3]
 
 

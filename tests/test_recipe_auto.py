@@ -106,9 +106,10 @@ def test_at_the_native_size_the_blocks_that_look_like_imagenet_stay_frozen():
     assert auto.unfreeze_for(facts(block_shift=shallow, image_size=160))[0] == "all"
 
 
-def test_a_schedule_that_ends_at_a_large_rate_averages_its_weights():
-    v = values(auto.decide({"lr_schedule": "constant"}, facts(schedule_given="constant")))
-    assert v["weight_averaging"] == "ema"
+def test_weight_averaging_is_off_by_rule_and_on_when_asked():
+    assert values(auto.decide({}, facts()))["weight_averaging"] == "none"  # measured +0.0
+    asked = auto.decide({"weight_averaging": "ema"}, facts()).get("weight_averaging")
+    assert (asked.value, asked.source) == ("ema", "user")
 
 
 @pytest.mark.parametrize(
@@ -135,18 +136,12 @@ def test_given_stages_fix_epochs_and_unfreezing_and_the_card_says_so():
     assert card.get("augment").source == "rule"
     # the stages are the user's schedule: their rates stay constant, without a warm-up
     assert (card.get("lr_schedule").value, card.get("warmup_epochs").value) == ("constant", 0.0)
-    assert card.get("weight_averaging").value == "none"
 
 
 def test_rules_bend_to_what_the_user_fixed():
     plateau = auto.decide({"lr_schedule": "plateau"}, facts())
     assert plateau.get("warmup_epochs").value == 0.0  # only cosine warms up
-    assert plateau.get("weight_averaging").value == "ema"  # ends at a large rate
-    decayed = auto.decide(
-        {"lr_schedule": "constant", "layer_decay": 0.8}, facts(schedule_given="constant")
-    )
-    assert decayed.get("weight_averaging").value == "none"  # EMA and per-block rates exclude
-    assert "layer_decay" in decayed.get("weight_averaging").reason
+    assert "plateau schedule has no warm-up" in plateau.get("warmup_epochs").reason
 
 
 def test_the_manual_recipe_takes_the_fixed_defaults():

@@ -354,18 +354,11 @@ def _regularisation_rules(f: Facts, fe_only: bool) -> Rules:
         augment = ("none", "far from ImageNet: flip/rotation invariance unknown (digits: -1 to -4)")
     else:
         augment = ("light", "flips, small rotations and zoom keep a natural photo's label")
-    schedule = f.schedule_given or "cosine"
-    if schedule == "cosine":
-        averaging = (
-            "none",
-            "the cosine decay ends at a small rate (averaging measured +0.0 +-0.3)",
-        )
-    else:
-        averaging = (
-            "ema",
-            f"a {schedule} schedule ends at a large rate: average the weights over the last "
-            f"~{EMA_FRACTION:.0%} of fine-tuning",
-        )
+    averaging = (
+        "none",
+        "averaging the last epochs' weights measured +0.0 +-0.3 points on flowers; "
+        "weight_averaging='ema' turns it on",
+    )
     if fe_only and f.domain == "near":
         tta = (
             "flip",
@@ -433,8 +426,8 @@ def decide(config: Mapping[str, Any], facts: Facts, *, recipe: str = "auto") -> 
 
 def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
     """Rule choices adjusted to what the user fixed: given stages are the user's schedule (the
-    rates inside them stay the fixed default: constant, no warm-up); only a cosine schedule has
-    a warm-up; weight averaging never meets per-block rates (they do not combine)."""
+    rates inside them stay constant unless the user chooses another); only a cosine schedule
+    has a warm-up."""
     by = {d.field: d for d in decisions}
 
     def ruled(field: str, value: Any, reason: str) -> None:
@@ -446,13 +439,6 @@ def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
     schedule = by["lr_schedule"].value
     if schedule != "cosine":
         ruled("warmup_epochs", 0.0, f"a {schedule} schedule has no warm-up")
-    averaging = "ema" if schedule != "cosine" and not facts.stages_given else "none"
-    why = f"a {schedule} schedule ends at a large rate: average the weights over the last part"
-    if by["layer_decay"].value != 1.0:
-        averaging, why = "none", "per-block rates (layer_decay < 1) do not combine with EMA"
-    elif averaging == "none":
-        why = by["weight_averaging"].reason if schedule == "cosine" else "the stages' own rates"
-    ruled("weight_averaging", averaging, why)
     return [by[d.field] for d in decisions]
 
 
