@@ -188,7 +188,7 @@ def tl_keras_run(
             run = json.load(f)
         out = {
             "wall_s": round(wall, 2),
-            "test_accuracy": round(float(evaluation.metrics["accuracy"]), 4),
+            "test_accuracy": round(float(evaluation.accuracy), 4),
             "recipe": {d["field"]: d["value"] for d in card["decisions"]},
             "epochs_run": {p: len(e) for p, e in _epochs_by_phase(workdir).items()},
         }
