@@ -226,8 +226,9 @@ def summarise(runs: list[dict], arms: list[str]) -> dict:
             if len(runs) > 1:
                 ci = stats.paired_t_interval(accs, plain)
                 out[arm]["minus_plain"] = {
-                    "mean": round(ci.mean, 4),
+                    "mean": round(ci.difference, 4),
                     "ci95": [round(ci.low, 4), round(ci.high, 4)],
+                    "verdict": ci.verdict(arm, "plain"),
                 }
             out[arm]["wall_vs_plain"] = round(
                 statistics.fmean(walls) / statistics.fmean(r["plain"]["wall_s"] for r in runs), 2
@@ -241,6 +242,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--regimes", default=",".join(REGIMES))
     ap.add_argument("--no_budget_arm", action="store_true", help="skip the same-budget arm")
+    ap.add_argument(
+        "--merge", action="store_true", help="keep the other regimes already in the results file"
+    )
     args = ap.parse_args(argv)
     flowers, weights = _common.flowers_or_exit()
     seeds = list(range(1 if args.quick else args.seeds))
@@ -266,11 +270,22 @@ def main(argv=None) -> None:
                 print(regime, run, flush=True)
                 runs.append(run)
             results["regimes"][regime] = {"runs": runs, "summary": summarise(runs, arms)}
+            path = _save(results, args)  # after each regime: a crash later keeps what is done
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    path = _common.write("recipe" if not args.quick else "recipe_quick", results)
     print(table(results, arms))
     print(f"wrote {path}")
+
+
+def _save(results: dict, args) -> str:
+    """Writes the results; with --merge, beside the regimes an earlier run of this command
+    already wrote (run the regimes one at a time, or again after a crash)."""
+    name = "recipe_quick" if args.quick else "recipe"
+    earlier = _common.RESULTS / f"{name}.json"
+    if args.merge and earlier.is_file():
+        before = json.loads(earlier.read_text())
+        results = {**results, "regimes": {**before["regimes"], **results["regimes"]}}
+    return _common.write(name, results)
 
 
 def table(results: dict, arms: list[str]) -> str:
