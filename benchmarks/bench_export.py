@@ -216,7 +216,7 @@ def predict_vs_artifacts(workdir: str, manifest: dict, export_dir: pathlib.Path)
     from tl_keras.inference.trained import load_run_data, run_config
 
     bundle = load_run_data(workdir)
-    files = [str(f) for f in bundle.images["val"].items][:256]
+    files = list(bundle.image_files["val"])[:256]  # the validation files, in the split's order
     k = len(bundle.class_names)
     rows = predict_workdir(workdir, files, top_k=k)
     predicted = np.array(

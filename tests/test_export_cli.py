@@ -106,7 +106,8 @@ def test_the_model_card_describes_data_recipe_metrics_calibration_and_exports(
     assert data["manifest_sha256"]["changed_since_training"] is False
     assert data["doctor"]["summary"] == run["doctor"]["summary"]
     assert data["images"] == {"train": 24, "val": 6}
-    assert card["recipe"]["source"] == "config.json" and card["recipe"]["values"]["seed"] == 0
+    assert card["recipe"]["source"] == "recipe.json" and card["recipe"]["values"]["seed"] == 0
+    assert {d["field"] for d in card["recipe"]["card"]["decisions"]} >= {"epochs_ft", "unfreeze"}
     assert [p["name"] for p in card["recipe"]["schedule"]] == ["fe", "ft"]
     metrics = card["metrics"]
     assert metrics["split"] == "val" and metrics["num_images"] == 6
@@ -142,7 +143,7 @@ def test_the_card_says_when_the_data_changed_and_reads_recipe_json(trained_workd
     card = json.loads((tmp_path / "export" / ex.CARD_JSON).read_text())
     assert card["data"]["manifest_sha256"]["changed_since_training"] is True
     assert card["recipe"] == {**card["recipe"], "source": "recipe.json"}
-    assert card["recipe"]["values"] == {"decided": "by the recipe", "seed": 7}
+    assert card["recipe"]["card"] == {"decided": "by the recipe", "seed": 7}
     assert "CHANGED since training" in (tmp_path / "export" / ex.CARD_MARKDOWN).read_text()
 
 

@@ -211,12 +211,8 @@ def test_a_decided_warm_up_fits_inside_a_short_given_phase():
     card = auto.decide({"epochs_fe": 1, "epochs_ft": 2}, facts())
     d = card.get("warmup_epochs")
     assert (d.value, d.source) == (0.25, "rule") and "quarter of the shortest" in d.reason
-    staged = auto.decide(
-        {"lr_schedule": "cosine"}, facts(stages_given=True, stage_epochs=(3, 0, 2))
-    )
-    assert staged.get("warmup_epochs").value == 1.0  # shorter than every stage: kept
-    staged = auto.decide(
-        {"lr_schedule": "cosine"}, facts(stages_given=True, stage_epochs=(3, 1, 2))
-    )
-    assert staged.get("warmup_epochs").value == 0.25
+    staged = auto.decide({"lr_schedule": "cosine"}, facts(stages_given=True, stage_epochs=(3, 1)))
+    assert staged.get("warmup_epochs").value == 0.0  # given stages: no warm-up unless asked
+    asked = auto.decide({"warmup_epochs": 2.0}, facts(stages_given=True, stage_epochs=(3, 1)))
+    assert asked.get("warmup_epochs").value == 2.0  # the user's value stands
     assert auto.decide({"warmup_epochs": 0.0}, facts()).get("warmup_epochs").value == 0.0

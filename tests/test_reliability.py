@@ -506,6 +506,7 @@ def test_damaged_caches_are_rebuilt(arrays, finished, tmp_path, caplog):
     assert again.num_train == data.num_train
 
     model = load_phase_model(Workdir(str(finished)), "fe")
+    features._MEMORY.clear()  # the fixture's run left its features in this process's memory
     first, _, reused = features.compute(model, data, mode="file", workdir=str(tmp_path))
     every = np.arange(data.num_train)
     expected = first["train"].take(every)  # read before the file under its memory map is cut

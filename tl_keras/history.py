@@ -175,7 +175,9 @@ class History:
           DamagedFileError: the file is not a history: naming it and `fix`, the way out.
         """
         payload = schema.read_json(json_path, HISTORY_SHAPE, fix=fix)
-        return cls.from_records(payload["records"], source=json_path, fix=fix)
+        history = cls.from_records(payload["records"], source=json_path, fix=fix)
+        history.kept = _kept_marks(payload.get("kept", []), source=json_path, fix=fix)
+        return history
 
     @classmethod
     def from_records(
@@ -199,6 +201,16 @@ class History:
             except ValueError as e:
                 raise schema.damaged(source, str(e).split(":")[0], fix) from None
         return history
+
+
+def _kept_marks(marks: Any, *, source: str, fix: str) -> list[KeptEpoch]:
+    """The kept-epoch marks of a saved history, checked like its records."""
+    try:
+        return [KeptEpoch(str(k["phase"]), int(k["epoch"]), str(k["reason"])) for k in marks]
+    except (TypeError, KeyError, ValueError):
+        raise schema.damaged(
+            source, "its 'kept' marks are not (phase, epoch, reason)", fix
+        ) from None
 
 
 def stitch(

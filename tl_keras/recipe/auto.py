@@ -425,8 +425,8 @@ def decide(config: Mapping[str, Any], facts: Facts, *, recipe: str = "auto") -> 
 
 
 def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
-    """Rule choices adjusted to what the user fixed: given stages are the user's schedule (the
-    rates inside them stay constant unless the user chooses another); only a cosine schedule
+    """Rule choices adjusted to what the user fixed: given stages are the user's schedule (their
+    rates stay constant and unwarmed unless the user chooses otherwise); only a cosine schedule
     has a warm-up."""
     by = {d.field: d for d in decisions}
 
@@ -434,8 +434,9 @@ def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
         if by[field].source == "rule" and by[field].value != value:
             by[field] = Decision(field, value, "rule", reason)
 
-    if facts.stages_given:
+    if facts.stages_given:  # (a stage may name its own schedule, with or without a warm-up)
         ruled("lr_schedule", MANUAL["lr_schedule"], "the given stages are your schedule: constant")
+        ruled("warmup_epochs", 0.0, "the given stages are your schedule: no warm-up unless asked")
     schedule = by["lr_schedule"].value
     if schedule != "cosine":
         ruled("warmup_epochs", 0.0, f"a {schedule} schedule has no warm-up")

@@ -263,7 +263,10 @@ def replan(setup: PhaseSetup, epochs: int, data: DataBundle, *, jit_compile: str
     phase = setup.phase
     if epochs == phase.epochs:
         return setup
-    phase = dataclasses.replace(phase, epochs=epochs)
+    schedule = phase.lr_schedule
+    if schedule.warmup_epochs >= epochs:  # a warm-up must end inside the phase: a quarter of it
+        schedule = dataclasses.replace(schedule, warmup_epochs=epochs / 4)
+    phase = dataclasses.replace(phase, epochs=epochs, lr_schedule=schedule)
     monitor = "val_loss" if data.val is not None else "loss"
     optimizer, schedule_callbacks = optim.phase_optimizer(
         setup.model,

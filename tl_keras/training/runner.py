@@ -541,6 +541,8 @@ def _epochs_planner(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, ph
     card = state.card
     if state.clock is None or card is None or not phase.trains_base or plan.resume_from:
         return None
+    if phase.epochs == 0:  # the recipe decided against this phase (feature extraction only)
+        return None
     if card.get("epochs_ft").source not in ("rule", "budget") or spec.config.stages:
         return None
     clock = state.clock

@@ -143,10 +143,15 @@ def _data(wd: Path, run: dict, phase: str, bundle) -> dict:
 
 
 def _recipe(wd: Path, run: dict) -> dict:
+    """The recipe card (each decided setting, who chose it and why) when the run kept one, and
+    the settings the last phase ran with (its own config.json; the run's for older workdirs)."""
     recipe = _read(wd / "recipe.json")
+    done = list(run.get("phases", {}))
+    values = _read(wd / done[-1] / "config.json") if done else None
     return {
         "source": "recipe.json" if recipe is not None else "config.json",
-        "values": recipe if recipe is not None else (_read(wd / "config.json") or {}),
+        "card": recipe,
+        "values": values or _read(wd / "config.json") or {},
         "schedule": run.get("schedule", []),
         "phases_done": run.get("phases", {}),
     }
@@ -265,7 +270,15 @@ def _recipe_md(r: dict) -> list[str]:
             "class_weight", "optimizer", "lr_schedule", "seed")  # fmt: skip
     values = r["values"]
     shown = ", ".join(f"{k} = {values[k]!r}" for k in keys if k in values)
-    return lines + (["", shown] if shown else [])
+    lines += ["", shown] if shown else []
+    card = r.get("card") or {}
+    if card.get("decisions"):
+        lines += ["", f"Recipe card ({card.get('recipe')}): {card.get('regime')}", ""]
+        lines += [
+            f"- {d['field']} = {d['value']!r} ({d['source']}: {d['reason']})"
+            for d in card["decisions"]
+        ]
+    return lines
 
 
 def _metrics_md(m: dict) -> list[str]:
