@@ -56,6 +56,10 @@ def settings(source: str, root: pathlib.Path, n: int, size: int) -> dict:
         "batch_size": BATCH,
         "val_fraction": 0.2,
         "progress": "lines",
+        # What is measured is the data pipeline under one fe epoch: the data doctor (a feature
+        # pass of its own) and the recipe (a probe, and its own epochs) are other costs.
+        "doctor": "off",
+        "recipe": "manual",
     }
     if source == "folder":
         return {**values, "data_dir": str(root / f"folder-{n}")}
