@@ -32,7 +32,7 @@ TESTED_ELSEWHERE = (
     "python -m tl_keras.lr_find --config=configs/quickstart.toml --workdir=runs/quickstart",
     "python -m tl_keras.lr_find --phase=ft --workdir=runs/quickstart",
     "python -m tl_keras.compare --config=configs/compare_flowers.toml "
-    "--workdir=runs/compare_flowers",
+    "--workdir=runs/compare_flowers --seeds=3",  # test_compare.py: the config; --seeds there too
 )
 
 
