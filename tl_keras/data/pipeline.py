@@ -177,6 +177,9 @@ class DataBundle:
     image_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     image_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     train_images: Images | None = None  # for `with_training`: new epochs, no new decoding
+    # The epoch function `assemble` built: a bundle whose `make_train_epoch` is another (a
+    # user's own map over it) is never rebuilt by `with_training`.
+    assembled_epoch: Callable[[tf.Tensor], tf.data.Dataset] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -229,19 +232,27 @@ class DataBundle:
         """One epoch of training batches (epoch 0's order), for quick use in notebooks."""
         return self.train_epochs(0, 1)
 
+    @property
+    def rebuildable(self) -> bool:
+        """Whether `with_training` may rebuild the training epochs: the bundle came from
+        `assemble` and its epochs are still the ones it built (not replaced by hand)."""
+        return self.train_images is not None and self.make_train_epoch is self.assembled_epoch
+
     def with_training(self, **settings: Any) -> DataBundle:
         """The same data with other training-only settings (`augment.TRAINING_ONLY`), decoded once."""
-        if set(settings) - set(augment_lib.TRAINING_ONLY) or self.train_images is None:
+        if set(settings) - set(augment_lib.TRAINING_ONLY) or not self.rebuildable:
             raise ValueError(f"only {augment_lib.TRAINING_ONLY}, on a bundle from `assemble`")
         p = dataclasses.replace(self.pipeline, **settings)
         if p == self.pipeline:
             return self
         make_shard_epoch = shard_epoch_fn(self.train_images, self.num_classes, p)
+        make_epoch = functools.partial(_call_shard, make_shard_epoch, 0, 1)
         return dataclasses.replace(  # a worker's part stays its part (`workers` is kept)
             self,
             pipeline=p,
-            make_train_epoch=lambda epoch: make_shard_epoch(epoch, 0, 1),
+            make_train_epoch=make_epoch,
             make_shard_epoch=make_shard_epoch,
+            assembled_epoch=make_epoch,
         )
 
 
@@ -461,8 +472,10 @@ def _bundle(splits: dict[str, Images], raw: RawData, p: Pipeline, report: DataRe
         elif images is not None:
             names[split] = list(images.names)
 
+    make_epoch = functools.partial(_call_shard, make_shard_epoch, 0, 1)
     return DataBundle(
-        make_train_epoch=lambda epoch: make_shard_epoch(epoch, 0, 1),
+        make_train_epoch=make_epoch,
+        assembled_epoch=make_epoch,
         val=eval_dataset(val, k, p) if val is not None else None,
         class_names=list(raw.class_names),
         num_train=len(train),

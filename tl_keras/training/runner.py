@@ -403,7 +403,7 @@ def decide_recipe(
             _check_budget(spec, state, rate)
     state.card = card
     cfg = spec.config
-    if state.data.train_images is not None:
+    if state.data.rebuildable:
         state.data = state.data.with_training(
             augment=cfg.augment,
             mixup=cfg.mixup,
@@ -466,7 +466,7 @@ def run_phases(
     unaugmented = None
     for p in plan.targets:
         data = state.data
-        if not p.augment and data.train_images is not None:  # e.g. fe on cached features
+        if not p.augment and data.rebuildable:  # e.g. fe on cached features
             unaugmented = unaugmented or data.with_training(augment="none", mixup=0.0, cutmix=0.0)
             data = unaugmented
         planner = _epochs_planner(plan, spec, state, p)
