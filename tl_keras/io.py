@@ -270,3 +270,31 @@ def load_weights(path: str) -> list[np.ndarray]:
     with np.load(path, allow_pickle=False) as f:
         prefix = "w" if "w0" in f.files else "arr_"
         return [f[f"{prefix}{i}"] for i in range(len(f.files))]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (the kernel's MemAvailable, and the
+    cgroup's limit minus its use when that is lower), or None when it cannot be read."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit, encoding="ascii") as f, open(usage, encoding="ascii") as g:
+                text = f.read().strip()
+                if text != "max" and int(text) < 1 << 60:
+                    found.append(int(text) - int(g.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return min(found) if found else None

@@ -31,6 +31,7 @@ import tensorflow as tf
 from tl_keras import io
 from tl_keras.data.images import AUTOTUNE, Images, Pipeline, decode, load, prepare, tf_error_text
 from tl_keras.errors import DataError
+from tl_keras.io import available_memory
 from tl_keras.progress import Progress
 
 log = logging.getLogger("tl_keras")
@@ -55,34 +56,6 @@ def cache_root() -> str:
 
 
 # --- memory --------------------------------------------------------------------------------------
-def available_memory() -> int | None:
-    """Bytes of memory available to this process now (the kernel's MemAvailable, and the
-    cgroup's limit minus its use when that is lower), or None when it cannot be read."""
-    found = []
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    for limit, usage in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ):
-        try:
-            with open(limit, encoding="ascii") as f, open(usage, encoding="ascii") as g:
-                text = f.read().strip()
-                if text != "max" and int(text) < 1 << 60:
-                    found.append(int(text) - int(g.read().strip()))
-        except (OSError, ValueError):
-            continue
-    return min(found) if found else None
-
-
 def _size(n: float) -> str:
     if n >= 1e9:
         return f"{n / 1e9:.1f} GB"

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.io import available_memory
 from tl_keras.model import backbones
 from tl_keras.recipe import Phase
 from tl_keras.training import checkpoint
@@ -127,32 +128,6 @@ def plan_run(
     )
     _refuse_conflicts(plan, overwrite=overwrite, resume=resume)
     return plan
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process can still use: the machine's available memory, capped by a
-    container's (cgroup) limit; None where neither can be read (not Linux)."""
-    found = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError):
-        pass
-    for limit, usage in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ):
-        try:
-            with open(limit) as f, open(usage) as g:
-                found.append(int(f.read().strip()) - int(g.read().strip()))
-        except (OSError, ValueError):  # no such file, or "max" (no limit)
-            continue
-    return min(found) if found else None
 
 
 def check_memory(spec: config_lib.RunSpec, available: int | None = None) -> None:
