@@ -113,34 +113,59 @@ def test_a_budget_too_small_for_one_epoch_is_refused_before_anything_is_written(
 def budget_runs(tmp_path_factory):
     """A run with a time budget, and the same run given the epochs the budget planned."""
     root = tmp_path_factory.mktemp("budget")
-    planned = train(auto_config(time_budget="25s", epochs_ft="auto"), str(root / "a"))
+    budgeted = auto_config(time_budget="30s", epochs_fe="auto", epochs_ft="auto")
+    planned = train(budgeted, str(root / "a"))
     card = auto.Card.from_dict(read(root / "a" / "recipe.json"))
-    given = train(auto_config(epochs_ft=card.get("epochs_ft").value), str(root / "b"))
+    epochs = {f: card.get(f).value for f in ("epochs_fe", "epochs_ft")}
+    given = train(auto_config(**epochs), str(root / "b"))
     return root / "a", planned, card, given
 
 
-def test_the_budget_plans_fine_tuning_and_run_json_reports_what_was_used(budget_runs):
+def test_the_budget_plans_both_phases_and_run_json_reports_what_was_used(budget_runs):
     wd, result, card, _ = budget_runs
-    planned = card.get("epochs_ft")
-    assert planned.source == "budget" and planned.value >= 1
     run = read(wd / "run.json")
-    assert run["schedule"][1]["epochs"] == planned.value
-    ft_epochs = [r for r in result.history.records if r["phase"] == "ft"]
-    assert 1 <= len(ft_epochs) <= planned.value  # the guard may stop a phase early, never late
+    for i, name in enumerate(("fe", "ft")):
+        planned = card.get(f"epochs_{name}")
+        assert planned.source == "budget" and planned.value >= 1
+        assert run["schedule"][i]["epochs"] == planned.value
+        done = [r for r in result.history.records if r["phase"] == name]
+        assert 1 <= len(done) <= planned.value  # a plateau or the guard may end it, never later
+    # fe, with fine-tuning to follow, keeps to its share and still switches on a plateau.
+    assert card.get("epochs_fe").value <= 3  # the rule's fe for a random base: at most that
+    assert run["schedule"][0]["early_stopping_patience"] == card.get("fe_switch_patience").value
     used = run["time_budget"]
-    assert used["budget_s"] == 25 and used["used_s"] > 0
-    assert used["used_share"] == pytest.approx(used["used_s"] / 25, abs=1e-3)
+    assert used["budget_s"] == 30 and used["used_s"] > 0
+    assert used["used_share"] == pytest.approx(used["used_s"] / 30, abs=1e-3)
 
 
 def test_a_planned_run_is_the_run_its_epochs_would_give(budget_runs):
-    """The budget's measurement (real steps, then everything put back) leaves no trace: the
+    """The budget's measurements (real steps, then everything put back) leave no trace: the
     planned run equals a run given the planned epochs outright, bitwise."""
     _, planned, card, given = budget_runs
     ft_epochs = [r for r in planned.history.records if r["phase"] == "ft"]
     if len(ft_epochs) < card.get("epochs_ft").value:
         pytest.skip("the guard cut the planned run short on this busy machine")
+    assert [r["epoch"] for r in planned.history.records] == [
+        r["epoch"] for r in given.history.records
+    ]
     for a, b in zip(planned.model.weights, given.model.weights, strict=True):
         np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_fe_that_ends_the_run_fills_its_budget_and_keeps_its_best_epoch(tmp_path):
+    wd = tmp_path / "w"
+    result = train(auto_config(time_budget="20s", epochs_fe="auto", epochs_ft=0), str(wd))
+    card = auto.Card.from_dict(read(wd / "recipe.json"))
+    planned = card.get("epochs_fe")
+    assert planned.source == "budget" and "fills the budget" in planned.reason
+    fe = [r for r in result.history.records if r["phase"] == "fe"]
+    schedule = read(wd / "run.json")["schedule"][0]
+    assert schedule["epochs"] == planned.value
+    assert schedule["early_stopping_patience"] == planned.value  # no plateau stop: the budget
+    if len(fe) == planned.value:  # not cut short by the guard on a busy machine
+        best = min(fe, key=lambda r: r["val_loss"])["epoch"]
+        kept = [k.epoch for k in result.history.kept if k.phase == "fe"]
+        assert kept == [best] or (best == fe[-1]["epoch"] and not kept)
 
 
 def test_measuring_an_epoch_changes_nothing(tmp_path):

@@ -186,6 +186,27 @@ def test_epochs_are_planned_to_end_inside_the_budget():
     assert auto.plan_epochs(10, 30, cost) == 1  # never less than one epoch
 
 
+def test_fe_under_a_budget_leaves_fine_tuning_its_time_or_fills_the_budget_when_last():
+    cost = auto.EpochCost(train_s=0.4, overhead_s=0.1)  # a head epoch on cached features: 0.5 s
+    # 0.95 * 100 - 20 spent - 5 reserved = 70 s left; fine-tuning follows: fe gets a third of
+    # it (23.3 s: 46 epochs), capped by the rule's 40, and still switches on a plateau.
+    plan = auto.plan_head_epochs(100, 20, cost, rule_epochs=40, ft_need_s=10, reserve_s=5)
+    assert plan == auto.PhasePlan(40, keep_best=False)
+    assert auto.plan_head_epochs(100, 20, cost, rule_epochs=60, ft_need_s=10, reserve_s=5) == (
+        auto.PhasePlan(46)
+    )
+    # ... and never more than leaves one fine-tuning epoch: 70 - 60 = 10 s, 20 epochs.
+    assert auto.plan_head_epochs(100, 20, cost, rule_epochs=40, ft_need_s=60, reserve_s=5) == (
+        auto.PhasePlan(20)
+    )
+    # fe ends the run: it fills the 70 s (140 epochs), keeping its best epoch, up to 10x the rule.
+    assert auto.plan_head_epochs(100, 20, cost, rule_epochs=40, ft_need_s=None, reserve_s=5) == (
+        auto.PhasePlan(140, keep_best=True)
+    )
+    assert auto.plan_head_epochs(1000, 20, cost, rule_epochs=4, ft_need_s=None).epochs == 40
+    assert auto.plan_head_epochs(10, 20, cost, rule_epochs=4, ft_need_s=None).epochs == 1
+
+
 def test_a_budget_too_small_for_one_epoch_of_each_phase_is_refused_with_the_estimate():
     auto.check_budget_holds(60, 10, 5, 20, ft_runs=True)
     with pytest.raises(ConfigError) as e:

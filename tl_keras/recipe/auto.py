@@ -528,6 +528,50 @@ def plan_epochs(
     return max(1, int(left // max(cost.total_s, 1e-9)))
 
 
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+    """A phase's length as the time budget planned it.
+
+    Attributes:
+      epochs: the phase's epochs.
+      keep_best: train every epoch (no early stop) and hand on the best epoch on validation:
+        the last phase of a run fills its budget.
+    """
+
+    epochs: int
+    keep_best: bool = False
+
+
+FE_SHARE = 1 / 3  # of the time left, at most, for fe when fine-tuning follows
+FE_FILL_CAP = 10  # a head that ends the run trains at most this many times its rule's epochs
+
+
+def plan_head_epochs(
+    budget_s: float,
+    elapsed_s: float,
+    cost: EpochCost,
+    *,
+    rule_epochs: int,
+    ft_need_s: float | None,
+    reserve_s: float = 0.0,
+) -> PhasePlan:
+    """The epochs of a head-only phase (fe) under a time budget.
+
+    When fine-tuning follows (`ft_need_s`: what its first epoch needs), fe takes at most
+    `FE_SHARE` of the time left and leaves that much, and at most the rule's epochs (it still
+    switches on a plateau): cached-feature epochs are cheap and the time saved is fine-tuning's.
+    When fe ends the run it fills the budget, keeping its best epoch on validation (a plateau
+    no longer ends it), up to `FE_FILL_CAP` times the rule's epochs.
+    """
+    left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
+    per_epoch = max(cost.total_s, 1e-9)
+    if ft_need_s is None:
+        fill = int(left // per_epoch)
+        return PhasePlan(max(1, min(fill, FE_FILL_CAP * rule_epochs)), keep_best=True)
+    share = min(FE_SHARE * left, left - ft_need_s)
+    return PhasePlan(max(1, min(rule_epochs, int(share // per_epoch))))
+
+
 def check_budget_holds(
     budget_s: float, elapsed_s: float, fe_s: float, ft_epoch_s: float, *, ft_runs: bool
 ) -> None:
@@ -602,4 +646,6 @@ __all__ = [
     "decide",
     "parse_duration",
     "plan_epochs",
+    "plan_head_epochs",
+    "PhasePlan",
 ]

@@ -57,7 +57,13 @@ class Clock:
 class _Timer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.train, self.test = [], []
+        self.train, self.test, self.epochs = [], [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._e = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(time.monotonic() - self._e)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._t = time.monotonic()
@@ -90,12 +96,15 @@ def _restore(model: keras.Model, snapshot: tuple[list, list, dict]) -> None:
     set_rng_state(model, rng)
 
 
-def measure_epoch_cost(model: keras.Model, data, *, first_epoch: int) -> auto.EpochCost:
+def measure_epoch_cost(
+    model: keras.Model, data, *, first_epoch: int, save_model: keras.Model | None = None
+) -> auto.EpochCost:
     """What one epoch of the compiled model's phase costs, measured and then undone.
 
     Runs `PROBE_STEPS + 1` training steps (the first traces the train function `fit` reuses)
-    and two validation batches, times the steady ones, and times one save of the model (an
-    epoch's checkpoint). Every variable is restored afterwards, bitwise.
+    and two validation batches, times the steady ones, and times one save of `save_model` (an
+    epoch's checkpoint: the whole model, also when `model` is its head on cached features).
+    Every variable is restored afterwards, bitwise.
     """
     steps = min(PROBE_STEPS + 1, data.steps_per_epoch)
     snapshot = _snapshot(model)
@@ -110,10 +119,7 @@ def measure_epoch_cost(model: keras.Model, data, *, first_epoch: int) -> auto.Ep
             callbacks=[timer],
             verbose=0,
         )
-        with tempfile.TemporaryDirectory(prefix="tl_keras-budget-") as folder:
-            start = time.monotonic()
-            model.save(f"{folder}/probe.keras")
-            save_s = time.monotonic() - start
+        save_s = _time_save(save_model or model)
     finally:
         _restore(model, snapshot)
     step_s = statistics.median(timer.train[1:] or timer.train)
@@ -130,6 +136,43 @@ def measure_epoch_cost(model: keras.Model, data, *, first_epoch: int) -> auto.Ep
         overhead_s=save_s + 0.05,
         trace_s=trace_s,
     )
+
+
+def measure_head_epoch_cost(
+    model: keras.Model, data, *, first_epoch: int, save_model: keras.Model
+) -> auto.EpochCost:
+    """What one epoch of a head on cached features costs: two whole epochs (the first traces),
+    with validation, timed and then undone bitwise. A head epoch runs in one call (its
+    `steps_per_execution` is the epoch), so steps cannot be timed one by one; whole epochs of a
+    head cost milliseconds."""
+    snapshot = _snapshot(model)
+    timer = _Timer()
+    try:
+        model.fit(
+            data.train_epochs(first_epoch, 2),
+            validation_data=data.val,
+            epochs=2,
+            steps_per_epoch=data.steps_per_epoch,
+            shuffle=False,
+            callbacks=[timer],
+            verbose=0,
+        )
+        save_s = _time_save(save_model)
+    finally:
+        _restore(model, snapshot)
+    return auto.EpochCost(
+        train_s=timer.epochs[-1],  # validation included: the head's epoch is one block
+        overhead_s=save_s + 0.05,
+        trace_s=max(0.0, timer.epochs[0] - timer.epochs[-1]),
+    )
+
+
+def _time_save(model: keras.Model) -> float:
+    """Seconds one save of the model takes (what an epoch's checkpoint and a phase's end cost)."""
+    with tempfile.TemporaryDirectory(prefix="tl_keras-budget-") as folder:
+        start = time.monotonic()
+        model.save(f"{folder}/probe.keras")
+        return time.monotonic() - start
 
 
 class BudgetGuard(keras.callbacks.Callback):

@@ -29,7 +29,7 @@ from tl_keras.errors import TrainingError
 from tl_keras.history import History
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
 from tl_keras.progress import say
-from tl_keras.recipe import Phase
+from tl_keras.recipe import Phase, auto
 from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
 from tl_keras.training.callbacks import (
     BestWeights,
@@ -171,8 +171,9 @@ def run_phase(
         resume=resume,
         jit_compile=jit_compile,
     )
-    if epochs_planner is not None and resume is None:
-        setup = replan(setup, epochs_planner(setup), data, jit_compile=jit_compile)
+    plan = epochs_planner if resume is None else None
+    if plan is not None and phase.trains_base:
+        setup = replan(setup, plan(setup), data, jit_compile=jit_compile)
     if feature_cache != "off":
         setup = use_cached_features(
             setup,
@@ -182,6 +183,11 @@ def run_phase(
             jit_compile=jit_compile,
             strategy=strategy,
         )
+    if plan is not None and not phase.trains_base:  # a head's epochs, timed on what fit runs
+        planned = replan(setup, plan(setup), data, jit_compile=jit_compile)
+        if planned is not setup and setup.fit_model is not setup.model:
+            _compile_head(planned.fit_model, planned, jit_compile=jit_compile, strategy=strategy)
+        setup = planned
     if strategy is not None:
         distribute.enable_multi_worker_fit(setup.fit_model, strategy)
     state, cbs = make_callbacks(
@@ -257,16 +263,23 @@ def set_up(
     )
 
 
-def replan(setup: PhaseSetup, epochs: int, data: DataBundle, *, jit_compile: str) -> PhaseSetup:
-    """The setup for a phase of `epochs` epochs: a fresh optimizer whose schedule has that
-    length, compiled again (nothing has trained yet); the setup itself when nothing changes."""
-    phase = setup.phase
-    if epochs == phase.epochs:
+def replan(
+    setup: PhaseSetup, plan: int | auto.PhasePlan, data: DataBundle, *, jit_compile: str
+) -> PhaseSetup:
+    """The setup for a phase of the planned epochs: a fresh optimizer whose schedule has that
+    length, compiled again (nothing has trained yet); the setup itself when nothing changes.
+    A plan that keeps the best epoch trains every epoch and hands on the best on validation."""
+    plan = plan if isinstance(plan, auto.PhasePlan) else auto.PhasePlan(plan)
+    phase, epochs = setup.phase, plan.epochs
+    patience = epochs if plan.keep_best else phase.early_stopping_patience
+    if epochs == phase.epochs and patience == phase.early_stopping_patience:
         return setup
     schedule = phase.lr_schedule
     if schedule.warmup_epochs >= epochs:  # a warm-up must end inside the phase: a quarter of it
         schedule = dataclasses.replace(schedule, warmup_epochs=epochs / 4)
-    phase = dataclasses.replace(phase, epochs=epochs, lr_schedule=schedule)
+    phase = dataclasses.replace(
+        phase, epochs=epochs, lr_schedule=schedule, early_stopping_patience=patience
+    )
     monitor = "val_loss" if data.val is not None else "loss"
     optimizer, schedule_callbacks = optim.phase_optimizer(
         setup.model,
@@ -304,18 +317,8 @@ def use_cached_features(
         return setup
     arrays, seconds, reused = features.compute(model, data, mode=mode, workdir=cache_dir)
     fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
-    # The model's own optimizer instance: checkpoints of the model carry its state. A head step
-    # takes microseconds, so Keras's per-step overhead would dominate: a whole epoch runs in one
-    # call (the same updates; batch callbacks see one block). Not under a tf.distribute
-    # strategy: Keras 3.15's multi-step loop fails there at run time ("You must feed a value for
-    # placeholder tensor 'while/cond/Placeholder'").
-    optim.compile_for_phase(
-        fit_model,
-        phase,
-        optimizer=model.optimizer,
-        jit_compile=jit_compile,
-        steps_per_execution=1 if strategy is not None else max(1, fit_data.steps_per_epoch or 1),
-    )
+    setup = dataclasses.replace(setup, fit_model=fit_model, fit_data=fit_data)
+    _compile_head(fit_model, setup, jit_compile=jit_compile, strategy=strategy)
     say(
         "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
         "head trains on them",
@@ -326,7 +329,26 @@ def use_cached_features(
         arrays["train"].shape[-1],
         "" if reused else f" in {seconds:.1f}s",
     )
-    return dataclasses.replace(setup, fit_model=fit_model, fit_data=fit_data)
+    return setup
+
+
+def _compile_head(fit_model: keras.Model, setup: PhaseSetup, *, jit_compile: str, strategy) -> None:
+    """Compiles the head that trains on cached features with the whole model's optimizer.
+
+    The model's own optimizer instance: checkpoints of the model carry its state. A head step
+    takes microseconds, so Keras's per-step overhead would dominate: a whole epoch runs in one
+    call (the same updates; batch callbacks see one block). Not under a tf.distribute strategy:
+    Keras 3.15's multi-step loop fails there at run time ("You must feed a value for
+    placeholder tensor 'while/cond/Placeholder'").
+    """
+    steps = setup.fit_data.steps_per_epoch
+    optim.compile_for_phase(
+        fit_model,
+        setup.phase,
+        optimizer=setup.model.optimizer,
+        jit_compile=jit_compile,
+        steps_per_execution=1 if strategy is not None else max(1, steps or 1),
+    )
 
 
 def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:

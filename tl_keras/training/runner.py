@@ -92,6 +92,7 @@ class RunState:
       card: the recipe card the run follows.
       clock: the time budget and the run's start, or None without a budget.
       save_s: how long the last phase's artifacts took to write (the budget's reserve).
+      rate: the frozen base's forward rate on this data (images/s), measured by the probe.
     """
 
     model: keras.Model
@@ -102,6 +103,7 @@ class RunState:
     card: auto.Card | None = None
     clock: budget.Clock | None = None
     save_s: float = 1.0
+    rate: float | None = None
 
 
 def train(
@@ -401,7 +403,7 @@ def decide_recipe(
         state.clock = budget.Clock(spec.time_budget_s, started)
         if new and rate:
             _check_budget(spec, state, rate)
-    state.card = card
+    state.card, state.rate = card, rate
     cfg = spec.config
     if state.data.rebuildable:
         state.data = state.data.with_training(
@@ -535,50 +537,113 @@ def _mark_kept(history: History, result: PhaseResult) -> None:
 def _epochs_planner(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, phase):
     """Under a time budget, what plans a phase's epochs once it is compiled; else None.
 
-    Only for a phase that trains the base and whose length the recipe decided (not the user's
-    epochs or stages); it gets what is left of the budget after the phases before it.
+    Only for a phase whose length the recipe decided (not the user's epochs or stages): a
+    fine-tuning phase gets what is left of the budget after the phases before it and the run's
+    end (saving, calibration); fe gets a share of it when fine-tuning follows, and the rest
+    when it ends the run (`auto.plan_head_epochs`).
     """
     card = state.card
-    if state.clock is None or card is None or not phase.trains_base or plan.resume_from:
+    if state.clock is None or card is None or plan.resume_from or spec.config.stages:
         return None
-    if phase.epochs == 0:  # the recipe decided against this phase (feature extraction only)
+    field = "epochs_ft" if phase.trains_base else "epochs_fe"
+    if phase.epochs == 0 or card.get(field).source not in ("rule", "budget"):
         return None
-    if card.get("epochs_ft").source not in ("rule", "budget") or spec.config.stages:
-        return None
+    later = plan.targets[plan.targets.index(phase) + 1 :]
+    ft_follows = any(p.trains_base and p.epochs > 0 for p in later)
     clock = state.clock
 
-    def planner(setup: PhaseSetup) -> int:
-        cost = budget.measure_epoch_cost(
-            setup.fit_model, setup.fit_data, first_epoch=setup.initial_epoch
-        )
-        reserve = state.save_s + cost.val_s + cost.trace_s  # saving, a last pass, a retrace
-        epochs = auto.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
-        left = auto.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
-        log.info(
-            "[%s] time budget: an epoch costs %.1fs (train %.1fs, validation %.1fs, checkpoint "
-            "%.1fs); %.0fs of the %.0fs budget left: %d epochs",
-            phase.name,
-            cost.total_s,
-            cost.train_s,
-            cost.val_s,
-            cost.overhead_s,
-            left,
-            clock.budget_s,
-            epochs,
-        )
-        state.card = card.with_decision(
-            auto.Decision(
-                "epochs_ft",
-                epochs,
-                "budget",
-                f"planned: {cost.total_s:.1f}s per epoch measured, {left:.0f}s of the "
-                f"{clock.budget_s:.0f}s time budget left",
+    def planner(setup: PhaseSetup) -> auto.PhasePlan:
+        if phase.trains_base:
+            cost = budget.measure_epoch_cost(
+                setup.fit_model, setup.fit_data, first_epoch=setup.initial_epoch
             )
-        )
+        else:
+            measure = (
+                budget.measure_head_epoch_cost
+                if setup.fit_model is not setup.model
+                else budget.measure_epoch_cost
+            )
+            cost = measure(
+                setup.fit_model,
+                setup.fit_data,
+                first_epoch=setup.initial_epoch,
+                save_model=setup.model,
+            )
+        reserve = _end_reserve(spec, state, cost)
+        if phase.trains_base:
+            decided = auto.PhasePlan(
+                auto.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
+            )
+        else:
+            decided = auto.plan_head_epochs(
+                clock.budget_s,
+                clock.elapsed_s,
+                cost,
+                rule_epochs=phase.epochs,
+                ft_need_s=_ft_epoch_estimate(state) if ft_follows else None,
+                reserve_s=reserve,
+            )
+        _log_plan(state, phase, field, cost, decided, ft_follows)
         decide.write_card(plan.outdir, state.card)  # a resumed run keeps the plan
-        return epochs
+        return decided
 
     return planner
+
+
+def _end_reserve(spec: config_lib.RunSpec, state: RunState, cost: auto.EpochCost) -> float:
+    """What the run needs after its last epoch: the phase's artifacts (the last save's time, or
+    a model save's), calibration's pass over validation (twice under flip TTA), a retrace."""
+    passes = 2 if spec.config.tta == "flip" else 1
+    val_pass = state.data.num_val / state.rate if state.rate else cost.val_s
+    save = max(state.save_s, cost.overhead_s)
+    return save + passes * val_pass + cost.val_s + cost.trace_s + END_FIXED_S
+
+
+END_FIXED_S = 1.0  # the calibration report's reliability diagram and run.json
+
+
+def _ft_epoch_estimate(state: RunState) -> float:
+    """One fine-tuning epoch from the probe's forward rate (a training step about twice a
+    forward pass), with its validation pass and a model save."""
+    data = state.data
+    if not state.rate:
+        return 0.0
+    return (2.0 * data.num_train + data.num_val) / state.rate + state.save_s
+
+
+def _log_plan(state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows):
+    clock = state.clock
+    left = auto.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
+    how = (
+        "fine-tuning follows: fe takes at most a third of it, still switching on a plateau"
+        if ft_follows
+        else "the phase ends the run: it fills the budget and keeps its best validation epoch"
+        if decided.keep_best
+        else "the phase ends the run"
+    )
+    log.info(
+        "[%s] time budget: an epoch costs %.2fs (train %.2fs, validation %.2fs, checkpoint "
+        "%.2fs); %.0fs of the %.0fs budget left, %s: %d epochs",
+        phase.name,
+        cost.total_s,
+        cost.train_s,
+        cost.val_s,
+        cost.overhead_s,
+        left,
+        clock.budget_s,
+        how,
+        decided.epochs,
+    )
+    state.card = state.card.with_decision(
+        auto.Decision(
+            field,
+            decided.epochs,
+            "budget",
+            f"planned: {cost.total_s:.2f}s per epoch measured, {left:.0f}s of the "
+            f"{clock.budget_s:.0f}s time budget left"
+            + ("; fe fills the budget, keeping its best epoch" if decided.keep_best else ""),
+        )
+    )
 
 
 def _record_planned(plan: RunPlan, state: RunState, phase) -> None:
