@@ -23,6 +23,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tl_keras.model.classifier import get_rng_state, set_rng_state
 from tl_keras.recipe import auto
@@ -31,6 +32,7 @@ log = logging.getLogger("tl_keras")
 
 PROBE_STEPS = 8  # training steps timed (after the first, which traces the graph)
 GUARD = 1.08  # stop at an epoch's end when the next would end past this share of the budget
+TRAIN_FORWARDS = 3.0  # a training step of the whole model costs about three forward passes
 
 
 @dataclasses.dataclass
@@ -94,6 +96,18 @@ def _restore(model: keras.Model, snapshot: tuple[list, list, dict]) -> None:
     for variable, value in zip(model.optimizer.variables, slots, strict=True):
         variable.assign(value)
     set_rng_state(model, rng)
+
+
+def forward_rate(model: keras.Model, images) -> float:
+    """Images per second of the model's compiled forward pass (inference mode) on one batch:
+    traced once, then timed over two calls. What the time budget's first estimates (the fe
+    feature pass, a fine-tuning epoch, calibration's validation pass) are made of."""
+    forward = tf.function(lambda x: model(x, training=False))
+    forward(images)  # traces
+    start = time.monotonic()
+    for _ in range(2):
+        np.asarray(forward(images))
+    return 2 * len(images) / max(time.monotonic() - start, 1e-9)
 
 
 def measure_epoch_cost(

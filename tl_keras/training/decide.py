@@ -18,7 +18,7 @@ from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import WorkdirError
 from tl_keras.recipe import auto
-from tl_keras.training import probe
+from tl_keras.training import budget, probe
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")
@@ -67,6 +67,8 @@ def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, fl
         shifts, rate = probe.block_shifts(model, spec.backbone, data.train_in_order)
         if spec.weights is None:  # a random base: its statistics say nothing; the rate counts
             shifts = []
+        if spec.time_budget_s is not None:  # the probe's pass is eager: time a compiled one
+            rate = budget.forward_rate(model, next(iter(data.train_in_order)))
     facts = auto.Facts(
         num_train=data.num_train,
         num_classes=data.num_classes,

@@ -420,12 +420,13 @@ def decide_recipe(
 
 
 def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> None:
-    """Refuses a budget that cannot hold one epoch of each phase (estimated from the probe's
-    forward rate: fe one pass over train + validation, an ft epoch twice a pass over train)."""
+    """Refuses a budget that cannot hold one epoch of each phase (estimated from the compiled
+    forward rate: fe one pass over train + validation, an ft epoch `budget.TRAIN_FORWARDS`
+    passes over train and one over validation)."""
     data, schedule = state.data, spec.schedule
     fe_s = (data.num_train + data.num_val) / rate
     ft = [p for p in schedule if p.trains_base and p.epochs > 0]
-    ft_epoch_s = 2.0 * data.num_train / rate + data.num_val / rate
+    ft_epoch_s = (budget.TRAIN_FORWARDS * data.num_train + data.num_val) / rate
     auto.check_budget_holds(
         spec.time_budget_s, state.clock.elapsed_s, fe_s, ft_epoch_s, ft_runs=bool(ft)
     )
@@ -603,12 +604,12 @@ END_FIXED_S = 1.0  # the calibration report's reliability diagram and run.json
 
 
 def _ft_epoch_estimate(state: RunState) -> float:
-    """One fine-tuning epoch from the probe's forward rate (a training step about twice a
-    forward pass), with its validation pass and a model save."""
+    """One fine-tuning epoch from the compiled forward rate (a training step about
+    `budget.TRAIN_FORWARDS` forward passes), with its validation pass and a model save."""
     data = state.data
     if not state.rate:
         return 0.0
-    return (2.0 * data.num_train + data.num_val) / state.rate + state.save_s
+    return (budget.TRAIN_FORWARDS * data.num_train + data.num_val) / state.rate + state.save_s
 
 
 def _log_plan(state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows):
