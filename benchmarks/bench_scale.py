@@ -228,9 +228,10 @@ def main(argv=None) -> int:
     measured = {
         "image_size": size, "batch_size": BATCH, "steps": steps, "sizes": sizes,
         "malloc_arena_max": args.malloc_arena_max or None,
-        "weights": settings("folder", root, 0, size)["weights"],
+        "weights": settings("folder", root, 0, size)["weights"], "quick": args.quick,
     }  # fmt: skip
     name = "scale" if not args.malloc_arena_max else f"scale_arena{args.malloc_arena_max}"
+    name += "_quick" if args.quick else ""  # a smoke run never replaces the figures
     _common.write(
         name,
         {"machine": _common.machine(), "settings": measured, "results": rows, "ratios": summary},

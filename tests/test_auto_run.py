@@ -116,7 +116,8 @@ def budget_runs(tmp_path_factory):
     budgeted = auto_config(time_budget="30s", epochs_fe="auto", epochs_ft="auto")
     planned = train(budgeted, str(root / "a"))
     card = auto.Card.from_dict(read(root / "a" / "recipe.json"))
-    epochs = {f: card.get(f).value for f in ("epochs_fe", "epochs_ft")}
+    # The warm-up rule reads the phases' lengths: the given run gets the planned run's too.
+    epochs = {f: card.get(f).value for f in ("epochs_fe", "epochs_ft", "warmup_epochs")}
     given = train(auto_config(**epochs), str(root / "b"))
     return root / "a", planned, card, given
 

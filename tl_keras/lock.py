@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,6 +157,21 @@ def _busy(workdir: str, record: dict[str, Any] | None, *, unsure: bool = False) 
     )
 
 
+RECORD_WAIT_S = 2.0  # how long a refused process waits for a just-started holder's record
+
+
+def _await_record(fd: int) -> dict[str, Any] | None:
+    """The holder's record, once it has written it: a holder that took the lock a moment ago
+    writes it right after, and the refusal should name it (None when it never comes)."""
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        record = _read_record(fd)
+        if record:
+            return record
+    return None
+
+
 def _flock(fd: int) -> bool | None:
     """True: locked; False: another process holds it; None: flock does not work here."""
     if fcntl is None:
@@ -193,7 +209,7 @@ def acquire(workdir: str) -> WorkdirLock:
             held = _flock(fd)
             previous = _read_record(fd)
             if held is False:
-                raise _busy(workdir, previous)
+                raise _busy(workdir, previous or _await_record(fd))
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(path))
             except FileNotFoundError:
