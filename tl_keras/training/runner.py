@@ -426,7 +426,7 @@ def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> Non
     data, schedule = state.data, spec.schedule
     fe_s = (data.num_train + data.num_val) / rate
     ft = [p for p in schedule if p.trains_base and p.epochs > 0]
-    ft_epoch_s = (budget.TRAIN_FORWARDS * data.num_train + data.num_val) / rate
+    ft_epoch_s = _ft_epoch_s(data, rate)
     auto.check_budget_holds(
         spec.time_budget_s, state.clock.elapsed_s, fe_s, ft_epoch_s, ft_runs=bool(ft)
     )
@@ -554,22 +554,11 @@ def _epochs_planner(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, ph
     clock = state.clock
 
     def planner(setup: PhaseSetup) -> auto.PhasePlan:
-        if phase.trains_base:
-            cost = budget.measure_epoch_cost(
-                setup.fit_model, setup.fit_data, first_epoch=setup.initial_epoch
-            )
-        else:
-            measure = (
-                budget.measure_head_epoch_cost
-                if setup.fit_model is not setup.model
-                else budget.measure_epoch_cost
-            )
-            cost = measure(
-                setup.fit_model,
-                setup.fit_data,
-                first_epoch=setup.initial_epoch,
-                save_model=setup.model,
-            )
+        on_features = setup.fit_model is not setup.model  # a head on cached features
+        measure = budget.measure_head_epoch_cost if on_features else budget.measure_epoch_cost
+        cost = measure(
+            setup.fit_model, setup.fit_data, first_epoch=setup.initial_epoch, save_model=setup.model
+        )
         reserve = _end_reserve(spec, state, cost)
         if phase.trains_base:
             decided = auto.PhasePlan(
@@ -603,13 +592,15 @@ def _end_reserve(spec: config_lib.RunSpec, state: RunState, cost: auto.EpochCost
 END_FIXED_S = 1.0  # the calibration report's reliability diagram and run.json
 
 
+def _ft_epoch_s(data: DataBundle, rate: float) -> float:
+    """One fine-tuning epoch from the compiled forward rate: a training step about
+    `budget.TRAIN_FORWARDS` forward passes over train, one pass over validation."""
+    return (budget.TRAIN_FORWARDS * data.num_train + data.num_val) / rate
+
+
 def _ft_epoch_estimate(state: RunState) -> float:
-    """One fine-tuning epoch from the compiled forward rate (a training step about
-    `budget.TRAIN_FORWARDS` forward passes), with its validation pass and a model save."""
-    data = state.data
-    if not state.rate:
-        return 0.0
-    return (budget.TRAIN_FORWARDS * data.num_train + data.num_val) / state.rate + state.save_s
+    """One fine-tuning epoch (`_ft_epoch_s`) and a model save; 0 without a measured rate."""
+    return _ft_epoch_s(state.data, state.rate) + state.save_s if state.rate else 0.0
 
 
 def _log_plan(state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows):
