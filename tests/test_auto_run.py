@@ -241,3 +241,30 @@ def test_the_probe_tells_photos_from_a_far_domain(tmp_path, shared_weights, flow
         assert len(facts.block_shift) == 14 and rate > 0  # stem and 13 blocks of MobileNet
         domains[name] = (facts.domain, facts.early_shift)
     assert domains["flowers"][0] == "near" and domains["shapes"][0] == "far", domains
+
+
+class _Model:
+    stop_training = False
+
+
+@pytest.mark.parametrize("last_epoch, stopped_at", [(20, 4), (4, None)])
+def test_budget_guard_keeps_the_run_inside_the_budget(monkeypatch, last_epoch, stopped_at):
+    """The guard stops at the end of the epoch after which another epoch and the run's end would
+    pass the budget; the first epoch (tracing) counts at most the plan's measured epoch; the
+    phase's last epoch is never called a stop."""
+    now = [0.0]
+    monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
+    guard = budget.BudgetGuard(budget.Clock(100.0, started=0.0), reserve_s=10.0)
+    guard.planned_epoch_s = 5.0
+    guard.set_model(_Model())
+    guard.set_params({"epochs": last_epoch})
+    for epoch, seconds in enumerate([30.0, 20.0, 20.0, 20.0]):  # ends at 30, 50, 70, 90 s
+        guard.on_epoch_begin(epoch)
+        now[0] += seconds
+        guard.on_epoch_end(epoch)
+        if guard.model.stop_training:
+            break
+    # After epoch 1: 30 + 5 + 10 = 45 (not 30 + 30 + 10); epoch 3: 70 + 20 + 10 = 100, inside;
+    # epoch 4: 90 + 20 + 10 = 120 > 100.
+    assert guard.stopped_at == stopped_at
+    assert guard.model.stop_training == (stopped_at is not None)

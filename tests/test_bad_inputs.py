@@ -84,6 +84,10 @@ FLAG_CASES = {
         ["alpha=0.5 does not apply to efficientnet_b0"],
     ),
     "negative-epochs": (["--epochs_fe=-1"], ["epochs_fe=-1 is not allowed"]),
+    "negative-checkpoint-every": (
+        ["--checkpoint_every=-1"],
+        ["checkpoint_every=-1.0 is not allowed", "0 (every epoch) or a number of seconds"],
+    ),
     "lr-factor-too-small": (
         ["--ft_lr_factor=5"],
         ["ft_lr_factor=5 is outside [10, 100]", "--allow_any_lr_factor"],

@@ -59,6 +59,7 @@ def cfg(arrays, **overrides):
         early_stopping_patience=2,
         rollback="val_accuracy",
         val_fraction=0.25,
+        checkpoint_every=0,  # the tests below read the checkpoint of a given epoch
     )
     return tiny_config(**{**values, **overrides})
 
@@ -538,7 +539,8 @@ def test_data_that_changes_while_a_run_reads_it(tmp_path):
            "TL_KERAS_PAUSE_FILE": str(pause)}  # fmt: skip
     args = ["--backbone=mobilenet", "--alpha=0.25", "--weights=none", "--image_size=32",
             "--batch_size=8", "--epochs_fe=1", "--epochs_ft=2", "--head_units=8",
-            "--progress=lines", "--max_skipped_fraction=0.2", f"--data_dir={photos}",
+            "--progress=lines", "--max_skipped_fraction=0.2", "--checkpoint_every=0",
+            f"--data_dir={photos}",
             f"--workdir={workdir}"]  # fmt: skip
     out, err = (tmp_path / "out").open("w"), (tmp_path / "err").open("w")
     child = subprocess.Popen([sys.executable, "-m", "tl_keras.train", *args], cwd=REPO, env=env,

@@ -69,6 +69,7 @@ def args(workdir, weights):
         f"--epochs_ft={FT}",
         "--head_units=8",
         "--unfreeze=blocks:2",
+        "--checkpoint_every=0",  # a checkpoint after every epoch (the default waits 30 s)
         f"--workdir={workdir}",
     ]
 
@@ -94,28 +95,34 @@ def reference(tmp_path_factory, pretrained):
 
 
 SCENARIOS = {
-    # name: (the failpoints hit by successive attempts, the epochs the last attempt trains)
-    # Each attempt after the first is itself a resume, so resumes of resumes are covered.
-    "mid_fe_then_mid_ft": (["batch:2:1", "batch:5:0"], [5, 6]),
-    "fe_to_ft_switch": (["phase_saved:fe"], [4, 5, 6]),
+    # name: (the failpoints hit by successive attempts, the epochs the last attempt trains,
+    # extra flags). Each attempt after the first is itself a resume, so resumes of resumes are
+    # covered.
+    "mid_fe_then_mid_ft": (["batch:2:1", "batch:5:0"], [5, 6], []),
+    "fe_to_ft_switch": (["phase_saved:fe"], [4, 5, 6], []),
     # fe finished but not saved; an ft epoch trained but not checkpointed; killed after one was.
     "at_every_checkpoint_edge": (
         ["after_checkpoint:3", "before_checkpoint:4", "after_checkpoint:5"],
         [6],
+        [],
     ),
+    # The default cadence: these epochs take well under the 30 s between two checkpoints, so
+    # only each phase's last epoch is checkpointed; killed mid-ft, ft starts over, same result.
+    "default_cadence_mid_ft": (["batch:5:0"], [4, 5, 6], ["--checkpoint_every=30"]),
 }
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_kill_and_resume_equals_uninterrupted(scenario, tmp_path, pretrained, reference):
     workdir = tmp_path / "run"
-    points, trained_last = SCENARIOS[scenario]
+    points, trained_last, extra = SCENARIOS[scenario]
     for i, point in enumerate(points):
-        killed_at(point, *args(workdir, pretrained), *(["--resume"] if i else []))
+        killed_at(point, *args(workdir, pretrained), *extra, *(["--resume"] if i else []))
         assert (workdir / "run.json").is_file()  # the workdir knows a run is in progress
-    proc = run_cli(*args(workdir, pretrained), "--resume")
+    proc = run_cli(*args(workdir, pretrained), *extra, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # The last attempt trains only what no checkpoint or saved phase held: at most one epoch lost.
+    # The last attempt trains only what no checkpoint or saved phase held: with a checkpoint
+    # after every epoch, at most one epoch lost.
     assert [int(e) for e in re.findall(r"\] epoch (\d+) \(", proc.stdout)] == trained_last
 
     assert_same_as_uninterrupted(workdir, reference, pretrained)

@@ -169,7 +169,7 @@ def test_nan_stops_the_phase_and_keeps_the_last_good_checkpoint(poison, tmp_path
     from tl_keras.data.sources import load_data
     from tl_keras.training import checkpoint
 
-    cfg = tiny_config(epochs_fe=3, epochs_ft=1)
+    cfg = tiny_config(epochs_fe=3, epochs_ft=1, checkpoint_every=0)
     good = load_data(cfg, workdir=str(tmp_path))
 
     def poisoned(epoch):

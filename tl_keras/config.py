@@ -301,6 +301,13 @@ class Config:
     progress: str = _field(
         "auto", "'auto' (progress bar on a terminal, one line per epoch otherwise), 'bar', 'lines'."
     )
+    checkpoint_every: float = _field(
+        30.0,
+        "Seconds of training between two resumable checkpoints: one is written at the end of the "
+        "first epoch that ends at least this long after the last one (and at a phase's last "
+        "epoch), so --resume loses at most this much training plus the epoch in progress; 0 = "
+        "after every epoch.",
+    )
     tensorboard: bool = _field(False, "Write TensorBoard logs to <workdir>/logs/tensorboard.")
     csv_log: bool = _field(False, "Append one CSV row per epoch to <workdir>/logs/epochs.csv.")
 
@@ -658,6 +665,8 @@ def _check_training(c: Config) -> list[Phase]:
         )
     if c.progress not in PROGRESS:
         raise _refused(c, "progress", f"one of {', '.join(PROGRESS)}")
+    if not (math.isfinite(c.checkpoint_every) and c.checkpoint_every >= 0):
+        raise _refused(c, "checkpoint_every", "use 0 (every epoch) or a number of seconds, e.g. 30")
     return schedule
 
 

@@ -502,8 +502,9 @@ class EpochCost:
 
     train_s: float
     val_s: float = 0.0
-    overhead_s: float = 0.0  # per-epoch checkpoint, callbacks
+    overhead_s: float = 0.0  # per epoch: its share of the checkpoints, callbacks
     trace_s: float = 0.0  # once: tracing the phase's functions again after a new plan
+    save_s: float = 0.0  # one save of the whole model (the phase's last checkpoint)
 
     @property
     def total_s(self) -> float:

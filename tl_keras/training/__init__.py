@@ -7,7 +7,7 @@
     optim.py           optimizer names and factory, a phase's optimizer, the compile (XLA)
     lr_multipliers.py  per-variable learning rates as a Keras optimizer (layer_decay)
     schedules.py       learning-rate schedules by name
-    checkpoint.py      per-epoch checkpoints, so --resume loses at most one epoch
+    checkpoint.py      epoch-end checkpoints, so --resume loses at most checkpoint_every s
     rollback.py        phase control: undo a phase that made validation worse
     features.py        feature extraction on features computed once
     lr_finder.py       the learning-rate range test

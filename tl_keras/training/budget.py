@@ -31,7 +31,11 @@ from tl_keras.recipe import auto
 log = logging.getLogger("tl_keras")
 
 PROBE_STEPS = 8  # training steps timed (after the first, which traces the graph)
-GUARD = 1.08  # stop at an epoch's end when the next would end past this share of the budget
+GUARD = 1.0  # stop at an epoch's end when the next (and the run's end) would end past this share
+# Per epoch: the phase's own callbacks (history, log line, NaN guard, early stopping's copy of the
+# best weights), which the measurement does not run: about 0.02 s measured for a head epoch on
+# 2 CPU cores (0.05 made a few-shot fe that fills its budget use 0.68 of it).
+CALLBACKS_S = 0.02
 TRAIN_FORWARDS = 3.0  # a training step of the whole model costs about three forward passes
 
 
@@ -111,14 +115,20 @@ def forward_rate(model: keras.Model, images) -> float:
 
 
 def measure_epoch_cost(
-    model: keras.Model, data, *, first_epoch: int, save_model: keras.Model | None = None
+    model: keras.Model,
+    data,
+    *,
+    first_epoch: int,
+    save_model: keras.Model | None = None,
+    checkpoint_every: float = 0.0,
 ) -> auto.EpochCost:
     """What one epoch of the compiled model's phase costs, measured and then undone.
 
     Runs `PROBE_STEPS + 1` training steps (the first traces the train function `fit` reuses)
-    and two validation batches, times the steady ones, and times one save of `save_model` (an
-    epoch's checkpoint: the whole model, also when `model` is its head on cached features).
-    Every variable is restored afterwards, bitwise.
+    and two validation batches, times the steady ones, and times one save of `save_model` (a
+    checkpoint: the whole model, also when `model` is its head on cached features), of which an
+    epoch pays its share under `checkpoint_every` (`checkpoint_share`). Every variable is
+    restored afterwards, bitwise.
     """
     steps = min(PROBE_STEPS + 1, data.steps_per_epoch)
     snapshot = _snapshot(model)
@@ -144,16 +154,23 @@ def measure_epoch_cost(
     # A validation batch costs about a third of a training step (forward only) when there is
     # only one batch to time beside the traced one.
     val_batch_s = statistics.median(timer.test[1:]) if len(timer.test) > 1 else step_s / 3
+    train_s, val_s = step_s * data.steps_per_epoch, val_batch_s * val_batches
     return auto.EpochCost(
-        train_s=step_s * data.steps_per_epoch,
-        val_s=val_batch_s * val_batches,
-        overhead_s=save_s + 0.05,
+        train_s=train_s,
+        val_s=val_s,
+        overhead_s=save_s * checkpoint_share(train_s + val_s, checkpoint_every) + CALLBACKS_S,
         trace_s=trace_s,
+        save_s=save_s,
     )
 
 
 def measure_head_epoch_cost(
-    model: keras.Model, data, *, first_epoch: int, save_model: keras.Model
+    model: keras.Model,
+    data,
+    *,
+    first_epoch: int,
+    save_model: keras.Model,
+    checkpoint_every: float = 0.0,
 ) -> auto.EpochCost:
     """What one epoch of a head on cached features costs: two whole epochs (the first traces),
     with validation, timed and then undone bitwise. A head epoch runs in one call (its
@@ -174,11 +191,19 @@ def measure_head_epoch_cost(
         save_s = _time_save(save_model)
     finally:
         _restore(model, snapshot)
+    epoch_s = timer.epochs[-1]  # validation included: the head's epoch is one block
     return auto.EpochCost(
-        train_s=timer.epochs[-1],  # validation included: the head's epoch is one block
-        overhead_s=save_s + 0.05,
-        trace_s=max(0.0, timer.epochs[0] - timer.epochs[-1]),
+        train_s=epoch_s,
+        overhead_s=save_s * checkpoint_share(epoch_s, checkpoint_every) + CALLBACKS_S,
+        trace_s=max(0.0, timer.epochs[0] - epoch_s),
+        save_s=save_s,
     )
+
+
+def checkpoint_share(epoch_s: float, every_s: float) -> float:
+    """The share of a checkpoint each epoch pays when one is written every `every_s` seconds of
+    training (`checkpoint_every`; 0 = every epoch)."""
+    return 1.0 if every_s <= 0 else min(1.0, epoch_s / every_s)
 
 
 def _time_save(model: keras.Model) -> float:
@@ -190,20 +215,29 @@ def _time_save(model: keras.Model) -> float:
 
 
 class BudgetGuard(keras.callbacks.Callback):
-    """Stops a phase at an epoch's end when the next epoch would end past GUARD x the budget."""
+    """Stops a phase at an epoch's end when the next epoch and the run's end (`reserve_s`) would
+    end past GUARD x the budget. The next epoch is taken to last as long as the one that ended
+    (the first, which includes tracing, at most as long as the plan measured)."""
 
     def __init__(self, clock: Clock, reserve_s: float):
         super().__init__()
         self.clock, self.reserve_s = clock, reserve_s
+        self.planned_epoch_s: float | None = None  # the plan's measured epoch, when planned
         self.stopped_at: int | None = None
+        self._first = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         epoch_s = time.monotonic() - self._start
+        if self._first and self.planned_epoch_s is not None:  # the first epoch traces: not a rate
+            epoch_s = min(epoch_s, self.planned_epoch_s)
+        self._first = False
         end = self.clock.elapsed_s + epoch_s + self.reserve_s
-        if end > GUARD * self.clock.budget_s and not self.model.stop_training:
+        if epoch + 1 >= self.params.get("epochs", math.inf) or self.model.stop_training:
+            return  # the phase ends here anyway
+        if end > GUARD * self.clock.budget_s:
             self.stopped_at = epoch + 1
             self.model.stop_training = True
             log.warning(

@@ -388,6 +388,7 @@ class PhaseState:
       early: early stopping's progress and best weights, when on.
       best: rollback's copy of the phase's best epoch, when tracked.
       schedule: the learning-rate schedule's callbacks (ReduceLROnPlateau's counters).
+      checkpoints: the checkpoint writer, when the phase writes checkpoints.
     """
 
     recorder: HistoryRecorder
@@ -395,10 +396,18 @@ class PhaseState:
     early: ResumableEarlyStopping | None = None
     best: BestWeights | None = None
     schedule: list[keras.callbacks.Callback] = dataclasses.field(default_factory=list)
+    checkpoints: EpochCheckpoint | None = None
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Writes a resumable checkpoint at the end of every epoch (see `tl_keras.training.checkpoint`).
+    """Writes a resumable checkpoint at an epoch's end (see `tl_keras.training.checkpoint`).
+
+    One is written at the end of the first epoch that ends `every_s` seconds or more after the
+    previous one (or after the phase began), and at the phase's last epoch; `every_s = 0` writes
+    one after every epoch. A save of the whole model costs a few tenths of a second: more than an
+    epoch of a head on cached features, so checkpointing every such epoch made fe several times
+    slower. A resumed run is the same run whichever epoch it resumes from (each epoch's data
+    depends only on the seed and the epoch), so the cadence only sets what a kill loses.
 
     It runs after every callback that changes state at an epoch's end (early stopping, the
     learning-rate schedule's), so a resumed epoch starts exactly where this one left off.
@@ -409,6 +418,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
       state: the phase's stateful callbacks, whose state each checkpoint holds.
       save_model: the model to save; the full model when `fit` trains only its head on cached
         features (default: the model `fit` trains).
+      every_s: seconds of training between two checkpoints (`checkpoint_every`); 0 = every epoch.
+
+    Attributes:
+      written: the epochs whose checkpoint this phase wrote.
     """
 
     def __init__(
@@ -418,30 +431,36 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state: PhaseState,
         *,
         save_model: keras.Model | None = None,
+        every_s: float = 0.0,
     ):
         super().__init__()
         self.workdir, self.window, self.state = workdir, window, state
-        self.save_model = save_model
+        self.save_model, self.every_s = save_model, every_s
+        self.written: list[int] = []
 
     def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
+        self._start = self._last = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         w, s = self.window, self.state
         if s.guard.bad is not None:
             return  # never checkpoint a diverged model: the previous checkpoint stays the last good one
         e = epoch + 1
-        _failpoints.hit(f"before_checkpoint:{e}")
         stopped = bool(s.early is not None and s.early.stopped_epoch > 0)
+        finished = stopped or e == w.last_epoch
+        due = time.monotonic() - self._last >= self.every_s
+        if not (finished or due or self.model.stop_training):
+            return
+        _failpoints.hit(f"before_checkpoint:{e}")
         checkpoint.write(
             self.workdir,
             self.save_model or self.model,
             phase=w.phase,
             epoch=e,
             phase_first_epoch=w.first_epoch,
-            finished_phase=stopped or e == w.last_epoch,
+            finished_phase=finished,
             stopped_early=stopped,
-            wall_time_s=w.wall_before + time.perf_counter() - self._start,
+            wall_time_s=w.wall_before + time.monotonic() - self._start,
             history=History(
                 w.history_before.records + s.recorder.history.records, list(w.history_before.kept)
             ),
@@ -449,4 +468,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
             callback_state={type(cb).__name__: checkpoint.callback_state(cb) for cb in s.schedule},
             best=s.best.best if s.best is not None else None,
         )
+        self._last = time.monotonic()
+        self.written.append(e)
         _failpoints.hit(f"after_checkpoint:{e}")

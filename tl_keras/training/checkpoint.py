@@ -1,4 +1,5 @@
-"""Per-epoch checkpoints, so a killed run resumes losing at most the epoch in progress.
+"""Epoch-end checkpoints, so a killed run resumes losing at most `checkpoint_every` seconds of
+training and the epoch in progress.
 
 Keras's `BackupAndRestore` covers one `fit`; a tl_keras run is several phases, each with its own
 trainable set, optimizer, learning rate and stateful callbacks. A checkpoint therefore holds:

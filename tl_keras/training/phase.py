@@ -111,6 +111,7 @@ def run_phase(
     progress: str = "auto",
     track_best: str | None = None,
     checkpoint_dir: str | None = None,
+    checkpoint_every: float = 0.0,
     history_before: History | None = None,
     resume: checkpoint.Checkpoint | None = None,
     feature_cache: str = "off",
@@ -134,7 +135,8 @@ def run_phase(
       progress: 'auto', 'bar' or 'lines'.
       track_best: a validation metric ('val_accuracy'): keep a copy of the weights of the
         phase's best epoch by it in the result's `best` (for rollback).
-      checkpoint_dir: write a resumable checkpoint there after every epoch (the workdir).
+      checkpoint_dir: write resumable checkpoints there (the workdir), `checkpoint_every`
+        seconds of training apart (0 = after every epoch; see `EpochCheckpoint`).
       history_before: the stitched history of earlier phases (stored in checkpoints).
       resume: continue this phase from a checkpoint: `model` is the checkpoint's compiled model,
         which keeps its optimizer state, so it is not recompiled.
@@ -184,14 +186,12 @@ def run_phase(
             strategy=strategy,
         )
     if plan is not None and not phase.trains_base:  # a head's epochs, timed on what fit runs
-        planned = replan(setup, plan(setup), data, jit_compile=jit_compile)
-        if planned is not setup and setup.fit_model is not setup.model:
-            _compile_head(planned.fit_model, planned, jit_compile=jit_compile, strategy=strategy)
-        setup = planned
+        setup = _replan_head(setup, plan, data, jit_compile=jit_compile, strategy=strategy)
     if strategy is not None:
         distribute.enable_multi_worker_fit(setup.fit_model, strategy)
+    checkpoints = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every}
     state, cbs = make_callbacks(
-        setup, callbacks, track_best=track_best, checkpoint_dir=checkpoint_dir, progress=progress
+        setup, callbacks, track_best=track_best, progress=progress, **checkpoints
     )
     start = time.perf_counter()
     fit(setup, state, cbs, bar=use_progress_bar(progress), class_weight=class_weight)
@@ -296,6 +296,14 @@ def replan(
     )
 
 
+def _replan_head(setup: PhaseSetup, plan, data: DataBundle, *, jit_compile: str, strategy):
+    """`replan` for a head-only phase, whose head on cached features is compiled again."""
+    planned = replan(setup, plan(setup), data, jit_compile=jit_compile)
+    if planned is not setup and setup.fit_model is not setup.model:
+        _compile_head(planned.fit_model, planned, jit_compile=jit_compile, strategy=strategy)
+    return planned
+
+
 def use_cached_features(
     setup: PhaseSetup,
     data: DataBundle,
@@ -381,6 +389,7 @@ def make_callbacks(
     track_best: str | None,
     checkpoint_dir: str | None,
     progress: str,
+    checkpoint_every: float = 0.0,
 ) -> tuple[PhaseState, list[keras.callbacks.Callback]]:
     """The phase's fresh callbacks, in the order they must run, and its stateful ones."""
     phase, resume = setup.phase, setup.resume
@@ -411,7 +420,10 @@ def make_callbacks(
         cbs.append(state.early)
     cbs += state.schedule  # they change the rate at epoch ends: before the checkpoint
     if checkpoint_dir:
-        cbs.append(EpochCheckpoint(checkpoint_dir, setup.window, state, save_model=setup.model))
+        state.checkpoints = EpochCheckpoint(
+            checkpoint_dir, setup.window, state, save_model=setup.model, every_s=checkpoint_every
+        )
+        cbs.append(state.checkpoints)
     w = setup.window
     if use_progress_bar(progress):
         cbs.append(PhaseProgressBar(phase.name, w.first_epoch - 1, phase.epochs))
@@ -517,11 +529,9 @@ def outcome(
     phase, window, early = setup.phase, setup.window, state.early
     if state.guard.bad is not None:
         epoch, batch, problem, kind = state.guard.bad
-        kept = (
-            f"checkpoint of epoch {epoch - 1}"
-            if checkpoint_dir and epoch > window.first_epoch
-            else "the start of the phase"
-        )
+        written = [setup.resume.epoch] if setup.resume is not None else []
+        written += state.checkpoints.written if state.checkpoints is not None else []
+        kept = f"checkpoint of epoch {written[-1]}" if written else "the start of the phase"
         if kind == "diverged":
             advice = (
                 f"The phase's learning rate, {phase.lr:g}, is too high for it: lower it (--lr, "

@@ -26,7 +26,8 @@ from tl_keras.workdir import Workdir
 log = logging.getLogger("tl_keras")
 
 # Fields that may differ when a run is resumed: they change what is logged, not what is trained.
-RESUME_MAY_CHANGE = ("progress", "tensorboard", "csv_log", "doctor")  # none changes training
+# None of these changes what trains (a checkpoint's cadence only what a kill loses).
+RESUME_MAY_CHANGE = ("progress", "tensorboard", "csv_log", "doctor", "checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -472,8 +472,8 @@ def run_phases(
         if not p.augment and data.rebuildable:  # e.g. fe on cached features
             unaugmented = unaugmented or data.with_training(augment="none", mixup=0.0, cutmix=0.0)
             data = unaugmented
-        planner = _epochs_planner(plan, spec, state, p)
         guard = [budget.BudgetGuard(state.clock, state.save_s)] if state.clock else []
+        planner = _epochs_planner(plan, spec, state, p, guard[0] if guard else None)
         result = run_phase(
             state.model,
             p,
@@ -485,6 +485,7 @@ def run_phases(
             progress=config.progress,
             track_best=config.rollback or None,
             checkpoint_dir=out.path,
+            checkpoint_every=config.checkpoint_every,
             history_before=state.history,
             resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
             feature_cache=config.feature_cache,
@@ -511,6 +512,9 @@ def run_phases(
         results.append(result)
     if results:  # the temperature of the model this run ends with, fitted on validation
         calibrate.calibrate_run(out, state.run, state.model, state.data, config, p.name)
+        if state.clock is not None:  # what the run used, its end included
+            state.run["time_budget"] = state.clock.report()
+            out.write_run(state.run)
     return results
 
 
@@ -535,13 +539,20 @@ def _mark_kept(history: History, result: PhaseResult) -> None:
         history.mark_kept(result.phase.name, result.kept_epoch, "early stopping")
 
 
-def _epochs_planner(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, phase):
+def _epochs_planner(
+    plan: RunPlan,
+    spec: config_lib.RunSpec,
+    state: RunState,
+    phase,
+    guard: budget.BudgetGuard | None,
+):
     """Under a time budget, what plans a phase's epochs once it is compiled; else None.
 
     Only for a phase whose length the recipe decided (not the user's epochs or stages): a
     fine-tuning phase gets what is left of the budget after the phases before it and the run's
     end (saving, calibration); fe gets a share of it when fine-tuning follows, and the rest
-    when it ends the run (`auto.plan_head_epochs`).
+    when it ends the run (`auto.plan_head_epochs`). The phase's budget guard then reserves the
+    same end.
     """
     card = state.card
     if state.clock is None or card is None or plan.resume_from or spec.config.stages:
@@ -557,9 +568,15 @@ def _epochs_planner(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, ph
         on_features = setup.fit_model is not setup.model  # a head on cached features
         measure = budget.measure_head_epoch_cost if on_features else budget.measure_epoch_cost
         cost = measure(
-            setup.fit_model, setup.fit_data, first_epoch=setup.initial_epoch, save_model=setup.model
+            setup.fit_model,
+            setup.fit_data,
+            first_epoch=setup.initial_epoch,
+            save_model=setup.model,
+            checkpoint_every=spec.config.checkpoint_every,
         )
-        reserve = _end_reserve(spec, state, cost)
+        reserve = _end_reserve(spec, state, cost, empty_phases=sum(p.epochs == 0 for p in later))
+        if guard is not None:
+            guard.reserve_s, guard.planned_epoch_s = reserve, cost.total_s
         if phase.trains_base:
             decided = auto.PhasePlan(
                 auto.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
@@ -573,20 +590,24 @@ def _epochs_planner(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, ph
                 ft_need_s=_ft_epoch_estimate(state) if ft_follows else None,
                 reserve_s=reserve,
             )
-        _log_plan(state, phase, field, cost, decided, ft_follows)
+        _log_plan(state, phase, field, cost, decided, ft_follows, reserve)
         decide.write_card(plan.outdir, state.card)  # a resumed run keeps the plan
         return decided
 
     return planner
 
 
-def _end_reserve(spec: config_lib.RunSpec, state: RunState, cost: auto.EpochCost) -> float:
-    """What the run needs after its last epoch: the phase's artifacts (the last save's time, or
-    a model save's), calibration's pass over validation (twice under flip TTA), a retrace."""
+def _end_reserve(
+    spec: config_lib.RunSpec, state: RunState, cost: auto.EpochCost, *, empty_phases: int = 0
+) -> float:
+    """What the run needs after its last epoch: the phase's last checkpoint, its artifacts (the
+    last phase save's time, or a model save's) and those of the phases after it that train no
+    epoch (a few-shot run's `ft`), calibration's pass over validation (twice under flip TTA), a
+    retrace."""
     passes = 2 if spec.config.tta == "flip" else 1
     val_pass = state.data.num_val / state.rate if state.rate else cost.val_s
-    save = max(state.save_s, cost.overhead_s)
-    return save + passes * val_pass + cost.val_s + cost.trace_s + END_FIXED_S
+    saves = cost.save_s * (1 + empty_phases) + max(state.save_s, cost.save_s)
+    return saves + passes * val_pass + cost.trace_s + END_FIXED_S
 
 
 END_FIXED_S = 1.0  # the calibration report's reliability diagram and run.json
@@ -603,19 +624,23 @@ def _ft_epoch_estimate(state: RunState) -> float:
     return _ft_epoch_s(state.data, state.rate) + state.save_s if state.rate else 0.0
 
 
-def _log_plan(state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows):
+def _log_plan(
+    state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows, reserve: float
+):
     clock = state.clock
     left = auto.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
     how = (
-        "fine-tuning follows: fe takes at most a third of it, still switching on a plateau"
+        f"fine-tuning follows: fe takes at most {auto.FE_SHARE:.0%} of it, still switching on "
+        "a plateau"
         if ft_follows
         else "the phase ends the run: it fills the budget and keeps its best validation epoch"
         if decided.keep_best
         else "the phase ends the run"
     )
     log.info(
-        "[%s] time budget: an epoch costs %.2fs (train %.2fs, validation %.2fs, checkpoint "
-        "%.2fs); %.0fs of the %.0fs budget left, %s: %d epochs",
+        "[%s] time budget: an epoch costs %.2fs (train %.2fs, validation %.2fs, checkpoints and "
+        "callbacks %.2fs); %.1fs of the %.0fs budget left, %.1fs of it kept for the run's end, "
+        "%s: %d epochs",
         phase.name,
         cost.total_s,
         cost.train_s,
@@ -623,6 +648,7 @@ def _log_plan(state: RunState, phase, field: str, cost, decided: auto.PhasePlan,
         cost.overhead_s,
         left,
         clock.budget_s,
+        reserve,
         how,
         decided.epochs,
     )
