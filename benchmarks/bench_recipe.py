@@ -191,6 +191,9 @@ def tl_keras_run(
             "test_accuracy": round(float(evaluation.accuracy), 4),
             "recipe": {d["field"]: d["value"] for d in card["decisions"]},
             "epochs_run": {p: len(e) for p, e in _epochs_by_phase(workdir).items()},
+            # Each phase's fit (its epochs); the rest of wall_s is the run's fixed costs (data,
+            # doctor, probe, saving, calibration).
+            "phase_wall_s": {p: v["wall_time_s"] for p, v in run["phases"].items()},
         }
         if "time_budget" in run:
             out["time_budget"] = run["time_budget"]
