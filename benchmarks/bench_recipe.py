@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import shutil
@@ -249,6 +250,9 @@ def main(argv=None) -> None:
         "--merge", action="store_true", help="keep the other regimes already in the results file"
     )
     args = ap.parse_args(argv)
+    # The package's log lines with the time: where a run's seconds went (the plan, the doctor,
+    # calibration), beside each epoch's line.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     flowers, weights = _common.flowers_or_exit()
     seeds = list(range(1 if args.quick else args.seeds))
     arms = ["plain", "tl_keras"] + ([] if args.no_budget_arm else ["tl_keras_same_budget"])
