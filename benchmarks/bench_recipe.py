@@ -243,7 +243,12 @@ def summarise(runs: list[dict], arms: list[str]) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (one seed, 1+1 epochs)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    ap.add_argument(
+        "--seed_list",
+        default="",
+        help="these seeds instead, e.g. 2 (to redo one that was disturbed)",
+    )
     ap.add_argument("--regimes", default=",".join(REGIMES))
     ap.add_argument("--no_budget_arm", action="store_true", help="skip the same-budget arm")
     ap.add_argument(
@@ -255,6 +260,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     flowers, weights = _common.flowers_or_exit()
     seeds = list(range(1 if args.quick else args.seeds))
+    if args.seed_list:
+        seeds = [int(v) for v in args.seed_list.split(",")]
     arms = ["plain", "tl_keras"] + ([] if args.no_budget_arm else ["tl_keras_same_budget"])
     root = tempfile.mkdtemp(prefix="bench-recipe-data-")
     results = {"machine": _common.machine(), "seeds": seeds, "regimes": {}}
