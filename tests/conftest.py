@@ -25,6 +25,31 @@ if "TL_KERAS_CACHE_DIR" not in os.environ:
     os.environ["TL_KERAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="tl_keras-test-cache-")
     atexit.register(shutil.rmtree, os.environ["TL_KERAS_CACHE_DIR"], True)
 
+# The slowest files first: the parallel run (`--dist loadfile --no-loadscope-reorder`, each
+# file's tests in one process) then ends on small files, not on one worker still busy with a
+# long one (`--durations=40`, 2026-12-01: the notebooks' tiny runs 31-104 s each, the
+# kill-and-resume scenarios 30-70 s, the export CLI and the smoke benchmarks 45-106 s).
+SLOWEST_FIRST = (
+    "test_notebooks.py",
+    "test_resume.py",
+    "test_export_cli.py",
+    "test_bench_recipe.py",
+    "test_distribute.py",
+    "test_compare.py",
+    "test_bench_scale.py",
+    "test_auto_run.py",
+    "test_reliability.py",
+    "test_readme_beyond.py",
+    "test_lock.py",
+    "test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("TL_KERAS_SHARED", REPO.parent / "shared"))
 MOBILENET_025_NOTOP = SHARED / "weights" / "mobilenet_1_0.25_224_imagenet_notop.weights.h5"
