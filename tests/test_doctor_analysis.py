@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tl_keras.doctor import analysis, neighbours, probe
-from tl_keras.doctor.analysis import Thresholds, diagnose, summary_line
+from tl_keras.doctor.analysis import diagnose, summary_line
+from tl_keras.doctor.thresholds import Thresholds
 from tl_keras.errors import DataError
 
 CLASSES = ["ant", "bee", "cat", "dog"]

@@ -15,7 +15,8 @@ from doctor_photos import REAL_DUPLICATE_FILES, examine, plant, sample
 
 from tl_keras import calibration
 from tl_keras.doctor import analysis, probe
-from tl_keras.doctor.analysis import Thresholds, diagnose
+from tl_keras.doctor.analysis import diagnose
+from tl_keras.doctor.thresholds import Thresholds
 
 pytestmark = pytest.mark.shared
 

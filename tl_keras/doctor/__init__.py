@@ -4,6 +4,7 @@
                   balance, outliers) as pure numpy over arrays, and `diagnose`, which runs them
                   all into a JSON-serialisable report (no TensorFlow)
     neighbours.py hashes, nearest neighbours (in blocks) and duplicate groups (numpy)
+    thresholds.py every threshold the checks apply (`Thresholds`), a leaf both read
     probe.py      the numpy linear probe `diagnose` asks for out-of-fold opinions
     workflow.py   the doctor on a real data set: content hashes, the frozen base's features of
                   train, val and test (cached, never stale), `diagnose`; `doctor_workdir` (the

@@ -42,6 +42,7 @@ from tl_keras import config as config_lib
 from tl_keras import io
 from tl_keras.doctor import analysis
 from tl_keras.doctor import report as report_lib
+from tl_keras.doctor.thresholds import Thresholds
 from tl_keras.errors import DataError
 
 log = logging.getLogger("tl_keras")
@@ -357,7 +358,7 @@ def _diagnose(spec, data, listed: _Listed, feats: dict | None) -> dict[str, Any]
     )
     if len(keep) < n:  # the balance of every image, not of the sample
         report["balance"] = analysis.class_balance(
-            listed.labels, listed.splits, data.class_names, analysis.Thresholds()
+            listed.labels, listed.splits, data.class_names, Thresholds()
         )
         report["summary"] = analysis.summary_line(report)
     return report
