@@ -43,28 +43,10 @@ from tl_keras.training.callbacks import (
     PhaseState,
     PhaseWindow,
     ResumableEarlyStopping,
+    restore_callback_state,
     use_progress_bar,
 )
-from tl_keras.training.rollback import RollbackDecision, Snapshot
-
-
-@dataclasses.dataclass
-class PhaseResult:
-    """What one phase did."""
-
-    phase: Phase
-    history: History
-    report: TrainabilityReport
-    wall_time_s: float
-    stopped_early: bool
-    best: Snapshot | None = None  # the best epoch, when tracked (rollback)
-    rollback: RollbackDecision | None = None
-    # Under rollback: what the next phase must beat (the best weights kept so far).
-    reference: Snapshot | None = None
-    # The global epoch whose weights early stopping restored at the phase's end, when it did.
-    kept_epoch: int | None = None
-    # Under weight averaging: validation metrics of the last epoch's and of the averaged weights.
-    averaged: dict | None = None
+from tl_keras.training.results import PhaseResult
 
 
 @dataclasses.dataclass
@@ -235,7 +217,7 @@ def set_up(
         if resume.lr is not None:  # a float rate (e.g. lowered on a plateau) is not in .keras
             model.optimizer.learning_rate = resume.lr
         for cb in schedule_callbacks:
-            checkpoint.restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
+            restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
         say(
             "[%s] resuming after epoch %d (%d of %d done) from %s; %s",
             phase.name,
