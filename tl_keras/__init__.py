@@ -30,6 +30,7 @@ _EXPORTS = {
     "DataBundle": "tl_keras.data.pipeline",
     "train": "tl_keras.training.runner",
     "run_phase": "tl_keras.training.phase",
+    "PhaseOptions": "tl_keras.training.phase",
     "History": "tl_keras.history",
     "stitch": "tl_keras.history",
     "plot_history": "tl_keras.plotting",

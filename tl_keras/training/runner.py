@@ -59,7 +59,7 @@ from tl_keras.training import (
     optim,
     rollback,
 )
-from tl_keras.training.phase import PhaseResult, PhaseSetup, run_phase
+from tl_keras.training.phase import PhaseOptions, PhaseResult, PhaseSetup, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
 
@@ -474,27 +474,25 @@ def run_phases(
             data = unaugmented
         guard = [budget.BudgetGuard(state.clock, state.save_s)] if state.clock else []
         planner = _epochs_planner(plan, spec, state, p, guard[0] if guard else None)
-        result = run_phase(
-            state.model,
-            p,
-            data,
+        options = PhaseOptions(
             backbone=spec.backbone,
             initial_epoch=state.history.last_epoch,
+            history_before=state.history,
+            resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
             bn_policy=config.bn_policy,
+            jit_compile=config.jit_compile,
+            strategy=strategy,
+            class_weight=weights,
+            feature_cache=config.feature_cache,
+            cache_dir=out.path,
             callbacks=[*callbacks, *guard, *_log_callbacks(config, out)],
             progress=config.progress,
             track_best=config.rollback or None,
             checkpoint_dir=out.path,
             checkpoint_every=config.checkpoint_every,
-            history_before=state.history,
-            resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
-            feature_cache=config.feature_cache,
-            cache_dir=out.path,
-            jit_compile=config.jit_compile,
-            strategy=strategy,
-            class_weight=weights,
             epochs_planner=planner,
         )
+        result = run_phase(state.model, p, data, options)
         if result.phase.epochs != p.epochs:  # planned from the time budget
             _record_planned(plan, state, result.phase)
         if config.rollback:
