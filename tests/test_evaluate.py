@@ -39,12 +39,15 @@ PROBS = np.array(
 
 
 class StubModel:
-    """Returns PROBS for images whose pixels all hold the image's index."""
+    """Returns PROBS (or `probs`) for images whose pixels all hold the image's index."""
 
     outputs = [types.SimpleNamespace(shape=(None, len(CLASSES)))]
 
-    def predict_on_batch(self, images):
-        return PROBS[np.asarray(images)[:, 0, 0, 0].astype(int)]
+    def __init__(self, probs=PROBS):
+        self.probs = probs
+
+    def __call__(self, images):
+        return self.probs[np.asarray(images)[:, 0, 0, 0].astype(int)]
 
 
 def stub_data(labels=LABELS, num_classes=3):
@@ -274,8 +277,7 @@ def test_macro_averages_follow_scikit_learn_when_a_model_class_is_absent():
     labels = np.array([0, 0, 1, 1, 1, 0])  # no fox
     probs = PROBS[:6].copy()
     probs[3] = [0.1, 0.85, 0.05]  # nothing predicted fox
-    model = StubModel()
-    model.predict_on_batch = lambda images: probs[np.asarray(images)[:, 0, 0, 0].astype(int)]
+    model = StubModel(probs)
     result = ev.evaluate(model, stub_data(labels), CLASSES)
     predicted = probs.argmax(1)
     assert result.macro_avg["f1"] == pytest.approx(sk.f1_score(labels, predicted, average="macro"))

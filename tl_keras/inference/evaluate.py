@@ -30,6 +30,7 @@ import numpy as np
 
 from tl_keras import calibration, io, metrics, stats
 from tl_keras.errors import ConfigError, DataError
+from tl_keras.model.forward import forward
 from tl_keras.model.inference import InferenceSettings, inference_model
 from tl_keras.progress import Progress
 
@@ -235,7 +236,8 @@ def evaluate(
     """Evaluates a classifier on labelled images.
 
     Args:
-      model: a Keras classifier taking raw float32 pixels and returning probabilities.
+      model: a Keras classifier taking raw float32 pixels and returning probabilities (or any
+        callable from images to probabilities: `tl_keras.model.forward`).
       dataset: a `tf.data.Dataset` of batched (images, labels), or an (images, labels) pair of
         arrays. Labels are one-hot rows or class indices, in the data's label order.
       class_names: the model's classes, in its output order.
@@ -281,8 +283,9 @@ def evaluate(
     raw_probabilities = []
     known = files if files is not None else names
     progress = Progress("evaluate", total=len(known) if known is not None else None)
-    for images, batch_labels in labelled_batches(dataset, batch_size):
-        raw = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+    batches = labelled_batches(dataset, batch_size)
+    for (images, batch_labels), raw in forward(model, batches, progress=progress):
+        raw = np.asarray(raw, dtype=np.float64)
         probs = raw if temperature == 1.0 else calibration.apply_temperature(raw, temperature)
         y = to_model[class_indices(batch_labels, len(images), len(to_model))]
         raw_probabilities.append(raw)
@@ -307,7 +310,6 @@ def evaluate(
             elif item[:2] > kept[0][:2]:
                 heapq.heapreplace(kept, item)
         seen += len(images)
-        progress.update(len(images))
     progress.close()
     if not seen:
         raise DataError("the data to evaluate is empty; point at a folder with images")

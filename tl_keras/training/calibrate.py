@@ -2,9 +2,9 @@
 
 The last step of `train`, once the run's last phase is saved:
 
-1. one pass of the final model over the validation split, through the inference wrapper with
-   the run's test-time augmentation (`tl_keras.model.inference`; TTA comes before the
-   temperature, so the temperature is fitted on what users will get);
+1. one pass of the final model over the validation split (`tl_keras.model.forward`), through
+   the inference wrapper with the run's test-time augmentation (`tl_keras.model.inference`; TTA
+   comes before the temperature, so the temperature is fitted on what users will get);
 2. the temperature T that minimises the validation NLL (`tl_keras.calibration.fit_temperature`)
    and the expected calibration error (ECE) and reliability diagram before and after it;
 3. `<workdir>/calibration/calibration.json` and `reliability.png`, then run.json's "inference"
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tl_keras import calibration, io, metrics
+from tl_keras.model.forward import forward
 from tl_keras.model.inference import INFERENCE_KEY, InferenceSettings, inference_model
 
 log = logging.getLogger("tl_keras")
@@ -41,18 +42,12 @@ def decided_tta(config) -> str:
     return str(getattr(config, "tta", "none"))
 
 
-def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and class indices of a batched (images, one-hot labels) dataset.
-
-    Calls the model directly on each batch (no Keras predict loop), so it needs no distribution
-    machinery and reads the same on every worker.
-    """
-    import tensorflow as tf
-
-    run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+def _answers(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and class indices of a batched (images, one-hot labels) dataset (the one
+    forward pass, `tl_keras.model.forward`)."""
     probs, labels = [], []
-    for images, onehot in dataset:
-        probs.append(np.asarray(run(images), np.float64))
+    for (_, onehot), out in forward(model, dataset):
+        probs.append(np.asarray(out, np.float64))
         labels.append(np.asarray(onehot).argmax(axis=-1))
     if not probs:
         return np.zeros((0, 0)), np.zeros(0, np.int64)
@@ -89,7 +84,7 @@ def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> d
         section["fitted"] = "no: no validation split (val_fraction=0)"
         log.info("[calibration] temperature kept at 1: the run has no validation split")
         return _commit(wd, run, section, None)
-    probs, labels = predict_split(inference_model(model, InferenceSettings(1.0, tta)), data.val)
+    probs, labels = _answers(inference_model(model, InferenceSettings(1.0, tta)), data.val)
     scores = validation_scores(probs, labels, len(data.class_names))
     t, section["fitted"] = fit(probs, labels)
     report = calibration.calibration_report(probs, labels, t)
@@ -166,4 +161,4 @@ def _commit(wd, run: dict, section: dict, scores: dict | None) -> dict:
     return section
 
 
-__all__ = ["MIN_IMAGES", "calibrate_run", "decided_tta", "forget_temperature", "predict_split"]
+__all__ = ["MIN_IMAGES", "calibrate_run", "decided_tta", "forget_temperature"]
