@@ -19,7 +19,7 @@ from conftest import tiny_config
 
 from tl_keras import calibration
 from tl_keras.errors import ConfigError, WorkdirError
-from tl_keras.model.inference import InferenceSettings, inference_model, settings_from_run
+from tl_keras.model.served import InferenceSettings, inference_model, settings_from_run
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnx", "onnxruntime"))
 

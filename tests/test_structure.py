@@ -217,7 +217,7 @@ TENSORFLOW_FREE = [
     "tl_keras.inference.export",
     "tl_keras.doctor",
     "tl_keras.doctor.workflow",
-    "tl_keras.model.inference",
+    "tl_keras.model.served",
     "tl_keras.training.calibrate",
     "tl_keras.training.class_weight",
     *[f"tl_keras.cli.{c}" for c in COMMANDS if c != "export"],

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from tl_keras import calibration, io, metrics, stats
+from tl_keras import calibration, io, metrics, plotting, stats
 from tl_keras.errors import ConfigError, DataError
 from tl_keras.model.forward import forward
-from tl_keras.model.inference import InferenceSettings, inference_model
+from tl_keras.model.served import InferenceSettings, inference_model
 from tl_keras.progress import Progress
 
 log = logging.getLogger("tl_keras")
@@ -507,7 +507,7 @@ def write_report(
     c = evaluation.calibration
     if c:
         paths["reliability"] = os.path.join(out_dir, RELIABILITY_FILE)
-        calibration.plot_reliability(
+        plotting.plot_reliability(
             [c["reliability_before"], c["reliability_after"]],
             paths["reliability"],
             titles=[
