@@ -8,7 +8,7 @@ import pytest
 from tl_keras.errors import ConfigError
 from tl_keras.recipe import auto
 
-# BatchNorm shifts as tl_keras.training.probe measured them with MobileNet-0.25 (rounded).
+# BatchNorm shifts as tl_keras.training.bn_shift measured them with MobileNet-0.25 (rounded).
 FLOWERS = (
     ("stem", 0.03),
     ("block_1", 0.04),

@@ -24,7 +24,7 @@ How each check decides (every threshold lives in `Thresholds`, and the report re
   are joined into groups, each with the evidence that joined it (`same bytes`, `features`,
   `thumbnails`), and groups that straddle train / validation / test (leakage) are listed first.
 * **Likely label errors** (confident-learning style). Two out-of-sample opinions on every
-  image's class: a softmax-regression probe trained on the other folds (`doctor.probe`; its
+  image's class: a softmax-regression probe trained on the other folds (`doctor.linear_probe`; its
   probabilities temperature-scaled against the given labels, so that they mean what they say
   whatever the probe's regularisation), and a vote of the image's `label_k` nearest neighbours
   (its own duplicates excluded). Their average `p` ranks suspects by `1 - p[given label]`; a
@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from tl_keras import calibration
+from tl_keras.doctor.linear_probe import out_of_fold_probabilities
 from tl_keras.doctor.neighbours import (
     NEIGHBOURS_KEPT,
     _sorted_splits,
@@ -71,7 +72,6 @@ from tl_keras.doctor.neighbours import (
     nearest_neighbours,
     thumbnail_pairs,
 )
-from tl_keras.doctor.probe import out_of_fold_probabilities
 from tl_keras.doctor.thresholds import Thresholds
 from tl_keras.errors import DataError
 

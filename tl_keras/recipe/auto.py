@@ -78,7 +78,7 @@ AUTO_FIELDS = tuple(MANUAL)
 
 # --- thresholds, each with its evidence (see the module docstring) ------------------------------
 FEW_SHOT_PER_CLASS = 50  # fewer training images in the smallest class: feature extraction only
-# BatchNorm shifts (`tl_keras.training.probe`), MobileNet-0.25: the lowest third of the blocks
+# BatchNorm shifts (`tl_keras.training.bn_shift`), MobileNet-0.25: the lowest third of the blocks
 # shifts by 0.07 (flowers at 128 px) to 0.09 (at 64 px); 0.39 on digits and 0.38 on the package's
 # drawn shapes, both far from photos.
 FAR_DOMAIN_SHIFT = 0.2  # early-block shift above this: far from ImageNet
@@ -107,7 +107,7 @@ class Facts:
       native_size: the size the backbone's ImageNet weights were trained at.
       pretrained: whether the base starts from pretrained weights.
       block_shift: (block, shift) from input to output: how far the data's BatchNorm input
-        statistics sit from the stored ones in each block (see `tl_keras.training.probe`); empty
+        statistics sit from the stored ones in each block (see `tl_keras.training.bn_shift`); empty
         when not measured (random weights).
       stages_given: the user gave `stages`, which fix the epochs and unfreezing.
       stage_epochs: the epochs of each given stage.

@@ -18,7 +18,7 @@ from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import WorkdirError
 from tl_keras.recipe import auto
-from tl_keras.training import budget, probe
+from tl_keras.training import bn_shift, budget
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")
@@ -64,7 +64,7 @@ def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, fl
     shifts, rate = [], None
     wanted = spec.weights is not None or spec.time_budget_s is not None
     if wanted and data.train_in_order is not None:
-        shifts, rate = probe.block_shifts(model, spec.backbone, data.train_in_order)
+        shifts, rate = bn_shift.block_shifts(model, spec.backbone, data.train_in_order)
         if spec.weights is None:  # a random base: its statistics say nothing; the rate counts
             shifts = []
         if spec.time_budget_s is not None:  # the probe's pass is eager: time a compiled one
