@@ -167,9 +167,15 @@ class Decision:
     reason: str
 
 
+CARD_FILE = "recipe.json"  # where a run keeps its card: <workdir>/recipe.json
+
+
 @dataclasses.dataclass(frozen=True)
 class Card:
-    """The recipe card: every decided setting with its reason, and the facts behind them."""
+    """The recipe card: every decided setting with its reason, and the facts behind them.
+
+    A run keeps it in `<workdir>/CARD_FILE` (`tl_keras.training.decide.write_recipe_card`).
+    """
 
     recipe: str
     regime: str

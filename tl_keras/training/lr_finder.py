@@ -526,7 +526,7 @@ def run_lr_find(
             f"{', '.join(SUGGEST_RULES)}"
         )
     target, prev, wd, run = _plan(spec, workdir, phase)
-    card = decide.read_card(wd)  # a run's decided recipe, when the workdir has one
+    card = decide.read_recipe_card(wd)  # a run's decided recipe, when the workdir has one
     if card is not None:
         spec = config_lib.resolve(spec, card)
         target = next(p for p in spec.schedule if p.name == target.name)

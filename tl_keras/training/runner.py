@@ -448,7 +448,7 @@ def _start_run(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None
     out.write_run(state.run)
     io.atomic_write_text(out.file("config.json"), config_lib.to_json(spec.given or spec.config))
     if state.card is not None:
-        decide.write_card(out, state.card)
+        decide.write_recipe_card(out, state.card)
 
 
 def run_phases(
@@ -589,7 +589,7 @@ def _epochs_planner(
                 reserve_s=reserve,
             )
         _log_plan(state, phase, field, cost, decided, ft_follows, reserve)
-        decide.write_card(plan.outdir, state.card)  # a resumed run keeps the plan
+        decide.write_recipe_card(plan.outdir, state.card)  # a resumed run keeps the plan
         return decided
 
     return planner
