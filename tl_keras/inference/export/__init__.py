@@ -3,7 +3,7 @@
     formats.py    how the model is written as each format, and each artifact run back
     parity.py     every artifact checked against the Keras model (`PARITY_TOLERANCES`); `export`
     manifest.py   a workdir's export: `export_workdir`, `verify_workdir`, `export.json`
-    model_card.py the model card beside the artifacts: model_card.json and model_card.md
+    card.py       the model card beside the artifacts: model_card.json and model_card.md
 
 The public names below are importable from `tl_keras.inference.export` itself; they are loaded
 lazily, so importing the package does not import TensorFlow.
@@ -33,9 +33,9 @@ _EXPORTS = {
     "parity_images": "manifest",
     "export_workdir": "manifest",
     "verify_workdir": "manifest",
-    "CARD_JSON": "model_card",
-    "CARD_MARKDOWN": "model_card",
-    "model_card": "model_card",
+    "CARD_JSON": "card",
+    "CARD_MARKDOWN": "card",
+    "model_card": "card",
     "ExportError": "tl_keras.errors",
     "MissingDependencyError": "tl_keras.errors",
     "ExportConversionError": "tl_keras.errors",

@@ -2,7 +2,7 @@
 
 `export_workdir` writes the artifacts with `labels.txt`, `export.json` (each artifact's size,
 source model, parity report and, for a quantised file, its accuracy) and the model card
-(`model_card.json`, `model_card.md`: `tl_keras.inference.export.model_card`); `verify_workdir`
+(`model_card.json`, `model_card.md`: `tl_keras.inference.export.card`); `verify_workdir`
 re-checks every artifact listed there later. What is exported is the model as the workdir answers
 (`TrainedModel.served`): run.json's test-time augmentation and temperature are baked into every
 artifact's graph, and the parity check compares each artifact with that same Keras graph, the
@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tl_keras import schema
 from tl_keras.errors import ExportError, ExportParityError
+from tl_keras.inference.export.card import write_model_card
 from tl_keras.inference.export.formats import (
     ARTIFACT_NAMES,
     FORMATS,
@@ -37,7 +38,6 @@ from tl_keras.inference.export.formats import (
     check_quantization,
     input_spec,
 )
-from tl_keras.inference.export.model_card import write_model_card
 from tl_keras.inference.export.parity import (
     ParityReport,
     export,
