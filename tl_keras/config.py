@@ -26,7 +26,7 @@ from tl_keras import recipe
 from tl_keras.data import augment
 from tl_keras.errors import ConfigError, did_you_mean
 from tl_keras.model import backbones
-from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase
+from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase, budget_plan
 from tl_keras.recipe import auto as auto_recipe
 from tl_keras.recipe.auto import AUTO
 from tl_keras.training import distribute, features, optim, rollback
@@ -543,7 +543,7 @@ def resolve(config: Config | RunSpec, card: auto_recipe.Card | None = None) -> R
         schedule=tuple(schedule),
         given=config,
         card=card,
-        time_budget_s=auto_recipe.parse_duration(config.time_budget),
+        time_budget_s=budget_plan.parse_duration(config.time_budget),
     )
 
 
@@ -674,7 +674,7 @@ def _check_recipe(c: Config) -> None:
     """The recipe's own fields (the decided ones are checked with the rest)."""
     if c.recipe not in auto_recipe.RECIPES:
         raise _refused(c, "recipe", f"one of {', '.join(auto_recipe.RECIPES)}")
-    auto_recipe.parse_duration(c.time_budget)  # raises naming the accepted forms
+    budget_plan.parse_duration(c.time_budget)  # raises naming the accepted forms
     if c.augment_phases not in auto_recipe.AUGMENT_PHASES:
         raise _refused(c, "augment_phases", f"one of {', '.join(auto_recipe.AUGMENT_PHASES)}")
     if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):

@@ -33,7 +33,7 @@ from tl_keras.errors import TrainingError
 from tl_keras.history import History
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
 from tl_keras.progress import say
-from tl_keras.recipe import Phase, auto
+from tl_keras.recipe import Phase, budget_plan
 from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
 from tl_keras.training.callbacks import (
     BestWeights,
@@ -100,7 +100,7 @@ class PhaseOptions:
     track_best: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: float = 0.0
-    epochs_planner: Callable[[PhaseSetup], int | auto.PhasePlan] | None = None
+    epochs_planner: Callable[[PhaseSetup], int | budget_plan.PhasePlan] | None = None
 
 
 @dataclasses.dataclass
@@ -252,11 +252,11 @@ def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
     return setup
 
 
-def replan(setup: PhaseSetup, plan: int | auto.PhasePlan, data: DataBundle) -> PhaseSetup:
+def replan(setup: PhaseSetup, plan: int | budget_plan.PhasePlan, data: DataBundle) -> PhaseSetup:
     """The setup for a phase of the planned epochs: a fresh optimizer whose schedule has that
     length, compiled again (nothing has trained yet); the setup itself when nothing changes.
     A plan that keeps the best epoch trains every epoch and hands on the best on validation."""
-    plan = plan if isinstance(plan, auto.PhasePlan) else auto.PhasePlan(plan)
+    plan = plan if isinstance(plan, budget_plan.PhasePlan) else budget_plan.PhasePlan(plan)
     phase, epochs = setup.phase, plan.epochs
     patience = epochs if plan.keep_best else phase.early_stopping_patience
     if epochs == phase.epochs and patience == phase.early_stopping_patience:

@@ -48,7 +48,7 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.plotting import plot_history
-from tl_keras.recipe import auto
+from tl_keras.recipe import auto, budget_plan
 from tl_keras.training import (
     budget,
     calibrate,
@@ -427,7 +427,7 @@ def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> Non
     fe_s = (data.num_train + data.num_val) / rate
     ft = [p for p in schedule if p.trains_base and p.epochs > 0]
     ft_epoch_s = _ft_epoch_s(data, rate)
-    auto.check_budget_holds(
+    budget_plan.check_budget_holds(
         spec.time_budget_s, state.clock.elapsed_s, fe_s, ft_epoch_s, ft_runs=bool(ft)
     )
 
@@ -549,7 +549,7 @@ def _epochs_planner(
     Only for a phase whose length the recipe decided (not the user's epochs or stages): a
     fine-tuning phase gets what is left of the budget after the phases before it and the run's
     end (saving, calibration); fe gets a share of it when fine-tuning follows, and the rest
-    when it ends the run (`auto.plan_head_epochs`). The phase's budget guard then reserves the
+    when it ends the run (`budget_plan.plan_head_epochs`). The phase's budget guard then reserves the
     same end.
     """
     card = state.card
@@ -562,7 +562,7 @@ def _epochs_planner(
     ft_follows = any(p.trains_base and p.epochs > 0 for p in later)
     clock = state.clock
 
-    def planner(setup: PhaseSetup) -> auto.PhasePlan:
+    def planner(setup: PhaseSetup) -> budget_plan.PhasePlan:
         on_features = setup.fit_model is not setup.model  # a head on cached features
         measure = budget.measure_head_epoch_cost if on_features else budget.measure_epoch_cost
         cost = measure(
@@ -576,11 +576,11 @@ def _epochs_planner(
         if guard is not None:
             guard.reserve_s, guard.planned_epoch_s = reserve, cost.total_s
         if phase.trains_base:
-            decided = auto.PhasePlan(
-                auto.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
+            decided = budget_plan.PhasePlan(
+                budget_plan.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
             )
         else:
-            decided = auto.plan_head_epochs(
+            decided = budget_plan.plan_head_epochs(
                 clock.budget_s,
                 clock.elapsed_s,
                 cost,
@@ -596,7 +596,7 @@ def _epochs_planner(
 
 
 def _end_reserve(
-    spec: config_lib.RunSpec, state: RunState, cost: auto.EpochCost, *, empty_phases: int = 0
+    spec: config_lib.RunSpec, state: RunState, cost: budget_plan.EpochCost, *, empty_phases: int = 0
 ) -> float:
     """What the run needs after its last epoch: the phase's last checkpoint, its artifacts (the
     last phase save's time, or a model save's) and those of the phases after it that train no
@@ -623,12 +623,18 @@ def _ft_epoch_estimate(state: RunState) -> float:
 
 
 def _log_plan(
-    state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows, reserve: float
+    state: RunState,
+    phase,
+    field: str,
+    cost,
+    decided: budget_plan.PhasePlan,
+    ft_follows,
+    reserve: float,
 ):
     clock = state.clock
-    left = auto.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
+    left = budget_plan.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
     how = (
-        f"fine-tuning follows: fe takes at most {auto.FE_SHARE:.0%} of it, still switching on "
+        f"fine-tuning follows: fe takes at most {budget_plan.FE_SHARE:.0%} of it, still switching on "
         "a plateau"
         if ft_follows
         else "the phase ends the run: it fills the budget and keeps its best validation epoch"
