@@ -10,7 +10,9 @@
     checkpoint.py      epoch-end checkpoints, so --resume loses at most checkpoint_every s
     rollback.py        phase control: undo a phase that made validation worse
     features.py        feature extraction on features computed once
-    lr_finder.py       the learning-rate range test
+    lr_finder.py       the learning-rate range test: the sweep (find_lr), the model untouched
+    lr_suggest.py      the suggestion read off the range test's loss curve (numpy)
+    lr_find.py         the range test of one phase of a config, its files in the workdir
     distribute.py      precision, and tf.distribute strategies
     compare.py         the same budget, four strategies
 
