@@ -13,10 +13,10 @@ import pytest
 from conftest import tiny_config
 
 from tl_keras.data.sources import load_data
-from tl_keras.history import History
 from tl_keras.model.classifier import get_base
 from tl_keras.recipe import LRSchedule, Phase
 from tl_keras.training import optim, runner
+from tl_keras.training.history import History
 from tl_keras.training.schedules import lr_at_epoch
 
 STAGES = "fe:none:1,ft1:blocks:1:1,ft2:blocks:3:1,ft3:all:1"

@@ -23,9 +23,9 @@ import pytest
 from conftest import REPO, tiny_config
 
 from tl_keras import config as config_lib
-from tl_keras import interrupt, io, schema
+from tl_keras import io, schema
 from tl_keras.errors import DamagedFileError, TrainingError, WorkdirError
-from tl_keras.training import checkpoint, plan
+from tl_keras.training import checkpoint, interrupt, plan
 from tl_keras.training.runner import train
 from tl_keras.workdir import Workdir
 
@@ -381,9 +381,9 @@ def test_the_footprint_table_is_what_the_models_measure():
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_every_artifact_follows_the_umask(umask, finished, arrays, tmp_path):
     """Models, JSON, PNG, CSV, checkpoints, exports, evaluation: 0666 / 0777 minus the umask."""
-    from tl_keras.history import History
     from tl_keras.inference.evaluate import evaluate_workdir
     from tl_keras.inference.export.manifest import export_workdir
+    from tl_keras.training.history import History
 
     workdir = tmp_path / "run"
     old = os.umask(umask)

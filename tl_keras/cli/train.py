@@ -20,8 +20,8 @@ import os
 import sys
 
 from tl_keras import config as config_lib
-from tl_keras import interrupt
 from tl_keras.cli import common
+from tl_keras.training import interrupt
 
 
 def define_flags() -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tl_keras import io, schema
-from tl_keras.history import RECORD_SHAPE, History, KeptEpoch
+from tl_keras.training.history import RECORD_SHAPE, History, KeptEpoch
 from tl_keras.training.results import Snapshot
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tl_keras.history import History
 from tl_keras.recipe import Phase
+from tl_keras.training.history import History
 
 if TYPE_CHECKING:
     from tl_keras.model.classifier import TrainabilityReport

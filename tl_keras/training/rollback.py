@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 from tl_keras import io, schema
 from tl_keras.errors import ConfigError
-from tl_keras.history import History
 from tl_keras.progress import say
 from tl_keras.recipe import Phase
 from tl_keras.training import optim
+from tl_keras.training.history import History
 from tl_keras.training.results import PhaseResult, RollbackDecision, Snapshot, is_worse
 from tl_keras.workdir import Workdir
 

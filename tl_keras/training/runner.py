@@ -31,13 +31,12 @@ from collections.abc import Sequence
 
 import keras
 
-from tl_keras import _failpoints, io, lock, schema
+from tl_keras import _failpoints, io, schema
 from tl_keras import config as config_lib
 from tl_keras.data import augment
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.data.sources import load_data
 from tl_keras.errors import DiskFullError
-from tl_keras.history import History
 from tl_keras.model.classifier import (
     RNG_FILE,
     RNG_SHAPE,
@@ -47,7 +46,6 @@ from tl_keras.model.classifier import (
     load_model,
     set_rng_state,
 )
-from tl_keras.plotting import plot_history
 from tl_keras.recipe import auto, budget_plan
 from tl_keras.training import (
     budget,
@@ -56,9 +54,12 @@ from tl_keras.training import (
     class_weight,
     decide,
     distribute,
+    lock,
     optim,
     rollback,
 )
+from tl_keras.training.curves import plot_history
+from tl_keras.training.history import History
 from tl_keras.training.phase import PhaseOptions, PhaseResult, PhaseSetup, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
@@ -138,7 +139,7 @@ def train(
 
     Raises:
       ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written
-        (another process writing to `workdir` included: one writer per workdir, `tl_keras.lock`).
+        (another process writing to `workdir` included: one writer per workdir, `tl_keras.training.lock`).
       TrainingError: the loss or the weights became NaN or infinite, or the loss diverged (the
         last good checkpoint is kept).
       DiskFullError: the disk filled up; the last good checkpoint is kept, and `resume=True`
