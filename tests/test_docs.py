@@ -16,6 +16,7 @@ test_readme_beyond.py, test_doctor_cli.py, test_lr_find_cli.py, test_compare.py 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -42,7 +43,7 @@ def generated() -> dict:
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={"PATH": "", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},  # the script puts its checkout first
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
