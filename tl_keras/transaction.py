@@ -253,7 +253,7 @@ def _stuck(workdir: str, why: str) -> WorkdirError:
     return WorkdirError(
         f"workdir {workdir!r} is half-way through an --overwrite's swap of its new run "
         f"({os.path.join(folder(workdir), COMMIT)}) and it cannot be completed now ({why}); "
-        "the next command run where the workdir is writable completes it"
+        "any tl_keras command on this workdir completes it once it can write there"
     )
 
 
