@@ -137,7 +137,12 @@ NEW_ENTRIES = [
     "recipe.json",
     "run.json",
 ]  # fmt: skip  (run.json moves last)
-BEFORE_COMMIT = ["replace:begun", "replace:commit", "write:.replacement/commit.json"]
+BEFORE_COMMIT = [
+    "write:.replacement",  # the staging folder complete at its temporary name
+    "replace:begun",
+    "replace:commit",
+    "write:.replacement/commit.json",
+]
 AFTER_COMMIT = [
     *(f"replace:out:{e}" for e in OLD_ENTRIES),
     *(f"replace:in:{e}" for e in NEW_ENTRIES),
@@ -158,7 +163,7 @@ def test_a_kill_at_any_step_of_the_swap_leaves_the_old_run_or_the_new_one(point,
     assert snapshot(workdir) == expected
     assert list(run["phases"]) == (["fe", "ft"] if expected is old else ["fe"])
     assert transaction.pending(str(workdir)) is None
-    if point != "replace:discarded":  # that one had already finished: nothing to say
+    if point not in ("write:.replacement", "replace:discarded"):  # not begun, or over
         (line,) = [r.getMessage() for r in caplog.records if "--overwrite of" in r.getMessage()]
         what = "discarded" if expected is old else "the swap is now complete"
         assert what in line and f"pid {proc.pid}" in line
@@ -237,7 +242,9 @@ def test_a_full_disk_in_the_middle_of_the_swap_is_finished_once_there_is_space(r
         stage_and_commit(workdir, staged)
     assert transaction.pending(str(workdir)) == "committed"
     # A reader meanwhile gets one line, never a workdir half of each run.
-    with pytest.raises(WorkdirError, match=r"half-way through an --overwrite's swap .*\(No space left"):
+    with pytest.raises(
+        WorkdirError, match=r"half-way through an --overwrite's swap .*\(No space left"
+    ):
         Workdir(str(workdir)).read_run()
     monkeypatch.delenv("TL_KERAS_FAILPOINT")
     assert list(Workdir(str(workdir)).read_run()["phases"]) == ["fe"]

@@ -102,10 +102,16 @@ class Workdir:
         self.replaces = os.path.abspath(replaces) if replaces else None
 
     # --- paths --------------------------------------------------------------------------------
+    @property
+    def shared_root(self) -> str:
+        """Where what outlives a run (`SHARED`: data, logs, caches) is: this folder, or for a
+        staged run (`stage`) the workdir it replaces."""
+        return self.replaces or self.path
+
     def file(self, *parts: str) -> str:
         """A path in the folder; a staged run's `SHARED` folders are its workdir's."""
-        if self.replaces and parts and parts[0] in SHARED:
-            return os.path.join(self.replaces, *parts)
+        if parts and parts[0] in SHARED:
+            return os.path.join(self.shared_root, *parts)
         return os.path.join(self.path, *parts)
 
     def phase_dir(self, phase: str) -> str:

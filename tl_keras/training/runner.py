@@ -465,7 +465,7 @@ def run_phases(
             history_before=state.history,
             resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
             feature_cache=config.feature_cache,
-            cache_dir=out.path,
+            cache_dir=out.shared_root,  # the feature cache outlives a run
             jit_compile=config.jit_compile,
             strategy=strategy,
             class_weight=weights,
