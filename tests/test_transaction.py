@@ -22,8 +22,10 @@ import time
 import pytest
 from conftest import REPO, run_cli, tiny_config
 
+from tl_keras import config as config_lib
 from tl_keras import interrupt, io, lock, transaction
 from tl_keras.errors import DiskFullError, TrainingError, WorkdirError
+from tl_keras.training import plan
 from tl_keras.workdir import SHARED, Workdir
 
 # --- a stand-in run, and what "exactly the old / the new run" means ------------------------------
@@ -376,9 +378,11 @@ def test_a_kill_before_the_commit_point_is_undone_by_the_next_reader(finished, c
                    env={"TL_KERAS_FAILPOINT": "batch:1:1"})  # fmt: skip
     assert proc.returncode == -9
     assert transaction.pending(str(workdir)) == "staged"
+    # --resume reads the old run (finished: nothing to resume), having undone the replacement.
     with caplog.at_level("WARNING", logger="tl_keras"):
-        assert_as_before(finished)  # predict first: it recovers, then answers as before
+        assert plan.plan_run(config_lib.resolve(tiny()), str(workdir), resume=True).nothing_to_do
     assert "was stopped before its new run finished a phase: that run was discarded" in caplog.text
+    assert_as_before(finished)
 
 
 def test_a_kill_in_the_middle_of_the_swap_is_finished_by_the_next_command(finished, caplog):
