@@ -19,8 +19,8 @@ import time
 import pytest
 from conftest import REPO, run_cli, run_module
 
+from tl_keras import lock
 from tl_keras.errors import WorkdirError
-from tl_keras.training import lock
 
 pytestmark = pytest.mark.slow
 

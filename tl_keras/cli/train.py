@@ -20,8 +20,8 @@ import os
 import sys
 
 from tl_keras import config as config_lib
+from tl_keras import interrupt
 from tl_keras.cli import common
-from tl_keras.training import interrupt
 
 
 def define_flags() -> None:
@@ -65,6 +65,8 @@ def main(argv: list[str]) -> int:
 
 def _interrupted(stop: interrupt.Interrupted, workdir: str) -> str:
     """What an interrupted run kept, and the command that continues it."""
+    if stop.outcome:  # an --overwrite stopped before it replaced anything
+        return f"{stop.name} stopped the run; {stop.outcome}"
     from tl_keras.training import checkpoint
     from tl_keras.workdir import Workdir
 

@@ -2,8 +2,6 @@
 
     plan.py            which phases run from which state of the workdir, and every refusal
     runner.py          `train`: plan -> initial state -> the phase loop, each phase saved
-    lock.py            one writer per workdir: the lock and its holder
-    interrupt.py       SIGTERM and Ctrl-C: stop at a safe point, with a resume hint
     history.py         one history across phases: global epochs, spans, boundaries
     curves.py          the run's curves (`plot_history`), phases shaded, switches marked
     phase.py           `run_phase`: set-up -> callbacks -> fit -> outcome

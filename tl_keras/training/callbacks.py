@@ -17,9 +17,9 @@ import time
 
 import keras
 
-from tl_keras import _failpoints
+from tl_keras import _failpoints, interrupt
 from tl_keras.progress import say
-from tl_keras.training import checkpoint, interrupt, schedules
+from tl_keras.training import checkpoint, schedules
 from tl_keras.training.history import History
 from tl_keras.training.results import Snapshot, is_worse
 from tl_keras.training.schedules import current_lr
@@ -228,7 +228,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 class InterruptCheck(keras.callbacks.Callback):
-    """Raises `tl_keras.training.interrupt.Interrupted` at a safe point once SIGTERM or SIGINT arrived.
+    """Raises `tl_keras.interrupt.Interrupted` at a safe point once SIGTERM or SIGINT arrived.
 
     The last callback of a phase: at a batch's end (the partial epoch is dropped, never
     checkpointed) and at an epoch's end, after its checkpoint is written.

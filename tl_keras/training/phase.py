@@ -26,13 +26,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tl_keras import interrupt
 from tl_keras.data import changes
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.errors import TrainingError
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
 from tl_keras.progress import say
 from tl_keras.recipe import Phase, budget_plan
-from tl_keras.training import checkpoint, distribute, features, interrupt, lr_multipliers, optim
+from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
 from tl_keras.training.callbacks import (
     BestWeights,
     EpochCheckpoint,

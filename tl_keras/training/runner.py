@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tl_keras import _failpoints, io, schema
+from tl_keras import _failpoints, io, lock, schema
 from tl_keras import config as config_lib
 from tl_keras.data import augment
 from tl_keras.data.pipeline import DataBundle
@@ -54,8 +54,8 @@ from tl_keras.training import (
     class_weight,
     decide,
     distribute,
-    lock,
     optim,
+    replace,
     rollback,
 )
 from tl_keras.training.curves import plot_history
@@ -139,7 +139,7 @@ def train(
 
     Raises:
       ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written
-        (another process writing to `workdir` included: one writer per workdir, `tl_keras.training.lock`).
+        (another process writing to `workdir` included: one writer per workdir, `tl_keras.lock`).
       TrainingError: the loss or the weights became NaN or infinite, or the loss diverged (the
         last good checkpoint is kept).
       DiskFullError: the disk filled up; the last good checkpoint is kept, and `resume=True`
@@ -202,19 +202,21 @@ def _train(
                 log.info(note)
             if plan.nothing_to_do:
                 return _finished_run(plan)
-            state = None
-            try:
-                state = initial_state(plan, spec, data)
-                spec, plan = decide_recipe(plan, spec, state, started=started)
-                plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
-                state.data = distribute.shard_data(state.data, strategy)  # each worker its own part
-                distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
-                _start_run(plan, spec, state)
-                results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
-            except Exception as e:
-                if io.is_disk_full(e):
-                    raise _disk_full(e, plan, state) from None
-                raise
+            # --overwrite of a run: a transaction, the old run in place until a phase is done
+            with replace.staged(plan, overwrite=overwrite) as plan:
+                state = None
+                try:
+                    state = initial_state(plan, spec, data)
+                    spec, plan = decide_recipe(plan, spec, state, started=started)
+                    plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
+                    state.data = distribute.shard_data(state.data, strategy)  # each its own part
+                    distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
+                    _start_run(plan, spec, state)
+                    results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
+                except Exception as e:
+                    if io.is_disk_full(e):
+                        raise _disk_full(e, plan, state) from None
+                    raise
             return RunResult(
                 state.model, state.history, results, list(state.data.class_names), plan.workdir.path
             )
@@ -301,13 +303,12 @@ def initial_state(
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
         model = build_initial_model(spec, data)
-        _check_rates(plan, spec, model)  # before an old run is set aside
-        if run is not None and plan.chief:  # --overwrite or a restart: now set the old run aside
-            if run["phases"] or checkpoint.latest(wd.path) is not None:
-                _set_aside(wd, None, run, None)
-            else:  # nothing finished, nothing to resume from: nothing worth keeping
-                wd.clear_results()
-                checkpoint.remove_all(wd.path)
+        _check_rates(plan, spec, model)
+        # --resume with nothing finished and nothing to resume from: start again. (--overwrite
+        # stages its run instead, `replace.staged`: the old run stays until a phase is done.)
+        if run is not None and plan.outdir.path == wd.path:
+            wd.clear_results()
+            checkpoint.remove_all(wd.path)
         run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
         run["doctor"] = run_doctor(spec, data, model, plan.outdir.path)
         history = History()
@@ -319,36 +320,10 @@ def initial_state(
         ).truncate(plan.done[prev.name]["last_epoch"])
         if config.rollback:
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
-        names = [p.name for p in plan.schedule]
-        first = names.index(plan.targets[0].name)
-        redone = [n for n in plan.done if n in names and names.index(n) >= first]
-        if redone and plan.chief:  # --overwrite of finished phases: keep them until replaced
-            _set_aside(
-                wd,
-                redone,
-                dict(run),
-                {**run, "phases": {k: v for k, v in run["phases"].items() if k not in redone}},
-            )
-        for n in redone:
+        for n in replace.redone_phases(plan):  # --overwrite: staged without them
             run["phases"].pop(n)  # redone phases and everything after them
     _check_rates(plan, spec, model)
     return RunState(model, history, run, reference, data)
-
-
-def _set_aside(wd: Workdir, phases: list[str] | None, run: dict, run_after: dict | None) -> None:
-    """Sets the results an --overwrite replaces aside (all, or the finished `phases`), logged."""
-    remove = wd.result_entries() if phases is None else [*phases, checkpoint.CHECKPOINTS]
-    aside = wd.set_aside(remove, run_after=run_after)
-    if aside is None:
-        return
-    done = [p for p in (phases or run["phases"])]
-    log.warning(
-        "--overwrite: the results it replaces (%s) are kept in %s, a complete workdir, until "
-        "this run finishes a phase; to keep them for good, move that folder out of %s",
-        f"phases {', '.join(done)}" if done else "an unfinished run",
-        aside,
-        wd.path,
-    )
 
 
 def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -> dict:
@@ -485,7 +460,7 @@ def run_phases(
             strategy=strategy,
             class_weight=weights,
             feature_cache=config.feature_cache,
-            cache_dir=out.path,
+            cache_dir=out.shared_root,  # the feature cache outlives a run
             callbacks=[*callbacks, *guard, *_log_callbacks(config, out)],
             progress=config.progress,
             track_best=config.rollback or None,
@@ -506,7 +481,7 @@ def run_phases(
         save_phase(out, state, config, result, pipeline=data.pipeline)
         state.save_s = time.monotonic() - started
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
-        out.drop_replaced(f"this run finished phase {p.name!r}")
+        out.commit(f"this run finished phase {p.name!r}")  # an --overwrite's staged run: swapped in
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     if results:  # the temperature of the model this run ends with, fitted on validation
