@@ -201,6 +201,8 @@ def set_trainable(
             layer.trainable = layer.name in names
     else:
         base.trainable = False
+    if bn_policy == "frozen":
+        _freeze_nested_batchnorm(base)
     for layer in model.layers:
         if layer is not base:
             layer.trainable = True
@@ -213,6 +215,21 @@ def set_trainable(
         unfrozen_blocks=tuple(recipe.unfrozen_blocks(infos, sorted(names))),
         frozen_batchnorm_layers=n_bn,
     )
+
+
+def _freeze_nested_batchnorm(base: keras.Model) -> None:
+    """Freezes the BatchNormalization layers inside the base's own composite layers.
+
+    Some keras-hub backbones build a block as one layer holding its BatchNorm layers (MobileNet's
+    `InvertedResidualBlock`); making that layer trainable makes them trainable too, so the guard
+    reaches inside it (the base's direct BatchNorm layers are the recipe's to leave out).
+    """
+    for layer in base.layers:
+        if not layer.trainable or isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        for inner in layer._flatten_layers(include_self=False):  # Keras's walk of sublayers
+            if isinstance(inner, keras.layers.BatchNormalization):
+                inner.trainable = False
 
 
 def calibrate_batchnorm(model: keras.Model, batches) -> int:
