@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 import keras
 import numpy as np
@@ -135,7 +136,8 @@ def build_model(
         kernel_initializer=init,
         name=HEAD_LAYERS[2],
     )(x)
-    return keras.Model(inputs, outputs, name=f"tl_{spec.name}")
+    # A Keras name takes no '/' or ':' (a hub:<preset> may be a path).
+    return keras.Model(inputs, outputs, name="tl_" + re.sub(r"[^\w.-]", "_", spec.name))
 
 
 def get_base(model: keras.Model) -> keras.Model:

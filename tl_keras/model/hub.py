@@ -7,10 +7,11 @@ weights and an image converter, by name (`efficientnet_lite0_ra_imagenet`, `resn
 
 - the preset's own pixel scaling (`ImageConverter` scale and offset) goes inside the base, as its
   first layer, so raw 0..255 pixels go in and a saved model is self-contained;
-- the backbone's layers are laid out flat in a plain functional model (the same layer objects,
-  weights shared), so `set_trainable` sees and freezes every BatchNormalization layer, its blocks
-  come from the layer names (`backbones.HUB_BLOCKS`), and the saved model needs keras-hub only
-  when the family has keras-hub layers of its own.
+- the backbone's layers are laid out flat in a plain functional model (copies of its layers,
+  with its weights), so `set_trainable` sees and freezes every BatchNormalization layer, its
+  blocks come from the layer names (`backbones.HUB_BLOCKS`), and the saved model needs keras-hub
+  only when the family has keras-hub layers of its own (MobileNet's blocks: Keras imports them
+  from keras-hub when it loads the file).
 
 keras-hub is an optional extra (`pip install "tl_keras[hub]"`): it pulls tensorflow-text,
 sentencepiece, tokenizers and kagglehub, which no other backbone needs.
@@ -92,10 +93,22 @@ def flatten(backbone: keras.Model, image_size: int, scale, offset) -> keras.Mode
         )
     inputs = keras.Input((image_size, image_size, 3), name="image_input")
     x = keras.layers.Rescaling(scale, offset, name=PREPROCESS_LAYER)(inputs)
-    # Calls each layer of the backbone's graph on the new tensor, as `backbone(x)` would inside,
-    # but leaves the layers in the new model rather than the backbone as one nested layer.
-    outputs = backbone._run_through_graph(x, operation_fn=lambda layer: layer)
-    return keras.Model(inputs, outputs)
+    # Runs the backbone's graph on the new tensor with a copy of each layer (what
+    # keras.models.clone_model does), so the layers are the new model's own: a layer shared
+    # with the backbone's graph would answer `layer.input` and `layer.output` from that graph.
+    copies: dict[int, keras.layers.Layer] = {}
+
+    def copy(layer):
+        if id(layer) not in copies:
+            copies[id(layer)] = layer.__class__.from_config(layer.get_config())
+            copies[id(layer)].name = layer.name  # some keras-hub layers rename themselves
+        return copies[id(layer)]
+
+    flat = keras.Model(inputs, backbone._run_through_graph(x, operation_fn=copy))
+    for layer in backbone.layers:
+        if layer.weights:
+            copies[id(layer)].set_weights(layer.get_weights())
+    return flat
 
 
 def build_base(preset: str, *, image_size: int, weights: str | None) -> keras.Model:
