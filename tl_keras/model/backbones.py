@@ -212,7 +212,7 @@ _FOOTPRINT: dict[str, tuple[float, float, int]] = {
     "efficientnet_b5": (36.65, 1694.1, 28513527),
     "efficientnet_b6": (48.86, 2163.4, 40960143),
     "efficientnet_b7": (48.86, 2886.2, 64097687),
-    "efficientnet_lite0": (24.43, 428.3, 3414016),
+    "efficientnet_lite0": (24.00, 405.7, 3413024),
     "efficientnet_v2_b0": (8.00, 322.2, 5919312),
     "efficientnet_v2_b1": (8.00, 427.0, 6931124),
     "efficientnet_v2_b2": (8.00, 461.3, 8769374),
