@@ -16,7 +16,8 @@ network with the checkpoint's weights:
 The architectures: TensorFlow's "same" padding or keras-hub's symmetric padding (k // 2 each
 side; keras-hub's `EfficientNetBackbone` builds its Lite0 so), and BatchNorm epsilon 1e-3
 (TensorFlow's) or 1e-5 (PyTorch's). The package builds ("same", 1e-3), what the checkpoint was
-trained with. Then the forward pass of the no-top base at 128 px, images per second, Lite0 and
+trained with. MobileNet-0.25's ImageNet head (../shared's include-top file) on the same daisies,
+for comparison. Then the forward pass of the no-top base at 128 px, images per second, Lite0 and
 MobileNet-0.25 alternating in one process (median of the repeats), so a busy machine slows both.
 Writes benchmarks/results/lite0.json.
 """
@@ -79,6 +80,25 @@ def check(padding: str, epsilon: float, arrays, daisies, sizes) -> dict:
     return out
 
 
+def mobilenet_daisy_share(daisies, sizes) -> dict:
+    """The same daisy share for MobileNet-0.25's ImageNet head (the shared include-top file)."""
+    import keras
+
+    weights = _common.SHARED / "weights" / "mobilenet_1_0.25_224_imagenet.weights.h5"
+    shares = {}
+    for size in sizes:
+        model = keras.applications.MobileNet(
+            input_shape=(size, size, 3), alpha=0.25, include_top=True, weights=None
+        )
+        model.load_weights(str(weights))
+        x = _resized(daisies, size) / 127.5 - 1.0
+        top1 = model.predict(x, batch_size=32, verbose=0).argmax(1)
+        shares[str(size)] = round(float(np.mean(top1 == DAISY)), 3)
+        keras.backend.clear_session()
+    print(f"mobilenet_0.25: daisy {shares}", flush=True)
+    return shares
+
+
 def speed(repeats: int) -> dict:
     """Forward images/s of the no-top bases at 128 px, the two alternating."""
     import keras
@@ -133,6 +153,7 @@ def main(argv: list[str]) -> int:
         "machine": _common.machine(),
         "daisies": len(daisies),
         "architectures": [check(p, e, arrays, daisies, sizes) for p, e in architectures],
+        "mobilenet_0.25_daisy_share": mobilenet_daisy_share(daisies, sizes),
         "forward": speed(1 if args.quick else SPEED_REPEATS),
     }
     print(_common.write("lite0_quick" if args.quick else "lite0", results))
