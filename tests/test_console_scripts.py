@@ -48,6 +48,7 @@ def test_every_command_has_a_console_script_and_no_other():
         "lr_find",
         "predict",
         "train",
+        "weights",
     }
 
 

@@ -31,7 +31,7 @@ import tensorflow as tf
 from tl_keras import io
 from tl_keras.data.images import AUTOTUNE, Images, Pipeline, decode, load, prepare, tf_error_text
 from tl_keras.errors import DataError
-from tl_keras.io import available_memory
+from tl_keras.io import available_memory, cache_root
 from tl_keras.progress import Progress
 
 log = logging.getLogger("tl_keras")
@@ -43,16 +43,6 @@ RACY_S = 2.0  # files modified this recently before a check are checked again ne
 # rest is for TensorFlow, the model, its batches and everything else on the machine.
 MEMORY_SHARE = 0.7
 _CHECK_BATCH = 256
-
-
-def cache_root() -> str:
-    """Where tl_keras remembers what it learned about data (decode checks, TFDS indexes):
-    $TL_KERAS_CACHE_DIR, else $XDG_CACHE_HOME/tl_keras, else ~/.cache/tl_keras."""
-    root = os.environ.get("TL_KERAS_CACHE_DIR")
-    if root:
-        return root
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tl_keras")
 
 
 # --- memory --------------------------------------------------------------------------------------
