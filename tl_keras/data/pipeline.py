@@ -54,6 +54,7 @@ from tl_keras.data.images import (
     in_order,
     load,
     load_image_file,
+    untuned,
     worker_batches,
     worker_steps,
 )
@@ -225,7 +226,7 @@ class DataBundle:
             make = functools.partial(_call_shard, self.make_shard_epoch, worker, self.workers)
         else:
             make = self.make_train_epoch
-        return epochs.flat_map(make).prefetch(AUTOTUNE)
+        return untuned(epochs.flat_map(make).prefetch(AUTOTUNE))  # lives a whole phase
 
     @property
     def train(self) -> tf.data.Dataset:
@@ -272,7 +273,7 @@ def eval_dataset(images: Images, num_classes: int, p: Pipeline) -> tf.data.Datas
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    return ds.batch(p.batch_size).prefetch(AUTOTUNE)
+    return untuned(ds.batch(p.batch_size).prefetch(AUTOTUNE))
 
 
 def shard_epoch_fn(
