@@ -72,3 +72,12 @@ def test_bench_gap_is_from_a_phase_last_line_to_the_next():
         "next_line": "12:00:31 [calibration] temperature 0.9; ...",
         "guard_stopped": True,
     }
+
+
+def test_evaluation_datasets_know_their_length(make_config):
+    """Keras then knows the validation batches from the start, instead of warning "Your input
+    ran out of data" after the first epoch of a phase on images."""
+    data = _bundle(make_config)
+    batches = -(-data.num_val // 8)
+    assert int(data.val.cardinality()) == batches == len(list(data.val))
+    assert int(data.train_in_order.cardinality()) == -(-data.num_train // 8)

@@ -273,6 +273,11 @@ def eval_dataset(images: Images, num_classes: int, p: Pipeline) -> tf.data.Datas
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
+    if not (images.streamed and images.store is None):  # a stream holds what it holds
+        # Its length, which reading rows a block at a time hides: without it, Keras learns the
+        # number of validation batches by running out, and says so ("Your input ran out of
+        # data; interrupting training") after the first epoch of every phase on images.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(images)))
     return untuned(ds.batch(p.batch_size).prefetch(AUTOTUNE))
 
 
