@@ -29,7 +29,9 @@ is rare and long), with the machine's load average before each run. On a busy ma
 in a gap (saving, plotting, tracing calibration's function) takes several times longer, so the
 gap alone cannot tell it from a stall: each gap also reports its longest idle stretch, during
 which no thread of the process was running or waiting for a core (Linux /proc, sampled every
-0.1 s). The stall is idle; work is not, however long it queues for a core.
+0.1 s). The stall is idle; work is not, however long it queues for a core. Idle stretches of
+0.5 s and more inside a phase (from its first line to its last epoch's) are summed too: a lost
+wake-up when Keras drops its validation iterator costs time inside an epoch.
 
 `--checkouts` alternates the runs between checkouts (before / after a change), each with its own
 package on `PYTHONPATH`, so both arms share the machine's conditions. Writes
@@ -39,6 +41,7 @@ benchmarks/results/stall.json (`--name`; stall_quick.json under --quick).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import re
@@ -116,6 +119,40 @@ def longest_idle(samples: list[tuple[float, bool]], lo: float, hi: float) -> flo
     return round(best, 1)
 
 
+def idle_stretches(samples: list[tuple[float, bool]], at_least: float = 0.5) -> list[list]:
+    """Every stretch of at least `at_least` s over which no thread of the process ran."""
+    out, began, last = [], None, None
+    for t, running in [*samples, (math.inf, True)]:
+        if running:
+            if began is not None and last - began >= at_least:
+                out.append([round(began, 1), round(last, 1)])
+            began = None
+        else:
+            began = t if began is None else began
+            last = t
+    return out
+
+
+def idle_in_phases(lines: list[tuple[float, str]], stretches: list[list]) -> dict[str, float]:
+    """Per phase, idle seconds (stretches of 0.5 s and more) from its first line to its last
+    epoch's: what lost wake-ups cost inside the epochs (a validation iterator's deletion)."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for t, text in lines:
+        m = re.search(r"\[(\w+)\] ", text)
+        if m:
+            first.setdefault(m[1], t)
+        m = EPOCH_LINE.search(text)
+        if m:
+            last[m["phase"]] = t
+    return {
+        phase: round(
+            sum(max(0.0, min(b, last[phase]) - max(a, first[phase])) for a, b in stretches), 1
+        )
+        for phase in last
+    }
+
+
 def phase_gaps(lines: list[tuple[float, str]], samples=()) -> dict[str, dict]:
     """Per phase: seconds from its last line (last epoch, or the guard's stop line right after
     it) to the next line, the longest idle stretch inside that gap (every thread blocked, from
@@ -159,12 +196,15 @@ def run_once(checkout: str, args_: list[str], workdir: str) -> dict:
     lines = [(time.monotonic() - start, line) for line in proc.stdout]
     code = proc.wait()
     sampler.join()
+    stretches = idle_stretches(samples)
     return {
         "checkout": checkout,
         "returncode": code,
         "wall_s": round(time.monotonic() - start, 1),
         "load_average_before": [round(x, 2) for x in load],
         "gaps": phase_gaps(lines, samples),
+        "idle_in_phase_s": idle_in_phases(lines, stretches),
+        "idle_stretches": stretches,
         "tail": [text.rstrip()[:160] for _, text in lines[-3:]] if code else [],
     }
 
@@ -244,9 +284,11 @@ def summary(runs: list[dict]) -> dict:
         for phase in dict.fromkeys(p for r in mine for p in r["gaps"]):
             gaps = [r["gaps"][phase]["gap_s"] for r in mine if phase in r["gaps"]]
             idle = [r["gaps"][phase]["idle_s"] or 0.0 for r in mine if phase in r["gaps"]]
+            inside = [r["idle_in_phase_s"].get(phase, 0.0) for r in mine]
             per_phase[phase] = {
                 "max_gap_s": max(gaps),
                 "max_idle_s": max(idle),
+                "idle_in_phase_s_total": round(sum(inside), 1),
                 "median_gap_s": round(statistics.median(gaps), 2),
                 "over_3s": sum(g > 3.0 for g in gaps),
                 "runs": len(gaps),
@@ -280,7 +322,8 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
             runs.append(run)
             shown = ", ".join(
-                f"{p} {g['gap_s']:.1f} s (idle {g['idle_s'] or 0:.1f} s)"
+                f"{p} {g['gap_s']:.1f} s (idle {g['idle_s'] or 0:.1f} s; idle inside the phase "
+                f"{run['idle_in_phase_s'].get(p, 0):.1f} s)"
                 for p, g in run["gaps"].items()
             )
             print(
@@ -309,7 +352,8 @@ def main(argv=None) -> int:
             print(
                 f"{pathlib.Path(checkout).name} {phase}: largest gap {s['max_gap_s']:.1f} s "
                 f"(longest idle stretch {s['max_idle_s']:.1f} s), median "
-                f"{s['median_gap_s']:.1f} s, {s['over_3s']} of {s['runs']} over 3 s"
+                f"{s['median_gap_s']:.1f} s, {s['over_3s']} of {s['runs']} over 3 s; idle inside "
+                f"the phase {s['idle_in_phase_s_total']:.1f} s in all"
             )
     for arm, seconds in iterators["deletion_s"].items():
         print(
