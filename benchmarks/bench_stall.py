@@ -3,6 +3,7 @@
     python benchmarks/bench_stall.py           # configs/flowers.toml, 10 runs (25-40 min, 2 cores)
     python benchmarks/bench_stall.py --quick   # 40 photos a class, 1+1 epochs, 2 runs: a smoke run
     python benchmarks/bench_stall.py --runs=6 --time_budget=90s
+    python benchmarks/bench_stall.py --tiny --runs=12 --checkouts=OLD,.   # a minute a run
     python benchmarks/bench_stall.py --runs=12 --checkouts=OLD,.   # another checkout / this one
 
 Each run is the command a user types, in a fresh process: `python -m tl_keras.train
@@ -13,6 +14,9 @@ guard's stop line after it) to the next line: what a user watching the log sees 
 hanging at 100%. After `fe` the next line comes as soon as `fit` returns; after `ft` it is the
 calibration line, so that gap also holds saving the phase and calibration's pass over the
 validation images (about 2 s on a quiet 2-core machine).
+
+`--tiny` is the cheap reproduction: generated shapes, random weights, 32 px, 3 + 3 epochs, no
+doctor, then `--phase=ft` alone on the same workdir (its gap reported as "ft alone").
 
 Then the cause without a model, in this process: the same training epochs read for 2.6 s and
 deleted, as the package builds them and with tf.data's autotuning back on (`--iterator_trials`
@@ -65,6 +69,11 @@ LIFE_S = 2.6  # an iterator's life before its deletion: the autotuner then sleep
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="40 photos a class, 2 short runs")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="generated shapes at 32 px, 3+3 epochs, then --phase=ft alone on the same workdir",
+    )
     ap.add_argument("--runs", type=int, default=10, help="runs (over all checkouts)")
     ap.add_argument("--seeds", default="0", help="seeds the runs cycle through, e.g. 0,1,2")
     ap.add_argument("--time_budget", default=None, help="passed on, e.g. 90s")
@@ -297,6 +306,43 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
+TINY = [  # seconds a run: generated shapes, random weights, 32 px, 3 + 3 epochs, no doctor
+    "--data_dir=synthetic",
+    "--synthetic_images_per_class=16",
+    "--weights=none",
+    "--image_size=32",
+    "--batch_size=8",
+    "--epochs_fe=3",
+    "--epochs_ft=3",
+    "--doctor=off",
+]
+
+
+def run_flags(args: argparse.Namespace, scratch: str) -> list[str]:
+    """The train command's flags for the mode: the default on flowers, --quick, or --tiny."""
+    flags = [
+        f"--config={_common.REPO / 'configs' / 'flowers.toml'}",
+        f"--data_dir={quick_set(scratch) if args.quick else _common.FLOWERS}",
+        f"--weights={_common.WEIGHTS}",
+    ]
+    flags += ["--epochs_fe=1", "--epochs_ft=1"] if args.quick else []
+    flags += TINY if args.tiny else []  # later flags win
+    return flags + ([f"--time_budget={args.time_budget}"] if args.time_budget else [])
+
+
+def show(k: int, runs_n: int, run: dict) -> None:
+    shown = ", ".join(
+        f"{p} {g['gap_s']:.1f} s (idle {g['idle_s'] or 0:.1f} s; idle inside the phase "
+        f"{run['idle_in_phase_s'].get(p, 0):.1f} s)"
+        for p, g in run["gaps"].items()
+    )
+    print(
+        f"run {k + 1}/{runs_n} ({pathlib.Path(run['checkout']).name}, seed {run['seed']}, load "
+        f"{run['load_average_before'][0]:.1f}): {run['wall_s']:.0f} s, gap after {shown}",
+        flush=True,
+    )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not (_common.FLOWERS.is_dir() and _common.WEIGHTS.is_file()):
@@ -307,46 +353,39 @@ def main(argv=None) -> int:
     runs_n = 2 if args.quick else args.runs
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench_stall-") as scratch:
-        flags = [
-            f"--config={_common.REPO / 'configs' / 'flowers.toml'}",
-            f"--data_dir={quick_set(scratch) if args.quick else _common.FLOWERS}",
-            f"--weights={_common.WEIGHTS}",
-        ]
-        flags += ["--epochs_fe=1", "--epochs_ft=1"] if args.quick else []
-        flags += [f"--time_budget={args.time_budget}"] if args.time_budget else []
+        flags = run_flags(args, scratch)
         for k in range(runs_n):
             checkout, seed = checkouts[k % len(checkouts)], seeds[k % len(seeds)]
             workdir = os.path.join(scratch, f"run{k}")
             run = run_once(checkout, [*flags, f"--seed={seed}"], workdir)
+            if args.tiny and not run["returncode"]:  # then `ft` again, alone, on its fe
+                alone = run_once(checkout, [*flags, f"--seed={seed}", "--phase=ft"], workdir)
+                run["gaps"]["ft alone"] = alone["gaps"].get("ft")
+                run["idle_in_phase_s"]["ft alone"] = alone["idle_in_phase_s"].get("ft", 0.0)
+                run["returncode"], run["tail"] = alone["returncode"], alone["tail"]
             run["seed"] = seed
             shutil.rmtree(workdir, ignore_errors=True)
             runs.append(run)
-            shown = ", ".join(
-                f"{p} {g['gap_s']:.1f} s (idle {g['idle_s'] or 0:.1f} s; idle inside the phase "
-                f"{run['idle_in_phase_s'].get(p, 0):.1f} s)"
-                for p, g in run["gaps"].items()
-            )
-            print(
-                f"run {k + 1}/{runs_n} ({pathlib.Path(checkout).name}, seed {seed}, load "
-                f"{run['load_average_before'][0]:.1f}): {run['wall_s']:.0f} s, gap after {shown}",
-                flush=True,
-            )
+            show(k, runs_n, run)
             if run["returncode"]:
                 print("\n".join(run["tail"]), file=sys.stderr)
                 return 1
-        data = _flowers_epochs(flags[1].split("=", 1)[1])
+        quick_data = args.quick or args.tiny
+        data = _flowers_epochs(quick_set(scratch + "/q") if quick_data else str(_common.FLOWERS))
         trials = 2 if args.quick else args.iterator_trials
         iterators = iterator_deletions(data, trials, LIFE_S)
         iterators["batches_per_s"] = read_rates(data, 1 if args.quick else 3)
     payload = {
         "machine": _common.machine(),
         "quick": args.quick,
+        "tiny": args.tiny,
         "command": "python -m tl_keras.train " + " ".join(flags) + " --seed=S",
         "runs": runs,
         "summary": summary(runs),
         "iterators": iterators,
     }
-    path = _common.write(f"{args.name}_quick" if args.quick else args.name, payload)
+    name = args.name + ("_quick" if args.quick else "_tiny" if args.tiny else "")
+    path = _common.write(name, payload)
     for checkout, phases in payload["summary"].items():
         for phase, s in phases.items():
             print(
