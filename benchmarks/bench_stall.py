@@ -214,6 +214,9 @@ def run_once(checkout: str, args_: list[str], workdir: str) -> dict:
         "gaps": phase_gaps(lines, samples),
         "idle_in_phase_s": idle_in_phases(lines, stretches),
         "idle_stretches": stretches,
+        "epoch_lines": [
+            [round(t, 1), text.strip()[:60]] for t, text in lines if EPOCH_LINE.search(text)
+        ],
         "tail": [text.rstrip()[:160] for _, text in lines[-3:]] if code else [],
     }
 
