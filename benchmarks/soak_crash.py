@@ -13,13 +13,14 @@ one), 120 generated images, 2 + 2 epochs.
 
 1. **Timelines.** Each kind runs once uninterrupted: its workdir is what every killed run of that
    kind must end equal to, and its log lines, timed as they arrive, are the run's timeline.
-2. **Kills.** Each run draws 1 to `--max_kills_per_run` kills; each attempt draws its moment
-   either uniformly over the time it is expected to take (the reference timeline from where the
-   workdir is, after a start-up), SIGKILLing its process group then, or (`--failpoint_share`)
-   at a fail point of `tl_keras/_failpoints.py` the attempt can still meet: mid-save, between
-   an epoch and its checkpoint, every step of an --overwrite's commit and swap, and of the next
-   command's recovery of it; moments too short to hit by time are hit that way. Where a kill
-   landed is the fail point, or read from the attempt's last log line (`moment`).
+2. **Kills.** Each run draws 1 to `--max_kills_per_run` kills. Each attempt draws its moment
+   either on the timeline (a phase it goes through, start-up, fe, the switch, ft or the end,
+   uniformly, then a moment uniformly over that phase's time; for a resume, its start-up and
+   then the timeline from where the workdir is), SIGKILLing its process group then; or
+   (`--failpoint_share`) at a fail point of `tl_keras/_failpoints.py` the attempt can still
+   meet: mid-save, between an epoch and its checkpoint, every step of an --overwrite's commit
+   and swap, and of the next command's recovery of it, moments too short to hit by time. Where
+   a kill landed is the fail point, or read from the attempt's last log line (`moment`).
 3. **The next command** is the one a user would run: the same flags with `--resume`. An
    --overwrite killed before its commit point leaves the old run, which `--resume` does not
    replace: the soak checks with a plain reader that the workdir is the old run, bitwise, and
@@ -218,6 +219,7 @@ def _read_lines(proc: subprocess.Popen, start: float, lines: list) -> None:
 _EPOCH = re.compile(r"\[(fe|ft)\] epoch (\d+) \((\d+)/(\d+)\)")
 _MOMENTS = (  # the first rule a line matches (at its start, or a [phase] tag anywhere)
     ("[calibration]", "end", "run.json written, exit"),
+    ("the run stopped before its calibration", "end", "calibration on --resume"),
     ("done:", "end", "exit"),
     ("--overwrite: the new run is staged", "start-up", "staged run begun, data loading"),
     ("--overwrite: the new run finished phase 'ft'", "end", "swapped in, calibration"),
@@ -246,6 +248,10 @@ def moment(text: str | None) -> tuple[str, str]:
         if m.group(1) == "fe":
             return "switch", "fe's last epoch done: fe saved, ft set up"
         return "end", "ft's last epoch done: ft saved, calibration"
+    if body.startswith("nothing to resume"):  # a new run, or a finished one (its calibration)
+        if "starting the run" in body:
+            return "start-up", "imports, data loading"
+        return "end", "--resume of a finished run: data loading"
     for needle, phase, what in _MOMENTS:
         if body.startswith(needle) or (needle.startswith("[") and needle in body):
             return phase, what
@@ -367,11 +373,39 @@ class Reference:
         """Start-up: until the first phase's set-up line."""
         return next((t for t, text in self.lines if re.search(r"\[f[et]\] unfreeze", text)), 0.0)
 
-    def expected_s(self, start: float, command: str) -> float:
-        """How long an attempt from progress `start` should take: the start-up, then the rest."""
+    def spans(self, start: float, command: str) -> list[tuple[float, float, str]]:
+        """(from s, to s, phase) of an attempt from progress `start`, as the timeline predicts
+        it: the whole run, or for a resume its start-up, then the rest from where it was."""
+        moments = self.timeline()
+        spans = [
+            (a["t_s"], b["t_s"], a["phase"]) for a, b in zip(moments[:-1], moments[1:], strict=True)
+        ]
         if command != "resume":
-            return self.wall_s
-        return self.setup_s + max(0.0, self.wall_s - self.time_at(start))
+            return spans
+        cut, setup = max(self.time_at(start), self.setup_s), self.setup_s
+        head = [(t0, min(t1, setup), p) for t0, t1, p in spans if t0 < setup]
+        rest = [
+            (max(t0, cut) - cut + setup, t1 - cut + setup, p) for t0, t1, p in spans if t1 > cut
+        ]
+        return head + rest
+
+    def draw_time(self, start: float, command: str, u_phase: float, u_time: float):
+        """A kill moment: a phase the attempt goes through, drawn uniformly (fe, short on cached
+        features, gets its share), then a moment uniformly over that phase's time.
+
+        Returns:
+          (seconds after the attempt starts, the phase aimed at).
+        """
+        spans = [s for s in self.spans(start, command) if s[1] > s[0]]
+        phases = list(dict.fromkeys(p for _, _, p in spans))
+        phase = phases[int(u_phase * len(phases))]
+        chosen = [(t0, t1) for t0, t1, p in spans if p == phase]
+        left = u_time * sum(t1 - t0 for t0, t1 in chosen)
+        for t0, t1 in chosen:
+            if left <= t1 - t0:
+                return round(t0 + left, 2), phase
+            left -= t1 - t0
+        return round(chosen[-1][1], 2), phase
 
     def timeline(self) -> list[dict]:
         """The run's moments: when each began (s), from its log lines."""
@@ -461,12 +495,12 @@ def _attempt(soak, kind, workdir, command, draws, planned, record) -> tuple[Atte
     kill: dict = {}
     if kills < planned:
         can = reachable(points, start=start, command=command, state=pending(workdir))
-        mode, at, pick = rng.random(), rng.random(), rng.random()  # always three draws
+        mode, phase, at, pick = (rng.random() for _ in range(4))  # always four draws
         if can and mode < soak.failpoint_share:
             kill["failpoint"] = can[int(pick * len(can))]
         else:
-            span = soak.refs[kind.name].expected_s(start, command)
-            kill["kill_at_s"] = round(at * span, 2)
+            reference = soak.refs[kind.name]
+            kill["kill_at_s"], kill["aimed_at"] = reference.draw_time(start, command, phase, at)
     attempt = run_attempt(
         kind.command(command, workdir),
         soak.env,
@@ -561,6 +595,9 @@ def summary(runs: list[dict]) -> dict:
     return {
         "kills": len(kills),
         "time_kills": sum(1 for a in kills if "kill_at_s" in a),
+        "time_kills_in_the_phase_aimed_at": sum(
+            1 for a in kills if a.get("aimed_at") == a["landed"]["phase"]
+        ),
         "failpoint_kills": sum(1 for a in kills if "failpoint" in a),
         "runs": len(runs),
         "runs_matched": sum(r["matched"] for r in runs),
