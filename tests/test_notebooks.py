@@ -292,10 +292,12 @@ NOISE = re.compile(
     re.MULTILINE,
 )
 # A measured figure (0.57, 4.1 points, 75%) or a verdict word in the prose: the outputs say those.
+# (A setting is not a result: MobileNet's width 0.25 is its name.)
+SETTINGS = re.compile(r"width\s+0\.25|MobileNet-0\.25|95% (?:CI|interval|confidence)")
 PROSE_RESULT = re.compile(
     r"\b0\.\d+\b|\b\d+(?:\.\d+)? (?:percentage )?points?\b|\b\d+(?:\.\d+)?\s?%|"
     r"\b(?:beats?|outperforms?|wins?|loses|lead|ahead|behind|better than|worse than|as good as|"
-    r"competitive|on par|within noise|quarters|halves|reproduces)\b",
+    r"competitive|on par|quarters|halves|reproduces)\b|as good\b",
     re.IGNORECASE,
 )
 
@@ -309,7 +311,9 @@ def test_committed_outputs_hold_no_log_line_warning_or_machine_path(name):
     for i, cell in enumerate(_code_cells(_read(name))):
         text = _text(cell["outputs"])
         found = NOISE.search(text)
-        assert found is None, f"{name}, code cell {i + 1}: {text[max(0, found.start() - 80) :][:240]!r}"
+        assert found is None, (
+            f"{name}, code cell {i + 1}: {text[max(0, found.start() - 80) :][:240]!r}"
+        )
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -327,14 +331,16 @@ def test_every_claim_in_the_notebook_passed_in_its_stored_outputs(name):
 @pytest.mark.parametrize("name", sorted(EXERCISES.values()))
 def test_each_exercise_prints_its_comparison_with_an_interval(name):
     text = _text([o for c in _code_cells(_read(name)) for o in c["outputs"]])
-    verdicts = re.findall(r"^.*(?: beats .* by .*CI|within noise.*contains 0).*$", text, re.MULTILINE)
+    verdicts = re.findall(
+        r"^.*(?: beats .* by .*CI|within noise.*contains 0).*$", text, re.MULTILINE
+    )
     assert verdicts, f"{name} prints no paired verdict"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_prose_states_no_measured_result(name):
     for text in _markdown(_read(name)):
-        found = PROSE_RESULT.search(text)
+        found = PROSE_RESULT.search(SETTINGS.sub("", text))
         assert found is None, f"{name}: {text[max(0, found.start() - 100) :][:220]!r}"
 
 
@@ -350,9 +356,8 @@ def test_the_prose_check_catches_the_sentences_that_contradicted_their_outputs()
 
 
 def test_claim_fails_when_the_data_disagree(capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("walkthrough_t", REPO / "notebooks" / "walkthrough.py")
-    walkthrough = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(walkthrough)
+    monkeypatch.syspath_prepend(str(REPO / "notebooks"))
+    walkthrough = importlib.import_module("walkthrough")
     walkthrough.claim(0.7 > 0.6, "A is above B")
     assert capsys.readouterr().out == "checked: A is above B\n"
     with pytest.raises(AssertionError, match="the data disagree with this sentence: B is above A"):
