@@ -135,11 +135,13 @@ def compress_png(data: str) -> str:
 # TensorFlow's C++ start-up lines on stderr (absl's format: `I0000 00:00:1796113296.297283 123 port.cc:153]`,
 # and the line announcing them), which TF 2.21 prints whatever TF_CPP_MIN_LOG_LEVEL says. They
 # describe the rendering machine (its CPU instructions, that it has no GPU), not the walkthrough,
-# so rendering drops them; every other stderr line stays.
+# so rendering drops them, and TFLite's announcement of its CPU delegate, printed by its C++ runtime
+# whatever Python's logging says; every other stderr line stays.
 TF_STARTUP = re.compile(
     r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] .*"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)$"
 )
 
 
