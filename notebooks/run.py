@@ -42,6 +42,7 @@ KERNEL = "python3"
 HELPER = NOTEBOOKS_DIR / "walkthrough.py"  # the set-up every notebook imports: part of its source
 PACKAGE = REPO / "tl_keras"  # the library the notebooks call: part of their source too
 MAX_IMAGE_WIDTH = 1100  # pixels; wider figures are scaled down when rendering
+MAX_IMAGE_BYTES = 380_000  # a figure still larger (photos) is scaled down until it fits
 RENDER_CELL_TIMEOUT_S = 3600
 
 
@@ -115,19 +116,26 @@ def compress_png(data: str) -> str:
     """A base64 PNG made smaller for git, losslessly: at most MAX_IMAGE_WIDTH wide, optimised.
 
     Size is limited by resolution, never by palette: a photo keeps every colour (a 256-colour
-    palette posterised the photos of notebook 6). Returns the original when the result would
-    not be smaller.
+    palette posterised the photos of notebook 6). An image narrow enough already is returned
+    as it was when optimising it would not make it smaller.
     """
     from PIL import Image
 
     raw = base64.b64decode(data)
     image = Image.open(io.BytesIO(raw)).convert("RGB")
-    if image.width > MAX_IMAGE_WIDTH:
+    too_wide = image.width > MAX_IMAGE_WIDTH
+    if too_wide:  # always scaled down, even where the smaller image takes more bytes
         height = round(image.height * MAX_IMAGE_WIDTH / image.width)
         image = image.resize((MAX_IMAGE_WIDTH, height), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)
-    if out.tell() >= len(raw):
+    while out.tell() > MAX_IMAGE_BYTES:  # a photo gallery: fewer pixels, every colour kept
+        too_wide = True
+        size = (round(image.width * 0.85), round(image.height * 0.85))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, format="PNG", optimize=True)
+    if not too_wide and out.tell() >= len(raw):
         return data
     return base64.b64encode(out.getvalue()).decode("ascii") + "\n"
 
