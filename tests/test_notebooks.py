@@ -171,8 +171,8 @@ def test_render_keeps_every_colour_of_a_photo():
     from PIL import Image
 
     runner = _runner()
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (300, 1400, 3), dtype=np.uint8)  # far more than 256 colours
+    yy, xx = np.mgrid[0:300, 0:1400]  # smooth gradients: far more than 256 colours
+    pixels = np.stack([xx * 255 // 1399, yy * 255 // 299, (xx + 3 * yy) % 256], -1).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
     smaller = runner.compress_png(base64.b64encode(buffer.getvalue()).decode())
@@ -382,3 +382,17 @@ def test_the_set_up_cell_runs_from_any_working_directory(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tl_keras from .. (this checkout)" in proc.stdout and "cwd notebooks" in proc.stdout
+
+
+def test_render_shrinks_a_photo_gallery_by_resolution_to_the_byte_limit():
+    import numpy as np
+    from PIL import Image
+
+    runner = _runner()
+    noise = np.random.default_rng(0).integers(0, 256, (500, 900, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    smaller = base64.b64decode(runner.compress_png(base64.b64encode(buffer.getvalue()).decode()))
+    image = Image.open(io.BytesIO(smaller))
+    assert len(smaller) <= runner.MAX_IMAGE_BYTES <= MAX_IMAGE_BYTES
+    assert image.mode == "RGB" and image.width < 900
