@@ -211,7 +211,10 @@ TENSORFLOW_FREE = [
     "tl_keras.model.backbones",
     "tl_keras.data",
     "tl_keras.data.augment",
+    "tl_keras.data.settings",
+    "tl_keras.model.settings",
     "tl_keras.training",
+    "tl_keras.training.settings",
     "tl_keras.training.plan",
     "tl_keras.inference",
     "tl_keras.inference.export",
@@ -225,14 +228,18 @@ TENSORFLOW_FREE = [
 
 
 def test_validation_and_the_plan_import_no_tensorflow(tmp_path):
-    """`config.validate` fails bad flags in milliseconds because nothing it needs imports TF."""
+    """`config.check` fails bad flags in milliseconds because nothing it needs imports TF; nor
+    does `config.resolve`."""
     script = (
         "import importlib, sys\n"
         f"for name in {TENSORFLOW_FREE!r}:\n"
         "    importlib.import_module(name)\n"
         "from tl_keras import config\n"
+        "from tl_keras.recipe import auto\n"
         "config.validate(config.Config())\n"
-        "config.resolve(config.Config(stages='fe:none:1,ft:blocks:2:1', optimizer='sgd'))\n"
+        "cfg = config.Config(stages='fe:none:1,ft:blocks:2:1', optimizer='sgd')\n"
+        "facts = auto.Facts(100, 2, 50, stages_given=True)\n"
+        "config.resolve(config.check(cfg), auto.decide(config.to_dict(cfg), facts))\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))\n"
     )
     out = subprocess.run(

@@ -1,9 +1,12 @@
 """The model: which backbones exist and how the classifier is built on one.
 
+    settings.py     the model section of a run's settings: `ModelSettings`, checked, without
+                    TensorFlow
     backbones.py    the registry users name (`--backbone`): sizes, preprocessing, widths, blocks;
                     plain data, importable without TensorFlow
     classifier.py   the classifier (preprocessing, base, head), what trains (`set_trainable`,
                     BatchNorm frozen), BatchNorm calibration of a random base, dropout RNG state
 
-Nothing here is imported eagerly, so `tl_keras.model.backbones` stays TensorFlow-free.
+Nothing here is imported eagerly, so `tl_keras.model.backbones` and `.settings` stay
+TensorFlow-free.
 """

@@ -39,7 +39,7 @@ from tl_keras.workdir import Workdir
 if TYPE_CHECKING:
     import keras
 
-    from tl_keras.data.pipeline import DataBundle
+    from tl_keras.data.bundle import DataBundle
     from tl_keras.training.phase import PhaseResult
 
 log = logging.getLogger("tl_keras")
