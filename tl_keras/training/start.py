@@ -189,17 +189,15 @@ def decide_recipe(
 ) -> config_lib.RunSpec:
     """The run's recipe card, then its decided spec: the one `config.resolve` of the run.
 
-    The first phase of a run decides the card from facts measured on the data and the model
-    (and refuses a time budget that cannot hold one epoch of each phase, before anything is
-    written); a later phase or a resumed run reads it from the workdir.
+    The first phase of a run decides the card from facts measured on the data and the model; a
+    later phase or a resumed run reads it from the workdir. The time budget's clock starts
+    counting from `started`.
 
     Raises:
-      ConfigError: a time budget too small for the run.
       WorkdirError: a damaged `recipe.json`.
     """
-    first = plan.previous is None and plan.resume_from is None
-    card, rate, new = decide.decide(
-        checked, state.data, state.model, plan.workdir, first_phase=first
+    card, rate, _ = decide.decide(
+        checked, state.data, state.model, plan.workdir, first_phase=_first(plan)
     )
     spec = config_lib.resolve(checked, card, replicas=replicas)
     if spec.run.scale_lr_with_replicas and replicas > 1:
@@ -208,10 +206,13 @@ def decide_recipe(
         )
     if spec.run.time_budget_s is not None:
         state.clock = budget.Clock(spec.run.time_budget_s, started)
-        if new and rate:
-            _check_budget(spec, state, rate)
     state.card, state.rate = card, rate
     return spec
+
+
+def _first(plan: RunPlan) -> bool:
+    """Whether the plan starts the run: its first phase, from no checkpoint."""
+    return plan.previous is None and plan.resume_from is None
 
 
 def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> None:
@@ -233,13 +234,19 @@ def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> Non
 def prepare(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, strategy) -> None:
     """What follows from the decided spec before the first phase trains.
 
-    The per-block rates checked against the base; a new run begun (`_begin`); under rollback,
-    the reference the first phase must beat; then the training batches, built once from the
-    decided augmentation (and, for phases that do not augment, without it), each worker's part.
+    The per-block rates checked against the base; a new run begun (`_begin`), and the refusal
+    of a time budget that cannot hold one epoch of each phase; under rollback, the reference
+    the first phase must beat; then the training batches, built once from the decided
+    augmentation (and, for phases that do not augment, without it), each worker's part.
+
+    Raises:
+      ConfigError: per-block rates the base cannot take, or a time budget too small.
     """
     _check_rates(plan, spec, state.model)
-    if plan.previous is None and plan.resume_from is None:
+    if _first(plan):
         _begin(plan, spec, state)
+        if state.clock is not None and state.rate:
+            _check_budget(spec, state, state.rate)
     if spec.run.rollback and plan.previous is not None:
         state.reference = rollback.load_rollback_reference(
             plan.workdir, spec.phase(plan.previous), state.model, state.data, spec.run.rollback
