@@ -50,6 +50,7 @@ from tl_keras.training import (
     class_weight,
     decide,
     distribute,
+    replace,
     rollback,
 )
 from tl_keras.training.phase import PhaseResult, PhaseSetup, run_phase
@@ -176,19 +177,25 @@ def _train(
                 log.info(note)
             if plan.nothing_to_do:
                 return _finished_run(plan)
-            state = None
-            try:
-                state = initial_state(plan, checked, data)
-                spec = decide_recipe(
-                    plan, checked, state, started=started, replicas=strategy.num_replicas_in_sync
-                )
-                prepare(plan, spec, state, strategy)
-                start_run(plan, spec, state)
-                results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
-            except Exception as e:
-                if io.is_disk_full(e):
-                    raise _disk_full(e, plan, state) from None
-                raise
+            # --overwrite of a run: a transaction, the old run in place until a phase is done
+            with replace.staged(plan, overwrite=overwrite) as plan:
+                state = None
+                try:
+                    state = initial_state(plan, checked, data)
+                    spec = decide_recipe(
+                        plan,
+                        checked,
+                        state,
+                        started=started,
+                        replicas=strategy.num_replicas_in_sync,
+                    )
+                    prepare(plan, spec, state, strategy)
+                    start_run(plan, spec, state)
+                    results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
+                except Exception as e:
+                    if io.is_disk_full(e):
+                        raise _disk_full(e, plan, state) from None
+                    raise
             return RunResult(
                 state.model, state.history, results, list(state.data.class_names), plan.workdir.path
             )
@@ -270,7 +277,7 @@ def run_phases(
             history_before=state.history,
             resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
             feature_cache=run.feature_cache,
-            cache_dir=out.path,
+            cache_dir=out.shared_root,  # the feature cache outlives a run
             jit_compile=run.jit_compile,
             strategy=strategy,
             class_weight=weights,
@@ -288,7 +295,7 @@ def run_phases(
         save_phase(out, state, spec.decided_config(), result, pipeline=data.pipeline)
         state.save_s = time.monotonic() - started
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
-        out.drop_replaced(f"this run finished phase {p.name!r}")
+        out.commit(f"this run finished phase {p.name!r}")  # an --overwrite's staged run: swapped in
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     if results:  # the temperature of the model this run ends with, fitted on validation

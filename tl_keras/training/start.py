@@ -36,7 +36,7 @@ from tl_keras.model.classifier import (
 )
 from tl_keras.model.settings import ModelSettings
 from tl_keras.recipe import Phase, auto
-from tl_keras.training import budget, checkpoint, decide, distribute, optim, rollback
+from tl_keras.training import budget, checkpoint, decide, distribute, optim, replace, rollback
 from tl_keras.training.plan import RunPlan, check_same_run
 from tl_keras.workdir import Workdir
 
@@ -83,8 +83,8 @@ def initial_state(
     Everything here is fixed before the recipe card exists: the data is listed, split and
     decode-checked from the data section (its training batches unaugmented until the card
     decides, `prepare`), the model built from the model section. A checkpoint's model
-    (resuming), a new model (the schedule's first phase; an old run there is set aside only
-    once the card is decided, `_begin`), or what the previous phase saved.
+    (resuming), a new model (the schedule's first phase; an old run there is cleared only once
+    the card is decided, `_begin`), or what the previous phase saved.
 
     Raises:
       WorkdirError: the workdir holds another model or classes, or a saved model is damaged.
@@ -108,35 +108,9 @@ def initial_state(
             wd.file("history.json"),
             fix=f"rerun phase {prev!r} (--phase={prev} --overwrite)",
         ).truncate(plan.done[prev]["last_epoch"])
-        names = list(plan.schedule)
-        first = names.index(plan.targets[0])
-        redone = [n for n in plan.done if n in names and names.index(n) >= first]
-        if redone and plan.chief:  # --overwrite of finished phases: keep them until replaced
-            _set_aside(
-                wd,
-                redone,
-                dict(run),
-                {**run, "phases": {k: v for k, v in run["phases"].items() if k not in redone}},
-            )
-        for n in redone:
+        for n in replace.redone_phases(plan):  # --overwrite: staged without them
             run["phases"].pop(n)  # redone phases and everything after them
     return RunState(model, history, run, None, data)
-
-
-def _set_aside(wd: Workdir, phases: list[str] | None, run: dict, run_after: dict | None) -> None:
-    """Sets the results an --overwrite replaces aside (all, or the finished `phases`), logged."""
-    remove = wd.result_entries() if phases is None else [*phases, checkpoint.CHECKPOINTS]
-    aside = wd.set_aside(remove, run_after=run_after)
-    if aside is None:
-        return
-    done = [p for p in (phases or run["phases"])]
-    log.warning(
-        "--overwrite: the results it replaces (%s) are kept in %s, a complete workdir, until "
-        "this run finishes a phase; to keep them for good, move that folder out of %s",
-        f"phases {', '.join(done)}" if done else "an unfinished run",
-        aside,
-        wd.path,
-    )
 
 
 def run_doctor(spec, data: DataBundle, model, outdir: str) -> dict:
@@ -260,15 +234,14 @@ def prepare(plan: RunPlan, spec: config_lib.RunSpec, state: RunState, strategy) 
 
 
 def _begin(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None:
-    """A run's first phase starts anew: an old run in the workdir (--overwrite, or a restart)
-    is set aside now, once everything is set up; the new run.json; the data doctor."""
+    """A run's first phase starts anew, once everything is set up: the new run.json, the data
+    doctor."""
     wd, run = plan.workdir, state.run
-    if run is not None and plan.chief:
-        if run["phases"] or checkpoint.latest(wd.path) is not None:
-            _set_aside(wd, None, run, None)
-        else:  # nothing finished, nothing to resume from: nothing worth keeping
-            wd.clear_results()
-            checkpoint.remove_all(wd.path)
+    # --resume with nothing finished and nothing to resume from: start again. (--overwrite
+    # stages its run instead, `replace.staged`: the old run stays until a phase is done.)
+    if run is not None and plan.outdir.path == wd.path:
+        wd.clear_results()
+        checkpoint.remove_all(wd.path)
     state.run = {**spec.identity, "class_names": list(state.data.class_names), "phases": {}}
     state.run["doctor"] = run_doctor(spec, state.data, state.model, plan.outdir.path)
 
