@@ -8,7 +8,7 @@ import pathlib
 import pytest
 from conftest import REPO, run_cli
 
-from tl_keras.history import History
+from tl_keras.training.history import History
 
 TINY = [
     "--data_dir=synthetic",

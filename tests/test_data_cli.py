@@ -11,7 +11,7 @@ from conftest import REPO, SHARED, run_cli
 from data_fixtures import solid
 from test_cli import assert_one_line_error
 
-from tl_keras.history import History
+from tl_keras.training.history import History
 
 MODEL = [
     "--backbone=mobilenet",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from tl_keras.history import History
+from tl_keras.training.history import History
 
 pytestmark = pytest.mark.slow
 

@@ -383,19 +383,18 @@ def test_the_footprint_table_is_what_the_models_measure():
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_every_artifact_follows_the_umask(umask, finished, arrays, tmp_path):
     """Models, JSON, PNG, CSV, checkpoints, exports, evaluation: 0666 / 0777 minus the umask."""
-    from tl_keras.history import History
     from tl_keras.inference.evaluate import evaluate_workdir
     from tl_keras.inference.export.manifest import export_workdir
+    from tl_keras.training.history import History
 
     workdir = tmp_path / "run"
     old = os.umask(umask)
     try:
         train(cfg(arrays, epochs_fe=1, epochs_ft=1, rollback=""), str(workdir))
         model = keras.models.load_model(workdir / "ft" / "model.keras")  # with its optimizer
-        checkpoint.write(str(workdir), model, phase="ft", epoch=2, phase_first_epoch=2,
-                         finished_phase=True, stopped_early=False, wall_time_s=1.0,
-                         history=History.load(str(workdir / "history.json")),
-                         early_stopping=None)  # fmt: skip
+        checkpoint.write(str(workdir), model, checkpoint.CheckpointState(
+            phase="ft", epoch=2, phase_first_epoch=2, finished_phase=True, stopped_early=False,
+            wall_time_s=1.0, history=History.load(str(workdir / "history.json"))))  # fmt: skip
         export_workdir(str(workdir), formats=["saved_model", "tflite"], num_parity_images=2)
         evaluate_workdir(str(workdir), split="val")
     finally:

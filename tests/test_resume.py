@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli
 
-from tl_keras.history import History
 from tl_keras.model import backbones
 from tl_keras.model import classifier as model_lib
 from tl_keras.training import checkpoint
+from tl_keras.training.history import History
 
 pytestmark = pytest.mark.slow
 

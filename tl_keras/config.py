@@ -40,7 +40,7 @@ from tl_keras import recipe
 from tl_keras.data.settings import Augmentation, DataSettings
 from tl_keras.errors import ConfigError, did_you_mean, refused
 from tl_keras.model.settings import ModelSettings
-from tl_keras.recipe import LR_FACTOR_RANGE, Phase
+from tl_keras.recipe import LR_FACTOR_RANGE, Phase, budget_plan
 from tl_keras.recipe import auto as auto_recipe
 from tl_keras.recipe.auto import AUTO
 from tl_keras.training.settings import RunSettings, phases
@@ -607,7 +607,7 @@ def check(config: Config) -> Checked:
         class_weight=c.class_weight,
         rollback=c.rollback,
         doctor=c.doctor,
-        time_budget_s=auto_recipe.parse_duration(c.time_budget),
+        time_budget_s=budget_plan.parse_duration(c.time_budget),
     )
     if c.rollback and c.val_fraction == 0:
         raise refused(

@@ -39,10 +39,8 @@ from tl_keras import _failpoints, io, lock
 from tl_keras import config as config_lib
 from tl_keras.data.bundle import DataBundle
 from tl_keras.errors import DiskFullError
-from tl_keras.history import History
 from tl_keras.model.classifier import RNG_FILE, get_rng_state
-from tl_keras.plotting import plot_history
-from tl_keras.recipe import auto
+from tl_keras.recipe import auto, budget_plan
 from tl_keras.training import (
     budget,
     calibrate,
@@ -53,7 +51,9 @@ from tl_keras.training import (
     replace,
     rollback,
 )
-from tl_keras.training.phase import PhaseResult, PhaseSetup, run_phase
+from tl_keras.training.curves import plot_history
+from tl_keras.training.history import History
+from tl_keras.training.phase import PhaseOptions, PhaseResult, PhaseSetup, run_phase
 from tl_keras.training.plan import RunPlan, check_options, plan_run
 from tl_keras.training.settings import RunSettings
 from tl_keras.training.start import (
@@ -262,27 +262,25 @@ def run_phases(
         data = state.data if p.augment else state.plain  # e.g. fe on cached features
         guard = [budget.BudgetGuard(state.clock, state.save_s)] if state.clock else []
         planner = _epochs_planner(plan, spec, state, p, guard[0] if guard else None)
-        result = run_phase(
-            state.model,
-            p,
-            data,
+        options = PhaseOptions(
             backbone=spec.model.backbone,
             initial_epoch=state.history.last_epoch,
+            history_before=state.history,
+            resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
             bn_policy=spec.model.bn_policy,
+            jit_compile=run.jit_compile,
+            strategy=strategy,
+            class_weight=weights,
+            feature_cache=run.feature_cache,
+            cache_dir=out.shared_root,  # the feature cache outlives a run
             callbacks=[*callbacks, *guard, *_log_callbacks(run, out)],
             progress=run.progress,
             track_best=run.rollback or None,
             checkpoint_dir=out.path,
             checkpoint_every=run.checkpoint_every,
-            history_before=state.history,
-            resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
-            feature_cache=run.feature_cache,
-            cache_dir=out.shared_root,  # the feature cache outlives a run
-            jit_compile=run.jit_compile,
-            strategy=strategy,
-            class_weight=weights,
             epochs_planner=planner,
         )
+        result = run_phase(state.model, p, data, options)
         if result.phase.epochs != p.epochs:  # planned from the time budget
             _record_planned(plan, state, result.phase)
         if run.rollback:
@@ -339,7 +337,7 @@ def _epochs_planner(
     Only for a phase whose length the recipe decided (not the user's epochs or stages): a
     fine-tuning phase gets what is left of the budget after the phases before it and the run's
     end (saving, calibration); fe gets a share of it when fine-tuning follows, and the rest
-    when it ends the run (`auto.plan_head_epochs`). The phase's budget guard then reserves the
+    when it ends the run (`budget_plan.plan_head_epochs`). The phase's budget guard then reserves the
     same end.
     """
     card = state.card
@@ -353,7 +351,7 @@ def _epochs_planner(
     ft_follows = any(p.trains_base and p.epochs > 0 for p in later)
     clock = state.clock
 
-    def planner(setup: PhaseSetup) -> auto.PhasePlan:
+    def planner(setup: PhaseSetup) -> budget_plan.PhasePlan:
         on_features = setup.fit_model is not setup.model  # a head on cached features
         measure = budget.measure_head_epoch_cost if on_features else budget.measure_epoch_cost
         cost = measure(
@@ -367,11 +365,11 @@ def _epochs_planner(
         if guard is not None:
             guard.reserve_s, guard.planned_epoch_s = reserve, cost.total_s
         if phase.trains_base:
-            decided = auto.PhasePlan(
-                auto.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
+            decided = budget_plan.PhasePlan(
+                budget_plan.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
             )
         else:
-            decided = auto.plan_head_epochs(
+            decided = budget_plan.plan_head_epochs(
                 clock.budget_s,
                 clock.elapsed_s,
                 cost,
@@ -380,14 +378,14 @@ def _epochs_planner(
                 reserve_s=reserve,
             )
         _log_plan(state, phase, field, cost, decided, ft_follows, reserve)
-        decide.write_card(plan.outdir, state.card)  # a resumed run keeps the plan
+        decide.write_recipe_card(plan.outdir, state.card)  # a resumed run keeps the plan
         return decided
 
     return planner
 
 
 def _end_reserve(
-    spec: config_lib.RunSpec, state: RunState, cost: auto.EpochCost, *, empty_phases: int = 0
+    spec: config_lib.RunSpec, state: RunState, cost: budget_plan.EpochCost, *, empty_phases: int = 0
 ) -> float:
     """What the run needs after its last epoch: the phase's last checkpoint, its artifacts (the
     last phase save's time, or a model save's) and those of the phases after it that train no
@@ -408,12 +406,18 @@ def _ft_epoch_estimate(state: RunState) -> float:
 
 
 def _log_plan(
-    state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows, reserve: float
+    state: RunState,
+    phase,
+    field: str,
+    cost,
+    decided: budget_plan.PhasePlan,
+    ft_follows,
+    reserve: float,
 ):
     clock = state.clock
-    left = auto.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
+    left = budget_plan.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
     how = (
-        f"fine-tuning follows: fe takes at most {auto.FE_SHARE:.0%} of it, still switching on "
+        f"fine-tuning follows: fe takes at most {budget_plan.FE_SHARE:.0%} of it, still switching on "
         "a plateau"
         if ft_follows
         else "the phase ends the run: it fills the budget and keeps its best validation epoch"

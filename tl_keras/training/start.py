@@ -26,7 +26,6 @@ from tl_keras import config as config_lib
 from tl_keras import io, schema
 from tl_keras.data import augment, sources
 from tl_keras.data.bundle import DataBundle
-from tl_keras.history import History
 from tl_keras.model.classifier import (
     RNG_FILE,
     RNG_SHAPE,
@@ -35,8 +34,9 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.model.settings import ModelSettings
-from tl_keras.recipe import Phase, auto
+from tl_keras.recipe import Phase, auto, budget_plan
 from tl_keras.training import budget, checkpoint, decide, distribute, optim, replace, rollback
+from tl_keras.training.history import History
 from tl_keras.training.plan import RunPlan, check_same_run
 from tl_keras.workdir import Workdir
 
@@ -196,7 +196,7 @@ def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> Non
     data, schedule = state.data, spec.schedule
     fe_s = (data.num_train + data.num_val) / rate
     ft = [p for p in schedule if p.trains_base and p.epochs > 0]
-    auto.check_budget_holds(
+    budget_plan.check_budget_holds(
         spec.run.time_budget_s,
         state.clock.elapsed_s,
         fe_s,
@@ -261,7 +261,7 @@ def start_run(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None:
     state.run["inference"] = {**state.run.get("inference", {}), "tta": spec.tta}
     out.write_run(state.run)
     io.atomic_write_text(out.file("config.json"), config_lib.to_json(spec.given))
-    decide.write_card(out, state.card)
+    decide.write_recipe_card(out, state.card)
 
 
 def ft_epoch_s(data: DataBundle, rate: float) -> float:
