@@ -100,7 +100,9 @@ def initial_state(
         model = ckpt.load_model()
         history = ckpt.history.truncate(ckpt.phase_first_epoch - 1)
     elif prev is None:
-        model = build_initial_model(checked.model, data)
+        # A random base's BatchNorm statistics come from training batches as the config gives
+        # them: the recipe has not decided yet, so what it would add is not in them.
+        model = build_initial_model(checked.model, data.for_training(checked.given.augmentation))
         history = History()
     else:
         model = load_phase_model(wd, prev)
@@ -292,8 +294,8 @@ def build_initial_model(model: ModelSettings, data: DataBundle) -> keras.Model:
     """Builds the model the first phase starts from (base frozen, ready for `fe`).
 
     With `weights = "none"` the random base's BatchNorm statistics are re-estimated from a few
-    training batches (see `calibrate_batchnorm`): the data's own, before the recipe decides any
-    augmentation; pretrained bases are never touched.
+    of `data`'s training batches (see `calibrate_batchnorm`); pretrained bases are never
+    touched.
 
     Args:
       model: the model section (`tl_keras.model.settings.ModelSettings`; a `Config`'s `.model`).
