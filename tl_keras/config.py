@@ -165,12 +165,18 @@ class Config:
     )
 
     # --- model --------------------------------------------------------------------------------
-    backbone: str = _field("mobilenet_v2", "Backbone name; see `tl_keras.model.backbones.names()`.")
+    backbone: str = _field(
+        "mobilenet_v2",
+        "Backbone name (see `tl_keras.model.backbones.names()`), or hub:<preset> for a keras-hub "
+        "image backbone.",
+    )
     alpha: float = _field(
         1.0, "Width multiplier of the MobileNet families (1.0 for every other backbone)."
     )
     weights: str = _field(
-        "imagenet", "'imagenet' (downloaded by Keras), 'none' (random init) or a weights file path."
+        "imagenet",
+        "'imagenet' (downloaded by Keras; efficientnet_lite0's converted from the lite0 extra; "
+        "a hub: preset's own), 'none' (random init) or a weights file path.",
     )
     image_size: int = _field(0, "Square input size in pixels; 0 = the backbone's default.")
     head_units: int = _field(

@@ -45,6 +45,7 @@ from tl_keras.data.images import (
     IMAGE_EXTENSIONS,
     Images,
     epoch_order,
+    untuned,
     worker_steps,
 )
 from tl_keras.data.pipeline import Pipeline, eval_dataset, shard_epoch_fn
@@ -217,7 +218,7 @@ class DataBundle:
             make = functools.partial(_call_shard, self.make_shard_epoch, worker, self.workers)
         else:
             make = self.make_train_epoch
-        return epochs.flat_map(make).prefetch(AUTOTUNE)
+        return untuned(epochs.flat_map(make).prefetch(AUTOTUNE))  # lives a whole phase
 
     @property
     def train(self) -> tf.data.Dataset:

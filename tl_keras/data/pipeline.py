@@ -34,6 +34,7 @@ from tl_keras.data.images import (
     in_order,
     tf_error_text,
     to_rgb,
+    untuned,
     worker_batches,
 )
 from tl_keras.errors import DataError, DataTypeError
@@ -158,7 +159,12 @@ def eval_dataset(images: Images, num_classes: int, p: Pipeline) -> tf.data.Datas
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    return ds.batch(p.batch_size).prefetch(AUTOTUNE)
+    if not (images.streamed and images.store is None):  # a stream holds what it holds
+        # Its length, which reading rows a block at a time hides: without it, Keras learns the
+        # number of validation batches by running out, and says so ("Your input ran out of
+        # data; interrupting training") after the first epoch of every phase on images.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(images)))
+    return untuned(ds.batch(p.batch_size).prefetch(AUTOTUNE))
 
 
 def shard_epoch_fn(

@@ -37,6 +37,7 @@ import keras
 
 from tl_keras import _failpoints, io, lock
 from tl_keras import config as config_lib
+from tl_keras.data import sources
 from tl_keras.data.bundle import DataBundle
 from tl_keras.errors import DiskFullError
 from tl_keras.model.classifier import RNG_FILE, get_rng_state
@@ -176,7 +177,7 @@ def _train(
             if resume and (note := plan.workdir.replaced_note()):
                 log.info(note)
             if plan.nothing_to_do:
-                return _finished_run(plan)
+                return _finished_run(plan, checked, data, replicas=strategy.num_replicas_in_sync)
             # --overwrite of a run: a transaction, the old run in place until a phase is done
             with replace.staged(plan, overwrite=overwrite) as plan:
                 state = None
@@ -229,8 +230,16 @@ def _disk_full(error: Exception, plan: RunPlan, state: RunState | None) -> DiskF
     )
 
 
-def _finished_run(plan: RunPlan) -> RunResult:
-    """What `train --resume` returns for a run whose every phase is done."""
+def _finished_run(
+    plan: RunPlan, checked: config_lib.Checked, data: DataBundle | None, *, replicas: int
+) -> RunResult:
+    """What `train --resume` returns for a run whose every phase is done.
+
+    A run stopped after its last phase was saved but before its temperature was fitted (a kill
+    during calibration) gets its calibration now, as the uninterrupted run would have: with the
+    run's spec as its card decided it (`recipe.json`; its test-time augmentation), the run's
+    one `config.resolve`, and its data loaded once from the data section.
+    """
     wd = plan.workdir
     path = wd.file("history.json")
     history = (
@@ -238,9 +247,16 @@ def _finished_run(plan: RunPlan) -> RunResult:
         if os.path.isfile(path)
         else History()
     )
-    return RunResult(
-        _final_model(wd, plan.run), history, [], list(plan.run["class_names"]), wd.path
-    )
+    model = _final_model(wd, plan.run)
+    if not calibrate.is_fitted(plan.run):
+        card = decide.read_recipe_card(wd) or decide.fixed_card(checked.given)
+        spec = config_lib.resolve(checked, card, replicas=replicas)
+        phase = _final_phase(plan.run)
+        log.info("the run stopped before its calibration: fitting the temperature of %r", phase)
+        if data is None:
+            data = sources.load(spec.data, workdir=wd.path)
+        calibrate.calibrate_run(wd, dict(plan.run), model, data, spec, phase)
+    return RunResult(model, history, [], list(plan.run["class_names"]), wd.path)
 
 
 def run_phases(
@@ -523,7 +539,11 @@ def save_phase(
     wd.write_run(run)
 
 
-def _final_model(wd: Workdir, run: dict) -> keras.Model:
+def _final_phase(run: dict) -> str:
+    """The last phase of the schedule that is done: the one whose model the run ends with."""
     names = [p["name"] for p in run.get("schedule", [])]
-    done = [n for n in names if n in run["phases"]]
-    return load_phase_model(wd, done[-1])
+    return [n for n in names if n in run["phases"]][-1]
+
+
+def _final_model(wd: Workdir, run: dict) -> keras.Model:
+    return load_phase_model(wd, _final_phase(run))
