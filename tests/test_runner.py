@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import signal
 
 import keras
 import numpy as np
@@ -77,10 +78,11 @@ def _autos(value, path: str) -> list[str]:
 
 
 def test_a_run_resolves_once_into_a_spec_with_nothing_left_auto(tmp_path, monkeypatch):
-    """Each `train` call resolves its config once, the first phase (card decided from facts) and
-    a later one (card read back) alike, and loads its data once; the spec holds no 'auto' (only
-    settings whose own mode is called so: progress, jit_compile, doctor). config.json keeps the
-    config as given, 'auto' where the recipe decided."""
+    """Each `train` call resolves its config once, the first phase (card decided from facts), a
+    later one (card read back), a --resume that only calibrates and an --overwrite alike, and
+    loads its data once; the spec holds no 'auto' (only settings whose own mode is called so:
+    progress, jit_compile, doctor). config.json keeps the config as given, 'auto' where the
+    recipe decided."""
     from tl_keras import config as config_lib
     from tl_keras.data import sources
 
@@ -106,6 +108,35 @@ def test_a_run_resolves_once_into_a_spec_with_nothing_left_auto(tmp_path, monkey
     assert specs[0].schedule == specs[1].schedule and specs[0].augmentation.augment == "light"
     saved = json.loads(pathlib.Path(workdir, "config.json").read_text())
     assert saved["lr"] == saved["augment"] == "auto"
+
+    # --resume of a run killed during its calibration (what `save_phase` leaves: no temperature)
+    # fits it with the spec its card decided: one resolve, one load, the decided tta.
+    path = pathlib.Path(workdir, "run.json")
+    run = json.loads(path.read_text())
+    path.write_text(json.dumps({**run, "inference": {"tta": run["inference"]["tta"]}}))
+    runner.train(cfg, workdir, resume=True)
+    assert len(specs) == len(loads) == 3 and specs[2].schedule == specs[0].schedule
+    assert "temperature" in json.loads(path.read_text())["inference"]
+    runner.train(cfg, workdir, resume=True)  # calibrated: nothing to decide, nothing to load
+    assert len(specs) == len(loads) == 3
+    # --overwrite of the whole run (a transaction): one resolve, one load for both phases.
+    runner.train(cfg, workdir, overwrite=True)
+    assert len(specs) == len(loads) == 4 and specs[3].schedule == specs[0].schedule
+    # Stopped inside a phase, then --resume from its checkpoint: once each, both times.
+    from tl_keras import interrupt
+
+    class StopAtSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise interrupt.Interrupted(signal.SIGTERM)
+
+    cfg = tiny_config(recipe="auto", epochs_fe=2, checkpoint_every=0)
+    workdir = str(tmp_path / "stopped")
+    with pytest.raises(interrupt.Interrupted):
+        runner.train(cfg, workdir, callbacks=[StopAtSecondEpoch()])
+    assert len(specs) == len(loads) == 5
+    runner.train(cfg, workdir, resume=True)
+    assert len(specs) == len(loads) == 6 and specs[5].schedule == specs[4].schedule
 
 
 def test_finished_workdir_is_not_overwritten_without_asking(finished):

@@ -39,6 +39,7 @@ from tl_keras import doctor as doctor_lib
 from tl_keras import recipe
 from tl_keras.data.settings import Augmentation, DataSettings
 from tl_keras.errors import ConfigError, did_you_mean, refused
+from tl_keras.model import backbones
 from tl_keras.model.settings import ModelSettings
 from tl_keras.recipe import LR_FACTOR_RANGE, Phase, budget_plan
 from tl_keras.recipe import auto as auto_recipe
@@ -350,8 +351,12 @@ class Config:
     # --- the sections this config describes (`check` composes them all) -----------------------
     @property
     def data(self) -> DataSettings:
-        """Its data section, checked (`load_data(config)` reads it)."""
-        return _data_section(self, _model_section(self).image_size)
+        """Its data section, checked (`load_data(config)` reads it), at the backbone's input
+        size: the data's own fields only (a model the data does not build is `check`'s to
+        refuse, so arrays load at any size, as they always have)."""
+        return _data_section(
+            self, backbones.input_size(backbones.get(self.backbone), self.image_size)
+        )
 
     @property
     def augmentation(self) -> Augmentation:
