@@ -1,0 +1,76 @@
+"""Property-based fuzzing of the config surface: generated flags and TOML files, in process.
+
+Every generated `python -m tl_keras.train` command (tests/fuzz_config_cases.py: the cases and
+the property) ends in a planned run, or in exactly one `error:` line naming what was given at
+fault with exit status 2 (absl's own refusal of an unknown flag or an unparsable value: exit 1,
+one line naming the flag), never a traceback, the workdir untouched. The budget is fixed and
+the examples derandomized, so the suite runs the same commands every time; the `@example`s are
+what the fuzzing found, each fixed (benchmarks/fuzz_config.py runs the same properties with a
+large budget; docs/reliability.md, "Fuzzing the config surface").
+"""
+
+import pytest
+from fuzz_config_cases import Case
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import fuzz_config_cases as fz
+from tl_keras import config as config_lib
+from tl_keras.errors import TLKerasError
+
+BUDGET = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+BASE = fz._base_flags(set())
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    fz.quiet_logging()
+    box = fz.Sandbox()
+    yield box
+    box.close()
+
+
+def assert_kept(sandbox, case: Case) -> None:
+    outcome, before, after = fz.run_case(sandbox, case)
+    problem = fz.check_outcome(case, outcome, before, after)
+    assert problem is None, f"{case.describe()}\n{problem}"
+
+
+@settings(BUDGET, max_examples=250)
+@given(case=fz.any_case())
+# A config file that is not UTF-8, and one that nests arrays deeper than Python recurses.
+@example(case=Case(BASE, toml=b'backbone = "caf\xe9"\n', given={"config"}))
+@example(case=Case(BASE, toml=b"lr = " + b"[" * 5000 + b"]" * 5000 + b"\n", given={"config"}))
+def test_any_command_plans_or_refuses_in_one_line(sandbox, case):
+    assert_kept(sandbox, case)
+
+
+@settings(BUDGET, max_examples=80)
+@given(case=fz.valid_case())
+def test_a_command_of_valid_values_plans_a_run(sandbox, case):
+    assert_kept(sandbox, case)
+
+
+@settings(BUDGET, max_examples=200)
+@given(case=fz.one_bad_field_case())
+def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
+    assert_kept(sandbox, case)
+
+
+@settings(BUDGET, max_examples=120)
+@given(toml=fz.toml_case(), flags=st.lists(st.sampled_from(BASE), max_size=3))
+def test_a_config_file_loads_and_resolves_or_refuses(tmp_path_factory, toml, flags):
+    """`config.merged` and `config.resolve` directly: a config, or a `TLKerasError`."""
+    data, _ = toml
+    path = tmp_path_factory.mktemp("toml") / "config.toml"
+    path.write_bytes(data)
+    overrides = dict(f[2:].split("=", 1) for f in flags)
+    try:
+        config_lib.resolve(config_lib.merged(overrides, config_file=str(path)))
+    except TLKerasError as e:
+        assert "\n" not in " ".join(str(e).split())
