@@ -413,6 +413,15 @@ def load_file(path: str) -> dict[str, Any]:
             values = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib decodes before it parses
+        raise ConfigError(
+            f"config file {path!r} is not valid TOML: byte {e.start} is not UTF-8; save it as UTF-8"
+        ) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(
+            f"config file {path!r} nests arrays or tables too deeply to read; a config needs "
+            "at most one level ([[stages]])"
+        ) from None
     _check_known(values, path)
     return values
 
