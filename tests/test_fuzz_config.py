@@ -9,15 +9,15 @@ what the fuzzing found, each fixed (benchmarks/fuzz_config.py runs the same prop
 large budget; docs/reliability.md, "Fuzzing the config surface").
 """
 
+import fuzz_config_cases as fz
 import pytest
-from fuzz_config_cases import Case
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import fuzz_config_cases as fz
 from tl_keras import config as config_lib
 from tl_keras.errors import TLKerasError
 
+Case = fz.Case
 BUDGET = settings(
     deadline=None,
     derandomize=True,
@@ -56,8 +56,21 @@ def test_a_command_of_valid_values_plans_a_run(sandbox, case):
     assert_kept(sandbox, case)
 
 
+def bad(field: str, value, *, toml: bool = False) -> Case:
+    """BASE with one field given a bad value, on the command line or in a TOML file."""
+    if toml:
+        return Case(BASE, toml=f"{field} = {fz.toml_value(value)}\n".encode(), given={field},
+                    bad_field=field)  # fmt: skip
+    return Case([*BASE, f"--{field}={fz._text(value)}"], given={field}, bad_field=field)
+
+
 @settings(BUDGET, max_examples=200)
 @given(case=fz.one_bad_field_case())
+# The LR schedule's errors named its own attributes (gamma=0.0), not the fields a user sets.
+@example(case=bad("lr_step_gamma", 0.0))
+@example(case=bad("lr_step_every", 0, toml=True))
+@example(case=bad("lr_plateau_patience", -1))
+@example(case=bad("lr_plateau_factor", 1.0))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

@@ -361,6 +361,15 @@ def stage_lr_factor(config: Any, stage: Stage, unfreezing_index: int) -> float:
     return config.ft_lr_factor * config.stage_lr_decay**unfreezing_index
 
 
+# LRSchedule's attributes whose config field has another name (`build_schedule` maps them).
+_SCHEDULE_FIELDS = {
+    "step_every": "lr_step_every",
+    "gamma": "lr_step_gamma",
+    "plateau_patience": "lr_plateau_patience",
+    "plateau_factor": "lr_plateau_factor",
+}
+
+
 def check_lr_schedule(phase: Phase) -> None:
     """Checks a phase's LR schedule without building it, so bad values fail before training.
 
@@ -370,8 +379,9 @@ def check_lr_schedule(phase: Phase) -> None:
     s = phase.lr_schedule
 
     def bad(field: str, allowed: str) -> ConfigError:
+        name = _SCHEDULE_FIELDS.get(field, field)  # the config field (and flag) a user sets
         return ConfigError(
-            f"phase {phase.name!r}: {field}={getattr(s, field)!r} is not allowed: {allowed}"
+            f"phase {phase.name!r}: {name}={getattr(s, field)!r} is not allowed: {allowed}"
         )
 
     if s.name not in LR_SCHEDULES:
