@@ -299,7 +299,9 @@ def toml_case(draw) -> tuple[bytes, set[str]]:
             values[name] = draw(st.sampled_from(INVALID[name]))
         else:
             values[name] = draw(_TOML_VALUES)
-    unknown = draw(st.lists(st.sampled_from(["epochs_fee", "lr_rate", "Backbone", "x"]), max_size=1))
+    unknown = draw(
+        st.lists(st.sampled_from(["epochs_fee", "lr_rate", "Backbone", "x"]), max_size=1)
+    )
     for name in unknown:
         values[name] = draw(_SCALARS)
     lines = [f"{name} = {toml_value(v)}" for name, v in values.items()]
@@ -327,7 +329,11 @@ def toml_case(draw) -> tuple[bytes, set[str]]:
         data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
     elif damage == "junk":
         at = draw(st.integers(0, len(data)))
-        data = data[:at] + draw(st.sampled_from([b"=", b"[", b'"', b"\n[x\n", b"= =", b"\\"])) + data[at:]
+        data = (
+            data[:at]
+            + draw(st.sampled_from([b"=", b"[", b'"', b"\n[x\n", b"= =", b"\\"]))
+            + data[at:]
+        )
     elif damage == "latin1":
         data += b'backbone = "caf\xe9"\n'
         given.add("backbone")

@@ -9,6 +9,8 @@ what the fuzzing found, each fixed (benchmarks/fuzz_config.py runs the same prop
 large budget; docs/reliability.md, "Fuzzing the config surface").
 """
 
+import math
+
 import fuzz_config_cases as fz
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -71,6 +73,9 @@ def bad(field: str, value, *, toml: bool = False) -> Case:
 @example(case=bad("lr_step_every", 0, toml=True))
 @example(case=bad("lr_plateau_patience", -1))
 @example(case=bad("lr_plateau_factor", 1.0))
+# A NaN warm-up passed every comparison and reached the schedule.
+@example(case=bad("warmup_epochs", math.nan))
+@example(case=bad("warmup_epochs", math.nan, toml=True))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

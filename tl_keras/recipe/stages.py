@@ -389,7 +389,7 @@ def check_lr_schedule(phase: Phase) -> None:
             f"phase {phase.name!r}: lr_schedule={s.name!r} is unknown; use one of "
             f"{', '.join(LR_SCHEDULES)}"
         )
-    if s.warmup_epochs < 0:
+    if not (math.isfinite(s.warmup_epochs) and s.warmup_epochs >= 0):
         raise bad("warmup_epochs", "use 0 or a positive number of epochs")
     if s.warmup_epochs > 0 and s.name not in WARMUP_SCHEDULES:
         raise bad("warmup_epochs", f"schedule {s.name!r} has no warm-up; use 'cosine' or 0")
