@@ -76,6 +76,9 @@ def bad(field: str, value, *, toml: bool = False) -> Case:
 # A NaN warm-up passed every comparison and reached the schedule.
 @example(case=bad("warmup_epochs", math.nan))
 @example(case=bad("warmup_epochs", math.nan, toml=True))
+# A seed NumPy refuses passed the checks, and the run died in keras.utils.set_random_seed.
+@example(case=bad("seed", -1))
+@example(case=bad("seed", 2**32))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

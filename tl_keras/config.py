@@ -350,6 +350,7 @@ RESIZE_METHODS = (
 )
 RESIZE_MODES = ("stretch", "crop", "pad", "crop_or_pad")
 CACHE_MODES = ("none", "memory", "file")
+MAX_SEED = 2**32 - 1  # the largest seed NumPy's legacy generator (np.random.seed) takes
 
 
 def field_help(name: str) -> str:
@@ -682,6 +683,8 @@ def _check_training(c: Config) -> list[Phase]:
         raise _refused(c, "progress", f"one of {', '.join(PROGRESS)}")
     if not (math.isfinite(c.checkpoint_every) and c.checkpoint_every >= 0):
         raise _refused(c, "checkpoint_every", "use 0 (every epoch) or a number of seconds, e.g. 30")
+    if not 0 <= c.seed <= MAX_SEED:  # keras.utils.set_random_seed seeds NumPy's legacy generator
+        raise _refused(c, "seed", f"use a whole number from 0 to {MAX_SEED} (2**32 - 1)")
     return schedule
 
 
