@@ -79,6 +79,9 @@ def bad(field: str, value, *, toml: bool = False) -> Case:
 # A seed NumPy refuses passed the checks, and the run died in keras.utils.set_random_seed.
 @example(case=bad("seed", -1))
 @example(case=bad("seed", 2**32))
+# A NUL in a TOML string passed as a path, and the OS refused to look it up (ValueError).
+@example(case=bad("weights", "a\0b", toml=True))
+@example(case=bad("data_dir", "a\0b", toml=True))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

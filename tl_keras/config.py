@@ -369,6 +369,10 @@ def _check_known(values: Mapping[str, Any], source: str) -> None:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Checks a value's type against the field's default, allowing int where float is expected."""
+    if isinstance(value, str) and "\0" in value:  # a TOML string may hold one; no path can
+        raise ConfigError(
+            f"config field {name!r} in {source} holds a NUL character (\\u0000); remove it"
+        )
     if name == "stages" and isinstance(value, list):  # a TOML array of tables [[stages]]
         return recipe.stages_from_tables(value, source)
     if name in auto_recipe.AUTO_FIELDS:  # 'auto', or a value of the manual default's type
