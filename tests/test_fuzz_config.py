@@ -82,6 +82,9 @@ def bad(field: str, value, *, toml: bool = False) -> Case:
 # A NUL in a TOML string passed as a path, and the OS refused to look it up (ValueError).
 @example(case=bad("weights", "a\0b", toml=True))
 @example(case=bad("data_dir", "a\0b", toml=True))
+# A TOML integer past any float for a float field: OverflowError in the coercion.
+@example(case=bad("lr", 10**400, toml=True))
+@example(case=bad("dropout", -(10**400), toml=True))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

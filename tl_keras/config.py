@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -350,6 +351,7 @@ RESIZE_METHODS = (
 )
 RESIZE_MODES = ("stretch", "crop", "pad", "crop_or_pad")
 CACHE_MODES = ("none", "memory", "file")
+_FLOAT_MAX = int(sys.float_info.max)
 MAX_SEED = 2**32 - 1  # the largest seed NumPy's legacy generator (np.random.seed) takes
 
 
@@ -375,9 +377,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         )
     if name == "stages" and isinstance(value, list):  # a TOML array of tables [[stages]]
         return recipe.stages_from_tables(value, source)
+    expected = auto_recipe.field_types().get(name, type(FIELDS[name].default))
+    if expected is float and isinstance(value, int) and abs(value) > _FLOAT_MAX:
+        raise ConfigError(  # a TOML integer past any float (1e309 and up)
+            f"config field {name!r} in {source} must be float, got an integer of "
+            f"{len(str(abs(value)))} digits, past the largest float"
+        )
     if name in auto_recipe.AUTO_FIELDS:  # 'auto', or a value of the manual default's type
         return auto_recipe.coerce(name, value, source)
-    expected = type(FIELDS[name].default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():
