@@ -152,7 +152,7 @@ INVALID: dict[str, list] = {
     "synthetic_images_per_class": [1, 0, -5],
     "backbone": ["resnet50", "", "hub:", "mobilenet_v9"],
     "alpha": [0.0, -1.0, math.nan, math.inf],
-    "image_size": [16, -32, 1],
+    "image_size": [16, -32, 1, 10**400],
     "head_units": [-1],
     "dropout": [1.0, -0.1, math.nan],
     "bn_policy": ["trainable", ""],

@@ -60,10 +60,11 @@ def test_a_command_of_valid_values_plans_a_run(sandbox, case):
 
 def bad(field: str, value, *, toml: bool = False) -> Case:
     """BASE with one field given a bad value, on the command line or in a TOML file."""
+    base = fz._base_flags({field})  # a flag would override the file
     if toml:
-        return Case(BASE, toml=f"{field} = {fz.toml_value(value)}\n".encode(), given={field},
-                    bad_field=field)  # fmt: skip
-    return Case([*BASE, f"--{field}={fz._text(value)}"], given={field}, bad_field=field)
+        text = f"{field} = {fz.toml_value(value)}\n".encode()
+        return Case(base, toml=text, given={field}, bad_field=field)
+    return Case([*base, f"--{field}={fz._text(value)}"], given={field}, bad_field=field)
 
 
 @settings(BUDGET, max_examples=200)
@@ -85,6 +86,9 @@ def bad(field: str, value, *, toml: bool = False) -> Case:
 # A TOML integer past any float for a float field: OverflowError in the coercion.
 @example(case=bad("lr", 10**400, toml=True))
 @example(case=bad("dropout", -(10**400), toml=True))
+# A batch of more pixels than a float counts: OverflowError in the memory check.
+@example(case=bad("batch_size", 10**400))
+@example(case=bad("image_size", 10**400, toml=True))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

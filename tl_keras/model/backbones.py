@@ -257,9 +257,15 @@ def memory_estimate(
     width = alpha if spec.has_alpha else 1.0
     pixels = batch_size * image_size * image_size
     weights = params * width * width * _FLOAT_BYTES
-    floor = pixels * (3 + peak * width) * _FLOAT_BYTES + weights
-    step = 2 * pixels * total * width * _FLOAT_BYTES + _ADAM_COPIES * weights
+    try:
+        floor = pixels * (3 + peak * width) * _FLOAT_BYTES + weights
+        step = 2 * pixels * total * width * _FLOAT_BYTES + _ADAM_COPIES * weights
+    except OverflowError:  # a batch of more pixels than a float counts: more than any memory
+        return MemoryEstimate(_UNCOUNTABLE, _UNCOUNTABLE)
     return MemoryEstimate(int(floor), int(step))
+
+
+_UNCOUNTABLE = 10**30  # bytes: what `memory_estimate` says of a batch past a float's range
 
 
 def _key(name: str) -> str:
