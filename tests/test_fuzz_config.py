@@ -89,6 +89,8 @@ def bad(field: str, value, *, toml: bool = False) -> Case:
 # A batch of more pixels than a float counts: OverflowError in the memory check.
 @example(case=bad("batch_size", 10**400))
 @example(case=bad("image_size", 10**400, toml=True))
+# alpha=inf passed as a positive width, then the memory check failed on int(inf).
+@example(case=bad("alpha", math.inf))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

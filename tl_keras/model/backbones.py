@@ -10,6 +10,7 @@ unfreeze whole blocks. The registry is plain data: looking a name up imports no 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import warnings
@@ -338,7 +339,7 @@ def check_alpha(spec: BackboneSpec, alpha: float, weights: str | None) -> None:
                 "width multiplier; leave alpha at 1.0"
             )
         return
-    if not alpha > 0:
+    if not (math.isfinite(alpha) and alpha > 0):
         raise BackboneError(f"alpha={alpha!r} must be a positive width multiplier for {spec.name}")
     if _is_imagenet(weights) and alpha not in spec.imagenet_alphas:
         raise BackboneError(
