@@ -91,6 +91,8 @@ def bad(field: str, value, *, toml: bool = False) -> Case:
 @example(case=bad("image_size", 10**400, toml=True))
 # alpha=inf passed as a positive width, then the memory check failed on int(inf).
 @example(case=bad("alpha", math.inf))
+# A stage's EPOCHS of a digit int() does not read ('²'.isdigit()): ValueError in the parser.
+@example(case=bad("stages", "fe:none:1,ft:all:²"))
 def test_one_bad_value_is_refused_naming_its_field(sandbox, case):
     assert_kept(sandbox, case)
 

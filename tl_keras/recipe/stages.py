@@ -248,7 +248,7 @@ def parse_stage(text: str) -> Stage:
     except ConfigError as e:
         raise _stage_error(text, f"has a bad UNFREEZE ({e})") from None
     rest = rest[width:]
-    if not rest or not rest[0].isdigit():
+    if not rest or not rest[0].isdecimal():  # what int() reads ('²' is a digit, not decimal)
         got = repr(rest[0]) if rest else "nothing"
         raise _stage_error(text, f"needs EPOCHS (a whole number) after {unfreeze!r}, not {got}")
     epochs, factor, schedule = int(rest[0]), None, None
