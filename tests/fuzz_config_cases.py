@@ -324,7 +324,7 @@ def toml_case(draw) -> tuple[bytes, set[str]]:
         text = text.replace("[[stages]]", "[[stagez]]")  # a key and a table of one name: TOML says
         given.add("stagez")
     data = text.encode("utf-8", "surrogatepass")
-    damage = draw(st.sampled_from(["none"] * 6 + ["cut", "junk", "latin1", "deep", "bom"]))
+    damage = draw(st.sampled_from(["none"] * 6 + ["cut", "junk", "latin1", "deep", "bom", "long"]))
     if damage == "cut":
         data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
     elif damage == "junk":
@@ -341,6 +341,9 @@ def toml_case(draw) -> tuple[bytes, set[str]]:
         depth = draw(st.sampled_from([50, 5000]))
         data += b"lr = " + b"[" * depth + b"]" * depth + b"\n"
         given.add("lr")
+    elif damage == "long":  # an integer of more digits than Python converts
+        data += b"batch_size = " + b"9" * draw(st.sampled_from([400, 5000])) + b"\n"
+        given.add("batch_size")
     elif damage == "bom":
         data = "\ufeff".encode() + data
     return data, given

@@ -429,6 +429,11 @@ def load_file(path: str) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path!r} is not valid TOML: byte {e.start} is not UTF-8; save it as UTF-8"
         ) from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise ConfigError(
+            f"config file {path!r} holds an integer of more than {sys.get_int_max_str_digits()} "
+            "digits, which Python does not read; no setting needs one"
+        ) from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise ConfigError(
             f"config file {path!r} nests arrays or tables too deeply to read; a config needs "
