@@ -13,7 +13,7 @@ Each property draws its cases from tests/fuzz_config_cases.py and runs them in t
   flag it cannot parse (exit 1); never a traceback; the workdir untouched;
 - `valid`: only valid values: it must plan a run;
 - `one_bad`: valid values and one bad one: refused, naming that field;
-- `toml`: a TOML file through `config.merged` and `config.resolve`: a config or a TLKerasError.
+- `toml`: a TOML file through `config.merged` and `config.validate`: a config or a TLKerasError.
 
 A case that breaks a property is recorded (not shrunk) and the run goes on. Writes
 benchmarks/results/fuzz_config.json: the seed, the examples run, the outcomes, the refusals by
@@ -74,7 +74,6 @@ def main() -> int:
     draw_seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     print(f"seed {draw_seed}: python benchmarks/fuzz_config.py --seed={draw_seed}", flush=True)
 
-    fz.quiet_logging()
     sandbox = fz.Sandbox()
     outcomes = collections.defaultdict(collections.Counter)
     refusals = collections.Counter()
@@ -123,7 +122,8 @@ def main() -> int:
         ["git", "rev-parse", "--short", "HEAD"], cwd=_common.REPO, capture_output=True, text=True
     ).stdout.strip()
     payload = {
-        "command": f"python benchmarks/fuzz_config.py --examples={args.examples} --seed={draw_seed}",
+        "command": f"python benchmarks/fuzz_config.py --examples={args.examples} "
+        f"--seed={draw_seed}",
         "seed": draw_seed,
         "examples": {name: sum(c.values()) for name, c in outcomes.items()},
         "outcomes": {name: dict(c) for name, c in outcomes.items()},

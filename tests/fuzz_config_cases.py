@@ -521,7 +521,7 @@ def run_argv(argv: list[str]) -> Outcome:
     saved = getattr(training, "runner", None)
     training.runner = STAND_IN_RUNNER  # `from tl_keras.training import runner` finds it
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        with _logger_kept(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             try:
                 rest = app.parse_flags_with_usage(["tl_keras.train", *argv])
             except SystemExit as e:  # absl refused the flags
@@ -539,6 +539,23 @@ def run_argv(argv: list[str]) -> Outcome:
         else:
             training.runner = saved
         FLAGS.unparse_flags()
+
+
+@contextlib.contextmanager
+def _logger_kept():
+    """The command's log lines off (not the property's business), and the `tl_keras` logger as
+    it was afterwards: `main` gives it a handler on this case's stdout and stops propagation,
+    which other tests in this process (caplog) must not inherit."""
+    import logging
+
+    logger = logging.getLogger("tl_keras")
+    saved = (list(logger.handlers), logger.propagate, logger.level, logger.disabled)
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.propagate, logger.level, logger.disabled = saved[1:]
 
 
 def _fabricate(folder: pathlib.Path, phases: list[str]) -> None:
@@ -670,18 +687,19 @@ def blamed(case: Case, outcome: Outcome) -> str:
         return "(planned)"
     lines = [ln for ln in outcome.stderr.splitlines() if ln.strip()]
     line = next((ln for ln in lines if ln.startswith(("error: ", _FATAL))), "")
-    if line.startswith(_FATAL) and line.strip() == _FATAL + ":" and len(lines) > 1:
-        line = lines[1]
+    absl = line.startswith(_FATAL)
+    if absl and line.strip() == _FATAL + ":" and len(lines) > 1:
+        line = lines[1]  # absl writes a message of several lines below its first
     names = _names(line, {n for n in case.given if not n.startswith(os.sep)})
     for name in sorted(names, key=lambda n: line.find(n)):
-        return ("absl: " if line.startswith(_FATAL) else "") + name
+        return ("absl: " if absl else "") + name
     if any(n.startswith(os.sep) and n in line for n in case.given):
         return "(a file or the workdir)"
     return "(none)"
 
 
 def check_toml(sandbox: Sandbox, toml: tuple[bytes, set[str]]) -> str | None:
-    """A TOML file (`toml_case`) through `config.merged` and `config.resolve`, as a library user
+    """A TOML file (`toml_case`) through `config.merged` and `config.validate`, as a library user
     calls them: a config, or a `TLKerasError` of one line naming a key or the file."""
     from tl_keras.errors import TLKerasError
 
@@ -690,7 +708,7 @@ def check_toml(sandbox: Sandbox, toml: tuple[bytes, set[str]]) -> str | None:
     path = sandbox.root / f"config{sandbox.count}.toml"
     path.write_bytes(data)
     try:
-        config_lib.resolve(config_lib.merged({}, config_file=str(path)))
+        config_lib.validate(config_lib.merged({}, config_file=str(path)))
     except TLKerasError as e:
         line = " ".join(str(e).split())
         if not _names(line, given | {str(path), *FIELDS}):
@@ -702,13 +720,6 @@ def check_toml(sandbox: Sandbox, toml: tuple[bytes, set[str]]) -> str | None:
     return None
 
 
-def quiet_logging() -> None:
-    """The command's log lines (plan warnings) are not the property's business."""
-    import logging
-
-    logging.getLogger("tl_keras").disabled = True
-
-
 __all__ = [
     "Case",
     "Outcome",
@@ -718,7 +729,6 @@ __all__ = [
     "check_outcome",
     "check_toml",
     "one_bad_field_case",
-    "quiet_logging",
     "run_case",
     "toml_case",
     "valid_case",
