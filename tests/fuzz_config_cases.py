@@ -10,8 +10,9 @@ empty, a run whose `fe` is done, a finished run: the small files a plan reads, w
 moment it has decided everything: absl parses the flags (`app.parse_flags_with_usage`, what
 `app.run` calls), the command's `main` merges and resolves the config, and the runner's
 `train`, replaced here, plans the run (`tl_keras.training.plan.plan_run`: the phases, every
-refusal that reads the workdir) and stops before data, the lock or TensorFlow. `check_outcome`
-is the property:
+refusal that reads the workdir), does with the values what the runner does next without
+TensorFlow (seed NumPy, look up the paths), and stops before data, the lock or TensorFlow.
+`check_outcome` is the property:
 
 - the command planned a run (nothing refused); or
 - it refused with exit status 2 and exactly one line `error: ...` on stderr that names what
@@ -324,7 +325,9 @@ def toml_case(draw) -> tuple[bytes, set[str]]:
         lines.append(f"stages = {toml_value(draw(st.lists(_SCALARS, min_size=1, max_size=2)))}")
     text = "\n".join(lines) + "\n"
     if "stages" in values and "[[stages]]" in text:
-        text = text.replace("[[stages]]", "[[stagez]]")  # a key and a table of one name: TOML says
+        # A key and tables of one name are TOML's own error (the "junk" damage makes those):
+        # here the tables go under an unknown name instead, for the config to refuse.
+        text = text.replace("[[stages]]", "[[stagez]]")
         given.add("stagez")
     data = text.encode("utf-8", "surrogatepass")
     damage = draw(st.sampled_from(["none"] * 6 + ["cut", "junk", "latin1", "deep", "bom", "long"]))
