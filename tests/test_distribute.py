@@ -52,7 +52,7 @@ def finish(proc, timeout=600):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from tl_keras.data.synthetic import make_shapes
+    from tl_keras.data.sources.synthetic import make_shapes
 
     return make_shapes(str(tmp_path_factory.mktemp("shapes")), images_per_class=8, image_size=32)
 
