@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -384,6 +385,8 @@ IDENTITY_FIELDS = (
     "precision",
 )
 
+_FLOAT_MAX = int(sys.float_info.max)
+
 
 def field_help(name: str) -> str:
     """Returns the one-line meaning of a config field."""
@@ -401,11 +404,20 @@ def _check_known(values: Mapping[str, Any], source: str) -> None:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Checks a value's type against the field's default, allowing int where float is expected."""
+    if isinstance(value, str) and "\0" in value:  # a TOML string may hold one; no path can
+        raise ConfigError(
+            f"config field {name!r} in {source} holds a NUL character (\\u0000); remove it"
+        )
     if name == "stages" and isinstance(value, list):  # a TOML array of tables [[stages]]
         return recipe.stages_from_tables(value, source)
+    expected = auto_recipe.field_types().get(name, type(FIELDS[name].default))
+    if expected is float and isinstance(value, int) and abs(value) > _FLOAT_MAX:
+        raise ConfigError(  # a TOML integer past any float (1e309 and up)
+            f"config field {name!r} in {source} must be float, got an integer of "
+            f"{len(str(abs(value)))} digits, past the largest float"
+        )
     if name in auto_recipe.AUTO_FIELDS:  # 'auto', or a value of the manual default's type
         return auto_recipe.coerce(name, value, source)
-    expected = type(FIELDS[name].default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():
@@ -446,6 +458,20 @@ def load_file(path: str) -> dict[str, Any]:
             values = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib decodes before it parses
+        raise ConfigError(
+            f"config file {path!r} is not valid TOML: byte {e.start} is not UTF-8; save it as UTF-8"
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise ConfigError(
+            f"config file {path!r} holds an integer of more than {sys.get_int_max_str_digits()} "
+            "digits, which Python does not read; no setting needs one"
+        ) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(
+            f"config file {path!r} nests arrays or tables too deeply to read; a config needs "
+            "at most one level ([[stages]])"
+        ) from None
     _check_known(values, path)
     return values
 

@@ -248,7 +248,7 @@ def parse_stage(text: str) -> Stage:
     except ConfigError as e:
         raise _stage_error(text, f"has a bad UNFREEZE ({e})") from None
     rest = rest[width:]
-    if not rest or not rest[0].isdigit():
+    if not rest or not rest[0].isdecimal():  # what int() reads ('²' is a digit, not decimal)
         got = repr(rest[0]) if rest else "nothing"
         raise _stage_error(text, f"needs EPOCHS (a whole number) after {unfreeze!r}, not {got}")
     epochs, factor, schedule = int(rest[0]), None, None
@@ -365,6 +365,15 @@ def stage_lr_factor(config: Any, stage: Stage, unfreezing_index: int) -> float:
     return config.ft_lr_factor * config.stage_lr_decay**unfreezing_index
 
 
+# LRSchedule's attributes whose config field has another name (`build_schedule` maps them).
+_SCHEDULE_FIELDS = {
+    "step_every": "lr_step_every",
+    "gamma": "lr_step_gamma",
+    "plateau_patience": "lr_plateau_patience",
+    "plateau_factor": "lr_plateau_factor",
+}
+
+
 def check_lr_schedule(phase: Phase) -> None:
     """Checks a phase's LR schedule without building it, so bad values fail before training.
 
@@ -374,8 +383,9 @@ def check_lr_schedule(phase: Phase) -> None:
     s = phase.lr_schedule
 
     def bad(field: str, allowed: str) -> ConfigError:
+        name = _SCHEDULE_FIELDS.get(field, field)  # the config field (and flag) a user sets
         return ConfigError(
-            f"phase {phase.name!r}: {field}={getattr(s, field)!r} is not allowed: {allowed}"
+            f"phase {phase.name!r}: {name}={getattr(s, field)!r} is not allowed: {allowed}"
         )
 
     if s.name not in LR_SCHEDULES:
@@ -383,7 +393,7 @@ def check_lr_schedule(phase: Phase) -> None:
             f"phase {phase.name!r}: lr_schedule={s.name!r} is unknown; use one of "
             f"{', '.join(LR_SCHEDULES)}"
         )
-    if s.warmup_epochs < 0:
+    if not (math.isfinite(s.warmup_epochs) and s.warmup_epochs >= 0):
         raise bad("warmup_epochs", "use 0 or a positive number of epochs")
     if s.warmup_epochs > 0 and s.name not in WARMUP_SCHEDULES:
         raise bad("warmup_epochs", f"schedule {s.name!r} has no warm-up; use 'cosine' or 0")

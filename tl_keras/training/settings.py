@@ -22,6 +22,8 @@ from tl_keras.recipe.auto import AUGMENT_PHASES, WEIGHT_AVERAGING
 from tl_keras.training import distribute, features, optim, rollback
 from tl_keras.training.class_weight import CLASS_WEIGHTS
 
+MAX_SEED = 2**32 - 1  # the largest seed NumPy's legacy generator (np.random.seed) takes
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
@@ -81,6 +83,8 @@ class RunSettings:
         ):
             if getattr(self, name) not in allowed:
                 raise refused_name(name, getattr(self, name), allowed)
+        if not 0 <= self.seed <= MAX_SEED:  # keras.utils.set_random_seed seeds NumPy's
+            raise refused("seed", self.seed, f"use a whole number from 0 to {MAX_SEED} (2**32 - 1)")
         if self.logical_cpus < 0 or self.logical_cpus == 1:
             raise refused(
                 "logical_cpus", self.logical_cpus, "use 0 (off) or at least 2 logical devices"
