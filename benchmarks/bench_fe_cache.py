@@ -45,13 +45,14 @@ def parse_args(argv=None):
 
 def fe_seconds(config, data, workdir) -> tuple[float, float]:
     """Wall time of one `fe` phase (model built outside the timing), and its last val_accuracy."""
-    from tl_keras import recipe
-    from tl_keras.training import features, runner
+    from tl_keras import config as config_lib
+    from tl_keras.training import features
     from tl_keras.training.phase import run_phase
+    from tl_keras.training.start import build_initial_model
 
     features._MEMORY.clear()
-    model = runner.build_initial_model(config, data)
-    phase = recipe.build_schedule(config)[0]
+    model = build_initial_model(config.model, data)
+    phase = config_lib.build_schedule(config)[0]
     start = time.perf_counter()
     result = run_phase(
         model, phase, data, backbone=config.backbone, progress="lines",
@@ -66,9 +67,10 @@ def floor_seconds(config, data) -> tuple[float, float]:
     The first is the floor: a cached run must build and trace the base once and run it once over
     every image, so no cached run can cost less. The second, the pass alone on a traced graph.
     """
-    from tl_keras.training import features, runner
+    from tl_keras.training import features
+    from tl_keras.training.start import build_initial_model
 
-    model = runner.build_initial_model(config, data)
+    model = build_initial_model(config.model, data)
     times, extractor = [], None
     for _ in range(2):
         start = time.perf_counter()

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from tl_keras.data.sources import load_data
     from tl_keras.model.classifier import set_trainable
     from tl_keras.recipe import Phase
-    from tl_keras.training import runner
+    from tl_keras.training import start
     from tl_keras.training.phase import run_phase
 
     epochs, rounds = (2, 1) if args.quick else (args.epochs, args.rounds)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     for _ in range(rounds):
         for how in ("plain", "runner"):
             keras.utils.set_random_seed(0)
-            model = runner.build_initial_model(cfg, data)
+            model = start.build_initial_model(cfg.model, data)
             timer = StepTimer()
             if how == "plain":
                 set_trainable(model, "mobilenet", unfreeze)

@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     data_dir = args.data_dir
     source = data_dir
     if not os.path.isdir(data_dir):
-        from tl_keras.data import synthetic
+        from tl_keras.data.sources import synthetic
 
         data_dir = synthetic.make_shapes(
             tempfile.mkdtemp(prefix="bench-shapes-"), images_per_class=400, image_size=128

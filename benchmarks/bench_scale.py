@@ -122,15 +122,15 @@ def child(argv: list[str]) -> int:  # argv: STEPS CONFIG_JSON
     from tl_keras import config as config_lib
     from tl_keras.data.sources import load_data
     from tl_keras.model.classifier import set_trainable
-    from tl_keras.training.runner import build_initial_model
+    from tl_keras.training.start import build_initial_model
 
     steps, values = int(argv[0]), json.loads(argv[1])
     config = config_lib.Config(**values)
-    spec = config_lib.resolve(config)
+    spec = config_lib.check(config)
     with tempfile.TemporaryDirectory() as work:
         data = load_data(spec, workdir=work)
-        model = build_initial_model(spec, data)
-        set_trainable(model, spec.backbone, "none")
+        model = build_initial_model(spec.model, data)
+        set_trainable(model, spec.model.backbone, "none")
         model.compile(
             optimizer=keras.optimizers.Adam(1e-3),
             loss="categorical_crossentropy",

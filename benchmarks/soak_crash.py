@@ -138,7 +138,7 @@ def make_kinds(standin: str | None) -> dict[str, Kind]:
 STANDIN = """
 import json, sys, keras
 from tl_keras.data.sources import load_image_folder
-from tl_keras.data.synthetic import make_shapes
+from tl_keras.data.sources.synthetic import make_shapes
 from tl_keras.model import classifier
 root, backbone, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 data = load_image_folder(make_shapes(root + "/shapes", images_per_class=8, image_size=32),

@@ -79,7 +79,7 @@ def flowers_dir() -> str:
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> str:
     """A tiny synthetic image-folder tree: 3 classes x 12 PNGs of 48 px."""
-    from tl_keras.data import synthetic
+    from tl_keras.data.sources import synthetic
 
     return synthetic.make_shapes(
         str(tmp_path_factory.mktemp("shapes")), images_per_class=12, image_size=48

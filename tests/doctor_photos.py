@@ -229,7 +229,7 @@ def examine(photos: Photos, root, workdir, weights: str, *, image_size: int = IM
         image_size=image_size,
         batch_size=64,
     )
-    spec = config_lib.resolve(cfg)
+    spec = config_lib.check(cfg)
     data = load_data(spec)
     result = workflow.doctor_workdir(spec, str(workdir), data=data)
     row = {name: i for i, name in enumerate(workflow.list_images(data).names)}

@@ -18,7 +18,8 @@ from tl_keras import config as config_lib
 from tl_keras.errors import ConfigError, WorkdirError
 from tl_keras.recipe import auto
 from tl_keras.training import budget, decide
-from tl_keras.training.runner import build_initial_model, train
+from tl_keras.training.runner import train
+from tl_keras.training.start import build_initial_model
 
 
 def read(path) -> dict:
@@ -170,12 +171,12 @@ def test_fe_that_ends_the_run_fills_its_budget_and_keeps_its_best_epoch(tmp_path
 
 
 def test_measuring_an_epoch_changes_nothing(tmp_path):
-    spec = config_lib.resolve(auto_config())
+    cfg = auto_config()
     from tl_keras.data.sources import load_data
 
-    data = load_data(spec, workdir=str(tmp_path))
+    data = load_data(cfg, workdir=str(tmp_path))
     keras.utils.set_random_seed(0)
-    model = build_initial_model(spec, data)
+    model = build_initial_model(cfg.model, data)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3, use_ema=True),
         loss="categorical_crossentropy",
@@ -232,12 +233,12 @@ def test_the_probe_tells_photos_from_a_far_domain(tmp_path, shared_weights, flow
             synthetic_images_per_class=24,
             recipe="auto",
         )
-        spec = config_lib.resolve(cfg)
+        checked = config_lib.check(cfg)
         from tl_keras.data.sources import load_data
 
-        data = load_data(spec, workdir=str(tmp_path / name))
-        model = build_initial_model(spec, data)
-        facts, rate = decide.measure_facts(spec, data, model)
+        data = load_data(checked, workdir=str(tmp_path / name))
+        model = build_initial_model(checked.model, data)
+        facts, rate = decide.measure_facts(checked, data, model)
         assert len(facts.block_shift) == 14 and rate > 0  # stem and 13 blocks of MobileNet
         domains[name] = (facts.domain, facts.early_shift)
     assert domains["flowers"][0] == "near" and domains["shapes"][0] == "far", domains

@@ -1,7 +1,7 @@
 """benchmarks/soak_crash.py: its quick command (three SIGKILLs, each run resumed to the bitwise
 result of an uninterrupted run), and what its comparison calls the same run.
 
-The figures come from the full command (docs/benchmarks.md, "Crash soak"); the quick one checks
+The figures come from the full command (docs/reliability.md#the-crash-soak); the quick one checks
 the path: an uninterrupted run of each kind and its timeline, kills by time and at fail points,
 the next command a user would run (`--resume`, or the same `--overwrite` when a replacement was
 killed before its commit point), and the comparison. Slow: 3 to 5 minutes on 2 busy cores. Each

@@ -44,7 +44,8 @@ def imbalanced_arrays():
 def one_step(mode: str, workdir: str):
     """One full-batch SGD step of fe through `train`; returns the head before and after."""
     from tl_keras.data.sources import from_arrays
-    from tl_keras.training.runner import build_initial_model, train
+    from tl_keras.training.runner import train
+    from tl_keras.training.start import build_initial_model
 
     images, labels = imbalanced_arrays()
     cfg = tiny_config(
@@ -58,10 +59,9 @@ def one_step(mode: str, workdir: str):
         lr=0.5,
         class_weight=mode,
     )
-    spec = config_lib.resolve(cfg)
     data = from_arrays(cfg, images, labels)
     keras.utils.set_random_seed(cfg.seed)
-    initial = build_initial_model(spec, data)  # the same model train builds first
+    initial = build_initial_model(cfg.model, data)  # the same model train builds first
     result = train(cfg, workdir, phase="fe", data=data)
     return initial, result.model, data
 

@@ -1,5 +1,6 @@
 """Config resolution and validation; every shipped config must load and validate."""
 
+import dataclasses
 import pathlib
 
 import pytest
@@ -101,3 +102,71 @@ def test_any_alpha_allowed_without_imagenet_weights():
 def test_every_field_has_help():
     for name in config_lib.FIELDS:
         assert len(config_lib.field_help(name)) > 10, name
+
+
+# --- check once, resolve once -----------------------------------------------------------------------
+def _card(cfg: Config, **facts):
+    from tl_keras.recipe import auto
+
+    return auto.decide(config_lib.to_dict(cfg), auto.Facts(1000, 4, 250, **facts))
+
+
+def test_check_then_resolve_gives_one_decided_spec_of_sections():
+    """What `check` works out before the card is what the decided spec holds; the rest comes
+    from the card, nothing left 'auto'."""
+    cfg = Config(data_dir="synthetic", backbone="mobilenet", alpha=0.25, weights="none")
+    checked = config_lib.check(cfg)
+    assert checked.model.image_size == checked.data.image_size == 224  # the backbone's own
+    assert checked.phase_names == ("fe", "ft") and checked.run.time_budget_s is None
+    card = _card(cfg, pretrained=False)
+    spec = config_lib.resolve(checked, card)
+    assert (spec.data, spec.model, spec.run, spec.given) == (
+        checked.data,
+        checked.model,
+        checked.run,
+        cfg,
+    )
+    decided = card.values()
+    assert spec.schedule[0].lr == decided["lr"] and spec.schedule[1].unfreeze == "all"
+    assert spec.augmentation.augment == decided["augment"] and spec.tta == decided["tta"]
+    assert spec.decided_config() == config_lib.filled(cfg, card)
+    assert (
+        spec.identity
+        == checked.identity
+        == {
+            "backbone": "mobilenet",
+            "alpha": 0.25,
+            "image_size": 224,
+            "head_units": 128,
+            "dropout": 0.2,
+            "weights": None,
+            "precision": "float32",
+        }
+    )
+
+
+def test_resolve_scales_the_rates_with_the_replicas_only_when_asked():
+    cfg = Config(recipe="manual")
+    plain = config_lib.resolve(cfg, _card(cfg), replicas=4)
+    scaled = config_lib.resolve(
+        dataclasses.replace(cfg, scale_lr_with_replicas=True), _card(cfg), replicas=4
+    )
+    assert [p.lr * 4 for p in plain.schedule] == [p.lr for p in scaled.schedule]
+
+
+def test_the_recipe_builds_only_a_decided_schedule():
+    """'auto' is filled in one place (`config.filled`): the recipe refuses it, while
+    `tl_keras.build_schedule` takes a config as given (its 'auto' at the fixed defaults)."""
+    from tl_keras import build_schedule, recipe
+
+    with pytest.raises(ConfigError, match="still 'auto'"):
+        recipe.build_schedule(Config())
+    assert build_schedule(Config()) == recipe.build_schedule(config_lib.filled(Config()))
+
+
+def test_the_data_section_keeps_the_configs_defaults():
+    """`load_data(config)` reads the config's data section; its defaults are the config's."""
+    data = Config(data_dir="photos/").data
+    for field in ("val_fraction", "batch_size", "resize_mode", "cache", "train_split"):
+        assert getattr(data, field) == config_lib.FIELDS[field].default
+    assert Config().augmentation.augment == "none"  # 'auto' at the fixed default

@@ -16,7 +16,7 @@ from data_fixtures import (
     tiny_data_config,
 )
 
-from tl_keras.data import pipeline as data_lib
+from tl_keras.data import bundle as data_lib
 from tl_keras.data.sources import from_arrays, load_data
 
 

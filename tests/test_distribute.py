@@ -52,7 +52,7 @@ def finish(proc, timeout=600):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from tl_keras.data.synthetic import make_shapes
+    from tl_keras.data.sources.synthetic import make_shapes
 
     return make_shapes(str(tmp_path_factory.mktemp("shapes")), images_per_class=8, image_size=32)
 
@@ -185,3 +185,14 @@ def test_two_workers_together_see_every_training_image_once_per_epoch(tmp_path):
         assert sorted(parts[0] + parts[1]) == list(range(25)), epoch  # each exactly once
         assert sorted(map(len, parts)) == [12, 13]  # batches of 3; the last of 13 takes 4
     assert History.load(str(tmp_path / "run" / "history.json")).epochs == [1, 2]
+
+
+def test_tpu_strategy_without_a_tpu_is_refused_in_one_line(monkeypatch):
+    """--strategy=tpu passes the config's checks (a TPU is the machine's, not the config's), and
+    with none attached TensorFlow's resolver raised ValueError: a traceback, exit 1."""
+    from tl_keras.errors import ConfigError
+    from tl_keras.training import distribute
+
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(ConfigError, match=r"--strategy=tpu found no TPU.*--strategy=default"):
+        distribute.make_strategy("tpu")

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from tl_keras.data.sources import load_data
 from tl_keras.model.classifier import get_base
 from tl_keras.recipe import LRSchedule, Phase
-from tl_keras.training import optim, runner
+from tl_keras.training import optim, runner, start
 from tl_keras.training.history import History
 from tl_keras.training.schedules import lr_at_epoch
 
@@ -125,7 +125,7 @@ def one_step(tmp_path_factory, shapes_dir):
     data = load_data(cfg)
     assert data.steps_per_epoch == 1
     keras.utils.set_random_seed(0)
-    model = runner.build_initial_model(cfg, data)
+    model = start.build_initial_model(cfg.model, data)
     return model, data, model.get_weights()
 
 

@@ -50,7 +50,8 @@ def test_list_inputs_expands_folders_recursively(images_dir, tmp_path):
 @pytest.mark.parametrize("resize_mode", ["stretch", "crop", "pad"])
 def test_load_image_gives_the_pixels_training_sees(images_dir, resize_mode):
     """The evaluation pipeline over a folder and predict's loader give the same pixels."""
-    from tl_keras.data.pipeline import Images, Pipeline, eval_dataset
+    from tl_keras.data.images import Images
+    from tl_keras.data.pipeline import Pipeline, eval_dataset
 
     path = os.path.join(images_dir, "a", "one.png")
     p = Pipeline(image_size=40, batch_size=1, resize_mode=resize_mode)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tl_keras import config as config_lib
 from tl_keras import recipe
 from tl_keras.config import Config
 from tl_keras.errors import ConfigError
@@ -29,7 +30,7 @@ def test_lr_factor_outside_range_allowed_when_asked():
 
 def test_default_schedule_is_fe_then_ft():
     cfg = Config(lr=2e-3, ft_lr_factor=20, epochs_fe=3, epochs_ft=4, unfreeze="layers:30")
-    fe, ft = recipe.build_schedule(cfg)
+    fe, ft = config_lib.build_schedule(cfg)
     assert fe == Phase("fe", "none", 3, 2e-3, "adam", 0)
     assert (ft.name, ft.unfreeze, ft.epochs) == ("ft", "layers:30", 4)
     assert ft.lr == pytest.approx(1e-4)
@@ -37,11 +38,11 @@ def test_default_schedule_is_fe_then_ft():
 
 def test_schedule_refuses_bad_factor():
     with pytest.raises(ConfigError, match="ft_lr_factor=500"):
-        recipe.build_schedule(Config(ft_lr_factor=500))
+        config_lib.build_schedule(Config(ft_lr_factor=500))
 
 
 def test_select_phases():
-    schedule = recipe.build_schedule(Config())
+    schedule = config_lib.build_schedule(Config())
     assert [p.name for p in recipe.select_phases(schedule, "all")] == ["fe", "ft"]
     assert [p.name for p in recipe.select_phases(schedule, "ft")] == ["ft"]
     assert recipe.previous_phase(schedule, schedule[1]).name == "fe"

@@ -157,7 +157,7 @@ def test_damaged_run_json(case, interrupted, arrays, tmp_path):
     change, problem = RUN_DAMAGE[case]
     rewrite(workdir / "run.json", change)
     with pytest.raises(DamagedFileError) as e:
-        plan.plan_run(config_lib.resolve(cfg(arrays)), str(workdir), resume=True)
+        plan.plan_run(config_lib.check(cfg(arrays)), str(workdir), resume=True)
     assert_damaged(e, workdir / "run.json", problem, "start it again with --overwrite")
 
 
@@ -178,7 +178,7 @@ def test_damaged_checkpoint_state(case, interrupted, arrays, tmp_path):
     change, problem = STATE_DAMAGE[case]
     rewrite(path, change)
     with pytest.raises(DamagedFileError) as e:
-        plan.plan_run(config_lib.resolve(cfg(arrays)), str(workdir), resume=True)
+        plan.plan_run(config_lib.check(cfg(arrays)), str(workdir), resume=True)
     assert_damaged(e, path, problem, "remove that checkpoint folder", "or use --overwrite")
 
 
@@ -294,7 +294,7 @@ def test_overwrite_keeps_the_replaced_run_until_a_phase_is_done(finished, arrays
     assert not (workdir / ".replacement").exists() and Workdir(str(workdir)).replaced() == []
     # The next command sees the old run as it was: refused without --overwrite or --resume.
     with pytest.raises(WorkdirError, match=r"already holds a run \(phases done: fe, ft\)"):
-        plan.plan_run(config_lib.resolve(cfg(arrays)), str(workdir))
+        plan.plan_run(config_lib.check(cfg(arrays)), str(workdir))
     # A run that finishes its first phase replaces it.
     with caplog.at_level("INFO", logger="tl_keras"):
         train(cfg(arrays, rollback=""), str(workdir), phase="fe", overwrite=True)
@@ -356,13 +356,13 @@ def test_the_divergence_guard_is_conservative():
 def test_the_memory_floor_is_a_lower_bound_and_normal_runs_fit():
     from tl_keras.model import backbones
 
-    spec = config_lib.resolve(tiny_config(image_size=64, batch_size=8))
-    need = backbones.memory_estimate(spec.backbone, image_size=64, batch_size=8, alpha=0.25)
-    base = backbones.build_base(spec.backbone, image_size=64, weights=None, alpha=0.25)
+    spec = config_lib.check(tiny_config(image_size=64, batch_size=8))
+    need = backbones.memory_estimate(spec.model.backbone, image_size=64, batch_size=8, alpha=0.25)
+    base = backbones.build_base(spec.model.backbone, image_size=64, weights=None, alpha=0.25)
     largest = max(int(np.prod(layer.output.shape[1:])) for layer in base.layers)
     assert need.floor >= 8 * largest * 4 + base.count_params() * 4
     assert need.floor < need.step
-    plan.check_memory(config_lib.resolve(config_lib.Config(data_dir="synthetic")))  # 224, 32
+    plan.check_memory(config_lib.check(config_lib.Config(data_dir="synthetic")))  # 224, 32
     with pytest.raises(config_lib.ConfigError, match="cannot fit in memory: one batch needs"):
         plan.check_memory(spec, available=need.floor - 1)
 
@@ -496,9 +496,9 @@ def test_damaged_caches_are_rebuilt(arrays, finished, tmp_path, caplog):
     """A cache is a shortcut, not a record: a damaged one is rebuilt, with a warning."""
     from tl_keras.data.sources import load_data
     from tl_keras.training import features
-    from tl_keras.training.runner import load_phase_model
+    from tl_keras.training.start import load_phase_model
 
-    spec = config_lib.resolve(cfg(arrays, cache="file"))
+    spec = config_lib.check(cfg(arrays, cache="file"))
     data = load_data(spec, workdir=str(tmp_path))  # writes the file cache
     (manifest,) = (tmp_path / "data" / "cache").glob("train-*/manifest.json")
     manifest.write_text(json.dumps({"kept": [999], "skipped": [], "sizes": []}))
@@ -526,9 +526,9 @@ def test_damaged_caches_are_rebuilt(arrays, finished, tmp_path, caplog):
 def test_data_that_changes_while_a_run_reads_it(tmp_path):
     """Files removed between listing and decoding are skipped and counted; files removed or
     emptied while training runs stop it with one line naming them, the checkpoint kept."""
-    from tl_keras.data.pipeline import stratified_split
+    from tl_keras.data.bundle import stratified_split
     from tl_keras.data.sources import list_image_folder
-    from tl_keras.data.synthetic import make_shapes
+    from tl_keras.data.sources.synthetic import make_shapes
 
     photos = pathlib.Path(make_shapes(str(tmp_path / "photos"), images_per_class=10, image_size=32))
     listing = list_image_folder(str(photos))

@@ -38,7 +38,7 @@ FE, FT = 3, 3  # epochs
 def pretrained(tmp_path_factory) -> str:
     """A stand-in for pretrained weights: a random base with data-estimated BN statistics."""
     from tl_keras.data.sources import load_image_folder
-    from tl_keras.data.synthetic import make_shapes
+    from tl_keras.data.sources.synthetic import make_shapes
 
     root = tmp_path_factory.mktemp("pretrained")
     data = load_image_folder(

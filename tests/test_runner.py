@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import signal
 
 import keras
 import numpy as np
@@ -59,6 +60,85 @@ def test_phase_summary_reports_trainable_and_frozen(finished):
     )
 
 
+def _autos(value, path: str) -> list[str]:
+    """The places in a (decided) value that still say 'auto'."""
+    import dataclasses
+
+    if isinstance(value, str):
+        return [path] if value == "auto" else []
+    if dataclasses.is_dataclass(value):
+        return [
+            p
+            for f in dataclasses.fields(value)
+            for p in _autos(getattr(value, f.name), f"{path}.{f.name}")
+        ]
+    if isinstance(value, tuple | list):
+        return [p for i, v in enumerate(value) for p in _autos(v, f"{path}[{i}]")]
+    return []
+
+
+def test_a_run_resolves_once_into_a_spec_with_nothing_left_auto(tmp_path, monkeypatch):
+    """Each `train` call resolves its config once, the first phase (card decided from facts), a
+    later one (card read back), a --resume that only calibrates and an --overwrite alike, and
+    loads its data once; the spec holds no 'auto' (only settings whose own mode is called so:
+    progress, jit_compile, doctor). config.json keeps the config as given, 'auto' where the
+    recipe decided."""
+    from tl_keras import config as config_lib
+    from tl_keras.data import sources
+
+    specs, loads = [], []
+    resolve, assemble = config_lib.resolve, sources.assemble
+    monkeypatch.setattr(
+        config_lib, "resolve", lambda *a, **k: specs.append(resolve(*a, **k)) or specs[-1]
+    )
+    monkeypatch.setattr(sources, "assemble", lambda *a, **k: loads.append(1) or assemble(*a, **k))
+    cfg = tiny_config(recipe="auto")  # the card decides lr, its schedule, augmentation, ...
+    workdir = str(tmp_path / "w")
+    runner.train(cfg, workdir, phase="fe")
+    assert len(specs) == len(loads) == 1
+    runner.train(cfg, workdir, phase="ft")
+    assert len(specs) == len(loads) == 2
+    modes = {".run.progress", ".run.jit_compile", ".run.doctor"}
+    for spec in specs:
+        sections = {
+            f: getattr(spec, f) for f in ("data", "augmentation", "model", "run", "schedule", "tta")
+        }
+        left = {p for name, value in sections.items() for p in _autos(value, f".{name}")}
+        assert left <= modes, left
+    assert specs[0].schedule == specs[1].schedule and specs[0].augmentation.augment == "light"
+    saved = json.loads(pathlib.Path(workdir, "config.json").read_text())
+    assert saved["lr"] == saved["augment"] == "auto"
+
+    # --resume of a run killed during its calibration (what `save_phase` leaves: no temperature)
+    # fits it with the spec its card decided: one resolve, one load, the decided tta.
+    path = pathlib.Path(workdir, "run.json")
+    run = json.loads(path.read_text())
+    path.write_text(json.dumps({**run, "inference": {"tta": run["inference"]["tta"]}}))
+    runner.train(cfg, workdir, resume=True)
+    assert len(specs) == len(loads) == 3 and specs[2].schedule == specs[0].schedule
+    assert "temperature" in json.loads(path.read_text())["inference"]
+    runner.train(cfg, workdir, resume=True)  # calibrated: nothing to decide, nothing to load
+    assert len(specs) == len(loads) == 3
+    # --overwrite of the whole run (a transaction): one resolve, one load for both phases.
+    runner.train(cfg, workdir, overwrite=True)
+    assert len(specs) == len(loads) == 4 and specs[3].schedule == specs[0].schedule
+    # Stopped inside a phase, then --resume from its checkpoint: once each, both times.
+    from tl_keras import interrupt
+
+    class StopAtSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise interrupt.Interrupted(signal.SIGTERM)
+
+    cfg = tiny_config(recipe="auto", epochs_fe=2, checkpoint_every=0)
+    workdir = str(tmp_path / "stopped")
+    with pytest.raises(interrupt.Interrupted):
+        runner.train(cfg, workdir, callbacks=[StopAtSecondEpoch()])
+    assert len(specs) == len(loads) == 5
+    runner.train(cfg, workdir, resume=True)
+    assert len(specs) == len(loads) == 6 and specs[5].schedule == specs[4].schedule
+
+
 def test_finished_workdir_is_not_overwritten_without_asking(finished):
     workdir, _ = finished
     before = pathlib.Path(os.path.join(workdir, "history.json")).read_text()
@@ -91,7 +171,7 @@ def test_later_phase_refuses_a_different_model(finished, overrides, field):
 
 def test_later_phase_refuses_different_classes(finished, tmp_path):
     workdir, _ = finished
-    from tl_keras.data import synthetic
+    from tl_keras.data.sources import synthetic
 
     other = tmp_path / "other"
     synthetic.make_shapes(str(other), images_per_class=4, image_size=32)
@@ -165,7 +245,7 @@ def test_nan_stops_the_phase_and_keeps_the_last_good_checkpoint(poison, tmp_path
     checkpoint of epoch 1 stays the last, and no diverged model is saved."""
     import tensorflow as tf
 
-    from tl_keras.data.pipeline import DataBundle
+    from tl_keras.data.bundle import DataBundle
     from tl_keras.data.sources import load_data
     from tl_keras.training import checkpoint
 

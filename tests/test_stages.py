@@ -115,13 +115,13 @@ def test_bad_toml_tables(table, match):
 def test_default_schedule_is_two_stages_fe_ft():
     cfg = Config(epochs_fe=2, epochs_ft=3, unfreeze="blocks:4", ft_lr_factor=20, stage_lr_decay=3)
     assert recipe.default_stages(cfg) == [Stage("fe", "none", 2), Stage("ft", "blocks:4", 3)]
-    fe, ft = recipe.build_schedule(cfg)
+    fe, ft = config_lib.build_schedule(cfg)
     assert (fe.lr, ft.lr) == (pytest.approx(1e-3), pytest.approx(5e-5))  # decay**0 for ft
 
 
 def test_gradual_stage_rates_divide_by_the_factor_per_stage():
     cfg = Config(lr=1e-3, ft_lr_factor=10, stage_lr_decay=2.0, stages=GRADUAL, optimizer="sgd")
-    phases = recipe.build_schedule(cfg)
+    phases = config_lib.build_schedule(cfg)
     assert [p.name for p in phases] == ["fe", "ft1", "ft2", "ft3"]
     assert [p.unfreeze for p in phases] == ["none", "blocks:1", "blocks:2", "all"]
     assert [p.epochs for p in phases] == [3, 2, 2, 1]
@@ -134,34 +134,34 @@ def test_gradual_stage_rates_divide_by_the_factor_per_stage():
 def test_factor_rule_holds_for_every_unfreezing_stage():
     # The 4th unfreezing stage would train at lr / (10 * 2**3) = lr / 80: fine; a 5th, /160, not.
     base = "fe:none:1,a:blocks:1:1,b:blocks:2:1,c:blocks:3:1,d:blocks:4:1"
-    recipe.build_schedule(Config(stages=base, stage_lr_decay=2.0))
+    config_lib.build_schedule(Config(stages=base, stage_lr_decay=2.0))
     with pytest.raises(
         ConfigError,
         match=r"stage 'e' \(its lr factor 160 = ft_lr_factor 10 \* stage_lr_decay 2\*\*4\): "
         r"the factor is outside \[10, 100\].*allow_any_lr_factor",
     ):
-        recipe.build_schedule(Config(stages=base + ",e:blocks:5:1", stage_lr_decay=2.0))
+        config_lib.build_schedule(Config(stages=base + ",e:blocks:5:1", stage_lr_decay=2.0))
     with pytest.raises(ConfigError, match=r"stage 'ft' \(its lr factor 5 = /5 given"):
-        recipe.build_schedule(Config(stages="fe:none:1,ft:blocks:1:1:/5"))
+        config_lib.build_schedule(Config(stages="fe:none:1,ft:blocks:1:1:/5"))
     ok = Config(stages="fe:none:1,ft:blocks:1:1:/5", allow_any_lr_factor=True)
-    assert recipe.build_schedule(ok)[1].lr == pytest.approx(2e-4)
+    assert config_lib.build_schedule(ok)[1].lr == pytest.approx(2e-4)
 
 
 def test_head_only_stages_are_exempt_from_the_factor_rule():
     # The rule protects pretrained features; a head-only stage cannot touch them.
-    (head,) = recipe.build_schedule(Config(stages="warm:none:2:/2"))
+    (head,) = config_lib.build_schedule(Config(stages="warm:none:2:/2"))
     assert head.lr == pytest.approx(5e-4) and not head.trains_base
 
 
 def test_fe_switch_patience_applies_to_head_only_phases():
     cfg = Config(stages=GRADUAL, fe_switch_patience=2, early_stopping_patience=4)
-    assert [p.early_stopping_patience for p in recipe.build_schedule(cfg)] == [2, 4, 4, 4]
-    plain = recipe.build_schedule(Config(stages=GRADUAL))
+    assert [p.early_stopping_patience for p in config_lib.build_schedule(cfg)] == [2, 4, 4, 4]
+    plain = config_lib.build_schedule(Config(stages=GRADUAL))
     assert [p.early_stopping_patience for p in plain] == [0, 0, 0, 0]
 
 
 def test_select_and_previous_phase_work_for_stage_names():
-    phases = recipe.build_schedule(Config(stages=GRADUAL))
+    phases = config_lib.build_schedule(Config(stages=GRADUAL))
     (ft2,) = recipe.select_phases(phases, "ft2")
     assert recipe.previous_phase(phases, ft2).name == "ft1"
     with pytest.raises(ConfigError, match="use one of all, fe, ft1, ft2, ft3"):
@@ -171,7 +171,9 @@ def test_select_and_previous_phase_work_for_stage_names():
 def test_trainable_sets_grow_stage_by_stage():
     sets = [
         set(recipe.trainable_layers(LAYERS, p.unfreeze))
-        for p in recipe.build_schedule(Config(stages="fe:none:1,a:blocks:1:1,b:blocks:2:1,c:all:1"))
+        for p in config_lib.build_schedule(
+            Config(stages="fe:none:1,a:blocks:1:1,b:blocks:2:1,c:all:1")
+        )
     ]
     assert sets[0] == set()
     assert sets[1] == {"b3_conv", "b3_act"}
@@ -182,7 +184,7 @@ def test_trainable_sets_grow_stage_by_stage():
 
 
 def test_phase_dict_round_trip_keeps_the_schedule():
-    (phase,) = recipe.build_schedule(Config(stages="fe:none:4:cosine", warmup_epochs=1.5))
+    (phase,) = config_lib.build_schedule(Config(stages="fe:none:4:cosine", warmup_epochs=1.5))
     assert phase.lr_schedule == LRSchedule("cosine", warmup_epochs=1.5)
     assert Phase.from_dict(phase.to_dict()) == phase
 
@@ -204,7 +206,7 @@ def test_config_schedule_fields_reach_every_phase():
         lr_plateau_factor=0.2,
         layer_decay=0.7,
     )
-    for phase in recipe.build_schedule(cfg):
+    for phase in config_lib.build_schedule(cfg):
         assert phase.lr_schedule == LRSchedule("step", 0.0, 0.1, 2, 0.3, 4, 0.2)
         assert phase.layer_decay == 0.7
 
@@ -289,7 +291,7 @@ def test_five_parameter_groups_each_three_times_the_one_below():
 
 
 def test_layer_decay_groups_reach_every_phase_and_refuse_negative():
-    for phase in recipe.build_schedule(Config(layer_decay=1 / 3, layer_decay_groups=4)):
+    for phase in config_lib.build_schedule(Config(layer_decay=1 / 3, layer_decay_groups=4)):
         assert (phase.layer_decay, phase.layer_decay_groups) == (1 / 3, 4)
     assert Phase.from_dict({"name": "ft", "unfreeze": "all", "epochs": 1, "lr": 1e-4}) == Phase(
         "ft", "all", 1, 1e-4

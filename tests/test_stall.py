@@ -8,6 +8,7 @@ import numpy as np
 from conftest import REPO
 
 from tl_keras.data.images import untuned
+from tl_keras.data.settings import Augmentation
 from tl_keras.data.sources import from_arrays
 from tl_keras.training import features
 
@@ -31,7 +32,7 @@ def test_training_and_evaluation_datasets_run_without_the_autotuning_thread(make
     assert _untuned(data.train_epochs(0, 3))  # the one iterator that lives a whole phase
     assert _untuned(data.val)  # Keras iterates it again every epoch
     assert _untuned(data.train_in_order)  # the feature pass and the doctor read it
-    augmented = data.with_training(augment="light")
+    augmented = data.for_training(Augmentation(augment="light"))  # the decided augmentation
     assert _untuned(augmented.train_epochs(1, 2))
     cached = features.feature_bundle(  # what fe fits on: the head over cached features
         data,

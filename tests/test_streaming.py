@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from data_fixtures import batches, encode, make_folder, solid, tiny_data_config
 
+from tl_keras.data import bundle as data_lib
 from tl_keras.data import check as check_lib
-from tl_keras.data import pipeline as data_lib
-from tl_keras.data.images import prepare
-from tl_keras.data.sources import _npz_source, from_arrays, load_data
+from tl_keras.data.pipeline import prepare
+from tl_keras.data.sources import from_arrays, load_data
+from tl_keras.data.sources.arrays import list_npz
 from tl_keras.errors import DataError
 from tl_keras.progress import Progress
 
@@ -61,7 +62,8 @@ def shard_of_each_image(prepared, size: int = 32) -> dict[str, int]:
     """Digest of each stored image (as the pipeline prepares it) -> the shard file holding it."""
     import tensorflow as tf
 
-    from tl_keras.data.images import Pipeline, decode
+    from tl_keras.data.images import decode
+    from tl_keras.data.pipeline import Pipeline
 
     p = Pipeline(image_size=size, batch_size=1)
     files = sorted((prepared / "tf_flowers" / "3.0.1").glob("tf_flowers-train.tfrecord-*"))
@@ -226,7 +228,7 @@ def test_npz_images_are_memory_mapped_not_loaded(tmp_path):
     y = np.arange(12) % 3
     np.savez(tmp_path / "a.npz", x_train=x, y_train=y)
     data = load_data(tiny_data_config(tmp_path / "a.npz", val_fraction=0.25))
-    split = _npz_source(str(tmp_path / "a.npz")).splits["train"]
+    split = list_npz(str(tmp_path / "a.npz")).splits["train"]
     assert isinstance(split.items, np.memmap)
 
     in_memory = from_arrays(tiny_data_config("", val_fraction=0.25), x, y)

@@ -1,10 +1,11 @@
 """The package's shape, read from its source (AST): short functions, modules of a readable size,
 imports that only go down the layers, no cycles, and TensorFlow-free modules that stay so.
 
-The layers, bottom to top: errors, io, history, workdir and the recipe; the model and the data;
-training; inference; the command layer (cli) and the one-line command modules above all. The
-config sits where it is imported from: it validates against the name lists of the modules that
-act on them, so it imports those, and data, model and training import it.
+Every module has a layer (`LAYERS`, bottom to top), and an import, anywhere in a module (inside
+a function, or for a type only), may only name a module of its own layer or one below. The
+config composes at the top of the library: the sections it is made of (the data's, the model's,
+the training's) sit below it, with the names their fields may take; what takes a `Config` (the
+runner and the calls beside it) sits above it, and the commands above all.
 """
 
 from __future__ import annotations
@@ -98,6 +99,70 @@ def layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+# The layers, bottom to top: a module's layer is its exact entry, else its package's `.*` entry.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # Files, errors and the workdir's small records: what every layer stands on.
+    (
+        "foundation",
+        (
+            "tl_keras.errors",
+            "tl_keras._failpoints",
+            "tl_keras.io",
+            "tl_keras.schema",
+            "tl_keras.progress",
+            "tl_keras.interrupt",
+            "tl_keras.lock",
+            "tl_keras.transaction",
+            "tl_keras.workdir",
+        ),
+    ),
+    # Numbers about predictions and runs: metrics, their statistics, calibration, plots.
+    (
+        "measures",
+        ("tl_keras.metrics", "tl_keras.stats", "tl_keras.calibration", "tl_keras.plotting"),
+    ),
+    ("recipe", ("tl_keras.recipe", "tl_keras.recipe.*")),  # pure rules, no TensorFlow
+    ("data", ("tl_keras.data", "tl_keras.data.*")),  # takes its own section (data.settings)
+    ("model", ("tl_keras.model", "tl_keras.model.*")),
+    ("training", ("tl_keras.training", "tl_keras.training.*")),  # a phase and its parts
+    ("doctor", ("tl_keras.doctor", "tl_keras.doctor.*")),  # uses training's feature pass
+    ("config", ("tl_keras.config",)),  # composes the sections below it
+    # What takes a `Config`: the runner, its plan, start and recipe decision, and the library
+    # calls beside it (compare, the LR range test, the doctor's workflow).
+    (
+        "run",
+        (
+            "tl_keras.training.plan",
+            "tl_keras.training.decide",
+            "tl_keras.training.start",
+            "tl_keras.training.runner",
+            "tl_keras.training.compare",
+            "tl_keras.training.lr_find",
+            "tl_keras.doctor.workflow",
+        ),
+    ),
+    ("inference", ("tl_keras.inference", "tl_keras.inference.*")),  # after training
+    ("cli", ("tl_keras.cli", "tl_keras.cli.*")),  # the command layer
+    # The public API's lazy names and the one-line `python -m tl_keras.<command>` modules.
+    ("commands", ("tl_keras", *(module_name(path) for path in SHIMS.values()))),
+)
+LAYER_NAMES = [name for name, _ in LAYERS]
+
+
+def layer_rank(module: str) -> int | None:
+    """The index in LAYERS of a module's layer, or None when the map does not place it."""
+    for rank, (_, members) in enumerate(LAYERS):
+        if module in members:
+            return rank
+    best = None  # (length of the package prefix, rank): the innermost package wins
+    for rank, (_, members) in enumerate(LAYERS):
+        for member in members:
+            package = member[: -len(".*")]
+            if member.endswith(".*") and module.startswith(package + "."):
+                best = max(best or (0, 0), (len(package), rank))
+    return None if best is None else best[1]
+
+
 # --- size -----------------------------------------------------------------------------------------
 def test_no_function_is_longer_than_a_screen():
     long = []
@@ -121,6 +186,44 @@ def test_no_module_is_longer_than_a_chapter():
 
 
 # --- layers ---------------------------------------------------------------------------------------
+def test_every_module_has_a_layer_and_every_entry_a_module():
+    unplaced = sorted(name for name in MODULES if layer_rank(name) is None)
+    assert not unplaced, f"modules without a layer in LAYERS: {unplaced}"
+    stale = [
+        member
+        for _, members in LAYERS
+        for member in members
+        if not member.endswith(".*") and member not in MODULES
+    ]
+    assert not stale, f"LAYERS names modules that do not exist: {stale}"
+
+
+def test_no_import_goes_up_a_layer():
+    """Anywhere in a module, a function's body and type-only imports included."""
+    up = sorted(
+        f"{name} ({LAYER_NAMES[layer_rank(name)]}) -> {target} ({LAYER_NAMES[layer_rank(target)]})"
+        for name, path in MODULES.items()
+        for target in imports(path)
+        if layer_rank(target) > layer_rank(name)
+    )
+    assert not up, up
+
+
+def test_the_data_layer_never_reaches_config_or_training():
+    """Loading data pulls in neither the config nor any training module, through any chain."""
+    graph = {name: imports(path) for name, path in MODULES.items()}
+    for name in MODULES:
+        if layer(name) != "data":
+            continue
+        seen, todo = set(), [name]
+        while todo:
+            for target in graph[todo.pop()] - seen:
+                seen.add(target)
+                todo.append(target)
+        wrong = {t for t in seen if t == "tl_keras.config" or layer(t) == "training"}
+        assert not wrong, (name, sorted(wrong))
+
+
 @pytest.mark.parametrize(
     "lower, forbidden",
     [
@@ -182,24 +285,39 @@ def test_the_recipe_imports_nothing_but_errors_and_the_standard_library():
             assert not third_party(path), (name, third_party(path))
 
 
-def test_no_import_cycles():
-    graph = {name: imports(path, type_checking=False) for name, path in MODULES.items()}
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    cycles = []
+def import_cycles(*, type_checking: bool) -> list[set[str]]:
+    """The modules that import each other round a loop (strongly connected components)."""
+    graph = {name: imports(path, type_checking=type_checking) for name, path in MODULES.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[set[str]] = []
 
-    def visit(node: str, trail: list[str]) -> None:
-        state[node] = 1
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
         for target in sorted(graph.get(node, ())):
-            if state.get(target) == 1:
-                cycles.append(" -> ".join([*trail[trail.index(target) :], target]))
-            elif target not in state:
-                visit(target, [*trail, target])
-        state[node] = 2
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = set()
+            while not component or node not in component:
+                component.add(stack.pop())
+            if len(component) > 1:
+                cycles.append(component)
 
     for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
-    assert not cycles, cycles
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def test_no_import_cycles():
+    """None, not even through an import for a type only (such a cycle is a misplaced type)."""
+    assert not [sorted(c) for c in import_cycles(type_checking=True)]
 
 
 # --- TensorFlow stays out of the cheap modules ------------------------------------------------------
@@ -213,7 +331,10 @@ TENSORFLOW_FREE = [
     "tl_keras.model.hub",
     "tl_keras.data",
     "tl_keras.data.augment",
+    "tl_keras.data.settings",
+    "tl_keras.model.settings",
     "tl_keras.training",
+    "tl_keras.training.settings",
     "tl_keras.training.plan",
     "tl_keras.inference",
     "tl_keras.inference.export",
@@ -227,14 +348,18 @@ TENSORFLOW_FREE = [
 
 
 def test_validation_and_the_plan_import_no_tensorflow(tmp_path):
-    """`config.validate` fails bad flags in milliseconds because nothing it needs imports TF."""
+    """`config.check` fails bad flags in milliseconds because nothing it needs imports TF; nor
+    does `config.resolve`."""
     script = (
         "import importlib, sys\n"
         f"for name in {TENSORFLOW_FREE!r}:\n"
         "    importlib.import_module(name)\n"
         "from tl_keras import config\n"
+        "from tl_keras.recipe import auto\n"
         "config.validate(config.Config())\n"
-        "config.resolve(config.Config(stages='fe:none:1,ft:blocks:2:1', optimizer='sgd'))\n"
+        "cfg = config.Config(stages='fe:none:1,ft:blocks:2:1', optimizer='sgd')\n"
+        "facts = auto.Facts(100, 2, 50, stages_given=True)\n"
+        "config.resolve(config.check(cfg), auto.decide(config.to_dict(cfg), facts))\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))\n"
     )
     out = subprocess.run(

@@ -380,7 +380,7 @@ def test_a_kill_before_the_commit_point_is_undone_by_the_next_reader(finished, c
     assert transaction.pending(str(workdir)) == "staged"
     # --resume reads the old run (finished: nothing to resume), having undone the replacement.
     with caplog.at_level("WARNING", logger="tl_keras"):
-        assert plan.plan_run(config_lib.resolve(tiny()), str(workdir), resume=True).nothing_to_do
+        assert plan.plan_run(config_lib.check(tiny()), str(workdir), resume=True).nothing_to_do
     assert "was stopped before its new run finished a phase: that run was discarded" in caplog.text
     assert_as_before(finished)
 

@@ -8,9 +8,10 @@ The library API (the CLI `python -m tl_keras.train` is a thin layer over it):
 Names are imported lazily, so `import tl_keras` and the pure modules (`tl_keras.config`,
 `tl_keras.recipe`, `tl_keras.model.backbones`, `tl_keras.data.augment`) do not import TensorFlow.
 
-The package reads as the story of a run: `config` (every setting, resolved once into a
-`RunSpec`), `recipe` (the rules, no TensorFlow), `data`, `model`, `training`, `inference`, and
-`cli` (the commands). The README's "How the code is laid out" lists every module.
+The package reads as the story of a run: `config` (every setting; checked, then resolved once
+into a decided `RunSpec` whose sections the layers below read), `recipe` (the rules, no
+TensorFlow), `data`, `model`, `training`, `inference`, and `cli` (the commands). The README's
+"How the code is laid out" lists every module.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "tl_keras.config",
     "Phase": "tl_keras.recipe",
-    "build_schedule": "tl_keras.recipe",
+    "build_schedule": "tl_keras.config",
     "build_model": "tl_keras.model.classifier",
     "set_trainable": "tl_keras.model.classifier",
     "load_data": "tl_keras.data.sources",
     "from_arrays": "tl_keras.data.sources",
-    "DataBundle": "tl_keras.data.pipeline",
+    "DataBundle": "tl_keras.data.bundle",
     "train": "tl_keras.training.runner",
     "run_phase": "tl_keras.training.phase",
     "PhaseOptions": "tl_keras.training.phase",

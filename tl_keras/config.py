@@ -1,4 +1,4 @@
-"""Every setting of a run: its default, unit and meaning live here and nowhere else.
+"""Every setting of a run, with its default, unit and meaning, and how they become one decided spec.
 
 A `Config` is plain data. It is filled, in this order of precedence (later wins):
 
@@ -8,31 +8,47 @@ A `Config` is plain data. It is filled, in this order of precedence (later wins)
 4. command-line flags (`--lr=3e-4`), one per field, generated from this class.
 
 An unknown field in a file or a mapping is an error, so a typo never silently falls back to a
-default. `validate` checks ranges without importing TensorFlow, so bad input fails in milliseconds.
+default. A field marked auto may hold 'auto': the run's recipe decides it (`tl_keras.recipe.auto`).
+
+A run reads its config through two steps, each taken once:
+
+1. `check(config)` validates every field without importing TensorFlow, so bad input fails in
+   milliseconds, and works out the sections the recipe does not decide: the data
+   (`tl_keras.data.settings.DataSettings`), the model (`tl_keras.model.settings.ModelSettings`)
+   and how the run runs (`tl_keras.training.settings.RunSettings`). That `Checked` is all a run
+   needs before its recipe card exists: its plan, its data, its model, the recipe's facts.
+2. `resolve(checked, card)` fills what the config left to the recipe from the card and makes the
+   run's `RunSpec`: frozen and fully decided (no 'auto', no placeholder), made of sections,
+   each read by the layer it belongs to: those three, the training batches' `Augmentation`, the
+   phases (`recipe.Phase`) and the test-time augmentation.
+
+The config composes at the top: each section's type, its checks and the names its fields may
+take live in the layer that acts on them, and nothing below this module imports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from typing import Any
 
 from tl_keras import doctor as doctor_lib
 from tl_keras import recipe
-from tl_keras.data import augment
-from tl_keras.errors import ConfigError, did_you_mean
+from tl_keras.data.settings import Augmentation, DataSettings
+from tl_keras.errors import ConfigError, did_you_mean, refused
 from tl_keras.model import backbones
-from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase, budget_plan
+from tl_keras.model.settings import ModelSettings
+from tl_keras.recipe import LR_FACTOR_RANGE, Phase, budget_plan
 from tl_keras.recipe import auto as auto_recipe
 from tl_keras.recipe.auto import AUTO
-from tl_keras.training import distribute, features, optim, rollback
-from tl_keras.training.class_weight import CLASS_WEIGHTS
+from tl_keras.training.settings import RunSettings, phases
 
-# The defaults of the LR-schedule fields are the recipe's (`recipe.LRSchedule`), their one home.
+# The defaults of the LR-schedule fields are the recipe's (`recipe.LRSchedule`), their one home;
+# those of the data fields are the data section's (`tl_keras.data.settings`).
 _LR_SCHEDULE = recipe.LRSchedule()
 
 
@@ -52,9 +68,20 @@ def _auto(help: str) -> Any:
     return _field(AUTO, help)
 
 
+def _data(name: str, help: str) -> Any:
+    """A field of the data section, with that section's default (`DataSettings`, or
+    `Augmentation` for the training-only ones)."""
+    fields = {**Augmentation.__dataclass_fields__, **DataSettings.__dataclass_fields__}
+    return _field(fields[name].default, help)
+
+
 @dataclasses.dataclass
 class Config:
-    """The resolved settings of one training run (see the module docstring for precedence)."""
+    """The settings of one training run as given (see the module docstring for precedence).
+
+    A field marked auto may hold 'auto' here; `check` then `resolve` turn it into a run's decided
+    `RunSpec`.
+    """
 
     # --- data ---------------------------------------------------------------------------------
     data_dir: str = _field(
@@ -65,50 +92,53 @@ class Config:
         "(coloured shapes drawn into <workdir>/data; no download). Relative paths are resolved "
         "against the current directory.",
     )
-    val_dir: str = _field(
-        "",
+    val_dir: str = _data(
+        "val_dir",
         "Validation image-folder tree with the same class sub-folders as data_dir; '' = hold "
         "out val_fraction of data_dir.",
     )
-    test_dir: str = _field(
-        "", "Held-out test image-folder tree with the same classes as data_dir; '' = none."
+    test_dir: str = _data(
+        "test_dir", "Held-out test image-folder tree with the same classes as data_dir; '' = none."
     )
-    tfds_data_dir: str = _field(
-        "", "Where TFDS keeps prepared data sets ('' = its default, ~/tensorflow_datasets)."
+    tfds_data_dir: str = _data(
+        "tfds_data_dir",
+        "Where TFDS keeps prepared data sets ('' = its default, ~/tensorflow_datasets).",
     )
-    train_split: str = _field(
-        "train", "TFDS split spec of the training data, e.g. 'train' or 'train[:80%]'."
+    train_split: str = _data(
+        "train_split", "TFDS split spec of the training data, e.g. 'train' or 'train[:80%]'."
     )
-    val_split: str = _field(
-        "",
+    val_split: str = _data(
+        "val_split",
         "TFDS split spec of the validation data, e.g. 'validation'; '' = hold out val_fraction "
         "of train_split.",
     )
-    test_split: str = _field("", "TFDS split spec of a held-out test set, e.g. 'test'; '' = none.")
-    val_fraction: float = _field(
-        0.2,
+    test_split: str = _data(
+        "test_split", "TFDS split spec of a held-out test set, e.g. 'test'; '' = none."
+    )
+    val_fraction: float = _data(
+        "val_fraction",
         "Fraction of each class held out for validation (seeded, stratified) when no separate "
         "validation data is given; 0 = no validation.",
     )
-    batch_size: int = _field(32, "Global batch size (images per optimizer step).")
-    resize_method: str = _field(
-        "bilinear",
+    batch_size: int = _data("batch_size", "Global batch size (images per optimizer step).")
+    resize_method: str = _data(
+        "resize_method",
         "Interpolation of the resize to image_size: bilinear, nearest, bicubic, area, lanczos3, "
         "lanczos5, gaussian or mitchellcubic.",
     )
-    resize_mode: str = _field(
-        "stretch",
+    resize_mode: str = _data(
+        "resize_mode",
         "How images reach image_size: 'stretch' (resize, aspect not kept), 'crop' (centre "
         "square, then resize), 'pad' (resize to fit, black bars) or 'crop_or_pad' (no scaling: "
         "centre crop or zero-pad).",
     )
-    cache: str = _field(
-        "none",
+    cache: str = _data(
+        "cache",
         "Cache of decoded, resized (never augmented) images: 'none', 'memory', or 'file' "
         "(under <workdir>/data/cache, reused by later runs on the same files and size).",
     )
-    max_skipped_fraction: float = _field(
-        0.05,
+    max_skipped_fraction: float = _data(
+        "max_skipped_fraction",
         "Largest fraction of image files that cannot be decoded and are skipped (each one "
         "logged and counted); more than that is an error.",
     )
@@ -120,11 +150,11 @@ class Config:
         "Which phases see the augmentation (and MixUp / CutMix): 'all', or 'base' (only phases "
         "that train part of the base; head-only phases then train on cached features).",
     )
-    mixup: float = _field(
-        0.0, "MixUp alpha for training batches (keras.layers.MixUp); 0 = off, 0.2 is typical."
+    mixup: float = _data(
+        "mixup", "MixUp alpha for training batches (keras.layers.MixUp); 0 = off, 0.2 is typical."
     )
-    cutmix: float = _field(
-        0.0,
+    cutmix: float = _data(
+        "cutmix",
         "CutMix factor in (0, 1] for training batches (keras.layers.CutMix); 0 = off. With "
         "mixup too, each batch gets one of the two.",
     )
@@ -132,7 +162,9 @@ class Config:
         "Label smoothing of training targets, in [0, 1) (0.1 is typical); validation and test "
         "labels stay one-hot.",
     )
-    synthetic_images_per_class: int = _field(60, "Images per class when data_dir='synthetic'.")
+    synthetic_images_per_class: int = _data(
+        "synthetic_images_per_class", "Images per class when data_dir='synthetic'."
+    )
 
     # --- model --------------------------------------------------------------------------------
     backbone: str = _field(
@@ -317,11 +349,32 @@ class Config:
     tensorboard: bool = _field(False, "Write TensorBoard logs to <workdir>/logs/tensorboard.")
     csv_log: bool = _field(False, "Append one CSV row per epoch to <workdir>/logs/epochs.csv.")
 
+    # --- the sections this config describes (`check` composes them all) -----------------------
+    @property
+    def data(self) -> DataSettings:
+        """Its data section, checked (`load_data(config)` reads it), at the backbone's input
+        size: the data's own fields only (a model the data does not build is `check`'s to
+        refuse, so arrays load at any size, as they always have)."""
+        return _data_section(
+            self, backbones.input_size(backbones.get(self.backbone), self.image_size)
+        )
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """What its training batches get: a setting left to the recipe at its fixed
+        (recipe = "manual") default. A run takes the decided one from its `RunSpec`."""
+        return _augmentation(filled(self))
+
+    @property
+    def model(self) -> ModelSettings:
+        """Its model section, checked."""
+        return _model_section(self)
+
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
 # Fields that define what a saved model IS (written to `run.json`): a later phase, and a resumed
-# run, refuse a config that disagrees (`RunSpec.identity` gives their resolved values).
+# run, refuse a config that disagrees (`Checked.identity` gives their resolved values).
 IDENTITY_FIELDS = (
     "backbone",
     "alpha",
@@ -332,24 +385,7 @@ IDENTITY_FIELDS = (
     "precision",
 )
 
-# The names a field may take live in the module that acts on them (recipe.BN_POLICIES,
-# optim.OPTIMIZERS and JIT_COMPILE, distribute.PRECISIONS and STRATEGIES, features.MODES,
-# rollback.MONITORS, the augment presets, the backbones); `validate` checks against those.
-# The data pipeline and the phase's logging need TensorFlow at import, so the names of their
-# fields live here, their only home.
-PROGRESS = ("auto", "bar", "lines")
-RESIZE_METHODS = (
-    "bilinear",
-    "nearest",
-    "bicubic",
-    "area",
-    "lanczos3",
-    "lanczos5",
-    "gaussian",
-    "mitchellcubic",
-)
-RESIZE_MODES = ("stretch", "crop", "pad", "crop_or_pad")
-CACHE_MODES = ("none", "memory", "file")
+_FLOAT_MAX = int(sys.float_info.max)
 
 
 def field_help(name: str) -> str:
@@ -368,11 +404,20 @@ def _check_known(values: Mapping[str, Any], source: str) -> None:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Checks a value's type against the field's default, allowing int where float is expected."""
+    if isinstance(value, str) and "\0" in value:  # a TOML string may hold one; no path can
+        raise ConfigError(
+            f"config field {name!r} in {source} holds a NUL character (\\u0000); remove it"
+        )
     if name == "stages" and isinstance(value, list):  # a TOML array of tables [[stages]]
         return recipe.stages_from_tables(value, source)
+    expected = auto_recipe.field_types().get(name, type(FIELDS[name].default))
+    if expected is float and isinstance(value, int) and abs(value) > _FLOAT_MAX:
+        raise ConfigError(  # a TOML integer past any float (1e309 and up)
+            f"config field {name!r} in {source} must be float, got an integer of "
+            f"{len(str(abs(value)))} digits, past the largest float"
+        )
     if name in auto_recipe.AUTO_FIELDS:  # 'auto', or a value of the manual default's type
         return auto_recipe.coerce(name, value, source)
-    expected = type(FIELDS[name].default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():
@@ -413,6 +458,20 @@ def load_file(path: str) -> dict[str, Any]:
             values = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib decodes before it parses
+        raise ConfigError(
+            f"config file {path!r} is not valid TOML: byte {e.start} is not UTF-8; save it as UTF-8"
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise ConfigError(
+            f"config file {path!r} holds an integer of more than {sys.get_int_max_str_digits()} "
+            "digits, which Python does not read; no setting needs one"
+        ) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(
+            f"config file {path!r} nests arrays or tables too deeply to read; a config needs "
+            "at most one level ([[stages]])"
+        ) from None
     _check_known(values, path)
     return values
 
@@ -444,7 +503,7 @@ def merged(
     saved = os.path.join(workdir, "config.json") if workdir else None
     if saved and os.path.isfile(saved) and (resume or phase != "all"):
         saved_cfg = read_saved(saved, fix=SAVED_CONFIG_FIX)
-        names = [p.name for p in recipe.build_schedule(filled(saved_cfg))]
+        names = recipe.phase_names(saved_cfg)
         if resume or phase in names[1:]:
             cfg = saved_cfg
     if config_file:
@@ -482,230 +541,219 @@ def to_json(config: Config) -> str:
     return json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n"
 
 
+# --- check once, resolve once ----------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """A validated config and what follows from it, worked out once by `resolve`.
+class Checked:
+    """A config with every field validated, and the sections the recipe does not decide.
 
-    Data, model and training take this instead of deriving the same facts again.
+    What a run knows before its recipe card exists (`check`): it plans, loads its data, builds
+    its model and measures the recipe's facts from this, then resolves once.
 
     Attributes:
-      config: the config with every decided setting filled in: the recipe card's values, or the
-        fixed defaults of `recipe.auto.MANUAL` while no card is known (`decided` False).
-      backbone: the backbone's registry entry.
-      image_size: the square input size in pixels (the backbone's own when the config says 0).
-      weights: 'imagenet', None (random initialisation) or the path of a weights file.
-      schedule: the phases, in order (`recipe.build_schedule`).
       given: the config as given, 'auto' where the recipe decides (what `config.json` keeps).
-      card: the recipe card (`recipe.auto.decide`), once the facts are known.
-      time_budget_s: the run's time budget in seconds, or None.
+      data: the data section (`tl_keras.data.settings.DataSettings`).
+      model: the model section (`tl_keras.model.settings.ModelSettings`).
+      run: how the run runs (`tl_keras.training.settings.RunSettings`).
+      phase_names: the names of the phases, in order (what `--phase` may name).
     """
 
-    config: Config
-    backbone: backbones.BackboneSpec
-    image_size: int
-    weights: str | None
-    schedule: tuple[Phase, ...]
-    given: Config | None = None
-    card: auto_recipe.Card | None = None
-    time_budget_s: float | None = None
-
-    @property
-    def decided(self) -> bool:
-        """Whether every setting is final: a card is known, or nothing is left to decide."""
-        return self.card is not None or not undecided(self.given or self.config)
+    given: Config
+    data: DataSettings
+    model: ModelSettings
+    run: RunSettings
+    phase_names: tuple[str, ...]
 
     @property
     def identity(self) -> dict[str, Any]:
         """What a saved model IS: the values of IDENTITY_FIELDS, as `run.json` records them."""
-        resolved = {
-            "backbone": self.backbone.name,
-            "image_size": self.image_size,
-            "weights": self.weights,
-        }
-        return {name: resolved.get(name, getattr(self.config, name)) for name in IDENTITY_FIELDS}
+        return {**self.model.identity, "precision": self.run.precision}
 
 
-def resolve(config: Config | RunSpec, card: auto_recipe.Card | None = None) -> RunSpec:
-    """Validates a config and works out what follows from it (a RunSpec passes through).
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A run's settings, fully decided (`resolve`): nothing 'auto', nothing provisional.
 
-    The settings left at 'auto' take the recipe card's values, or, while no card is known, the
-    fixed defaults of `recipe.auto.MANUAL` (the runner decides the card once it knows the data
-    and the model, and resolves again with it).
+    Each layer reads its own section: the data layer `data` and `augmentation`, the model layer
+    `model`, a phase its `Phase` of `schedule`, the runner `run`.
 
-    Raises:
-      ConfigError, BackboneError: as `validate`.
+    Attributes:
+      given: the config as given, 'auto' where the recipe decides (what `config.json` keeps).
+      card: the recipe card the decided settings come from (what `recipe.json` keeps).
+      data: the data section.
+      augmentation: what the training batches get, decided.
+      model: the model section.
+      run: how the run runs.
+      schedule: the phases, in order, decided (their rates scaled under scale_lr_with_replicas).
+      tta: the test-time augmentation the trained model is served with: 'none' or 'flip'.
     """
-    if isinstance(config, RunSpec):
-        if card is None:
-            return config
-        config = config.given or config.config
-    effective = filled(config, card)
-    spec, schedule = _checked(effective)
-    return RunSpec(
-        config=effective,
-        backbone=spec,
-        image_size=backbones.input_size(spec, config.image_size),
-        weights=backbones.normalize_weights(config.weights),
-        schedule=tuple(schedule),
-        given=config,
-        card=card,
-        time_budget_s=budget_plan.parse_duration(config.time_budget),
-    )
+
+    given: Config
+    card: auto_recipe.Card
+    data: DataSettings
+    augmentation: Augmentation
+    model: ModelSettings
+    run: RunSettings
+    schedule: tuple[Phase, ...]
+    tta: str
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a saved model IS (see `Checked.identity`)."""
+        return {**self.model.identity, "precision": self.run.precision}
+
+    def phase(self, name: str) -> Phase:
+        """The phase of the schedule called `name`."""
+        return next(p for p in self.schedule if p.name == name)
+
+    def decided_config(self) -> Config:
+        """The config with the card's values where it said 'auto' (what a phase's
+        `config.json` records)."""
+        return filled(self.given, self.card)
 
 
-def undecided(config: Config) -> list[str]:
-    """The settings a config leaves to the recipe ('auto'), in AUTO_FIELDS order."""
-    return [f for f in auto_recipe.AUTO_FIELDS if auto_recipe.is_auto(getattr(config, f))]
+def check(config: Config) -> Checked:
+    """Validates every field and works out the sections the recipe does not decide.
 
-
-def filled(config: Config, card: auto_recipe.Card | None = None) -> Config:
-    """The config with every 'auto' setting replaced: the card's value, else the manual default."""
-    values = auto_recipe.resolved(to_dict(config), card)
-    return dataclasses.replace(config, **values)
-
-
-def input_size(config: Config) -> int:
-    """The square input size a config asks for: `image_size`, or the backbone's own when 0."""
-    return backbones.input_size(backbones.get(config.backbone), config.image_size)
-
-
-def validate(config: Config) -> Config:
-    """Checks every field's range and names; returns the config unchanged.
-
-    Imports no TensorFlow, so bad input fails in milliseconds.
+    Imports no TensorFlow, so bad input fails in milliseconds. A setting left to the recipe is
+    checked at its fixed (recipe = "manual") default; its decided value is checked by `resolve`.
 
     Raises:
       ConfigError: with the field, the value received and what is allowed.
       BackboneError: an unknown backbone, or a width or size it cannot take.
     """
-    _checked(filled(config))
+    c = filled(config)
+    model = _model_section(c)
+    data = _data_section(c, model.image_size)
+    _augmentation(c)
+    if c.doctor not in doctor_lib.MODES:
+        raise refused("doctor", c.doctor, f"one of {', '.join(doctor_lib.MODES)}")
+    schedule = phases(c)
+    _check_recipe(c)
+    run = RunSettings(
+        seed=c.seed,
+        progress=c.progress,
+        checkpoint_every=c.checkpoint_every,
+        tensorboard=c.tensorboard,
+        csv_log=c.csv_log,
+        feature_cache=c.feature_cache,
+        precision=c.precision,
+        jit_compile=c.jit_compile,
+        strategy=c.strategy,
+        logical_cpus=c.logical_cpus,
+        scale_lr_with_replicas=c.scale_lr_with_replicas,
+        class_weight=c.class_weight,
+        rollback=c.rollback,
+        doctor=c.doctor,
+        time_budget_s=budget_plan.parse_duration(c.time_budget),
+    )
+    if c.rollback and c.val_fraction == 0:
+        raise refused(
+            "rollback", c.rollback, "it compares validation metrics; set val_fraction > 0"
+        )
+    return Checked(config, data, model, run, tuple(p.name for p in schedule))
+
+
+def validate(config: Config) -> Config:
+    """Checks every field's range and names (`check`); returns the config unchanged.
+
+    Raises:
+      ConfigError, BackboneError: as `check`.
+    """
+    check(config)
     return config
 
 
-def _checked(c: Config) -> tuple[backbones.BackboneSpec, list[Phase]]:
-    """Checks every field, in the order the README's tables list them; the backbone, schedule."""
-    _check_data(c)
-    spec = _check_model(c)
-    schedule = _check_training(c)
+def resolve(config: Config | Checked, card: auto_recipe.Card, *, replicas: int = 1) -> RunSpec:
+    """The run's decided spec: the settings left 'auto' take the card's values. Once per run.
+
+    Args:
+      config: the config, or what `check` made of it.
+      card: the run's recipe card (`tl_keras.recipe.auto.decide`): it decides every setting
+        the config left to the recipe.
+      replicas: the replicas training runs on (every rate times this under
+        scale_lr_with_replicas).
+
+    Raises:
+      ConfigError, BackboneError: as `check`; or a decided value out of range.
+    """
+    checked = config if isinstance(config, Checked) else check(config)
+    c = filled(checked.given, card)
+    schedule = phases(c)
     _check_recipe(c)
-    _check_speed(c)
-    return spec, schedule
+    if checked.run.scale_lr_with_replicas and replicas > 1:
+        schedule = tuple(dataclasses.replace(p, lr=p.lr * replicas) for p in schedule)
+    return RunSpec(
+        given=checked.given,
+        card=card,
+        data=checked.data,
+        augmentation=_augmentation(c),
+        model=checked.model,
+        run=checked.run,
+        schedule=schedule,
+        tta=c.tta,
+    )
 
 
-def _refused(c: Config, name: str, allowed: str) -> ConfigError:
-    return ConfigError(f"{name}={getattr(c, name)!r} is not allowed: {allowed}")
+def filled(config: Config, card: auto_recipe.Card | None = None) -> Config:
+    """The config with every 'auto' setting replaced: the card's value, else the fixed
+    (recipe = "manual") default. The one place a setting left to the recipe is filled in."""
+    values = auto_recipe.resolved(to_dict(config), card)
+    return dataclasses.replace(config, **values)
 
 
-def _check_data(c: Config) -> None:
-    if not 0.0 <= c.val_fraction < 1.0:
-        raise _refused(c, "val_fraction", "use a fraction in [0, 1), e.g. 0.2")
-    if c.batch_size < 1:
-        raise _refused(c, "batch_size", "use a positive number of images, e.g. 32")
-    if c.synthetic_images_per_class < 2:
-        raise _refused(c, "synthetic_images_per_class", "use at least 2")
-    if c.resize_method not in RESIZE_METHODS:
-        raise _refused(
-            c,
-            "resize_method",
-            f"one of {', '.join(RESIZE_METHODS)}{did_you_mean(c.resize_method, RESIZE_METHODS)}",
-        )
-    if c.resize_mode not in RESIZE_MODES:
-        raise _refused(c, "resize_mode", f"one of {', '.join(RESIZE_MODES)}")
-    if c.cache not in CACHE_MODES:
-        raise _refused(c, "cache", f"one of {', '.join(CACHE_MODES)}")
-    if not 0.0 <= c.max_skipped_fraction <= 1.0:
-        raise _refused(c, "max_skipped_fraction", "use a fraction in [0, 1], e.g. 0.05")
-    augment.get(c.augment)  # raises ConfigError listing the presets
-    if not (math.isfinite(c.mixup) and c.mixup >= 0):
-        raise _refused(c, "mixup", "use 0 (off) or a positive alpha, e.g. 0.2")
-    if not 0.0 <= c.cutmix <= 1.0:
-        raise _refused(c, "cutmix", "use 0 (off) or a factor in (0, 1], e.g. 1.0")
-    if not 0.0 <= c.label_smoothing < 1.0:
-        raise _refused(c, "label_smoothing", "use a value in [0, 1), e.g. 0.1")
-    if c.doctor not in doctor_lib.MODES:
-        raise _refused(c, "doctor", f"one of {', '.join(doctor_lib.MODES)}")
+def build_schedule(config: Config) -> list[Phase]:
+    """The phases a config asks for (`recipe.build_schedule`), a setting left to the recipe at
+    its fixed (recipe = "manual") default: a run's own come from its card (`resolve`).
+
+    Raises:
+      ConfigError: as `recipe.build_schedule`.
+    """
+    return recipe.build_schedule(filled(config))
 
 
-def _check_model(c: Config) -> backbones.BackboneSpec:
-    spec = backbones.get(c.backbone)  # raises BackboneError listing the names
-    backbones.check_alpha(spec, c.alpha, c.weights)
-    backbones.check_image_size(spec, backbones.input_size(spec, c.image_size))
-    if c.image_size < 0:
-        raise _refused(c, "image_size", "use 0 (the backbone's default) or a size in pixels")
-    if c.head_units < 0:
-        raise _refused(c, "head_units", "use 0 (no hidden layer) or a positive width")
-    if not 0.0 <= c.dropout < 1.0:
-        raise _refused(c, "dropout", "use a rate in [0, 1)")
-    if c.bn_policy not in BN_POLICIES:
-        raise _refused(c, "bn_policy", f"one of {', '.join(BN_POLICIES)}")
-    return spec
+def _data_section(c: Config, image_size: int) -> DataSettings:
+    return DataSettings(
+        data_dir=c.data_dir,
+        image_size=image_size,
+        seed=c.seed,
+        batch_size=c.batch_size,
+        val_dir=c.val_dir,
+        test_dir=c.test_dir,
+        tfds_data_dir=c.tfds_data_dir,
+        train_split=c.train_split,
+        val_split=c.val_split,
+        test_split=c.test_split,
+        val_fraction=c.val_fraction,
+        synthetic_images_per_class=c.synthetic_images_per_class,
+        resize_method=c.resize_method,
+        resize_mode=c.resize_mode,
+        cache=c.cache,
+        max_skipped_fraction=c.max_skipped_fraction,
+    )
 
 
-def _check_training(c: Config) -> list[Phase]:
-    if not (math.isfinite(c.lr) and c.lr > 0):
-        raise _refused(c, "lr", "use a positive learning rate, e.g. 1e-3")
-    recipe.ft_learning_rate(c.lr, c.ft_lr_factor, allow_any=c.allow_any_lr_factor)
-    for name in ("epochs_fe", "epochs_ft", "early_stopping_patience", "fe_switch_patience"):
-        if getattr(c, name) < 0:
-            raise _refused(c, name, "use 0 or a positive number of epochs")
-    recipe.parse_unfreeze(c.unfreeze)
-    if not isinstance(c.stages, str):
-        raise _refused(c, "stages", f"write {recipe.STAGES_GRAMMAR}")
-    if not (math.isfinite(c.stage_lr_decay) and c.stage_lr_decay > 0):
-        raise _refused(c, "stage_lr_decay", "use a positive factor, e.g. 2 (1 = the same rate)")
-    if not (math.isfinite(c.layer_decay) and 0 < c.layer_decay <= 1):
-        raise _refused(c, "layer_decay", "use a factor in (0, 1], e.g. 0.7 (1.0 = off)")
-    if c.class_weight not in CLASS_WEIGHTS:
-        raise _refused(c, "class_weight", f"one of {', '.join(CLASS_WEIGHTS)}")
-    if c.layer_decay_groups < 0:
-        raise _refused(c, "layer_decay_groups", "use 0 (one rate per block) or a number of groups")
-    if c.rollback not in rollback.MONITORS:
-        raise _refused(c, "rollback", "use 'val_accuracy', 'val_loss' or '' (off)")
-    if c.rollback and c.val_fraction == 0:
-        raise _refused(c, "rollback", "it compares validation metrics; set val_fraction > 0")
-    schedule = recipe.build_schedule(c)  # the stages, each stage's lr factor, the LR schedules
-    if c.optimizer not in optim.OPTIMIZERS:
-        names = optim.OPTIMIZERS
-        raise _refused(
-            c, "optimizer", f"one of {', '.join(names)}{did_you_mean(c.optimizer, names)}"
-        )
-    if c.progress not in PROGRESS:
-        raise _refused(c, "progress", f"one of {', '.join(PROGRESS)}")
-    if not (math.isfinite(c.checkpoint_every) and c.checkpoint_every >= 0):
-        raise _refused(c, "checkpoint_every", "use 0 (every epoch) or a number of seconds, e.g. 30")
-    return schedule
+def _augmentation(c: Config) -> Augmentation:
+    return Augmentation(
+        augment=c.augment, mixup=c.mixup, cutmix=c.cutmix, label_smoothing=c.label_smoothing
+    )
+
+
+def _model_section(c: Config) -> ModelSettings:
+    return ModelSettings.make(
+        backbone=c.backbone,
+        alpha=c.alpha,
+        weights=c.weights,
+        image_size=c.image_size,
+        head_units=c.head_units,
+        dropout=c.dropout,
+        bn_policy=c.bn_policy,
+        seed=c.seed,
+    )
 
 
 def _check_recipe(c: Config) -> None:
-    """The recipe's own fields (the decided ones are checked with the rest)."""
+    """The recipe's own fields: its name, and the decided test-time augmentation."""
     if c.recipe not in auto_recipe.RECIPES:
-        raise _refused(c, "recipe", f"one of {', '.join(auto_recipe.RECIPES)}")
-    budget_plan.parse_duration(c.time_budget)  # raises naming the accepted forms
-    if c.augment_phases not in auto_recipe.AUGMENT_PHASES:
-        raise _refused(c, "augment_phases", f"one of {', '.join(auto_recipe.AUGMENT_PHASES)}")
-    if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
-        raise _refused(c, "weight_decay", "use 0 (off) or a positive factor, e.g. 0.05")
-    if c.weight_averaging not in auto_recipe.WEIGHT_AVERAGING:
-        raise _refused(c, "weight_averaging", f"one of {', '.join(auto_recipe.WEIGHT_AVERAGING)}")
-    if c.weight_averaging == "ema" and c.layer_decay != 1.0:
-        raise _refused(
-            c,
-            "weight_averaging",
-            "'ema' does not combine with per-block rates (layer_decay < 1); use one of the two",
-        )
+        raise refused("recipe", c.recipe, f"one of {', '.join(auto_recipe.RECIPES)}")
     if c.tta not in auto_recipe.TTA_MODES:
-        raise _refused(c, "tta", f"one of {', '.join(auto_recipe.TTA_MODES)}")
-
-
-def _check_speed(c: Config) -> None:
-    for name, allowed in (
-        ("feature_cache", features.MODES),
-        ("precision", distribute.PRECISIONS),
-        ("jit_compile", optim.JIT_COMPILE),
-        ("strategy", distribute.STRATEGIES),
-    ):
-        value = getattr(c, name)
-        if value not in allowed:
-            raise _refused(c, name, f"one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
-    if c.logical_cpus < 0 or c.logical_cpus == 1:
-        raise _refused(c, "logical_cpus", "use 0 (off) or at least 2 logical devices")
+        raise refused("tta", c.tta, f"one of {', '.join(auto_recipe.TTA_MODES)}")

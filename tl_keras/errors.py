@@ -116,3 +116,20 @@ def did_you_mean(value: str, allowed: Iterable[str]) -> str:
     """Returns ' (did you mean X?)' when `value` is close to one of `allowed`, else ''."""
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def refused(name: str, value: Any, allowed: str) -> ConfigError:
+    """The one-line refusal of a setting: its name, the value received and what is allowed."""
+    return ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def refused_name(name: str, value: str, allowed: Iterable[str]) -> ConfigError:
+    """`refused` for a setting that takes one of a list of names: the list, and a near miss."""
+    allowed = list(allowed)
+    return refused(name, value, f"one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one short line for a message: its type and the first line of its text."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__

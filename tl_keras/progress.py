@@ -32,6 +32,10 @@ import time
 
 log = logging.getLogger("tl_keras")
 
+# How a phase's epochs show (config `progress`): a bar on a terminal and one line per epoch
+# otherwise ('auto'), always a bar, or always lines (`tl_keras.training.callbacks`).
+MODES = ("auto", "bar", "lines")
+
 
 def logging_configured(logger: logging.Logger | None = None) -> bool:
     """Whether the program configured logging for `logger` (default: the package's): a level

@@ -37,10 +37,10 @@ def main(argv: list[str]) -> int:
         cfg = common.config_from_flags(phase="all", resume=True)
         from tl_keras import config as config_lib
 
-        spec = config_lib.resolve(cfg)  # bad flags fail before TensorFlow loads
+        checked = config_lib.check(cfg)  # bad flags fail before TensorFlow loads
         from tl_keras.doctor import workflow
 
-        result = workflow.doctor_workdir(spec, FLAGS.workdir)
+        result = workflow.doctor_workdir(checked, FLAGS.workdir)
         print(result.summary)
         for name in ("text", "report", "figure"):
             if name in result.paths:

@@ -46,11 +46,15 @@ def main(argv: list[str]) -> int:
         common.no_arguments(argv)
         common.require_workdir(FLAGS.workdir, "the folder where the run's artifacts go")
         cfg = common.config_from_flags(phase=FLAGS.phase, resume=FLAGS.resume)
-        spec = config_lib.resolve(cfg)  # bad flags fail in milliseconds, before TensorFlow loads
+        checked = config_lib.check(cfg)  # bad flags fail in milliseconds, before TensorFlow loads
         from tl_keras.training import runner  # imports TensorFlow: after the cheap checks
 
         result = runner.train(
-            spec, FLAGS.workdir, phase=FLAGS.phase, overwrite=FLAGS.overwrite, resume=FLAGS.resume
+            checked,
+            FLAGS.workdir,
+            phase=FLAGS.phase,
+            overwrite=FLAGS.overwrite,
+            resume=FLAGS.resume,
         )
         _log_done(result)
         return common.EXIT_OK

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tl_keras.data.bundle import shown
 from tl_keras.data.images import decode as _decode
 from tl_keras.data.images import tf_error_text as _tf_error_text
-from tl_keras.data.pipeline import shown
 
 # TensorFlow ops whose failure inside `fit` means an image file could not be read or decoded.
 _READ_OPS = ("ReadFile", "DecodeImage", "DecodeJpeg", "DecodePng", "DecodeBmp", "DecodeGif")

@@ -29,16 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import io
-from tl_keras.data.images import (
-    AUTOTUNE,
-    Images,
-    Pipeline,
-    decode,
-    load,
-    prepare,
-    tf_error_text,
-    untuned,
-)
+from tl_keras.data.images import AUTOTUNE, Images, decode, tf_error_text, untuned
+from tl_keras.data.pipeline import Pipeline, load, prepare
 from tl_keras.errors import DataError
 from tl_keras.io import available_memory, cache_root
 from tl_keras.progress import Progress

@@ -1,10 +1,11 @@
-"""The images of a split before decoding, how one is loaded, and in which order an epoch visits them.
+"""The images of a split before decoding, how one is decoded, and in which order an epoch visits
+them.
 
 Only what must be in memory is: the file list (paths), a TFDS split's labels and index table, or
 the arrays the caller already holds (a `.npz` is memory-mapped); pixels are read, decoded and
-resized per batch as `tf.data` asks for them. A cache (`cache = "memory"` or `"file"`) replaces
-only *how* an image is loaded (a row of a uint8 store instead of a decode), never the order, so
-cached and decoded batches are bitwise equal.
+resized per batch as `tf.data` asks for them (`tl_keras.data.pipeline.load`). A cache (`cache =
+"memory"` or `"file"`) replaces only *how* an image is loaded (a row of a uint8 store instead of
+a decode), never the order, so cached and decoded batches are bitwise equal.
 
 The order of an epoch is a pure function of (seed, epoch):
 
@@ -23,14 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-
-from tl_keras.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -63,49 +61,6 @@ def untuned(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 # Independent random streams under one (seed, epoch) key.
 EXAMPLE_STREAM, BATCH_STREAM, FILE_STREAM, WINDOW_STREAM = 1, 2, 3, 4
-
-
-_GATHER_BATCH = 256  # rows one numpy gather reads from an array or a cache store
-
-
-# --- the settings of a pipeline --------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Pipeline:
-    """How images become batches (the data fields of a `Config`, see there for their meaning)."""
-
-    image_size: int
-    batch_size: int
-    seed: int = 0
-    resize_method: str = "bilinear"
-    resize_mode: str = "stretch"
-    cache: str = "none"
-    cache_dir: str | None = None
-    max_skipped_fraction: float = 0.05
-    augment: str = "none"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
-
-    @classmethod
-    def from_config(cls, config, *, image_size: int, workdir: str | None = None) -> Pipeline:
-        """The pipeline a `Config` describes, at `image_size` (its resolved input size)."""
-        return cls(
-            image_size=image_size,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            resize_method=config.resize_method,
-            resize_mode=config.resize_mode,
-            cache=config.cache,
-            cache_dir=os.path.join(workdir, "data", "cache") if workdir else None,
-            max_skipped_fraction=config.max_skipped_fraction,
-            augment=config.augment,
-            mixup=config.mixup,
-            cutmix=config.cutmix,
-            label_smoothing=config.label_smoothing,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("seed", "cache_dir")}
 
 
 # --- a split before decoding -----------------------------------------------------------------------
@@ -201,29 +156,6 @@ def decode(raw: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(image, (None, None, 3))
 
 
-def prepare(image: tf.Tensor, p: Pipeline) -> tf.Tensor:
-    """Any-size uint8 RGB -> uint8 S x S x 3 as `resize_mode` / `resize_method` say.
-
-    The result is rounded to whole pixel values, so a cached image and a freshly decoded one
-    are bitwise equal and a cache can hold uint8 (a quarter of float32).
-    """
-    s = p.image_size
-    if p.resize_mode == "crop_or_pad":
-        out = tf.image.resize_with_crop_or_pad(image, s, s)
-    elif p.resize_mode == "pad":
-        out = tf.image.resize_with_pad(image, s, s, method=p.resize_method)
-    else:
-        if p.resize_mode == "crop":  # the centred square, then resize: the aspect is kept
-            h, w = tf.shape(image)[0], tf.shape(image)[1]
-            side = tf.minimum(h, w)
-            image = tf.image.crop_to_bounding_box(
-                image, (h - side) // 2, (w - side) // 2, side, side
-            )
-        out = tf.image.resize(image, (s, s), method=p.resize_method)
-    out = tf.clip_by_value(tf.round(tf.cast(out, tf.float32)), 0.0, 255.0)
-    return tf.ensure_shape(tf.cast(out, tf.uint8), (s, s, 3))
-
-
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
     channels = image.shape[-1]
     if channels == 1:
@@ -247,65 +179,6 @@ def tf_error_text(e: Exception) -> str:
     if text.startswith("Input is empty"):
         return "empty file"
     return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-def load_image_file(path: str, p: Pipeline) -> np.ndarray:
-    """Reads one image file exactly as training and evaluation do: float32 0..255, S x S x 3.
-
-    For inference on new files (`tl_keras.inference.predict`): the same decoder, resize mode, resize
-    method and rounding as the pipeline `p` (build it with `Pipeline.from_config(run_config, image_size=...)`).
-
-    Raises:
-      DataError: the file is missing, not a file, or not an image TensorFlow can decode.
-    """
-    if not os.path.isfile(path):
-        raise DataError("no such file" if not os.path.exists(path) else "not a file")
-    try:
-        image = prepare(decode(tf.io.read_file(path)), p)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        raise DataError(f"not a readable image ({tf_error_text(e)[:120]})") from None
-    return image.numpy().astype(np.float32)
-
-
-# --- loading ---------------------------------------------------------------------------------------
-def _rows_loader(store: Any, rows: np.ndarray, shape) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A batch of indices -> those images' rows of an array (read by numpy: never a TF copy)."""
-
-    def read(idx):
-        return as_uint8(store[rows[idx]])
-
-    def gather(idx):
-        out = tf.numpy_function(read, [idx], tf.uint8, stateful=False)
-        return tf.ensure_shape(out, (None, *shape))
-
-    return gather
-
-
-def load(ds: tf.data.Dataset, images: Images, p: Pipeline) -> tf.data.Dataset:
-    """Indices (or, for a streamed TFDS split, (index, encoded image)) -> (index, uint8 S x S x 3).
-
-    The order is kept. Files are read and decoded in parallel; arrays and caches are read a batch
-    of rows at a time.
-    """
-    parallel = dict(num_parallel_calls=AUTOTUNE, deterministic=True)
-    if images.store is not None:
-        s = p.image_size
-        gather = _rows_loader(images.store, images.rows, (s, s, 3))
-        return ds.batch(_GATHER_BATCH).map(lambda i: (i, gather(i))).unbatch()
-    if images.kind == "files":
-        paths = tf.constant(list(images.items), tf.string)
-        ids = tf.constant(images.ids)
-
-        def read(i):
-            return i, prepare(decode(tf.io.read_file(tf.gather(paths, tf.gather(ids, i)))), p)
-
-        return ds.map(read, **parallel)
-    if images.kind == "tfds":
-        return ds.map(lambda i, raw: (i, prepare(decode(raw), p)), **parallel)
-    x = images.items
-    gather = _rows_loader(x, images.ids, x.shape[1:])
-    ds = ds.batch(_GATHER_BATCH).map(lambda i: (i, gather(i))).unbatch()
-    return ds.map(lambda i, image: (i, prepare(to_rgb(image), p)), **parallel)
 
 
 # --- orders ----------------------------------------------------------------------------------------
@@ -356,16 +229,16 @@ def worker_batches(
     return ds.take(head).batch(local).concatenate(ds.skip(head).batch(max(hi - lo - head, 1)))
 
 
-def random_order(images: Images, p: Pipeline, epoch: tf.Tensor, worker: int, workers: int):
+def random_order(images: Images, seed: int, epoch: tf.Tensor, worker: int, workers: int):
     """A worker's part of the epoch's permutation of a random-access split (indices)."""
     lo, hi = worker_range(len(images), worker, workers)
-    order = epoch_permutation(len(images), p.seed, epoch)
+    order = epoch_permutation(len(images), seed, epoch)
     return tf.data.Dataset.from_tensor_slices(order[lo:hi])
 
 
 def epoch_order(
     images: Images,
-    p: Pipeline,
+    seed: int,
     epoch: tf.Tensor,
     *,
     worker: int = 0,
@@ -377,12 +250,12 @@ def epoch_order(
     if images.streamed:
         return images.items.epoch_stream(
             images,
-            epoch_key(p.seed, epoch),
+            epoch_key(seed, epoch),
             worker=worker,
             workers=workers,
             payload=payload and images.store is None,
         )
-    return random_order(images, p, epoch, worker, workers)
+    return random_order(images, seed, epoch, worker, workers)
 
 
 def in_order(images: Images) -> tf.data.Dataset:
@@ -398,14 +271,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Images",
     "Names",
-    "Pipeline",
     "decode",
     "epoch_order",
     "epoch_permutation",
     "in_order",
-    "load",
-    "load_image_file",
-    "prepare",
     "untuned",
     "worker_batches",
     "worker_range",

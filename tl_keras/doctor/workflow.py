@@ -88,7 +88,8 @@ def doctor_workdir(config, workdir: str, *, data=None) -> DoctorResult:
     """Examines the data a config names with its pretrained base (`python -m tl_keras.doctor`).
 
     Args:
-      config: a `Config` (or `RunSpec`): data_dir, splits, backbone, weights, image size.
+      config: a `Config` (or what `config.check` made of it): data_dir, splits, backbone,
+        weights, image size.
       workdir: where `doctor/` goes (its features cache is reused by later runs there).
       data: a ready `DataBundle`; default: load what the config names.
 
@@ -98,28 +99,17 @@ def doctor_workdir(config, workdir: str, *, data=None) -> DoctorResult:
     Raises:
       ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written.
     """
-    from tl_keras.data.sources import load_data
-    from tl_keras.model.classifier import build_model
+    from tl_keras.data import sources
     from tl_keras.workdir import Workdir
 
-    spec = config_lib.resolve(config)
+    spec = config if isinstance(config, config_lib.Checked) else config_lib.check(config)
     wd = Workdir(workdir)
     wd.ensure_writable()
     if data is None:
-        data = load_data(spec, workdir=wd.path)
+        data = sources.load(spec.data, workdir=wd.path)
     model = None
-    if spec.weights is not None:  # only the base's features matter: the head is never used
-        c = spec.config
-        model = build_model(
-            spec.backbone,
-            data.num_classes,
-            image_size=spec.image_size,
-            weights=spec.weights,
-            alpha=c.alpha,
-            head_units=c.head_units,
-            dropout=c.dropout,
-            seed=c.seed,
-        )
+    if spec.model.weights is not None:  # only the base's features matter: the head is unused
+        model = spec.model.build(data.num_classes)
     return examine(spec, data, model, wd.path)
 
 
@@ -127,10 +117,11 @@ def examine(spec, data, model, workdir: str) -> DoctorResult:
     """Hashes, features, checks and report of a loaded data set (the step before training).
 
     Args:
-      spec: the run's `RunSpec` (`config.resolve`).
+      spec: the run's settings: its `config.check` (or its decided `RunSpec`); their model
+        and run sections.
       data: its `DataBundle` (with `images`, as `tl_keras.data` builds it).
       model: the classifier whose frozen base gives the features; None (or a random base,
-        `spec.weights is None`) = hashes and balance only.
+        `spec.model.weights is None`) = hashes and balance only.
       workdir: where `doctor/` goes.
 
     Returns:
@@ -143,7 +134,7 @@ def examine(spec, data, model, workdir: str) -> DoctorResult:
     seconds["hashes"] = time.perf_counter() - start
     start = time.perf_counter()
     feats, feature_info = None, {"computed": False}
-    if model is not None and spec.weights is not None:
+    if model is not None and spec.model.weights is not None:
         feats, feature_info = image_features(model, data, listed, folder=folder, spec=spec)
     seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -156,9 +147,9 @@ def examine(spec, data, model, workdir: str) -> DoctorResult:
     }
     report["features"] = {
         **feature_info,
-        "backbone": spec.backbone.name,
-        "weights": spec.weights,
-        "image_size": spec.image_size,
+        "backbone": spec.model.backbone.name,
+        "weights": spec.model.weights,
+        "image_size": spec.model.image_size,
     }
     start = time.perf_counter()
     paths = report_lib.write_report(report, folder, data=data)
@@ -244,7 +235,7 @@ def image_features(model, data, listed: _Listed, *, folder: str, spec) -> tuple[
     if cached is not None:
         return cached, {"computed": False, "reused": path}
     start = time.perf_counter()
-    mode = spec.config.feature_cache if spec.config.feature_cache != "off" else "memory"
+    mode = spec.run.feature_cache if spec.run.feature_cache != "off" else "memory"
     arrays, _, _ = features_lib.compute(model, data, mode=mode, workdir=os.path.dirname(folder))
     parts = [arrays["train"], arrays["val"]]
     if data.test is not None and listed.counts.get("test"):
@@ -268,8 +259,8 @@ def image_features(model, data, listed: _Listed, *, folder: str, spec) -> tuple[
 
 
 def _feature_key(base_key: str, spec, listed: _Listed) -> str:
-    h = hashlib.sha256(f"{_CACHE_VERSION}\0{base_key}\0{spec.image_size}\0".encode())
-    c = spec.config
+    h = hashlib.sha256(f"{_CACHE_VERSION}\0{base_key}\0{spec.model.image_size}\0".encode())
+    c = spec.data
     h.update(f"{c.resize_mode}\0{c.resize_method}\0".encode())
     for split, hash_ in zip(listed.splits, listed.hashes, strict=True):
         h.update(f"{split}\t{hash_}\n".encode())
@@ -326,7 +317,7 @@ def _diagnose(spec, data, listed: _Listed, feats: dict | None) -> dict[str, Any]
     keep = np.arange(n)
     extra = []
     if feats is not None and n > MAX_DIAGNOSED:
-        keep = scale_sample(listed.hashes, MAX_DIAGNOSED, seed=spec.config.seed)
+        keep = scale_sample(listed.hashes, MAX_DIAGNOSED, seed=spec.run.seed)
         extra.append(
             f"{n} images: near-duplicates, label errors and outliers were checked on a seeded "
             f"sample of {len(keep)} (all pairs of more would take minutes; every image with an "
@@ -347,7 +338,7 @@ def _diagnose(spec, data, listed: _Listed, feats: dict | None) -> dict[str, Any]
         hashes=[listed.hashes[i] for i in keep],
         class_names=data.class_names,
         thumbnails=None if feats is None else feats["thumbnails"][keep],
-        seed=spec.config.seed,
+        seed=spec.run.seed,
         extra_limits=extra,
         no_features=no_features,
     )

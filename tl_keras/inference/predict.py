@@ -5,7 +5,7 @@
   python -m tl_keras.predict --workdir=runs/b0 photo.jpg more_photos/
   python -m tl_keras.predict --workdir=runs/b0 --top_k=3 --output=predictions.csv more_photos/
 
-Folders are searched recursively for image files (`tl_keras.data.pipeline.IMAGE_EXTENSIONS`:
+Folders are searched recursively for image files (`tl_keras.data.images.IMAGE_EXTENSIONS`:
 .jpg, .jpeg, .png, .bmp, .gif, .webp); files named
 explicitly are always tried. A file that cannot be read as an image is reported with its reason
 (on its own row, and on stderr) and the others are still classified: the command fails only when
@@ -75,7 +75,7 @@ def list_inputs(paths: Iterable[str]) -> list[str]:
 
     A path that does not exist is kept, so that it is reported rather than silently dropped.
     """
-    from tl_keras.data.pipeline import IMAGE_EXTENSIONS
+    from tl_keras.data.images import IMAGE_EXTENSIONS
 
     out: list[str] = []
     for path in paths:
@@ -202,7 +202,7 @@ def predict_workdir(
       DataError: the paths name no file at all (an empty folder).
       WorkdirError: no trained model in the workdir.
     """
-    from tl_keras.data.pipeline import IMAGE_EXTENSIONS
+    from tl_keras.data.images import IMAGE_EXTENSIONS
     from tl_keras.inference.trained import load_trained, run_config
 
     if not paths:

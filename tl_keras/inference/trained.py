@@ -191,7 +191,7 @@ def load_run_data(workdir: str, *, data_dir: str | None = None):
         images moved.
 
     Returns:
-      A `tl_keras.data.pipeline.DataBundle` (validation split under `.val`).
+      A `tl_keras.data.bundle.DataBundle` (validation split under `.val`).
 
     Raises:
       WorkdirError: the saved config is missing or unreadable.

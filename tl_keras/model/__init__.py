@@ -1,5 +1,7 @@
 """The model: which backbones exist and how the classifier is built on one.
 
+    settings.py     the model section of a run's settings: `ModelSettings`, checked, without
+                    TensorFlow
     backbones.py    the registry users name (`--backbone`): sizes, preprocessing, widths, blocks;
                     plain data, importable without TensorFlow
     classifier.py   the classifier (preprocessing, base, head), what trains (`set_trainable`,
@@ -7,5 +9,6 @@
     forward.py      the one forward pass of a model over a data set, batch by batch
     served.py       how a trained model answers: TTA, then the temperature as a layer
 
-Nothing here is imported eagerly, so `tl_keras.model.backbones` stays TensorFlow-free.
+Nothing here is imported eagerly, so `tl_keras.model.backbones` and `.settings` stay
+TensorFlow-free.
 """

@@ -10,6 +10,7 @@ unfreeze whole blocks. The registry is plain data: looking a name up imports no 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import warnings
@@ -257,9 +258,15 @@ def memory_estimate(
     width = alpha if spec.has_alpha else 1.0
     pixels = batch_size * image_size * image_size
     weights = params * width * width * _FLOAT_BYTES
-    floor = pixels * (3 + peak * width) * _FLOAT_BYTES + weights
-    step = 2 * pixels * total * width * _FLOAT_BYTES + _ADAM_COPIES * weights
+    try:
+        floor = pixels * (3 + peak * width) * _FLOAT_BYTES + weights
+        step = 2 * pixels * total * width * _FLOAT_BYTES + _ADAM_COPIES * weights
+    except OverflowError:  # a batch of more pixels than a float counts: more than any memory
+        return MemoryEstimate(_UNCOUNTABLE, _UNCOUNTABLE)
     return MemoryEstimate(int(floor), int(step))
+
+
+_UNCOUNTABLE = 10**30  # bytes: what `memory_estimate` says of a batch past a float's range
 
 
 def _key(name: str) -> str:
@@ -332,7 +339,7 @@ def check_alpha(spec: BackboneSpec, alpha: float, weights: str | None) -> None:
                 "width multiplier; leave alpha at 1.0"
             )
         return
-    if not alpha > 0:
+    if not (math.isfinite(alpha) and alpha > 0):
         raise BackboneError(f"alpha={alpha!r} must be a positive width multiplier for {spec.name}")
     if _is_imagenet(weights) and alpha not in spec.imagenet_alphas:
         raise BackboneError(

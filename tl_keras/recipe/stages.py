@@ -248,7 +248,7 @@ def parse_stage(text: str) -> Stage:
     except ConfigError as e:
         raise _stage_error(text, f"has a bad UNFREEZE ({e})") from None
     rest = rest[width:]
-    if not rest or not rest[0].isdigit():
+    if not rest or not rest[0].isdecimal():  # what int() reads ('²' is a digit, not decimal)
         got = repr(rest[0]) if rest else "nothing"
         raise _stage_error(text, f"needs EPOCHS (a whole number) after {unfreeze!r}, not {got}")
     epochs, factor, schedule = int(rest[0]), None, None
@@ -338,11 +338,15 @@ def stages_from_tables(tables: Sequence[Mapping[str, Any]], source: str = "confi
     return ",".join(parts)
 
 
+DEFAULT_PHASES = ("fe", "ft")  # the phases of a config without `stages`
+
+
 def default_stages(config: Any) -> list[Stage]:
     """The two-phase schedule `fe` then `ft` that a config without `stages` describes."""
+    fe, ft = DEFAULT_PHASES
     return [
-        Stage("fe", "none", config.epochs_fe),
-        Stage("ft", str(parse_unfreeze(config.unfreeze)), config.epochs_ft),
+        Stage(fe, "none", config.epochs_fe),
+        Stage(ft, str(parse_unfreeze(config.unfreeze)), config.epochs_ft),
     ]
 
 
@@ -361,6 +365,15 @@ def stage_lr_factor(config: Any, stage: Stage, unfreezing_index: int) -> float:
     return config.ft_lr_factor * config.stage_lr_decay**unfreezing_index
 
 
+# LRSchedule's attributes whose config field has another name (`build_schedule` maps them).
+_SCHEDULE_FIELDS = {
+    "step_every": "lr_step_every",
+    "gamma": "lr_step_gamma",
+    "plateau_patience": "lr_plateau_patience",
+    "plateau_factor": "lr_plateau_factor",
+}
+
+
 def check_lr_schedule(phase: Phase) -> None:
     """Checks a phase's LR schedule without building it, so bad values fail before training.
 
@@ -370,8 +383,9 @@ def check_lr_schedule(phase: Phase) -> None:
     s = phase.lr_schedule
 
     def bad(field: str, allowed: str) -> ConfigError:
+        name = _SCHEDULE_FIELDS.get(field, field)  # the config field (and flag) a user sets
         return ConfigError(
-            f"phase {phase.name!r}: {field}={getattr(s, field)!r} is not allowed: {allowed}"
+            f"phase {phase.name!r}: {name}={getattr(s, field)!r} is not allowed: {allowed}"
         )
 
     if s.name not in LR_SCHEDULES:
@@ -379,7 +393,7 @@ def check_lr_schedule(phase: Phase) -> None:
             f"phase {phase.name!r}: lr_schedule={s.name!r} is unknown; use one of "
             f"{', '.join(LR_SCHEDULES)}"
         )
-    if s.warmup_epochs < 0:
+    if not (math.isfinite(s.warmup_epochs) and s.warmup_epochs >= 0):
         raise bad("warmup_epochs", "use 0 or a positive number of epochs")
     if s.warmup_epochs > 0 and s.name not in WARMUP_SCHEDULES:
         raise bad("warmup_epochs", f"schedule {s.name!r} has no warm-up; use 'cosine' or 0")
@@ -400,14 +414,14 @@ def check_lr_schedule(phase: Phase) -> None:
         raise bad("plateau_factor", "use a factor in (0, 1)")
 
 
-class _Filled:
-    """A config seen with some of its fields replaced."""
+def phase_names(config: Any) -> list[str]:
+    """The names of the phases a config asks for, in order: its stages', or `fe` and `ft`.
 
-    def __init__(self, config: Any, values: Mapping[str, Any]):
-        self._config, self._values = config, values
-
-    def __getattr__(self, name: str) -> Any:
-        return self._values[name] if name in self._values else getattr(self._config, name)
+    Nothing the recipe decides changes them, so they are known before its card is.
+    """
+    if config.stages:
+        return [stage.name for stage in parse_stages(config.stages)]
+    return [DEFAULT_PHASES[0], DEFAULT_PHASES[1]]
 
 
 def build_schedule(config: Any) -> list[Phase]:
@@ -418,15 +432,21 @@ def build_schedule(config: Any) -> list[Phase]:
     improvement when that is set (the switch from `fe` to `ft`), else `early_stopping_patience`.
 
     Args:
-      config: a `tl_keras.config.Config` (anything with its fields); a field left 'auto' takes
-        its fixed default (`recipe.auto.MANUAL`): the decided values come from the run's card.
+      config: a `tl_keras.config.Config` (anything with its fields), decided: nothing left
+        'auto' (`tl_keras.config.filled` fills a config; `tl_keras.build_schedule` takes one
+        as it is).
 
     Raises:
-      ConfigError: a bad stage list, a learning-rate factor outside [10, 100] for a stage that
-        unfreezes part of the base (unless `allow_any_lr_factor`), or a bad schedule value.
+      ConfigError: a setting still 'auto', a bad stage list, a learning-rate factor outside
+        [10, 100] for a stage that unfreezes part of the base (unless `allow_any_lr_factor`),
+        or a bad schedule value.
     """
-    if any(auto.is_auto(getattr(config, f, None)) for f in auto.AUTO_FIELDS):
-        config = _Filled(config, auto.resolved(vars(config), None))  # 'auto': manual defaults
+    undecided = [f for f in auto.AUTO_FIELDS if auto.is_auto(getattr(config, f, None))]
+    if undecided:
+        raise ConfigError(
+            f"{', '.join(undecided)} still 'auto': the recipe decides them, so build the schedule "
+            "of a decided config (tl_keras.build_schedule takes a config as given)"
+        )
     stages = parse_stages(config.stages) if config.stages else default_stages(config)
     phases, unfreezing = [], 0
     for stage in stages:
@@ -483,13 +503,20 @@ def build_schedule(config: Any) -> list[Phase]:
     return phases
 
 
-def select_phases(schedule: Sequence[Phase], phase: str) -> list[Phase]:
+def _name(phase: Phase | str) -> str:
+    return phase if isinstance(phase, str) else phase.name
+
+
+def select_phases(schedule: Sequence[Phase | str], phase: str) -> list:
     """Returns the phases to run for `--phase`: 'all' or one phase's name.
+
+    `schedule` holds phases or their names (a run's plan knows only the names until its recipe
+    card decides the rest); the answer holds the same.
 
     Raises:
       ConfigError: no phase has that name.
     """
-    names = [p.name for p in schedule]
+    names = [_name(p) for p in schedule]
     if phase == "all":
         return list(schedule)
     if phase not in names:
@@ -499,8 +526,8 @@ def select_phases(schedule: Sequence[Phase], phase: str) -> list[Phase]:
     return [schedule[names.index(phase)]]
 
 
-def previous_phase(schedule: Sequence[Phase], phase: Phase) -> Phase | None:
-    """Returns the phase before `phase` in the schedule, or None for the first."""
-    names = [p.name for p in schedule]
-    i = names.index(phase.name)
+def previous_phase(schedule: Sequence[Phase | str], phase: Phase | str) -> Phase | str | None:
+    """Returns the phase (or name) before `phase` in the schedule, or None for the first."""
+    names = [_name(p) for p in schedule]
+    i = names.index(_name(phase))
     return schedule[i - 1] if i else None

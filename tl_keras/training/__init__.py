@@ -1,7 +1,10 @@
 """Training: a schedule of phases run on a model, with every artifact kept in the workdir.
 
+    settings.py        the training sections of a run's settings: `RunSettings`, the phases
     plan.py            which phases run from which state of the workdir, and every refusal
-    runner.py          `train`: plan -> initial state -> the phase loop, each phase saved
+    runner.py          `train`: check -> plan -> start -> the phase loop, each phase saved
+    start.py           a run's data and model, its recipe card, its one resolve, its batches
+    decide.py          the recipe's facts measured, its card decided once and kept
     history.py         one history across phases: global epochs, spans, boundaries
     curves.py          the run's curves (`plot_history`), phases shaded, switches marked
     phase.py           `run_phase`: set-up -> callbacks -> fit -> outcome
@@ -19,6 +22,6 @@
     distribute.py      precision, and tf.distribute strategies
     compare.py         the same budget, four strategies
 
-Nothing here is imported eagerly; `plan`, `optim`, `rollback`, `features`, `distribute` and
-`checkpoint` import TensorFlow only inside their functions.
+Nothing here is imported eagerly; `settings`, `plan`, `optim`, `rollback`, `features`,
+`distribute` and `checkpoint` import TensorFlow only inside their functions.
 """

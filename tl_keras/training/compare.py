@@ -227,13 +227,13 @@ def _seed_data(config: Config, seed: int, data, workdir: str, *, doctor: bool):
     """The data every strategy of a seed trains on; the doctor examines the first seed's."""
     from tl_keras.data.sources import load_data
 
-    spec = config_lib.resolve(dataclasses.replace(config, seed=seed))
+    seeded = dataclasses.replace(config, seed=seed)
     if data is None:
-        data = load_data(spec, workdir=workdir)
+        data = load_data(seeded, workdir=workdir)
     if doctor and config.doctor != "off" and data.images is not None:
         from tl_keras.doctor import workflow
 
-        workflow.doctor_workdir(spec, workdir, data=data)
+        workflow.doctor_workdir(seeded, workdir, data=data)
     return data
 
 

@@ -47,13 +47,15 @@ def write_recipe_card(wd: Workdir, card: auto.Card) -> None:
     io.atomic_write_json(wd.file(auto.CARD_FILE), card.to_dict())
 
 
-def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, float | None]:
+def measure_facts(checked: config_lib.Checked, data, model) -> tuple[auto.Facts, float | None]:
     """The facts the recipe's rules need, and the base's forward images/s (None if unmeasured).
 
+    Every fact comes from what the card does not decide: the checked config (its model section,
+    its time budget, the stages and schedule it gives), the data as loaded, the model as built.
     The BatchNorm probe runs only on a pretrained base (a random one has no ImageNet statistics
     to compare with).
     """
-    given = spec.given or spec.config
+    given, section, budget_s = checked.given, checked.model, checked.run.time_budget_s
     labels = data.train_labels
     if labels is not None and len(labels):
         counts = np.bincount(np.asarray(labels), minlength=data.num_classes)
@@ -61,33 +63,33 @@ def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, fl
     else:
         smallest = data.num_train // max(1, data.num_classes)
     shifts, rate = [], None
-    wanted = spec.weights is not None or spec.time_budget_s is not None
+    wanted = section.weights is not None or budget_s is not None
     if wanted and data.train_in_order is not None:
-        shifts, rate = bn_shift.block_shifts(model, spec.backbone, data.train_in_order)
-        if spec.weights is None:  # a random base: its statistics say nothing; the rate counts
+        shifts, rate = bn_shift.block_shifts(model, section.backbone, data.train_in_order)
+        if section.weights is None:  # a random base: its statistics say nothing; the rate counts
             shifts = []
-        if spec.time_budget_s is not None:  # the probe's pass is eager: time a compiled one
+        if budget_s is not None:  # the probe's pass is eager: time a compiled one
             rate = budget.forward_rate(model, next(iter(data.train_in_order)))
     facts = auto.Facts(
         num_train=data.num_train,
         num_classes=data.num_classes,
         min_per_class=smallest,
         has_validation=data.val is not None,
-        image_size=spec.image_size,
-        native_size=spec.backbone.default_size,
-        pretrained=spec.weights is not None,
+        image_size=section.image_size,
+        native_size=section.backbone.default_size,
+        pretrained=section.weights is not None,
         block_shift=tuple(shifts),
         stages_given=bool(given.stages),
         stage_epochs=tuple(s.epochs for s in recipe.parse_stages(given.stages))
         if given.stages
         else (),
         schedule_given=None if auto.is_auto(given.lr_schedule) else given.lr_schedule,
-        time_budget_s=spec.time_budget_s,
+        time_budget_s=budget_s,
     )
     return facts, rate
 
 
-def decide(spec: config_lib.RunSpec, data, model, wd: Workdir, *, first_phase: bool):
+def decide(checked: config_lib.Checked, data, model, wd: Workdir, *, first_phase: bool):
     """The run's card: read back from the workdir (a later phase, a resumed run), or decided
     now from measured facts (the run's first phase). Logs the card when it is new.
 
@@ -97,17 +99,26 @@ def decide(spec: config_lib.RunSpec, data, model, wd: Workdir, *, first_phase: b
     Raises:
       WorkdirError: a later phase's workdir has no card or a damaged one.
     """
-    given = spec.given or spec.config
+    given = checked.given
     saved = read_recipe_card(wd)
     if not first_phase:
         if saved is None:  # a run made before the recipe was decided: its fixed defaults
-            saved = auto.decide(config_lib.to_dict(given), _unmeasured(data), recipe="manual")
+            saved = fixed_card(given, _unmeasured(data))
         return saved, None, False
-    facts, rate = measure_facts(spec, data, model)
+    facts, rate = measure_facts(checked, data, model)
     card = auto.decide(config_lib.to_dict(given), facts, recipe=given.recipe)
     for line in card.lines():
         log.info("%s", line)
     return card, rate, True
+
+
+def fixed_card(given: config_lib.Config, facts: auto.Facts | None = None) -> auto.Card:
+    """The card of the fixed defaults (recipe = "manual") for a config: what a run made before
+    the recipe was decided trained with, and what the LR range test of a workdir without a card
+    tests. Those values need no facts (`facts`: what the card records of the data, if known).
+    """
+    facts = facts or auto.Facts(0, 0, 0, stages_given=bool(given.stages))
+    return auto.decide(config_lib.to_dict(given), facts, recipe="manual")
 
 
 def _unmeasured(data) -> auto.Facts:

@@ -116,9 +116,15 @@ def make_strategy(name: str, *, logical_cpus: int = 0) -> tf.distribute.Strategy
         _patch_reduce_per_replica()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:  # no TPU here
+            raise ConfigError(
+                f"--strategy=tpu found no TPU to connect to ({' '.join(str(e).split())}); run "
+                "where one is attached (TPU_NAME names it), or use --strategy=default"
+            ) from None
         return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"strategy={name!r} is unknown; use one of {', '.join(STRATEGIES)}")
 

@@ -36,7 +36,7 @@ DEFAULT_MIN_LR, DEFAULT_MAX_LR, DEFAULT_NUM_STEPS = 1e-7, 1.0, 100
 
 
 def run_lr_find(
-    config: config_lib.Config,
+    config: config_lib.Config | config_lib.Checked,
     workdir: str,
     *,
     phase: str | None = None,
@@ -49,7 +49,7 @@ def run_lr_find(
     """Runs the LR range test for one phase and writes its plot and JSON.
 
     Args:
-      config: the resolved config.
+      config: the config (or what `config.check` made of it).
       workdir: the run's folder; a phase after the first needs the previous phase done there.
       phase: the phase to test ('fe', 'ft' or a stage's name); None = the first phase.
       min_lr: first learning rate.
@@ -71,10 +71,10 @@ def run_lr_find(
     """
     import keras
 
-    from tl_keras.data.sources import load_data
+    from tl_keras.data import sources
     from tl_keras.training import decide
 
-    spec = config_lib.resolve(config)
+    checked = config if isinstance(config, config_lib.Checked) else config_lib.check(config)
     try:
         check_args(min_lr, max_lr, num_steps, 0.98, 4.0)
     except ValueError as e:
@@ -84,14 +84,14 @@ def run_lr_find(
             f"--suggest={suggest!r} is not a rule of the LR range test; use one of "
             f"{', '.join(SUGGEST_RULES)}"
         )
-    target, prev, wd, run = _plan(spec, workdir, phase)
-    card = decide.read_recipe_card(wd)  # a run's decided recipe, when the workdir has one
-    if card is not None:
-        spec = config_lib.resolve(spec, card)
-        target = next(p for p in spec.schedule if p.name == target.name)
-    keras.utils.set_random_seed(spec.config.seed)
+    name, prev, wd, run = _plan(checked, workdir, phase)
+    # A run's decided recipe when the workdir has one, else the fixed defaults (recipe=manual).
+    card = decide.read_recipe_card(wd) or decide.fixed_card(checked.given)
+    spec = config_lib.resolve(checked, card)
+    target = spec.phase(name)
+    keras.utils.set_random_seed(spec.run.seed)
     if data is None:
-        data = load_data(spec, workdir=wd.path)
+        data = sources.load(spec.data, augmentation=spec.augmentation, workdir=wd.path)
     model = _model_for(spec, target, prev, wd, run, data)
     epochs = math.ceil(num_steps / data.steps_per_epoch)
     result = find_lr(
@@ -103,12 +103,13 @@ def run_lr_find(
         suggest=suggest,
     )
     out = _write(result, spec, target, wd, min_lr=min_lr, max_lr=max_lr)
-    _log_suggestion(spec.config, target, result, out)
+    _log_suggestion(spec.decided_config(), target, result, out)
     return result
 
 
-def _plan(spec, workdir: str, phase: str | None):
-    """The phase to test, the one before it, the workdir and its run.json; refuses the rest.
+def _plan(checked, workdir: str, phase: str | None):
+    """The phase to test and the one before it (names), the workdir and its run.json; refuses
+    the rest.
 
     Raises:
       ConfigError: --phase=all or an unknown phase.
@@ -116,23 +117,22 @@ def _plan(spec, workdir: str, phase: str | None):
     """
     from tl_keras.workdir import Workdir
 
-    schedule = spec.schedule
-    phase = phase or schedule[0].name
+    schedule = checked.phase_names
+    phase = phase or schedule[0]
     if phase == "all":
         raise ConfigError(
-            f"--phase=all: the LR range test is for one phase; use one of "
-            f"{', '.join(p.name for p in schedule)}"
+            f"--phase=all: the LR range test is for one phase; use one of {', '.join(schedule)}"
         )
     (target,) = recipe.select_phases(schedule, phase)
     prev = recipe.previous_phase(schedule, target)
     wd = Workdir(workdir)
     wd.ensure_writable()
     run = wd.read_run()
-    if prev is not None and (run is None or prev.name not in run["phases"]):
+    if prev is not None and (run is None or prev not in run["phases"]):
         raise WorkdirError(
-            f"the LR range test of {phase!r} starts from what {prev.name!r} saved, and "
-            f"{wd.path!r} has no {prev.name!r} done; run "
-            f"`python -m tl_keras.train --phase={prev.name} --workdir={workdir}` first"
+            f"the LR range test of {phase!r} starts from what {prev!r} saved, and "
+            f"{wd.path!r} has no {prev!r} done; run "
+            f"`python -m tl_keras.train --phase={prev} --workdir={workdir}` first"
         )
     return target, prev, wd, run
 
@@ -140,19 +140,19 @@ def _plan(spec, workdir: str, phase: str | None):
 def _model_for(spec, target: recipe.Phase, prev, wd, run, data) -> keras.Model:
     """The model set up as `target` would train it: unfrozen, compiled with its optimizer."""
     from tl_keras.model.classifier import set_trainable
-    from tl_keras.training import optim, runner
+    from tl_keras.training import optim, start
     from tl_keras.training.plan import check_same_run
 
     if prev is None:
-        model = runner.build_initial_model(spec, data)
+        model = start.build_initial_model(spec.model, data)
     else:
-        check_same_run(run, spec, data.class_names, wd.path)
-        model = runner.load_phase_model(wd, prev.name)
-    set_trainable(model, spec.backbone, target.unfreeze, bn_policy=spec.config.bn_policy)
+        check_same_run(run, spec.identity, data.class_names, wd.path)
+        model = start.load_phase_model(wd, prev)
+    set_trainable(model, spec.model.backbone, target.unfreeze, bn_policy=spec.model.bn_policy)
     # The sweep sets the (base) rate itself; the phase's own schedule does not apply.
     flat = dataclasses.replace(target, lr_schedule=recipe.LRSchedule())
     optimizer, _ = optim.phase_optimizer(
-        model, flat, backbone=spec.backbone, steps_per_epoch=data.steps_per_epoch
+        model, flat, backbone=spec.model.backbone, steps_per_epoch=data.steps_per_epoch
     )
     optim.compile_for_phase(model, flat, optimizer=optimizer)
     return model
@@ -171,7 +171,9 @@ def _write(result: LRFinderResult, spec, target: recipe.Phase, wd, *, min_lr, ma
         "suggestion_method": result.suggestion_method,
         "suggestions": result.suggestions,
         "implied_lr_factor": (
-            spec.config.lr / result.suggestion if result.suggestion and target.trains_base else None
+            spec.decided_config().lr / result.suggestion
+            if result.suggestion and target.trains_base
+            else None
         ),
         "diverged": result.diverged,
         "min_lr": min_lr,

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tl_keras import interrupt
 from tl_keras.data import changes
-from tl_keras.data.pipeline import DataBundle
+from tl_keras.data.bundle import DataBundle
 from tl_keras.errors import TrainingError
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
 from tl_keras.progress import say

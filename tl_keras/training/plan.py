@@ -19,7 +19,6 @@ from tl_keras import io, recipe
 from tl_keras.errors import ConfigError, WorkdirError
 from tl_keras.io import available_memory
 from tl_keras.model import backbones
-from tl_keras.recipe import Phase
 from tl_keras.training import checkpoint
 from tl_keras.workdir import Workdir
 
@@ -34,9 +33,12 @@ RESUME_MAY_CHANGE = ("progress", "tensorboard", "csv_log", "doctor", "checkpoint
 class RunPlan:
     """The phases a `train` call runs and the state of the workdir it starts from.
 
+    Phases are named, not yet decided: a plan is made before the recipe card exists (the run's
+    decided spec gives each its settings, `RunSpec.phase`).
+
     Attributes:
-      schedule: every phase of the config, in order.
-      targets: the phases to run now; empty when a --resume finds nothing left to do.
+      schedule: the name of every phase of the config, in order.
+      targets: the names of the phases to run now; empty when a --resume finds nothing left.
       previous: the phase before the first target (its saved model is the start), or None.
       run: the workdir's `run.json` as read, or None for a new workdir.
       done: the phases done there, name -> their `run.json` entry.
@@ -45,9 +47,9 @@ class RunPlan:
       outdir: where this process writes (the workdir, or a non-chief worker's scratch folder).
     """
 
-    schedule: tuple[Phase, ...]
-    targets: tuple[Phase, ...]
-    previous: Phase | None
+    schedule: tuple[str, ...]
+    targets: tuple[str, ...]
+    previous: str | None
     run: dict | None
     done: dict
     resume_from: checkpoint.Checkpoint | None
@@ -71,7 +73,7 @@ def check_options(*, overwrite: bool, resume: bool) -> None:
 
 
 def plan_run(
-    spec: config_lib.RunSpec,
+    checked: config_lib.Checked,
     workdir: str,
     *,
     phase: str = "all",
@@ -82,7 +84,7 @@ def plan_run(
     """Decides which phases run from which state of the workdir, refusing what cannot run.
 
     Args:
-      spec: the resolved config (`tl_keras.config.resolve`).
+      checked: the checked config (`tl_keras.config.check`).
       workdir: the run's folder.
       phase: 'all' or one phase's name.
       overwrite: replace results already there.
@@ -99,8 +101,8 @@ def plan_run(
         (without --overwrite), or --resume is given another config.
     """
     check_options(overwrite=overwrite, resume=resume)
-    check_memory(spec)
-    schedule = spec.schedule
+    check_memory(checked)
+    schedule = checked.phase_names
     targets = recipe.select_phases(schedule, phase)
     wd, out = Workdir(workdir), Workdir(outdir or workdir)
     out.ensure_writable()
@@ -108,13 +110,13 @@ def plan_run(
     done = dict(run["phases"]) if run else {}
     ckpt = None
     if resume and run is not None:
-        check_resume_config(wd, spec.given or spec.config)
+        check_resume_config(wd, checked.given)
         ckpt = checkpoint.latest(wd.path)
-        targets = [p for p in targets if p.name not in done]
+        targets = [p for p in targets if p not in done]
         if not targets:
             log.info("nothing to resume in %s: phase(s) %s already done", wd.path, ", ".join(done))
             return RunPlan(schedule, (), None, run, done, None, wd, out)
-        if ckpt is not None and ckpt.phase != targets[0].name:
+        if ckpt is not None and ckpt.phase != targets[0]:
             ckpt = None  # a leftover of a phase that has since been saved
     elif resume:
         log.info("nothing to resume in %s: starting the run", wd.path)
@@ -132,7 +134,7 @@ def plan_run(
     return plan
 
 
-def check_memory(spec: config_lib.RunSpec, available: int | None = None) -> None:
+def check_memory(checked: config_lib.Checked, available: int | None = None) -> None:
     """Refuses a batch that cannot fit in memory, before anything is built or decoded.
 
     A step needs at least the batch's input and the base's largest layer output at once
@@ -141,7 +143,7 @@ def check_memory(spec: config_lib.RunSpec, available: int | None = None) -> None
     no activations for the backward pass.
 
     Args:
-      spec: the resolved config.
+      checked: the checked config (its model and data sections).
       available: bytes available (default: `available_memory()`; unknown: no check).
 
     Raises:
@@ -150,17 +152,17 @@ def check_memory(spec: config_lib.RunSpec, available: int | None = None) -> None
     available = available_memory() if available is None else available
     if available is None:
         return
-    c = spec.config
+    model, batch_size = checked.model, checked.data.batch_size
     need = backbones.memory_estimate(
-        spec.backbone, image_size=spec.image_size, batch_size=c.batch_size, alpha=c.alpha
+        model.backbone, image_size=model.image_size, batch_size=batch_size, alpha=model.alpha
     )
-    what = f"image_size={spec.image_size} with batch_size={c.batch_size} on {spec.backbone.name}"
+    what = f"image_size={model.image_size} with batch_size={batch_size} on {model.backbone.name}"
     if need.floor > available:
         raise ConfigError(
             f"{what} cannot fit in memory: one batch needs at least {io.format_bytes(need.floor)} "
             f"(its images and the base's largest layer output), and "
-            f"{io.format_bytes(available)} is available. Lower --image_size ({spec.backbone.name}'s "
-            f"own is {spec.backbone.default_size}) or --batch_size"
+            f"{io.format_bytes(available)} is available. Lower --image_size ({model.backbone.name}'s "
+            f"own is {model.backbone.default_size}) or --batch_size"
         )
     if need.step > available:
         log.warning(
@@ -187,12 +189,12 @@ def _refuse_conflicts(plan: RunPlan, *, overwrite: bool, resume: bool) -> None:
         )
     if prev is None:
         return
-    if prev.name not in done:
+    if prev not in done:
         raise WorkdirError(
-            f"--phase={first.name} needs phase {prev.name!r} done in {wd.path!r}, which has "
-            f"{', '.join(done) or 'nothing'}; run --phase={prev.name} there first"
+            f"--phase={first} needs phase {prev!r} done in {wd.path!r}, which has "
+            f"{', '.join(done) or 'nothing'}; run --phase={prev} there first"
         )
-    redo = [p.name for p in plan.targets if p.name in done]
+    redo = [p for p in plan.targets if p in done]
     if redo and not overwrite:
         raise WorkdirError(
             f"phase(s) {', '.join(redo)} already done in {wd.path!r}; pass --overwrite to redo "
@@ -223,15 +225,19 @@ def check_resume_config(wd: Workdir, config: config_lib.Config) -> None:
         )
 
 
-def check_same_run(
-    run: dict, spec: config_lib.RunSpec, class_names: Sequence[str], workdir: str
-) -> None:
+def check_same_run(run: dict, identity: dict, class_names: Sequence[str], workdir: str) -> None:
     """Refuses to continue a workdir with a config or data that describe a different model.
+
+    Args:
+      run: the workdir's `run.json`.
+      identity: what the config's model is (`Checked.identity`).
+      class_names: the data's classes.
+      workdir: the run's folder, for the message.
 
     Raises:
       WorkdirError: naming each field that differs, its saved and its given value.
     """
-    given = spec.identity
+    given = identity
     diffs = [f"{k}: saved {run[k]!r}, given {v!r}" for k, v in given.items() if run.get(k) != v]
     if list(run["class_names"]) != list(class_names):
         saved, now = run["class_names"], list(class_names)

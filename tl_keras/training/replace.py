@@ -44,8 +44,8 @@ _STALE = (
 def redone_phases(plan) -> list[str]:
     """The finished phases a run from `plan.targets[0]` on redoes (and so drops): that phase
     and every phase after it in the schedule that is done."""
-    names = [p.name for p in plan.schedule]
-    first = names.index(plan.targets[0].name)
+    names = list(plan.schedule)
+    first = names.index(plan.targets[0])
     return [n for n in plan.done if n in names and names.index(n) >= first]
 
 

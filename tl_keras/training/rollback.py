@@ -36,7 +36,7 @@ from tl_keras.workdir import Workdir
 if TYPE_CHECKING:
     import keras
 
-    from tl_keras.data.pipeline import DataBundle
+    from tl_keras.data.bundle import DataBundle
 
 log = logging.getLogger("tl_keras")
 

@@ -1,13 +1,17 @@
 """Runs a schedule of phases and keeps the workdir. The CLI, the notebooks and the tests call it.
 
-`train(config, workdir)` runs the whole schedule (or one phase of it), in three steps:
+`train(config, workdir)` checks the config once (`tl_keras.config.check`: every field, and the
+sections the recipe does not decide), then runs the whole schedule (or one phase of it):
 
 1. **plan** (`tl_keras.training.plan.plan_run`): which phases run from which state of the
    workdir, and every refusal, before TensorFlow loads;
-2. **state** (`initial_state`): the data, and the model and history the first phase starts
-   from: a new model, what the previous phase saved, or the newest checkpoint;
-3. **recipe** (`decide_recipe`): the settings left to the recipe, decided from the data and the
-   model (`tl_keras.training.decide`) or read back from the workdir's `recipe.json`;
+2. **state** (`initial_state`): the data (listed, split and decode-checked once from the data
+   section), and the model and history the first phase starts from: a new model, what the
+   previous phase saved, or the newest checkpoint;
+3. **recipe** (`decide_recipe`): the card, decided from facts measured on that data and model
+   (`tl_keras.training.decide`) or read back from the workdir's `recipe.json`, and from it the
+   run's one decided spec (`tl_keras.config.resolve`); then (`prepare`) the training batches,
+   built once from its decided augmentation;
 4. **loop** (`run_phases`): each phase (`tl_keras.training.phase.run_phase`, its epochs planned
    from the time budget when there is one), then rollback when asked, then its artifacts and
    `run.json`, the commit point; after the last phase, the temperature fitted on validation
@@ -31,21 +35,12 @@ from collections.abc import Sequence
 
 import keras
 
-from tl_keras import _failpoints, io, lock, schema
+from tl_keras import _failpoints, io, lock
 from tl_keras import config as config_lib
-from tl_keras.data import augment
-from tl_keras.data.pipeline import DataBundle
-from tl_keras.data.sources import load_data
+from tl_keras.data import sources
+from tl_keras.data.bundle import DataBundle
 from tl_keras.errors import DiskFullError
-from tl_keras.model.classifier import (
-    RNG_FILE,
-    RNG_SHAPE,
-    build_model,
-    calibrate_batchnorm,
-    get_rng_state,
-    load_model,
-    set_rng_state,
-)
+from tl_keras.model.classifier import RNG_FILE, get_rng_state
 from tl_keras.recipe import auto, budget_plan
 from tl_keras.training import (
     budget,
@@ -54,19 +49,27 @@ from tl_keras.training import (
     class_weight,
     decide,
     distribute,
-    optim,
     replace,
     rollback,
 )
 from tl_keras.training.curves import plot_history
 from tl_keras.training.history import History
 from tl_keras.training.phase import PhaseOptions, PhaseResult, PhaseSetup, run_phase
-from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
+from tl_keras.training.plan import RunPlan, check_options, plan_run
+from tl_keras.training.settings import RunSettings
+from tl_keras.training.start import (
+    RunState,
+    decide_recipe,
+    ft_epoch_s,
+    initial_state,
+    load_phase_model,
+    phases_now,
+    prepare,
+    start_run,
+)
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")
-
-BN_CALIBRATION_BATCHES = 8  # batches used to re-estimate BatchNorm statistics of a random base
 
 
 @dataclasses.dataclass
@@ -80,35 +83,8 @@ class RunResult:
     workdir: str | None = None
 
 
-@dataclasses.dataclass
-class RunState:
-    """What the loop carries from phase to phase.
-
-    Attributes:
-      model: the model the next phase starts from.
-      history: the stitched history so far.
-      run: `run.json` as it will be written (identity, classes, phases done, schedule).
-      reference: under rollback, the best weights the next phase must beat.
-      data: the data every phase trains on.
-      card: the recipe card the run follows.
-      clock: the time budget and the run's start, or None without a budget.
-      save_s: how long the last phase's artifacts took to write (the budget's reserve).
-      rate: the frozen base's forward rate on this data (images/s), measured by the probe.
-    """
-
-    model: keras.Model
-    history: History
-    run: dict
-    reference: rollback.Snapshot | None
-    data: DataBundle
-    card: auto.Card | None = None
-    clock: budget.Clock | None = None
-    save_s: float = 1.0
-    rate: float | None = None
-
-
 def train(
-    config: config_lib.Config,
+    config: config_lib.Config | config_lib.Checked,
     workdir: str,
     *,
     phase: str = "all",
@@ -125,7 +101,7 @@ def train(
     `resume=True` continues a killed run from the newest one, in any phase.
 
     Args:
-      config: the config (see `tl_keras.config`), or its `RunSpec` (`config.resolve`).
+      config: the config (see `tl_keras.config`), or what `config.check` made of it.
       workdir: the run's folder.
       phase: 'all' or the name of one phase ('fe', 'ft', or a stage of `config.stages`).
       overwrite: replace results already in `workdir` (otherwise refused).
@@ -152,16 +128,16 @@ def train(
       [5.5]
     """
     started = time.monotonic()  # the time budget counts from here
-    spec = config_lib.resolve(config)  # worked out once here, and once more with the recipe card
-    config = spec.config
+    checked = config if isinstance(config, config_lib.Checked) else config_lib.check(config)
     check_options(overwrite=overwrite, resume=resume)
-    strategy = distribute.make_strategy(config.strategy, logical_cpus=config.logical_cpus)
+    run = checked.run
+    strategy = distribute.make_strategy(run.strategy, logical_cpus=run.logical_cpus)
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.precision))
+    keras.mixed_precision.set_global_policy(distribute.precision_policy(run.precision))
     try:
         with strategy.scope():
             return _train(
-                spec,
+                checked,
                 workdir,
                 strategy=strategy,
                 phase=phase,
@@ -176,7 +152,7 @@ def train(
 
 
 def _train(
-    spec, workdir, *, strategy, phase, overwrite, resume, data, callbacks, started
+    checked, workdir, *, strategy, phase, overwrite, resume, data, callbacks, started
 ) -> RunResult:
     """`train` inside the strategy's scope; only the chief's artifacts land in the workdir.
 
@@ -196,22 +172,26 @@ def _train(
             if chief and resume:
                 io.remove_leftovers(os.path.abspath(workdir))
             plan = plan_run(
-                spec, workdir, phase=phase, overwrite=overwrite, resume=resume, outdir=outdir
+                checked, workdir, phase=phase, overwrite=overwrite, resume=resume, outdir=outdir
             )
             if resume and (note := plan.workdir.replaced_note()):
                 log.info(note)
             if plan.nothing_to_do:
-                return _finished_run(plan, spec, data)
+                return _finished_run(plan, checked, data, replicas=strategy.num_replicas_in_sync)
             # --overwrite of a run: a transaction, the old run in place until a phase is done
             with replace.staged(plan, overwrite=overwrite) as plan:
                 state = None
                 try:
-                    state = initial_state(plan, spec, data)
-                    spec, plan = decide_recipe(plan, spec, state, started=started)
-                    plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
-                    state.data = distribute.shard_data(state.data, strategy)  # each its own part
-                    distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
-                    _start_run(plan, spec, state)
+                    state = initial_state(plan, checked, data)
+                    spec = decide_recipe(
+                        plan,
+                        checked,
+                        state,
+                        started=started,
+                        replicas=strategy.num_replicas_in_sync,
+                    )
+                    prepare(plan, spec, state, strategy)
+                    start_run(plan, spec, state)
                     results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
                 except Exception as e:
                     if io.is_disk_full(e):
@@ -251,12 +231,14 @@ def _disk_full(error: Exception, plan: RunPlan, state: RunState | None) -> DiskF
 
 
 def _finished_run(
-    plan: RunPlan, spec: config_lib.RunSpec, data: DataBundle | None = None
+    plan: RunPlan, checked: config_lib.Checked, data: DataBundle | None, *, replicas: int
 ) -> RunResult:
     """What `train --resume` returns for a run whose every phase is done.
 
     A run stopped after its last phase was saved but before its temperature was fitted (a kill
-    during calibration) gets its calibration now, as the uninterrupted run would have.
+    during calibration) gets its calibration now, as the uninterrupted run would have: with the
+    run's spec as its card decided it (`recipe.json`; its test-time augmentation), the run's
+    one `config.resolve`, and its data loaded once from the data section.
     """
     wd = plan.workdir
     path = wd.file("history.json")
@@ -267,176 +249,14 @@ def _finished_run(
     )
     model = _final_model(wd, plan.run)
     if not calibrate.is_fitted(plan.run):
-        spec = config_lib.resolve(spec, decide.read_recipe_card(wd))  # the run's tta, as decided
+        card = decide.read_recipe_card(wd) or decide.fixed_card(checked.given)
+        spec = config_lib.resolve(checked, card, replicas=replicas)
         phase = _final_phase(plan.run)
         log.info("the run stopped before its calibration: fitting the temperature of %r", phase)
         if data is None:
-            data = load_data(spec, workdir=wd.path)
-        calibrate.calibrate_run(wd, dict(plan.run), model, data, spec.config, phase)
+            data = sources.load(spec.data, workdir=wd.path)
+        calibrate.calibrate_run(wd, dict(plan.run), model, data, spec, phase)
     return RunResult(model, history, [], list(plan.run["class_names"]), wd.path)
-
-
-def _scale_learning_rates(plan: RunPlan, config: config_lib.Config, replicas: int) -> RunPlan:
-    """Under `scale_lr_with_replicas`, every phase's rate times the replicas (linear scaling)."""
-    if not (config.scale_lr_with_replicas and replicas > 1):
-        return plan
-    schedule = tuple(dataclasses.replace(p, lr=p.lr * replicas) for p in plan.schedule)
-    names = {t.name for t in plan.targets}
-    log.info("scale_lr_with_replicas: every learning rate x%d (%d replicas)", replicas, replicas)
-    return dataclasses.replace(
-        plan, schedule=schedule, targets=tuple(p for p in schedule if p.name in names)
-    )
-
-
-def initial_state(
-    plan: RunPlan, spec: config_lib.RunSpec, data: DataBundle | None = None
-) -> RunState:
-    """The data, and the model and history the first phase of the plan starts from.
-
-    A checkpoint's model (resuming), a new model (the schedule's first phase; an old run there
-    is cleared only now, once everything is set up), or what the previous phase saved.
-
-    Raises:
-      WorkdirError: the workdir holds another model or classes, or a saved model is damaged.
-      DataError: the data cannot be used.
-    """
-    wd, prev, ckpt, run = plan.workdir, plan.previous, plan.resume_from, plan.run
-    config = spec.config
-    keras.utils.set_random_seed(config.seed)
-    if data is None:
-        data = load_data(spec, workdir=wd.path)
-    if run is not None and (prev is not None or ckpt is not None):
-        check_same_run(run, spec, data.class_names, wd.path)
-    reference = None  # under rollback: the best weights the next phase must beat
-    if ckpt is not None:
-        model = ckpt.load_model()
-        history = ckpt.history.truncate(ckpt.phase_first_epoch - 1)
-        if config.rollback and prev is not None:
-            reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
-    elif prev is None:
-        model = build_initial_model(spec, data)
-        _check_rates(plan, spec, model)
-        # --resume with nothing finished and nothing to resume from: start again. (--overwrite
-        # stages its run instead, `replace.staged`: the old run stays until a phase is done.)
-        if run is not None and plan.outdir.path == wd.path:
-            wd.clear_results()
-            checkpoint.remove_all(wd.path)
-        run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
-        run["doctor"] = run_doctor(spec, data, model, plan.outdir.path)
-        history = History()
-    else:
-        model = load_phase_model(wd, prev.name)
-        history = History.load(
-            wd.file("history.json"),
-            fix=f"rerun phase {prev.name!r} (--phase={prev.name} --overwrite)",
-        ).truncate(plan.done[prev.name]["last_epoch"])
-        if config.rollback:
-            reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
-        for n in replace.redone_phases(plan):  # --overwrite: staged without them
-            run["phases"].pop(n)  # redone phases and everything after them
-    _check_rates(plan, spec, model)
-    return RunState(model, history, run, reference, data)
-
-
-def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -> dict:
-    """The data doctor before the first phase (`tl_keras.doctor.workflow.examine`): one log line,
-    the report in `<workdir>/doctor/`; what run.json records of it."""
-    if spec.config.doctor == "off":
-        log.info("doctor: off (doctor='off'): the data was not examined before training")
-        return {"skipped": "doctor='off'"}
-    if data.images is None:
-        log.info("doctor: skipped: this DataBundle does not list its images")
-        return {"skipped": "the data bundle does not list its images"}
-    from tl_keras.doctor import workflow
-
-    result = workflow.examine(spec, data, model, outdir)
-    return {
-        "summary": result.summary,
-        "report": f"{workflow.FOLDER}/report.json",
-        "manifest_sha256": result.report["data"]["manifest_sha256"],
-    }
-
-
-def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) -> None:
-    """Refuses per-block rates that do not fit the base (more groups than blocks) before any
-    phase trains, rather than when the first phase that unfreezes starts.
-
-    Raises:
-      ConfigError: naming `layer_decay_groups` and the base's blocks.
-    """
-    for p in plan.targets:
-        if p.trains_base and p.layer_decay != 1.0:
-            optim.discriminative_multipliers(
-                model, spec.backbone, p.layer_decay, groups=p.layer_decay_groups
-            )
-
-
-def decide_recipe(
-    plan: RunPlan, spec: config_lib.RunSpec, state: RunState, *, started: float
-) -> tuple[config_lib.RunSpec, RunPlan]:
-    """The run's recipe card, and the config, plan and data that follow from it.
-
-    The first phase of a run decides the card (and refuses a time budget that cannot hold one
-    epoch of each phase, before anything is written); a later phase or a resumed run reads it
-    from the workdir.
-
-    Raises:
-      ConfigError: a time budget too small for the run.
-      WorkdirError: a damaged `recipe.json`.
-    """
-    first = plan.previous is None and plan.resume_from is None
-    card, rate, new = decide.decide(spec, state.data, state.model, plan.workdir, first_phase=first)
-    spec = config_lib.resolve(spec, card)
-    if spec.time_budget_s is not None:
-        state.clock = budget.Clock(spec.time_budget_s, started)
-        if new and rate:
-            _check_budget(spec, state, rate)
-    state.card, state.rate = card, rate
-    cfg = spec.config
-    if state.data.rebuildable:
-        state.data = state.data.with_training(
-            augment=cfg.augment,
-            mixup=cfg.mixup,
-            cutmix=cfg.cutmix,
-            label_smoothing=cfg.label_smoothing,
-        )
-    if state.data.pipeline is not None:
-        augment.log_training(state.data.pipeline)
-    names = {p.name for p in plan.targets}
-    targets = tuple(p for p in spec.schedule if p.name in names)
-    return spec, dataclasses.replace(plan, schedule=spec.schedule, targets=targets)
-
-
-def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> None:
-    """Refuses a budget that cannot hold one epoch of each phase (estimated from the compiled
-    forward rate: fe one pass over train + validation, an ft epoch `budget.TRAIN_FORWARDS`
-    passes over train and one over validation)."""
-    data, schedule = state.data, spec.schedule
-    fe_s = (data.num_train + data.num_val) / rate
-    ft = [p for p in schedule if p.trains_base and p.epochs > 0]
-    ft_epoch_s = _ft_epoch_s(data, rate)
-    budget_plan.check_budget_holds(
-        spec.time_budget_s, state.clock.elapsed_s, fe_s, ft_epoch_s, ft_runs=bool(ft)
-    )
-
-
-def _start_run(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None:
-    """Writes run.json (with the schedule), config.json (as given: 'auto' where the recipe
-    decides) and recipe.json (the card): a run is in progress from here on.
-
-    A phase that starts afresh drops checkpoints an earlier attempt left (they would otherwise
-    outrank its own on a later --resume).
-    """
-    out = plan.outdir
-    if plan.resume_from is None:
-        checkpoint.remove_all(out.path)
-    state.run["schedule"] = [p.to_dict() for p in plan.schedule]
-    # How the trained model is served: predict, evaluate and every export read this.
-    state.run["inference"] = {**state.run.get("inference", {}), "tta": spec.config.tta}
-    out.write_run(state.run)
-    io.atomic_write_text(out.file("config.json"), config_lib.to_json(spec.given or spec.config))
-    if state.card is not None:
-        decide.write_recipe_card(out, state.card)
 
 
 def run_phases(
@@ -452,65 +272,61 @@ def run_phases(
     A phase counts as done only once its artifacts and then `run.json` are written; its
     checkpoints are removed after that.
     """
-    out, ckpt, config, results = plan.outdir, plan.resume_from, spec.config, []
-    weights = _class_weights(config, state.data)
-    unaugmented = None
-    for p in plan.targets:
-        data = state.data
-        if not p.augment and data.rebuildable:  # e.g. fe on cached features
-            unaugmented = unaugmented or data.with_training(augment="none", mixup=0.0, cutmix=0.0)
-            data = unaugmented
+    out, ckpt, run, results = plan.outdir, plan.resume_from, spec.run, []
+    weights = _class_weights(run, state.data)
+    for p in phases_now(plan, spec):
+        data = state.data if p.augment else state.plain  # e.g. fe on cached features
         guard = [budget.BudgetGuard(state.clock, state.save_s)] if state.clock else []
         planner = _epochs_planner(plan, spec, state, p, guard[0] if guard else None)
         options = PhaseOptions(
-            backbone=spec.backbone,
+            backbone=spec.model.backbone,
             initial_epoch=state.history.last_epoch,
             history_before=state.history,
             resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
-            bn_policy=config.bn_policy,
-            jit_compile=config.jit_compile,
+            bn_policy=spec.model.bn_policy,
+            jit_compile=run.jit_compile,
             strategy=strategy,
             class_weight=weights,
-            feature_cache=config.feature_cache,
+            feature_cache=run.feature_cache,
             cache_dir=out.shared_root,  # the feature cache outlives a run
-            callbacks=[*callbacks, *guard, *_log_callbacks(config, out)],
-            progress=config.progress,
-            track_best=config.rollback or None,
+            callbacks=[*callbacks, *guard, *_log_callbacks(run, out)],
+            progress=run.progress,
+            track_best=run.rollback or None,
             checkpoint_dir=out.path,
-            checkpoint_every=config.checkpoint_every,
+            checkpoint_every=run.checkpoint_every,
             epochs_planner=planner,
         )
         result = run_phase(state.model, p, data, options)
         if result.phase.epochs != p.epochs:  # planned from the time budget
             _record_planned(plan, state, result.phase)
-        if config.rollback:
+        if run.rollback:
             state.reference = rollback.apply_rollback(
                 state.model, result, state.reference, state.data
             )
         state.history.extend(result.history)
         _mark_kept(state.history, result)
         started = time.monotonic()
-        save_phase(out, state, config, result, pipeline=data.pipeline)
+        save_phase(out, state, spec.decided_config(), result, pipeline=data.pipeline)
         state.save_s = time.monotonic() - started
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
         out.commit(f"this run finished phase {p.name!r}")  # an --overwrite's staged run: swapped in
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     if results:  # the temperature of the model this run ends with, fitted on validation
-        calibrate.calibrate_run(out, state.run, state.model, state.data, config, p.name)
+        calibrate.calibrate_run(out, state.run, state.model, state.data, spec, p.name)
         if state.clock is not None:  # what the run used, its end included
             state.run["time_budget"] = state.clock.report()
             out.write_run(state.run)
     return results
 
 
-def _class_weights(config: config_lib.Config, data: DataBundle) -> dict[int, float] | None:
+def _class_weights(run: RunSettings, data: DataBundle) -> dict[int, float] | None:
     """The per-class loss weights of `class_weight`, logged once (None: unweighted)."""
-    weights = class_weight.class_weights(config.class_weight, data.train_labels, data.num_classes)
+    weights = class_weight.class_weights(run.class_weight, data.train_labels, data.num_classes)
     if weights is not None:
         log.info(
             "class_weight=%s: each training image's loss weighs %s",
-            config.class_weight,
+            run.class_weight,
             ", ".join(f"{name} {weights[c]:.3g}" for c, name in enumerate(data.class_names)),
         )
     return weights
@@ -541,12 +357,13 @@ def _epochs_planner(
     same end.
     """
     card = state.card
-    if state.clock is None or card is None or plan.resume_from or spec.config.stages:
+    if state.clock is None or card is None or plan.resume_from or spec.given.stages:
         return None
     field = "epochs_ft" if phase.trains_base else "epochs_fe"
     if phase.epochs == 0 or card.get(field).source not in ("rule", "budget"):
         return None
-    later = plan.targets[plan.targets.index(phase) + 1 :]
+    targets = phases_now(plan, spec)
+    later = targets[targets.index(phase) + 1 :]
     ft_follows = any(p.trains_base and p.epochs > 0 for p in later)
     clock = state.clock
 
@@ -558,7 +375,7 @@ def _epochs_planner(
             setup.fit_data,
             first_epoch=setup.initial_epoch,
             save_model=setup.model,
-            checkpoint_every=spec.config.checkpoint_every,
+            checkpoint_every=spec.run.checkpoint_every,
         )
         reserve = _end_reserve(spec, state, cost, empty_phases=sum(p.epochs == 0 for p in later))
         if guard is not None:
@@ -590,7 +407,7 @@ def _end_reserve(
     last phase save's time, or a model save's) and those of the phases after it that train no
     epoch (a few-shot run's `ft`), calibration's pass over validation (twice under flip TTA), a
     retrace."""
-    passes = 2 if spec.config.tta == "flip" else 1
+    passes = 2 if spec.tta == "flip" else 1
     val_pass = state.data.num_val / state.rate if state.rate else cost.val_s
     saves = cost.save_s * (1 + empty_phases) + max(state.save_s, cost.save_s)
     return saves + passes * val_pass + cost.trace_s + END_FIXED_S
@@ -599,15 +416,9 @@ def _end_reserve(
 END_FIXED_S = 1.0  # the calibration report's reliability diagram and run.json
 
 
-def _ft_epoch_s(data: DataBundle, rate: float) -> float:
-    """One fine-tuning epoch from the compiled forward rate: a training step about
-    `budget.TRAIN_FORWARDS` forward passes over train, one pass over validation."""
-    return (budget.TRAIN_FORWARDS * data.num_train + data.num_val) / rate
-
-
 def _ft_epoch_estimate(state: RunState) -> float:
-    """One fine-tuning epoch (`_ft_epoch_s`) and a model save; 0 without a measured rate."""
-    return _ft_epoch_s(state.data, state.rate) + state.save_s if state.rate else 0.0
+    """One fine-tuning epoch (`start.ft_epoch_s`) and a model save; 0 without a measured rate."""
+    return ft_epoch_s(state.data, state.rate) + state.save_s if state.rate else 0.0
 
 
 def _log_plan(
@@ -663,11 +474,11 @@ def _record_planned(plan: RunPlan, state: RunState, phase) -> None:
     ]
 
 
-def _log_callbacks(config: config_lib.Config, wd: Workdir) -> list[keras.callbacks.Callback]:
+def _log_callbacks(run: RunSettings, wd: Workdir) -> list[keras.callbacks.Callback]:
     cbs: list[keras.callbacks.Callback] = []
-    if config.tensorboard:
+    if run.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(log_dir=wd.file("logs", "tensorboard")))
-    if config.csv_log:
+    if run.csv_log:
         os.makedirs(wd.file("logs"), exist_ok=True)
         cbs.append(keras.callbacks.CSVLogger(wd.file("logs", "epochs.csv"), append=True))
     return cbs
@@ -728,24 +539,6 @@ def save_phase(
     wd.write_run(run)
 
 
-def load_phase_model(wd: Workdir, phase: str) -> keras.Model:
-    """Loads what phase `phase` saved (its model and RNG states), checked.
-
-    Raises:
-      WorkdirError: the model is missing, truncated, or would run code when loaded.
-      DamagedFileError: its rng_state.json is damaged.
-    """
-    fix = f"rerun phase {phase!r} (--phase={phase} --overwrite)"
-    model = load_model(wd.model_path(phase), compile=False, fix=fix)
-    rng_path = wd.file(phase, RNG_FILE)
-    if os.path.isfile(rng_path):
-        try:
-            set_rng_state(model, schema.read_json(rng_path, RNG_SHAPE, fix=fix))
-        except ValueError as e:  # states of layers the model does not have
-            raise schema.damaged(rng_path, str(e), fix) from None
-    return model
-
-
 def _final_phase(run: dict) -> str:
     """The last phase of the schedule that is done: the one whose model the run ends with."""
     names = [p["name"] for p in run.get("schedule", [])]
@@ -754,38 +547,3 @@ def _final_phase(run: dict) -> str:
 
 def _final_model(wd: Workdir, run: dict) -> keras.Model:
     return load_phase_model(wd, _final_phase(run))
-
-
-def build_initial_model(
-    config: config_lib.Config | config_lib.RunSpec, data: DataBundle
-) -> keras.Model:
-    """Builds the model the first phase starts from (base frozen, ready for `fe`).
-
-    With `weights = "none"` the random base's BatchNorm statistics are re-estimated from a few
-    training batches (see `calibrate_batchnorm`); pretrained bases are never touched.
-
-    Args:
-      config: the config, or its `RunSpec`.
-      data: the data bundle (its classes, and batches for the calibration).
-    """
-    spec = config_lib.resolve(config)
-    model = build_model(
-        spec.backbone,
-        data.num_classes,
-        image_size=spec.image_size,
-        weights=spec.weights,
-        alpha=spec.config.alpha,
-        head_units=spec.config.head_units,
-        dropout=spec.config.dropout,
-        seed=spec.config.seed,
-    )
-    if spec.weights is None:
-        n = calibrate_batchnorm(model, data.train_epochs(0, 1).take(BN_CALIBRATION_BATCHES))
-        log.warning(
-            "weights=none: the base starts random, so training only the head learns what random "
-            "features carry (use pretrained weights for transfer learning). Its BatchNorm "
-            "statistics were re-estimated from %d training batches so its features do not "
-            "vanish; no other weight changed",
-            n,
-        )
-    return model

@@ -2,12 +2,14 @@
 
 Three classes of shapes (circle, square, triangle) on noisy backgrounds, with random size and
 position, each class in its own typical colour with wide overlap (so both colour and shape help). Written as PNG files in class sub-folders, exactly the layout users
-point the trainer at, so the quickstart exercises the real image-folder path.
+point the trainer at, so the quickstart exercises the real image-folder path
+(`data_dir='synthetic'`: drawn into <workdir>/data/synthetic, then read as an image folder).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -15,6 +17,10 @@ import os
 import numpy as np
 
 from tl_keras import io
+from tl_keras.data.bundle import RawData
+from tl_keras.data.settings import DataSettings
+from tl_keras.data.sources import folders
+from tl_keras.errors import DataError
 
 CLASSES = ("circle", "square", "triangle")
 # Typical RGB colour of each class; each image's colour varies by up to +-70 per channel.
@@ -84,3 +90,19 @@ def make_shapes(
     # Written last: its presence means every image above is complete.
     io.atomic_write_json(manifest, wanted)
     return out_dir
+
+
+def source(settings: DataSettings, workdir: str | None = None) -> RawData:
+    """The shapes as a source: drawn into <workdir>/data/synthetic (once), read as a folder.
+
+    Raises:
+      DataError: no workdir to draw into.
+    """
+    if workdir is None:
+        raise DataError("data_dir='synthetic' needs a workdir to draw the images into")
+    root = make_shapes(
+        os.path.join(workdir, "data", "synthetic"),
+        images_per_class=settings.synthetic_images_per_class,
+        seed=settings.seed,
+    )
+    return folders.source(dataclasses.replace(settings, data_dir=root))
