@@ -310,7 +310,7 @@ def initial_state(
             wd.clear_results()
             checkpoint.remove_all(wd.path)
         run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
-        run["doctor"] = run_doctor(spec, data, model, plan.outdir.path)
+        run["doctor"] = run_doctor(spec, data, model, plan.outdir.path, plan.workdir.path)
         history = History()
     else:
         model = load_phase_model(wd, prev.name)
@@ -326,9 +326,16 @@ def initial_state(
     return RunState(model, history, run, reference, data)
 
 
-def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -> dict:
+def run_doctor(
+    spec: config_lib.RunSpec, data: DataBundle, model, outdir: str, workdir: str | None = None
+) -> dict:
     """The data doctor before the first phase (`tl_keras.doctor.workflow.examine`): one log line,
-    the report in `<workdir>/doctor/`; what run.json records of it."""
+    the report in `<workdir>/doctor/`; what run.json records of it: the summary, the report,
+    the manifest hash, which checks ran and which wait for `python -m tl_keras.doctor`
+    (config `doctor`: 'auto' defers label errors and outliers, 'full' runs every check).
+
+    `workdir`: the run's workdir when `outdir` is a staged replacement of it (the command that
+    runs the deferred checks names the workdir the run ends in)."""
     if spec.config.doctor == "off":
         log.info("doctor: off (doctor='off'): the data was not examined before training")
         return {"skipped": "doctor='off'"}
@@ -337,12 +344,24 @@ def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -
         return {"skipped": "the data bundle does not list its images"}
     from tl_keras.doctor import workflow
 
-    result = workflow.examine(spec, data, model, outdir)
-    return {
+    result = workflow.examine(
+        spec,
+        data,
+        model,
+        outdir,
+        deferred=workflow.deferred_for(spec.config.doctor),
+        shown_workdir=workdir,
+    )
+    record = {
         "summary": result.summary,
         "report": f"{workflow.FOLDER}/report.json",
         "manifest_sha256": result.report["data"]["manifest_sha256"],
+        "checks": result.report["checks"],
+        "deferred": result.report["deferred"],
     }
+    if result.report.get("later"):
+        record["later"] = result.report["later"]
+    return record
 
 
 def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) -> None:
