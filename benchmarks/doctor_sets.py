@@ -29,6 +29,7 @@ import doctor_photos as photos_lib  # noqa: E402
 
 PLANTED = {"exact": 8, "resized": 18, "flips": 12, "outliers": 3}
 DIGIT_PX = 32  # the digits' PNG size (bench_recipe.py's)
+SIZES = {"flowers": 128, "digits": 64}  # px the base reads: the photos' size; bench_recipe's
 
 
 def digit_tree(folder: str, limit: int | None = None) -> str:
