@@ -300,9 +300,7 @@ def diagnose(
         "class_names": images.class_names,
         "splits": _sorted_splits(set(images.splits)),
         "thresholds": dataclasses.asdict(t),
-        "checks": [
-            c for c in CHECKS if c not in deferred and (checked is not None or c not in DEFERRABLE)
-        ],
+        "checks": _checks_run(deferred, can_wait=checked is not None),
         "deferred": list(deferred),
         "balance": class_balance(images.labels, images.splits, images.class_names, t),
         "duplicates": _duplicate_summary(groups),
@@ -320,6 +318,12 @@ def diagnose(
     }
     report["summary"] = summary_line(report)
     return report
+
+
+def _checks_run(deferred: Sequence[str], *, can_wait: bool) -> list[str]:
+    """The checks that ran now: not deferred, and label errors and outliers only when the data
+    allows their statistics (`can_wait`)."""
+    return [c for c in CHECKS if c not in deferred and (can_wait or c not in DEFERRABLE)]
 
 
 def _deferrable(deferred: Sequence[str]) -> tuple[str, ...]:

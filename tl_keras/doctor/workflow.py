@@ -103,6 +103,42 @@ class _Listed:
     counts: dict[str, int]
 
 
+def before_training(spec, data, model, outdir: str, *, workdir: str | None = None) -> dict:
+    """The doctor before a new run's first phase (the runner calls it): `examine` with the checks
+    config `doctor` leaves for later deferred; returns what run.json records of it: the summary,
+    the report, the manifest hash, which checks ran and which wait for `python -m tl_keras.doctor`
+    (`later`), or why it was skipped.
+
+    Args:
+      spec: the run's `RunSpec` (config `doctor`: 'auto', 'full' or 'off').
+      data: the loaded `DataBundle`; one that does not list its images is not examined.
+      model: the classifier whose frozen base gives the features.
+      outdir: where `doctor/` goes (the run's workdir, or its staged replacement).
+      workdir: the workdir the run ends in, when `outdir` is a staged replacement of it (the
+        command that runs the deferred checks names it); default `outdir`.
+    """
+    if spec.config.doctor == "off":
+        log.info("doctor: off (doctor='off'): the data was not examined before training")
+        return {"skipped": "doctor='off'"}
+    if data.images is None:
+        log.info("doctor: skipped: this DataBundle does not list its images")
+        return {"skipped": "the data bundle does not list its images"}
+    result = examine(
+        spec, data, model, outdir, deferred=deferred_for(spec.config.doctor), shown_workdir=workdir
+    )
+    report = result.report
+    record = {
+        "summary": result.summary,
+        "report": f"{FOLDER}/{report_lib.REPORT_FILE}",
+        "manifest_sha256": report["data"]["manifest_sha256"],
+        "checks": report["checks"],
+        "deferred": report["deferred"],
+    }
+    if report.get("later"):
+        record["later"] = report["later"]
+    return record
+
+
 def doctor_workdir(config, workdir: str, *, data=None, deferred=()) -> DoctorResult:
     """Examines the data a config names with its pretrained base (`python -m tl_keras.doctor`).
 
@@ -403,6 +439,7 @@ def scale_sample(hashes: list[str], size: int, *, seed: int) -> np.ndarray:
 
 __all__ = [
     "DoctorResult",
+    "before_training",
     "deferred_for",
     "doctor_workdir",
     "examine",

@@ -341,39 +341,11 @@ def initial_state(
 def run_doctor(
     spec: config_lib.RunSpec, data: DataBundle, model, outdir: str, workdir: str | None = None
 ) -> dict:
-    """The data doctor before the first phase (`tl_keras.doctor.workflow.examine`): one log line,
-    the report in `<workdir>/doctor/`; what run.json records of it: the summary, the report,
-    the manifest hash, which checks ran and which wait for `python -m tl_keras.doctor`
-    (config `doctor`: 'auto' defers label errors and outliers, 'full' runs every check).
-
-    `workdir`: the run's workdir when `outdir` is a staged replacement of it (the command that
-    runs the deferred checks names the workdir the run ends in)."""
-    if spec.config.doctor == "off":
-        log.info("doctor: off (doctor='off'): the data was not examined before training")
-        return {"skipped": "doctor='off'"}
-    if data.images is None:
-        log.info("doctor: skipped: this DataBundle does not list its images")
-        return {"skipped": "the data bundle does not list its images"}
+    """The data doctor before the first phase (`tl_keras.doctor.workflow.before_training`): one
+    log line, the report in `<workdir>/doctor/`; returns what run.json records of it."""
     from tl_keras.doctor import workflow
 
-    result = workflow.examine(
-        spec,
-        data,
-        model,
-        outdir,
-        deferred=workflow.deferred_for(spec.config.doctor),
-        shown_workdir=workdir,
-    )
-    record = {
-        "summary": result.summary,
-        "report": f"{workflow.FOLDER}/report.json",
-        "manifest_sha256": result.report["data"]["manifest_sha256"],
-        "checks": result.report["checks"],
-        "deferred": result.report["deferred"],
-    }
-    if result.report.get("later"):
-        record["later"] = result.report["later"]
-    return record
+    return workflow.before_training(spec, data, model, outdir, workdir=workdir)
 
 
 def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) -> None:
