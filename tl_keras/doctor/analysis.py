@@ -50,9 +50,8 @@ report says so in `limits` rather than guessing.
 **Deferred checks.** Duplicates (above all across splits) and balance must be known before
 training: a leaked copy inflates every validation figure the run reports. Label errors and
 outliers can wait: `diagnose(..., deferred=DEFERRABLE)` skips them (the probe is most of the
-checks' time: about 20 s on EfficientNet-Lite0's 1,280 features of 3,439 photos on 2 busy cores),
-and their sections say `deferred` instead of a verdict, so nobody reads "0 label errors" into a
-check that did not run.
+checks' time: docs/benchmarks.md, the doctor before training), and their sections say
+`deferred` instead of a verdict, so nobody reads "0 label errors" into a check that did not run.
 """
 
 from __future__ import annotations
