@@ -267,3 +267,20 @@ def test_deferred_for_each_mode():
     assert workflow.deferred_for("full") == ()
     with pytest.raises(ValueError, match="'on' is not one of"):
         workflow.deferred_for("on")
+
+
+def test_a_staged_overwrite_names_the_workdir_it_ends_in(tmp_path, weights_file):
+    """--overwrite stages the new run beside the workdir: the command that runs the deferred
+    checks must name the workdir the run ends in, not the staging folder."""
+    from tl_keras.training.runner import train
+
+    tree = noise_tree(tmp_path / "data", {"ant": 10, "bee": 10})
+    workdir = tmp_path / "work"
+    cfg = tiny_config(data_dir=str(tree), weights=weights_file, epochs_ft=0)
+    train(cfg, str(workdir))
+    train(cfg, str(workdir), overwrite=True)
+    later = f"python -m tl_keras.doctor --workdir={workdir}"
+    report = json.loads((workdir / "doctor" / "report.json").read_text())
+    run = json.loads((workdir / "run.json").read_text())
+    assert report["later"] == later and run["doctor"]["later"] == later
+    assert f"`{later}`" in (workdir / "doctor" / "report.md").read_text()
