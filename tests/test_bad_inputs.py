@@ -108,7 +108,10 @@ FLAG_CASES = {
         ["--phase=ft needs phase 'fe' done", "run --phase=fe there first"],
     ),
     "resume-and-overwrite": (["--resume", "--overwrite"], ["give only one"]),
-    "doctor-unknown-mode": (["--doctor=full"], ["doctor='full' is not allowed: one of auto, off"]),
+    "doctor-unknown-mode": (
+        ["--doctor=on"],
+        ["doctor='on' is not allowed: one of auto, full, off"],
+    ),
     "class-weight-unknown": (
         ["--class_weight=inverse"],
         ["class_weight='inverse' is not allowed: one of none, balanced"],

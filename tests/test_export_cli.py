@@ -105,6 +105,7 @@ def test_the_model_card_describes_data_recipe_metrics_calibration_and_exports(
     assert data["manifest_sha256"]["at_training"] == run["doctor"]["manifest_sha256"]
     assert data["manifest_sha256"]["changed_since_training"] is False
     assert data["doctor"]["summary"] == run["doctor"]["summary"]
+    assert data["doctor"]["deferred"] == run["doctor"]["deferred"]  # what still waits, if any
     assert data["images"] == {"train": 24, "val": 6}
     assert card["recipe"]["source"] == "recipe.json" and card["recipe"]["values"]["seed"] == 0
     assert {d["field"] for d in card["recipe"]["card"]["decisions"]} >= {"epochs_ft", "unfreeze"}
