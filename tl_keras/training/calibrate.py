@@ -64,6 +64,13 @@ def forget_temperature(run: dict[str, Any]) -> None:
         run[INFERENCE_KEY] = {k: v for k, v in section.items() if k == "tta"}
 
 
+def is_fitted(run: dict[str, Any]) -> bool:
+    """Whether run.json records a temperature for the run's final model: False from the moment
+    a phase is saved (`forget_temperature`) until `calibrate_run` has written one."""
+    section = run.get(INFERENCE_KEY)
+    return isinstance(section, dict) and "temperature" in section
+
+
 def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> dict[str, Any]:
     """Fits T for `phase`'s model on the validation split, writes the report and run.json.
 
@@ -145,4 +152,4 @@ def _commit(wd, run: dict, section: dict, scores: dict | None) -> dict:
     return section
 
 
-__all__ = ["calibrate_run", "decided_tta", "forget_temperature"]
+__all__ = ["calibrate_run", "decided_tta", "forget_temperature", "is_fitted"]

@@ -333,7 +333,7 @@ def feature_bundle(data, features: dict):
             val_labels = np.concatenate([y.numpy() for _, y in data.val], axis=0).argmax(-1)
         val_y = tf.constant(np.asarray(val_labels, np.int32))
         gather_val = rows(features["val"])
-        val = (
+        val = images.untuned(  # Keras iterates it again every epoch (see `untuned`)
             tf.data.Dataset.range(len(val_labels))
             .batch(p.batch_size)
             .map(lambda i: (gather_val(i), tf.one_hot(tf.gather(val_y, i), k)))

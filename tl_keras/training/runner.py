@@ -201,7 +201,7 @@ def _train(
             if resume and (note := plan.workdir.replaced_note()):
                 log.info(note)
             if plan.nothing_to_do:
-                return _finished_run(plan)
+                return _finished_run(plan, spec, data)
             # --overwrite of a run: a transaction, the old run in place until a phase is done
             with replace.staged(plan, overwrite=overwrite) as plan:
                 state = None
@@ -250,8 +250,14 @@ def _disk_full(error: Exception, plan: RunPlan, state: RunState | None) -> DiskF
     )
 
 
-def _finished_run(plan: RunPlan) -> RunResult:
-    """What `train --resume` returns for a run whose every phase is done."""
+def _finished_run(
+    plan: RunPlan, spec: config_lib.RunSpec, data: DataBundle | None = None
+) -> RunResult:
+    """What `train --resume` returns for a run whose every phase is done.
+
+    A run stopped after its last phase was saved but before its temperature was fitted (a kill
+    during calibration) gets its calibration now, as the uninterrupted run would have.
+    """
     wd = plan.workdir
     path = wd.file("history.json")
     history = (
@@ -259,9 +265,15 @@ def _finished_run(plan: RunPlan) -> RunResult:
         if os.path.isfile(path)
         else History()
     )
-    return RunResult(
-        _final_model(wd, plan.run), history, [], list(plan.run["class_names"]), wd.path
-    )
+    model = _final_model(wd, plan.run)
+    if not calibrate.is_fitted(plan.run):
+        spec = config_lib.resolve(spec, decide.read_recipe_card(wd))  # the run's tta, as decided
+        phase = _final_phase(plan.run)
+        log.info("the run stopped before its calibration: fitting the temperature of %r", phase)
+        if data is None:
+            data = load_data(spec, workdir=wd.path)
+        calibrate.calibrate_run(wd, dict(plan.run), model, data, spec.config, phase)
+    return RunResult(model, history, [], list(plan.run["class_names"]), wd.path)
 
 
 def _scale_learning_rates(plan: RunPlan, config: config_lib.Config, replicas: int) -> RunPlan:
@@ -734,10 +746,14 @@ def load_phase_model(wd: Workdir, phase: str) -> keras.Model:
     return model
 
 
-def _final_model(wd: Workdir, run: dict) -> keras.Model:
+def _final_phase(run: dict) -> str:
+    """The last phase of the schedule that is done: the one whose model the run ends with."""
     names = [p["name"] for p in run.get("schedule", [])]
-    done = [n for n in names if n in run["phases"]]
-    return load_phase_model(wd, done[-1])
+    return [n for n in names if n in run["phases"]][-1]
+
+
+def _final_model(wd: Workdir, run: dict) -> keras.Model:
+    return load_phase_model(wd, _final_phase(run))
 
 
 def build_initial_model(
