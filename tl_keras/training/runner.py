@@ -56,6 +56,7 @@ from tl_keras.training import (
     distribute,
     optim,
     replace,
+    replan,
     rollback,
 )
 from tl_keras.training.curves import plot_history
@@ -479,6 +480,7 @@ def run_phases(
             checkpoint_dir=out.path,
             checkpoint_every=config.checkpoint_every,
             epochs_planner=planner,
+            on_replan=replan.card_follows(plan.outdir, state),
         )
         result = run_phase(state.model, p, data, options)
         if result.phase.epochs != p.epochs:  # planned from the time budget
@@ -563,6 +565,7 @@ def _epochs_planner(
         reserve = _end_reserve(spec, state, cost, empty_phases=sum(p.epochs == 0 for p in later))
         if guard is not None:
             guard.reserve_s, guard.planned_epoch_s = reserve, cost.total_s
+        need = _ft_epoch_estimate(state) if ft_follows and not phase.trains_base else None
         if phase.trains_base:
             decided = budget_plan.PhasePlan(
                 budget_plan.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
@@ -573,10 +576,11 @@ def _epochs_planner(
                 clock.elapsed_s,
                 cost,
                 rule_epochs=phase.epochs,
-                ft_need_s=_ft_epoch_estimate(state) if ft_follows else None,
+                ft_need_s=need,
                 reserve_s=reserve,
             )
         _log_plan(state, phase, field, cost, decided, ft_follows, reserve)
+        decided = replan.with_deadline(decided, clock, cost, phase, reserve, need, ft_follows)
         decide.write_recipe_card(plan.outdir, state.card)  # a resumed run keeps the plan
         return decided
 
