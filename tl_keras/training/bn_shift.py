@@ -14,7 +14,8 @@ of a block. Small everywhere: the data looks like ImageNet to the base (flower p
 8 and more; the stem, which sees raw pixels, over 100). `tl_keras.recipe.auto` decides from it how
 deep to fine-tune and whether the domain is near.
 
-One forward pass over `MAX_IMAGES` images in inference mode; no weight changes.
+One compiled forward pass over `MAX_IMAGES` images in inference mode, the statistics reduced in
+the graph; no weight changes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tl_keras import recipe
 from tl_keras.model import backbones
@@ -37,6 +39,24 @@ MAX_IMAGES = 256  # enough for stable per-channel statistics, a second on a smal
 def _statistics_model(base: keras.Model) -> tuple[keras.Model, list[keras.layers.Layer]]:
     bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
     return keras.Model(base.inputs, [layer.input for layer in bns]), bns
+
+
+def _batch_statistics(stats_model: keras.Model, preprocess: keras.layers.Layer | None):
+    """One compiled function: a batch of raw images -> each BatchNorm input's per-channel sum
+    and sum of squares (float64) and its count of values. The reductions run in the graph, so
+    only two short vectors per layer come back: the eager version copied every layer's whole
+    activations out as NumPy arrays."""
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def statistics(images):
+        x = preprocess(images) if preprocess is not None else images
+        out = []
+        for a in stats_model(x, training=False):
+            a = tf.reshape(tf.cast(a, tf.float64), [-1, a.shape[-1]])
+            out.append((tf.reduce_sum(a, 0), tf.reduce_sum(a * a, 0), tf.shape(a)[0]))
+        return out
+
+    return statistics
 
 
 def _channel_shift(mean, var, layer) -> float:
@@ -69,15 +89,13 @@ def block_shifts(
     base = get_base(model)
     stats_model, bns = _statistics_model(base)
     preprocess = [layer for layer in model.layers if layer.name == "preprocess"]
+    statistics = _batch_statistics(stats_model, preprocess[0] if preprocess else None)
     sums = [None] * len(bns)
     seen, start = 0, time.perf_counter()
     for images in batches:
         images = images[: max_images - seen]
-        x = preprocess[0](images) if preprocess else images
-        outputs = stats_model(x, training=False)
-        for i, a in enumerate(outputs):
-            a = np.asarray(a, np.float64).reshape(-1, a.shape[-1])
-            s = (a.sum(0), (a * a).sum(0), len(a))
+        for i, (total, squares, n) in enumerate(statistics(images)):
+            s = (np.asarray(total), np.asarray(squares), int(n))
             sums[i] = (
                 s if sums[i] is None else tuple(p + q for p, q in zip(sums[i], s, strict=True))
             )
