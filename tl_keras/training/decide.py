@@ -83,6 +83,7 @@ def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, fl
         else (),
         schedule_given=None if auto.is_auto(given.lr_schedule) else given.lr_schedule,
         time_budget_s=spec.time_budget_s,
+        backbone=spec.backbone.name,
     )
     return facts, rate
 
