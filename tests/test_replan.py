@@ -69,8 +69,13 @@ def test_steady_epoch_counts_the_first_call_at_the_median():
     wall = sum(train_calls) + sum(val_calls) + 0.2  # callbacks
     steady = budget_plan.steady_epoch_s(wall, train_calls, val_calls)
     assert steady == pytest.approx(10 * 0.1 + 3 * 0.05 + 0.2)
+    no_val = sum(train_calls) + 0.2  # a run without validation
+    assert budget_plan.steady_epoch_s(no_val, train_calls, []) == pytest.approx(10 * 0.1 + 0.2)
     # A head on cached features runs its epoch in one call: nothing to tell tracing from.
     assert budget_plan.steady_epoch_s(1.0, [1.0], []) is None
+    # One validation batch, traced: it can outweigh a short epoch (a few-shot head's 0.05 s
+    # epoch read 0.44 s with it): the next epoch is timed whole instead.
+    assert budget_plan.steady_epoch_s(wall, train_calls, [1.05]) is None
 
 
 # --- in a run -------------------------------------------------------------------------------------

@@ -194,12 +194,14 @@ def steady_epoch_s(
     wall_s: float, train_batches_s: list[float], val_batches_s: list[float]
 ) -> float | None:
     """An epoch's wall without what its first calls paid once (tracing): each call timed,
-    the first counted at the median of the others; None when the train step ran in fewer than
-    three calls (a head on cached features runs its epoch in one: time the next epoch whole)."""
-    if len(train_batches_s) < 3:
+    the first counted at the median of the others. None when that cannot be told: the train
+    step ran in fewer than three calls (a head on cached features runs its epoch in one), or
+    validation in one or two (its first call's tracing can outweigh a short epoch): then time
+    the next epoch whole."""
+    if len(train_batches_s) < 3 or 0 < len(val_batches_s) < 3:
         return None
     excess = max(0.0, train_batches_s[0] - statistics.median(train_batches_s[1:]))
-    if len(val_batches_s) >= 3:
+    if val_batches_s:
         excess += max(0.0, val_batches_s[0] - statistics.median(val_batches_s[1:]))
     return max(wall_s - excess, 1e-9)
 

@@ -5,7 +5,8 @@ few timed steps before it started; on a shared machine a real epoch runs a few p
 estimate, and the budget guard then cuts the phase short in the middle of its schedule. So the
 phase's `fit` runs up to a ceiling (`budget_plan.replan_ceiling`), and `EpochReplan`, at the end
 of its first real epoch (the first whose wall can be told apart from the tracing it paid once:
-the first epoch of a phase that trains images, the second of a head on cached features), takes
+the first epoch of a phase that trains images, the second of a head on cached features or
+of a phase with one or two validation batches), takes
 that epoch's wall without its tracing (`budget_plan.steady_epoch_s`) against what is left
 before the phase's deadline and sets the phase's epochs again (`budget_plan.replan_epochs`).
 A new length gets a learning-rate schedule of that length, built as the phase's own would have
