@@ -137,7 +137,10 @@ def probe_only(before: str, runs: int, flowers: str, weights: str) -> None:
     for _ in range(runs):
         for name, module in (("before", old), ("this", bn_shift)):
             load, start = os.getloadavg()[0], time.monotonic()
-            shifts[name], _ = module.block_shifts(model, spec.backbone, data.train_in_order)
+            known = {"num_images": data.num_train} if module is bn_shift else {}
+            shifts[name], _ = module.block_shifts(
+                model, spec.backbone, data.train_in_order, **known
+            )
             times[name].append(round(time.monotonic() - start, 2))
             print(name, times[name][-1], "s, load", round(load, 1), flush=True)
     diff = max(abs(a[1] - b[1]) for a, b in zip(shifts["before"], shifts["this"], strict=True))

@@ -63,7 +63,9 @@ def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, fl
     shifts, rate = [], None
     wanted = spec.weights is not None or spec.time_budget_s is not None
     if wanted and data.train_in_order is not None:
-        shifts, rate = bn_shift.block_shifts(model, spec.backbone, data.train_in_order)
+        shifts, rate = bn_shift.block_shifts(
+            model, spec.backbone, data.train_in_order, num_images=data.num_train
+        )
         if spec.weights is None:  # a random base: its statistics say nothing; the rate counts
             shifts = []
         if spec.time_budget_s is not None:  # the probe's pass is eager: time a compiled one
