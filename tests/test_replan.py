@@ -85,13 +85,17 @@ def _read(path) -> dict:
 
 def _config(**overrides):
     """The decided recipe on the tiny run, ft's length the budget's, fe's given (4 epochs, so the
-    warm-up rule keeps its one epoch: the first ft epoch then runs as under any length)."""
+    warm-up rule keeps its one epoch: the first ft epoch then runs as under any length). Batches
+    of 2, so validation runs in 3 and the re-plan comes after ft's first epoch; a checkpoint
+    after every epoch, so a crash leaves one to resume from."""
     values = dict(
         recipe="auto",
         unfreeze="auto",
         epochs_fe=4,
         epochs_ft="auto",
         time_budget="900s",
+        batch_size=2,
+        checkpoint_every=0,
     )
     return tiny_config(**{**values, **overrides})
 
