@@ -9,6 +9,7 @@ unfreeze whole blocks. The registry is plain data: looking a name up imports no 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import warnings
@@ -52,6 +53,7 @@ _MOBILENET_V3_BLOCKS = (
     (r"^expanded_conv_(\d+)_", "block_{0}"),
     (r"^expanded_conv_", "block_0"),
 )
+_TINY_BLOCKS = ((r"^stem_", "stem"), (r"^(block_\d+)_", "{0}"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +62,16 @@ class BackboneSpec:
 
     Attributes:
       name: the name users type (`--backbone=efficientnet_b0`).
-      keras_name: the `keras.applications` constructor.
+      keras_name: the `keras.applications` constructor, or the dotted path of one of the
+        package's own (`tl_keras.model.tiny.tiny_net`).
       family: models sharing block structure and preprocessing.
       default_size: the input size the ImageNet weights were trained at.
       preprocessing: BUILTIN or SCALE_MINUS1_1.
       block_rules: how layer names map to blocks.
       imagenet_alphas: widths with published ImageNet weights; () for no width multiplier.
       has_preprocessing_arg: the constructor takes `include_preprocessing` (kept True).
+      has_imagenet: ImageNet weights exist (`weights='imagenet'`); False for the test backbone.
+      min_size: the smallest input it takes, in pixels.
     """
 
     name: str
@@ -77,6 +82,8 @@ class BackboneSpec:
     block_rules: tuple[tuple[str, str], ...]
     imagenet_alphas: tuple[float, ...] = ()
     has_preprocessing_arg: bool = False
+    has_imagenet: bool = True
+    min_size: int = MIN_IMAGE_SIZE
 
     @property
     def has_alpha(self) -> bool:
@@ -165,6 +172,22 @@ _SPECS: list[BackboneSpec] = [
 
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
 
+# Registered, so configs and `--backbone=tiny` reach them, but not in `names()`: the list of
+# ImageNet backbones users choose from (the CLI help, the unknown-name message). `tiny`
+# (tl_keras/model/tiny.py) has no pretrained weights; it is the tests' and demos' model.
+UNLISTED: dict[str, BackboneSpec] = {
+    "tiny": BackboneSpec(
+        "tiny",
+        "tl_keras.model.tiny.tiny_net",
+        "tiny",
+        32,
+        SCALE_MINUS1_1,
+        _TINY_BLOCKS,
+        has_imagenet=False,
+        min_size=16,
+    ),
+}
+
 # What a base needs in memory, per backbone at width 1.0, measured on the built base at 224 px
 # (`python benchmarks/backbone_footprint.py` prints this table): the largest layer output and
 # the sum of every layer's output, in float32 values per input pixel, and the parameters.
@@ -189,6 +212,7 @@ _FOOTPRINT: dict[str, tuple[float, float, int]] = {
     "mobilenet_v2": (24.43, 434.7, 2257984),
     "mobilenet_v3_small": (4.66, 106.7, 939120),
     "mobilenet_v3_large": (16.29, 307.4, 2996352),
+    "tiny": (3.00, 22.5, 9176),
 }
 _FLOAT_BYTES = 4
 _ADAM_COPIES = 4  # weights, gradients and the optimizer's two moments
@@ -231,6 +255,7 @@ _ALIASES: dict[str, str] = {}
 for _s in _SPECS:
     _ALIASES[_key(_s.name)] = _s.name
     _ALIASES[_key(_s.keras_name)] = _s.name
+_ALIASES.update({_key(name): name for name in UNLISTED})
 
 
 def names() -> list[str]:
@@ -251,15 +276,21 @@ def get(name: str | BackboneSpec) -> BackboneSpec:
         raise BackboneError(
             f"unknown backbone {name!r}{did_you_mean(name, REGISTRY)}; known backbones: {', '.join(REGISTRY)}"
         )
-    return REGISTRY[canonical]
+    return REGISTRY.get(canonical) or UNLISTED[canonical]
 
 
 def check_alpha(spec: BackboneSpec, alpha: float, weights: str | None) -> None:
     """Checks the width multiplier against the family and the weights.
 
     Raises:
-      BackboneError: alpha given for a family without one, not positive, or without ImageNet weights.
+      BackboneError: alpha given for a family without one, not positive, or without ImageNet
+        weights; ImageNet weights asked of a backbone that has none.
     """
+    if _is_imagenet(weights) and not spec.has_imagenet:
+        raise BackboneError(
+            f"{spec.name} has no ImageNet weights (it is the test backbone): use weights='none' "
+            "or the path of a weights file saved from it"
+        )
     if not spec.has_alpha:
         if alpha != 1.0:
             raise BackboneError(
@@ -284,10 +315,10 @@ def input_size(spec: BackboneSpec, image_size: int | None) -> int:
 
 def check_image_size(spec: BackboneSpec, image_size: int) -> None:
     """Raises BackboneError when the backbone cannot take `image_size` pixels."""
-    if image_size < MIN_IMAGE_SIZE:
+    if image_size < spec.min_size:
         raise BackboneError(
-            f"image_size={image_size} is too small for {spec.name}: keras.applications backbones "
-            f"need at least {MIN_IMAGE_SIZE} px (its ImageNet size is {spec.default_size})"
+            f"image_size={image_size} is too small for {spec.name}: it needs at least "
+            f"{spec.min_size} px (its own size is {spec.default_size})"
         )
 
 
@@ -364,7 +395,6 @@ def build_base(
       BackboneError: bad alpha or size, an unreadable or mismatched weights file, or ImageNet
         weights that cannot be downloaded.
     """
-    import keras
 
     weights = normalize_weights(weights)
     size = input_size(spec, image_size)
@@ -382,7 +412,7 @@ def build_base(
         kwargs["alpha"] = alpha
     if spec.has_preprocessing_arg:
         kwargs["include_preprocessing"] = True
-    constructor = getattr(keras.applications, spec.keras_name)
+    constructor = _constructor(spec)
     with warnings.catch_warnings():
         # MobileNet warns that it loads 224-px weights at other sizes: the convolutions are
         # size-independent, so that is exactly what transfer learning at a smaller size wants.
@@ -403,6 +433,16 @@ def build_base(
     if local_file:
         load_weights_file(spec, base, weights)
     return base
+
+
+def _constructor(spec: BackboneSpec):
+    """The function that builds the base: `keras.applications.<keras_name>`, or a dotted path."""
+    import keras
+
+    if "." not in spec.keras_name:
+        return getattr(keras.applications, spec.keras_name)
+    module, name = spec.keras_name.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 def _check_weights_file(path: str) -> None:
