@@ -87,14 +87,14 @@ def shapes_dir(tmp_path_factory) -> str:
 
 
 def tiny_config(**overrides):
-    """A config that trains in seconds: MobileNet-0.25 at 32 px, random weights, 1+1 epochs."""
+    """A config that trains in seconds: the test backbone `tiny` (tl_keras/model/tiny.py) at
+    32 px, random weights, 1+1 epochs. Tests about a real family name it (`backbone=`)."""
     from tl_keras.config import Config
 
     values = dict(
         data_dir="synthetic",
         synthetic_images_per_class=8,
-        backbone="mobilenet",
-        alpha=0.25,
+        backbone="tiny",
         weights="none",
         image_size=32,
         batch_size=8,

@@ -91,7 +91,7 @@ def test_tiny_backbone_is_registered_but_not_listed():
     with pytest.raises(BackboneError, match=r"image_size=8 is too small for tiny.*at least 16 px"):
         backbones.check_image_size(spec, 8)
     base = backbones.build_base(spec, image_size=16, weights=None)  # 16 px works
-    assert base(np.zeros((2, 16, 16, 3), np.float32)).shape == (2, 2, 2, 32)
+    assert base(np.zeros((2, 16, 16, 3), np.float32)).shape == (2, 2, 2, 128)
     assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers) == 5
 
 

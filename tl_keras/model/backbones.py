@@ -212,7 +212,7 @@ _FOOTPRINT: dict[str, tuple[float, float, int]] = {
     "mobilenet_v2": (24.43, 434.7, 2257984),
     "mobilenet_v3_small": (4.66, 106.7, 939120),
     "mobilenet_v3_large": (16.29, 307.4, 2996352),
-    "tiny": (3.00, 22.5, 9176),
+    "tiny": (8.00, 69.0, 135280),
 }
 _FLOAT_BYTES = 4
 _ADAM_COPIES = 4  # weights, gradients and the optimizer's two moments
