@@ -1,4 +1,4 @@
-"""Export parity and quantisation accuracy on real photos: the figures in the README.
+"""Export parity and quantisation accuracy on real photos: the figures in docs/benchmarks.md.
 
     python benchmarks/bench_export.py            # needs ../shared (weights and flowers)
     python benchmarks/bench_export.py --smoke    # seconds: synthetic shapes, random base, 32 px

@@ -4,13 +4,16 @@
 
 Runs the training command in a child process and reads the child's peak resident set size
 (`ru_maxrss`) when it exits: the quickstart (offline, generated data) and, with ../shared, the
-flower config (MobileNet-0.25, 128 px, 3,439 photos, `cache = "memory"`). Writes
+flower config (MobileNet-0.25, 128 px, 3,439 photos, `cache = "memory"`). Each run's outcome is
+kept beside its figures (the epochs each phase ran, the decode check's seconds, the calibration
+log line and validation scores), so the documentation quotes a file, not a terminal. Writes
 benchmarks/results/memory.json and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -20,20 +23,42 @@ import time
 import _common
 
 
-def peak_rss_mib(args: list[str]) -> tuple[float, float]:
-    """(peak RSS in MiB, wall seconds) of `python -m tl_keras.train ARGS` run to the end."""
+def peak_rss_mib(args: list[str]) -> tuple[float, float, list[str]]:
+    """(peak RSS in MiB, wall seconds, log lines) of `python -m tl_keras.train ARGS` to the end."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.perf_counter()
-    with tempfile.TemporaryFile(
-        "w+"
-    ) as err:  # a file, not a pipe: a full pipe would block the child
+    # Files, not pipes: a full pipe would block the child.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "tl_keras.train", *args], cwd=_common.REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)  # fmt: skip
+                                stdout=out, stderr=err, text=True)  # fmt: skip
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak, not ours
         if status != 0:
             err.seek(0)
             sys.exit(f"the run failed (status {status}): {err.read()[-2000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start  # Linux reports KiB
+        out.seek(0)
+        lines = out.read().splitlines()
+    return usage.ru_maxrss / 1024, time.perf_counter() - start, lines  # Linux reports KiB
+
+
+def outcome(workdir: str, lines: list[str]) -> dict:
+    """What the run reported: epochs per phase, the decode check, its calibration line and scores."""
+    from tl_keras.history import History
+
+    spans = History.load(os.path.join(workdir, "history.json")).spans()
+    with open(os.path.join(workdir, spans[0].phase, "summary.json")) as f:
+        data = json.load(f)["data"]
+    with open(os.path.join(workdir, "run.json")) as f:
+        inference = json.load(f).get("inference", {})
+    # The log line without its timestamp, as the documentation quotes it.
+    calibration = [ln.split(" ", 1)[1] for ln in lines if " [calibration] " in ln]
+    return {
+        "epochs_run": {s.phase: s.epochs for s in spans},
+        "decode_check_s": data.get("decode_check_s"),
+        "images": data.get("images"),
+        "temperature": inference.get("temperature"),
+        "validation": inference.get("validation"),
+        "calibration_log": calibration[-1] if calibration else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -51,8 +76,9 @@ def main(argv=None) -> int:
         ]  # fmt: skip
     rows = {}
     for name, run_args in runs.items():
-        mib, seconds = peak_rss_mib(run_args)
-        rows[name] = {"peak_rss_mib": round(mib, 1), "wall_s": round(seconds, 1), "args": run_args}
+        mib, seconds, lines = peak_rss_mib(run_args)
+        rows[name] = {"peak_rss_mib": round(mib, 1), "wall_s": round(seconds, 1), "args": run_args,
+                      "outcome": outcome(f"{tmp}/{name}", lines)}  # fmt: skip
     path = _common.write("memory", {"machine": _common.machine(), "results": rows})
     print("| run (`--phase=all`) | peak resident memory | wall time |")
     print("|---|---|---|")

@@ -1,6 +1,7 @@
 """benchmarks/bench_recipe.py's quick command runs every arm and writes its JSON.
 
-The figures themselves come from the full command (README, "The decided recipe"); this checks the
+The figures themselves come from the full command (docs/benchmarks.md, "The decided recipe against
+plain Keras"); this checks the
 path: the plain recipe, tl_keras's default and the same-budget arm, on few-shot flowers and on
 scikit-learn's digits, each scored on a test split no run saw.
 """

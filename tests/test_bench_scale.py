@@ -1,6 +1,6 @@
 """benchmarks/bench_scale.py's quick command: both measurements, and its JSON and table.
 
-The figures come from the full command (README, "Speed and scale"); this checks the path: the
+The figures come from the full command (docs/benchmarks.md, "Memory and speed as the data grows"); this checks the path: the
 generated folders, TFDS's own `tf_flowers` builder preparing them locally, a real `fe` epoch of
 `python -m tl_keras.train` per size with its peak RSS, and the fixed-step child. The TFDS source
 only: the folder rows run the same code on the folder the TFDS set is made from, and each

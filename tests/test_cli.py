@@ -48,7 +48,7 @@ def assert_one_line_error(proc, *fragments):
 
 @pytest.mark.slow
 def test_quickstart_config_runs(tmp_path):
-    """The README's first command, exactly (the workdir aside)."""
+    """The README's first command (the quickstart), exactly (the workdir aside)."""
     workdir = tmp_path / "quickstart"
     proc = run_cli("--config=configs/quickstart.toml", f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]

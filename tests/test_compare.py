@@ -178,7 +178,7 @@ def test_refusals(tmp_path):
 
 @pytest.mark.slow
 def test_readme_compare_command(tmp_path):
-    """The README's command, made tiny by flags (the real one needs ../shared and minutes)."""
+    """docs/beyond.md's command, made tiny by flags (the real one needs ../shared and minutes)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     tiny = [
         "--data_dir=synthetic",

@@ -123,7 +123,7 @@ def test_flowers_config_runs(tmp_path, flowers_dir, shared_weights):
 
 @pytest.mark.slow
 def test_input_benchmark_runs(tmp_path):
-    """The README's benchmark command, on a tiny folder, tiny sizes and one short round."""
+    """docs/benchmarks.md's input command, on a tiny folder, tiny sizes and one short round."""
     from data_fixtures import make_folder
 
     folder = make_folder(tmp_path / "d", {"ant": 12, "bee": 12})

@@ -1,6 +1,6 @@
 """Bad data: every case is a DataError naming the path or value and the fix, or a counted skip.
 
-The README's "Bad data" table lists the same cases with the decision for each.
+docs/data.md's "Bad data" table lists the same cases with the decision for each.
 """
 
 import os

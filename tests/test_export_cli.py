@@ -314,7 +314,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(trained_workdir, tmp_path):
 
 @pytest.mark.slow
 def test_export_benchmark_smoke_run(tmp_path):
-    """The benchmark behind the README's figures runs (tiny: shapes, 32 px, one epoch each)."""
+    """The benchmark behind docs/benchmarks.md's export figures runs (tiny: shapes, 32 px, one epoch each)."""
     out = tmp_path / "export_smoke.json"
     proc = subprocess.run(
         [sys.executable, "benchmarks/bench_export.py", "--smoke", f"--workdir={tmp_path / 'w'}",

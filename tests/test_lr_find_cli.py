@@ -66,7 +66,7 @@ def test_refusals(tmp_path):
 
 @pytest.mark.slow
 def test_readme_lr_find_commands(tmp_path):
-    """The README's two commands, exactly (the workdir aside)."""
+    """docs/beyond.md's two commands, exactly (the workdir aside)."""
     quick = tmp_path / "quickstart"
     proc = run_lr_find_cli("--config=configs/quickstart.toml", f"--workdir={quick}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Every command of the README's "Beyond two phases" section, run as written (workdir aside)."""
+"""Every command of docs/beyond.md ("Beyond two phases"), run as written (workdir aside)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from conftest import REPO
 
 from tl_keras.history import History
 
-# The commands, exactly as the README shows them; the tests below run each one.
+# The commands, exactly as docs/beyond.md shows them; the tests below run each one.
 GRADUAL = "python -m tl_keras.train --config=configs/gradual.toml --workdir=runs/gradual"
 GRADUAL_FT2 = "python -m tl_keras.train --phase=ft2 --workdir=runs/gradual --overwrite"
 STAGES_FLAG = (
@@ -37,10 +37,8 @@ TESTED_ELSEWHERE = (
 
 
 def readme_commands() -> list[str]:
-    """The `python -m` commands of the README's "Beyond two phases" section."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Beyond two phases") :]
-    section = section[: section.index("\n## ", 1)]
+    """The `python -m` commands of docs/beyond.md, the "Beyond two phases" guide."""
+    section = (REPO / "docs" / "beyond.md").read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
         joined = re.sub(r"\\\n\s*", "", block)

@@ -241,11 +241,11 @@ def test_validation_and_the_plan_import_no_tensorflow(tmp_path):
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
-# --- the README's map of the package --------------------------------------------------------------
+# --- the map of the package (docs/architecture.md) -----------------------------------------------
 def readme_layout() -> set[str]:
-    """The module paths the README's "How the code is laid out" tree lists."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## How the code is laid out") :]
+    """The module paths docs/architecture.md's "How the code is laid out" tree lists."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("# How the code is laid out") :]
     tree = section[section.index("```\n") + 4 : section.index("\n```", section.index("```\n") + 4)]
     listed, folders = set(), []
     for line in tree.splitlines():
@@ -268,5 +268,6 @@ def test_the_readme_lists_every_module_where_it_is():
         if p.name != "__init__.py" or p.parent == PACKAGE
     }
     assert readme_layout() == modules, (
-        f"only in the README: {readme_layout() - modules}; not in it: {modules - readme_layout()}"
+        f"only in docs/architecture.md: {readme_layout() - modules}; "
+        f"not in it: {modules - readme_layout()}"
     )

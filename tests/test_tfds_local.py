@@ -214,8 +214,9 @@ def test_a_missing_module_is_named_not_blamed_on_the_network(archive, tmp_path):
     assert "offline" not in proc.stderr
 
 
-def test_data_sets_the_readme_names_prepare_on_this_install(tmp_path):
-    """cats_vs_dogs and oxford_flowers102 through their own builders, from local downloads:
+def test_data_sets_the_docs_name_prepare_on_this_install(tmp_path):
+    """cats_vs_dogs and oxford_flowers102 (docs/data.md names them) through their own builders, from
+    local downloads:
     every module their download-and-prepare path imports is installed with tl_keras."""
     files = {tfds_local.CATS_VS_DOGS_URL: tfds_local.make_cats_vs_dogs_zip(tmp_path / "c.zip")}
     files.update(tfds_local.make_oxford_flowers102(tmp_path / "oxford"))
