@@ -86,29 +86,36 @@ def shapes_dir(tmp_path_factory) -> str:
     )
 
 
+# What `tiny_config` trains: the test backbone `tiny` (tl_keras/model/tiny.py) at 32 px, random
+# weights, 1+1 epochs on 3 x 8 synthetic shapes. Tests about a real family name it (`backbone=`).
+TINY_RUN = dict(
+    data_dir="synthetic",
+    synthetic_images_per_class=8,
+    backbone="tiny",
+    weights="none",
+    image_size=32,
+    batch_size=8,
+    epochs_fe=1,
+    epochs_ft=1,
+    head_units=8,
+    unfreeze="blocks:2",
+    progress="lines",
+    # The mechanics under test, not the decided recipe (tests/test_recipe_auto*.py): the
+    # fixed defaults of recipe = "manual".
+    recipe="manual",
+)
+
+
 def tiny_config(**overrides):
-    """A config that trains in seconds: the test backbone `tiny` (tl_keras/model/tiny.py) at
-    32 px, random weights, 1+1 epochs. Tests about a real family name it (`backbone=`)."""
+    """A config that trains in seconds (`TINY_RUN`, with `overrides`)."""
     from tl_keras.config import Config
 
-    values = dict(
-        data_dir="synthetic",
-        synthetic_images_per_class=8,
-        backbone="tiny",
-        weights="none",
-        image_size=32,
-        batch_size=8,
-        epochs_fe=1,
-        epochs_ft=1,
-        head_units=8,
-        unfreeze="blocks:2",
-        progress="lines",
-        # The mechanics under test, not the decided recipe (tests/test_recipe_auto*.py): the
-        # fixed defaults of recipe = "manual".
-        recipe="manual",
-    )
-    values.update(overrides)
-    return Config(**values)
+    return Config(**{**TINY_RUN, **overrides})
+
+
+def tiny_flags(**overrides) -> list[str]:
+    """The same run as `tiny_config(**overrides)`, as the commands' flags."""
+    return [f"--{name}={value}" for name, value in {**TINY_RUN, **overrides}.items()]
 
 
 @pytest.fixture
@@ -150,12 +157,28 @@ def run_module(
     )
 
 
+# --- workdirs built once per test session (per xdist worker), read-only ------------------------
+# A test that damages or extends one copies it first (`shutil.copytree`); a command that only
+# reads one, or is refused on it, may use it in place.
+TRAINED = dict(synthetic_images_per_class=10)  # 24 training / 6 validation images
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory) -> str:
-    """A finished tiny fe -> ft run (3 synthetic classes, 32 px), shared by the tests that
-    evaluate, predict with and export a trained model. Treat it as read-only."""
+    """A finished tiny fe -> ft run (`tiny_config(**TRAINED)`), shared by the tests that
+    evaluate, predict with, export or refuse to overwrite a trained model."""
     from tl_keras.training.runner import train
 
     workdir = str(tmp_path_factory.mktemp("trained") / "run")
-    train(tiny_config(synthetic_images_per_class=10), workdir)
+    train(tiny_config(**TRAINED), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def fe_done_workdir(tmp_path_factory) -> str:
+    """The same run with only phase `fe` done (`--phase=fe`), for the tests of a later phase."""
+    from tl_keras.training.runner import train
+
+    workdir = str(tmp_path_factory.mktemp("fe_done") / "run")
+    train(tiny_config(**TRAINED), workdir, phase="fe")
     return workdir
