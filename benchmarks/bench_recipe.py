@@ -1,7 +1,7 @@
 """Does tl_keras's default beat the 40 lines of plain Keras it replaces, in no more time?
 
     python benchmarks/bench_recipe.py            # 3 regimes x 3 seeds (about 25 minutes on 2 cores)
-    python benchmarks/bench_recipe.py --quick    # smoke run: tiny, one seed (the test suite runs it)
+    python benchmarks/bench_recipe.py --quick    # smoke run: 32 px, 1+1 epochs, one seed (the suite)
 
 Three regimes, each with MobileNet-0.25 and the shared ImageNet weights:
 
@@ -44,6 +44,7 @@ REGIMES = ("flowers", "fewshot", "digits")
 TEST_FRACTION = 0.15
 SPLIT_SEED = 20261201  # the test carve: fixed once, never tuned
 SIZES = {"flowers": 128, "fewshot": 128, "digits": 64}
+QUICK_SIZE = 32  # --quick: every regime at this size (the path, not the figures)
 
 
 # --- the regimes' data, written once ------------------------------------------------------------
@@ -272,7 +273,7 @@ def main(argv=None) -> None:
             ap.error(f"unknown regime(s) {', '.join(unknown)}: use {', '.join(REGIMES)}")
         folders = make_regimes(root, flowers, args.quick, regimes)
         for regime in regimes:
-            size, runs = SIZES[regime], []
+            size, runs = (QUICK_SIZE if args.quick else SIZES[regime]), []
             for seed in seeds:
                 run = {"seed": seed}
                 run["plain"] = plain_recipe(folders[regime], size, weights, seed, args.quick)

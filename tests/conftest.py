@@ -45,9 +45,29 @@ SLOWEST_FIRST = (
 )
 
 
+# Files whose tests are long and share no module fixture: each test is a work unit of its own,
+# so they spread over the workers instead of queueing on one.
+ONE_UNIT_PER_TEST = ("test_notebooks.py",)
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, except for the files of ONE_UNIT_PER_TEST (whose tests go out one by one
+    like `--dist load`); any other mode is xdist's own."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.rsplit("/", 1)[-1] in ONE_UNIT_PER_TEST else path
+
+    return Scheduling(config, log)
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""`python -m tl_keras.train` in real subprocesses, the way users run it."""
+"""`python -m tl_keras.train` in real subprocesses, the way users run it (refusals that need no
+process of their own run in this one: tests/inprocess.py)."""
 
 import hashlib
 import json
@@ -7,14 +8,14 @@ import pathlib
 
 import pytest
 from conftest import REPO, run_cli
+from inprocess import command
 
 from tl_keras.history import History
 
 TINY = [
     "--data_dir=synthetic",
     "--synthetic_images_per_class=8",
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=8",
@@ -96,20 +97,18 @@ def test_fe_then_ft_in_two_processes_equals_all(split_and_all):
 def test_ft_trusts_the_config_fe_saved(split_and_all):
     _, split, _ = split_and_all
     cfg = json.loads(pathlib.Path(split / "ft" / "config.json").read_text())
-    assert (
-        cfg["backbone"] == "mobilenet" and cfg["image_size"] == 32 and cfg["unfreeze"] == "blocks:2"
-    )
+    assert cfg["backbone"] == "tiny" and cfg["image_size"] == 32 and cfg["unfreeze"] == "blocks:2"
 
 
 @pytest.mark.slow
 def test_mismatched_ft_is_refused_and_changes_nothing(split_and_all):
     _, split, _ = split_and_all
     before = digest(split)
-    proc = run_cli(
+    proc = command(
         "--phase=ft", f"--workdir={split}", "--overwrite", "--backbone=mobilenet_v2", "--alpha=0.35"
     )
     assert_one_line_error(
-        proc, "holds a different run", "backbone: saved 'mobilenet', given 'mobilenet_v2'"
+        proc, "holds a different run", "backbone: saved 'tiny', given 'mobilenet_v2'"
     )
     assert digest(split) == before
 

@@ -1,4 +1,5 @@
-"""The CLI on each data source, in real subprocesses, and the shipped flowers config."""
+"""The CLI on each data source, in real subprocesses, and the shipped flowers config (the
+refusals of bad data in this process: tests/inprocess.py)."""
 
 import json
 import pathlib
@@ -9,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED, run_cli
 from data_fixtures import solid
+from inprocess import command
 from test_cli import assert_one_line_error
 
 from tl_keras.history import History
 
 MODEL = [
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=8",
@@ -87,7 +88,7 @@ def test_cli_trains_on_tfds_with_mock_data(tmp_path):
     ],
 )
 def test_cli_bad_data_is_one_clear_line(tmp_path, args, fragments):
-    proc = run_cli(*MODEL, *args, f"--workdir={tmp_path / 'w'}")
+    proc = command(*MODEL, *args, f"--workdir={tmp_path / 'w'}")
     assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "w" / "run.json").exists()
 

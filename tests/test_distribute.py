@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow
 # 18 training images in batches of 6: every batch splits evenly over 2 replicas.
 ARGS = [
     "--synthetic_images_per_class=8",
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=6",
@@ -138,8 +137,8 @@ def recording_train_step(self, data):
     return train_step(self, data)
 
 TensorFlowTrainer.train_step = recording_train_step
-config = Config(data_dir=data_dir, val_dir=val_dir, val_fraction=0.0, backbone="mobilenet",
-                alpha=0.25, weights="none", image_size=32, batch_size=6, epochs_fe=2,
+config = Config(data_dir=data_dir, val_dir=val_dir, val_fraction=0.0, backbone="tiny",
+                weights="none", image_size=32, batch_size=6, epochs_fe=2,
                 epochs_ft=0, head_units=8, dropout=0.0, feature_cache="off",
                 strategy="multi_worker", progress="lines")
 runner.train(config, workdir)
