@@ -45,9 +45,11 @@ SLOWEST_FIRST = (
 )
 
 
-# Files whose tests are long and share no module fixture: each test is a work unit of its own,
-# so they spread over the workers instead of queueing on one.
-ONE_UNIT_PER_TEST = ("test_notebooks.py",)
+# Files of long tests, each a work unit of its own so they spread over the workers instead of
+# queueing on one: the notebooks (a kernel each), the kill-and-resume scenarios (real processes;
+# their module fixtures, a stand-in for pretrained weights and one uninterrupted run, are then
+# built once by each worker that runs one).
+ONE_UNIT_PER_TEST = ("test_notebooks.py", "test_resume.py")
 
 
 def pytest_collection_modifyitems(config, items):

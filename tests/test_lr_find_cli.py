@@ -68,9 +68,11 @@ def test_refusals(tmp_path):
 
 @pytest.mark.slow
 def test_readme_lr_find_commands(tmp_path, fe_done_workdir):
-    """docs/beyond.md's two commands, exactly (the workdir aside), in processes of their own."""
+    """docs/beyond.md's two commands (the workdir aside), in processes of their own; the first
+    made small by flags after it (tests/test_readme_beyond.py), the second on a run with fe done."""
     quick = tmp_path / "quickstart"
-    proc = run_lr_find_cli("--config=configs/quickstart.toml", f"--workdir={quick}")
+    small = ["--synthetic_images_per_class=8", "--image_size=32", "--backbone=tiny", "--alpha=1"]
+    proc = run_lr_find_cli("--config=configs/quickstart.toml", f"--workdir={quick}", *small)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[lr_find] fe: suggested lr" in proc.stdout
     assert json.loads((quick / "lr_find" / "fe.json").read_text())["steps"] > 10
