@@ -15,7 +15,11 @@ import contextlib
 import importlib
 import io
 import logging
+import os
+import pathlib
 import subprocess
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # `python -m tl_keras.X` -> the command module holding define_flags() and main(argv).
 COMMANDS = {
@@ -51,8 +55,11 @@ def _drop_log_handlers() -> None:
         logger.removeHandler(handler)
 
 
-def command(*args: str, module: str = "tl_keras.train") -> subprocess.CompletedProcess:
-    """Runs `python -m MODULE ARGS` in this process; returns its exit status and output.
+def command(
+    *args: str, module: str = "tl_keras.train", cwd: str | os.PathLike = REPO
+) -> subprocess.CompletedProcess:
+    """Runs `python -m MODULE ARGS` in this process, in `cwd` (the repository, as `run_cli`);
+    returns its exit status and output.
 
     Raises:
       absl.flags.Error: a flag absl itself refuses (unknown, wrong type): test that through a
@@ -65,10 +72,13 @@ def command(*args: str, module: str = "tl_keras.train") -> subprocess.CompletedP
     argv = flags.FLAGS([module, *args])
     out, err = io.StringIO(), io.StringIO()
     _drop_log_handlers()
+    here = os.getcwd()
     try:
+        os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main(argv)
     finally:
+        os.chdir(here)
         _drop_log_handlers()
         flags.FLAGS.unparse_flags()
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())

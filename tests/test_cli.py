@@ -63,11 +63,12 @@ def test_quickstart_config_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def split_and_all(tmp_path_factory):
-    """The same tiny run as `all`, and as `fe` then `ft` in two separate processes."""
+    """The same tiny run as `all` (in this process: tests/inprocess.py), and as `fe` then `ft`
+    in two separate processes."""
     root = tmp_path_factory.mktemp("cli")
     whole, split = root / "all", root / "split"
     procs = [
-        run_cli(*TINY, "--phase=all", f"--workdir={whole}"),
+        command(*TINY, "--phase=all", f"--workdir={whole}"),
         run_cli(*TINY, "--phase=fe", f"--workdir={split}"),
     ]
     fe_only = History.load(str(split / "history.json"))

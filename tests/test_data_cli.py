@@ -1,5 +1,6 @@
-"""The CLI on each data source, in real subprocesses, and the shipped flowers config (the
-refusals of bad data in this process: tests/inprocess.py)."""
+"""The CLI on each data source and the shipped flowers config: TFDS (mocked) and flowers in
+processes of their own, the arrays file and the refusals of bad data through the command's main
+in this process (tests/inprocess.py)."""
 
 import json
 import pathlib
@@ -37,7 +38,7 @@ def test_cli_trains_on_an_npz_file(tmp_path):
     y = np.repeat([0, 1, 2], 8)
     np.savez(tmp_path / "shapes.npz", x_train=x, y_train=y, class_names=["r", "g", "b"])
     workdir = tmp_path / "w"
-    proc = run_cli(
+    proc = command(  # in this process (tests/inprocess.py); the TFDS run below is a process
         f"--data_dir={tmp_path / 'shapes.npz'}",
         *MODEL,
         "--augment=light",

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO
+from inprocess import command
 
 from tl_keras.history import History
 
@@ -57,8 +58,10 @@ def shapes(tmp_path_factory):
 
 
 def test_mirrored_over_two_logical_cpus_matches_one_device(shapes, tmp_path):
-    one = cli(*ARGS, f"--data_dir={shapes}", f"--workdir={tmp_path / 'one'}")
-    finish(one)
+    # One device: the command in this process (tests/inprocess.py); two: a process of its own,
+    # where the two logical CPUs are made before TensorFlow starts.
+    one = command(*ARGS, f"--data_dir={shapes}", f"--workdir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
     two = cli(
         *ARGS,
         f"--data_dir={shapes}",

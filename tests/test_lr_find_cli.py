@@ -68,11 +68,14 @@ def test_refusals(tmp_path):
 
 @pytest.mark.slow
 def test_readme_lr_find_commands(tmp_path, fe_done_workdir):
-    """docs/beyond.md's two commands (the workdir aside), in processes of their own; the first
-    made small by flags after it (tests/test_readme_beyond.py), the second on a run with fe done."""
+    """docs/beyond.md's two commands (the workdir aside): the first made small by flags after it
+    (tests/test_readme_beyond.py), in this process; the second, on a run with fe done, in a
+    process of its own."""
     quick = tmp_path / "quickstart"
     small = ["--synthetic_images_per_class=8", "--image_size=32", "--backbone=tiny", "--alpha=1"]
-    proc = run_lr_find_cli("--config=configs/quickstart.toml", f"--workdir={quick}", *small)
+    proc = command(
+        "--config=configs/quickstart.toml", f"--workdir={quick}", *small, module="tl_keras.lr_find"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[lr_find] fe: suggested lr" in proc.stdout
     assert json.loads((quick / "lr_find" / "fe.json").read_text())["steps"] > 10

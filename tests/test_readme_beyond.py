@@ -1,15 +1,14 @@
 """Every command of docs/beyond.md ("Beyond two phases"), run as written (workdir aside), made
-small by flags after it."""
+small by flags after it, through the command's main in this process."""
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 from conftest import REPO
+from inprocess import command
 
 from tl_keras.history import History
 
@@ -65,15 +64,13 @@ SMALL = ["--synthetic_images_per_class=8", "--image_size=32"]
 TINY = [*SMALL, "--backbone=tiny", "--alpha=1"]
 
 
-def run(command: str, workdir, *extra: str) -> subprocess.CompletedProcess:
-    args = [
-        f"--workdir={workdir}" if a.startswith("--workdir=") else a
-        for a in shlex.split(command)[1:]
-    ] + list(extra)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
+def run(line: str, workdir, *extra: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` as written, through the command's main in this process
+    (tests/inprocess.py; tests/test_cli.py runs the train command in a process of its own)."""
+    python, dash_m, module, *args = shlex.split(line)
+    assert (python, dash_m) == ("python", "-m"), line
+    args = [f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args]
+    proc = command(*args, *extra, module=module)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -1,7 +1,9 @@
 """Kill the CLI with SIGKILL at several points, resume, and compare with an uninterrupted run.
 
-The runs are the test backbone `tiny`'s; the kills and signals hit real processes, the refusals
-of what a crash left run in this one (tests/inprocess.py).
+The runs are the test backbone `tiny`'s. Every run that is killed, signalled or paused is a real
+process; the uninterrupted references, the last `--resume` of each scenario (the one that
+finishes the run a killed process left), the injected full disk and the refusals run the command
+in this process (tests/inprocess.py), a TensorFlow start-up each the less.
 
 The process is killed by the TL_KERAS_FAILPOINT hook (`tl_keras/_failpoints.py`), which sends a
 real SIGKILL at an exact point, so each scenario hits the same spot every time. After resuming,
@@ -93,7 +95,7 @@ def load_final(workdir) -> keras.Model:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, pretrained):
     workdir = tmp_path_factory.mktemp("reference")
-    proc = run_cli(*args(workdir, pretrained))
+    proc = command(*args(workdir, pretrained))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
 
@@ -123,7 +125,7 @@ def test_kill_and_resume_equals_uninterrupted(scenario, tmp_path, pretrained, re
     for i, point in enumerate(points):
         killed_at(point, *args(workdir, pretrained), *extra, *(["--resume"] if i else []))
         assert (workdir / "run.json").is_file()  # the workdir knows a run is in progress
-    proc = run_cli(*args(workdir, pretrained), *extra, "--resume")
+    proc = command(*args(workdir, pretrained), *extra, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The last attempt trains only what no checkpoint or saved phase held: with a checkpoint
     # after every epoch, at most one epoch lost.
@@ -241,11 +243,11 @@ def test_kill_and_resume_keeps_schedules_layer_decay_and_rollback(tmp_path, pret
     """The state issue 4 adds survives a kill: the schedule's step count and per-variable rates
     (in the optimizer), a plateau-lowered rate and its counters, and rollback's best weights."""
     reference, workdir = tmp_path / "reference", tmp_path / "run"
-    proc = run_cli(*args(reference, pretrained), *STATEFUL)
+    proc = command(*args(reference, pretrained), *STATEFUL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     killed_at("after_checkpoint:3", *args(workdir, pretrained), *STATEFUL)  # mid ft1
     killed_at("batch:6:0", *args(workdir, pretrained), *STATEFUL, "--resume")  # mid ft2 (plateau)
-    proc = run_cli(*args(workdir, pretrained), *STATEFUL, "--resume")
+    proc = command(*args(workdir, pretrained), *STATEFUL, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [int(e) for e in re.findall(r"\] epoch (\d+) \(", proc.stdout)] == [6]
 
@@ -310,7 +312,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_as_if_uninterrupted(
     assert "--resume" in line
     assert not [p for p in workdir.rglob("*") if ".tmp-" in p.name]
 
-    proc = run_cli(*args(workdir, pretrained), "--resume")
+    proc = command(*args(workdir, pretrained), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_as_uninterrupted(workdir, reference, pretrained)
 
@@ -327,12 +329,15 @@ def assert_disk_full(proc, workdir) -> str:
     return line
 
 
-def test_a_full_disk_stops_with_one_line_and_resume_continues(tmp_path, pretrained, reference):
+def test_a_full_disk_stops_with_one_line_and_resume_continues(
+    tmp_path, pretrained, reference, monkeypatch
+):
     """ENOSPC injected where a full disk reports it: when epoch 2's checkpoint is flushed."""
     workdir = tmp_path / "run"
-    env = {"TL_KERAS_FAILPOINT": "enospc:checkpoints/epoch-00002"}
-    assert_disk_full(run_cli(*args(workdir, pretrained), env=env), workdir)
-    proc = run_cli(*args(workdir, pretrained), "--resume")
+    monkeypatch.setenv("TL_KERAS_FAILPOINT", "enospc:checkpoints/epoch-00002")
+    assert_disk_full(command(*args(workdir, pretrained)), workdir)
+    monkeypatch.delenv("TL_KERAS_FAILPOINT")
+    proc = command(*args(workdir, pretrained), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_as_uninterrupted(workdir, reference, pretrained)
 
@@ -380,6 +385,6 @@ def test_a_really_full_disk(tmp_path, tmpfs, pretrained, reference):
     )
     assert_disk_full(proc, workdir)
     filler.unlink()  # space freed
-    proc = run_cli(*args(workdir, pretrained), "--resume")
+    proc = command(*args(workdir, pretrained), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_as_uninterrupted(workdir, reference, pretrained)
