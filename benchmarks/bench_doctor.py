@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     if not (_common.FLOWERS.is_dir() and _common.WEIGHTS.is_file()):
         print(f"needs the shared flowers and weights under {_common.SHARED}", file=sys.stderr)
         return 2
-    from tl_keras.doctor.probe import one_blas_thread
+    from tl_keras.doctor.linear_probe import one_blas_thread
 
     seeds = 1 if args.quick else args.seeds
     with tempfile.TemporaryDirectory(prefix="bench_doctor-") as scratch:

@@ -42,7 +42,7 @@ def peak_rss_mib(args: list[str]) -> tuple[float, float, list[str]]:
 
 def outcome(workdir: str, lines: list[str]) -> dict:
     """What the run reported: epochs per phase, the decode check, its calibration line and scores."""
-    from tl_keras.history import History
+    from tl_keras.training.history import History
 
     spans = History.load(os.path.join(workdir, "history.json")).spans()
     with open(os.path.join(workdir, spans[0].phase, "summary.json")) as f:

@@ -26,7 +26,7 @@ OUTPUT = REPO / "docs" / "flags.md"
 sys.path.insert(0, str(REPO))
 
 # The commands, in the order a user meets them (every module of tl_keras/cli but the shared one).
-ORDER = ("train", "lr_find", "compare", "doctor", "evaluate", "predict", "export")
+ORDER = ("train", "lr_find", "compare", "doctor", "evaluate", "predict", "export", "weights")
 
 
 def commands() -> list[str]:

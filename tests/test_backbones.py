@@ -17,6 +17,7 @@ from tl_keras.model import backbones
 CASES = {
     **{f"efficientnet_b{i}": {} for i in range(8)},
     **{f"efficientnet_v2_{v}": {} for v in ("b0", "b1", "b2", "b3", "s", "m", "l")},
+    "efficientnet_lite0": {},
     "mobilenet": {"alpha": 0.25},
     "mobilenet_v2": {"alpha": 0.35},
     "mobilenet_v3_small": {"alpha": 0.75},
@@ -58,7 +59,12 @@ def test_registry_entry_builds_with_blocks(name):
 def test_preprocessing_kinds():
     assert backbones.get("mobilenet").preprocessing == backbones.SCALE_MINUS1_1
     assert backbones.get("mobilenet_v2").preprocessing == backbones.SCALE_MINUS1_1
-    for name in ("efficientnet_b0", "efficientnet_v2_s", "mobilenet_v3_small"):
+    for name in (
+        "efficientnet_b0",
+        "efficientnet_v2_s",
+        "mobilenet_v3_small",
+        "efficientnet_lite0",
+    ):
         assert backbones.get(name).preprocessing == backbones.BUILTIN
 
 
@@ -67,6 +73,24 @@ def test_preprocessing_kinds():
 )
 def test_aliases(alias):
     assert backbones.get(alias).name == "efficientnet_b0"
+
+
+@pytest.mark.parametrize("alias", ["EfficientNet-Lite0", "efficientnetlite0", "EfficientNetLite0"])
+def test_lite0_aliases(alias):
+    assert backbones.get(alias).name == "efficientnet_lite0"
+
+
+def test_lite0_blocks_are_its_mbconv_blocks_with_stem_and_top():
+    """Like the EfficientNet entries: one block per MBConv block (block1a..block7a), stem, top."""
+    from tl_keras.model import efficientnet_lite
+
+    spec = backbones.get("efficientnet_lite0")
+    base = backbones.build_base(spec, image_size=32, weights=None)
+    order = recipe.block_order(backbones.layer_infos(spec, base))
+    assert order == ["stem", *efficientnet_lite.block_names(), "top"]
+    assert len(efficientnet_lite.block_names()) == 16
+    top = recipe.trainable_layers(backbones.layer_infos(spec, base), "blocks:1")
+    assert "top_conv" in top and "top_bn" not in top and "block7a_project_conv" not in top
 
 
 def test_unknown_backbone_lists_names():

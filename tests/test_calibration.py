@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tl_keras import calibration
+from tl_keras import calibration, plotting
 from tl_keras.errors import DataError
 
 
@@ -119,7 +119,7 @@ def test_reliability_plot_before_and_after(tmp_path):
     t = calibration.fit_temperature(probs, labels)
     report = calibration.calibration_report(probs, labels, t)
     path = tmp_path / "reliability.png"
-    fig = calibration.plot_reliability(
+    fig = plotting.plot_reliability(
         [report["reliability_before"], report["reliability_after"]],
         str(path),
         titles=["before", f"after (T = {t:.2f})"],
@@ -128,7 +128,7 @@ def test_reliability_plot_before_and_after(tmp_path):
     assert os.listdir(tmp_path) == ["reliability.png"]  # no temporary file left behind
     assert [ax.get_title() for ax in fig.axes] == ["before", f"after (T = {t:.2f})"]
     assert (
-        calibration.plot_reliability([report["reliability_after"]])
+        plotting.plot_reliability([report["reliability_after"]])
         .axes[0]
         .get_title()
         .startswith("ECE ")

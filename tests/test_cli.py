@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, run_cli
 from inprocess import command
 
-from tl_keras.history import History
+from tl_keras.training.history import History
 
 TINY = [
     "--data_dir=synthetic",

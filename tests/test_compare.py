@@ -11,8 +11,8 @@ from conftest import REPO, tiny_config
 from inprocess import command
 
 from tl_keras.errors import ConfigError, WorkdirError
-from tl_keras.plotting import BOUNDARY_GID
 from tl_keras.training.compare import STRATEGIES, compare, strategy_configs
+from tl_keras.training.curves import BOUNDARY_GID
 
 GRADUAL = "fe:none:1,ft1:blocks:1:1"
 

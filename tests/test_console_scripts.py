@@ -48,6 +48,7 @@ def test_every_command_has_a_console_script_and_no_other():
         "lr_find",
         "predict",
         "train",
+        "weights",
     }
 
 
@@ -76,10 +77,12 @@ def test_each_script_answers_help_with_its_own_flags(command):
     proc = run_script(name, "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"Installed as `{name}`; the same as `python -m tl_keras.{command}`" in proc.stdout
-    assert "--workdir" in proc.stdout  # every command takes one
+    if command != "weights":  # every command but the weights conversion works on a workdir
+        assert "--workdir" in proc.stdout
     own = {"train": "--epochs_fe", "lr_find": "--suggest", "evaluate": "--top_k",
            "predict": "--output", "export": "--formats", "compare": "--strategies",
-           "doctor": "tl_keras.doctor.workflow.doctor_workdir"}  # fmt: skip
+           "doctor": "tl_keras.doctor.workflow.doctor_workdir",
+           "weights": "--include_top"}  # fmt: skip
     assert own[command] in proc.stdout
 
 

@@ -14,7 +14,7 @@ from data_fixtures import solid
 from inprocess import command
 from test_cli import assert_one_line_error
 
-from tl_keras.history import History
+from tl_keras.training.history import History
 
 MODEL = [
     "--backbone=tiny",

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from inprocess import command
 
-from tl_keras.history import History
+from tl_keras.training.history import History
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from tl_keras.doctor import analysis, neighbours, probe
-from tl_keras.doctor.analysis import Thresholds, diagnose, summary_line
+from tl_keras.doctor import analysis, linear_probe, neighbours
+from tl_keras.doctor.analysis import diagnose, summary_line
+from tl_keras.doctor.thresholds import Thresholds
 from tl_keras.errors import DataError
 
 CLASSES = ["ant", "bee", "cat", "dog"]
@@ -338,8 +339,8 @@ def test_probe_matches_scikit_learn_logistic_regression():
     linear_model = pytest.importorskip("sklearn.linear_model")
     x, y, _, _ = clusters(spread=4.0, seed=9)  # overlapping classes: probabilities in between
     x = (x - x.mean(0)) / x.std(0)
-    w, b = probe.fit_softmax_probe(x, y, 4, l2=10.0, max_iterations=5000, tolerance=1e-7)
-    ours = probe.softmax(x @ w + b)
+    w, b = linear_probe.fit_softmax_probe(x, y, 4, l2=10.0, max_iterations=5000, tolerance=1e-7)
+    ours = linear_probe.softmax(x @ w + b)
     theirs = linear_model.LogisticRegression(C=0.1, max_iter=5000, tol=1e-8).fit(x, y)
     assert np.allclose(ours, theirs.predict_proba(x), atol=2e-3)
 
@@ -349,9 +350,9 @@ def test_out_of_fold_probabilities_never_see_the_image():
     x = np.vstack([x, x[:1] + 100.0])  # a far point, labelled class 1, alone in that place
     y = np.append(y, 1)
     z = analysis.l2_normalize(x)
-    probs = probe.out_of_fold_probabilities(z, y, 2, folds=5, l2=1.0, seed=0)
+    probs = linear_probe.out_of_fold_probabilities(z, y, 2, folds=5, l2=1.0, seed=0)
     assert np.allclose(probs.sum(1), 1.0)
-    folds = probe.stratified_folds(y, 5, seed=0)
+    folds = linear_probe.stratified_folds(y, 5, seed=0)
     assert sorted(np.bincount(folds).tolist()) == [4, 4, 4, 4, 5]
     for c in (0, 1):
         assert np.bincount(folds[y == c], minlength=5).max() <= 3

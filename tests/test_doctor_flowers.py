@@ -14,8 +14,9 @@ import pytest
 from doctor_photos import REAL_DUPLICATE_FILES, examine, plant, sample
 
 from tl_keras import calibration
-from tl_keras.doctor import analysis, probe
-from tl_keras.doctor.analysis import Thresholds, diagnose
+from tl_keras.doctor import analysis, linear_probe
+from tl_keras.doctor.analysis import diagnose
+from tl_keras.doctor.thresholds import Thresholds
 
 pytestmark = pytest.mark.shared
 
@@ -170,10 +171,10 @@ def test_temperature_scaling_calibrates_a_real_overconfident_classifier(sets):
     part = np.random.default_rng(0).permutation(len(y)) % 4  # 0, 1: train; 2: val; 3: test
     train, val, test = part < 2, part == 2, part == 3
     mean, std = z[train].mean(0), z[train].std(0) + 1e-6
-    w, b = probe.fit_softmax_probe((z[train] - mean) / std, y[train], 5, l2=1.0)
+    w, b = linear_probe.fit_softmax_probe((z[train] - mean) / std, y[train], 5, l2=1.0)
 
     def probs(mask):
-        return probe.softmax(((z[mask] - mean) / std) @ w + b)
+        return linear_probe.softmax(((z[mask] - mean) / std) @ w + b)
 
     t = calibration.fit_temperature(probs(val), y[val])
     on_val = calibration.calibration_report(probs(val), y[val], t)

@@ -19,6 +19,8 @@ from inprocess import command
 
 from tl_keras.errors import ConfigError, DataError
 from tl_keras.inference import evaluate as ev
+from tl_keras.inference import evaluation as evaluation_lib
+from tl_keras.inference import evaluation_plots
 
 CLASSES = ["cat", "dog", "fox"]
 # Ten images: their labels, and the stub model's probabilities for each.
@@ -40,12 +42,15 @@ PROBS = np.array(
 
 
 class StubModel:
-    """Returns PROBS for images whose pixels all hold the image's index."""
+    """Returns PROBS (or `probs`) for images whose pixels all hold the image's index."""
 
     outputs = [types.SimpleNamespace(shape=(None, len(CLASSES)))]
 
-    def predict_on_batch(self, images):
-        return PROBS[np.asarray(images)[:, 0, 0, 0].astype(int)]
+    def __init__(self, probs=PROBS):
+        self.probs = probs
+
+    def __call__(self, images):
+        return self.probs[np.asarray(images)[:, 0, 0, 0].astype(int)]
 
 
 def stub_data(labels=LABELS, num_classes=3):
@@ -55,7 +60,7 @@ def stub_data(labels=LABELS, num_classes=3):
 
 @pytest.fixture(scope="module")
 def result():
-    return ev.evaluate(StubModel(), stub_data(), CLASSES, batch_size=4, top_k=2)
+    return evaluation_lib.evaluate(StubModel(), stub_data(), CLASSES, batch_size=4, top_k=2)
 
 
 def test_overall_figures_match_a_hand_count(result):
@@ -101,14 +106,14 @@ def test_confident_errors_most_confident_first(result):
 
 
 def test_gallery_keeps_only_the_most_confident(result):
-    top2 = ev.evaluate(StubModel(), stub_data(), CLASSES, num_errors=2, batch_size=3)
+    top2 = evaluation_lib.evaluate(StubModel(), stub_data(), CLASSES, num_errors=2, batch_size=3)
     assert [e.index for e in top2.confident_errors] == [9, 3]
     assert top2.accuracy == result.accuracy
 
 
 def test_top_k_is_clipped_below_the_number_of_classes():
     # top-3 of 3 classes is 1 by definition; the report uses top-2 instead.
-    assert ev.evaluate(StubModel(), stub_data(), CLASSES, top_k=5).top_k == 2
+    assert evaluation_lib.evaluate(StubModel(), stub_data(), CLASSES, top_k=5).top_k == 2
 
 
 @pytest.mark.parametrize(
@@ -117,11 +122,13 @@ def test_top_k_is_clipped_below_the_number_of_classes():
 )
 def test_default_top_k_covers_at_most_a_quarter_of_the_classes(classes, k):
     """Never "top-4 of 5": a top-k over many of the classes is near 1 for any model."""
-    assert ev.default_top_k(classes) == k
+    assert evaluation_lib.default_top_k(classes) == k
 
 
 def test_few_classes_report_top_1_only_by_default():
-    result = ev.evaluate(StubModel(), stub_data(), CLASSES)  # 3 classes, top_k not given
+    result = evaluation_lib.evaluate(
+        StubModel(), stub_data(), CLASSES
+    )  # 3 classes, top_k not given
     assert result.top_k == 1 and result.top_k_accuracy == result.accuracy
     assert "top-" not in result.summary().splitlines()[0]
     with pytest.raises(ConfigError, match="top_k=-1 0 \\(the default"):
@@ -131,15 +138,19 @@ def test_few_classes_report_top_1_only_by_default():
 def test_a_mistake_is_named_by_its_file_or_its_place_in_the_source_never_null():
     images, labels = stub_data()
     names = [f"x_train[{i}]" for i in range(10)]
-    by_name = ev.evaluate(StubModel(), (images, labels), CLASSES, names=names, num_errors=2)
+    by_name = evaluation_lib.evaluate(
+        StubModel(), (images, labels), CLASSES, names=names, num_errors=2
+    )
     assert [e.as_dict() for e in by_name.confident_errors][0] == {
         "index": 9, "item": "x_train[9]", "true_class": "fox", "predicted_class": "dog",
         "confidence": 0.9, "true_probability": 0.05,
     }  # fmt: skip
     files = [f"/photos/{CLASSES[y]}/{i}.jpg" for i, y in enumerate(LABELS)]
-    by_file = ev.evaluate(StubModel(), (images, labels), CLASSES, files=files, num_errors=2)
+    by_file = evaluation_lib.evaluate(
+        StubModel(), (images, labels), CLASSES, files=files, num_errors=2
+    )
     assert [e.as_dict()["file"] for e in by_file.confident_errors] == [files[9], files[3]]
-    unknown = ev.evaluate(StubModel(), (images, labels), CLASSES, num_errors=2)
+    unknown = evaluation_lib.evaluate(StubModel(), (images, labels), CLASSES, num_errors=2)
     assert [set(e.as_dict()) & {"file", "item"} for e in unknown.confident_errors] == [set(), set()]
     assert "null" not in json.dumps([e.as_dict() for e in unknown.confident_errors])
 
@@ -167,15 +178,15 @@ def test_gallery_captions_never_run_into_the_images_above():
     above it and of its neighbours' captions (tight_layout let them overlap)."""
     long = "a_rather_long_file_name_from_a_camera_roll_0001.jpg"
     errors = [
-        ev.ConfidentError(i, "sunflower", "dandelion", 0.99, 0.001, file=f"/p/{i}{long}",
+        evaluation_lib.ConfidentError(i, "sunflower", "dandelion", 0.99, 0.001, file=f"/p/{i}{long}",
                           image=np.zeros((128, 128, 3), np.uint8))
         for i in range(12)
     ]  # fmt: skip
-    evaluation = ev.evaluate(StubModel(), stub_data(), CLASSES)
+    evaluation = evaluation_lib.evaluate(StubModel(), stub_data(), CLASSES)
     evaluation.confident_errors = errors
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = ev.plot_confident_errors(evaluation)
+    fig = evaluation_plots.plot_confident_errors(evaluation)
     canvas = FigureCanvasAgg(fig)  # the figure was closed after saving: a fresh canvas draws it
     canvas.draw()
     renderer = canvas.get_renderer()
@@ -202,7 +213,9 @@ def test_labels_in_another_class_order_are_remapped(result):
     order = ["fox", "cat", "dog"]
     relabelled = np.array([order.index(CLASSES[y]) for y in LABELS])
     images, one_hot = stub_data(relabelled)
-    again = ev.evaluate(StubModel(), (images, one_hot), CLASSES, data_class_names=order, top_k=2)
+    again = evaluation_lib.evaluate(
+        StubModel(), (images, one_hot), CLASSES, data_class_names=order, top_k=2
+    )
     assert again.as_dict() == result.as_dict()
 
 
@@ -220,18 +233,20 @@ def test_a_class_mismatch_is_an_error_naming_the_classes(data_classes, fragments
     images, _ = stub_data()
     labels = np.zeros(len(images), int)
     with pytest.raises(DataError) as caught:
-        ev.evaluate(StubModel(), (images, labels), CLASSES, data_class_names=data_classes)
+        evaluation_lib.evaluate(
+            StubModel(), (images, labels), CLASSES, data_class_names=data_classes
+        )
     for fragment in fragments:
         assert fragment in str(caught.value)
 
 
 def test_bad_data_is_refused():
     with pytest.raises(DataError, match="got 10 images but 3 labels"):
-        ev.evaluate(StubModel(), (stub_data()[0], LABELS[:3]), CLASSES)
+        evaluation_lib.evaluate(StubModel(), (stub_data()[0], LABELS[:3]), CLASSES)
     with pytest.raises(DataError, match="empty"):
-        ev.evaluate(StubModel(), (np.zeros((0, 4, 4, 3)), np.zeros(0)), CLASSES)
+        evaluation_lib.evaluate(StubModel(), (np.zeros((0, 4, 4, 3)), np.zeros(0)), CLASSES)
     with pytest.raises(DataError, match="2 class names"):
-        ev.evaluate(StubModel(), stub_data(), CLASSES[:2])
+        evaluation_lib.evaluate(StubModel(), stub_data(), CLASSES[:2])
 
 
 def test_report_files(tmp_path, result):
@@ -275,9 +290,8 @@ def test_macro_averages_follow_scikit_learn_when_a_model_class_is_absent():
     labels = np.array([0, 0, 1, 1, 1, 0])  # no fox
     probs = PROBS[:6].copy()
     probs[3] = [0.1, 0.85, 0.05]  # nothing predicted fox
-    model = StubModel()
-    model.predict_on_batch = lambda images: probs[np.asarray(images)[:, 0, 0, 0].astype(int)]
-    result = ev.evaluate(model, stub_data(labels), CLASSES)
+    model = StubModel(probs)
+    result = evaluation_lib.evaluate(model, stub_data(labels), CLASSES)
     predicted = probs.argmax(1)
     assert result.macro_avg["f1"] == pytest.approx(sk.f1_score(labels, predicted, average="macro"))
     assert result.macro_avg["precision"] == pytest.approx(
@@ -290,7 +304,7 @@ def test_macro_averages_follow_scikit_learn_when_a_model_class_is_absent():
 def test_temperature_applies_to_every_figure_and_calibration_compares_both(result):
     from tl_keras import calibration
 
-    scaled = ev.evaluate(StubModel(), stub_data(), CLASSES, temperature=2.0, top_k=2)
+    scaled = evaluation_lib.evaluate(StubModel(), stub_data(), CLASSES, temperature=2.0, top_k=2)
     expected = calibration.apply_temperature(PROBS, 2.0)
     keras_loss = keras.losses.CategoricalCrossentropy()(np.eye(3)[LABELS], expected)
     assert scaled.loss == pytest.approx(float(keras_loss), rel=1e-6)
@@ -304,7 +318,7 @@ def test_temperature_applies_to_every_figure_and_calibration_compares_both(resul
 
 
 def test_confusion_figure_shows_counts_and_recall(result):
-    fig = ev.plot_confusion_matrix(result)
+    fig = evaluation_plots.plot_confusion_matrix(result)
     counts, normalised = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert counts.get_title() == "counts" and "row = recall" in normalised.get_title()
     assert [t.get_text() for t in counts.get_xticklabels()] == CLASSES
@@ -314,9 +328,9 @@ def test_confusion_figure_shows_counts_and_recall(result):
 
 
 def test_gallery_without_errors_says_so():
-    perfect = ev.evaluate(StubModel(), stub_data(PROBS.argmax(1)), CLASSES)
+    perfect = evaluation_lib.evaluate(StubModel(), stub_data(PROBS.argmax(1)), CLASSES)
     assert perfect.accuracy == 1.0 and perfect.confident_errors == []
-    fig = ev.plot_confident_errors(perfect)
+    fig = evaluation_plots.plot_confident_errors(perfect)
     assert "no misclassified images among 10" in fig.axes[0].texts[0].get_text()
 
 

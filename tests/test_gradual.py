@@ -14,10 +14,10 @@ import pytest
 from conftest import tiny_config
 
 from tl_keras.data.sources import load_data
-from tl_keras.history import History
 from tl_keras.model.classifier import get_base
 from tl_keras.recipe import LRSchedule, Phase
 from tl_keras.training import optim, runner
+from tl_keras.training.history import History
 from tl_keras.training.schedules import lr_at_epoch
 
 STAGES = "fe:none:1,ft1:blocks:1:1,ft2:blocks:3:1,ft3:all:1"
@@ -172,15 +172,7 @@ def test_cosine_warmup_rates_recorded_per_epoch(one_step, shapes_dir):
     phase = Phase("fe", "none", 4, 1e-2, lr_schedule=schedule)
     result = runner.run_phase(model, phase, data, backbone=BACKBONE, progress="lines")
     expected = [
-        lr_at_epoch(
-            "cosine",
-            e,
-            base_lr=1e-2,
-            steps_per_epoch=data.steps_per_epoch,
-            epochs=4,
-            warmup_epochs=1,
-            min_lr_ratio=0.1,
-        )
+        lr_at_epoch(schedule, e, base_lr=1e-2, steps_per_epoch=data.steps_per_epoch, epochs=4)
         for e in range(4)
     ]
     assert expected[0] == 0.0 and expected[1] == pytest.approx(1e-2)
@@ -204,13 +196,11 @@ def test_step_and_plateau_rates_recorded_per_epoch(one_step, schedule, lr, expec
     if expected is None:
         expected = [
             lr_at_epoch(
-                "plateau",
+                schedule,
                 e,
                 base_lr=lr,
                 steps_per_epoch=1,
                 epochs=3,
-                plateau_patience=1,
-                plateau_factor=0.5,
                 monitor_values=result.history.metric("val_loss"),
             )
             for e in range(3)

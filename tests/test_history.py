@@ -5,8 +5,7 @@ import io
 
 import pytest
 
-from tl_keras.history import History, KeptEpoch, PhaseSpan, stitch
-from tl_keras.plotting import (
+from tl_keras.training.curves import (
     BOUNDARY_GID,
     KEPT_GID,
     LR_GID,
@@ -14,6 +13,7 @@ from tl_keras.plotting import (
     SPAN_GID,
     plot_history,
 )
+from tl_keras.training.history import History, KeptEpoch, PhaseSpan, stitch
 
 
 def make_history(fe_epochs=3, ft_epochs=4) -> History:
@@ -197,7 +197,7 @@ def test_drawing_leaves_the_programs_matplotlib_alone():
         "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
         "import sys; sys.path.insert(0, 'tests')\n"
         "from test_history import make_history\n"
-        "from tl_keras.plotting import plot_history\n"
+        "from tl_keras.training.curves import plot_history\n"
         "from tl_keras.inference import evaluate as ev\n"
         "from tl_keras.training import compare\n"
         "plot_history(make_history(), show_lr=True)\n"

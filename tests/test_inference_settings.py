@@ -19,7 +19,7 @@ from conftest import tiny_config
 
 from tl_keras import calibration
 from tl_keras.errors import ConfigError, WorkdirError
-from tl_keras.model.inference import InferenceSettings, inference_model, settings_from_run
+from tl_keras.model.served import InferenceSettings, inference_model, settings_from_run
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnx", "onnxruntime"))
 
@@ -110,11 +110,13 @@ def test_each_train_call_fits_the_temperature_of_the_model_it_made(calibrated):
 def test_the_fitted_temperature_is_the_validation_nll_minimum(calibrated):
     """Recomputed from the saved ft model on the validation split: the same T."""
     from tl_keras.inference.trained import load_run_data, load_trained
-    from tl_keras.training.calibrate import predict_split
+    from tl_keras.model.forward import forward
 
     workdir, _ = calibrated
     trained = load_trained(workdir)
-    probs, labels = predict_split(trained.model, load_run_data(workdir).val)
+    answers = list(forward(trained.model, load_run_data(workdir).val))
+    probs = np.concatenate([np.asarray(out, np.float64) for _, out in answers])
+    labels = np.concatenate([np.asarray(onehot).argmax(-1) for (_, onehot), _ in answers])
     assert trained.inference.temperature == pytest.approx(
         calibration.fit_temperature(probs, labels), rel=1e-6
     )

@@ -13,7 +13,7 @@ from test_cli import TINY, assert_one_line_error, digest
 
 from tl_keras.errors import ConfigError, WorkdirError
 from tl_keras.training import runner
-from tl_keras.training.lr_finder import run_lr_find
+from tl_keras.training.lr_find import run_lr_find
 
 
 def run_lr_find_cli(*args: str) -> subprocess.CompletedProcess:

@@ -13,13 +13,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tl_keras.training.lr_finder import (  # noqa: E402
-    SUGGEST_RULES,
-    LRFinderResult,
-    _suggest,
-    find_lr,
-    suggestions,
-)
+from tl_keras.training.lr_finder import LRFinderResult, find_lr  # noqa: E402
+from tl_keras.training.lr_suggest import SUGGEST_RULES, suggest_lr, suggestions  # noqa: E402
 
 
 def _data(n=64, seed=0):
@@ -164,18 +159,18 @@ def test_suggest_rules():
     lrs = list(np.logspace(-5, 0, 11))
     # Falls, fastest between 1e-3.5 and 1e-2.5, bottoms out, then rises.
     smoothed = [2.0, 1.98, 1.95, 1.9, 1.6, 1.2, 1.0, 0.95, 0.9, 1.5, 5.0]
-    suggestion, method = _suggest(lrs, smoothed, "steepest")
+    suggestion, method = suggest_lr(lrs, smoothed, "steepest")
     assert method == "steepest" and suggestion == lrs[4]
     # Minimum in the first steps: no descent to speak of, so min-loss lr / 10 ...
     coarse = [1e-6, 1e-4, 1e-2, 1.0]
     for rule in SUGGEST_RULES:
-        assert _suggest(coarse, [1.0, 0.9, 2.0, 9.0], rule) == (pytest.approx(1e-5), "min/10")
+        assert suggest_lr(coarse, [1.0, 0.9, 2.0, 9.0], rule) == (pytest.approx(1e-5), "min/10")
         # ... never below the first lr; values after a non-finite one are ignored.
-        suggestion, method = _suggest(lrs, [1.0, 2.0, 4.0, math.nan, 0.1] + [0.0] * 6, rule)
+        suggestion, method = suggest_lr(lrs, [1.0, 2.0, 4.0, math.nan, 0.1] + [0.0] * 6, rule)
         assert method == "min/10" and suggestion == lrs[0]
-        assert _suggest(lrs[:1], [1.0], rule) == (None, None)
+        assert suggest_lr(lrs[:1], [1.0], rule) == (None, None)
     with pytest.raises(ValueError, match="suggest='steep' is unknown; use one of valley, steepest"):
-        _suggest(lrs, smoothed, "steep")
+        suggest_lr(lrs, smoothed, "steep")
 
 
 def synthetic_range_test(early_dip: bool) -> tuple[list[float], list[float]]:
@@ -196,7 +191,7 @@ def synthetic_range_test(early_dip: bool) -> tuple[list[float], list[float]]:
 @pytest.mark.parametrize("early_dip", [False, True])
 def test_valley_finds_the_middle_of_the_fall(early_dip):
     lrs, loss = synthetic_range_test(early_dip)
-    suggestion, method = _suggest(lrs, loss)  # the default rule
+    suggestion, method = suggest_lr(lrs, loss)  # the default rule
     assert method == "valley"
     # In the middle third of the fall, 1e-4 .. 1e-3 (the exact middle is 3.2e-4).
     assert 1e-4 <= suggestion <= 1e-3, suggestion
@@ -206,9 +201,9 @@ def test_valley_finds_the_middle_of_the_fall(early_dip):
 def test_steepest_is_fooled_by_one_noisy_early_step():
     """Why 'valley' is the default: the old rule picks the noise, three decades too low."""
     lrs, loss = synthetic_range_test(early_dip=True)
-    suggestion, method = _suggest(lrs, loss, "steepest")
+    suggestion, method = suggest_lr(lrs, loss, "steepest")
     assert method == "steepest" and suggestion < 2e-6
-    clean = _suggest(*synthetic_range_test(early_dip=False), "steepest")[0]
+    clean = suggest_lr(*synthetic_range_test(early_dip=False), "steepest")[0]
     assert 1e-5 <= clean <= 1e-2  # without the dip it lands in the fall
 
 

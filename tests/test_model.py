@@ -3,8 +3,6 @@
 One model goes through `fe` then `ft` (module fixture, so the suite pays for two short fits);
 the tests then check the snapshots. The base starts from random weights whose BatchNorm
 statistics were re-estimated from data, so they are not the trivial (0, 1) and a change shows.
-The model is the test backbone `tiny` (a BatchNorm layer in every block); the structure and the
-preprocessing of the real families are checked on MobileNet and EfficientNet.
 """
 
 import keras
@@ -17,8 +15,21 @@ from tl_keras.model import classifier as model_lib
 from tl_keras.recipe import Phase
 from tl_keras.training.phase import run_phase
 
-BACKBONE, ALPHA, SIZE = "tiny", 1.0, 32
-TOP_TWO = ("block_3", "block_4")  # what blocks:2 unfreezes in tiny: one conv and one BN each
+BACKBONE, ALPHA, SIZE = "mobilenet", 0.25, 32
+# The phase and BatchNorm checks run on each family below: its width, the two blocks
+# 'blocks:2' unfreezes, and the BatchNorm layers inside them (the ones at risk).
+FAMILIES = {
+    "mobilenet": (
+        0.25,
+        ("block_12", "block_13"),
+        {"conv_dw_12_bn", "conv_pw_12_bn", "conv_dw_13_bn", "conv_pw_13_bn"},
+    ),
+    "efficientnet_lite0": (
+        1.0,
+        ("block7a", "top"),
+        {"block7a_expand_bn", "block7a_bn", "block7a_project_bn", "top_bn"},
+    ),
+}
 
 
 def snapshot(layer_or_model) -> dict[str, np.ndarray]:
@@ -48,30 +59,42 @@ def data(shapes_dir):
     return load_image_folder(shapes_dir, image_size=SIZE, batch_size=8, val_fraction=0.25, seed=0)
 
 
-def fresh_model(data):
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+def fresh_model(data, backbone=BACKBONE):
     keras.utils.set_random_seed(0)
     m = model_lib.build_model(
-        BACKBONE, data.num_classes, image_size=SIZE, weights=None, alpha=ALPHA, head_units=8, seed=0
+        backbone,
+        data.num_classes,
+        image_size=SIZE,
+        weights=None,
+        alpha=FAMILIES[backbone][0],
+        head_units=8,
+        seed=0,
     )
     model_lib.calibrate_batchnorm(m, data.train_epochs(0, 1).take(2))
     return m
 
 
 @pytest.fixture(scope="module")
-def two_phases(data):
-    m = fresh_model(data)
+def two_phases(data, family):
+    m = fresh_model(data, family)
     base = model_lib.get_base(m)
     s0_base, s0_head = snapshot(base), snapshot(m.get_layer("predictions"))
-    fe = run_phase(m, Phase("fe", "none", 1, 1e-2), data, backbone=BACKBONE, progress="lines")
+    fe = run_phase(m, Phase("fe", "none", 1, 1e-2), data, backbone=family, progress="lines")
     s1_base, s1_head = snapshot(base), snapshot(m.get_layer("predictions"))
     ft_phase = Phase("ft", "blocks:2", 1, 1e-3)
     ft = run_phase(
-        m, ft_phase, data, backbone=BACKBONE, initial_epoch=fe.history.last_epoch, progress="lines"
+        m, ft_phase, data, backbone=family, initial_epoch=fe.history.last_epoch, progress="lines"
     )
     s2_base = snapshot(base)
     return dict(
-        model=m, base=base, fe=fe, ft=ft, s0=s0_base, s1=s1_base, s2=s2_base, h0=s0_head, h1=s1_head
-    )
+        model=m, base=base, fe=fe, ft=ft, s0=s0_base, s1=s1_base, s2=s2_base, h0=s0_head, h1=s1_head,
+        family=family,
+    )  # fmt: skip
 
 
 def test_model_structure_and_names():
@@ -126,7 +149,7 @@ def test_fe_report_counts_only_the_head(two_phases):
 
 def test_ft_changes_exactly_the_unfrozen_layers(two_phases):
     base, report = two_phases["base"], two_phases["ft"].report
-    assert report.unfrozen_blocks == TOP_TWO
+    assert report.unfrozen_blocks == FAMILIES[two_phases["family"]][1]
     expected = layer_paths(base, report.trainable_base_layers)
     assert expected, "nothing was unfrozen"
     assert changed(two_phases["s1"], two_phases["s2"]) == expected
@@ -136,11 +159,14 @@ def test_ft_keeps_every_batchnorm_statistic_bitwise(two_phases):
     base = two_phases["base"]
     stats = bn_stat_paths(base)
     # BN layers inside the unfrozen blocks are exactly the ones at risk; make sure they exist.
-    spec = backbones.get(BACKBONE)
+    _, top_blocks, top_bn = FAMILIES[two_phases["family"]]
+    spec = backbones.get(two_phases["family"])
     in_top_blocks = [
-        i.name for i in backbones.layer_infos(spec, base) if i.is_batchnorm and i.block in TOP_TWO
+        i.name
+        for i in backbones.layer_infos(spec, base)
+        if i.is_batchnorm and i.block in top_blocks
     ]
-    assert len(in_top_blocks) == 2
+    assert len(in_top_blocks) == 4 and set(in_top_blocks) == top_bn
     assert not stats & changed(two_phases["s1"], two_phases["s2"])
     assert all(not base.get_layer(n).trainable for n in in_top_blocks)
 
@@ -157,28 +183,27 @@ def test_epochs_continue_across_phases(two_phases):
     assert two_phases["ft"].history.epochs == [2]
 
 
-def test_training_false_alone_does_not_protect_batchnorm(data):
+def test_training_false_alone_does_not_protect_batchnorm(data, family):
     """Why the guard exists: on this Keras, base(x, training=False) is overridden by fit().
 
     Same model, same unfreezing, but BatchNorm left trainable (bn_policy='train'): the moving
     statistics of the unfrozen blocks change although the model calls its base with
     training=False. If this test ever fails, Keras has fixed it and the guard is belt and braces.
     """
-    m = fresh_model(data)
+    m = fresh_model(data, family)
     base = model_lib.get_base(m)
     before = snapshot(base)
     run_phase(
         m,
         Phase("ft", "blocks:2", 1, 1e-3),
         data,
-        backbone=BACKBONE,
+        backbone=family,
         bn_policy="train",
         progress="lines",
     )
     moved = bn_stat_paths(base) & changed(before, snapshot(base))
     assert moved, "BN statistics did not move: training=False alone protected them on this Keras"
-    top_bn = {f"{block}_bn" for block in TOP_TWO}
-    assert {p.split("/")[0] for p in moved} == top_bn
+    assert {p.split("/")[0] for p in moved} == FAMILIES[family][2]
 
 
 def test_calibrate_batchnorm_changes_only_statistics(data):
@@ -191,7 +216,7 @@ def test_calibrate_batchnorm_changes_only_statistics(data):
     assert not base.trainable and all(not layer.trainable for layer in base.layers)
     features = keras.Model(m.input, m.get_layer("avg_pool").output)
     images, _ = next(iter(data.train))
-    assert float(np.std(features(images))) > 1e-3  # MobileNet without calibration: about 1e-18
+    assert float(np.std(features(images))) > 1e-3  # without calibration: about 1e-18
 
 
 def test_rng_state_survives_save_and_load(tmp_path):

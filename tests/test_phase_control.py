@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from tl_keras.history import KeptEpoch
 from tl_keras.training import runner
 from tl_keras.training.callbacks import BestWeights
-from tl_keras.training.rollback import Snapshot, decide_rollback, is_worse
+from tl_keras.training.history import KeptEpoch
+from tl_keras.training.results import Snapshot, is_worse
+from tl_keras.training.rollback import decide_rollback
 
 
 # --- the decision, as plain data -----------------------------------------------------------------

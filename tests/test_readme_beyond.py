@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from inprocess import command
 
-from tl_keras.history import History
+from tl_keras.training.history import History
 
 # The commands, exactly as docs/beyond.md shows them; the tests below run each one.
 GRADUAL = "python -m tl_keras.train --config=configs/gradual.toml --workdir=runs/gradual"

@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from tl_keras.errors import ConfigError
-from tl_keras.recipe import auto
+from tl_keras.recipe import auto, budget_plan
 
-# BatchNorm shifts as tl_keras.training.probe measured them with MobileNet-0.25 (rounded).
+# BatchNorm shifts as tl_keras.training.bn_shift measured them with MobileNet-0.25 (rounded).
 FLOWERS = (
     ("stem", 0.03),
     ("block_1", 0.04),
@@ -169,52 +169,54 @@ def test_the_card_prints_one_line_per_setting_and_round_trips():
     "text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400), ("45", 45)]
 )
 def test_durations(text, seconds):
-    assert auto.parse_duration(text) == seconds
-    assert auto.parse_duration("") is None
+    assert budget_plan.parse_duration(text) == seconds
+    assert budget_plan.parse_duration("") is None
 
 
 @pytest.mark.parametrize("text", ["10 minutes", "-5m", "0", "5d", "m", "1e400"])
 def test_a_duration_that_does_not_parse_names_the_accepted_forms(text):
     with pytest.raises(ConfigError, match=r"time_budget=.* is not understood: write 90s, 10m"):
-        auto.parse_duration(text)
+        budget_plan.parse_duration(text)
 
 
 def test_epochs_are_planned_to_end_inside_the_budget():
-    cost = auto.EpochCost(train_s=5.0, val_s=0.5, overhead_s=0.5)  # 6 s an epoch
+    cost = budget_plan.EpochCost(train_s=5.0, val_s=0.5, overhead_s=0.5)  # 6 s an epoch
     # 0.95 * 120 - 30 spent - 6 reserved = 78 s left: 13 epochs.
-    assert auto.plan_epochs(120, 30, cost, reserve_s=6) == 13
-    assert auto.plan_epochs(10, 30, cost) == 1  # never less than one epoch
+    assert budget_plan.plan_epochs(120, 30, cost, reserve_s=6) == 13
+    assert budget_plan.plan_epochs(10, 30, cost) == 1  # never less than one epoch
 
 
 def test_fe_under_a_budget_leaves_fine_tuning_its_time_or_fills_the_budget_when_last():
-    cost = auto.EpochCost(train_s=0.4, overhead_s=0.1)  # a head epoch on cached features: 0.5 s
+    cost = budget_plan.EpochCost(
+        train_s=0.4, overhead_s=0.1
+    )  # a head epoch on cached features: 0.5 s
     # 0.95 * 100 - 20 spent - 5 reserved = 70 s left; fine-tuning follows: fe gets a third of
     # it (23.3 s: 46 epochs), capped by the rule's 40, and still switches on a plateau.
-    plan = auto.plan_head_epochs(100, 20, cost, rule_epochs=40, ft_need_s=10, reserve_s=5)
-    assert plan == auto.PhasePlan(40, keep_best=False)
-    assert auto.plan_head_epochs(100, 20, cost, rule_epochs=60, ft_need_s=10, reserve_s=5) == (
-        auto.PhasePlan(46)
-    )
+    plan = budget_plan.plan_head_epochs(100, 20, cost, rule_epochs=40, ft_need_s=10, reserve_s=5)
+    assert plan == budget_plan.PhasePlan(40, keep_best=False)
+    assert budget_plan.plan_head_epochs(
+        100, 20, cost, rule_epochs=60, ft_need_s=10, reserve_s=5
+    ) == (budget_plan.PhasePlan(46))
     # ... and never more than leaves one fine-tuning epoch: 70 - 60 = 10 s, 20 epochs.
-    assert auto.plan_head_epochs(100, 20, cost, rule_epochs=40, ft_need_s=60, reserve_s=5) == (
-        auto.PhasePlan(20)
-    )
+    assert budget_plan.plan_head_epochs(
+        100, 20, cost, rule_epochs=40, ft_need_s=60, reserve_s=5
+    ) == (budget_plan.PhasePlan(20))
     # fe ends the run: it fills the 70 s (140 epochs), keeping its best epoch, up to 10x the rule.
-    assert auto.plan_head_epochs(100, 20, cost, rule_epochs=40, ft_need_s=None, reserve_s=5) == (
-        auto.PhasePlan(140, keep_best=True)
-    )
-    assert auto.plan_head_epochs(1000, 20, cost, rule_epochs=4, ft_need_s=None).epochs == 40
-    assert auto.plan_head_epochs(10, 20, cost, rule_epochs=4, ft_need_s=None).epochs == 1
+    assert budget_plan.plan_head_epochs(
+        100, 20, cost, rule_epochs=40, ft_need_s=None, reserve_s=5
+    ) == (budget_plan.PhasePlan(140, keep_best=True))
+    assert budget_plan.plan_head_epochs(1000, 20, cost, rule_epochs=4, ft_need_s=None).epochs == 40
+    assert budget_plan.plan_head_epochs(10, 20, cost, rule_epochs=4, ft_need_s=None).epochs == 1
 
 
 def test_a_budget_too_small_for_one_epoch_of_each_phase_is_refused_with_the_estimate():
-    auto.check_budget_holds(60, 10, 5, 20, ft_runs=True)
+    budget_plan.check_budget_holds(60, 10, 5, 20, ft_runs=True)
     with pytest.raises(ConfigError) as e:
-        auto.check_budget_holds(20, 10, 5, 20, ft_runs=True)
+        budget_plan.check_budget_holds(20, 10, 5, 20, ft_runs=True)
     assert str(e.value).startswith("time_budget=20s cannot hold one epoch of each phase")
     assert "10 s already spent" in str(e.value) and "20 s per ft epoch" in str(e.value)
     assert "= 35 s" in str(e.value) and "at least time_budget=42s" in str(e.value)
-    auto.check_budget_holds(20, 10, 5, 20, ft_runs=False)  # fe alone fits
+    budget_plan.check_budget_holds(20, 10, 5, 20, ft_runs=False)  # fe alone fits
 
 
 def test_decided_fields_read_auto_or_a_value_of_their_type():

@@ -272,45 +272,47 @@ def test_every_schema_problem_is_worded():
     assert schema.problem({"a": [], "b": 1.5}, shape) is None
 
 
-# --- 6. --overwrite keeps the run it replaces until the new one has finished a phase --------------
+# --- 6. --overwrite replaces the run only once the new one has finished a phase -----------------
 def test_overwrite_keeps_the_replaced_run_until_a_phase_is_done(finished, arrays, tmp_path, caplog):
     workdir = copy(finished, tmp_path)
     model = (workdir / "ft" / "model.keras").read_bytes()
+    run_before = (workdir / "run.json").read_bytes()
     with caplog.at_level("INFO", logger="tl_keras"), pytest.raises(TrainingError) as e:
         train(cfg(arrays, lr=1e6), str(workdir), overwrite=True)  # diverges in fe
     # 5. divergence with a finite loss: stopped, with the phase's learning rate named.
     assert "the loss diverged to" in str(e.value) and "phase 'fe', epoch 1" in str(e.value)
     assert "The phase's learning rate, 1e+06, is too high" in str(e.value)
-    (aside,) = Workdir(str(workdir)).replaced()
-    assert f"are kept in {aside}, a complete workdir" in caplog.text
-    kept = pathlib.Path(aside)
-    assert (kept / "ft" / "model.keras").read_bytes() == model  # bitwise the replaced run
-    assert list(json.loads((kept / "run.json").read_text())["phases"]) == ["fe", "ft"]
-    assert json.loads((workdir / "run.json").read_text())["phases"] == {}
-    # The next command says where it is.
-    with pytest.raises(WorkdirError, match=f"earlier --overwrite replaced is kept in {aside}"):
+    # The new run trained in a staging folder; the workdir still holds the old run, untouched.
+    assert f"is staged in {workdir / '.replacement' / 'new'}" in caplog.text
+    assert str(e.value).endswith(
+        f"Nothing was replaced: {workdir} still holds the run --overwrite was replacing "
+        "(phases done: fe, ft), untouched"
+    )
+    assert (workdir / "ft" / "model.keras").read_bytes() == model  # bitwise the replaced run
+    assert (workdir / "run.json").read_bytes() == run_before
+    assert list(json.loads((workdir / "run.json").read_text())["phases"]) == ["fe", "ft"]
+    assert not (workdir / ".replacement").exists() and Workdir(str(workdir)).replaced() == []
+    # The next command sees the old run as it was: refused without --overwrite or --resume.
+    with pytest.raises(WorkdirError, match=r"already holds a run \(phases done: fe, ft\)"):
         plan.plan_run(config_lib.resolve(cfg(arrays)), str(workdir))
-    # A run that finishes its first phase drops it.
+    # A run that finishes its first phase replaces it.
     with caplog.at_level("INFO", logger="tl_keras"):
         train(cfg(arrays, rollback=""), str(workdir), phase="fe", overwrite=True)
-    assert Workdir(str(workdir)).replaced() == []
-    assert "removed" in caplog.text and "this run finished phase 'fe'" in caplog.text
+    assert f"this run finished phase 'fe', so {workdir} now holds it" in caplog.text
     assert list(json.loads((workdir / "run.json").read_text())["phases"]) == ["fe"]
+    assert not (workdir / "ft").exists() and not (workdir / ".replacement").exists()
 
 
 def test_overwrite_of_a_finished_ft_keeps_it(finished, arrays, tmp_path):
     workdir = copy(finished, tmp_path)
     model = (workdir / "ft" / "model.keras").read_bytes()
+    fe_model = (workdir / "fe" / "model.keras").read_bytes()
     with pytest.raises(TrainingError, match=r"in phase 'ft'.*learning rate, 1e\+06"):
         train(cfg(arrays, lr=1e7), str(workdir), phase="ft", overwrite=True)
-    (aside,) = map(pathlib.Path, Workdir(str(workdir)).replaced())
-    assert (aside / "ft" / "model.keras").read_bytes() == model
-    assert (aside / "fe" / "model.keras").read_bytes() == (
-        workdir / "fe" / "model.keras"
-    ).read_bytes()
-    assert list(json.loads((aside / "run.json").read_text())["phases"]) == ["fe", "ft"]
-    assert list(json.loads((workdir / "run.json").read_text())["phases"]) == ["fe"]
-    assert not (workdir / "ft").exists()
+    assert (workdir / "ft" / "model.keras").read_bytes() == model
+    assert (workdir / "fe" / "model.keras").read_bytes() == fe_model
+    assert list(json.loads((workdir / "run.json").read_text())["phases"]) == ["fe", "ft"]
+    assert not (workdir / ".replacement").exists()
 
 
 # --- 5. the divergence guard on its own -------------------------------------------------------------
@@ -383,19 +385,18 @@ def test_the_footprint_table_is_what_the_models_measure():
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_every_artifact_follows_the_umask(umask, finished, arrays, tmp_path):
     """Models, JSON, PNG, CSV, checkpoints, exports, evaluation: 0666 / 0777 minus the umask."""
-    from tl_keras.history import History
     from tl_keras.inference.evaluate import evaluate_workdir
     from tl_keras.inference.export.manifest import export_workdir
+    from tl_keras.training.history import History
 
     workdir = tmp_path / "run"
     old = os.umask(umask)
     try:
         train(cfg(arrays, epochs_fe=1, epochs_ft=1, rollback=""), str(workdir))
         model = keras.models.load_model(workdir / "ft" / "model.keras")  # with its optimizer
-        checkpoint.write(str(workdir), model, phase="ft", epoch=2, phase_first_epoch=2,
-                         finished_phase=True, stopped_early=False, wall_time_s=1.0,
-                         history=History.load(str(workdir / "history.json")),
-                         early_stopping=None)  # fmt: skip
+        checkpoint.write(str(workdir), model, checkpoint.CheckpointState(
+            phase="ft", epoch=2, phase_first_epoch=2, finished_phase=True, stopped_early=False,
+            wall_time_s=1.0, history=History.load(str(workdir / "history.json"))))  # fmt: skip
         export_workdir(str(workdir), formats=["saved_model", "tflite"], num_parity_images=2)
         evaluate_workdir(str(workdir), split="val")
     finally:

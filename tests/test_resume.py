@@ -30,10 +30,10 @@ import pytest
 from conftest import REPO, run_cli
 from inprocess import command
 
-from tl_keras.history import History
 from tl_keras.model import backbones
 from tl_keras.model import classifier as model_lib
 from tl_keras.training import checkpoint
+from tl_keras.training.history import History
 
 pytestmark = pytest.mark.slow
 
@@ -388,3 +388,26 @@ def test_a_really_full_disk(tmp_path, tmpfs, pretrained, reference):
     proc = command(*args(workdir, pretrained), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_as_uninterrupted(workdir, reference, pretrained)
+
+
+def test_a_kill_during_calibration_is_finished_by_resume(trained_workdir, tmp_path):
+    """Killed after its last phase was saved, before its temperature was written, a run used to
+    answer --resume with 'nothing to resume' and stay without its calibration (found by
+    benchmarks/soak_crash.py). What the kill leaves is what `save_phase` wrote: run.json whose
+    "inference" holds only the TTA (`forget_temperature`), no calibration.json."""
+    from conftest import tiny_config
+
+    from tl_keras.training.runner import train
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    run = json.loads((workdir / "run.json").read_text())
+    run["inference"] = {"tta": run["inference"]["tta"]}
+    (workdir / "run.json").write_text(json.dumps(run))
+    (workdir / "calibration" / "calibration.json").unlink()
+
+    result = train(tiny_config(synthetic_images_per_class=10), str(workdir), resume=True)
+    assert not result.phases  # nothing trained again
+    for name in ("run.json", "calibration/calibration.json"):
+        got = json.loads((workdir / name).read_text())
+        assert got == json.loads((pathlib.Path(trained_workdir) / name).read_text()), name

@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_config
 
 from tl_keras.errors import TrainingError, WorkdirError
-from tl_keras.history import History, KeptEpoch
 from tl_keras.training import callbacks, runner
+from tl_keras.training.history import History, KeptEpoch
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from conftest import REPO
 PACKAGE = REPO / "tl_keras"
 MAX_FUNCTION_LINES = 100  # docstring and decorators included
 MAX_MODULE_LINES = 800
-COMMANDS = ("train", "evaluate", "predict", "export", "lr_find", "compare", "doctor")
+COMMANDS = ("train", "evaluate", "predict", "export", "lr_find", "compare", "doctor", "weights")
 # `python -m tl_keras.<command>` runs a one-line module: tl_keras/<command>.py, or the package's
 # __main__.py where the command shares its name with a package (the doctor).
 SHIMS = {c: REPO / "tl_keras" / f"{c}.py" for c in COMMANDS} | {
@@ -209,6 +209,8 @@ TENSORFLOW_FREE = [
     "tl_keras.recipe",
     "tl_keras.model",
     "tl_keras.model.backbones",
+    "tl_keras.model.pretrained",
+    "tl_keras.model.hub",
     "tl_keras.data",
     "tl_keras.data.augment",
     "tl_keras.training",
@@ -217,7 +219,7 @@ TENSORFLOW_FREE = [
     "tl_keras.inference.export",
     "tl_keras.doctor",
     "tl_keras.doctor.workflow",
-    "tl_keras.model.inference",
+    "tl_keras.model.served",
     "tl_keras.training.calibrate",
     "tl_keras.training.class_weight",
     *[f"tl_keras.cli.{c}" for c in COMMANDS if c != "export"],

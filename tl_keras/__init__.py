@@ -30,9 +30,10 @@ _EXPORTS = {
     "DataBundle": "tl_keras.data.pipeline",
     "train": "tl_keras.training.runner",
     "run_phase": "tl_keras.training.phase",
-    "History": "tl_keras.history",
-    "stitch": "tl_keras.history",
-    "plot_history": "tl_keras.plotting",
+    "PhaseOptions": "tl_keras.training.phase",
+    "History": "tl_keras.training.history",
+    "stitch": "tl_keras.training.history",
+    "plot_history": "tl_keras.training.curves",
     "TLKerasError": "tl_keras.errors",
     # After training (the commands python -m tl_keras.evaluate / .predict / .export call these).
     "load_trained": "tl_keras.inference.trained",

@@ -10,7 +10,8 @@ would kill it, with no chance to clean up), or a point's name behind an action:
                      there until that file is removed (a test acts on the run meanwhile)
   signal:SIG:NAME    send SIG (TERM or INT) to this process at the point, as `kill` or Ctrl-C
   enospc:TEXT        every atomic write to a path containing TEXT fails with ENOSPC ("No space
-                     left on device") when it flushes, as a full disk makes fsync fail
+                     left on device") when it flushes, as a full disk makes fsync fail; so does
+                     a move of an --overwrite's swap to such a path
 
 The points:
 
@@ -22,6 +23,18 @@ The points:
                        written at its temporary name, not yet renamed into place
                        (`tl_keras.io.atomic_path`)
   data_listed          the data's files listed, none of them read yet
+
+An --overwrite's transaction (`tl_keras.transaction`), in the order a replacement meets them:
+
+  replace:begun        the staging folder `.replacement/new/` made, nothing of the new run in it
+  replace:commit       the new run's first phase saved there, the commit record not yet written
+                       (`write:.replacement/commit.json`: written at its temporary name)
+  replace:out:ENTRY    the commit record written; the old run's ENTRY ('run.json', 'fe') about to
+                       move out of the workdir
+  replace:in:ENTRY     the old run moved out; the new run's ENTRY about to move in
+  replace:swapped      every entry moved, the transaction folder not yet deleted
+  replace:discarded    the transaction folder renamed for deletion (after its swap, or abandoned
+                       by a failed replacement), not yet deleted
 
 Unset (the normal case) it costs one dictionary lookup per call.
 """

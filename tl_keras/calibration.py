@@ -1,4 +1,9 @@
-"""Calibrated probabilities: temperature scaling, expected calibration error, reliability diagrams.
+"""Temperature scaling, its one home: the maths (numpy only), expected calibration error, and
+the rule for when a fitted temperature is used.
+
+The run fits it after training (`tl_keras.training.calibrate`: one pass over the validation
+split, the report, run.json's "inference" section), and the served model applies it as a layer
+(`tl_keras.model.served`); the reliability diagrams are drawn by `tl_keras.plotting`.
 
 A network fine-tuned with cross-entropy is usually overconfident: among the images it calls 90%
 sure, fewer than 90% are right. Temperature scaling (Guo et al., 2017) divides the logits by one
@@ -15,20 +20,19 @@ temperature fitted here applies unchanged to the logits inside an exported model
 * `expected_calibration_error`: equal-width confidence bins (15 by default), bin i holding the
   top-1 confidences in (i/n, (i+1)/n] (the first bin also holds 0): `sum_b |B|/N |acc(B) -
   conf(B)|`.
-* `reliability_diagram` (the numbers) and `plot_reliability` (before and after, one PNG written
-  atomically).
+* `reliability_diagram`: the numbers a reliability diagram draws.
+* `fitted_temperature`: the temperature a run uses: T = 1 when it cannot be fitted honestly
+  (fewer than `MIN_IMAGES` validation images, or a fit that ends at a bound).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tl_keras.errors import DataError
-from tl_keras.io import atomic_path  # the package's one atomic writer
 
 DEFAULT_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # beyond these a model is broken, not miscalibrated
@@ -208,85 +212,35 @@ def calibration_report(
     }
 
 
-def plot_reliability(
-    diagrams: Sequence[dict[str, Any]],
-    path: str | None = None,
-    *,
-    titles: Sequence[str] | None = None,
-    suptitle: str = "",
-):
-    """Reliability diagrams side by side (e.g. before and after temperature scaling).
+MIN_IMAGES = 20  # fewer validation images: one scalar is not worth fitting on them
 
-    Each panel: the accuracy of every confidence bin (bars), the gap to its mean confidence
-    (red), the diagonal of perfect calibration, and the ECE. Drawn on a matplotlib `Figure` with
-    the Agg canvas, so it never touches pyplot's global state or needs a display.
 
-    Args:
-      diagrams: `reliability_diagram` results.
-      path: PNG to write (atomically); None = do not save.
-      titles: one per panel; default 'ECE x.x%'.
-      suptitle: figure title.
+def fitted_temperature(probs, labels) -> tuple[float, str]:
+    """The temperature to use for a model, fitted on these validation answers, and in words
+    whether it was fitted and why not: T = 1 below `MIN_IMAGES` images or at a bound.
 
     Returns:
-      The matplotlib Figure.
+      (T, 'yes: on N validation images') or (1.0, 'no: why').
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.6 * len(diagrams), 4.4))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(diagrams), squeeze=False)[0]
-    for i, (ax, d) in enumerate(zip(axes, diagrams, strict=True)):
-        width = 1.0 / d["n_bins"]
-        lefts = [b["lower"] for b in d["bins"] if b["count"]]
-        accs = [b["accuracy"] for b in d["bins"] if b["count"]]
-        confs = [b["confidence"] for b in d["bins"] if b["count"]]
-        ax.bar(
-            lefts,
-            accs,
-            width=width,
-            align="edge",
-            color="#4c72b0",
-            edgecolor="white",
-            label="accuracy",
-        )
-        ax.bar(
-            lefts,
-            [c - a for a, c in zip(accs, confs, strict=True)],
-            bottom=accs,
-            width=width,
-            align="edge",
-            color="#c44e52",
-            alpha=0.35,
-            edgecolor="#c44e52",
-            label="gap to confidence",
-        )
-        ax.plot([0, 1], [0, 1], linestyle="--", color="0.3", linewidth=1, label="calibrated")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence (top-1 probability)")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        default = f"ECE {100 * d['ece']:.1f}%  ({d['num_images']} images)"
-        ax.set_title(titles[i] if titles else default, fontsize=10)
-        ax.legend(loc="upper left", fontsize=8)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    if path:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    return fig
+    n = len(labels)
+    if n < MIN_IMAGES:
+        return 1.0, f"no: {n} validation images (a temperature needs {MIN_IMAGES} or more)"
+    t = fit_temperature(probs, labels)
+    low, high = TEMPERATURE_BOUNDS
+    if np.isclose(t, low) or np.isclose(t, high):
+        return 1.0, f"no: the fit ran to the bound T={t:g} (every validation answer right?)"
+    return t, f"yes: on {n} validation images"
 
 
 __all__ = [
     "DEFAULT_BINS",
+    "MIN_IMAGES",
     "TEMPERATURE_BOUNDS",
     "apply_temperature",
     "calibration_report",
     "expected_calibration_error",
     "fit_temperature",
+    "fitted_temperature",
     "negative_log_likelihood",
-    "plot_reliability",
     "reliability_diagram",
 ]

@@ -26,7 +26,7 @@ from tl_keras import recipe
 from tl_keras.data import augment
 from tl_keras.errors import ConfigError, did_you_mean
 from tl_keras.model import backbones
-from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase
+from tl_keras.recipe import BN_POLICIES, LR_FACTOR_RANGE, Phase, budget_plan
 from tl_keras.recipe import auto as auto_recipe
 from tl_keras.recipe.auto import AUTO
 from tl_keras.training import distribute, features, optim, rollback
@@ -135,12 +135,18 @@ class Config:
     synthetic_images_per_class: int = _field(60, "Images per class when data_dir='synthetic'.")
 
     # --- model --------------------------------------------------------------------------------
-    backbone: str = _field("mobilenet_v2", "Backbone name; see `tl_keras.model.backbones.names()`.")
+    backbone: str = _field(
+        "mobilenet_v2",
+        "Backbone name (see `tl_keras.model.backbones.names()`), or hub:<preset> for a keras-hub "
+        "image backbone.",
+    )
     alpha: float = _field(
         1.0, "Width multiplier of the MobileNet families (1.0 for every other backbone)."
     )
     weights: str = _field(
-        "imagenet", "'imagenet' (downloaded by Keras), 'none' (random init) or a weights file path."
+        "imagenet",
+        "'imagenet' (downloaded by Keras; efficientnet_lite0's converted from the lite0 extra; "
+        "a hub: preset's own), 'none' (random init) or a weights file path.",
     )
     image_size: int = _field(0, "Square input size in pixels; 0 = the backbone's default.")
     head_units: int = _field(
@@ -543,7 +549,7 @@ def resolve(config: Config | RunSpec, card: auto_recipe.Card | None = None) -> R
         schedule=tuple(schedule),
         given=config,
         card=card,
-        time_budget_s=auto_recipe.parse_duration(config.time_budget),
+        time_budget_s=budget_plan.parse_duration(config.time_budget),
     )
 
 
@@ -674,7 +680,7 @@ def _check_recipe(c: Config) -> None:
     """The recipe's own fields (the decided ones are checked with the rest)."""
     if c.recipe not in auto_recipe.RECIPES:
         raise _refused(c, "recipe", f"one of {', '.join(auto_recipe.RECIPES)}")
-    auto_recipe.parse_duration(c.time_budget)  # raises naming the accepted forms
+    budget_plan.parse_duration(c.time_budget)  # raises naming the accepted forms
     if c.augment_phases not in auto_recipe.AUGMENT_PHASES:
         raise _refused(c, "augment_phases", f"one of {', '.join(auto_recipe.AUGMENT_PHASES)}")
     if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):

@@ -29,11 +29,14 @@ class Interrupted(BaseException):  # noqa: N818  (like KeyboardInterrupt, not an
 
     Attributes:
       signum: the signal's number; `name` its name ('SIGTERM').
+      outcome: what the stop left, when the code it stopped knows better than the checkpoints
+        (an --overwrite stopped before its new run finished a phase: the old run is in place).
     """
 
     def __init__(self, signum: int):
         self.signum = signum
         self.name = signal.Signals(signum).name
+        self.outcome: str | None = None
         super().__init__(f"interrupted by {self.name}")
 
     @property

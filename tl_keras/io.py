@@ -298,3 +298,14 @@ def available_memory() -> int | None:
         except (OSError, ValueError):
             continue
     return min(found) if found else None
+
+
+def cache_root() -> str:
+    """Where tl_keras remembers what it learned or made once (decode checks, TFDS indexes,
+    converted weights): $TL_KERAS_CACHE_DIR, else $XDG_CACHE_HOME/tl_keras, else
+    ~/.cache/tl_keras."""
+    root = os.environ.get("TL_KERAS_CACHE_DIR")
+    if root:
+        return root
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tl_keras")

@@ -5,6 +5,9 @@
       config.json               resolved config of the latest invocation
       history.json, history.csv stitched history of every phase done so far
       curves.png                accuracy and loss across phases, boundaries marked
+      recipe.json               the recipe card the run follows (tl_keras.training.decide)
+      calibration/, doctor/     the temperature's report; the data doctor's report
+      checkpoints/              epoch-end checkpoints of the phase in progress
       <phase>/model.keras       the model at the end of the phase (with optimizer state)
       <phase>/rng_state.json    its dropout RNG states (Keras does not save them in .keras)
       <phase>/history.json      that phase's epochs
@@ -14,26 +17,31 @@
       lr_find/                  plots and JSON of `python -m tl_keras.lr_find` (kept on --overwrite)
       logs/                     optional TensorBoard and CSV logs
       data/synthetic/           the generated data set when data_dir='synthetic'
-      replaced-YYYYmmdd-HHMMSS/ the run an --overwrite replaced, until the new run finishes a phase
+      .replacement/             only while an --overwrite runs: the new run, staged until it has
+                                finished a phase, then swapped in (`tl_keras.transaction`)
+      replaced-YYYYmmdd-HHMMSS/ a run an --overwrite of an earlier tl_keras set aside; dropped
+                                once a new run finishes a phase
 
 `run.json` is written last after each phase: a phase counts as done only when its files are all
 in place, so an interrupted run never leaves a workdir that claims more than it has, and a
 reader (evaluate, predict, export) that goes by it reads complete phases only.
 
-`--overwrite` never destroys a run before its replacement has shown something: the results it
-replaces are set aside (`set_aside`) into `replaced-*/`, a complete workdir of its own, and
-removed only once the new run has finished a phase (`drop_replaced`).
+`--overwrite` is a transaction (`tl_keras.transaction`): the new run trains in
+`.replacement/new/` while the workdir still holds the old run, untouched, for every reader; once
+the new run has saved a phase there, it is swapped in (`Workdir.commit`). A replacement that
+fails before that (divergence, a full disk, a signal, SIGKILL) leaves the old run as it was;
+`read_run`, the first thing every command does, recovers one a killed process left.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
-from tl_keras import io, schema
+from tl_keras import io, schema, transaction
 from tl_keras.errors import WorkdirError
 
 log = logging.getLogger("tl_keras")
@@ -43,6 +51,11 @@ FORMAT_VERSION = 1
 # Things a workdir holds that `--overwrite` replaces (the generated data set is kept).
 _RESULT_FILES = ("run.json", "config.json", "history.json", "history.csv", "curves.png")
 CHECKPOINTS = "checkpoints"  # tl_keras.training.checkpoint's folder
+# The run's other files and folders (tl_keras.training.decide, .calibrate, tl_keras.doctor).
+_RUN_ENTRIES = (*_RESULT_FILES, "recipe.json", CHECKPOINTS, "calibration", "doctor")
+# What outlives a run: kept by --overwrite, and written straight to the workdir by a staged run
+# (data sets and their caches, logs that gather every attempt, lr_find's plots).
+SHARED = ("data", "logs", "cache", "lr_find")
 REPLACED_PREFIX = "replaced-"
 _PHASE_ENTRY = schema.Obj(
     {"last_epoch": schema.Int},
@@ -77,13 +90,28 @@ RUN_FIX = "the record of the run is lost: start it again with --overwrite, or us
 class Workdir:
     """Paths and state of one run's folder."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, replaces: str | None = None):
+        """Args:
+        path: the folder.
+        replaces: for the staging folder of an --overwrite (`stage`): the workdir whose run it
+          replaces; `path` becomes that workdir at `commit`.
+        """
         if not path:
             raise WorkdirError("no workdir given: pass --workdir=FOLDER for the run's artifacts")
         self.path = os.path.abspath(path)
+        self.replaces = os.path.abspath(replaces) if replaces else None
 
     # --- paths --------------------------------------------------------------------------------
+    @property
+    def shared_root(self) -> str:
+        """Where what outlives a run (`SHARED`: data, logs, caches) is: this folder, or for a
+        staged run (`stage`) the workdir it replaces."""
+        return self.replaces or self.path
+
     def file(self, *parts: str) -> str:
+        """A path in the folder; a staged run's `SHARED` folders are its workdir's."""
+        if parts and parts[0] in SHARED:
+            return os.path.join(self.shared_root, *parts)
         return os.path.join(self.path, *parts)
 
     def phase_dir(self, phase: str) -> str:
@@ -115,6 +143,7 @@ class Workdir:
           DamagedFileError: run.json is not JSON, or not of its shape (`RUN_SHAPE`).
           WorkdirError: it was written by a tl_keras of another format.
         """
+        transaction.settle(self.path)  # a replacement a killed process left: finished or undone
         path = self.file(RUN_FILE)
         if not os.path.isfile(path):
             return None
@@ -129,7 +158,68 @@ class Workdir:
         run = self.read_run()
         return dict(run["phases"]) if run else {}
 
-    # --- --overwrite: set aside, then drop ----------------------------------------------------
+    # --- --overwrite: a transaction ----------------------------------------------------------
+    def stage(
+        self, *, keep: Sequence[str] = (), replacing: dict[str, Any] | None = None
+    ) -> Workdir:
+        """Starts an --overwrite of this workdir's run (`tl_keras.transaction.begin`).
+
+        The caller holds the lock. Nothing here changes until `commit`.
+
+        Args:
+          keep: entries the new run keeps (hard-linked into the staging folder).
+          replacing: what is replaced, for the log lines.
+
+        Returns:
+          The staging folder, where the new run writes until its first phase is saved.
+        """
+        staged = transaction.begin(self.path, keep=keep, intent=replacing)
+        return Workdir(staged, replaces=self.path)
+
+    def commit(self, reason: str) -> None:
+        """Makes what this run wrote count, once a phase is saved.
+
+        A staged run (`stage`) takes its workdir's place: the old run is swapped out, the new
+        one in (`tl_keras.transaction.commit`), and from then on this object is that workdir.
+        Runs earlier tl_keras versions set aside (`replaced-*`) are dropped.
+        """
+        if self.replaces is not None:
+            home = Workdir(self.replaces)
+            transaction.commit(home.path, old=home.run_entries(), shared=SHARED)
+            self.path, self.replaces = home.path, None
+            log.info(
+                "--overwrite: %s, so %s now holds it: the run it replaced is gone",
+                reason,
+                home.path,
+            )
+        self.drop_replaced(reason)
+
+    def run_entries(self) -> list[str]:
+        """The entries of the run here, which an --overwrite replaces.
+
+        Its files, checkpoints, calibration, doctor report and phase folders (those run.json
+        names, and any folder holding a `model.keras`); not what outlives a run (`SHARED`), the
+        lock, evaluations, exports or anything else.
+        """
+        if not os.path.isdir(self.path):
+            return []
+        run = _read_tolerant(self.file(RUN_FILE))
+        phases = set(run.get("phases") or ()) if isinstance(run.get("phases"), dict) else set()
+        for p in run.get("schedule") or () if isinstance(run.get("schedule"), list) else ():
+            if isinstance(p, dict) and isinstance(p.get("name"), str):
+                phases.add(p["name"])
+        out = []
+        for entry in sorted(os.listdir(self.path)):
+            full = self.file(entry)
+            if entry in SHARED or entry.startswith(".") or entry.startswith(REPLACED_PREFIX):
+                continue
+            if entry in _RUN_ENTRIES or (
+                os.path.isdir(full) and (entry in phases or os.path.isfile(self.model_path(entry)))
+            ):
+                out.append(entry)
+        return out
+
+    # --- runs set aside by earlier tl_keras versions ------------------------------------------
     def replaced(self) -> list[str]:
         """The folders holding runs an --overwrite replaced, not yet dropped (oldest first)."""
         if not os.path.isdir(self.path):
@@ -141,42 +231,6 @@ class Workdir:
             and os.path.isdir(self.file(e))
             and io.TMP_MARK not in e
         )
-
-    def set_aside(self, remove: list[str], *, run_after: dict[str, Any] | None) -> str | None:
-        """Keeps the run an --overwrite replaces, complete, in `replaced-<time>/`.
-
-        Every result (run.json, config.json, history, curves, each phase's folder, checkpoints)
-        is linked (or copied) into a new folder that appears whole, so the replaced run is a
-        workdir of its own. Only then are the entries in `remove` removed here: after writing
-        `run_after` as run.json (a partial --overwrite: the redone phases no longer count), or,
-        for the whole run (`run_after` None), run.json first, so a reader never sees a phase
-        listed whose folder is gone.
-
-        Args:
-          remove: the entries (phase folder names, result file names) to take out of the workdir.
-          run_after: run.json as it is to read once they are out; None removes run.json too.
-
-        Returns:
-          The folder, or None when the workdir held no results.
-        """
-        entries = [e for e in self.result_entries() if os.path.lexists(self.file(e))]
-        if not entries:
-            return None
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        aside, n = self.file(f"{REPLACED_PREFIX}{stamp}"), 1
-        while os.path.exists(aside):
-            n += 1
-            aside = self.file(f"{REPLACED_PREFIX}{stamp}-{n}")
-        with io.atomic_path(aside) as tmp:
-            os.mkdir(tmp)
-            for e in entries:
-                _link_tree(self.file(e), os.path.join(tmp, e))
-        if run_after is not None:
-            self.write_run(run_after)
-        order = sorted(remove, key=lambda e: e != RUN_FILE)  # run.json (the commit point) first
-        for e in order:
-            io.remove(self.file(e))
-        return aside
 
     def drop_replaced(self, reason: str) -> None:
         """Removes the runs earlier --overwrites replaced (the new run has shown something)."""
@@ -195,18 +249,6 @@ class Workdir:
             f"(mv {kept[-1]} SOMEWHERE) and use it as the --workdir"
         )
 
-    def result_entries(self) -> list[str]:
-        run = self.read_run()
-        phases = list(run["phases"]) if run else []
-        out = [e for e in _RESULT_FILES if os.path.lexists(self.file(e))]
-        for entry in sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []:
-            full = self.file(entry)
-            if entry in ("data", "logs", "lr_find") or not os.path.isdir(full):
-                continue
-            if entry == CHECKPOINTS or entry in phases or os.path.isfile(self.model_path(entry)):
-                out.append(entry)
-        return out
-
     def clear_results(self, keep_phases: tuple[str, ...] = ()) -> None:
         """Removes run results (all phases but `keep_phases`); keeps generated data and logs."""
         run = self.read_run()
@@ -222,6 +264,15 @@ class Workdir:
                 shutil.rmtree(full)
 
 
+def _read_tolerant(path: str) -> dict[str, Any]:
+    """A JSON object file, or {} when it is missing or damaged (what an --overwrite replaces)."""
+    try:
+        value = io.read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _peek_format(path: str) -> Any:
     """run.json's "format", when it parses as an object that has one (checked before its shape)."""
     try:
@@ -229,20 +280,3 @@ def _peek_format(path: str) -> Any:
     except (OSError, ValueError):
         return None
     return value.get("format") if isinstance(value, dict) else None
-
-
-def _link_tree(src: str, dst: str) -> None:
-    """Hard-links a file or folder tree to `dst` (copies where links are not possible).
-
-    Links cost no space, and the package replaces files by renaming new ones into place, so the
-    linked copy keeps the old contents however the original's name is reused.
-    """
-    if os.path.isdir(src) and not os.path.islink(src):
-        os.makedirs(dst, exist_ok=True)
-        for entry in os.listdir(src):
-            _link_tree(os.path.join(src, entry), os.path.join(dst, entry))
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

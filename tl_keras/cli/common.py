@@ -16,11 +16,15 @@ Anything else is a bug and keeps its traceback. Library modules never import thi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.abc
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 
 from tl_keras.errors import ConfigError, TLKerasError
 
@@ -100,18 +104,24 @@ def command_help(module: str) -> str:
 
 
 def run_main(define_flags: Callable[[], None], main: Callable[[list[str]], int]) -> None:
-    """The entry point every command shares: quiet TensorFlow, define the flags, run `main`.
+    """The entry point every command shares: define the flags, quiet TensorFlow, run `main`.
 
     `--help` prints the command's own help and exits 0 (absl's would point elsewhere and exit 1).
+    TensorFlow's start-up lines stay off stderr unless `--verbose` (`quiet_tensorflow`): set up
+    once the flags are read and before `main` imports TensorFlow.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warning chatter
-    from absl import app
+    from absl import app, flags
 
     define_flags()
     if any(arg in HELP_ARGS for arg in sys.argv[1:]):
         print(command_help(define_flags.__module__))
         sys.exit(EXIT_OK)
-    app.run(main)
+
+    def quiet_then_main(argv: list[str]) -> int:
+        quiet_tensorflow(verbose="verbose" in flags.FLAGS and bool(flags.FLAGS.verbose))
+        return main(argv)
+
+    app.run(quiet_then_main)
 
 
 def no_arguments(argv: list[str]) -> None:
@@ -134,7 +144,11 @@ def require_workdir(workdir: str | None, what: str) -> str:
 def define_verbose() -> None:
     from absl import flags
 
-    flags.DEFINE_boolean("verbose", False, "Show tracebacks for bad-input errors.")
+    flags.DEFINE_boolean(
+        "verbose",
+        False,
+        "Show tracebacks for bad-input errors, and TensorFlow's start-up and log lines.",
+    )
 
 
 def define_trust_flag() -> None:
@@ -225,3 +239,123 @@ def config_from_flags(*, phase: str, resume: bool = False):
         phase=phase,
         resume=resume,
     )
+
+
+# --- TensorFlow's start-up lines, kept off a command's stderr (`--verbose` shows them) ---------
+# Importing TensorFlow 2.21 writes these on stderr before any line of ours, on every command:
+#
+#     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+#     I0000 00:00:... port.cc:153] oneDNN custom operations are on. ...
+#     I0000 00:00:... cudart_stub.cc:31] Could not find cuda drivers on your machine, ...
+#     E0000 00:00:... cuda_platform.cc:52] failed call to cuInit: ... UNKNOWN ERROR (303)
+#     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+#     I0000 00:00:... port.cc:153] oneDNN custom operations are on. ...
+#     I0000 00:00:... cudart_stub.cc:31] Could not find cuda drivers on your machine, ...
+#
+# It is one start-up, not two (no subprocess, no worker pool, one `import tensorflow`):
+#
+# - the first block comes from static initialisers of `libtensorflow_framework.so.2`, logged with
+#   absl's C++ logging before anything initialised it, so `TF_CPP_MIN_LOG_LEVEL` (which only
+#   governs TensorFlow's own logger: it does hide the `cpu_feature_guard` line) cannot reach them;
+# - the block "again, 2 s later" is tensorflow/python/profiler/internal/
+#   _pywrap_profiler_plugin.so, a 90 MB extension `import tensorflow` loads for
+#   `tf.profiler.experimental.client`: it links its own copy of the same platform code and
+#   runs the same initialisers (`LD_DEBUG=files` shows both lines right after "calling init"
+#   of that file);
+# - the cuInit error is the GPU count that `tensorflow.python.distribute.combinations` registers
+#   with `absl.app.call_after_init`: a command imports TensorFlow inside `absl.app.run`, so the
+#   hook lists the physical devices during the import (a plain script would list them at its
+#   first op instead, with the same line).
+#
+# None of these can be switched off by a setting, so a command reads stderr at the level of
+# the file descriptor (C++ writes there directly) while TensorFlow is imported, and writes back
+# every line that is not in TensorFlow's C++ log format. An import that fails writes back
+# everything. Later C++ messages are TensorFlow's own logger's, held back by
+# `TF_CPP_MIN_LOG_LEVEL=2` (its errors still show); its Python logger is set to errors only.
+
+# absl / TensorFlow C++ log lines ("I0000 00:00:1796516700.137802   10282 port.cc:153] ...") and
+# the line absl writes before its first message.
+_NATIVE_LINE = re.compile(rb"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\s:]+:\d+\] ")
+_ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called"
+_CPU_GUARD_TAIL = b"To enable the following instructions:"  # the cpu_feature_guard's 2nd line
+
+
+def is_tf_noise(line: bytes) -> bool:
+    """Whether a stderr line is TensorFlow's C++ start-up logging."""
+    return bool(_NATIVE_LINE.match(line)) or line.startswith((_ABSL_PREAMBLE, _CPU_GUARD_TAIL))
+
+
+def quiet_tensorflow(verbose: bool) -> None:
+    """Called by every command once its flags are read, before anything imports TensorFlow.
+
+    Not verbose: TensorFlow's C++ info and warning lines hidden (`TF_CPP_MIN_LOG_LEVEL=2`,
+    unless the environment sets it), its Python logger at errors, and its start-up lines
+    filtered out of stderr while it is imported. Verbose: all of it shown, as TensorFlow
+    prints it.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _QuietImport) for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _QuietImport())
+
+
+@contextlib.contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Holds what is written to file descriptor 2 in the block, then writes back all of it
+    that `is_tf_noise` does not match (everything, when the block raises)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().splitlines(keepends=True)
+            kept = b"".join(line for line in lines if failed or not is_tf_noise(line))
+            if kept:
+                os.write(2, kept)
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as Python would, and imports it inside `native_stderr_filtered`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: later imports are TensorFlow's own
+        for finder in sys.meta_path:  # the finder that would have found it without us
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _QuietLoader(spec.loader)
+                return spec
+        return None
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        # TensorFlow's package sees its own loader, as without us.
+        module.__loader__ = module.__spec__.loader = self.loader
+        with native_stderr_filtered():
+            self.loader.exec_module(module)

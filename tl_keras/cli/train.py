@@ -65,6 +65,8 @@ def main(argv: list[str]) -> int:
 
 def _interrupted(stop: interrupt.Interrupted, workdir: str) -> str:
     """What an interrupted run kept, and the command that continues it."""
+    if stop.outcome:  # an --overwrite stopped before it replaced anything
+        return f"{stop.name} stopped the run; {stop.outcome}"
     from tl_keras.training import checkpoint
     from tl_keras.workdir import Workdir
 

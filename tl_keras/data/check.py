@@ -29,9 +29,18 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import io
-from tl_keras.data.images import AUTOTUNE, Images, Pipeline, decode, load, prepare, tf_error_text
+from tl_keras.data.images import (
+    AUTOTUNE,
+    Images,
+    Pipeline,
+    decode,
+    load,
+    prepare,
+    tf_error_text,
+    untuned,
+)
 from tl_keras.errors import DataError
-from tl_keras.io import available_memory
+from tl_keras.io import available_memory, cache_root
 from tl_keras.progress import Progress
 
 log = logging.getLogger("tl_keras")
@@ -43,16 +52,6 @@ RACY_S = 2.0  # files modified this recently before a check are checked again ne
 # rest is for TensorFlow, the model, its batches and everything else on the machine.
 MEMORY_SHARE = 0.7
 _CHECK_BATCH = 256
-
-
-def cache_root() -> str:
-    """Where tl_keras remembers what it learned about data (decode checks, TFDS indexes):
-    $TL_KERAS_CACHE_DIR, else $XDG_CACHE_HOME/tl_keras, else ~/.cache/tl_keras."""
-    root = os.environ.get("TL_KERAS_CACHE_DIR")
-    if root:
-        return root
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tl_keras")
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -241,7 +240,7 @@ def _decode_files(
         probe, num_parallel_calls=AUTOTUNE, deterministic=False
     )
     with Progress("decode check", len(todo)) as progress:
-        for batch in ds.ignore_errors().batch(_CHECK_BATCH).as_numpy_iterator():
+        for batch in untuned(ds.ignore_errors().batch(_CHECK_BATCH)).as_numpy_iterator():
             ok[batch["index"]], hw[batch["index"]] = True, batch["hw"]
             if store is not None:
                 store[batch["index"]] = batch["image"]
@@ -286,7 +285,7 @@ def _check_tfds(images: Images, p: Pipeline, store) -> Check:
 def _fill(ds: tf.data.Dataset, store, rows: np.ndarray) -> None:
     """Writes (index, image) pairs into store rows `rows[index]`, with progress."""
     with Progress("cache fill", len(rows)) as progress:
-        for i, image in ds.batch(_CHECK_BATCH).as_numpy_iterator():
+        for i, image in untuned(ds.batch(_CHECK_BATCH)).as_numpy_iterator():
             store[rows[i]] = image
             progress.update(len(i))
 

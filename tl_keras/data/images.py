@@ -38,6 +38,29 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def untuned(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """The dataset without tf.data's autotuning thread: every pipeline the package iterates.
+
+    Each iterator of a dataset with autotuning on (tf.data's default) runs a thread that
+    re-optimises the pipeline at 0.02 x (2^k - 1) s of its life (..., 20 s, 41 s, 82 s, then
+    every 60 s), sleeping in between. Deleting the iterator joins that thread, and in
+    TensorFlow 2.21 the wake-up meant to end its sleep can be lost: the cancellation callback
+    notifies before the iterator counts as cancelled (`CancellationManager` sets that after
+    every callback and child has run), so the thread checks, finds it still running, and
+    sleeps out the rest of its period (`Model::OptimizeLoop`). The deletion then waits, the
+    process idle, until the next optimisation time: up to 60 s after a fine-tuning phase's
+    last epoch (issue 24; benchmarks/bench_stall.py reproduces it without a model), and
+    seconds at the start of a validation pass, where Keras drops the iterator it made at the
+    end of the previous one.
+
+    Without the thread, `AUTOTUNE` parallelism is what tf.data uses when it does not tune (the
+    number of cores, at most 16) and `prefetch(AUTOTUNE)` still grows its buffer as it is read.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 # Independent random streams under one (seed, epoch) key.
 EXAMPLE_STREAM, BATCH_STREAM, FILE_STREAM, WINDOW_STREAM = 1, 2, 3, 4
 
@@ -383,6 +406,7 @@ __all__ = [
     "load",
     "load_image_file",
     "prepare",
+    "untuned",
     "worker_batches",
     "worker_range",
     "worker_steps",

@@ -54,6 +54,7 @@ from tl_keras.data.images import (
     in_order,
     load,
     load_image_file,
+    untuned,
     worker_batches,
     worker_steps,
 )
@@ -225,7 +226,7 @@ class DataBundle:
             make = functools.partial(_call_shard, self.make_shard_epoch, worker, self.workers)
         else:
             make = self.make_train_epoch
-        return epochs.flat_map(make).prefetch(AUTOTUNE)
+        return untuned(epochs.flat_map(make).prefetch(AUTOTUNE))  # lives a whole phase
 
     @property
     def train(self) -> tf.data.Dataset:
@@ -272,7 +273,12 @@ def eval_dataset(images: Images, num_classes: int, p: Pipeline) -> tf.data.Datas
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    return ds.batch(p.batch_size).prefetch(AUTOTUNE)
+    if not (images.streamed and images.store is None):  # a stream holds what it holds
+        # Its length, which reading rows a block at a time hides: without it, Keras learns the
+        # number of validation batches by running out, and says so ("Your input ran out of
+        # data; interrupting training") after the first epoch of every phase on images.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(images)))
+    return untuned(ds.batch(p.batch_size).prefetch(AUTOTUNE))
 
 
 def shard_epoch_fn(

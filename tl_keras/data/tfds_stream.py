@@ -192,7 +192,8 @@ class TfdsSplit:
         parts: dict[str, list] = {"g": [], "label": [], "hw": [], "id": []}
         stream = ds.enumerate().map(probe, num_parallel_calls=AUTOTUNE, deterministic=False)
         with Progress("decode check", total if total >= 0 else None) as progress:
-            for batch in stream.ignore_errors().batch(_PASS_BATCH).as_numpy_iterator():
+            passes = images_lib.untuned(stream.ignore_errors().batch(_PASS_BATCH))
+            for batch in passes.as_numpy_iterator():
                 for k, v in batch.items():
                     parts[k].append(v)
                 progress.update(len(batch["g"]))

@@ -11,12 +11,11 @@ from __future__ import annotations
 import collections
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tl_keras.doctor.analysis import Thresholds
+from tl_keras.doctor.thresholds import Thresholds
 
 SPLIT_ORDER = ("train", "val", "test")  # how splits are listed; any other name sorts after
 NEIGHBOURS_KEPT = 64  # per image, from the one pass over all pairs (duplicates, votes, density)

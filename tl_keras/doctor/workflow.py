@@ -42,7 +42,9 @@ from tl_keras import config as config_lib
 from tl_keras import io
 from tl_keras.doctor import analysis
 from tl_keras.doctor import report as report_lib
+from tl_keras.doctor.thresholds import Thresholds
 from tl_keras.errors import DataError
+from tl_keras.model.forward import forward
 
 log = logging.getLogger("tl_keras")
 
@@ -246,7 +248,10 @@ def image_features(model, data, listed: _Listed, *, folder: str, spec) -> tuple[
     arrays, _, _ = features_lib.compute(model, data, mode=mode, workdir=os.path.dirname(folder))
     parts = [arrays["train"], arrays["val"]]
     if data.test is not None and listed.counts.get("test"):
-        parts.append(_forward(features_lib.feature_extractor(model), _images_only(data.test)))
+        extractor = features_lib.feature_extractor(model)
+        parts.append(
+            np.concatenate([np.asarray(x, np.float32) for _, x in forward(extractor, data.test)])
+        )
     out = {
         "features": np.concatenate([p for p in parts if len(p)]).astype(np.float32),
         "thumbnails": thumbnails(data),
@@ -291,15 +296,6 @@ def _read_cache(path: str, key: str, listed: _Listed) -> dict | None:
     )
     log.info("doctor: the cached features in %s are stale (%s): recomputing them", path, why)
     return None
-
-
-def _forward(extractor, dataset) -> np.ndarray:
-    """The extractor's output for every batch, called directly (no Keras predict loop, so no
-    distribution machinery: the same on every worker)."""
-    import tensorflow as tf
-
-    run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
-    return np.concatenate([np.asarray(run(x), np.float32) for x in dataset])
 
 
 def _images_only(dataset):
@@ -357,7 +353,7 @@ def _diagnose(spec, data, listed: _Listed, feats: dict | None) -> dict[str, Any]
     )
     if len(keep) < n:  # the balance of every image, not of the sample
         report["balance"] = analysis.class_balance(
-            listed.labels, listed.splits, data.class_names, analysis.Thresholds()
+            listed.labels, listed.splits, data.class_names, Thresholds()
         )
         report["summary"] = analysis.summary_line(report)
     return report

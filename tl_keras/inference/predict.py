@@ -30,6 +30,7 @@ import numpy as np
 
 from tl_keras.errors import ConfigError, DataError
 from tl_keras.io import atomic_write_text
+from tl_keras.model.forward import forward
 
 log = logging.getLogger("tl_keras")
 
@@ -151,30 +152,27 @@ def predict(
     size = int(model.inputs[0].shape[1])
     k = min(top_k, len(class_names))
     results = [Prediction(file=str(p)) for p in paths]
-    pending: list[tuple[int, np.ndarray]] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        probs = np.asarray(model.predict_on_batch(np.stack([img for _, img in pending])))
-        for (i, _), row in zip(pending, probs, strict=True):
+    def batches():  # (images, their positions in `paths`): the readable files, a batch at a time
+        pending: list[tuple[int, np.ndarray]] = []
+        for i, path in enumerate(paths):
+            try:
+                image = load_image(
+                    str(path), size, resize_mode=resize_mode, resize_method=resize_method
+                )
+                pending.append((i, image))
+            except DataError as e:
+                results[i].error = str(e)
+                log.warning("skipped %s: %s", path, e)
+            if len(pending) >= batch_size or (pending and i == len(paths) - 1):
+                yield np.stack([img for _, img in pending]), [i for i, _ in pending]
+                pending = []
+
+    for (_, positions), probs in forward(model, batches()):
+        for i, row in zip(positions, probs, strict=True):
             best = np.argsort(-row, kind="stable")[:k]
             results[i].labels = [class_names[j] for j in best]
             results[i].probabilities = [float(row[j]) for j in best]
-        pending.clear()
-
-    for i, path in enumerate(paths):
-        try:
-            image = load_image(
-                str(path), size, resize_mode=resize_mode, resize_method=resize_method
-            )
-            pending.append((i, image))
-        except DataError as e:
-            results[i].error = str(e)
-            log.warning("skipped %s: %s", path, e)
-        if len(pending) >= batch_size:
-            flush()
-    flush()
     return results
 
 

@@ -3,7 +3,7 @@
 Evaluation, prediction and export all start here. The model of a workdir is the model of its last
 phase done in schedule order (`run.json` lists the schedule and the phases done), unless a phase
 is named. It answers through run.json's "inference" settings (test-time augmentation, then the
-temperature fitted on validation; `tl_keras.model.inference`): `TrainedModel.served` is the model
+temperature fitted on validation; `tl_keras.model.served`): `TrainedModel.served` is the model
 as predict, evaluate and every export use it. It is loaded for inference only (`compile=False`, `safe_mode=True`): the optimizer is
 not rebuilt, so a model compiled with any optimizer loads. Class names, backbone and image size
 come from `run.json`, which the training run wrote; nothing is guessed from the data.
@@ -20,7 +20,7 @@ from typing import Any
 from tl_keras import config as config_lib
 from tl_keras import io
 from tl_keras.errors import DataError, WorkdirError
-from tl_keras.model.inference import InferenceSettings, inference_model, settings_from_run
+from tl_keras.model.served import InferenceSettings, inference_model, settings_from_run
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")

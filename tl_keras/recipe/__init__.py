@@ -4,8 +4,10 @@ Nothing here imports TensorFlow or Keras: which phases run, what each one unfree
 learning rate are answered from a config and a list of layer descriptions, so every rule is
 testable in milliseconds. The runner asks this package questions, never the other way round.
 
-    stages.py   unfreeze specs, stages and phases, the LR-factor rule, LR schedule settings
-    layers.py   the base's layers: block order, what trains, per-block learning rates
+    stages.py       unfreeze specs, stages and phases, the LR-factor rule, LR schedule settings
+    layers.py       the base's layers: block order, what trains, per-block learning rates
+    auto.py         the decided recipe: facts -> a card of settings, each with its reason
+    budget_plan.py  the time budget's arithmetic: how many epochs of a phase fit
 
 Everything public is importable from `tl_keras.recipe` itself (`recipe.build_schedule(...)`).
 

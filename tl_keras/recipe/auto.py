@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import statistics
 from collections.abc import Mapping
 from typing import Any
@@ -78,7 +77,7 @@ AUTO_FIELDS = tuple(MANUAL)
 
 # --- thresholds, each with its evidence (see the module docstring) ------------------------------
 FEW_SHOT_PER_CLASS = 50  # fewer training images in the smallest class: feature extraction only
-# BatchNorm shifts (`tl_keras.training.probe`), MobileNet-0.25: the lowest third of the blocks
+# BatchNorm shifts (`tl_keras.training.bn_shift`), MobileNet-0.25: the lowest third of the blocks
 # shifts by 0.07 (flowers at 128 px) to 0.09 (at 64 px); 0.39 on digits and 0.38 on the package's
 # drawn shapes, both far from photos.
 FAR_DOMAIN_SHIFT = 0.2  # early-block shift above this: far from ImageNet
@@ -107,7 +106,7 @@ class Facts:
       native_size: the size the backbone's ImageNet weights were trained at.
       pretrained: whether the base starts from pretrained weights.
       block_shift: (block, shift) from input to output: how far the data's BatchNorm input
-        statistics sit from the stored ones in each block (see `tl_keras.training.probe`); empty
+        statistics sit from the stored ones in each block (see `tl_keras.training.bn_shift`); empty
         when not measured (random weights).
       stages_given: the user gave `stages`, which fix the epochs and unfreezing.
       stage_epochs: the epochs of each given stage.
@@ -167,9 +166,15 @@ class Decision:
     reason: str
 
 
+CARD_FILE = "recipe.json"  # where a run keeps its card: <workdir>/recipe.json
+
+
 @dataclasses.dataclass(frozen=True)
 class Card:
-    """The recipe card: every decided setting with its reason, and the facts behind them."""
+    """The recipe card: every decided setting with its reason, and the facts behind them.
+
+    A run keeps it in `<workdir>/CARD_FILE` (`tl_keras.training.decide.write_recipe_card`).
+    """
 
     recipe: str
     regime: str
@@ -468,132 +473,6 @@ def _fit_warmup(decisions: list[Decision], facts: Facts) -> list[Decision]:
     return [fitted if d.field == "warmup_epochs" else d for d in decisions]
 
 
-# --- the time budget -------------------------------------------------------------------------------
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
-DURATION_FORMS = "90s, 10m, 1.5h or 1h30m (a plain number is seconds)"
-
-
-def parse_duration(text: str, field: str = "time_budget") -> float | None:
-    """Seconds in a duration such as '90s', '10m', '1.5h', '1h30m' or '600'; '' = None.
-
-    Raises:
-      ConfigError: naming the text and the accepted forms.
-    """
-    text = str(text).strip().lower()
-    if not text:
-        return None
-    bad = ConfigError(f"{field}={text!r} is not understood: write {DURATION_FORMS}")
-    try:
-        seconds = float(text)
-    except ValueError:
-        match = _DURATION.fullmatch(text)
-        if not match or not any(match.groups()):
-            raise bad from None
-        h, m, s = (float(g) if g else 0.0 for g in match.groups())
-        seconds = 3600 * h + 60 * m + s
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise bad
-    return seconds
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochCost:
-    """What one epoch of a phase costs, measured (seconds)."""
-
-    train_s: float
-    val_s: float = 0.0
-    overhead_s: float = 0.0  # per epoch: its share of the checkpoints, callbacks
-    trace_s: float = 0.0  # once: tracing the phase's functions again after a new plan
-    save_s: float = 0.0  # one save of the whole model (the phase's last checkpoint)
-
-    @property
-    def total_s(self) -> float:
-        return self.train_s + self.val_s + self.overhead_s
-
-
-BUDGET_TARGET = 0.95  # plan to end at this share of the budget (the promise: within 0.8 to 1.1)
-
-
-def plan_epochs(
-    budget_s: float, elapsed_s: float, cost: EpochCost, *, reserve_s: float = 0.0
-) -> int:
-    """Epochs of a phase that fit in what is left of the budget: at least 1.
-
-    Args:
-      budget_s: the run's budget.
-      elapsed_s: time already spent by the run.
-      cost: the measured cost of one epoch of the phase.
-      reserve_s: time needed after the phase (saving, plots, calibration).
-    """
-    left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
-    return max(1, int(left // max(cost.total_s, 1e-9)))
-
-
-@dataclasses.dataclass(frozen=True)
-class PhasePlan:
-    """A phase's length as the time budget planned it.
-
-    Attributes:
-      epochs: the phase's epochs.
-      keep_best: train every epoch (no early stop) and hand on the best epoch on validation:
-        the last phase of a run fills its budget.
-    """
-
-    epochs: int
-    keep_best: bool = False
-
-
-FE_SHARE = 1 / 3  # of the time left, at most, for fe when fine-tuning follows
-FE_FILL_CAP = 10  # a head that ends the run trains at most this many times its rule's epochs
-
-
-def plan_head_epochs(
-    budget_s: float,
-    elapsed_s: float,
-    cost: EpochCost,
-    *,
-    rule_epochs: int,
-    ft_need_s: float | None,
-    reserve_s: float = 0.0,
-) -> PhasePlan:
-    """The epochs of a head-only phase (fe) under a time budget.
-
-    When fine-tuning follows (`ft_need_s`: what its first epoch needs), fe takes at most
-    `FE_SHARE` of the time left and leaves that much, and at most the rule's epochs (it still
-    switches on a plateau): cached-feature epochs are cheap and the time saved is fine-tuning's.
-    When fe ends the run it fills the budget, keeping its best epoch on validation (a plateau
-    no longer ends it), up to `FE_FILL_CAP` times the rule's epochs.
-    """
-    left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
-    per_epoch = max(cost.total_s, 1e-9)
-    if ft_need_s is None:
-        fill = int(left // per_epoch)
-        return PhasePlan(max(1, min(fill, FE_FILL_CAP * rule_epochs)), keep_best=True)
-    share = min(FE_SHARE * left, left - ft_need_s)
-    return PhasePlan(max(1, min(rule_epochs, int(share // per_epoch))))
-
-
-def check_budget_holds(
-    budget_s: float, elapsed_s: float, fe_s: float, ft_epoch_s: float, *, ft_runs: bool
-) -> None:
-    """Refuses a budget that cannot hold one epoch of each phase, naming the estimate.
-
-    Raises:
-      ConfigError: with the estimate's parts and the smallest budget that would do.
-    """
-    need = elapsed_s + fe_s + (ft_epoch_s if ft_runs else 0.0)
-    if need <= budget_s:
-        return
-    parts = f"{elapsed_s:.0f} s already spent (data, model, probe), {fe_s:.0f} s of fe"
-    if ft_runs:
-        parts += f", {ft_epoch_s:.0f} s per ft epoch"
-    raise ConfigError(
-        f"time_budget={budget_s:g}s cannot hold one epoch of each phase: estimated {parts} = "
-        f"{need:.0f} s. Give at least time_budget={math.ceil(need * 1.2)}s, or drop "
-        "time_budget to use the recipe's epochs"
-    )
-
-
 def field_types() -> dict[str, type]:
     """The type of each decided field's values (its manual default's)."""
     return {field: type(value) for field, value in MANUAL.items()}
@@ -642,11 +521,6 @@ __all__ = [
     "MANUAL",
     "Card",
     "Decision",
-    "EpochCost",
     "Facts",
     "decide",
-    "parse_duration",
-    "plan_epochs",
-    "plan_head_epochs",
-    "PhasePlan",
 ]

@@ -106,7 +106,8 @@ class LRSchedule:
     """How the learning rate moves within one phase (see `tl_keras.training.schedules`).
 
     Its defaults are the package's: the config's `lr_schedule`, `warmup_epochs`, `min_lr_ratio`,
-    `lr_step_*` and `lr_plateau_*` fields and `schedules.make_schedule` take them from here.
+    `lr_step_*` and `lr_plateau_*` fields take them from here, and `schedules.make_schedule`
+    builds a phase's rate from the whole value.
 
     Attributes:
       name: one of LR_SCHEDULES.

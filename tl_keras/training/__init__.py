@@ -2,6 +2,8 @@
 
     plan.py            which phases run from which state of the workdir, and every refusal
     runner.py          `train`: plan -> initial state -> the phase loop, each phase saved
+    history.py         one history across phases: global epochs, spans, boundaries
+    curves.py          the run's curves (`plot_history`), phases shaded, switches marked
     phase.py           `run_phase`: set-up -> callbacks -> fit -> outcome
     callbacks.py       the callbacks of a phase's fit (history, NaN guard, checkpoint, ...)
     optim.py           optimizer names and factory, a phase's optimizer, the compile (XLA)
@@ -9,8 +11,11 @@
     schedules.py       learning-rate schedules by name
     checkpoint.py      epoch-end checkpoints, so --resume loses at most checkpoint_every s
     rollback.py        phase control: undo a phase that made validation worse
+    results.py         what a phase hands on: its result, best epoch, rollback decision (data)
     features.py        feature extraction on features computed once
-    lr_finder.py       the learning-rate range test
+    lr_finder.py       the learning-rate range test: the sweep (find_lr), the model untouched
+    lr_suggest.py      the suggestion read off the range test's loss curve (numpy)
+    lr_find.py         the range test of one phase of a config, its files in the workdir
     distribute.py      precision, and tf.distribute strategies
     compare.py         the same budget, four strategies
 

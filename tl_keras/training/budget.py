@@ -1,11 +1,11 @@
-"""A time budget that holds: measure what an epoch costs, plan the epochs, keep to the plan.
+"""A time budget that holds, at run time: measure what an epoch costs, keep to the plan.
 
 With `time_budget`, a phase whose length the recipe decides measures itself before it trains:
 a few real training steps and validation batches on the phase's own compiled model (the same
 traced functions `fit` then reuses), after which every variable the steps touched (weights,
 optimizer state, dropout RNG states) is put back exactly, so the run that follows is the run
-that would have happened without the measurement. `recipe.auto.plan_epochs` turns the cost into
-epochs; `BudgetGuard` stops the phase at an epoch's end if the clock says the next epoch would
+that would have happened without the measurement. The plan itself is pure arithmetic
+(`tl_keras.recipe.budget_plan`: `plan_epochs` turns the cost into epochs); `BudgetGuard` stops the phase at an epoch's end if the clock says the next epoch would
 end past `GUARD` times the budget (a slow, shared machine), and `report` writes what the run used
 into `run.json`.
 
@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.model.classifier import get_rng_state, set_rng_state
-from tl_keras.recipe import auto
+from tl_keras.recipe.budget_plan import EpochCost, checkpoint_share
 
 log = logging.getLogger("tl_keras")
 
@@ -121,7 +121,7 @@ def measure_epoch_cost(
     first_epoch: int,
     save_model: keras.Model | None = None,
     checkpoint_every: float = 0.0,
-) -> auto.EpochCost:
+) -> EpochCost:
     """What one epoch of the compiled model's phase costs, measured and then undone.
 
     Runs `PROBE_STEPS + 1` training steps (the first traces the train function `fit` reuses)
@@ -155,7 +155,7 @@ def measure_epoch_cost(
     # only one batch to time beside the traced one.
     val_batch_s = statistics.median(timer.test[1:]) if len(timer.test) > 1 else step_s / 3
     train_s, val_s = step_s * data.steps_per_epoch, val_batch_s * val_batches
-    return auto.EpochCost(
+    return EpochCost(
         train_s=train_s,
         val_s=val_s,
         overhead_s=save_s * checkpoint_share(train_s + val_s, checkpoint_every) + CALLBACKS_S,
@@ -171,7 +171,7 @@ def measure_head_epoch_cost(
     first_epoch: int,
     save_model: keras.Model,
     checkpoint_every: float = 0.0,
-) -> auto.EpochCost:
+) -> EpochCost:
     """What one epoch of a head on cached features costs: two whole epochs (the first traces),
     with validation, timed and then undone bitwise. A head epoch runs in one call (its
     `steps_per_execution` is the epoch), so steps cannot be timed one by one; whole epochs of a
@@ -192,18 +192,12 @@ def measure_head_epoch_cost(
     finally:
         _restore(model, snapshot)
     epoch_s = timer.epochs[-1]  # validation included: the head's epoch is one block
-    return auto.EpochCost(
+    return EpochCost(
         train_s=epoch_s,
         overhead_s=save_s * checkpoint_share(epoch_s, checkpoint_every) + CALLBACKS_S,
         trace_s=max(0.0, timer.epochs[0] - epoch_s),
         save_s=save_s,
     )
-
-
-def checkpoint_share(epoch_s: float, every_s: float) -> float:
-    """The share of a checkpoint each epoch pays when one is written every `every_s` seconds of
-    training (`checkpoint_every`; 0 = every epoch)."""
-    return 1.0 if every_s <= 0 else min(1.0, epoch_s / every_s)
 
 
 def _time_save(model: keras.Model) -> float:

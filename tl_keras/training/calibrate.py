@@ -2,18 +2,19 @@
 
 The last step of `train`, once the run's last phase is saved:
 
-1. one pass of the final model over the validation split, through the inference wrapper with
-   the run's test-time augmentation (`tl_keras.model.inference`; TTA comes before the
-   temperature, so the temperature is fitted on what users will get);
-2. the temperature T that minimises the validation NLL (`tl_keras.calibration.fit_temperature`)
-   and the expected calibration error (ECE) and reliability diagram before and after it;
+1. one pass of the final model over the validation split (`tl_keras.model.forward`), through
+   the served model with the run's test-time augmentation (`tl_keras.model.served`; TTA comes
+   before the temperature, so the temperature is fitted on what users will get);
+2. the temperature T that minimises the validation NLL, and the expected calibration error
+   (ECE) and reliability diagram before and after it (`tl_keras.calibration`: the maths, and
+   `fitted_temperature`, the rule for when T is used);
 3. `<workdir>/calibration/calibration.json` and `reliability.png`, then run.json's "inference"
    section (`{"temperature", "tta", "phase", ...}`), which predict, evaluate and export apply.
 
 One log line says what came of it, with the validation accuracy, balanced accuracy and macro F1
 (the last two tell an imbalanced set's truth). T is kept at 1 when it cannot be fitted honestly:
-no validation split, fewer than `MIN_IMAGES` validation images, or a fit that ends at a bound of
-`calibration.TEMPERATURE_BOUNDS` (every validation answer right: the NLL keeps falling as the
+no validation split, fewer than `calibration.MIN_IMAGES` validation images, or a fit that ends
+at a bound of `calibration.TEMPERATURE_BOUNDS` (every validation answer right: the NLL keeps falling as the
 answers get sharper, which says nothing about new images).
 """
 
@@ -25,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from tl_keras import calibration, io, metrics
-from tl_keras.model.inference import INFERENCE_KEY, InferenceSettings, inference_model
+from tl_keras import calibration, io, metrics, plotting
+from tl_keras.model.forward import forward
+from tl_keras.model.served import INFERENCE_KEY, InferenceSettings, inference_model
 
 log = logging.getLogger("tl_keras")
 
-MIN_IMAGES = 20  # fewer validation images: one scalar is not worth fitting on them
 FOLDER = "calibration"
 REPORT_FILE = "calibration.json"
 DIAGRAM_FILE = "reliability.png"
@@ -41,18 +42,12 @@ def decided_tta(config) -> str:
     return str(getattr(config, "tta", "none"))
 
 
-def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and class indices of a batched (images, one-hot labels) dataset.
-
-    Calls the model directly on each batch (no Keras predict loop), so it needs no distribution
-    machinery and reads the same on every worker.
-    """
-    import tensorflow as tf
-
-    run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+def _answers(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and class indices of a batched (images, one-hot labels) dataset (the one
+    forward pass, `tl_keras.model.forward`)."""
     probs, labels = [], []
-    for images, onehot in dataset:
-        probs.append(np.asarray(run(images), np.float64))
+    for (_, onehot), out in forward(model, dataset):
+        probs.append(np.asarray(out, np.float64))
         labels.append(np.asarray(onehot).argmax(axis=-1))
     if not probs:
         return np.zeros((0, 0)), np.zeros(0, np.int64)
@@ -67,6 +62,13 @@ def forget_temperature(run: dict[str, Any]) -> None:
     section = run.get(INFERENCE_KEY)
     if isinstance(section, dict):
         run[INFERENCE_KEY] = {k: v for k, v in section.items() if k == "tta"}
+
+
+def is_fitted(run: dict[str, Any]) -> bool:
+    """Whether run.json records a temperature for the run's final model: False from the moment
+    a phase is saved (`forget_temperature`) until `calibrate_run` has written one."""
+    section = run.get(INFERENCE_KEY)
+    return isinstance(section, dict) and "temperature" in section
 
 
 def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> dict[str, Any]:
@@ -89,9 +91,9 @@ def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> d
         section["fitted"] = "no: no validation split (val_fraction=0)"
         log.info("[calibration] temperature kept at 1: the run has no validation split")
         return _commit(wd, run, section, None)
-    probs, labels = predict_split(inference_model(model, InferenceSettings(1.0, tta)), data.val)
+    probs, labels = _answers(inference_model(model, InferenceSettings(1.0, tta)), data.val)
     scores = validation_scores(probs, labels, len(data.class_names))
-    t, section["fitted"] = fit(probs, labels)
+    t, section["fitted"] = calibration.fitted_temperature(probs, labels)
     report = calibration.calibration_report(probs, labels, t)
     section.update(
         temperature=t,
@@ -115,22 +117,6 @@ def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> d
     return _commit(wd, run, section, scores)
 
 
-def fit(probs: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
-    """The temperature to use, and in words whether it was fitted and why not.
-
-    Returns:
-      (T, 'yes: on N validation images') or (1.0, 'no: why').
-    """
-    n = len(labels)
-    if n < MIN_IMAGES:
-        return 1.0, f"no: {n} validation images (a temperature needs {MIN_IMAGES} or more)"
-    t = calibration.fit_temperature(probs, labels)
-    low, high = calibration.TEMPERATURE_BOUNDS
-    if np.isclose(t, low) or np.isclose(t, high):
-        return 1.0, f"no: the fit ran to the bound T={t:g} (every validation answer right?)"
-    return t, f"yes: on {n} validation images"
-
-
 def validation_scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Accuracy, balanced accuracy and macro F1 of the answers (a temperature changes none)."""
     report = metrics.classification_report(labels, probs.argmax(axis=1), num_classes)
@@ -143,7 +129,7 @@ def validation_scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -
 def _write_report(wd, section: dict, report: dict, scores: dict) -> None:
     folder = wd.file(FOLDER)
     os.makedirs(folder, exist_ok=True)
-    calibration.plot_reliability(
+    plotting.plot_reliability(
         [report["reliability_before"], report["reliability_after"]],
         os.path.join(folder, DIAGRAM_FILE),
         titles=[
@@ -166,4 +152,4 @@ def _commit(wd, run: dict, section: dict, scores: dict | None) -> dict:
     return section
 
 
-__all__ = ["MIN_IMAGES", "calibrate_run", "decided_tta", "forget_temperature", "predict_split"]
+__all__ = ["calibrate_run", "decided_tta", "forget_temperature", "is_fitted"]

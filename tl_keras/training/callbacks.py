@@ -18,10 +18,10 @@ import time
 import keras
 
 from tl_keras import _failpoints, interrupt
-from tl_keras.history import History
 from tl_keras.progress import say
 from tl_keras.training import checkpoint, schedules
-from tl_keras.training.rollback import Snapshot, is_worse
+from tl_keras.training.history import History
+from tl_keras.training.results import Snapshot, is_worse
 from tl_keras.training.schedules import current_lr
 
 log = logging.getLogger("tl_keras")
@@ -359,6 +359,35 @@ for _hook in [name for name in dir(keras.callbacks.Callback) if name.startswith(
     setattr(FullModelView, _hook, _forwarding(_hook))
 
 
+# --- the learning-rate callbacks' state, kept across a resume -----------------------------------
+# State of Keras callbacks that change the learning rate, by attribute: what on_train_begin resets.
+_CALLBACK_STATE = {"ReduceLROnPlateau": ("wait", "best", "cooldown_counter")}
+
+
+def callback_state(callback) -> dict | None:
+    """The resumable state of a learning-rate callback (None for callbacks without any)."""
+    names = _CALLBACK_STATE.get(type(callback).__name__)
+    if not names:
+        return None
+    return {
+        n: float(getattr(callback, n)) if n == "best" else int(getattr(callback, n)) for n in names
+    }
+
+
+def restore_callback_state(callback, state: dict | None) -> None:
+    """Makes `callback` start its next `fit` with `state` instead of its reset values."""
+    if not state:
+        return
+    reset = callback.on_train_begin
+
+    def on_train_begin(logs=None):
+        reset(logs)
+        for name, value in state.items():
+            setattr(callback, name, value)
+
+    callback.on_train_begin = on_train_begin
+
+
 @dataclasses.dataclass(frozen=True)
 class PhaseWindow:
     """Where one phase's `fit` sits in the run: what a checkpoint records besides the model.
@@ -455,18 +484,22 @@ class EpochCheckpoint(keras.callbacks.Callback):
         checkpoint.write(
             self.workdir,
             self.save_model or self.model,
-            phase=w.phase,
-            epoch=e,
-            phase_first_epoch=w.first_epoch,
-            finished_phase=finished,
-            stopped_early=stopped,
-            wall_time_s=w.wall_before + time.monotonic() - self._start,
-            history=History(
-                w.history_before.records + s.recorder.history.records, list(w.history_before.kept)
+            checkpoint.CheckpointState(
+                phase=w.phase,
+                epoch=e,
+                phase_first_epoch=w.first_epoch,
+                finished_phase=finished,
+                stopped_early=stopped,
+                wall_time_s=w.wall_before + time.monotonic() - self._start,
+                history=History(
+                    w.history_before.records + s.recorder.history.records,
+                    list(w.history_before.kept),
+                ),
+                early_stopping=s.early.resume_state() if s.early is not None else None,
+                early_best_weights=s.early.best_weights if s.early is not None else None,
+                callback_state={type(cb).__name__: callback_state(cb) for cb in s.schedule},
+                best=s.best.best if s.best is not None else None,
             ),
-            early_stopping=s.early,
-            callback_state={type(cb).__name__: checkpoint.callback_state(cb) for cb in s.schedule},
-            best=s.best.best if s.best is not None else None,
         )
         self._last = time.monotonic()
         self.written.append(e)

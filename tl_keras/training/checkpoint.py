@@ -29,12 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tl_keras import io, schema
-from tl_keras.history import RECORD_SHAPE, History, KeptEpoch
+from tl_keras.training.history import RECORD_SHAPE, History, KeptEpoch
+from tl_keras.training.results import Snapshot
 
 if TYPE_CHECKING:
     import keras
-
-    from tl_keras.training.callbacks import ResumableEarlyStopping
 
 CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
@@ -97,14 +96,12 @@ class Checkpoint:
     callback_state: dict = dataclasses.field(default_factory=dict)
     best_meta: dict | None = None  # rollback's best snapshot of the phase so far
 
-    def best_snapshot(self, like: list[tuple[int, ...]] | None = None):
-        """The rollback tracker's best weights so far in this phase (`rollback.Snapshot`).
+    def best_snapshot(self, like: list[tuple[int, ...]] | None = None) -> Snapshot | None:
+        """The rollback tracker's best weights so far in this phase.
 
         Raises:
           DamagedFileError: its weights file is unreadable or does not fit `like`'s shapes.
         """
-        from tl_keras.training.rollback import Snapshot
-
         if not self.best_meta:
             return None
         path = os.path.join(self.path, "best_rollback.npz")
@@ -144,34 +141,6 @@ class Checkpoint:
         return schema.read_weights(path, like=like, fix=damage_fix(self.path))
 
 
-# State of Keras callbacks that change the learning rate, by attribute: what on_train_begin resets.
-_CALLBACK_STATE = {"ReduceLROnPlateau": ("wait", "best", "cooldown_counter")}
-
-
-def callback_state(callback) -> dict | None:
-    """The resumable state of a learning-rate callback (None for callbacks without any)."""
-    names = _CALLBACK_STATE.get(type(callback).__name__)
-    if not names:
-        return None
-    return {
-        n: float(getattr(callback, n)) if n == "best" else int(getattr(callback, n)) for n in names
-    }
-
-
-def restore_callback_state(callback, state: dict | None) -> None:
-    """Makes `callback` start its next `fit` with `state` instead of its reset values."""
-    if not state:
-        return
-    reset = callback.on_train_begin
-
-    def on_train_begin(logs=None):
-        reset(logs)
-        for name, value in state.items():
-            setattr(callback, name, value)
-
-    callback.on_train_begin = on_train_begin
-
-
 def _float_lr(model: keras.Model) -> float | None:
     import keras
 
@@ -194,61 +163,77 @@ def estimate_bytes(model: keras.Model) -> int:
     return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
 
 
-def write(
-    workdir: str,
-    model: keras.Model,
-    *,
-    phase: str,
-    epoch: int,
-    phase_first_epoch: int,
-    finished_phase: bool,
-    stopped_early: bool,
-    wall_time_s: float,
-    history: History,
-    early_stopping: ResumableEarlyStopping | None,
-    callback_state: dict | None = None,
-    best=None,
-) -> str:
-    """Writes the checkpoint of global epoch `epoch` (1-based) and removes older ones."""
+@dataclasses.dataclass(frozen=True)
+class CheckpointState:
+    """What a checkpoint records besides the model: state.json and the weight files beside it.
+
+    Plain data, so this file format needs none of the phase's logic: the phase's callbacks
+    (`tl_keras.training.callbacks.EpochCheckpoint`) fill it in at an epoch's end.
+
+    Attributes:
+      phase: the phase's name.
+      epoch: the global epoch (1-based) just completed.
+      phase_first_epoch: the phase's first global epoch.
+      finished_phase: the phase ended with this epoch (all epochs run, or stopped early).
+      stopped_early: early stopping ended it.
+      wall_time_s: seconds of the phase so far.
+      history: the stitched history so far (earlier phases and this one).
+      early_stopping: early stopping's resumable counters
+        (`ResumableEarlyStopping.resume_state()`), when it is on.
+      early_best_weights: early stopping's best weights so far, when it keeps any.
+      callback_state: the learning-rate callbacks' state, by class name.
+      best: under `rollback`, the phase's best epoch so far.
+    """
+
+    phase: str
+    epoch: int
+    phase_first_epoch: int
+    finished_phase: bool
+    stopped_early: bool
+    wall_time_s: float
+    history: History
+    early_stopping: dict | None = None
+    early_best_weights: list[np.ndarray] | None = None
+    callback_state: dict = dataclasses.field(default_factory=dict)
+    best: Snapshot | None = None
+
+
+def write(workdir: str, model: keras.Model, state: CheckpointState) -> str:
+    """Writes the checkpoint of global epoch `state.epoch` (1-based) and removes older ones."""
     from tl_keras.model.classifier import get_rng_state
 
     root = _dir(workdir)
     os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, f"epoch-{epoch:05d}")
+    final = os.path.join(root, f"epoch-{state.epoch:05d}")
     # The whole folder moves into place at the end (the same epoch checkpointed again, by a
     # rerun, replaces the older folder only then).
     with io.atomic_path(final) as tmp:
         os.mkdir(tmp)
         model.save(os.path.join(tmp, "model.keras"))
         io.atomic_write_json(os.path.join(tmp, "rng_state.json"), get_rng_state(model))
-        es_state = None
-        if early_stopping is not None:
-            es_state = early_stopping.resume_state()
-            if early_stopping.best_weights is not None:
-                io.save_weights(os.path.join(tmp, "best_weights.npz"), early_stopping.best_weights)
-        best_meta = None
-        if best is not None:
-            best_meta = best.to_dict()
-            io.save_weights(os.path.join(tmp, "best_rollback.npz"), best.weights)
-        state = {
+        if state.early_best_weights is not None:
+            io.save_weights(os.path.join(tmp, "best_weights.npz"), state.early_best_weights)
+        if state.best is not None:
+            io.save_weights(os.path.join(tmp, "best_rollback.npz"), state.best.weights)
+        record = {
             "format": FORMAT_VERSION,
             "lr": _float_lr(model),
-            "callback_state": callback_state or {},
-            "best": best_meta,
-            "phase": phase,
-            "epoch": epoch,
-            "phase_first_epoch": phase_first_epoch,
-            "finished_phase": finished_phase,
-            "stopped_early": stopped_early,
-            "wall_time_s": wall_time_s,
-            "early_stopping": es_state,
-            "history": history.records,
-            "history_kept": [dataclasses.asdict(k) for k in history.kept],
+            "callback_state": state.callback_state or {},
+            "best": state.best.to_dict() if state.best is not None else None,
+            "phase": state.phase,
+            "epoch": state.epoch,
+            "phase_first_epoch": state.phase_first_epoch,
+            "finished_phase": state.finished_phase,
+            "stopped_early": state.stopped_early,
+            "wall_time_s": state.wall_time_s,
+            "early_stopping": state.early_stopping,
+            "history": state.history.records,
+            "history_kept": [dataclasses.asdict(k) for k in state.history.kept],
         }
-        io.atomic_write_json(os.path.join(tmp, "state.json"), state)  # written last
+        io.atomic_write_json(os.path.join(tmp, "state.json"), record)  # written last
     for old in glob.glob(os.path.join(root, "epoch-*")):
         m = _NAME.match(os.path.basename(old))
-        if m and int(m.group(1)) < epoch:
+        if m and int(m.group(1)) < state.epoch:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -239,8 +239,8 @@ def _seed_data(config: Config, seed: int, data, workdir: str, *, doctor: bool):
 
 def _run_strategy(name: str, cfg: Config, run_dir: str, data, overwrite: bool) -> dict:
     """Trains one strategy on one seed; its scores and per-image answers on the eval split."""
+    from tl_keras.model.forward import forward
     from tl_keras.training import runner
-    from tl_keras.training.calibrate import predict_split
 
     log.info(
         "[compare] %s, seed %d: %s (%d epochs)",
@@ -258,8 +258,11 @@ def _run_strategy(name: str, cfg: Config, run_dir: str, data, overwrite: bool) -
             "the comparison scores every strategy on a held-out split, and this data has neither "
             "validation nor test images; set val_fraction > 0"
         )
-    probs, labels = predict_split(result.model, dataset)
-    predicted = probs.argmax(axis=1)
+    predicted, labels = [], []
+    for (_, onehot), probs in forward(result.model, dataset):
+        predicted.append(probs.argmax(axis=1))
+        labels.append(np.asarray(onehot).argmax(axis=-1))
+    predicted, labels = np.concatenate(predicted), np.concatenate(labels).astype(np.int64)
     # The per-image answers: what the paired bootstrap over images resamples.
     with io.atomic_path(os.path.join(run_dir, PREDICTIONS_FILE)) as tmp, open(tmp, "wb") as f:
         np.savez(f, labels=labels, predicted=predicted, correct=predicted == labels, split=split)

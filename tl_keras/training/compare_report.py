@@ -204,7 +204,8 @@ def plot_comparison(comparison: Comparison, path: str | None = None, *, title: s
     """
     from matplotlib.ticker import MaxNLocator
 
-    from tl_keras.plotting import BOUNDARY_GID, PHASE_COLORS, new_figure, save_figure
+    from tl_keras.plotting import PHASE_COLORS, new_figure, save_figure
+    from tl_keras.training.curves import BOUNDARY_GID
 
     fig = new_figure(figsize=(12, 4.5))
     axes = fig.subplots(1, 2)

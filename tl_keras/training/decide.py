@@ -18,21 +18,19 @@ from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import WorkdirError
 from tl_keras.recipe import auto
-from tl_keras.training import budget, probe
+from tl_keras.training import bn_shift, budget
 from tl_keras.workdir import Workdir
 
 log = logging.getLogger("tl_keras")
 
-CARD_FILE = "recipe.json"
 
-
-def read_card(wd: Workdir) -> auto.Card | None:
-    """The card a run saved in its workdir, or None when it has none.
+def read_recipe_card(wd: Workdir) -> auto.Card | None:
+    """The recipe card a run saved in its workdir (`recipe.json`), or None when it has none.
 
     Raises:
       WorkdirError: the file is damaged (naming it and the way out).
     """
-    path = wd.file(CARD_FILE)
+    path = wd.file(auto.CARD_FILE)
     if not os.path.isfile(path):
         return None
     try:
@@ -44,8 +42,9 @@ def read_card(wd: Workdir) -> auto.Card | None:
         ) from None
 
 
-def write_card(wd: Workdir, card: auto.Card) -> None:
-    io.atomic_write_json(wd.file(CARD_FILE), card.to_dict())
+def write_recipe_card(wd: Workdir, card: auto.Card) -> None:
+    """Keeps the run's recipe card in its workdir (`recipe.json`), atomically."""
+    io.atomic_write_json(wd.file(auto.CARD_FILE), card.to_dict())
 
 
 def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, float | None]:
@@ -64,7 +63,7 @@ def measure_facts(spec: config_lib.RunSpec, data, model) -> tuple[auto.Facts, fl
     shifts, rate = [], None
     wanted = spec.weights is not None or spec.time_budget_s is not None
     if wanted and data.train_in_order is not None:
-        shifts, rate = probe.block_shifts(model, spec.backbone, data.train_in_order)
+        shifts, rate = bn_shift.block_shifts(model, spec.backbone, data.train_in_order)
         if spec.weights is None:  # a random base: its statistics say nothing; the rate counts
             shifts = []
         if spec.time_budget_s is not None:  # the probe's pass is eager: time a compiled one
@@ -99,7 +98,7 @@ def decide(spec: config_lib.RunSpec, data, model, wd: Workdir, *, first_phase: b
       WorkdirError: a later phase's workdir has no card or a damaged one.
     """
     given = spec.given or spec.config
-    saved = read_card(wd)
+    saved = read_recipe_card(wd)
     if not first_phase:
         if saved is None:  # a run made before the recipe was decided: its fixed defaults
             saved = auto.decide(config_lib.to_dict(given), _unmeasured(data), recipe="manual")

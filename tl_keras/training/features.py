@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tl_keras import io
+from tl_keras.model.forward import forward
 from tl_keras.progress import Progress
 
 if TYPE_CHECKING:
@@ -194,9 +195,6 @@ class _Sink:
 def _feature_pass(extractor, data, folder: str | None) -> dict[str, np.ndarray | None]:
     """Runs the frozen base over the train (index order) and val images once, a batch at a time,
     with progress; each batch's features go to memory or, with `folder`, to shard files."""
-    import tensorflow as tf
-
-    step = tf.function(lambda x: extractor(x, training=False))
     dim = int(extractor.outputs[0].shape[-1])
     sources = {"train": data.train_in_order}
     if data.val is not None:
@@ -206,9 +204,8 @@ def _feature_pass(extractor, data, folder: str | None) -> dict[str, np.ndarray |
     with Progress("feature pass", total) as progress:
         for split, images in sources.items():
             sink = _Sink(folder, split)
-            for batch in images:
-                sink.add(np.asarray(step(batch), np.float32))
-                progress.update(len(batch))
+            for _, rows in forward(extractor, images, progress=progress):
+                sink.add(np.asarray(rows, np.float32))
             out[split], counts[split] = sink.result(dim), sink.count
     out.setdefault("val", None if folder else np.zeros((0, dim), np.float32))
     counts.setdefault("val", 0)
@@ -336,7 +333,7 @@ def feature_bundle(data, features: dict):
             val_labels = np.concatenate([y.numpy() for _, y in data.val], axis=0).argmax(-1)
         val_y = tf.constant(np.asarray(val_labels, np.int32))
         gather_val = rows(features["val"])
-        val = (
+        val = images.untuned(  # Keras iterates it again every epoch (see `untuned`)
             tf.data.Dataset.range(len(val_labels))
             .batch(p.batch_size)
             .map(lambda i: (gather_val(i), tf.one_hot(tf.gather(val_y, i), k)))

@@ -125,20 +125,13 @@ def phase_optimizer(
     """
     from tl_keras.training import lr_multipliers, schedules
 
-    s = phase.lr_schedule
     learning_rate, callbacks = phase.lr, []
     if phase.epochs > 0:
         learning_rate, callbacks = schedules.make_schedule(
-            s.name,
+            phase.lr_schedule,
             base_lr=phase.lr,
             steps_per_epoch=steps_per_epoch,
             epochs=phase.epochs,
-            warmup_epochs=s.warmup_epochs,
-            min_lr_ratio=s.min_lr_ratio,
-            step_every=s.step_every,
-            gamma=s.gamma,
-            plateau_patience=s.plateau_patience,
-            plateau_factor=s.plateau_factor,
             plateau_monitor=monitor,
         )
     optimizer = make_optimizer(

@@ -1,11 +1,14 @@
 """One phase on a model in memory: set-up, callbacks, fit, outcome.
 
-`run_phase(model, phase, data, ...)` is those four steps:
+`run_phase(model, phase, data, options)` is those four steps, with how the phase runs (the
+backbone, where it starts, BatchNorm, checkpoints, the feature cache, ...) in one frozen value,
+`PhaseOptions`:
 
-1. **set-up** (`set_up`): what trains (BatchNorm stays frozen), a fresh optimizer at the phase's
-   learning rate with its own schedule (and per-block rates under `layer_decay`), the recompile;
-   or, resuming, the checkpoint's compiled model as it was. Then the switch to cached features
-   when the base is frozen and nothing changes the images (`tl_keras.training.features`).
+1. **set-up** (`set_up`, then `prepare_fit`): what trains (BatchNorm stays frozen), a fresh
+   optimizer at the phase's learning rate with its own schedule (and per-block rates under
+   `layer_decay`), the recompile; or, resuming, the checkpoint's compiled model as it was. Then
+   the epochs the time budget plans, and the switch to cached features when the base is frozen
+   and nothing changes the images (`tl_keras.training.features`).
 2. **callbacks** (`make_callbacks`): fresh stateful callbacks for the phase, in the order they
    must run (`tl_keras.training.callbacks`).
 3. **fit** (`fit`): from the epoch where the previous phase really ended, on the data bundle's
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -26,10 +30,9 @@ from tl_keras import interrupt
 from tl_keras.data import changes
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.errors import TrainingError
-from tl_keras.history import History
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
 from tl_keras.progress import say
-from tl_keras.recipe import Phase, auto
+from tl_keras.recipe import Phase, budget_plan
 from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
 from tl_keras.training.callbacks import (
     BestWeights,
@@ -43,28 +46,61 @@ from tl_keras.training.callbacks import (
     PhaseState,
     PhaseWindow,
     ResumableEarlyStopping,
+    restore_callback_state,
     use_progress_bar,
 )
-from tl_keras.training.rollback import RollbackDecision, Snapshot
+from tl_keras.training.history import History
+from tl_keras.training.results import PhaseResult
 
 
-@dataclasses.dataclass
-class PhaseResult:
-    """What one phase did."""
+@dataclasses.dataclass(frozen=True)
+class PhaseOptions:
+    """How one phase runs, besides what it trains (its `Phase`) and on what (its data).
 
-    phase: Phase
-    history: History
-    report: TrainabilityReport
-    wall_time_s: float
-    stopped_early: bool
-    best: Snapshot | None = None  # the best epoch, when tracked (rollback)
-    rollback: RollbackDecision | None = None
-    # Under rollback: what the next phase must beat (the best weights kept so far).
-    reference: Snapshot | None = None
-    # The global epoch whose weights early stopping restored at the phase's end, when it did.
-    kept_epoch: int | None = None
-    # Under weight averaging: validation metrics of the last epoch's and of the averaged weights.
-    averaged: dict | None = None
+    Attributes:
+      backbone: the backbone's registry name or `BackboneSpec` (block structure).
+      initial_epoch: global epochs already run (the previous phase's real end).
+      history_before: the stitched history of earlier phases (stored in checkpoints).
+      resume: continue this phase from a checkpoint: the model is the checkpoint's compiled
+        model, which keeps its optimizer state, so it is not recompiled.
+      bn_policy: 'frozen' (default) or 'train'.
+      jit_compile: XLA: 'auto', 'on' or 'off'.
+      strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
+      class_weight: class index -> weight of its images' training loss
+        (`tl_keras.training.class_weight`); None = unweighted.
+      feature_cache: 'memory', 'file' or 'off': train a frozen-base phase's head on features
+        computed once (see `tl_keras.training.features`); used only when valid, with a log line
+        otherwise.
+      cache_dir: the workdir, where feature_cache='file' keeps its files.
+      callbacks: extra Keras callbacks for this phase. Pass new instances per phase: stateful
+        callbacks carried across phases are how early stopping leaks between phases.
+      progress: 'auto', 'bar' or 'lines'.
+      track_best: a validation metric ('val_accuracy'): keep a copy of the weights of the
+        phase's best epoch by it in the result's `best` (for rollback).
+      checkpoint_dir: write resumable checkpoints there (the workdir), `checkpoint_every`
+        seconds of training apart (0 = after every epoch; see `EpochCheckpoint`).
+      checkpoint_every: seconds of training between two checkpoints.
+      epochs_planner: decides the phase's epochs once it is compiled (the time budget, see
+        `tl_keras.training.budget`); its measurement leaves every variable as it was. Not used
+        when resuming.
+    """
+
+    backbone: Any
+    initial_epoch: int = 0
+    history_before: History | None = None
+    resume: checkpoint.Checkpoint | None = None
+    bn_policy: str = "frozen"
+    jit_compile: str = "auto"
+    strategy: Any = None
+    class_weight: dict[int, float] | None = None
+    feature_cache: str = "off"
+    cache_dir: str | None = None
+    callbacks: Sequence[keras.callbacks.Callback] = ()
+    progress: str = "auto"
+    track_best: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: float = 0.0
+    epochs_planner: Callable[[PhaseSetup], int | budget_plan.PhasePlan] | None = None
 
 
 @dataclasses.dataclass
@@ -77,12 +113,11 @@ class PhaseSetup:
       fit_model: what `fit` trains: `model`, or its head alone on cached features.
       fit_data: the batches `fit` sees (of images, or of cached features).
       report: what trains, and the parameter counts.
-      backbone: the backbone's registry name or `BackboneSpec` (its blocks).
+      options: how the phase runs (its backbone, its checkpoint when resuming, ...).
       window: where the phase sits in the run (first and last epoch, the history before it).
       initial_epoch: global epochs done before this `fit` (the previous phase's real end, or
         the checkpoint's epoch when resuming).
       schedule_callbacks: the callbacks the phase's LR schedule needs (plateau).
-      resume: the checkpoint the phase continues from, or None.
       done_records: the phase's epochs a resumed checkpoint already holds.
     """
 
@@ -91,65 +126,38 @@ class PhaseSetup:
     fit_model: keras.Model
     fit_data: DataBundle
     report: TrainabilityReport
-    backbone: object
+    options: PhaseOptions
     window: PhaseWindow
     initial_epoch: int
     schedule_callbacks: list[keras.callbacks.Callback]
-    resume: checkpoint.Checkpoint | None = None
     done_records: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def backbone(self):
+        """The backbone's registry name or `BackboneSpec` (its blocks)."""
+        return self.options.backbone
+
+    @property
+    def resume(self) -> checkpoint.Checkpoint | None:
+        """The checkpoint the phase continues from, or None."""
+        return self.options.resume
 
 
 def run_phase(
     model: keras.Model,
     phase: Phase,
     data: DataBundle,
-    *,
-    backbone,
-    initial_epoch: int = 0,
-    bn_policy: str = "frozen",
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    progress: str = "auto",
-    track_best: str | None = None,
-    checkpoint_dir: str | None = None,
-    checkpoint_every: float = 0.0,
-    history_before: History | None = None,
-    resume: checkpoint.Checkpoint | None = None,
-    feature_cache: str = "off",
-    cache_dir: str | None = None,
-    jit_compile: str = "auto",
-    strategy=None,
-    class_weight: dict[int, float] | None = None,
-    epochs_planner: Callable[[PhaseSetup], int] | None = None,
+    options: PhaseOptions | None = None,
+    **fields: Any,
 ) -> PhaseResult:
-    """Runs one phase: set trainability, recompile, fit from `initial_epoch`.
+    """Runs one phase: set trainability, recompile, fit from `options.initial_epoch`.
 
     Args:
       model: a model from `build_model` (or loaded from a phase's `model.keras`).
       phase: what trains, for how many epochs, at which learning rate.
       data: the data bundle; its training order depends only on (seed, epoch).
-      backbone: the backbone's registry name or `BackboneSpec` (block structure).
-      initial_epoch: global epochs already run (the previous phase's real end).
-      bn_policy: 'frozen' (default) or 'train'.
-      callbacks: extra Keras callbacks for this phase. Pass new instances per phase: stateful
-        callbacks carried across phases are how early stopping leaks between phases.
-      progress: 'auto', 'bar' or 'lines'.
-      track_best: a validation metric ('val_accuracy'): keep a copy of the weights of the
-        phase's best epoch by it in the result's `best` (for rollback).
-      checkpoint_dir: write resumable checkpoints there (the workdir), `checkpoint_every`
-        seconds of training apart (0 = after every epoch; see `EpochCheckpoint`).
-      history_before: the stitched history of earlier phases (stored in checkpoints).
-      resume: continue this phase from a checkpoint: `model` is the checkpoint's compiled model,
-        which keeps its optimizer state, so it is not recompiled.
-      feature_cache: 'memory', 'file' or 'off': train a frozen-base phase's head on features
-        computed once (see `tl_keras.training.features`); used only when valid, with a log line
-        otherwise.
-      cache_dir: the workdir, where feature_cache='file' keeps its files.
-      jit_compile: XLA: 'auto', 'on' or 'off'.
-      strategy: the `tf.distribute` strategy the model was built under (for multi-worker fits).
-      class_weight: class index -> weight of its images' training loss
-        (`tl_keras.training.class_weight`); None = unweighted.
-      epochs_planner: decides the phase's epochs once it is compiled (the time budget, see
-        `tl_keras.training.budget`); its measurement leaves every variable as it was.
+      options: how the phase runs (`PhaseOptions`; its `backbone` is required).
+      **fields: `PhaseOptions` fields, given one by one instead of (or over) `options`.
 
     Returns:
       The phase's history (global epochs, the learning rate each epoch used), trainability
@@ -158,73 +166,37 @@ def run_phase(
     Raises:
       TrainingError: the loss or the weights became NaN or infinite (the last good
         checkpoint is kept).
+      TypeError: no backbone, or a field `PhaseOptions` does not have.
 
     Example:
       >>> result = run_phase(model, Phase("fe", "none", 3, 1e-3), data, backbone="mobilenet")
+      >>> options = PhaseOptions("mobilenet", initial_epoch=3, bn_policy="frozen")
+      >>> result = run_phase(model, Phase("ft", "blocks:2", 3, 1e-4), data, options)
     """
-    setup = set_up(
-        model,
-        phase,
-        data,
-        backbone=backbone,
-        initial_epoch=initial_epoch,
-        bn_policy=bn_policy,
-        history_before=history_before or History(),
-        resume=resume,
-        jit_compile=jit_compile,
-    )
-    plan = epochs_planner if resume is None else None
-    if plan is not None and phase.trains_base:
-        setup = replan(setup, plan(setup), data, jit_compile=jit_compile)
-    if feature_cache != "off":
-        setup = use_cached_features(
-            setup,
-            data,
-            mode=feature_cache,
-            cache_dir=cache_dir,
-            jit_compile=jit_compile,
-            strategy=strategy,
-        )
-    if plan is not None and not phase.trains_base:  # a head's epochs, timed on what fit runs
-        setup = _replan_head(setup, plan, data, jit_compile=jit_compile, strategy=strategy)
-    if strategy is not None:
-        distribute.enable_multi_worker_fit(setup.fit_model, strategy)
-    checkpoints = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every}
-    state, cbs = make_callbacks(
-        setup, callbacks, track_best=track_best, progress=progress, **checkpoints
-    )
+    options = dataclasses.replace(options, **fields) if options else PhaseOptions(**fields)
+    setup = prepare_fit(set_up(model, phase, data, options), data)
+    state, cbs = make_callbacks(setup)
     start = time.perf_counter()
-    fit(setup, state, cbs, bar=use_progress_bar(progress), class_weight=class_weight)
-    result = outcome(
-        setup, state, seconds=time.perf_counter() - start, checkpoint_dir=checkpoint_dir
-    )
+    fit(setup, state, cbs)
+    result = outcome(setup, state, seconds=time.perf_counter() - start)
     return dataclasses.replace(result, averaged=_averaged(setup, state))
 
 
 # --- 1. set-up ------------------------------------------------------------------------------------
-def set_up(
-    model: keras.Model,
-    phase: Phase,
-    data: DataBundle,
-    *,
-    backbone,
-    initial_epoch: int,
-    bn_policy: str,
-    history_before: History,
-    resume: checkpoint.Checkpoint | None,
-    jit_compile: str,
-) -> PhaseSetup:
+def set_up(model: keras.Model, phase: Phase, data: DataBundle, options: PhaseOptions) -> PhaseSetup:
     """Sets what trains and compiles a fresh optimizer; resuming, restores the checkpoint's."""
-    report = set_trainable(model, backbone, phase.unfreeze, bn_policy=bn_policy)
+    backbone, resume = options.backbone, options.resume
+    report = set_trainable(model, backbone, phase.unfreeze, bn_policy=options.bn_policy)
     monitor = "val_loss" if data.val is not None else "loss"
     optimizer, schedule_callbacks = optim.phase_optimizer(
         model, phase, backbone=backbone, steps_per_epoch=data.steps_per_epoch, monitor=monitor
     )
-    first_epoch, wall_before, done_records = initial_epoch + 1, 0.0, []
+    initial_epoch, wall_before, done_records = options.initial_epoch, 0.0, []
+    first_epoch = initial_epoch + 1
     if resume is None:
         say("[%s] %s", phase.name, report.summary())
         _log_rates(phase, optimizer)
-        optim.compile_for_phase(model, phase, optimizer=optimizer, jit_compile=jit_compile)
+        optim.compile_for_phase(model, phase, optimizer=optimizer, jit_compile=options.jit_compile)
     else:
         # The checkpoint's compiled model keeps its optimizer: moments, step count (the schedule
         # position) and per-variable rates. Recompiling would reset them, so the fresh optimizer
@@ -235,7 +207,7 @@ def set_up(
         if resume.lr is not None:  # a float rate (e.g. lowered on a plateau) is not in .keras
             model.optimizer.learning_rate = resume.lr
         for cb in schedule_callbacks:
-            checkpoint.restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
+            restore_callback_state(cb, resume.callback_state.get(type(cb).__name__))
         say(
             "[%s] resuming after epoch %d (%d of %d done) from %s; %s",
             phase.name,
@@ -245,6 +217,7 @@ def set_up(
             resume.path,
             report.summary(),
         )
+    history_before = options.history_before or History()
     window = PhaseWindow(
         phase.name, first_epoch, first_epoch - 1 + phase.epochs, history_before, wall_before
     )
@@ -254,22 +227,36 @@ def set_up(
         fit_model=model,
         fit_data=data,
         report=report,
-        backbone=backbone,
+        options=options,
         window=window,
         initial_epoch=initial_epoch,
         schedule_callbacks=schedule_callbacks,
-        resume=resume,
         done_records=done_records,
     )
 
 
-def replan(
-    setup: PhaseSetup, plan: int | auto.PhasePlan, data: DataBundle, *, jit_compile: str
-) -> PhaseSetup:
+def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
+    """The set-up `fit` runs: the epochs the time budget plans (a phase that trains the base is
+    timed on the whole model, a head on what `fit` will run), cached features when they change
+    no number, and multi-worker `fit` under a strategy."""
+    options = setup.options
+    plan = options.epochs_planner if options.resume is None else None
+    if plan is not None and setup.phase.trains_base:
+        setup = replan(setup, plan(setup), data)
+    if options.feature_cache != "off":
+        setup = use_cached_features(setup, data)
+    if plan is not None and not setup.phase.trains_base:  # a head's epochs, timed on what fit runs
+        setup = _replan_head(setup, plan, data)
+    if options.strategy is not None:
+        distribute.enable_multi_worker_fit(setup.fit_model, options.strategy)
+    return setup
+
+
+def replan(setup: PhaseSetup, plan: int | budget_plan.PhasePlan, data: DataBundle) -> PhaseSetup:
     """The setup for a phase of the planned epochs: a fresh optimizer whose schedule has that
     length, compiled again (nothing has trained yet); the setup itself when nothing changes.
     A plan that keeps the best epoch trains every epoch and hands on the best on validation."""
-    plan = plan if isinstance(plan, auto.PhasePlan) else auto.PhasePlan(plan)
+    plan = plan if isinstance(plan, budget_plan.PhasePlan) else budget_plan.PhasePlan(plan)
     phase, epochs = setup.phase, plan.epochs
     patience = epochs if plan.keep_best else phase.early_stopping_patience
     if epochs == phase.epochs and patience == phase.early_stopping_patience:
@@ -288,6 +275,7 @@ def replan(
         steps_per_epoch=data.steps_per_epoch,
         monitor=monitor,
     )
+    jit_compile = setup.options.jit_compile
     optim.compile_for_phase(setup.model, phase, optimizer=optimizer, jit_compile=jit_compile)
     w = setup.window
     window = dataclasses.replace(w, last_epoch=w.first_epoch - 1 + epochs)
@@ -296,37 +284,32 @@ def replan(
     )
 
 
-def _replan_head(setup: PhaseSetup, plan, data: DataBundle, *, jit_compile: str, strategy):
+def _replan_head(setup: PhaseSetup, plan, data: DataBundle) -> PhaseSetup:
     """`replan` for a head-only phase, whose head on cached features is compiled again."""
-    planned = replan(setup, plan(setup), data, jit_compile=jit_compile)
+    planned = replan(setup, plan(setup), data)
     if planned is not setup and setup.fit_model is not setup.model:
-        _compile_head(planned.fit_model, planned, jit_compile=jit_compile, strategy=strategy)
+        _compile_head(planned.fit_model, planned)
     return planned
 
 
-def use_cached_features(
-    setup: PhaseSetup,
-    data: DataBundle,
-    *,
-    mode: str,
-    cache_dir: str | None,
-    jit_compile: str,
-    strategy,
-) -> PhaseSetup:
+def use_cached_features(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
     """Switches `fit` to the model's head on cached features when that changes no number.
 
     Otherwise the setup is returned as it is, with a log line saying why for a head-only phase.
+    The features are kept as `options.feature_cache` says, under `options.cache_dir`.
     """
-    phase, model = setup.phase, setup.model
+    phase, model, options = setup.phase, setup.model, setup.options
     reason = features.why_not_cached(phase, data.pipeline)
     if reason is not None:
         if not phase.trains_base:
             say("[%s] feature extraction runs the base every epoch: %s", phase.name, reason)
         return setup
-    arrays, seconds, reused = features.compute(model, data, mode=mode, workdir=cache_dir)
+    arrays, seconds, reused = features.compute(
+        model, data, mode=options.feature_cache, workdir=options.cache_dir
+    )
     fit_model, fit_data = features.head_model(model), features.feature_bundle(data, arrays)
     setup = dataclasses.replace(setup, fit_model=fit_model, fit_data=fit_data)
-    _compile_head(fit_model, setup, jit_compile=jit_compile, strategy=strategy)
+    _compile_head(fit_model, setup)
     say(
         "[%s] cached features: %s %d train + %d validation images (%d values each)%s; the "
         "head trains on them",
@@ -340,7 +323,7 @@ def use_cached_features(
     return setup
 
 
-def _compile_head(fit_model: keras.Model, setup: PhaseSetup, *, jit_compile: str, strategy) -> None:
+def _compile_head(fit_model: keras.Model, setup: PhaseSetup) -> None:
     """Compiles the head that trains on cached features with the whole model's optimizer.
 
     The model's own optimizer instance: checkpoints of the model carry its state. A head step
@@ -349,13 +332,13 @@ def _compile_head(fit_model: keras.Model, setup: PhaseSetup, *, jit_compile: str
     Keras 3.15's multi-step loop fails there at run time ("You must feed a value for
     placeholder tensor 'while/cond/Placeholder'").
     """
-    steps = setup.fit_data.steps_per_epoch
+    steps, options = setup.fit_data.steps_per_epoch, setup.options
     optim.compile_for_phase(
         fit_model,
         setup.phase,
         optimizer=setup.model.optimizer,
-        jit_compile=jit_compile,
-        steps_per_execution=1 if strategy is not None else max(1, steps or 1),
+        jit_compile=options.jit_compile,
+        steps_per_execution=1 if options.strategy is not None else max(1, steps or 1),
     )
 
 
@@ -382,17 +365,11 @@ def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
 
 
 # --- 2. callbacks ---------------------------------------------------------------------------------
-def make_callbacks(
-    setup: PhaseSetup,
-    user_callbacks: Sequence[keras.callbacks.Callback],
-    *,
-    track_best: str | None,
-    checkpoint_dir: str | None,
-    progress: str,
-    checkpoint_every: float = 0.0,
-) -> tuple[PhaseState, list[keras.callbacks.Callback]]:
-    """The phase's fresh callbacks, in the order they must run, and its stateful ones."""
-    phase, resume = setup.phase, setup.resume
+def make_callbacks(setup: PhaseSetup) -> tuple[PhaseState, list[keras.callbacks.Callback]]:
+    """The phase's fresh callbacks, in the order they must run, and its stateful ones: the
+    phase's own, then `options.callbacks` (the user's), then the interrupt check."""
+    phase, resume, options = setup.phase, setup.resume, setup.options
+    track_best, checkpoint_dir = options.track_best, options.checkpoint_dir
     recorder = HistoryRecorder(phase.name)
     recorder.history.records.extend(dict(r) for r in setup.done_records)
     guard = NonFiniteGuard(losses_before=[r.get("loss") for r in setup.done_records])
@@ -421,32 +398,30 @@ def make_callbacks(
     cbs += state.schedule  # they change the rate at epoch ends: before the checkpoint
     if checkpoint_dir:
         state.checkpoints = EpochCheckpoint(
-            checkpoint_dir, setup.window, state, save_model=setup.model, every_s=checkpoint_every
+            checkpoint_dir,
+            setup.window,
+            state,
+            save_model=setup.model,
+            every_s=options.checkpoint_every,
         )
         cbs.append(state.checkpoints)
     w = setup.window
-    if use_progress_bar(progress):
+    if use_progress_bar(options.progress):
         cbs.append(PhaseProgressBar(phase.name, w.first_epoch - 1, phase.epochs))
     else:
         cbs.append(EpochLogger(phase.name, w.first_epoch - 1, phase.epochs, recorder))
+    user_callbacks = list(options.callbacks)
     if setup.fit_model is not setup.model:  # cached features: callbacks still see the whole model
         user_callbacks = [FullModelView(cb, setup.model) for cb in user_callbacks]
     return state, [*cbs, *user_callbacks, InterruptCheck()]
 
 
 # --- 3. fit ---------------------------------------------------------------------------------------
-def fit(
-    setup: PhaseSetup,
-    state: PhaseState,
-    callbacks: list[keras.callbacks.Callback],
-    *,
-    bar: bool,
-    class_weight: dict[int, float] | None = None,
-) -> None:
+def fit(setup: PhaseSetup, state: PhaseState, callbacks: list[keras.callbacks.Callback]) -> None:
     """Fits the phase's remaining epochs (none when a resumed phase had already finished).
 
-    `class_weight` weights each training image's loss by its class (Keras maps the one-hot
-    targets of each batch to sample weights); validation stays unweighted.
+    `options.class_weight` weights each training image's loss by its class (Keras maps the
+    one-hot targets of each batch to sample weights); validation stays unweighted.
     """
     last_epoch, initial_epoch = setup.window.last_epoch, setup.initial_epoch
     remaining = last_epoch - initial_epoch
@@ -462,18 +437,10 @@ def fit(
     if remaining > 0:
         data = setup.fit_data
         with interrupt.deferred():  # a signal stops the fit at a batch's end, cleanly
-            _fit(
-                setup,
-                data,
-                callbacks,
-                last_epoch=last_epoch,
-                initial_epoch=initial_epoch,
-                bar=bar,
-                class_weight=class_weight,
-            )
+            _fit(setup, data, callbacks, last_epoch=last_epoch, initial_epoch=initial_epoch)
 
 
-def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar, class_weight) -> None:
+def _fit(setup, data, callbacks, *, last_epoch, initial_epoch) -> None:
     """`fit`, with a failed read of an image file (the data changed under the run) in words."""
     try:
         setup.fit_model.fit(
@@ -484,8 +451,8 @@ def _fit(setup, data, callbacks, *, last_epoch, initial_epoch, bar, class_weight
             steps_per_epoch=data.steps_per_epoch,
             shuffle=False,  # the order is the data bundle's: a pure function of (seed, epoch)
             callbacks=callbacks,
-            verbose=1 if bar else 0,
-            class_weight=class_weight,
+            verbose=1 if use_progress_bar(setup.options.progress) else 0,
+            class_weight=setup.options.class_weight,
         )
     except tf.errors.OpError as e:
         changed = changes.changed_files(e, data.files)
@@ -518,9 +485,7 @@ def _averaged(setup: PhaseSetup, state: PhaseState) -> dict | None:
 
 
 # --- 4. outcome -----------------------------------------------------------------------------------
-def outcome(
-    setup: PhaseSetup, state: PhaseState, *, seconds: float, checkpoint_dir: str | None
-) -> PhaseResult:
+def outcome(setup: PhaseSetup, state: PhaseState, *, seconds: float) -> PhaseResult:
     """The phase's result; a NaN stop becomes a `TrainingError` naming the phase and epoch.
 
     Raises:

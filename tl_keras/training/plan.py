@@ -56,7 +56,8 @@ class RunPlan:
 
     @property
     def chief(self) -> bool:
-        return self.outdir.path == self.workdir.path
+        """Whether this process writes the workdir (directly, or staged by an --overwrite)."""
+        return self.workdir.path in (self.outdir.path, self.outdir.replaces)
 
     @property
     def nothing_to_do(self) -> bool:

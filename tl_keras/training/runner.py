@@ -37,7 +37,6 @@ from tl_keras.data import augment
 from tl_keras.data.pipeline import DataBundle
 from tl_keras.data.sources import load_data
 from tl_keras.errors import DiskFullError
-from tl_keras.history import History
 from tl_keras.model.classifier import (
     RNG_FILE,
     RNG_SHAPE,
@@ -47,8 +46,7 @@ from tl_keras.model.classifier import (
     load_model,
     set_rng_state,
 )
-from tl_keras.plotting import plot_history
-from tl_keras.recipe import auto
+from tl_keras.recipe import auto, budget_plan
 from tl_keras.training import (
     budget,
     calibrate,
@@ -57,9 +55,12 @@ from tl_keras.training import (
     decide,
     distribute,
     optim,
+    replace,
     rollback,
 )
-from tl_keras.training.phase import PhaseResult, PhaseSetup, run_phase
+from tl_keras.training.curves import plot_history
+from tl_keras.training.history import History
+from tl_keras.training.phase import PhaseOptions, PhaseResult, PhaseSetup, run_phase
 from tl_keras.training.plan import RunPlan, check_options, check_same_run, plan_run
 from tl_keras.workdir import Workdir
 
@@ -200,20 +201,22 @@ def _train(
             if resume and (note := plan.workdir.replaced_note()):
                 log.info(note)
             if plan.nothing_to_do:
-                return _finished_run(plan)
-            state = None
-            try:
-                state = initial_state(plan, spec, data)
-                spec, plan = decide_recipe(plan, spec, state, started=started)
-                plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
-                state.data = distribute.shard_data(state.data, strategy)  # each worker its own part
-                distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
-                _start_run(plan, spec, state)
-                results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
-            except Exception as e:
-                if io.is_disk_full(e):
-                    raise _disk_full(e, plan, state) from None
-                raise
+                return _finished_run(plan, spec, data)
+            # --overwrite of a run: a transaction, the old run in place until a phase is done
+            with replace.staged(plan, overwrite=overwrite) as plan:
+                state = None
+                try:
+                    state = initial_state(plan, spec, data)
+                    spec, plan = decide_recipe(plan, spec, state, started=started)
+                    plan = _scale_learning_rates(plan, spec.config, strategy.num_replicas_in_sync)
+                    state.data = distribute.shard_data(state.data, strategy)  # each its own part
+                    distribute.enable_multi_worker_fit(state.model, strategy)  # rollback evaluates
+                    _start_run(plan, spec, state)
+                    results = run_phases(plan, spec, state, strategy=strategy, callbacks=callbacks)
+                except Exception as e:
+                    if io.is_disk_full(e):
+                        raise _disk_full(e, plan, state) from None
+                    raise
             return RunResult(
                 state.model, state.history, results, list(state.data.class_names), plan.workdir.path
             )
@@ -247,8 +250,14 @@ def _disk_full(error: Exception, plan: RunPlan, state: RunState | None) -> DiskF
     )
 
 
-def _finished_run(plan: RunPlan) -> RunResult:
-    """What `train --resume` returns for a run whose every phase is done."""
+def _finished_run(
+    plan: RunPlan, spec: config_lib.RunSpec, data: DataBundle | None = None
+) -> RunResult:
+    """What `train --resume` returns for a run whose every phase is done.
+
+    A run stopped after its last phase was saved but before its temperature was fitted (a kill
+    during calibration) gets its calibration now, as the uninterrupted run would have.
+    """
     wd = plan.workdir
     path = wd.file("history.json")
     history = (
@@ -256,9 +265,15 @@ def _finished_run(plan: RunPlan) -> RunResult:
         if os.path.isfile(path)
         else History()
     )
-    return RunResult(
-        _final_model(wd, plan.run), history, [], list(plan.run["class_names"]), wd.path
-    )
+    model = _final_model(wd, plan.run)
+    if not calibrate.is_fitted(plan.run):
+        spec = config_lib.resolve(spec, decide.read_recipe_card(wd))  # the run's tta, as decided
+        phase = _final_phase(plan.run)
+        log.info("the run stopped before its calibration: fitting the temperature of %r", phase)
+        if data is None:
+            data = load_data(spec, workdir=wd.path)
+        calibrate.calibrate_run(wd, dict(plan.run), model, data, spec.config, phase)
+    return RunResult(model, history, [], list(plan.run["class_names"]), wd.path)
 
 
 def _scale_learning_rates(plan: RunPlan, config: config_lib.Config, replicas: int) -> RunPlan:
@@ -300,13 +315,12 @@ def initial_state(
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
     elif prev is None:
         model = build_initial_model(spec, data)
-        _check_rates(plan, spec, model)  # before an old run is set aside
-        if run is not None and plan.chief:  # --overwrite or a restart: now set the old run aside
-            if run["phases"] or checkpoint.latest(wd.path) is not None:
-                _set_aside(wd, None, run, None)
-            else:  # nothing finished, nothing to resume from: nothing worth keeping
-                wd.clear_results()
-                checkpoint.remove_all(wd.path)
+        _check_rates(plan, spec, model)
+        # --resume with nothing finished and nothing to resume from: start again. (--overwrite
+        # stages its run instead, `replace.staged`: the old run stays until a phase is done.)
+        if run is not None and plan.outdir.path == wd.path:
+            wd.clear_results()
+            checkpoint.remove_all(wd.path)
         run = {**spec.identity, "class_names": list(data.class_names), "phases": {}}
         run["doctor"] = run_doctor(spec, data, model, plan.outdir.path)
         history = History()
@@ -318,36 +332,10 @@ def initial_state(
         ).truncate(plan.done[prev.name]["last_epoch"])
         if config.rollback:
             reference = rollback.load_rollback_reference(wd, prev, model, data, config.rollback)
-        names = [p.name for p in plan.schedule]
-        first = names.index(plan.targets[0].name)
-        redone = [n for n in plan.done if n in names and names.index(n) >= first]
-        if redone and plan.chief:  # --overwrite of finished phases: keep them until replaced
-            _set_aside(
-                wd,
-                redone,
-                dict(run),
-                {**run, "phases": {k: v for k, v in run["phases"].items() if k not in redone}},
-            )
-        for n in redone:
+        for n in replace.redone_phases(plan):  # --overwrite: staged without them
             run["phases"].pop(n)  # redone phases and everything after them
     _check_rates(plan, spec, model)
     return RunState(model, history, run, reference, data)
-
-
-def _set_aside(wd: Workdir, phases: list[str] | None, run: dict, run_after: dict | None) -> None:
-    """Sets the results an --overwrite replaces aside (all, or the finished `phases`), logged."""
-    remove = wd.result_entries() if phases is None else [*phases, checkpoint.CHECKPOINTS]
-    aside = wd.set_aside(remove, run_after=run_after)
-    if aside is None:
-        return
-    done = [p for p in (phases or run["phases"])]
-    log.warning(
-        "--overwrite: the results it replaces (%s) are kept in %s, a complete workdir, until "
-        "this run finishes a phase; to keep them for good, move that folder out of %s",
-        f"phases {', '.join(done)}" if done else "an unfinished run",
-        aside,
-        wd.path,
-    )
 
 
 def run_doctor(spec: config_lib.RunSpec, data: DataBundle, model, outdir: str) -> dict:
@@ -427,7 +415,7 @@ def _check_budget(spec: config_lib.RunSpec, state: RunState, rate: float) -> Non
     fe_s = (data.num_train + data.num_val) / rate
     ft = [p for p in schedule if p.trains_base and p.epochs > 0]
     ft_epoch_s = _ft_epoch_s(data, rate)
-    auto.check_budget_holds(
+    budget_plan.check_budget_holds(
         spec.time_budget_s, state.clock.elapsed_s, fe_s, ft_epoch_s, ft_runs=bool(ft)
     )
 
@@ -448,7 +436,7 @@ def _start_run(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None
     out.write_run(state.run)
     io.atomic_write_text(out.file("config.json"), config_lib.to_json(spec.given or spec.config))
     if state.card is not None:
-        decide.write_card(out, state.card)
+        decide.write_recipe_card(out, state.card)
 
 
 def run_phases(
@@ -474,27 +462,25 @@ def run_phases(
             data = unaugmented
         guard = [budget.BudgetGuard(state.clock, state.save_s)] if state.clock else []
         planner = _epochs_planner(plan, spec, state, p, guard[0] if guard else None)
-        result = run_phase(
-            state.model,
-            p,
-            data,
+        options = PhaseOptions(
             backbone=spec.backbone,
             initial_epoch=state.history.last_epoch,
+            history_before=state.history,
+            resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
             bn_policy=config.bn_policy,
+            jit_compile=config.jit_compile,
+            strategy=strategy,
+            class_weight=weights,
+            feature_cache=config.feature_cache,
+            cache_dir=out.shared_root,  # the feature cache outlives a run
             callbacks=[*callbacks, *guard, *_log_callbacks(config, out)],
             progress=config.progress,
             track_best=config.rollback or None,
             checkpoint_dir=out.path,
             checkpoint_every=config.checkpoint_every,
-            history_before=state.history,
-            resume=ckpt if ckpt is not None and ckpt.phase == p.name else None,
-            feature_cache=config.feature_cache,
-            cache_dir=out.path,
-            jit_compile=config.jit_compile,
-            strategy=strategy,
-            class_weight=weights,
             epochs_planner=planner,
         )
+        result = run_phase(state.model, p, data, options)
         if result.phase.epochs != p.epochs:  # planned from the time budget
             _record_planned(plan, state, result.phase)
         if config.rollback:
@@ -507,7 +493,7 @@ def run_phases(
         save_phase(out, state, config, result, pipeline=data.pipeline)
         state.save_s = time.monotonic() - started
         checkpoint.remove_all(out.path)  # the phase's saved model supersedes its checkpoints
-        out.drop_replaced(f"this run finished phase {p.name!r}")
+        out.commit(f"this run finished phase {p.name!r}")  # an --overwrite's staged run: swapped in
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     if results:  # the temperature of the model this run ends with, fitted on validation
@@ -551,7 +537,7 @@ def _epochs_planner(
     Only for a phase whose length the recipe decided (not the user's epochs or stages): a
     fine-tuning phase gets what is left of the budget after the phases before it and the run's
     end (saving, calibration); fe gets a share of it when fine-tuning follows, and the rest
-    when it ends the run (`auto.plan_head_epochs`). The phase's budget guard then reserves the
+    when it ends the run (`budget_plan.plan_head_epochs`). The phase's budget guard then reserves the
     same end.
     """
     card = state.card
@@ -564,7 +550,7 @@ def _epochs_planner(
     ft_follows = any(p.trains_base and p.epochs > 0 for p in later)
     clock = state.clock
 
-    def planner(setup: PhaseSetup) -> auto.PhasePlan:
+    def planner(setup: PhaseSetup) -> budget_plan.PhasePlan:
         on_features = setup.fit_model is not setup.model  # a head on cached features
         measure = budget.measure_head_epoch_cost if on_features else budget.measure_epoch_cost
         cost = measure(
@@ -578,11 +564,11 @@ def _epochs_planner(
         if guard is not None:
             guard.reserve_s, guard.planned_epoch_s = reserve, cost.total_s
         if phase.trains_base:
-            decided = auto.PhasePlan(
-                auto.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
+            decided = budget_plan.PhasePlan(
+                budget_plan.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
             )
         else:
-            decided = auto.plan_head_epochs(
+            decided = budget_plan.plan_head_epochs(
                 clock.budget_s,
                 clock.elapsed_s,
                 cost,
@@ -591,14 +577,14 @@ def _epochs_planner(
                 reserve_s=reserve,
             )
         _log_plan(state, phase, field, cost, decided, ft_follows, reserve)
-        decide.write_card(plan.outdir, state.card)  # a resumed run keeps the plan
+        decide.write_recipe_card(plan.outdir, state.card)  # a resumed run keeps the plan
         return decided
 
     return planner
 
 
 def _end_reserve(
-    spec: config_lib.RunSpec, state: RunState, cost: auto.EpochCost, *, empty_phases: int = 0
+    spec: config_lib.RunSpec, state: RunState, cost: budget_plan.EpochCost, *, empty_phases: int = 0
 ) -> float:
     """What the run needs after its last epoch: the phase's last checkpoint, its artifacts (the
     last phase save's time, or a model save's) and those of the phases after it that train no
@@ -625,12 +611,18 @@ def _ft_epoch_estimate(state: RunState) -> float:
 
 
 def _log_plan(
-    state: RunState, phase, field: str, cost, decided: auto.PhasePlan, ft_follows, reserve: float
+    state: RunState,
+    phase,
+    field: str,
+    cost,
+    decided: budget_plan.PhasePlan,
+    ft_follows,
+    reserve: float,
 ):
     clock = state.clock
-    left = auto.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
+    left = budget_plan.BUDGET_TARGET * clock.budget_s - clock.elapsed_s
     how = (
-        f"fine-tuning follows: fe takes at most {auto.FE_SHARE:.0%} of it, still switching on "
+        f"fine-tuning follows: fe takes at most {budget_plan.FE_SHARE:.0%} of it, still switching on "
         "a plateau"
         if ft_follows
         else "the phase ends the run: it fills the budget and keeps its best validation epoch"
@@ -754,10 +746,14 @@ def load_phase_model(wd: Workdir, phase: str) -> keras.Model:
     return model
 
 
-def _final_model(wd: Workdir, run: dict) -> keras.Model:
+def _final_phase(run: dict) -> str:
+    """The last phase of the schedule that is done: the one whose model the run ends with."""
     names = [p["name"] for p in run.get("schedule", [])]
-    done = [n for n in names if n in run["phases"]]
-    return load_phase_model(wd, done[-1])
+    return [n for n in names if n in run["phases"]][-1]
+
+
+def _final_model(wd: Workdir, run: dict) -> keras.Model:
+    return load_phase_model(wd, _final_phase(run))
 
 
 def build_initial_model(

@@ -1,9 +1,11 @@
 """Per-phase learning-rate schedules, by name.
 
-`make_schedule(name, ...)` returns what to give the optimizer (a float or a Keras
-`LearningRateSchedule`, which Keras evaluates at the optimizer's step counter) plus the callbacks
-the schedule needs. `lr_at_epoch` computes, in plain Python, the rate the same schedule uses at the
-first step of an epoch, for tests and plots; `LRRecorder` records the rate actually used.
+`make_schedule(schedule, base_lr=..., steps_per_epoch=..., epochs=...)` builds the recipe's
+`LRSchedule` (its name and settings) for one phase: what to give the optimizer (a float or a
+Keras `LearningRateSchedule`, which Keras evaluates at the optimizer's step counter) plus the
+callbacks the schedule needs. `lr_at_epoch` computes, in plain Python, the rate the same schedule
+uses at the first step of an epoch, for tests and plots; `LRRecorder` records the rate actually
+used.
 
 Schedules (`SCHEDULES`):
 
@@ -40,9 +42,6 @@ __all__ = [
     "lr_at_epoch",
     "make_schedule",
 ]
-
-# The defaults of every schedule setting: one home, the recipe's `LRSchedule`.
-_DEFAULTS = LRSchedule()
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -89,19 +88,16 @@ def _is_number(value: object) -> bool:
 
 
 def _params(
-    name: str,
+    schedule: LRSchedule,
     *,
     base_lr: float,
     steps_per_epoch: int,
     epochs: int,
-    warmup_epochs: float,
-    min_lr_ratio: float,
-    step_every: int,
-    gamma: float,
-    plateau_patience: int,
-    plateau_factor: float,
     plateau_monitor: str,
 ) -> _Params:
+    name, warmup_epochs, min_lr_ratio = schedule.name, schedule.warmup_epochs, schedule.min_lr_ratio
+    step_every, gamma = schedule.step_every, schedule.gamma
+    plateau_patience, plateau_factor = schedule.plateau_patience, schedule.plateau_factor
     if name not in SCHEDULES:
         raise ValueError(
             f"Unknown learning-rate schedule {name!r}; allowed: {', '.join(sorted(SCHEDULES))}."
@@ -298,34 +294,27 @@ SCHEDULES: dict[str, ScheduleSpec] = {
 
 
 def make_schedule(
-    name: str,
+    schedule: LRSchedule,
     *,
     base_lr: float,
     steps_per_epoch: int,
     epochs: int,
-    warmup_epochs: float = _DEFAULTS.warmup_epochs,
-    min_lr_ratio: float = _DEFAULTS.min_lr_ratio,
-    step_every: int = _DEFAULTS.step_every,
-    gamma: float = _DEFAULTS.gamma,
-    plateau_patience: int = _DEFAULTS.plateau_patience,
-    plateau_factor: float = _DEFAULTS.plateau_factor,
     plateau_monitor: str = "val_loss",
 ) -> tuple[LearningRate, list[keras.callbacks.Callback]]:
     """Build the learning rate and callbacks for one training phase.
 
     Args:
-        name: One of `SCHEDULES`: "constant", "cosine", "step", "plateau".
+        schedule: The recipe's `LRSchedule`: its `name` (one of `SCHEDULES`: "constant",
+            "cosine", "step", "plateau") and settings. `warmup_epochs`: linear warm-up from 0 to
+            `base_lr` ("constant" and "cosine" only; may be fractional, rounded to whole steps),
+            < `epochs`. `min_lr_ratio`: floor as a fraction of `base_lr`: where "cosine" ends,
+            and the lowest rate "step" and "plateau" go to; ignored by "constant". `step_every`,
+            `gamma`: "step" multiplies the rate by `gamma`, in (0, 1], every `step_every`
+            epochs. `plateau_patience`, `plateau_factor`: "plateau" multiplies it by
+            `plateau_factor`, in (0, 1), after `plateau_patience` epochs without improvement.
         base_lr: Peak learning rate, > 0.
         steps_per_epoch: Optimizer steps per epoch, >= 1.
         epochs: Epochs in the phase, >= 1.
-        warmup_epochs: Linear warm-up from 0 to `base_lr` ("constant" and "cosine" only; may be
-            fractional, rounded to whole steps). Must be < `epochs`.
-        min_lr_ratio: Floor as a fraction of `base_lr`: where "cosine" ends, and the lowest
-            rate "step" and "plateau" go to. Ignored by "constant".
-        step_every: "step": epochs between decays.
-        gamma: "step": factor applied every `step_every` epochs, in (0, 1].
-        plateau_patience: "plateau": epochs without improvement before reducing.
-        plateau_factor: "plateau": reduction factor, in (0, 1).
         plateau_monitor: "plateau": metric to watch; it must be in the epoch logs (e.g.
             "val_loss" needs validation data, else Keras warns and never reduces).
 
@@ -334,38 +323,26 @@ def make_schedule(
         optimizer's `learning_rate`, and callbacks to pass to `fit` (empty except for "plateau").
 
     Raises:
-        ValueError: If `name` is unknown (the message lists the allowed names) or a parameter is
+        ValueError: If the name is unknown (the message lists the allowed names) or a setting is
             out of range.
     """
     params = _params(
-        name,
+        schedule,
         base_lr=base_lr,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
-        warmup_epochs=warmup_epochs,
-        min_lr_ratio=min_lr_ratio,
-        step_every=step_every,
-        gamma=gamma,
-        plateau_patience=plateau_patience,
-        plateau_factor=plateau_factor,
         plateau_monitor=plateau_monitor,
     )
-    return SCHEDULES[name].build(params)
+    return SCHEDULES[schedule.name].build(params)
 
 
 def lr_at_epoch(
-    name: str,
+    schedule: LRSchedule,
     epoch: int,
     *,
     base_lr: float,
     steps_per_epoch: int,
     epochs: int,
-    warmup_epochs: float = _DEFAULTS.warmup_epochs,
-    min_lr_ratio: float = _DEFAULTS.min_lr_ratio,
-    step_every: int = _DEFAULTS.step_every,
-    gamma: float = _DEFAULTS.gamma,
-    plateau_patience: int = _DEFAULTS.plateau_patience,
-    plateau_factor: float = _DEFAULTS.plateau_factor,
     monitor_values: Sequence[float] | None = None,
 ) -> float:
     """Learning rate at the first optimizer step of `epoch`, computed in plain Python.
@@ -374,17 +351,11 @@ def lr_at_epoch(
     gives the rate after the last step, e.g. the final `base_lr * min_lr_ratio` of "cosine".
 
     Args:
-        name: Schedule name, as for `make_schedule`.
+        schedule: As for `make_schedule`.
         epoch: 0-based epoch index, in [0, epochs].
         base_lr: As for `make_schedule`.
         steps_per_epoch: As for `make_schedule`.
         epochs: As for `make_schedule`.
-        warmup_epochs: As for `make_schedule`.
-        min_lr_ratio: As for `make_schedule`.
-        step_every: As for `make_schedule`.
-        gamma: As for `make_schedule`.
-        plateau_patience: As for `make_schedule`.
-        plateau_factor: As for `make_schedule`.
         monitor_values: "plateau" only: the monitored value at the end of each epoch (lower is
             better), at least `epoch` of them. Without them "plateau" returns `base_lr`.
 
@@ -392,25 +363,19 @@ def lr_at_epoch(
         The learning rate as a Python float.
 
     Raises:
-        ValueError: If `name` is unknown, a parameter is out of range, `epoch` is outside
+        ValueError: If the name is unknown, a setting is out of range, `epoch` is outside
             [0, epochs], or too few `monitor_values` are given.
     """
     params = _params(
-        name,
+        schedule,
         base_lr=base_lr,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
-        warmup_epochs=warmup_epochs,
-        min_lr_ratio=min_lr_ratio,
-        step_every=step_every,
-        gamma=gamma,
-        plateau_patience=plateau_patience,
-        plateau_factor=plateau_factor,
         plateau_monitor="val_loss",
     )
     if not (_is_int(epoch) and 0 <= epoch <= epochs):
         raise ValueError(f"epoch must be an integer in [0, {epochs}]; received {epoch!r}.")
-    return float(SCHEDULES[name].lr_at_epoch(params, int(epoch), monitor_values))
+    return float(SCHEDULES[schedule.name].lr_at_epoch(params, int(epoch), monitor_values))
 
 
 def current_lr(optimizer: keras.optimizers.Optimizer) -> float:

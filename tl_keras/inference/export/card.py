@@ -8,8 +8,8 @@ Everything in it is read from what the run recorded, or measured here when it wa
   findings (`<workdir>/doctor/report.json`, when training ran it), and the manifest hash (every
   image's split, class and content hash) at training and now: a difference means the data
   changed since the model was trained;
-* **recipe**: `<workdir>/recipe.json` when the run wrote one, else the resolved `config.json`,
-  with the schedule of phases from `run.json`;
+* **recipe**: the recipe card, `<workdir>/recipe.json` (`recipe.auto.CARD_FILE`), when the run
+  wrote one, else the resolved `config.json`, with the schedule of phases from `run.json`;
 * **metrics** on the test split when the data has one, else on validation (said plainly: it
   guided training): accuracy, balanced accuracy and macro F1 with 95% bootstrap intervals, the
   loss, per-class precision, recall and F1. An evaluation already in `<workdir>/evaluation/`
@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from tl_keras import io
+from tl_keras.recipe import auto
 
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
 
 
-def write_card(trained, manifest: dict[str, Any], out: Path, *, data_dir: str | None = None):
+def write_model_card(trained, manifest: dict[str, Any], out: Path, *, data_dir: str | None = None):
     """Builds the card of a workdir's exported model and writes both files (atomically).
 
     Args:
@@ -145,11 +146,11 @@ def _data(wd: Path, run: dict, phase: str, bundle) -> dict:
 def _recipe(wd: Path, run: dict) -> dict:
     """The recipe card (each decided setting, who chose it and why) when the run kept one, and
     the settings the last phase ran with (its own config.json; the run's for older workdirs)."""
-    recipe = _read(wd / "recipe.json")
+    recipe = _read(wd / auto.CARD_FILE)
     done = list(run.get("phases", {}))
     values = _read(wd / done[-1] / "config.json") if done else None
     return {
-        "source": "recipe.json" if recipe is not None else "config.json",
+        "source": auto.CARD_FILE if recipe is not None else "config.json",
         "card": recipe,
         "values": values or _read(wd / "config.json") or {},
         "schedule": run.get("schedule", []),
@@ -353,4 +354,4 @@ def _exports_md(exports: dict) -> list[str]:
     return lines
 
 
-__all__ = ["CARD_JSON", "CARD_MARKDOWN", "model_card", "to_markdown", "write_card"]
+__all__ = ["CARD_JSON", "CARD_MARKDOWN", "model_card", "to_markdown", "write_model_card"]

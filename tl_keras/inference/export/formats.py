@@ -320,10 +320,6 @@ def _onnx_runner(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: np.asarray(session.run(None, {graph_input.name: images})[0])
 
 
-def predict_keras(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    return np.asarray(model(images, training=False))
-
-
 def variant_key(fmt: str, quantization: str | None) -> str:
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format {fmt!r}; expected one of {FORMATS}.")

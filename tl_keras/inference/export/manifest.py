@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tl_keras import schema
 from tl_keras.errors import ExportError, ExportParityError
-from tl_keras.inference.export import card
+from tl_keras.inference.export.card import write_model_card
 from tl_keras.inference.export.formats import (
     ARTIFACT_NAMES,
     FORMATS,
@@ -219,7 +219,7 @@ def export_workdir(
         artifacts[os.path.basename(path)] = entry
     manifest = _manifest(trained, artifacts)
     _write_manifest(out, manifest, trained.class_names)
-    card.write_card(trained, manifest, out, data_dir=data_dir)
+    write_model_card(trained, manifest, out, data_dir=data_dir)
     return manifest
 
 

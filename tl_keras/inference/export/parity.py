@@ -30,10 +30,10 @@ from tl_keras.inference.export.formats import (
     format_label,
     input_spec,
     load_runner,
-    predict_keras,
     require,
     variant_key,
 )
+from tl_keras.model.forward import forward
 from tl_keras.progress import Progress
 
 
@@ -263,7 +263,7 @@ def parity_check(
     mean_atol = tolerance.mean_atol if mean_atol is None else float(mean_atol)
     images = as_images(images, keras_model)
 
-    expected = predict_keras(keras_model, images)
+    ((_, expected),) = forward(keras_model, [images])  # one batch: the parity images
     actual = load_runner(fmt, exported_path)(images)
     if actual.shape != expected.shape:
         raise ExportError(
@@ -321,16 +321,18 @@ def quantization_accuracy(
     run_tflite = load_runner("tflite", tflite_path)
     total = keras_correct = tflite_correct = agree = 0
     progress = Progress(f"accuracy of {os.path.basename(os.fspath(tflite_path))}")
-    for images, labels in labelled_batches(dataset, batch_size):
-        images = as_images(images, keras_model)
+    batches = (
+        (as_images(images, keras_model), labels)
+        for images, labels in labelled_batches(dataset, batch_size)
+    )
+    for (images, labels), keras_out in forward(keras_model, batches, progress=progress):
         labels = class_indices(labels, len(images))
-        keras_pred = predict_keras(keras_model, images).argmax(-1)
+        keras_pred = keras_out.argmax(-1)
         tflite_pred = run_tflite(images).argmax(-1)
         total += len(images)
         keras_correct += int(np.sum(keras_pred == labels))
         tflite_correct += int(np.sum(tflite_pred == labels))
         agree += int(np.sum(keras_pred == tflite_pred))
-        progress.update(len(images))
     progress.close()
     if total == 0:
         raise ExportError("The dataset given to quantization_accuracy yielded no examples.")

@@ -1,4 +1,5 @@
-"""How a trained classifier answers at inference: flip test-time augmentation, then a temperature.
+"""The served model: how a trained classifier answers, flip test-time augmentation, then a
+temperature (the graph predict, evaluate and every export run).
 
 A workdir's `run.json` may hold an "inference" section, written after training
 (`tl_keras.training.calibrate`):
@@ -7,7 +8,7 @@ A workdir's `run.json` may hold an "inference" section, written after training
 
 * `tta`: "none", or "flip": the class probabilities are the average of the model's answer for
   the image and for its horizontal mirror (issue 10's recipe decides it; it is applied here).
-* `temperature`: T > 0 fitted on the validation split (`tl_keras.calibration.fit_temperature`)
+* `temperature`: T > 0 fitted on the validation split (`tl_keras.calibration`)
   after the TTA average: the answer is `softmax(log p / T)`, the one definition of
   `tl_keras.calibration.apply_temperature`, here as a float32 layer. T changes no prediction,
   only how sure each one says it is. It was fitted for one phase's model (`phase`): another

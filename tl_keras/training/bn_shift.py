@@ -1,4 +1,5 @@
-"""How far the data sits from ImageNet, block by block: a cheap probe before deciding the recipe.
+"""The BatchNorm shift: how far the data sits from ImageNet, block by block, measured before
+deciding the recipe.
 
 Every BatchNormalization layer of a pretrained base stores the mean and variance of its inputs
 over ImageNet. Run the frozen base over a few hundred training images, and compare each layer's

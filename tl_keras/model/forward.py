@@ -1,0 +1,65 @@
+"""The forward pass over a data set: one function, one calling convention.
+
+    for batch, outputs in forward(model, batches, progress=progress):
+        ...
+
+Every pass of a model over many images goes through `forward`: calibration's validation pass,
+the doctor's test features, feature extraction's cached features, evaluate, predict and the
+export's parity check. It runs the model in inference mode (`training=False`) through one traced
+function, batch after batch, and hands each batch back with the model's outputs, so a caller
+keeps what it needs beside them (the labels, the file of each image, the images themselves).
+
+* **No Keras predict loop**: the model is called directly, so the pass needs no distribution
+  machinery and reads the same on every worker of a multi-worker run.
+* **What the model is**: a classifier (probabilities out), its feature extractor (pooled
+  features out), its served form with test-time augmentation and the temperature
+  (`tl_keras.model.served.inference_model`), or any callable from images to outputs (an
+  exported artifact's runner, a test's stub), which is called as it is.
+* **What a batch is**: an image batch, or a tuple whose first element is the image batch and
+  whose rest the caller wants back (`(images, labels)`, `(images, indices)`).
+* **Progress**: an open `tl_keras.progress.Progress` counts each batch's images; the caller
+  opens and closes it, so one count can span several passes (fe's train and val splits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+
+def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, np.ndarray]]:
+    """Yields each batch, in order, with the model's outputs for its images.
+
+    Args:
+      model: a Keras model, called as `model(images, training=False)` inside one traced
+        function; or any callable `images -> outputs`, called as it is.
+      batches: an iterable of image batches, or of tuples `(images, ...)` (a `tf.data.Dataset`
+        of batched pairs, `tl_keras.data.pipeline.labelled_batches`, a generator).
+      progress: a `Progress` advanced by each batch's images; None = no progress lines.
+
+    Yields:
+      (the batch as `batches` gave it, the outputs as a numpy array in the model's dtype).
+    """
+    step = _compiled(model)
+    for batch in batches:
+        images = batch[0] if isinstance(batch, tuple) else batch
+        outputs = np.asarray(step(images))
+        if progress is not None:
+            progress.update(len(images))
+        yield batch, outputs
+
+
+def _compiled(model):
+    """`model(x, training=False)` as one traced function for a Keras model; else the callable."""
+    import keras
+
+    if not isinstance(model, keras.Layer):
+        return model
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+__all__ = ["forward"]

@@ -1,0 +1,167 @@
+"""The time budget's planning: how many epochs of a phase fit, in pure arithmetic (no TensorFlow).
+
+`time_budget` gives a run a wall-clock budget (`parse_duration`: '90s', '10m', '1.5h'). Before a
+phase whose length the recipe decides, the runner measures what one of its epochs costs
+(`tl_keras.training.budget`, which measures and guards) and asks here how many epochs fit:
+
+* `plan_epochs`: a phase that trains the base gets what is left of `BUDGET_TARGET` times the
+  budget, after the time spent and the run's end (`reserve_s`: saving, plots, calibration).
+* `plan_head_epochs`: a head on cached features takes at most `FE_SHARE` of what is left when
+  fine-tuning follows, and fills the budget (keeping its best epoch) when it ends the run.
+* `check_budget_holds`: a budget that cannot hold one epoch of each phase is refused, naming the
+  estimate and the smallest budget that would do.
+* `checkpoint_share`: the part of a checkpoint's cost each epoch pays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+from tl_keras.errors import ConfigError
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+DURATION_FORMS = "90s, 10m, 1.5h or 1h30m (a plain number is seconds)"
+
+
+def parse_duration(text: str, field: str = "time_budget") -> float | None:
+    """Seconds in a duration such as '90s', '10m', '1.5h', '1h30m' or '600'; '' = None.
+
+    Raises:
+      ConfigError: naming the text and the accepted forms.
+    """
+    text = str(text).strip().lower()
+    if not text:
+        return None
+    bad = ConfigError(f"{field}={text!r} is not understood: write {DURATION_FORMS}")
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if not match or not any(match.groups()):
+            raise bad from None
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise bad
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochCost:
+    """What one epoch of a phase costs, measured (seconds)."""
+
+    train_s: float
+    val_s: float = 0.0
+    overhead_s: float = 0.0  # per epoch: its share of the checkpoints, callbacks
+    trace_s: float = 0.0  # once: tracing the phase's functions again after a new plan
+    save_s: float = 0.0  # one save of the whole model (the phase's last checkpoint)
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.val_s + self.overhead_s
+
+
+BUDGET_TARGET = 0.95  # plan to end at this share of the budget (the promise: within 0.8 to 1.1)
+
+
+def plan_epochs(
+    budget_s: float, elapsed_s: float, cost: EpochCost, *, reserve_s: float = 0.0
+) -> int:
+    """Epochs of a phase that fit in what is left of the budget: at least 1.
+
+    Args:
+      budget_s: the run's budget.
+      elapsed_s: time already spent by the run.
+      cost: the measured cost of one epoch of the phase.
+      reserve_s: time needed after the phase (saving, plots, calibration).
+    """
+    left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
+    return max(1, int(left // max(cost.total_s, 1e-9)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+    """A phase's length as the time budget planned it.
+
+    Attributes:
+      epochs: the phase's epochs.
+      keep_best: train every epoch (no early stop) and hand on the best epoch on validation:
+        the last phase of a run fills its budget.
+    """
+
+    epochs: int
+    keep_best: bool = False
+
+
+FE_SHARE = 1 / 3  # of the time left, at most, for fe when fine-tuning follows
+FE_FILL_CAP = 10  # a head that ends the run trains at most this many times its rule's epochs
+
+
+def plan_head_epochs(
+    budget_s: float,
+    elapsed_s: float,
+    cost: EpochCost,
+    *,
+    rule_epochs: int,
+    ft_need_s: float | None,
+    reserve_s: float = 0.0,
+) -> PhasePlan:
+    """The epochs of a head-only phase (fe) under a time budget.
+
+    When fine-tuning follows (`ft_need_s`: what its first epoch needs), fe takes at most
+    `FE_SHARE` of the time left and leaves that much, and at most the rule's epochs (it still
+    switches on a plateau): cached-feature epochs are cheap and the time saved is fine-tuning's.
+    When fe ends the run it fills the budget, keeping its best epoch on validation (a plateau
+    no longer ends it), up to `FE_FILL_CAP` times the rule's epochs.
+    """
+    left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
+    per_epoch = max(cost.total_s, 1e-9)
+    if ft_need_s is None:
+        fill = int(left // per_epoch)
+        return PhasePlan(max(1, min(fill, FE_FILL_CAP * rule_epochs)), keep_best=True)
+    share = min(FE_SHARE * left, left - ft_need_s)
+    return PhasePlan(max(1, min(rule_epochs, int(share // per_epoch))))
+
+
+def check_budget_holds(
+    budget_s: float, elapsed_s: float, fe_s: float, ft_epoch_s: float, *, ft_runs: bool
+) -> None:
+    """Refuses a budget that cannot hold one epoch of each phase, naming the estimate.
+
+    Raises:
+      ConfigError: with the estimate's parts and the smallest budget that would do.
+    """
+    need = elapsed_s + fe_s + (ft_epoch_s if ft_runs else 0.0)
+    if need <= budget_s:
+        return
+    parts = f"{elapsed_s:.0f} s already spent (data, model, probe), {fe_s:.0f} s of fe"
+    if ft_runs:
+        parts += f", {ft_epoch_s:.0f} s per ft epoch"
+    raise ConfigError(
+        f"time_budget={budget_s:g}s cannot hold one epoch of each phase: estimated {parts} = "
+        f"{need:.0f} s. Give at least time_budget={math.ceil(need * 1.2)}s, or drop "
+        "time_budget to use the recipe's epochs"
+    )
+
+
+def checkpoint_share(epoch_s: float, every_s: float) -> float:
+    """The share of a checkpoint each epoch pays when one is written every `every_s` seconds of
+    training (`checkpoint_every`; 0 = every epoch)."""
+    return 1.0 if every_s <= 0 else min(1.0, epoch_s / every_s)
+
+
+__all__ = [
+    "BUDGET_TARGET",
+    "DURATION_FORMS",
+    "FE_FILL_CAP",
+    "FE_SHARE",
+    "EpochCost",
+    "PhasePlan",
+    "check_budget_holds",
+    "checkpoint_share",
+    "parse_duration",
+    "plan_epochs",
+    "plan_head_epochs",
+]
