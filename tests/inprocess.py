@@ -30,6 +30,7 @@ COMMANDS = {
     "tl_keras.lr_find": "tl_keras.cli.lr_find",
     "tl_keras.compare": "tl_keras.cli.compare",
     "tl_keras.doctor": "tl_keras.cli.doctor",
+    "tl_keras.weights": "tl_keras.cli.weights",
 }
 
 
