@@ -27,21 +27,31 @@ if "TL_KERAS_CACHE_DIR" not in os.environ:
 
 # The slowest files first: the parallel run (`--dist loadfile --no-loadscope-reorder`, each
 # file's tests in one process) then ends on small files, not on one worker still busy with a
-# long one (`--durations=40`, 2026-12-01: the notebooks' tiny runs 31-104 s each, the
-# kill-and-resume scenarios 30-70 s, the export CLI and the smoke benchmarks 45-106 s).
+# long one. The longest single tests lead (the smoke benchmarks, one process running for
+# minutes each; compare's module fixture), then the files by their total (`--durations=0`,
+# 2026-12-06 on a machine loaded 8-12: bench_recipe 739 s, bench_scale 497 s, compare 479 s with
+# a 247 s fixture, bench_soak 173 s; the resume scenarios 901 s, the notebooks 778 s, both one
+# unit per test; export 449 s, reliability 387 s, the speed benchmarks 378 s, ...).
 SLOWEST_FIRST = (
+    "test_bench_recipe.py",
+    "test_bench_scale.py",
+    "test_compare.py",
+    "test_bench_soak.py",
     "test_notebooks.py",
     "test_resume.py",
     "test_export_cli.py",
-    "test_bench_recipe.py",
-    "test_distribute.py",
-    "test_compare.py",
-    "test_bench_scale.py",
-    "test_auto_run.py",
     "test_reliability.py",
-    "test_readme_beyond.py",
-    "test_lock.py",
+    "test_benchmarks_speed.py",
+    "test_distribute.py",
+    "test_hub.py",
+    "test_auto_run.py",
     "test_cli.py",
+    "test_readme_beyond.py",
+    "test_data_cli.py",
+    "test_backbones.py",
+    "test_bench_stall.py",
+    "test_transaction.py",
+    "test_lock.py",
 )
 
 
