@@ -2,7 +2,7 @@
 
     python benchmarks/bench_recipe.py            # 3 regimes x 3 seeds, MobileNet-0.25 (25 min)
     python benchmarks/bench_recipe.py --backbone=efficientnet_lite0   # the same on Lite0
-    python benchmarks/bench_recipe.py --quick    # smoke run: tiny, one seed (the test suite runs it)
+    python benchmarks/bench_recipe.py --quick    # smoke run: 32 px, 1+1 epochs, one seed (the suite)
 
 The base (`--backbone`): `mobilenet_025`, MobileNet v1 at width 0.25 with the shared ImageNet
 weights (../shared), or `efficientnet_lite0`, EfficientNet-Lite0 with its ImageNet weights
@@ -55,6 +55,7 @@ REGIMES = ("flowers", "fewshot", "digits")
 TEST_FRACTION = 0.15
 SPLIT_SEED = 20261201  # the test carve: fixed once, never tuned
 SIZES = {"flowers": 128, "fewshot": 128, "digits": 64}
+QUICK_SIZE = 32  # --quick: every regime at this size (the path, not the figures)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +377,7 @@ def main(argv=None) -> None:
     try:
         folders = make_regimes(root, flowers, args.quick, regimes)
         for regime in regimes:
-            size, runs = SIZES[regime], []
+            size, runs = (QUICK_SIZE if args.quick else SIZES[regime]), []
             for seed in seeds:
                 run: dict = {"seed": seed}
                 common = (folders[regime], size, backbone, weights, seed, args.quick)

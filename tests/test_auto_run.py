@@ -235,6 +235,8 @@ def test_the_probe_tells_photos_from_a_far_domain(tmp_path, shared_weights, flow
     for name, data_dir in (("flowers", str(small)), ("shapes", "synthetic")):
         cfg = tiny_config(
             data_dir=data_dir,
+            backbone="mobilenet",  # the real weights' family (tiny_config trains `tiny`)
+            alpha=0.25,
             weights=shared_weights,
             image_size=64,
             synthetic_images_per_class=24,

@@ -2,7 +2,7 @@
 feature pass shared with `fe`, its cache, and what it says at scale.
 
 These run without ../shared: on a random base (`weights = "none"`: hashes and balance only) or
-a random MobileNet saved as a weights file (the feature path; its features mean nothing, so
+a random `tiny` base saved as a weights file (the feature path; its features mean nothing, so
 these tests check the plumbing, not the findings: tests/test_doctor_flowers.py checks those on
 real photos).
 """
@@ -19,7 +19,8 @@ import shutil
 import numpy as np
 import pytest
 from conftest import REPO, run_module, tiny_config
-from doctor_fixtures import base_weights, flags, noise_png, noise_tree
+from doctor_fixtures import BACKBONE, base_weights, flags, noise_png, noise_tree
+from inprocess import command
 
 from tl_keras import config as config_lib
 from tl_keras.doctor import workflow
@@ -27,7 +28,7 @@ from tl_keras.doctor import workflow
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> str:
-    return base_weights(tmp_path_factory.mktemp("weights") / "mobilenet_025.weights.h5")
+    return base_weights(tmp_path_factory.mktemp("weights") / "tiny.weights.h5")
 
 
 def leaky_tree(root):
@@ -46,6 +47,7 @@ def leaky_tree(root):
 
 
 def test_cli_finds_a_copy_in_every_split_and_the_imbalance(tmp_path):
+    """`python -m tl_keras.doctor` in a process of its own, as users run it."""
     tree = leaky_tree(tmp_path / "data")
     workdir = tmp_path / "work"
     proc = run_module("tl_keras.doctor", *flags(tree), f"--workdir={workdir}")
@@ -184,8 +186,7 @@ def test_the_cache_is_reused_until_a_file_changes(tmp_path, weights_file):
     )
     cfg = config_lib.Config(
         data_dir=str(tree),
-        backbone="mobilenet",
-        alpha=0.25,
+        backbone=BACKBONE,
         weights=weights_file,
         image_size=32,
         batch_size=16,
@@ -197,7 +198,7 @@ def test_the_cache_is_reused_until_a_file_changes(tmp_path, weights_file):
     assert second.report["features"]["reused"].endswith("doctor/features.npz")
     with np.load(f"{work}/doctor/features.npz") as f:
         before = f["features"]
-    assert before.shape == (24, 256)  # train, val and test
+    assert before.shape == (24, 128)  # train, val and test; tiny's 128 features
     (tree / "test" / "bee" / "bee_1.png").write_bytes(noise_png(999))  # same name, new content
     third = workflow.doctor_workdir(cfg, work)
     assert third.report["features"]["computed"]
@@ -215,8 +216,7 @@ def test_above_the_limit_the_checks_run_on_a_sample_that_keeps_every_copy(
     monkeypatch.setattr(workflow, "MAX_DIAGNOSED", 12)
     cfg = config_lib.Config(
         data_dir=str(tree),
-        backbone="mobilenet",
-        alpha=0.25,
+        backbone=BACKBONE,
         weights=weights_file,
         image_size=32,
         val_fraction=0.0,
@@ -245,15 +245,16 @@ def readme_doctor_commands() -> list[str]:
 
 
 def test_the_readme_commands_run(tmp_path):
-    """Each docs/doctor.md command as written, made tiny by flags after it (a noise tree, no weights)."""
+    """Each docs/doctor.md command as written, made tiny by flags after it (a noise tree, no
+    weights), through the command's main in this process."""
     commands = readme_doctor_commands()
     assert len(commands) == 2
     tree = noise_tree(tmp_path / "data", {"ant": 6, "bee": 6})
-    for k, command in enumerate(commands):
-        args = [a for a in shlex.split(command)[3:] if not a.startswith("--workdir=")]
+    for k, line in enumerate(commands):
+        args = [a for a in shlex.split(line)[3:] if not a.startswith("--workdir=")]
         workdir = tmp_path / f"w{k}"
-        proc = run_module(
-            "tl_keras.doctor", *args, *flags(tree), f"--workdir={workdir}", "--cache=none"
+        proc = command(
+            *args, *flags(tree), f"--workdir={workdir}", "--cache=none", module="tl_keras.doctor"
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (workdir / "doctor" / "report.md").is_file()
