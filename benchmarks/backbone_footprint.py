@@ -1,6 +1,6 @@
 """Prints the memory footprint table of `tl_keras.model.backbones` (`_FOOTPRINT`).
 
-    python benchmarks/backbone_footprint.py            # every backbone (a minute: builds each)
+    python benchmarks/backbone_footprint.py            # every backbone, tiny too (a minute)
     python benchmarks/backbone_footprint.py mobilenet  # some
 
 Builds each base at 224 px, width 1.0, without weights, and measures from its layers' output
@@ -31,7 +31,7 @@ def footprint(name: str) -> tuple[float, float, int]:
 
 
 def main(argv: list[str]) -> int:
-    for name in argv[1:] or backbones.names():
+    for name in argv[1:] or [*backbones.names(), *backbones.UNLISTED]:
         peak, total, params = footprint(name)
         print(f'    "{name}": ({peak:.2f}, {total:.1f}, {params}),', flush=True)
     return 0

@@ -2,6 +2,9 @@
 
     python benchmarks/bench_doctor.py            # the whole shared flower set, 8 planted seeds
     python benchmarks/bench_doctor.py --quick    # 300 photos, 1 seed: a smoke run
+    python benchmarks/bench_doctor.py --backbone=efficientnet_lite0 --weights=lite0.weights.h5
+                                                 # planted defects on Lite0's features:
+                                                 # the flowers and scikit-learn's digits
 
 Everything runs through the package, as `python -m tl_keras.doctor` does
 (`tl_keras.doctor.workflow.doctor_workdir`): the pipeline, content hashes, the feature pass of
@@ -18,6 +21,13 @@ the real ImageNet MobileNet-0.25 from ../shared, thumbnails, `diagnose`, the rep
   precision@k of planted label flips, likely label errors that are planted flips, planted
   outliers flagged.
 
+With `--backbone=efficientnet_lite0` (weights from `python -m tl_keras.weights
+--backbone=efficientnet_lite0 --out=FILE`) only the planted-defect runs, on two sources: the
+flowers (128 px) and scikit-learn's digits (32 px PNGs read at 64 px, bench_recipe.py's size),
+each image's features computed once by the doctor's own feature pass (benchmarks/doctor_sets.py)
+and `diagnose` run per seed with the default thresholds; the probe's accuracy and whether the
+doctor calls its label check reliable are reported per seed. Writes doctor_lite0.json.
+
 Writes benchmarks/results/doctor.json with the machine's load before and after, and whether
 BLAS was limited to one thread for the probe (threadpoolctl; on a busy 2-core machine one thread
 ran `diagnose` up to 3x faster than OpenBLAS's default).
@@ -26,6 +36,8 @@ ran `diagnose` up to 3x faster than OpenBLAS's default).
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import os
 import subprocess
 import sys
@@ -48,6 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=8, help="planted-defect seeds")
     ap.add_argument("--per_class", type=int, default=60, help="photos per class, planted runs")
     ap.add_argument("--image_size", type=int, default=128, help="whole-set input size")
+    ap.add_argument(
+        "--backbone",
+        default="mobilenet",
+        choices=("mobilenet", "efficientnet_lite0"),
+        help="mobilenet: MobileNet-0.25 from ../shared (the whole set and planted runs); "
+        "efficientnet_lite0: planted runs on the flowers and the digits (needs --weights)",
+    )
+    ap.add_argument("--weights", default=None, help="Lite0's converted weights file")
+    ap.add_argument("--data", default="flowers,digits", help="Lite0: the planted sources")
+    ap.add_argument("--first_seed", type=int, default=0, help="Lite0: seeds first_seed, ...")
     return ap.parse_args(argv)
 
 
@@ -203,8 +225,158 @@ def quick_set(scratch: str) -> str:
     return os.path.join(scratch, "quick")
 
 
+def lite0_planted(args, scratch: str) -> dict:
+    """Planted-defect runs on Lite0's features, per source: scores, probe accuracy, per seed."""
+    import doctor_sets
+
+    from tl_keras.doctor import analysis
+
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    out = {}
+    for source in args.data.split(","):
+        if source == "flowers":
+            root, exclude = str(_common.FLOWERS), photos_lib.REAL_DUPLICATE_FILES
+        else:
+            root, exclude = doctor_sets.digit_tree(os.path.join(scratch, "digits")), frozenset()
+        sets = doctor_sets.planted_sets(root, seeds, args.per_class, exclude=exclude)
+        store = doctor_sets.feature_store(
+            [d for photos in sets for d in photos.data],
+            scratch=os.path.join(scratch, f"store-{source}"),
+            config_fields={
+                "backbone": args.backbone,
+                "weights": args.weights,
+                "image_size": doctor_sets.SIZES[source],
+            },
+        )
+        rows, details = [], []
+        for seed, photos in zip(seeds, sets, strict=True):
+            feats, thumbs = doctor_sets.seed_arrays(photos, store)
+            report = analysis.diagnose(
+                feats,
+                photos.labels,
+                splits=photos.splits,
+                paths=photos.paths,
+                hashes=photos.hashes,
+                class_names=photos.class_names,
+                thumbnails=thumbs,
+                seed=0,  # the config's default seed, as `python -m tl_keras.doctor` runs it
+            )
+            errors = report["label_errors"]
+            row = {
+                "seed": seed,
+                **score_planted(photos, report),
+                "probe_accuracy": errors["probe_accuracy"],
+                "label_check_reliable": errors["reliable"],
+            }
+            rows.append(row)
+            details.append(
+                {
+                    "seed": seed,
+                    **outlier_scores(photos, feats, thumbs),
+                    **other_groups(photos, report),
+                }
+            )
+            print(f"{source} seed {seed}: {row}", flush=True)
+        out[source] = {
+            "images_per_seed": len(sets[0].data),
+            "per_class": args.per_class,
+            "image_size": store["image_size"],
+            "distinct_images": len(store["row"]),
+            "feature_pass_s": store["seconds"],
+            "seeds": rows,
+            "mean": _stat(rows, np.mean),
+            "min": _stat(rows, np.min),
+            "outlier_z_sweep": outlier_sweep(details),
+            "details": details,
+        }
+    return out
+
+
+def outlier_scores(photos, feats, thumbs) -> dict:
+    """Every image's outlier score (the doctor's, at any threshold): the planted outliers', and
+    the 5 highest of the rest, for choosing `outlier_z` from planted defects."""
+    from tl_keras.doctor import analysis
+    from tl_keras.doctor.thresholds import Thresholds
+
+    report = analysis.diagnose(
+        feats, photos.labels, splits=photos.splits, paths=photos.paths, hashes=photos.hashes,
+        class_names=photos.class_names, thumbnails=thumbs, seed=0, deferred=("label_errors",),
+        thresholds=Thresholds(outlier_z=1e-6, max_listed=len(photos.labels)),
+    )  # fmt: skip
+    planted = {photos.paths[i] for i in photos.outliers}
+    items = report["outliers"]["items"]
+    return {
+        "planted_outlier_scores": sorted(o["score"] for o in items if o["path"] in planted),
+        "top_other_scores": sorted(o["score"] for o in items if o["path"] not in planted)[::-1][:5],
+    }
+
+
+def other_groups(photos, report) -> dict:
+    """Duplicate groups beyond the planted, by the evidence that formed them."""
+    planted = {photos.paths[k] for pair in photos.copies for k in pair}
+    evidence = collections.Counter(
+        "+".join(g["evidence"])
+        for g in report["duplicates"]["groups"]
+        if not {m["path"] for m in g["members"]} & planted
+    )
+    return {"other_groups_by_evidence": dict(sorted(evidence.items()))}
+
+
+def outlier_sweep(details: list[dict], grid=(2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0)) -> dict:
+    """Planted outliers flagged and other images flagged (of the top 5 kept), summed over the
+    seeds, at each candidate `outlier_z`."""
+    return {
+        str(z): {
+            "planted_flagged": sum(
+                sum(s >= z for s in d["planted_outlier_scores"]) for d in details
+            ),
+            "others_flagged_of_top5": sum(
+                sum(s >= z for s in d["top_other_scores"]) for d in details
+            ),
+        }
+        for z in grid
+    }
+
+
+def _stat(rows: list[dict], fn) -> dict:
+    keys = [k for k in rows[0] if k != "seed"]
+    return {k: round(float(fn([float(r[k]) for r in rows])), 3) for k in keys}
+
+
+def lite0_main(args) -> int:
+    if not args.weights or not os.path.isfile(args.weights):
+        print(
+            "--backbone=efficientnet_lite0 needs --weights=FILE: "
+            "python -m tl_keras.weights --backbone=efficientnet_lite0 --out=FILE",
+            file=sys.stderr,
+        )
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench_doctor-lite0-") as scratch:
+        planted = lite0_planted(args, scratch)
+    import doctor_sets
+
+    from tl_keras.doctor.thresholds import Thresholds
+
+    payload = {
+        "machine": _common.machine(),
+        "backbone": args.backbone,
+        "planted": dict(doctor_sets.PLANTED),
+        "thresholds": dataclasses.asdict(Thresholds()),
+        "sources": planted,
+    }
+    name = "doctor_lite0" if args.first_seed == 0 else f"doctor_lite0_seeds{args.first_seed}"
+    path = _common.write(name, payload)
+    for source, result in planted.items():
+        print(f"{source}: mean over {args.seeds} seeds {result['mean']}")
+        print(f"{source}: worst seed {result['min']}")
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.backbone != "mobilenet":
+        return lite0_main(args)
     if not (_common.FLOWERS.is_dir() and _common.WEIGHTS.is_file()):
         print(f"needs the shared flowers and weights under {_common.SHARED}", file=sys.stderr)
         return 2

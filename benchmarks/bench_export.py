@@ -1,7 +1,7 @@
 """Export parity and quantisation accuracy on real photos: the figures in docs/benchmarks.md.
 
     python benchmarks/bench_export.py            # needs ../shared (weights and flowers)
-    python benchmarks/bench_export.py --smoke    # seconds: synthetic shapes, random base, 32 px
+    python benchmarks/bench_export.py --smoke    # seconds: shapes, the test backbone tiny, 32 px
 
 Trains MobileNet (width 0.25, the shared real ImageNet weights) on the shared flower photos with
 tl_keras (fe then ft, reusing the workdir when it already holds that finished run), exports it
@@ -56,9 +56,8 @@ def config_for(args):
 
     if args.smoke:
         return Config(
-            data_dir="synthetic", synthetic_images_per_class=10, backbone="mobilenet", alpha=0.25,
-            weights=str(WEIGHTS) if WEIGHTS.is_file() else "none", image_size=32, batch_size=8, epochs_fe=1, epochs_ft=1, head_units=8,
-            progress="lines",
+            data_dir="synthetic", synthetic_images_per_class=10, backbone="tiny", weights="none",
+            image_size=32, batch_size=8, epochs_fe=1, epochs_ft=1, head_units=8, progress="lines",
         )  # fmt: skip
     if not (WEIGHTS.is_file() and FLOWERS.is_dir()):
         sys.exit(f"needs {WEIGHTS} and {FLOWERS} (or run with --smoke)")

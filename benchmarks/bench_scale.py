@@ -25,7 +25,7 @@ not on the data set's size.
 
 Targets: peak RSS at 128k at most 1.25x that at 2k, images/s at 128k at least 0.9x that at 2k,
 for both sources. Writes benchmarks/results/scale.json and prints the tables. `--quick` (a smoke
-run): 200 and 400 images of 64 px, a few steps.
+run): 200 and 400 images of 32 px, a few steps, on the test backbone `tiny` with random weights.
 """
 
 from __future__ import annotations
@@ -46,12 +46,16 @@ IMAGE_SIZE = 128
 WARMUP_STEPS = 50
 
 
-def settings(source: str, root: pathlib.Path, n: int, size: int) -> dict:
+def settings(source: str, root: pathlib.Path, n: int, size: int, quick: bool = False) -> dict:
     """The config fields of every measured run (the command's flags, the child's Config)."""
+    weights = str(_common.WEIGHTS) if _common.WEIGHTS.is_file() else "none"
+    model = (
+        {"backbone": "tiny", "weights": "none"}  # --quick: the path, not the figures
+        if quick
+        else {"backbone": "mobilenet", "alpha": 0.25, "weights": weights}
+    )
     values = {
-        "backbone": "mobilenet",
-        "alpha": 0.25,
-        "weights": str(_common.WEIGHTS) if _common.WEIGHTS.is_file() else "none",
+        **model,
         "image_size": size,
         "batch_size": BATCH,
         "val_fraction": 0.2,
@@ -83,12 +87,12 @@ def run_child(cmd: list[str], env: dict) -> tuple[float, float, str]:
     return usage.ru_maxrss / 1024, time.perf_counter() - start, text  # Linux: KiB
 
 
-def measure_epoch(source, root, n, size, env) -> dict:
+def measure_epoch(source, root, n, size, env, quick=False) -> dict:
     """One `fe` epoch of the real command, its decode check made by a first run."""
     work = tempfile.mkdtemp(prefix="bench_scale-")
     common = [
         sys.executable, "-m", "tl_keras.train", "--phase=fe", "--epochs_fe=1", "--epochs_ft=0",
-        "--feature_cache=off", *flags(settings(source, root, n, size)),
+        "--feature_cache=off", *flags(settings(source, root, n, size, quick)),
     ]  # fmt: skip
     _, first_s, _ = run_child([*common, f"--workdir={work}/first"], env)
     first = json.loads(pathlib.Path(work, "first", "fe", "summary.json").read_text())["data"]
@@ -106,9 +110,9 @@ def measure_epoch(source, root, n, size, env) -> dict:
     }
 
 
-def measure_steps(source, root, n, size, steps, env) -> dict:
+def measure_steps(source, root, n, size, steps, env, quick=False) -> dict:
     """`steps` fe training steps in a child (`--child`), as the command loads and builds."""
-    values = settings(source, root, n, size)
+    values = settings(source, root, n, size, quick)
     cmd = [sys.executable, __file__, "--child", str(steps), json.dumps(values)]
     rss, wall, out = run_child(cmd, env)
     result = json.loads(out.strip().splitlines()[-1])
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
     size, sizes, steps = IMAGE_SIZE, args.sizes, args.steps
     root = pathlib.Path(args.data_root)
     if args.quick:
-        size, sizes, steps = 64, [200, 400], 12
+        size, sizes, steps = 32, [200, 400], 12
         root = pathlib.Path(tempfile.mkdtemp(prefix="bench_scale-data-"))
     import scale_data
 
@@ -218,9 +222,9 @@ def main(argv=None) -> int:
         for source in args.sources:
             for n in sizes:
                 if mode == "epoch":
-                    row = measure_epoch(source, root, n, size, env)
+                    row = measure_epoch(source, root, n, size, env, args.quick)
                 else:
-                    row = measure_steps(source, root, n, size, steps, env)
+                    row = measure_steps(source, root, n, size, steps, env, args.quick)
                 row["load_average"] = os.getloadavg()[0]
                 rows[f"{mode}/{source}/{n}"] = row
                 print(f"{mode} {source} {n}: {row}", flush=True)
@@ -228,7 +232,7 @@ def main(argv=None) -> int:
     measured = {
         "image_size": size, "batch_size": BATCH, "steps": steps, "sizes": sizes,
         "malloc_arena_max": args.malloc_arena_max or None,
-        "weights": settings("folder", root, 0, size)["weights"], "quick": args.quick,
+        "weights": settings("folder", root, 0, size, args.quick)["weights"], "quick": args.quick,
     }  # fmt: skip
     name = "scale" if not args.malloc_arena_max else f"scale_arena{args.malloc_arena_max}"
     name += "_quick" if args.quick else ""  # a smoke run never replaces the figures

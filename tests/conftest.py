@@ -27,27 +27,59 @@ if "TL_KERAS_CACHE_DIR" not in os.environ:
 
 # The slowest files first: the parallel run (`--dist loadfile --no-loadscope-reorder`, each
 # file's tests in one process) then ends on small files, not on one worker still busy with a
-# long one (`--durations=40`, 2026-12-01: the notebooks' tiny runs 31-104 s each, the
-# kill-and-resume scenarios 30-70 s, the export CLI and the smoke benchmarks 45-106 s).
+# long one. The longest single tests lead (the smoke benchmarks, one process running for
+# minutes each; compare's module fixture), then the files by their total (`--durations=0`,
+# 2026-12-06 on a machine loaded 8-12: bench_recipe 739 s, bench_scale 497 s, compare 479 s with
+# a 247 s fixture, bench_soak 173 s; the resume scenarios 901 s, the notebooks 778 s, both one
+# unit per test; export 449 s, reliability 387 s, the speed benchmarks 378 s, ...).
 SLOWEST_FIRST = (
+    "test_bench_recipe.py",
+    "test_bench_scale.py",
+    "test_compare.py",
+    "test_bench_soak.py",
     "test_notebooks.py",
     "test_resume.py",
     "test_export_cli.py",
-    "test_bench_recipe.py",
-    "test_distribute.py",
-    "test_compare.py",
-    "test_bench_scale.py",
-    "test_auto_run.py",
     "test_reliability.py",
-    "test_readme_beyond.py",
-    "test_lock.py",
+    "test_benchmarks_speed.py",
+    "test_distribute.py",
+    "test_hub.py",
+    "test_auto_run.py",
     "test_cli.py",
+    "test_readme_beyond.py",
+    "test_data_cli.py",
+    "test_backbones.py",
+    "test_bench_stall.py",
+    "test_transaction.py",
+    "test_lock.py",
 )
+
+
+# Files of long tests, each a work unit of its own so they spread over the workers instead of
+# queueing on one: the notebooks (a kernel each), the kill-and-resume scenarios (real processes;
+# their module fixtures, a stand-in for pretrained weights and one uninterrupted run, are then
+# built once by each worker that runs one).
+ONE_UNIT_PER_TEST = ("test_notebooks.py", "test_resume.py")
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, except for the files of ONE_UNIT_PER_TEST (whose tests go out one by one
+    like `--dist load`); any other mode is xdist's own."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.rsplit("/", 1)[-1] in ONE_UNIT_PER_TEST else path
+
+    return Scheduling(config, log)
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -86,29 +118,36 @@ def shapes_dir(tmp_path_factory) -> str:
     )
 
 
+# What `tiny_config` trains: the test backbone `tiny` (tl_keras/model/tiny.py) at 32 px, random
+# weights, 1+1 epochs on 3 x 8 synthetic shapes. Tests about a real family name it (`backbone=`).
+TINY_RUN = dict(
+    data_dir="synthetic",
+    synthetic_images_per_class=8,
+    backbone="tiny",
+    weights="none",
+    image_size=32,
+    batch_size=8,
+    epochs_fe=1,
+    epochs_ft=1,
+    head_units=8,
+    unfreeze="blocks:2",
+    progress="lines",
+    # The mechanics under test, not the decided recipe (tests/test_recipe_auto*.py): the
+    # fixed defaults of recipe = "manual".
+    recipe="manual",
+)
+
+
 def tiny_config(**overrides):
-    """A config that trains in seconds: MobileNet-0.25 at 32 px, random weights, 1+1 epochs."""
+    """A config that trains in seconds (`TINY_RUN`, with `overrides`)."""
     from tl_keras.config import Config
 
-    values = dict(
-        data_dir="synthetic",
-        synthetic_images_per_class=8,
-        backbone="mobilenet",
-        alpha=0.25,
-        weights="none",
-        image_size=32,
-        batch_size=8,
-        epochs_fe=1,
-        epochs_ft=1,
-        head_units=8,
-        unfreeze="blocks:2",
-        progress="lines",
-        # The mechanics under test, not the decided recipe (tests/test_recipe_auto*.py): the
-        # fixed defaults of recipe = "manual".
-        recipe="manual",
-    )
-    values.update(overrides)
-    return Config(**values)
+    return Config(**{**TINY_RUN, **overrides})
+
+
+def tiny_flags(**overrides) -> list[str]:
+    """The same run as `tiny_config(**overrides)`, as the commands' flags."""
+    return [f"--{name}={value}" for name, value in {**TINY_RUN, **overrides}.items()]
 
 
 @pytest.fixture
@@ -150,12 +189,28 @@ def run_module(
     )
 
 
+# --- workdirs built once per test session (per xdist worker), read-only ------------------------
+# A test that damages or extends one copies it first (`shutil.copytree`); a command that only
+# reads one, or is refused on it, may use it in place.
+TRAINED = dict(synthetic_images_per_class=10)  # 24 training / 6 validation images
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory) -> str:
-    """A finished tiny fe -> ft run (3 synthetic classes, 32 px), shared by the tests that
-    evaluate, predict with and export a trained model. Treat it as read-only."""
+    """A finished tiny fe -> ft run (`tiny_config(**TRAINED)`), shared by the tests that
+    evaluate, predict with, export or refuse to overwrite a trained model."""
     from tl_keras.training.runner import train
 
     workdir = str(tmp_path_factory.mktemp("trained") / "run")
-    train(tiny_config(synthetic_images_per_class=10), workdir)
+    train(tiny_config(**TRAINED), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def fe_done_workdir(tmp_path_factory) -> str:
+    """The same run with only phase `fe` done (`--phase=fe`), for the tests of a later phase."""
+    from tl_keras.training.runner import train
+
+    workdir = str(tmp_path_factory.mktemp("fe_done") / "run")
+    train(tiny_config(**TRAINED), workdir, phase="fe")
     return workdir

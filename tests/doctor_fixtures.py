@@ -1,7 +1,8 @@
 """Small data sets for the doctor's command and wiring tests (a helper module, not a test file).
 
 `noise_tree` writes an image-folder tree of distinct random-noise PNGs; `base_weights` saves a
-MobileNet-0.25 base with random weights as a local weights file, so the doctor's feature path
+base of the test backbone `tiny` with random weights as a local weights file, so the doctor's
+feature path
 (a weights file, not `weights = "none"`) runs without ../shared. Its features say nothing about
 the images; the tests that use it check what the doctor does with features (cache, staleness,
 limits, sampling), not what it finds in them.
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 SIZE = 32
+BACKBONE = "tiny"  # its features: 128 values an image
 
 
 def noise_png(seed: int, size: int = 24) -> bytes:
@@ -48,12 +50,10 @@ def noise_tree(root, counts: dict[str, dict[str, int]] | dict[str, int], *, seed
 
 
 def base_weights(path) -> str:
-    """A MobileNet-0.25 base (no top) with random weights, saved as a local weights file."""
-    import keras
+    """A `tiny` base with random weights, saved as a local weights file."""
+    from tl_keras.model import backbones
 
-    base = keras.applications.MobileNet(
-        alpha=0.25, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
-    )
+    base = backbones.build_base(backbones.get(BACKBONE), image_size=SIZE, weights=None)
     base.save_weights(str(path))
     return str(path)
 
@@ -62,8 +62,8 @@ def flags(data_dir, weights: str = "none") -> list[str]:
     """The command-line flags of a doctor (or train) run on a noise tree at 32 px."""
     return [
         f"--data_dir={data_dir}",
-        "--backbone=mobilenet",
-        "--alpha=0.25",
+        f"--backbone={BACKBONE}",
+        "--alpha=1",  # over a config file's MobileNet width: tiny has none
         f"--weights={weights}",
         f"--image_size={SIZE}",
         "--batch_size=16",

@@ -22,11 +22,12 @@ CASES = {
     "mobilenet_v2": {"alpha": 0.35},
     "mobilenet_v3_small": {"alpha": 0.75},
     "mobilenet_v3_large": {},
+    "tiny": {},  # the test backbone: registered, not listed
 }
 
 
 def test_every_registry_entry_has_a_test_case():
-    assert set(CASES) == set(backbones.names())
+    assert set(CASES) == set(backbones.names()) | set(backbones.UNLISTED)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -98,6 +99,24 @@ def test_unknown_backbone_lists_names():
         match=r"unknown backbone 'efficentnet_b0' \(did you mean 'efficientnet_b0'\?\).*mobilenet_v3_large",
     ):
         backbones.get("efficentnet_b0")
+
+
+def test_tiny_backbone_is_registered_but_not_listed():
+    """`tiny` is reached by name (configs, --backbone) like any backbone; names(), the list of
+    ImageNet backbones users choose from, and the unknown-name message leave it out."""
+    spec = backbones.get("tiny")
+    assert spec is backbones.get("TINY") and spec.preprocessing == backbones.SCALE_MINUS1_1
+    assert "tiny" not in backbones.names()
+    with pytest.raises(BackboneError) as e:
+        backbones.get("resnet50")
+    assert "tiny" not in str(e.value)
+    with pytest.raises(BackboneError, match=r"tiny has no ImageNet weights.*weights='none'"):
+        backbones.check_alpha(spec, 1.0, "imagenet")
+    with pytest.raises(BackboneError, match=r"image_size=8 is too small for tiny.*at least 16 px"):
+        backbones.check_image_size(spec, 8)
+    base = backbones.build_base(spec, image_size=16, weights=None)  # 16 px works
+    assert base(np.zeros((2, 16, 16, 3), np.float32)).shape == (2, 2, 2, 128)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers) == 5
 
 
 def test_default_sizes():

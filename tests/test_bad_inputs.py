@@ -1,7 +1,10 @@
-"""The bad-input battery: one test per row of docs/bad_inputs.md, through the real CLI.
+"""The bad-input battery: one test per row of docs/bad_inputs.md, through the commands.
 
 Every case: a non-zero exit, exactly one `error:` line naming the value and what to do, no
-traceback, and no change to what the workdir held before.
+traceback, and no change to what the workdir held before. Each command runs in this process
+(`inprocess.command`: its flags parsed by absl, its `main` called, stderr and the exit status
+captured); what only a real process shows runs in one: absl's own flag error, the read-only
+mounts.
 """
 
 import hashlib
@@ -12,7 +15,8 @@ import re
 import shutil
 
 import pytest
-from conftest import REPO, run_cli, run_module
+from conftest import REPO, TRAINED, run_cli, tiny_flags
+from inprocess import command
 
 TINY = [
     "--data_dir=synthetic",
@@ -50,21 +54,16 @@ def assert_refused(proc, *fragments, code=2):
         assert fragment in text, text
 
 
-@pytest.fixture(scope="module")
-def fe_done(tmp_path_factory) -> pathlib.Path:
-    """A workdir where `fe` finished (read-only: copy it before damaging it)."""
-    workdir = tmp_path_factory.mktemp("fe_done") / "run"
-    proc = run_cli(*TINY, "--phase=fe", f"--workdir={workdir}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return workdir
+@pytest.fixture
+def fe_done(fe_done_workdir) -> pathlib.Path:
+    """A workdir where `fe` finished (the session's: copy it before damaging it)."""
+    return pathlib.Path(fe_done_workdir)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> pathlib.Path:
-    workdir = tmp_path_factory.mktemp("finished") / "run"
-    proc = run_cli(*TINY, f"--workdir={workdir}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return workdir
+@pytest.fixture
+def finished(trained_workdir) -> pathlib.Path:
+    """A finished run, `tiny_flags(**TRAINED)` (the session's: copy it before damaging it)."""
+    return pathlib.Path(trained_workdir)
 
 
 # id -> (extra flags, fragments of the error line). The workdir is a fresh empty folder.
@@ -108,7 +107,10 @@ FLAG_CASES = {
         ["--phase=ft needs phase 'fe' done", "run --phase=fe there first"],
     ),
     "resume-and-overwrite": (["--resume", "--overwrite"], ["give only one"]),
-    "doctor-unknown-mode": (["--doctor=full"], ["doctor='full' is not allowed: one of auto, off"]),
+    "doctor-unknown-mode": (
+        ["--doctor=on"],
+        ["doctor='on' is not allowed: one of auto, full, off"],
+    ),
     "class-weight-unknown": (
         ["--class_weight=inverse"],
         ["class_weight='inverse' is not allowed: one of none, balanced"],
@@ -153,7 +155,7 @@ FLAG_CASES = {
 def test_flag_case(case, tmp_path):
     extra, fragments = FLAG_CASES[case]
     workdir = tmp_path / "w"
-    assert_refused(run_cli(*TINY, *extra, f"--workdir={workdir}"), *fragments)
+    assert_refused(command(*TINY, *extra, f"--workdir={workdir}"), *fragments)
     assert not (workdir / "run.json").exists()
 
 
@@ -163,13 +165,14 @@ def test_unknown_config_field(tmp_path):
         '# python -m tl_keras.train --config=typo.toml\nbackbone = "mobilenet"\nepochs_fee = 3\n'
     )
     assert_refused(
-        run_cli(f"--config={config}", f"--workdir={tmp_path / 'w'}"),
+        command(f"--config={config}", f"--workdir={tmp_path / 'w'}"),
         "unknown config field 'epochs_fee'",
         "did you mean 'epochs_fe'",
     )
 
 
 def test_unknown_flag(tmp_path):
+    """absl's own refusal, before any of ours: a real process (`python -m tl_keras.train`)."""
     assert_refused(
         run_cli("--epochs_fee=3", f"--workdir={tmp_path}"),
         "Unknown command line flag 'epochs_fee'",
@@ -178,15 +181,13 @@ def test_unknown_flag(tmp_path):
 
 
 def test_no_workdir():
-    assert_refused(run_cli(*TINY), "--workdir is required")
+    assert_refused(command(*TINY), "--workdir is required")
 
 
 def test_workdir_other_backbone(fe_done):
     before = digest(fe_done)
-    proc = run_cli("--phase=ft", f"--workdir={fe_done}", "--backbone=mobilenet_v2", "--alpha=0.35")
-    assert_refused(
-        proc, "holds a different run", "backbone: saved 'mobilenet', given 'mobilenet_v2'"
-    )
+    proc = command("--phase=ft", f"--workdir={fe_done}", "--backbone=mobilenet_v2", "--alpha=0.35")
+    assert_refused(proc, "holds a different run", "backbone: saved 'tiny', given 'mobilenet_v2'")
     assert digest(fe_done) == before
 
 
@@ -195,7 +196,7 @@ def test_workdir_other_classes(fe_done, tmp_path):
     for name in ("cats", "dogs"):
         shutil.copytree(fe_done / "data" / "synthetic" / "circle", other / name)
     before = digest(fe_done)
-    proc = run_cli("--phase=ft", f"--workdir={fe_done}", f"--data_dir={other}")
+    proc = command("--phase=ft", f"--workdir={fe_done}", f"--data_dir={other}")
     assert_refused(
         proc,
         "holds a different run",
@@ -207,7 +208,7 @@ def test_workdir_other_classes(fe_done, tmp_path):
 def test_finished_workdir(finished):
     before = digest(finished)
     assert_refused(
-        run_cli(*TINY, f"--workdir={finished}"),
+        command(*tiny_flags(**TRAINED), f"--workdir={finished}"),
         "already holds a run (phases done: fe, ft)",
         "--resume",
         "--overwrite",
@@ -223,7 +224,7 @@ def test_weights_other_architecture(tmp_path):
     )
     path = tmp_path / "v2.weights.h5"
     v2.save_weights(path)
-    proc = run_cli(*TINY, f"--weights={path}", f"--workdir={tmp_path / 'w'}")
+    proc = command(*TINY, f"--weights={path}", f"--workdir={tmp_path / 'w'}")
     assert_refused(proc, f"weights file '{path}'", "fit mobilenet", "--backbone and --alpha")
 
 
@@ -231,7 +232,7 @@ def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     assert_refused(
-        run_cli(*TINY, f"--workdir={blocker / 'run'}"),
+        command(*TINY, f"--workdir={blocker / 'run'}"),
         "is not writable",
         "pass a --workdir you can write to",
     )
@@ -245,7 +246,7 @@ def test_truncated_model(fe_done, tmp_path):
     model.write_bytes(model.read_bytes()[:2000])
     before = digest(workdir)
     assert_refused(
-        run_cli("--phase=ft", f"--workdir={workdir}"),
+        command("--phase=ft", f"--workdir={workdir}"),
         "cannot load",
         "fe/model.keras",
         "rerun phase 'fe'",
@@ -259,7 +260,7 @@ def test_damaged_run_json(fe_done, tmp_path):
     (workdir / "run.json").write_text('{"format": 1, "backb')
     before = digest(workdir)
     assert_refused(
-        run_cli("--phase=ft", f"--workdir={workdir}"),
+        command("--phase=ft", f"--workdir={workdir}"),
         "run.json is damaged (not valid JSON, truncated or edited",
         "start it again with --overwrite",
     )
@@ -272,7 +273,7 @@ def test_run_json_a_list(fe_done, tmp_path):
     (workdir / "run.json").write_text("[]")
     before = digest(workdir)
     assert_refused(
-        run_cli("--phase=ft", f"--workdir={workdir}"),
+        command("--phase=ft", f"--workdir={workdir}"),
         f"{workdir}/run.json is damaged (the file is a JSON list, not an object)",
         "start it again with --overwrite, or use another --workdir",
     )
@@ -280,7 +281,7 @@ def test_run_json_a_list(fe_done, tmp_path):
 
 
 def test_compare_zero_seeds(tmp_path):
-    proc = run_cli(*TINY, "--seeds=0", f"--workdir={tmp_path / 'w'}", module="tl_keras.compare")
+    proc = command(*TINY, "--seeds=0", f"--workdir={tmp_path / 'w'}", module="tl_keras.compare")
     assert_refused(proc, "seeds=0 must be a whole number of at least 1")
     assert not (tmp_path / "w" / "comparison.md").exists()
 
@@ -294,7 +295,7 @@ def test_damaged_inference_section(fe_done, tmp_path):
     image = next((workdir / "data" / "synthetic").rglob("*.png"))
     before = digest(workdir)
     assert_refused(
-        run_cli(f"--workdir={workdir}", str(image), module="tl_keras.predict"),
+        command(f"--workdir={workdir}", str(image), module="tl_keras.predict"),
         "inference temperature=-1 must be a finite number > 0",
         "the workdir is damaged",
     )
@@ -363,13 +364,15 @@ def test_unsafe_model_file(finished, tmp_path):
         workdir / "ft" / "model.keras"
     )
     image = next((workdir / "data" / "synthetic" / "circle").glob("*.png"))
-    proc = run_module("tl_keras.predict", f"--workdir={workdir}", str(image))
+    proc = command(f"--workdir={workdir}", str(image), module="tl_keras.predict")
     assert_refused(
         proc,
         "ft/model.keras asks to run Python code when it is loaded",
         "If you made it yourself and trust it, pass --trust_model_code",
     )
-    proc = run_module("tl_keras.predict", f"--workdir={workdir}", "--trust_model_code", str(image))
+    proc = command(
+        f"--workdir={workdir}", "--trust_model_code", str(image), module="tl_keras.predict"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert image.name in proc.stdout
 
@@ -385,14 +388,14 @@ def doctor_summary(proc) -> str:
 def weights_file(tmp_path_factory) -> str:
     from doctor_fixtures import base_weights
 
-    return base_weights(tmp_path_factory.mktemp("weights") / "mobilenet_025.weights.h5")
+    return base_weights(tmp_path_factory.mktemp("weights") / "tiny.weights.h5")
 
 
 def test_doctor_too_small(tmp_path, weights_file):
     from doctor_fixtures import flags, noise_tree
 
     small_class = noise_tree(tmp_path / "one", {"ant": 12, "bee": 12, "cat": 2})
-    proc = run_cli(*flags(small_class, weights_file), f"--workdir={tmp_path / 'w1'}",
+    proc = command(*flags(small_class, weights_file), f"--workdir={tmp_path / 'w1'}",
                    module="tl_keras.doctor")  # fmt: skip
     assert doctor_summary(proc).endswith("(1 limit: see report)")
     limits = json.loads((tmp_path / "w1" / "doctor" / "report.json").read_text())["limits"]
@@ -401,7 +404,7 @@ def test_doctor_too_small(tmp_path, weights_file):
         "get no label-error or outlier verdict (duplicates and balance are checked)"
     ]
     tiny = noise_tree(tmp_path / "two", {"ant": 2, "bee": 2})
-    proc = run_cli(*flags(tiny, weights_file), "--val_fraction=0", f"--workdir={tmp_path / 'w2'}",
+    proc = command(*flags(tiny, weights_file), "--val_fraction=0", f"--workdir={tmp_path / 'w2'}",
                    module="tl_keras.doctor")  # fmt: skip
     summary = doctor_summary(proc)
     assert "label errors not checked" in summary and summary.endswith("(2 limits: see report)")
@@ -416,9 +419,9 @@ def test_doctor_stale_features(tmp_path, weights_file):
 
     tree = noise_tree(tmp_path / "data", {"ant": 8, "bee": 8})
     args = (*flags(tree, weights_file), f"--workdir={tmp_path / 'w'}")
-    doctor_summary(run_cli(*args, module="tl_keras.doctor"))
+    doctor_summary(command(*args, module="tl_keras.doctor"))
     (tree / "ant" / "ant_2.png").write_bytes(noise_png(12345))  # same name, new content
-    proc = run_cli(*args, module="tl_keras.doctor")
+    proc = command(*args, module="tl_keras.doctor")
     doctor_summary(proc)
     assert "are stale (1 of 16 images are new or changed): recomputing them" in proc.stdout
     report = json.loads((tmp_path / "w" / "doctor" / "report.json").read_text())

@@ -1,4 +1,5 @@
-"""`python -m tl_keras.train` in real subprocesses, the way users run it."""
+"""`python -m tl_keras.train` in real subprocesses, the way users run it (refusals that need no
+process of their own run in this one: tests/inprocess.py)."""
 
 import hashlib
 import json
@@ -7,14 +8,14 @@ import pathlib
 
 import pytest
 from conftest import REPO, run_cli
+from inprocess import command
 
 from tl_keras.training.history import History
 
 TINY = [
     "--data_dir=synthetic",
     "--synthetic_images_per_class=8",
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=8",
@@ -62,11 +63,12 @@ def test_quickstart_config_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def split_and_all(tmp_path_factory):
-    """The same tiny run as `all`, and as `fe` then `ft` in two separate processes."""
+    """The same tiny run as `all` (in this process: tests/inprocess.py), and as `fe` then `ft`
+    in two separate processes."""
     root = tmp_path_factory.mktemp("cli")
     whole, split = root / "all", root / "split"
     procs = [
-        run_cli(*TINY, "--phase=all", f"--workdir={whole}"),
+        command(*TINY, "--phase=all", f"--workdir={whole}"),
         run_cli(*TINY, "--phase=fe", f"--workdir={split}"),
     ]
     fe_only = History.load(str(split / "history.json"))
@@ -96,20 +98,18 @@ def test_fe_then_ft_in_two_processes_equals_all(split_and_all):
 def test_ft_trusts_the_config_fe_saved(split_and_all):
     _, split, _ = split_and_all
     cfg = json.loads(pathlib.Path(split / "ft" / "config.json").read_text())
-    assert (
-        cfg["backbone"] == "mobilenet" and cfg["image_size"] == 32 and cfg["unfreeze"] == "blocks:2"
-    )
+    assert cfg["backbone"] == "tiny" and cfg["image_size"] == 32 and cfg["unfreeze"] == "blocks:2"
 
 
 @pytest.mark.slow
 def test_mismatched_ft_is_refused_and_changes_nothing(split_and_all):
     _, split, _ = split_and_all
     before = digest(split)
-    proc = run_cli(
+    proc = command(
         "--phase=ft", f"--workdir={split}", "--overwrite", "--backbone=mobilenet_v2", "--alpha=0.35"
     )
     assert_one_line_error(
-        proc, "holds a different run", "backbone: saved 'mobilenet', given 'mobilenet_v2'"
+        proc, "holds a different run", "backbone: saved 'tiny', given 'mobilenet_v2'"
     )
     assert digest(split) == before
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, tiny_config
+from inprocess import command
 
 from tl_keras.errors import ConfigError, WorkdirError
 from tl_keras.training.compare import STRATEGIES, compare, strategy_configs
@@ -178,11 +179,14 @@ def test_refusals(tmp_path):
 
 @pytest.mark.slow
 def test_readme_compare_command(tmp_path):
-    """docs/beyond.md's command, made tiny by flags (the real one needs ../shared and minutes)."""
+    """docs/beyond.md's command, made tiny by flags (the real one needs ../shared and minutes),
+    in a process of its own; its refusal of --phase in this one (tests/inprocess.py)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     tiny = [
         "--data_dir=synthetic",
         "--synthetic_images_per_class=8",
+        "--backbone=tiny",
+        "--alpha=1",
         "--weights=none",
         "--image_size=32",
         "--batch_size=8",
@@ -206,7 +210,5 @@ def test_readme_compare_command(tmp_path):
     assert "[compare] done" in proc.stdout and "| gradual | fe 1 -> ft1 1 |" in proc.stdout
     rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
     assert [r["strategy"] for r in rows] == ["fe", "gradual"]
-    proc = subprocess.run(
-        [*cmd, *tiny, "--phase=fe"], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    proc = command(*cmd[3:], *tiny, "--phase=fe", module="tl_keras.compare")
     assert proc.returncode == 2 and "error: --phase does not apply" in proc.stderr

@@ -1,4 +1,6 @@
-"""The CLI on each data source, in real subprocesses, and the shipped flowers config."""
+"""The CLI on each data source and the shipped flowers config: TFDS (mocked) and flowers in
+processes of their own, the arrays file and the refusals of bad data through the command's main
+in this process (tests/inprocess.py)."""
 
 import json
 import pathlib
@@ -9,13 +11,13 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED, run_cli
 from data_fixtures import solid
+from inprocess import command
 from test_cli import assert_one_line_error
 
 from tl_keras.training.history import History
 
 MODEL = [
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=8",
@@ -36,7 +38,7 @@ def test_cli_trains_on_an_npz_file(tmp_path):
     y = np.repeat([0, 1, 2], 8)
     np.savez(tmp_path / "shapes.npz", x_train=x, y_train=y, class_names=["r", "g", "b"])
     workdir = tmp_path / "w"
-    proc = run_cli(
+    proc = command(  # in this process (tests/inprocess.py); the TFDS run below is a process
         f"--data_dir={tmp_path / 'shapes.npz'}",
         *MODEL,
         "--augment=light",
@@ -87,7 +89,7 @@ def test_cli_trains_on_tfds_with_mock_data(tmp_path):
     ],
 )
 def test_cli_bad_data_is_one_clear_line(tmp_path, args, fragments):
-    proc = run_cli(*MODEL, *args, f"--workdir={tmp_path / 'w'}")
+    proc = command(*MODEL, *args, f"--workdir={tmp_path / 'w'}")
     assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "w" / "run.json").exists()
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO
+from inprocess import command
 
 from tl_keras.training.history import History
 
@@ -17,8 +18,7 @@ pytestmark = pytest.mark.slow
 # 18 training images in batches of 6: every batch splits evenly over 2 replicas.
 ARGS = [
     "--synthetic_images_per_class=8",
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=6",
@@ -58,8 +58,10 @@ def shapes(tmp_path_factory):
 
 
 def test_mirrored_over_two_logical_cpus_matches_one_device(shapes, tmp_path):
-    one = cli(*ARGS, f"--data_dir={shapes}", f"--workdir={tmp_path / 'one'}")
-    finish(one)
+    # One device: the command in this process (tests/inprocess.py); two: a process of its own,
+    # where the two logical CPUs are made before TensorFlow starts.
+    one = command(*ARGS, f"--data_dir={shapes}", f"--workdir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
     two = cli(
         *ARGS,
         f"--data_dir={shapes}",
@@ -138,8 +140,8 @@ def recording_train_step(self, data):
     return train_step(self, data)
 
 TensorFlowTrainer.train_step = recording_train_step
-config = Config(data_dir=data_dir, val_dir=val_dir, val_fraction=0.0, backbone="mobilenet",
-                alpha=0.25, weights="none", image_size=32, batch_size=6, epochs_fe=2,
+config = Config(data_dir=data_dir, val_dir=val_dir, val_fraction=0.0, backbone="tiny",
+                weights="none", image_size=32, batch_size=6, epochs_fe=2,
                 epochs_ft=0, head_units=8, dropout=0.0, feature_cache="off",
                 strategy="multi_worker", progress="lines")
 runner.train(config, workdir)

@@ -364,3 +364,48 @@ def test_content_hash_of_bytes_and_pixels():
     assert analysis.content_hash(pixels) != analysis.content_hash(pixels.reshape(3, 2, 2))
     assert analysis.content_hash(pixels) != analysis.content_hash(pixels.astype(np.int16))
     assert analysis.content_hash(b"abc") == analysis.content_hash(bytearray(b"abc"))
+
+
+def test_deferred_checks_give_no_verdict_and_the_rest_is_unchanged():
+    """Deferring label errors and outliers (the default before training) leaves duplicates and
+    balance exactly as the full run finds them, and gives the deferred sections no count."""
+    x, y, splits, paths = clusters()
+    given = y.copy()
+    given[[2, 45]] = (y[[2, 45]] + 1) % 4
+    x = np.vstack([x, x[7:8]])  # an exact copy
+    given, splits, paths = np.append(given, y[7]), splits + ["val"], paths + ["ant/copy.jpg"]
+    full = run(x, given, splits, paths)
+    part = run(x, given, splits, paths, deferred=("outliers", "label_errors"))
+    assert full["checks"] == ["duplicates", "balance", "label_errors", "outliers"]
+    assert full["deferred"] == [] and full["label_errors"]["num_likely"] == 2
+    assert part["checks"] == ["duplicates", "balance"]
+    assert part["deferred"] == ["label_errors", "outliers"]  # in the report's order
+    assert part["duplicates"] == full["duplicates"] and part["balance"] == full["balance"]
+    assert part["label_errors"]["num_likely"] is None and part["label_errors"]["deferred"]
+    assert part["outliers"]["num_outliers"] is None and part["outliers"]["deferred"]
+    assert part["summary"] == (
+        "doctor: 1 duplicate group (1 across train/val), balance ok; "
+        "label errors and outliers deferred"
+    )
+    only = run(x, given, splits, paths, deferred=("outliers",))
+    assert only["label_errors"] == full["label_errors"] and only["outliers"]["deferred"]
+    assert only["summary"].endswith("2 likely label errors, balance ok; outliers deferred")
+
+
+@pytest.mark.parametrize("check", ["duplicates", "balance", "typo"])
+def test_duplicates_and_balance_cannot_be_deferred(check):
+    from tl_keras.errors import ConfigError
+
+    x, y, splits, paths = clusters(per_class=10)
+    with pytest.raises(ConfigError, match=f"cannot defer {check}: only label_errors, outliers"):
+        run(x, y, splits, paths, deferred=(check,))
+
+
+def test_without_statistics_nothing_is_deferred():
+    """Too few images for label and outlier statistics: they say `not checked`, not `deferred`
+    (a later run would not check them either)."""
+    x, y, splits, paths = clusters(per_class=3)
+    report = run(x, y, splits, paths, deferred=analysis.DEFERRABLE)
+    assert report["deferred"] == [] and report["checks"] == ["duplicates", "balance"]
+    assert not report["label_errors"]["checked"] and "deferred" not in report["label_errors"]
+    assert "deferred" not in report["summary"]

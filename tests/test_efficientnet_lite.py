@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import run_module
+from inprocess import command
 
 from tl_keras.errors import BackboneError
 from tl_keras.model import backbones, efficientnet_lite, pretrained, torch_checkpoint
@@ -182,7 +183,7 @@ def test_the_weights_command_writes_a_file_train_can_load(tmp_path, checkpoint):
     np.testing.assert_array_equal(
         base.get_layer("stem_bn").moving_mean.numpy(), state["_bn0.running_mean"]
     )
-    again = run_module("tl_keras.weights", f"--out={out}")
+    again = command(f"--out={out}", module="tl_keras.weights")  # in this process: inprocess.py
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
 
 
@@ -196,7 +197,8 @@ def test_the_weights_command_writes_a_file_train_can_load(tmp_path, checkpoint):
     ],
 )
 def test_the_weights_command_refuses_bad_input_in_one_line(tmp_path, args, message):
-    proc = run_module("tl_keras.weights", *args, cwd=tmp_path)
+    """In this process (tests/inprocess.py); the command's real process is the test above."""
+    proc = command(*args, module="tl_keras.weights", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

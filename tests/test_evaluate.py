@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import run_module
+from inprocess import command
 
 from tl_keras.errors import ConfigError, DataError
 from tl_keras.inference import evaluate as ev
@@ -438,9 +439,9 @@ def test_cli_class_mismatch_is_one_line_and_exit_2(trained_workdir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(os.path.join(trained_workdir, "data", "synthetic", "circle"), other / "cat")
     shutil.copytree(os.path.join(trained_workdir, "data", "synthetic", "square"), other / "dog")
-    proc = run_module(
-        "tl_keras.evaluate", f"--workdir={trained_workdir}", f"--data_dir={other}",
-        f"--out_dir={tmp_path / 'out'}",
+    proc = command(
+        f"--workdir={trained_workdir}", f"--data_dir={other}", f"--out_dir={tmp_path / 'out'}",
+        module="tl_keras.evaluate",
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -451,10 +452,12 @@ def test_cli_class_mismatch_is_one_line_and_exit_2(trained_workdir, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_validation_split_goes_to_the_workdir(trained_workdir):
-    proc = run_module("tl_keras.evaluate", f"--workdir={trained_workdir}", "--split=val")
+def test_cli_validation_split_goes_to_the_workdir(trained_workdir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, workdir)  # it writes there: the session's stays as it was
+    proc = command(f"--workdir={workdir}", "--split=val", module="tl_keras.evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = os.path.join(trained_workdir, "evaluation", "val")
+    folder = os.path.join(workdir, "evaluation", "val")
     with open(os.path.join(folder, ev.METRICS_FILE)) as f:
         saved = json.load(f)
     assert saved["data"]["split"] == "val" and saved["model"]["phase"] == "ft"

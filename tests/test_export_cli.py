@@ -14,13 +14,13 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from conftest import REPO, run_module
+from inprocess import command
 
 from tl_keras.cli import common as cli
 from tl_keras.errors import DataError, TLKerasError
@@ -105,6 +105,7 @@ def test_the_model_card_describes_data_recipe_metrics_calibration_and_exports(
     assert data["manifest_sha256"]["at_training"] == run["doctor"]["manifest_sha256"]
     assert data["manifest_sha256"]["changed_since_training"] is False
     assert data["doctor"]["summary"] == run["doctor"]["summary"]
+    assert data["doctor"]["deferred"] == run["doctor"]["deferred"]  # what still waits, if any
     assert data["images"] == {"train": 24, "val": 6}
     assert card["recipe"]["source"] == "recipe.json" and card["recipe"]["values"]["seed"] == 0
     assert {d["field"] for d in card["recipe"]["card"]["decisions"]} >= {"epochs_ft", "unfreeze"}
@@ -237,9 +238,10 @@ def test_cli_exports_then_verify_catches_an_altered_export(trained_workdir, tmp_
     assert proc.stdout.count("parity ok:") == len(names)
     assert f"{out / 'model.tflite'}  (" in proc.stdout
 
-    proc = run_module(
-        "tl_keras.export", f"--workdir={trained_workdir}", "--formats=tflite",
-        "--quantization=float16", f"--out_dir={out}",
+    # The same command again, and its --verify, in this process (tests/inprocess.py).
+    proc = command(
+        f"--workdir={trained_workdir}", "--formats=tflite", "--quantization=float16",
+        f"--out_dir={out}", module="tl_keras.export",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parity ok: model_float16.tflite" in proc.stdout
@@ -249,8 +251,8 @@ def test_cli_exports_then_verify_catches_an_altered_export(trained_workdir, tmp_
 
     # Deliberately alter the exported TFLite file: replace it with a nudged model's export.
     ex.export_tflite(nudged(load_trained(trained_workdir).model), out / "model.tflite")
-    proc = run_module(
-        "tl_keras.export", f"--workdir={trained_workdir}", f"--out_dir={out}", "--verify"
+    proc = command(
+        f"--workdir={trained_workdir}", f"--out_dir={out}", "--verify", module="tl_keras.export"
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     (line,) = error_lines(proc)
@@ -259,38 +261,23 @@ def test_cli_exports_then_verify_catches_an_altered_export(trained_workdir, tmp_
     assert f"1 of {len(names)} artifacts fail (model.tflite)" in line
 
 
-ALTERING_WRITER = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import keras
-    from tl_keras.export import run_main
-    from tl_keras.inference.export import formats as ex
+@pytest.mark.slow
+def test_cli_fails_when_the_export_does_not_reproduce_the_model(
+    trained_workdir, tmp_path, monkeypatch
+):
+    from tl_keras.inference.export import formats
 
-    real_writer = ex._WRITERS["tflite"]
+    real_writer = formats._WRITERS["tflite"]
 
     def altered_writer(model, tmp, **options):
         # Exports a nudged copy: what a converter that changes the model would produce.
-        clone = keras.models.clone_model(model)
-        clone.set_weights(model.get_weights())
-        bias = clone.get_layer("predictions").bias
-        bias.assign(bias.numpy() + 0.05 * np.eye(bias.shape[0], dtype="float32")[0])
-        real_writer(clone, tmp, quantization=options.get("quantization"))
+        real_writer(nudged(model), tmp, quantization=options.get("quantization"))
 
-    ex._WRITERS["tflite"] = altered_writer
-    run_main()
-    """
-)
-
-
-@pytest.mark.slow
-def test_cli_fails_when_the_export_does_not_reproduce_the_model(trained_workdir, tmp_path):
+    monkeypatch.setitem(formats._WRITERS, "tflite", altered_writer)
     out = tmp_path / "export"
-    proc = subprocess.run(
-        [sys.executable, "-c", ALTERING_WRITER, f"--workdir={trained_workdir}",
-         "--formats=saved_model,tflite", f"--out_dir={out}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    proc = command(
+        f"--workdir={trained_workdir}", "--formats=saved_model,tflite", f"--out_dir={out}",
+        module="tl_keras.export",
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     (line,) = error_lines(proc)
@@ -302,9 +289,9 @@ def test_cli_fails_when_the_export_does_not_reproduce_the_model(trained_workdir,
 
 @pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_2(trained_workdir, tmp_path):
-    proc = run_module(
-        "tl_keras.export", f"--workdir={trained_workdir}", "--formats=tf_lite",
-        f"--out_dir={tmp_path / 'out'}",
+    proc = command(
+        f"--workdir={trained_workdir}", "--formats=tf_lite", f"--out_dir={tmp_path / 'out'}",
+        module="tl_keras.export",
     )  # fmt: skip
     assert proc.returncode == 2
     (line,) = error_lines(proc)

@@ -4,6 +4,8 @@ Two trainings started at the same moment into one new workdir: one runs, the oth
 naming it, and so is a `--resume` beside it; a reader (evaluate) works meanwhile and sees only
 the phase that is complete. The writer is then killed while writing a file: the next `--resume`
 takes the dead writer's lock over with a log line, removes what it left, and finishes the run.
+The two racing trainings are processes of their own; the `--resume`s and the reader run the
+commands in the test's process (tests/inprocess.py), which is another process all the same.
 The record's checks (pid, start time, boot, host) are tested on their own below.
 """
 
@@ -17,7 +19,8 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, run_cli, run_module
+from conftest import REPO
+from inprocess import command
 
 from tl_keras import lock
 from tl_keras.errors import WorkdirError
@@ -27,8 +30,7 @@ pytestmark = pytest.mark.slow
 TINY = [
     "--data_dir=synthetic",
     "--synthetic_images_per_class=4",
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=8",
@@ -83,7 +85,7 @@ def test_one_writer_a_live_reader_and_a_dead_writers_takeover(tmp_path):
 
     # --resume beside the live run is refused the same way, and changes nothing.
     before = sorted(p.name for p in workdir.rglob("*"))
-    proc = run_cli(*TINY, f"--workdir={workdir}", "--resume")
+    proc = command(*TINY, f"--workdir={workdir}", "--resume")  # from this process, another pid
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
     assert f"in use by another training run: pid {writer_pid}" in line
@@ -91,7 +93,7 @@ def test_one_writer_a_live_reader_and_a_dead_writers_takeover(tmp_path):
 
     # A reader works while the run writes, and reads only the complete phase.
     assert list(json.loads((workdir / "run.json").read_text())["phases"]) == ["fe"]
-    proc = run_module("tl_keras.evaluate", f"--workdir={workdir}", "--split=val")
+    proc = command(f"--workdir={workdir}", "--split=val", module="tl_keras.evaluate")
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((workdir / "evaluation" / "val" / "metrics.json").read_text())
     assert metrics["model"]["phase"] == "fe"
@@ -102,7 +104,7 @@ def test_one_writer_a_live_reader_and_a_dead_writers_takeover(tmp_path):
     assert [p.parent.name for p in leftovers] == ["ft"]
     assert (workdir / lock.LOCK_FILE).is_file()  # left by the dead writer
 
-    proc = run_cli(*TINY, f"--workdir={workdir}", "--resume")
+    proc = command(*TINY, f"--workdir={workdir}", "--resume")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(
         rf"took over the lock of workdir .*: its holder, pid {writer_pid} on host .* is gone",

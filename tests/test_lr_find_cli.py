@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO, tiny_config
-from test_cli import TINY, assert_one_line_error, digest, run_cli
+from inprocess import command
+from test_cli import TINY, assert_one_line_error, digest
 
 from tl_keras.errors import ConfigError, WorkdirError
 from tl_keras.training import runner
@@ -65,16 +67,21 @@ def test_refusals(tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_lr_find_commands(tmp_path):
-    """docs/beyond.md's two commands, exactly (the workdir aside)."""
+def test_readme_lr_find_commands(tmp_path, fe_done_workdir):
+    """docs/beyond.md's two commands (the workdir aside): the first made small by flags after it
+    (tests/test_readme_beyond.py), in this process; the second, on a run with fe done, in a
+    process of its own."""
     quick = tmp_path / "quickstart"
-    proc = run_lr_find_cli("--config=configs/quickstart.toml", f"--workdir={quick}")
+    small = ["--synthetic_images_per_class=8", "--image_size=32", "--backbone=tiny", "--alpha=1"]
+    proc = command(
+        "--config=configs/quickstart.toml", f"--workdir={quick}", *small, module="tl_keras.lr_find"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[lr_find] fe: suggested lr" in proc.stdout
     assert json.loads((quick / "lr_find" / "fe.json").read_text())["steps"] > 10
 
     tiny = tmp_path / "tiny"
-    assert run_cli(*TINY, "--phase=fe", f"--workdir={tiny}").returncode == 0
+    shutil.copytree(fe_done_workdir, tiny)  # a run with fe done
     proc = run_lr_find_cli("--phase=ft", f"--workdir={tiny}")  # the rest from the workdir
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[lr_find] ft: suggested lr" in proc.stdout and "a fine-tuning factor" in proc.stdout
@@ -82,11 +89,14 @@ def test_readme_lr_find_commands(tmp_path):
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    proc = run_lr_find_cli(*TINY, "--phase=ft", f"--workdir={tmp_path}")
+    def lr_find(*args):
+        return command(*args, module="tl_keras.lr_find")
+
+    proc = lr_find(*TINY, "--phase=ft", f"--workdir={tmp_path}")
     assert_one_line_error(proc, "has no 'fe' done")
-    proc = run_lr_find_cli(*TINY, "--min_lr=1e-2", "--max_lr=1e-3", f"--workdir={tmp_path}")
+    proc = lr_find(*TINY, "--min_lr=1e-2", "--max_lr=1e-3", f"--workdir={tmp_path}")
     assert_one_line_error(proc, "LR range test: max_lr must be a finite number > min_lr (0.01)")
-    proc = run_lr_find_cli(*TINY, "--num_steps=1", f"--workdir={tmp_path}")
+    proc = lr_find(*TINY, "--num_steps=1", f"--workdir={tmp_path}")
     assert_one_line_error(proc, "num_steps must be an integer >= 2")
-    proc = run_lr_find_cli(*TINY, "--suggest=steep", f"--workdir={tmp_path}")
+    proc = lr_find(*TINY, "--suggest=steep", f"--workdir={tmp_path}")
     assert_one_line_error(proc, "--suggest='steep' is not a rule of the LR range test")

@@ -239,10 +239,12 @@ def test_readme_lists_each_exercise_with_its_notebook(exercise, name):
 # --- still running ---------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_top_to_bottom(name, tmp_path):
+def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     import nbformat
 
     pytest.importorskip("nbclient")
+    # No download attempt (walkthrough.pick_weights): the shared copy of the weights, or none.
+    monkeypatch.setenv("TL_KERAS_OFFLINE", "1")
     start = time.perf_counter()
     # `python notebooks/run.py --tiny NAME`, as docs/walkthroughs.md documents; raises on a failing cell.
     assert _runner().main(["--tiny", f"--runs_dir={tmp_path}", name]) == 0

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import run_module
+from inprocess import command
 
 from tl_keras.errors import ConfigError, DataError
 from tl_keras.inference import predict as pr
@@ -137,6 +138,7 @@ def test_workdir_prediction_refuses_nothing_to_do(trained_workdir, tmp_path):
 # --- the command line -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_prints_a_table_and_reports_the_non_image(trained_workdir, images_dir, tmp_path):
+    """`python -m tl_keras.predict` in a process of its own: stdout holds the table alone."""
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     proc = run_module(
@@ -155,8 +157,8 @@ def test_cli_prints_a_table_and_reports_the_non_image(trained_workdir, images_di
 def test_cli_writes_csv_and_json(trained_workdir, images_dir, tmp_path):
     for suffix in ("csv", "json"):
         out = tmp_path / f"predictions.{suffix}"
-        proc = run_module(
-            "tl_keras.predict", f"--workdir={trained_workdir}", f"--output={out}", images_dir
+        proc = command(
+            f"--workdir={trained_workdir}", f"--output={out}", images_dir, module="tl_keras.predict"
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout == ""
@@ -178,9 +180,11 @@ def test_cli_writes_csv_and_json(trained_workdir, images_dir, tmp_path):
 def test_cli_fails_only_when_nothing_is_an_image(trained_workdir, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    proc = run_module("tl_keras.predict", f"--workdir={trained_workdir}", str(notes))
+    proc = command(f"--workdir={trained_workdir}", str(notes), module="tl_keras.predict")
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["error: none of the 1 files could be read as an image"]
-    bad = run_module("tl_keras.predict", f"--workdir={trained_workdir}", "--output=x.txt", "a.png")
+    bad = command(
+        f"--workdir={trained_workdir}", "--output=x.txt", "a.png", module="tl_keras.predict"
+    )
     assert bad.returncode == 2 and "must end in .csv or .json" in bad.stderr

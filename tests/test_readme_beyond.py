@@ -1,14 +1,14 @@
-"""Every command of docs/beyond.md ("Beyond two phases"), run as written (workdir aside)."""
+"""Every command of docs/beyond.md ("Beyond two phases"), run as written (workdir aside), made
+small by flags after it, through the command's main in this process."""
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 from conftest import REPO
+from inprocess import command
 
 from tl_keras.training.history import History
 
@@ -56,22 +56,28 @@ def test_every_readme_command_is_tested():
     assert set(commands) == tested
 
 
-def run(command: str, workdir) -> subprocess.CompletedProcess:
-    args = [
-        f"--workdir={workdir}" if a.startswith("--workdir=") else a
-        for a in shlex.split(command)[1:]
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
+# The commands run as the docs show them, made small by flags after them (as the doctor's do in
+# tests/test_doctor_cli.py): fewer, smaller images, and the quickstart's on the test backbone
+# (tests/test_cli.py runs the quickstart itself exactly). What each test asserts (the schedule,
+# its boundaries and rates, the log lines) does not depend on them.
+SMALL = ["--synthetic_images_per_class=8", "--image_size=32"]
+TINY = [*SMALL, "--backbone=tiny", "--alpha=1"]
+
+
+def run(line: str, workdir, *extra: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` as written, through the command's main in this process
+    (tests/inprocess.py; tests/test_cli.py runs the train command in a process of its own)."""
+    python, dash_m, module, *args = shlex.split(line)
+    assert (python, dash_m) == ("python", "-m"), line
+    args = [f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args]
+    proc = command(*args, *extra, module=module)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 @pytest.mark.slow
 def test_gradual_config_and_one_stage_alone(tmp_path):
-    proc = run(GRADUAL, tmp_path)
+    proc = run(GRADUAL, tmp_path, *SMALL)  # MobileNet: its 14 blocks, for blocks:8
     history = History.load(str(tmp_path / "history.json"))
     assert [(s.phase, s.epochs) for s in history.spans()] == [
         ("fe", 3),
@@ -98,7 +104,7 @@ def test_gradual_config_and_one_stage_alone(tmp_path):
 
 @pytest.mark.slow
 def test_stages_as_a_flag(tmp_path):
-    run(STAGES_FLAG, tmp_path)
+    run(STAGES_FLAG, tmp_path, SMALL[0])
     history = History.load(str(tmp_path / "history.json"))
     assert [s.phase for s in history.spans()] == ["fe", "ft1", "ft2"]
     assert history.metric("lr") == pytest.approx([1e-3, 1e-4, 1e-4])
@@ -106,7 +112,7 @@ def test_stages_as_a_flag(tmp_path):
 
 @pytest.mark.slow
 def test_cosine_schedule_command(tmp_path):
-    run(COSINE, tmp_path)
+    run(COSINE, tmp_path, *TINY)
     history = History.load(str(tmp_path / "history.json"))
     lrs = history.metric("lr")
     assert lrs[0] == 0.0 and lrs[1] == pytest.approx(1e-3)  # fe: warm-up over its 1st epoch
@@ -116,7 +122,7 @@ def test_cosine_schedule_command(tmp_path):
 
 @pytest.mark.slow
 def test_phase_control_command(tmp_path):
-    proc = run(CONTROL, tmp_path)
+    proc = run(CONTROL, tmp_path, *TINY)
     run_info = json.loads((tmp_path / "run.json").read_text())
     fe = run_info["phases"]["fe"]
     assert fe["epochs_run"] == 10 or (

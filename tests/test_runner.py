@@ -32,7 +32,7 @@ def test_all_writes_every_artifact(finished):
             assert os.path.isfile(os.path.join(workdir, phase, name)), f"{phase}/{name}"
     assert not [f for f in os.listdir(workdir) if ".tmp-" in f], "temporary files left behind"
     run = json.loads(pathlib.Path(os.path.join(workdir, "run.json")).read_text())
-    assert run["backbone"] == "mobilenet" and run["image_size"] == 32
+    assert run["backbone"] == "tiny" and run["image_size"] == 32
     assert run["class_names"] == ["circle", "square", "triangle"] == result.class_names
     assert run["phases"]["fe"]["last_epoch"] == 1 and run["phases"]["ft"]["first_epoch"] == 2
 
@@ -52,11 +52,11 @@ def test_phase_summary_reports_trainable_and_frozen(finished):
     fe = json.loads(pathlib.Path(os.path.join(workdir, "fe", "summary.json")).read_text())
     ft = json.loads(pathlib.Path(os.path.join(workdir, "ft", "summary.json")).read_text())
     assert fe["trainability"]["trainable_params"] < ft["trainability"]["trainable_params"]
-    assert ft["trainability"]["unfrozen_blocks"] == ["block_12", "block_13"]
+    assert ft["trainability"]["unfrozen_blocks"] == ["block_3", "block_4"]  # tiny's top two
     assert (
         fe["trainability"]["frozen_batchnorm_layers"]
         == ft["trainability"]["frozen_batchnorm_layers"]
-        == 27
+        == 5  # every BatchNorm layer of tiny's base
     )
 
 
@@ -157,7 +157,7 @@ def test_finished_workdir_is_not_overwritten_without_asking(finished):
     [
         (
             dict(backbone="mobilenet_v2", alpha=0.35),
-            "backbone: saved 'mobilenet', given 'mobilenet_v2'",
+            "backbone: saved 'tiny', given 'mobilenet_v2'",
         ),
         (dict(image_size=48), "image_size: saved 32, given 48"),
         (dict(head_units=16), "head_units: saved 8, given 16"),

@@ -28,8 +28,7 @@ from tl_keras.errors import DataError  # noqa: E402
 
 PER_CLASS = 6  # 30 images: every class in a 20% stratified hold-out
 CLI_MODEL = [
-    "--backbone=mobilenet",
-    "--alpha=0.25",
+    "--backbone=tiny",
     "--weights=none",
     "--image_size=32",
     "--batch_size=8",

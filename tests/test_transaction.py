@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, run_cli, tiny_config
+from conftest import REPO, TRAINED, run_cli, tiny_config, tiny_flags
 
 from tl_keras import config as config_lib
 from tl_keras import interrupt, io, lock, transaction
@@ -262,26 +262,12 @@ def test_runs_earlier_versions_set_aside_go_at_the_commit(runs):
 
 
 # --- real replacements of a finished run ---------------------------------------------------------
-TINY = [
-    "--data_dir=synthetic",
-    "--synthetic_images_per_class=10",
-    "--backbone=mobilenet",
-    "--alpha=0.25",
-    "--weights=none",
-    "--image_size=32",
-    "--batch_size=8",
-    "--epochs_fe=1",
-    "--epochs_ft=1",
-    "--head_units=8",
-    "--unfreeze=blocks:2",
-    "--progress=lines",
-    "--recipe=manual",
-]  # fmt: skip  (tiny_config(synthetic_images_per_class=10): conftest.trained_workdir)
+TINY = tiny_flags(**TRAINED)  # the run of conftest.trained_workdir, as flags
 DIVERGE = ["--lr=1e30", "--allow_any_lr_factor"]
 
 
 def tiny(**overrides):
-    return tiny_config(synthetic_images_per_class=10, **overrides)
+    return tiny_config(**TRAINED, **overrides)
 
 
 def answers(workdir) -> list[tuple]:

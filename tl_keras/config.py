@@ -304,9 +304,11 @@ class Config:
 
     doctor: str = _field(
         "auto",
-        "Data doctor before training: 'auto' (duplicates and leakage across splits, label "
-        "suspects, class balance, outliers, from the frozen base's features; one log line, the "
-        "report in <workdir>/doctor/) or 'off'. See `python -m tl_keras.doctor`.",
+        "Data doctor before training, from the frozen base's features (one log line, the report "
+        "in <workdir>/doctor/): 'auto' (what must be known before training: duplicates and "
+        "leakage across splits, class balance; label errors and outliers are left to `python -m "
+        "tl_keras.doctor --workdir=...`, which reuses the cached features), 'full' (every check "
+        "before training) or 'off'.",
     )
 
     # --- speed and scale ----------------------------------------------------------------------

@@ -15,6 +15,9 @@
 Importing this package imports neither TensorFlow nor the modules above.
 """
 
-# config.doctor: run the doctor before training ("auto"), or not ("off"). Its one home: the
-# runner acts on it, `tl_keras.config` validates against it without importing the doctor.
-MODES = ("auto", "off")
+# config.doctor, before training: "auto" = what must be known before training (duplicates and
+# leakage across splits, class balance), label errors and outliers left to
+# `python -m tl_keras.doctor`; "full" = every check; "off" = none. Its one home: the runner acts
+# on it (`workflow.deferred_for`), `tl_keras.config` validates against it without importing the
+# doctor.
+MODES = ("auto", "full", "off")

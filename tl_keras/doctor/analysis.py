@@ -46,6 +46,12 @@ How each check decides (every threshold lives in `Thresholds`, and the report re
 Classes with fewer than `min_class_images` images are too small to learn from or to vote on: their
 own images get no label or outlier verdict (duplicates and balance are still checked), and the
 report says so in `limits` rather than guessing.
+
+**Deferred checks.** Duplicates (above all across splits) and balance must be known before
+training: a leaked copy inflates every validation figure the run reports. Label errors and
+outliers can wait: `diagnose(..., deferred=DEFERRABLE)` skips them (the probe is most of the
+checks' time: docs/benchmarks.md, the doctor before training), and their sections say
+`deferred` instead of a verdict, so nobody reads "0 label errors" into a check that did not run.
 """
 
 from __future__ import annotations
@@ -73,9 +79,11 @@ from tl_keras.doctor.neighbours import (
     thumbnail_pairs,
 )
 from tl_keras.doctor.thresholds import Thresholds
-from tl_keras.errors import DataError
+from tl_keras.errors import ConfigError, DataError
 
 REPORT_VERSION = 1
+CHECKS = ("duplicates", "balance", "label_errors", "outliers")  # in the report's order
+DEFERRABLE = ("label_errors", "outliers")  # may wait until after training; the others never do
 
 
 # --- label errors -------------------------------------------------------------------------------
@@ -223,6 +231,7 @@ def diagnose(
     thumbnails: np.ndarray | None = None,
     extra_limits: Sequence[str] = (),
     no_features: Sequence[str] | None = None,
+    deferred: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Runs every check and returns the report (JSON-serialisable; `summary` is the log line).
 
@@ -242,17 +251,21 @@ def diagnose(
       extra_limits: what the caller could not check, listed first in the report's limits.
       no_features: with `features=None`, the limits to state (why there are no features);
         default `NO_FEATURES`.
+      deferred: checks of `DEFERRABLE` not to run now (their sections say `deferred`).
 
     With `features=None` only exact copies (the hashes) and the class balance are checked.
 
     Returns:
-      {'version', 'num_images', 'num_classes', 'class_names', 'splits', 'thresholds', 'balance',
-      'duplicates', 'label_errors', 'outliers', 'limits', 'summary'}.
+      {'version', 'num_images', 'num_classes', 'class_names', 'splits', 'thresholds', 'checks'
+      (run), 'deferred', 'balance', 'duplicates', 'label_errors', 'outliers', 'limits',
+      'summary'}.
 
     Raises:
       DataError: the arrays do not fit together (lengths, label range, non-finite features).
+      ConfigError: `deferred` names a check that cannot wait.
     """
     t = thresholds or Thresholds()
+    deferred = _deferrable(deferred)
     if features is None:  # zero-width rows; each image its own content unless hashes say not
         features = np.zeros((len(np.asarray(labels)), 0), np.float32)
         hashes = hashes if hashes is not None else [f"#{i}" for i in range(len(features))]
@@ -277,6 +290,8 @@ def diagnose(
     if features is None:
         checked, limits = None, list(no_features or [NO_FEATURES])
     limits = [*(extra_limits or ()), *limits]
+    if checked is None:  # label errors and outliers cannot run at all: nothing waits
+        deferred = ()
     report = {
         "version": REPORT_VERSION,
         "num_images": len(images.labels),
@@ -284,14 +299,56 @@ def diagnose(
         "class_names": images.class_names,
         "splits": _sorted_splits(set(images.splits)),
         "thresholds": dataclasses.asdict(t),
+        "checks": _checks_run(deferred, can_wait=checked is not None),
+        "deferred": list(deferred),
         "balance": class_balance(images.labels, images.splits, images.class_names, t),
         "duplicates": _duplicate_summary(groups),
-        "label_errors": _label_report(z, nbr_idx, pairs, checked, images, t, seed),
-        "outliers": _outlier_report(z, density, checked, images, t),
+        "label_errors": (
+            _deferred_section("label_errors")
+            if "label_errors" in deferred
+            else _label_report(z, nbr_idx, pairs, checked, images, t, seed)
+        ),
+        "outliers": (
+            _deferred_section("outliers")
+            if "outliers" in deferred
+            else _outlier_report(z, density, checked, images, t)
+        ),
         "limits": limits,
     }
     report["summary"] = summary_line(report)
     return report
+
+
+def _checks_run(deferred: Sequence[str], *, can_wait: bool) -> list[str]:
+    """The checks that ran now: not deferred, and label errors and outliers only when the data
+    allows their statistics (`can_wait`)."""
+    return [c for c in CHECKS if c not in deferred and (can_wait or c not in DEFERRABLE)]
+
+
+def _deferrable(deferred: Sequence[str]) -> tuple[str, ...]:
+    """`deferred` in `CHECKS` order, refused when it names a check that cannot wait."""
+    wrong = sorted(set(deferred) - set(DEFERRABLE))
+    if wrong:
+        raise ConfigError(
+            f"the doctor cannot defer {', '.join(wrong)}: only {', '.join(DEFERRABLE)} may wait "
+            "until after training (duplicates and balance are always checked)"
+        )
+    return tuple(c for c in CHECKS if c in deferred)
+
+
+def _deferred_section(check: str) -> dict[str, Any]:
+    """A check's section when it was deferred: no verdict, and no count that reads as one."""
+    if check == "label_errors":
+        return {"checked": False, "deferred": True, "num_likely": None, "suspects": []}
+    return {"checked": False, "deferred": True, "num_outliers": None, "items": []}
+
+
+def _label_report_unchecked() -> dict[str, Any]:
+    return {"checked": False, "num_likely": 0, "num_checked": 0, "suspects": []}
+
+
+def _outliers_unchecked() -> dict[str, Any]:
+    return {"checked": False, "num_outliers": 0, "items": []}
 
 
 NO_FEATURES = (
@@ -420,7 +477,7 @@ def _duplicate_summary(groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _label_report(z, nbr_idx, pairs, checked, images: _Images, t: Thresholds, seed: int):
     if checked is None:
-        return {"checked": False, "num_likely": 0, "num_checked": 0, "suspects": []}
+        return _label_report_unchecked()
     y, splits, paths, class_names = images.labels, images.splits, images.paths, images.class_names
     num_classes = len(class_names)
     raw = out_of_fold_probabilities(
@@ -483,7 +540,7 @@ def _label_report(z, nbr_idx, pairs, checked, images: _Images, t: Thresholds, se
 
 def _outlier_report(z, density, checked, images: _Images, t: Thresholds):
     if checked is None:
-        return {"checked": False, "num_outliers": 0, "items": []}
+        return _outliers_unchecked()
     y, splits, paths, class_names = images.labels, images.splits, images.paths, images.class_names
     # Angles, not cosine distances: 1 - cos grows with the square of the angle, so its spread
     # has a long right tail, and a median / MAD score flags ordinary members of broad classes.
@@ -524,52 +581,69 @@ def summary_line(report: dict[str, Any]) -> str:
     """The one line shown before training, e.g.
 
     'doctor: 3 duplicate groups (1 across train/val), 12 likely label errors, balance ok,
-    2 outliers'
+    2 outliers', or with label errors and outliers deferred:
+    'doctor: 3 duplicate groups (1 across train/val), balance ok; label errors and outliers
+    deferred'
     """
     dup = report["duplicates"]
     across = collections.Counter("/".join(g["splits"]) for g in dup["groups"] if g["across_splits"])
     dup_text = f"{dup['num_groups']} duplicate group{'s' * (dup['num_groups'] != 1)}"
     if across:
         dup_text += f" ({', '.join(f'{n} across {s}' for s, n in sorted(across.items()))})"
-    parts = [dup_text]
-    labels = report["label_errors"]
-    if labels["checked"] and labels.get("reliable", True):
-        n = labels["num_likely"]
-        parts.append(f"{n} likely label error{'s' * (n != 1)}")
-    elif labels["checked"]:
-        n = labels["num_likely"]
-        parts.append(
-            f"{n} label suspect{'s' * (n != 1)} to review (weak check: a probe gets "
-            f"{labels['probe_accuracy']:.0%} right)"
-        )
-    else:
-        parts.append("label errors not checked")
-    balance = report["balance"]
-    if balance["ok"]:
-        parts.append("balance ok")
-    elif (
-        balance["ratio"] is not None and balance["ratio"] > report["thresholds"]["imbalance_ratio"]
-    ):
-        parts.append(
-            f"imbalance {balance['ratio']:.0f}:1 ({balance['largest']} "
-            f"{balance['totals'][balance['largest']]}, {balance['smallest']} "
-            f"{balance['totals'][balance['smallest']]})"
-        )
-    else:
-        parts.append(balance["warnings"][0])
-    outliers = report["outliers"]
-    if outliers["checked"]:
-        n = outliers["num_outliers"]
-        parts.append(f"{n} outlier{'s' * (n != 1)}")
-    else:
-        parts.append("outliers not checked")
-    line = "doctor: " + ", ".join(parts)
+    parts = [dup_text, _labels_text(report), _balance_text(report), _outliers_text(report)]
+    line = "doctor: " + ", ".join(p for p in parts if p is not None)
+    deferred = report.get("deferred") or []
+    if deferred:
+        line += f"; {' and '.join(_CHECK_NAMES[c] for c in deferred)} deferred"
     if report["limits"]:
         line += f" ({len(report['limits'])} limit{'s' * (len(report['limits']) != 1)}: see report)"
     return line
 
 
+_CHECK_NAMES = {"label_errors": "label errors", "outliers": "outliers"}
+
+
+def _labels_text(report: dict[str, Any]) -> str | None:
+    labels = report["label_errors"]
+    if labels.get("deferred"):
+        return None  # said once, at the end of the line
+    if not labels["checked"]:
+        return "label errors not checked"
+    n = labels["num_likely"]
+    if labels.get("reliable", True):
+        return f"{n} likely label error{'s' * (n != 1)}"
+    return (
+        f"{n} label suspect{'s' * (n != 1)} to review (weak check: a probe gets "
+        f"{labels['probe_accuracy']:.0%} right)"
+    )
+
+
+def _outliers_text(report: dict[str, Any]) -> str | None:
+    outliers = report["outliers"]
+    if outliers.get("deferred"):
+        return None
+    if not outliers["checked"]:
+        return "outliers not checked"
+    n = outliers["num_outliers"]
+    return f"{n} outlier{'s' * (n != 1)}"
+
+
+def _balance_text(report: dict[str, Any]) -> str:
+    balance = report["balance"]
+    if balance["ok"]:
+        return "balance ok"
+    if balance["ratio"] is not None and balance["ratio"] > report["thresholds"]["imbalance_ratio"]:
+        return (
+            f"imbalance {balance['ratio']:.0f}:1 ({balance['largest']} "
+            f"{balance['totals'][balance['largest']]}, {balance['smallest']} "
+            f"{balance['totals'][balance['smallest']]})"
+        )
+    return balance["warnings"][0]
+
+
 __all__ = [
+    "CHECKS",
+    "DEFERRABLE",
     "Thresholds",
     "class_balance",
     "content_hash",

@@ -22,27 +22,34 @@ SHOWN = {"groups": 6, "suspects": 8, "outliers": 4}  # images of each kind in th
 COLUMNS = 6
 
 
-def write_report(report: dict, folder: str, *, data=None) -> dict[str, str]:
+def write_report(
+    report: dict, folder: str, *, data=None, figure: bool = True, later: str = ""
+) -> dict[str, str]:
     """Writes report.md and, when something was found and the images can be read,
     thumbnails.png.
+
+    Args:
+      figure: draw thumbnails.png (False before training: drawing it takes seconds, and
+        report.md names every file; an older run's figure is removed, it is not this data's).
+      later: the command that runs the deferred checks, for report.md.
 
     Returns:
       {'report': report.json's path (not written here), 'text': ..., 'figure': ... (if drawn)}.
     """
     os.makedirs(folder, exist_ok=True)
     paths = {"report": os.path.join(folder, REPORT_FILE), "text": os.path.join(folder, TEXT_FILE)}
-    tiles = _tiles(report)
+    tiles = _tiles(report) if figure else []
     if tiles and data is not None and data.images is not None:
         paths["figure"] = os.path.join(folder, FIGURE_FILE)
         _draw(tiles, data, paths["figure"], title=report["summary"])
     elif os.path.exists(os.path.join(folder, FIGURE_FILE)):
         os.unlink(os.path.join(folder, FIGURE_FILE))  # an older run's findings: not this data's
-    io.atomic_write_text(paths["text"], to_markdown(report, figure="figure" in paths))
+    io.atomic_write_text(paths["text"], to_markdown(report, figure="figure" in paths, later=later))
     return paths
 
 
 # --- report.md -------------------------------------------------------------------------------------
-def to_markdown(report: dict, *, figure: bool = False) -> str:
+def to_markdown(report: dict, *, figure: bool = False, later: str = "") -> str:
     """The report as a short markdown document."""
     data, feats = report.get("data", {}), report.get("features", {})
     counts = ", ".join(f"{split} {n}" for split, n in data.get("images", {}).items())
@@ -58,6 +65,8 @@ def to_markdown(report: dict, *, figure: bool = False) -> str:
     ]
     if report["limits"]:
         lines += ["", "## What could not be checked", ""] + [f"- {x}" for x in report["limits"]]
+    if report.get("deferred"):
+        lines += ["", "## Deferred", "", _deferred_text(report, later)]
     lines += _duplicates_md(report["duplicates"])
     lines += _labels_md(report["label_errors"])
     lines += _balance_md(report["balance"], report["class_names"])
@@ -65,6 +74,17 @@ def to_markdown(report: dict, *, figure: bool = False) -> str:
     if figure:
         lines += ["", f"![what the doctor found]({FIGURE_FILE})"]
     return "\n".join(lines) + "\n"
+
+
+def _deferred_text(report: dict, later: str) -> str:
+    names = " and ".join(c.replace("_", " ") for c in report["deferred"])
+    how = f"`{later}`" if later else "`python -m tl_keras.doctor` on this workdir"
+    return (
+        f"Checked before training: {', '.join(c.replace('_', ' ') for c in report['checks'])}. "
+        f"Not yet: {names} (they do not change what training does, and on a large base the "
+        f"probe behind label errors takes longer than the rest together). {how} runs them on "
+        "the cached features and rewrites this report with thumbnails.png."
+    )
 
 
 def _features_text(feats: dict) -> str:
@@ -109,6 +129,8 @@ def _duplicates_md(dup: dict) -> list[str]:
 
 def _labels_md(errors: dict) -> list[str]:
     lines = ["", "## Label suspects", ""]
+    if errors.get("deferred"):
+        return lines + ["Deferred (see above)."]
     if not errors["checked"]:
         return lines + ["Not checked (see above)."]
     lines += [
@@ -146,6 +168,8 @@ def _balance_md(balance: dict, class_names: list[str]) -> list[str]:
 
 def _outliers_md(outliers: dict) -> list[str]:
     lines = ["", "## Outliers: images far from every class", ""]
+    if outliers.get("deferred"):
+        return lines + ["Deferred (see above)."]
     if not outliers["checked"]:
         return lines + ["Not checked (see above)."]
     if not outliers["items"]:

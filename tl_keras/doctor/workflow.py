@@ -4,8 +4,10 @@
 
 `doctor_workdir(config, workdir)` is what the command does: load the data as training would
 (same split), build the pretrained base, and `examine`. `train` runs `examine` itself before the
-first phase of a new run (config `doctor = "auto"`; `"off"` skips it) and logs its one summary
-line. What `examine` does:
+first phase of a new run and logs its one summary line: with config `doctor = "auto"` only what
+must be known before training (exact and near duplicates, above all across splits, and the
+class balance), leaving label errors and outliers to the command (`deferred_for`); `"full"`
+runs every check before training; `"off"` skips it. What `examine` does:
 
 1. **Hashes.** The SHA-256 of every image's content, as listed (file bytes; encoded bytes from
    TFDS; pixels for arrays): exact copies, and the data's manifest hash (of every image's split,
@@ -24,7 +26,10 @@ line. What `examine` does:
    so. A random base (`weights = "none"`) gives features that say nothing about the data: then
    only exact copies and the class balance are checked, and the report says that too.
 4. **The report** under `<workdir>/doctor/`: `report.json`, `report.md` and `thumbnails.png`
-   (`tl_keras.doctor.report`).
+   (`tl_keras.doctor.report`; the figure only when nothing was deferred).
+
+Deferred checks lose nothing but time to the answer: the command on the same workdir finds the
+features cached (same key) and runs everything in seconds, without a second feature pass.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from tl_keras import config as config_lib
+from tl_keras import doctor as doctor_lib
 from tl_keras import io
 from tl_keras.doctor import analysis
 from tl_keras.doctor import report as report_lib
@@ -54,6 +60,19 @@ MAX_DIAGNOSED = 20_000  # images the all-pairs checks run on (20k: ~10 s on 2 co
 THUMBNAIL_SIZE = 16  # px, grey: what an edited or grey copy keeps
 SPLITS = ("train", "val", "test")
 _CACHE_VERSION = 1
+COMMAND = "python -m tl_keras.doctor --workdir={workdir}"  # runs what training deferred
+
+
+def deferred_for(mode: str) -> tuple[str, ...]:
+    """The checks the doctor leaves for later before training, under config `doctor = mode`.
+
+    'auto': label errors and outliers (`analysis.DEFERRABLE`): they change nothing training
+    does, and the probe behind label errors is most of the checks' time on a large base; 'full':
+    none. ('off' runs no doctor at all.)
+    """
+    if mode not in doctor_lib.MODES:
+        raise ValueError(f"doctor mode {mode!r} is not one of {doctor_lib.MODES}")
+    return analysis.DEFERRABLE if mode == "auto" else ()
 
 
 @dataclasses.dataclass
@@ -84,7 +103,43 @@ class _Listed:
     counts: dict[str, int]
 
 
-def doctor_workdir(config, workdir: str, *, data=None) -> DoctorResult:
+def before_training(spec, data, model, outdir: str, *, workdir: str | None = None) -> dict:
+    """The doctor before a new run's first phase (the runner calls it): `examine` with the checks
+    config `doctor` leaves for later deferred; returns what run.json records of it: the summary,
+    the report, the manifest hash, which checks ran and which wait for `python -m tl_keras.doctor`
+    (`later`), or why it was skipped.
+
+    Args:
+      spec: the run's `RunSpec` (its run section's `doctor`: 'auto', 'full' or 'off').
+      data: the loaded `DataBundle`; one that does not list its images is not examined.
+      model: the classifier whose frozen base gives the features.
+      outdir: where `doctor/` goes (the run's workdir, or its staged replacement).
+      workdir: the workdir the run ends in, when `outdir` is a staged replacement of it (the
+        command that runs the deferred checks names it); default `outdir`.
+    """
+    if spec.run.doctor == "off":
+        log.info("doctor: off (doctor='off'): the data was not examined before training")
+        return {"skipped": "doctor='off'"}
+    if data.images is None:
+        log.info("doctor: skipped: this DataBundle does not list its images")
+        return {"skipped": "the data bundle does not list its images"}
+    result = examine(
+        spec, data, model, outdir, deferred=deferred_for(spec.run.doctor), shown_workdir=workdir
+    )
+    report = result.report
+    record = {
+        "summary": result.summary,
+        "report": f"{FOLDER}/{report_lib.REPORT_FILE}",
+        "manifest_sha256": report["data"]["manifest_sha256"],
+        "checks": report["checks"],
+        "deferred": report["deferred"],
+    }
+    if report.get("later"):
+        record["later"] = report["later"]
+    return record
+
+
+def doctor_workdir(config, workdir: str, *, data=None, deferred=()) -> DoctorResult:
     """Examines the data a config names with its pretrained base (`python -m tl_keras.doctor`).
 
     Args:
@@ -92,6 +147,7 @@ def doctor_workdir(config, workdir: str, *, data=None) -> DoctorResult:
         weights, image size.
       workdir: where `doctor/` goes (its features cache is reused by later runs there).
       data: a ready `DataBundle`; default: load what the config names.
+      deferred: checks to leave for later (`deferred_for`); default: every check.
 
     Returns:
       The `DoctorResult`.
@@ -110,10 +166,12 @@ def doctor_workdir(config, workdir: str, *, data=None) -> DoctorResult:
     model = None
     if spec.model.weights is not None:  # only the base's features matter: the head is unused
         model = spec.model.build(data.num_classes)
-    return examine(spec, data, model, wd.path)
+    return examine(spec, data, model, wd.path, deferred=deferred)
 
 
-def examine(spec, data, model, workdir: str) -> DoctorResult:
+def examine(
+    spec, data, model, workdir: str, *, deferred=(), shown_workdir: str | None = None
+) -> DoctorResult:
     """Hashes, features, checks and report of a loaded data set (the step before training).
 
     Args:
@@ -123,6 +181,9 @@ def examine(spec, data, model, workdir: str) -> DoctorResult:
       model: the classifier whose frozen base gives the features; None (or a random base,
         `spec.model.weights is None`) = hashes and balance only.
       workdir: where `doctor/` goes.
+      deferred: checks of `analysis.DEFERRABLE` to leave for later (no figure is drawn then).
+      shown_workdir: the workdir the log line and report.md name in the command that runs the
+        deferred checks (a run staged elsewhere names its final workdir); default `workdir`.
 
     Returns:
       The `DoctorResult` (also logged as one line).
@@ -138,7 +199,7 @@ def examine(spec, data, model, workdir: str) -> DoctorResult:
         feats, feature_info = image_features(model, data, listed, folder=folder, spec=spec)
     seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
-    report = _diagnose(spec, data, listed, feats)
+    report = _diagnose(spec, data, listed, feats, deferred)
     seconds["diagnose"] = time.perf_counter() - start
     report["data"] = {
         "source": data.source,
@@ -151,12 +212,18 @@ def examine(spec, data, model, workdir: str) -> DoctorResult:
         "weights": spec.model.weights,
         "image_size": spec.model.image_size,
     }
+    later = COMMAND.format(workdir=shown_workdir or workdir) if report["deferred"] else ""
     start = time.perf_counter()
-    paths = report_lib.write_report(report, folder, data=data)
+    paths = report_lib.write_report(
+        report, folder, data=data, figure=not report["deferred"], later=later
+    )
     seconds["report"] = time.perf_counter() - start
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    if later:
+        report["later"] = later
     io.atomic_write_json(paths["report"], report)
-    log.info("%s; report: %s", report["summary"], paths["text"])
+    hint = f"; the rest: {later}" if later else ""
+    log.info("%s; report: %s%s", report["summary"], paths["text"], hint)
     return DoctorResult(report, report["summary"], paths, seconds)
 
 
@@ -312,7 +379,7 @@ def thumbnails(data) -> np.ndarray:
 
 
 # --- 3. the checks -----------------------------------------------------------------------------------
-def _diagnose(spec, data, listed: _Listed, feats: dict | None) -> dict[str, Any]:
+def _diagnose(spec, data, listed: _Listed, feats: dict | None, deferred=()) -> dict[str, Any]:
     n = len(listed.labels)
     keep = np.arange(n)
     extra = []
@@ -341,6 +408,7 @@ def _diagnose(spec, data, listed: _Listed, feats: dict | None) -> dict[str, Any]
         seed=spec.run.seed,
         extra_limits=extra,
         no_features=no_features,
+        deferred=deferred,
     )
     if len(keep) < n:  # the balance of every image, not of the sample
         report["balance"] = analysis.class_balance(
@@ -360,4 +428,12 @@ def scale_sample(hashes: list[str], size: int, *, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([copies, chosen]).astype(np.int64))
 
 
-__all__ = ["DoctorResult", "doctor_workdir", "examine", "list_images", "manifest_hash"]
+__all__ = [
+    "DoctorResult",
+    "before_training",
+    "deferred_for",
+    "doctor_workdir",
+    "examine",
+    "list_images",
+    "manifest_hash",
+]

@@ -10,6 +10,7 @@ unfreeze whole blocks. The registry is plain data: looking a name up imports no 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import re
@@ -28,7 +29,8 @@ BUILTIN = "builtin"
 SCALE_MINUS1_1 = "scale_-1_1"
 
 # Where a backbone's constructor lives (`BackboneSpec.source`).
-APPLICATIONS = "keras.applications"  # keras.applications.<keras_name>
+APPLICATIONS = "keras.applications"  # keras.applications.<keras_name>, or a dotted path to a
+# constructor called the same way (the test backbone `tiny`: tl_keras.model.tiny.tiny_net)
 PACKAGE = "tl_keras"  # the package's own builder (tl_keras.model.efficientnet_lite)
 HUB = "keras_hub"  # a keras-hub preset, named `hub:<preset>` (tl_keras.model.hub)
 HUB_PREFIX = "hub:"
@@ -60,6 +62,7 @@ _MOBILENET_V3_BLOCKS = (
     (r"^expanded_conv_(\d+)_", "block_{0}"),
     (r"^expanded_conv_", "block_0"),
 )
+_TINY_BLOCKS = ((r"^stem_", "stem"), (r"^(block_\d+)_", "{0}"))
 
 # keras-hub's image backbones name their layers per family: EfficientNet like keras.applications
 # (`stem_`, `block1a_`, `top_`), ResNet `conv1_`, `stack0_block0_`, `post_`, DenseNet
@@ -82,7 +85,8 @@ class BackboneSpec:
 
     Attributes:
       name: the name users type (`--backbone=efficientnet_b0`).
-      keras_name: the `keras.applications` constructor.
+      keras_name: the `keras.applications` constructor, or the dotted path of one of the
+        package's own (`tl_keras.model.tiny.tiny_net`).
       family: models sharing block structure and preprocessing.
       default_size: the input size the ImageNet weights were trained at.
       preprocessing: BUILTIN or SCALE_MINUS1_1.
@@ -90,6 +94,8 @@ class BackboneSpec:
       imagenet_alphas: widths with published ImageNet weights; () for no width multiplier.
       has_preprocessing_arg: the constructor takes `include_preprocessing` (kept True).
       source: APPLICATIONS, PACKAGE or HUB (then `keras_name` is the preset).
+      has_imagenet: ImageNet weights exist (`weights='imagenet'`); False for the test backbone.
+      min_size: the smallest input it takes, in pixels.
     """
 
     name: str
@@ -101,6 +107,8 @@ class BackboneSpec:
     imagenet_alphas: tuple[float, ...] = ()
     has_preprocessing_arg: bool = False
     source: str = APPLICATIONS
+    has_imagenet: bool = True
+    min_size: int = MIN_IMAGE_SIZE
 
     @property
     def has_alpha(self) -> bool:
@@ -200,6 +208,22 @@ _SPECS: list[BackboneSpec] = [
 
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
 
+# Registered, so configs and `--backbone=tiny` reach them, but not in `names()`: the list of
+# ImageNet backbones users choose from (the CLI help, the unknown-name message). `tiny`
+# (tl_keras/model/tiny.py) has no pretrained weights; it is the tests' and demos' model.
+UNLISTED: dict[str, BackboneSpec] = {
+    "tiny": BackboneSpec(
+        "tiny",
+        "tl_keras.model.tiny.tiny_net",
+        "tiny",
+        32,
+        SCALE_MINUS1_1,
+        _TINY_BLOCKS,
+        has_imagenet=False,
+        min_size=16,
+    ),
+}
+
 # What a base needs in memory, per backbone at width 1.0, measured on the built base at 224 px
 # (`python benchmarks/backbone_footprint.py` prints this table): the largest layer output and
 # the sum of every layer's output, in float32 values per input pixel, and the parameters.
@@ -225,6 +249,7 @@ _FOOTPRINT: dict[str, tuple[float, float, int]] = {
     "mobilenet_v2": (24.43, 434.7, 2257984),
     "mobilenet_v3_small": (4.66, 106.7, 939120),
     "mobilenet_v3_large": (16.29, 307.4, 2996352),
+    "tiny": (8.00, 69.0, 135280),
 }
 _FLOAT_BYTES = 4
 _ADAM_COPIES = 4  # weights, gradients and the optimizer's two moments
@@ -278,6 +303,7 @@ _ALIASES: dict[str, str] = {}
 for _s in _SPECS:
     _ALIASES[_key(_s.name)] = _s.name
     _ALIASES[_key(_s.keras_name)] = _s.name
+_ALIASES.update({_key(name): name for name in UNLISTED})
 
 
 def names() -> list[str]:
@@ -302,7 +328,7 @@ def get(name: str | BackboneSpec) -> BackboneSpec:
         raise BackboneError(
             f"unknown backbone {name!r}{did_you_mean(name, REGISTRY)}; known backbones: {', '.join(REGISTRY)}"
         )
-    return REGISTRY[canonical]
+    return REGISTRY.get(canonical) or UNLISTED[canonical]
 
 
 def hub_spec(preset: str) -> BackboneSpec:
@@ -330,8 +356,14 @@ def check_alpha(spec: BackboneSpec, alpha: float, weights: str | None) -> None:
     """Checks the width multiplier against the family and the weights.
 
     Raises:
-      BackboneError: alpha given for a family without one, not positive, or without ImageNet weights.
+      BackboneError: alpha given for a family without one, not positive, or without ImageNet
+        weights; ImageNet weights asked of a backbone that has none.
     """
+    if _is_imagenet(weights) and not spec.has_imagenet:
+        raise BackboneError(
+            f"{spec.name} has no ImageNet weights (it is the test backbone): use weights='none' "
+            "or the path of a weights file saved from it"
+        )
     if not spec.has_alpha:
         if alpha != 1.0:
             raise BackboneError(
@@ -356,10 +388,10 @@ def input_size(spec: BackboneSpec, image_size: int | None) -> int:
 
 def check_image_size(spec: BackboneSpec, image_size: int) -> None:
     """Raises BackboneError when the backbone cannot take `image_size` pixels."""
-    if image_size < MIN_IMAGE_SIZE:
+    if image_size < spec.min_size:
         raise BackboneError(
-            f"image_size={image_size} is too small for {spec.name}: keras.applications backbones "
-            f"need at least {MIN_IMAGE_SIZE} px (its ImageNet size is {spec.default_size})"
+            f"image_size={image_size} is too small for {spec.name}: it needs at least "
+            f"{spec.min_size} px (its own size is {spec.default_size})"
         )
 
 
@@ -466,8 +498,8 @@ def build_base(
 
 
 def _build_applications(spec: BackboneSpec, size: int, weights: str | None, alpha: float):
-    """`keras.applications.<keras_name>(include_top=False)`, its ImageNet weights downloaded."""
-    import keras
+    """`keras.applications.<keras_name>(include_top=False)` (or the dotted constructor `tiny`'s),
+    its ImageNet weights downloaded."""
 
     kwargs: dict = dict(
         include_top=False,
@@ -478,7 +510,7 @@ def _build_applications(spec: BackboneSpec, size: int, weights: str | None, alph
         kwargs["alpha"] = alpha
     if spec.has_preprocessing_arg:
         kwargs["include_preprocessing"] = True
-    constructor = getattr(keras.applications, spec.keras_name)
+    constructor = _constructor(spec)
     with warnings.catch_warnings():
         # MobileNet warns that it loads 224-px weights at other sizes: the convolutions are
         # size-independent, so that is exactly what transfer learning at a smaller size wants.
@@ -493,6 +525,16 @@ def _build_applications(spec: BackboneSpec, size: int, weights: str | None, alph
                     "--weights=none to start from random weights"
                 ) from None
             raise
+
+
+def _constructor(spec: BackboneSpec):
+    """The function that builds the base: `keras.applications.<keras_name>`, or a dotted path."""
+    import keras
+
+    if "." not in spec.keras_name:
+        return getattr(keras.applications, spec.keras_name)
+    module, name = spec.keras_name.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 def _check_weights_file(path: str) -> None:

@@ -11,6 +11,8 @@ phase whose length the recipe decides, the runner measures what one of its epoch
 * `check_budget_holds`: a budget that cannot hold one epoch of each phase is refused, naming the
   estimate and the smallest budget that would do.
 * `checkpoint_share`: the part of a checkpoint's cost each epoch pays.
+* `replan_epochs`, `steady_epoch_s`: the re-plan after a phase's first real epoch: its wall,
+  without the tracing it paid once, against what is left before the phase's deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import statistics
 
 from tl_keras.errors import ConfigError
 
@@ -93,6 +96,14 @@ class PhasePlan:
 
     epochs: int
     keep_best: bool = False
+    deadline_s: float | None = None  # monotonic time by which the phase's epochs should end
+    ceiling: int | None = None  # the most epochs a re-plan may give the phase
+    retrace_s: float = 0.0  # what a new schedule length costs (tracing the train step again)
+
+    @property
+    def replans(self) -> bool:
+        """Whether the phase re-plans after its first real epoch (`replan_epochs`)."""
+        return self.deadline_s is not None
 
 
 FE_SHARE = 1 / 3  # of the time left, at most, for fe when fine-tuning follows
@@ -123,6 +134,76 @@ def plan_head_epochs(
         return PhasePlan(max(1, min(fill, FE_FILL_CAP * rule_epochs)), keep_best=True)
     share = min(FE_SHARE * left, left - ft_need_s)
     return PhasePlan(max(1, min(rule_epochs, int(share // per_epoch))))
+
+
+REPLAN_GROWTH = 1.5  # a re-plan gives a phase at most this many times its first plan's epochs
+REPLAN_MIN_ROOM = 2  # ... and at least this many more
+
+
+def replan_ceiling(planned: int, cap: int | None = None) -> int:
+    """The most epochs a re-plan may give a phase planned for `planned` (its `fit` runs up to
+    this many; the re-plan stops it at its count), at most `cap` (never below `planned`)."""
+    room = max(planned + REPLAN_MIN_ROOM, math.ceil(REPLAN_GROWTH * planned))
+    return max(planned, min(room, cap)) if cap is not None else room
+
+
+def phase_time_s(
+    budget_s: float, elapsed_s: float, *, reserve_s: float = 0.0, ft_need_s: float | None = None
+) -> float:
+    """Seconds from now by which a planned phase should end: what is left of `BUDGET_TARGET`
+    times the budget after the run's end (`reserve_s`); for a head with fine-tuning to follow
+    (`ft_need_s`: what its first epoch needs) the share `plan_head_epochs` gives it."""
+    left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
+    return left if ft_need_s is None else min(FE_SHARE * left, left - ft_need_s)
+
+
+def replan_epochs(
+    left_s: float,
+    epoch_s: float,
+    *,
+    done: int,
+    planned: int,
+    ceiling: int,
+    retrace_s: float = 0.0,
+) -> int:
+    """A phase's epochs, in all, re-planned after `done` real epochs.
+
+    Args:
+      left_s: seconds left before the phase's deadline (it may be negative).
+      epoch_s: one epoch's measured wall, without tracing.
+      done: the phase's epochs already run (>= 1).
+      planned: its epochs as planned now.
+      ceiling: the most it may get (what its `fit` runs up to).
+      retrace_s: what a new length costs once (the train step traced again for the new
+        schedule); keeping `planned` costs nothing, stopping now costs nothing.
+
+    Returns:
+      Between `done` (stop after this epoch) and `ceiling`: `planned` when it still fits,
+      else the most epochs that fit after paying for the new length.
+    """
+    per_epoch = max(epoch_s, 1e-9)
+    fits = done + max(0, int(left_s // per_epoch))
+    changed = done + max(0, int((left_s - retrace_s) // per_epoch))
+    changed = min(max(changed, done), ceiling)
+    if planned <= fits and planned >= changed:
+        return planned  # still fits, and a new length would not buy an epoch more
+    return changed
+
+
+def steady_epoch_s(
+    wall_s: float, train_batches_s: list[float], val_batches_s: list[float]
+) -> float | None:
+    """An epoch's wall without what its first calls paid once (tracing): each call timed,
+    the first counted at the median of the others. None when that cannot be told: the train
+    step ran in fewer than three calls (a head on cached features runs its epoch in one), or
+    validation in one or two (its first call's tracing can outweigh a short epoch): then time
+    the next epoch whole."""
+    if len(train_batches_s) < 3 or 0 < len(val_batches_s) < 3:
+        return None
+    excess = max(0.0, train_batches_s[0] - statistics.median(train_batches_s[1:]))
+    if val_batches_s:
+        excess += max(0.0, val_batches_s[0] - statistics.median(val_batches_s[1:]))
+    return max(wall_s - excess, 1e-9)
 
 
 def check_budget_holds(
@@ -158,10 +239,16 @@ __all__ = [
     "FE_FILL_CAP",
     "FE_SHARE",
     "EpochCost",
+    "REPLAN_GROWTH",
+    "REPLAN_MIN_ROOM",
     "PhasePlan",
     "check_budget_holds",
     "checkpoint_share",
     "parse_duration",
     "plan_epochs",
+    "phase_time_s",
     "plan_head_epochs",
+    "replan_ceiling",
+    "replan_epochs",
+    "steady_epoch_s",
 ]

@@ -233,7 +233,9 @@ def _seed_data(config: Config, seed: int, data, workdir: str, *, doctor: bool):
     if doctor and config.doctor != "off" and data.images is not None:
         from tl_keras.doctor import workflow
 
-        workflow.doctor_workdir(seeded, workdir, data=data)
+        workflow.doctor_workdir(
+            seeded, workdir, data=data, deferred=workflow.deferred_for(config.doctor)
+        )
     return data
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
 from tl_keras.errors import WorkdirError
-from tl_keras.recipe import auto
+from tl_keras.recipe import Phase, auto
 from tl_keras.training import bn_shift, budget
 from tl_keras.workdir import Workdir
 
@@ -65,7 +66,9 @@ def measure_facts(checked: config_lib.Checked, data, model) -> tuple[auto.Facts,
     shifts, rate = [], None
     wanted = section.weights is not None or budget_s is not None
     if wanted and data.train_in_order is not None:
-        shifts, rate = bn_shift.block_shifts(model, section.backbone, data.train_in_order)
+        shifts, rate = bn_shift.block_shifts(
+            model, section.backbone, data.train_in_order, num_images=data.num_train
+        )
         if section.weights is None:  # a random base: its statistics say nothing; the rate counts
             shifts = []
         if budget_s is not None:  # the probe's pass is eager: time a compiled one
@@ -85,6 +88,7 @@ def measure_facts(checked: config_lib.Checked, data, model) -> tuple[auto.Facts,
         else (),
         schedule_given=None if auto.is_auto(given.lr_schedule) else given.lr_schedule,
         time_budget_s=budget_s,
+        backbone=section.backbone.name,
     )
     return facts, rate
 
@@ -123,3 +127,18 @@ def fixed_card(given: config_lib.Config, facts: auto.Facts | None = None) -> aut
 
 def _unmeasured(data) -> auto.Facts:
     return auto.Facts(data.num_train, data.num_classes, data.num_train // data.num_classes)
+
+
+def card_follows(outdir, state) -> Callable[[Phase], None]:
+    """What a re-plan calls (`EpochReplan`'s `on_change`): the run's card (`state.card`) gets
+    the phase's new length, written into `recipe.json` at once, so a resumed run keeps the
+    re-planned length (a resumed phase never re-plans)."""
+
+    def follow(phase: Phase) -> None:
+        field = "epochs_ft" if phase.trains_base else "epochs_fe"
+        before = state.card.get(field)
+        reason = f"{before.reason}; re-planned after its first epoch: {phase.epochs} epochs"
+        state.card = state.card.with_decision(auto.Decision(field, phase.epochs, "budget", reason))
+        write_recipe_card(outdir, state.card)
+
+    return follow

@@ -33,7 +33,14 @@ from tl_keras.errors import TrainingError
 from tl_keras.model.classifier import TrainabilityReport, set_trainable
 from tl_keras.progress import say
 from tl_keras.recipe import Phase, budget_plan
-from tl_keras.training import checkpoint, distribute, features, lr_multipliers, optim
+from tl_keras.training import (
+    checkpoint,
+    distribute,
+    features,
+    lr_multipliers,
+    optim,
+    schedules,
+)
 from tl_keras.training.callbacks import (
     BestWeights,
     EpochCheckpoint,
@@ -50,6 +57,7 @@ from tl_keras.training.callbacks import (
     use_progress_bar,
 )
 from tl_keras.training.history import History
+from tl_keras.training.replan import EpochReplan
 from tl_keras.training.results import PhaseResult
 
 
@@ -82,7 +90,9 @@ class PhaseOptions:
       checkpoint_every: seconds of training between two checkpoints.
       epochs_planner: decides the phase's epochs once it is compiled (the time budget, see
         `tl_keras.training.budget`); its measurement leaves every variable as it was. Not used
-        when resuming.
+        when resuming. A plan with a deadline is re-planned after the phase's first real epoch
+        (`tl_keras.training.replan`).
+      on_replan: called with the phase as re-planned, when the re-plan changed its length.
     """
 
     backbone: Any
@@ -101,6 +111,7 @@ class PhaseOptions:
     checkpoint_dir: str | None = None
     checkpoint_every: float = 0.0
     epochs_planner: Callable[[PhaseSetup], int | budget_plan.PhasePlan] | None = None
+    on_replan: Callable[[Phase], None] | None = None
 
 
 @dataclasses.dataclass
@@ -119,6 +130,7 @@ class PhaseSetup:
         the checkpoint's epoch when resuming).
       schedule_callbacks: the callbacks the phase's LR schedule needs (plateau).
       done_records: the phase's epochs a resumed checkpoint already holds.
+      budget: the time budget's plan of the phase, when it re-plans after its first epoch.
     """
 
     phase: Phase
@@ -131,6 +143,13 @@ class PhaseSetup:
     initial_epoch: int
     schedule_callbacks: list[keras.callbacks.Callback]
     done_records: list[dict] = dataclasses.field(default_factory=list)
+    budget: budget_plan.PhasePlan | None = None
+
+    @property
+    def fit_last_epoch(self) -> int:
+        """The last epoch `fit` runs up to: the phase's, or the re-plan's ceiling."""
+        w, plan = self.window, self.budget
+        return w.first_epoch - 1 + plan.ceiling if plan and plan.ceiling else w.last_epoch
 
     @property
     def backbone(self):
@@ -257,6 +276,8 @@ def replan(setup: PhaseSetup, plan: int | budget_plan.PhasePlan, data: DataBundl
     length, compiled again (nothing has trained yet); the setup itself when nothing changes.
     A plan that keeps the best epoch trains every epoch and hands on the best on validation."""
     plan = plan if isinstance(plan, budget_plan.PhasePlan) else budget_plan.PhasePlan(plan)
+    if plan.replans:
+        setup = dataclasses.replace(setup, budget=plan)
     phase, epochs = setup.phase, plan.epochs
     patience = epochs if plan.keep_best else phase.early_stopping_patience
     if epochs == phase.epochs and patience == phase.early_stopping_patience:
@@ -287,7 +308,7 @@ def replan(setup: PhaseSetup, plan: int | budget_plan.PhasePlan, data: DataBundl
 def _replan_head(setup: PhaseSetup, plan, data: DataBundle) -> PhaseSetup:
     """`replan` for a head-only phase, whose head on cached features is compiled again."""
     planned = replan(setup, plan(setup), data)
-    if planned is not setup and setup.fit_model is not setup.model:
+    if planned.phase is not setup.phase and setup.fit_model is not setup.model:
         _compile_head(planned.fit_model, planned)
     return planned
 
@@ -396,6 +417,8 @@ def make_callbacks(setup: PhaseSetup) -> tuple[PhaseState, list[keras.callbacks.
         )
         cbs.append(state.early)
     cbs += state.schedule  # they change the rate at epoch ends: before the checkpoint
+    replanner = _replanner(setup)
+    cbs += [replanner] if replanner is not None else []  # before the checkpoint, too
     if checkpoint_dir:
         state.checkpoints = EpochCheckpoint(
             checkpoint_dir,
@@ -410,10 +433,32 @@ def make_callbacks(setup: PhaseSetup) -> tuple[PhaseState, list[keras.callbacks.
         cbs.append(PhaseProgressBar(phase.name, w.first_epoch - 1, phase.epochs))
     else:
         cbs.append(EpochLogger(phase.name, w.first_epoch - 1, phase.epochs, recorder))
+    if replanner is not None:
+        replanner.retarget = [c for c in (state.checkpoints, cbs[-1], state.early) if c]
     user_callbacks = list(options.callbacks)
     if setup.fit_model is not setup.model:  # cached features: callbacks still see the whole model
         user_callbacks = [FullModelView(cb, setup.model) for cb in user_callbacks]
     return state, [*cbs, *user_callbacks, InterruptCheck()]
+
+
+def _replanner(setup: PhaseSetup) -> EpochReplan | None:
+    """The re-plan after the phase's first real epoch, when the time budget planned it."""
+    plan = setup.budget
+    if plan is None or not plan.replans or setup.resume is not None:
+        return None
+    monitor = "val_loss" if setup.fit_data.val is not None else "loss"
+
+    def learning_rate(phase: Phase):
+        rate, _ = schedules.make_schedule(
+            phase.lr_schedule,
+            base_lr=phase.lr,
+            steps_per_epoch=setup.fit_data.steps_per_epoch,
+            epochs=phase.epochs,
+            plateau_monitor=monitor,
+        )
+        return rate
+
+    return EpochReplan(setup, plan, on_change=setup.options.on_replan, make_schedule=learning_rate)
 
 
 # --- 3. fit ---------------------------------------------------------------------------------------
@@ -423,7 +468,7 @@ def fit(setup: PhaseSetup, state: PhaseState, callbacks: list[keras.callbacks.Ca
     `options.class_weight` weights each training image's loss by its class (Keras maps the
     one-hot targets of each batch to sample weights); validation stays unweighted.
     """
-    last_epoch, initial_epoch = setup.window.last_epoch, setup.initial_epoch
+    last_epoch, initial_epoch = setup.fit_last_epoch, setup.initial_epoch
     remaining = last_epoch - initial_epoch
     resume, early = setup.resume, state.early
     if resume is not None and resume.finished_phase:

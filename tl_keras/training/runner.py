@@ -50,6 +50,7 @@ from tl_keras.training import (
     decide,
     distribute,
     replace,
+    replan,
     rollback,
 )
 from tl_keras.training.curves import plot_history
@@ -295,6 +296,7 @@ def run_phases(
             checkpoint_dir=out.path,
             checkpoint_every=run.checkpoint_every,
             epochs_planner=planner,
+            on_replan=decide.card_follows(plan.outdir, state),
         )
         result = run_phase(state.model, p, data, options)
         if result.phase.epochs != p.epochs:  # planned from the time budget
@@ -380,6 +382,7 @@ def _epochs_planner(
         reserve = _end_reserve(spec, state, cost, empty_phases=sum(p.epochs == 0 for p in later))
         if guard is not None:
             guard.reserve_s, guard.planned_epoch_s = reserve, cost.total_s
+        need = _ft_epoch_estimate(state) if ft_follows and not phase.trains_base else None
         if phase.trains_base:
             decided = budget_plan.PhasePlan(
                 budget_plan.plan_epochs(clock.budget_s, clock.elapsed_s, cost, reserve_s=reserve)
@@ -390,10 +393,11 @@ def _epochs_planner(
                 clock.elapsed_s,
                 cost,
                 rule_epochs=phase.epochs,
-                ft_need_s=_ft_epoch_estimate(state) if ft_follows else None,
+                ft_need_s=need,
                 reserve_s=reserve,
             )
         _log_plan(state, phase, field, cost, decided, ft_follows, reserve)
+        decided = replan.with_deadline(decided, clock, cost, phase, reserve, need, ft_follows)
         decide.write_recipe_card(plan.outdir, state.card)  # a resumed run keeps the plan
         return decided
 

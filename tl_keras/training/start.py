@@ -115,25 +115,15 @@ def initial_state(
     return RunState(model, history, run, None, data)
 
 
-def run_doctor(spec, data: DataBundle, model, outdir: str) -> dict:
-    """The data doctor before the first phase (`tl_keras.doctor.workflow.examine`): one log line,
-    the report in `<workdir>/doctor/`; what run.json records of it.
+def run_doctor(spec, data: DataBundle, model, outdir: str, workdir: str | None = None) -> dict:
+    """The data doctor before the first phase (`tl_keras.doctor.workflow.before_training`): one
+    log line, the report in `<workdir>/doctor/`; what run.json records of it.
 
-    `spec`: the run's `RunSpec` (its model and run sections)."""
-    if spec.run.doctor == "off":
-        log.info("doctor: off (doctor='off'): the data was not examined before training")
-        return {"skipped": "doctor='off'"}
-    if data.images is None:
-        log.info("doctor: skipped: this DataBundle does not list its images")
-        return {"skipped": "the data bundle does not list its images"}
+    `spec`: the run's `RunSpec` (its model and run sections); `workdir`: the workdir the run ends
+    in, when `outdir` is its staged replacement."""
     from tl_keras.doctor import workflow
 
-    result = workflow.examine(spec, data, model, outdir)
-    return {
-        "summary": result.summary,
-        "report": f"{workflow.FOLDER}/report.json",
-        "manifest_sha256": result.report["data"]["manifest_sha256"],
-    }
+    return workflow.before_training(spec, data, model, outdir, workdir=workdir)
 
 
 def phases_now(plan: RunPlan, spec: config_lib.RunSpec) -> list[Phase]:
@@ -245,7 +235,9 @@ def _begin(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None:
         wd.clear_results()
         checkpoint.remove_all(wd.path)
     state.run = {**spec.identity, "class_names": list(state.data.class_names), "phases": {}}
-    state.run["doctor"] = run_doctor(spec, state.data, state.model, plan.outdir.path)
+    state.run["doctor"] = run_doctor(
+        spec, state.data, state.model, plan.outdir.path, plan.workdir.path
+    )
 
 
 def start_run(plan: RunPlan, spec: config_lib.RunSpec, state: RunState) -> None:

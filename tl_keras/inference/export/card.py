@@ -125,6 +125,8 @@ def _data(wd: Path, run: dict, phase: str, bundle) -> dict:
                 "label_suspects": full["label_errors"].get("num_likely"),
                 "label_check_reliable": full["label_errors"].get("reliable"),
                 "outliers": full["outliers"].get("num_outliers"),
+                # checks left for `python -m tl_keras.doctor` (their counts above are null)
+                "deferred": full.get("deferred", []),
                 "balance_ratio": full["balance"]["ratio"],
                 "limits": full["limits"],
             }

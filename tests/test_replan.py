@@ -1,0 +1,201 @@
+"""The time budget's re-plan after a phase's first real epoch (`tl_keras.training.replan`).
+
+The arithmetic (`tl_keras.recipe.budget_plan`) without training; then tiny runs (MobileNet-0.25
+at 32 px, generated images) whose plan and re-plan are fixed by hand, so that what is tested is
+what a re-plan does to the run, not this machine's speed: the re-planned run is the run its
+epochs would give (bitwise), and a run killed after the re-plan resumes with the saved plan.
+"""
+
+import json
+import logging
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from tl_keras.recipe import auto, budget_plan
+from tl_keras.training import replan
+from tl_keras.training.runner import train
+
+
+# --- the arithmetic -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "left, epoch_s, planned, retrace_s, expected",
+    [
+        (60.0, 10.0, 7, 0.0, 7),  # 6 more fit after the first: the plan holds
+        (80.0, 10.0, 7, 0.0, 9),  # faster than planned: 8 more fit, the phase grows
+        (80.0, 10.0, 7, 15.0, 7),  # ... but a new length's tracing eats one: 6 more, keep 7
+        (95.0, 10.0, 7, 15.0, 9),  # room for the tracing and 8 more
+        (40.0, 10.0, 7, 0.0, 5),  # slower than planned: 4 more fit, the phase shrinks
+        (40.0, 10.0, 7, 5.0, 4),  # ... paying for the new length: 3 more
+        (5.0, 10.0, 7, 2.0, 1),  # nothing more fits: stop after this epoch (no new length)
+        (-20.0, 10.0, 7, 0.0, 1),  # already late
+        (500.0, 10.0, 7, 0.0, 12),  # much faster: at most the ceiling
+    ],
+)
+def test_replan_epochs(left, epoch_s, planned, retrace_s, expected):
+    got = budget_plan.replan_epochs(
+        left, epoch_s, done=1, planned=planned, ceiling=12, retrace_s=retrace_s
+    )
+    assert got == expected
+
+
+def test_replan_never_goes_below_the_epochs_done_or_above_the_ceiling():
+    for left in (-100.0, 0.0, 3.0, 1e6):
+        got = budget_plan.replan_epochs(left, 2.0, done=3, planned=5, ceiling=8, retrace_s=1.0)
+        assert 3 <= got <= 8
+
+
+def test_replan_ceiling_leaves_room_to_grow_within_a_cap():
+    assert budget_plan.replan_ceiling(2) == 4  # at least two more
+    assert budget_plan.replan_ceiling(10) == 15  # half as many again
+    assert budget_plan.replan_ceiling(10, cap=12) == 12
+    assert budget_plan.replan_ceiling(10, cap=10) == 10  # a head before fine-tuning: its rule's
+    assert budget_plan.replan_ceiling(10, cap=4) == 10  # never below the plan
+
+
+def test_phase_time_is_the_budget_left_or_fe_s_share():
+    assert budget_plan.phase_time_s(100.0, 15.0, reserve_s=10.0) == pytest.approx(70.0)
+    # fe with fine-tuning to follow: a third of what is left, and room for one ft epoch.
+    assert budget_plan.phase_time_s(100.0, 5.0, ft_need_s=20.0) == pytest.approx(30.0)
+    assert budget_plan.phase_time_s(100.0, 5.0, ft_need_s=80.0) == pytest.approx(10.0)
+
+
+def test_steady_epoch_counts_the_first_call_at_the_median():
+    # A first step of 3.1 s (tracing) among steps of 0.1 s; the first validation batch 1.05 s.
+    train_calls, val_calls = [3.1] + [0.1] * 9, [1.05, 0.05, 0.05]
+    wall = sum(train_calls) + sum(val_calls) + 0.2  # callbacks
+    steady = budget_plan.steady_epoch_s(wall, train_calls, val_calls)
+    assert steady == pytest.approx(10 * 0.1 + 3 * 0.05 + 0.2)
+    no_val = sum(train_calls) + 0.2  # a run without validation
+    assert budget_plan.steady_epoch_s(no_val, train_calls, []) == pytest.approx(10 * 0.1 + 0.2)
+    # A head on cached features runs its epoch in one call: nothing to tell tracing from.
+    assert budget_plan.steady_epoch_s(1.0, [1.0], []) is None
+    # One validation batch, traced: it can outweigh a short epoch (a few-shot head's 0.05 s
+    # epoch read 0.44 s with it): the next epoch is timed whole instead.
+    assert budget_plan.steady_epoch_s(wall, train_calls, [1.05]) is None
+
+
+# --- in a run -------------------------------------------------------------------------------------
+def _read(path) -> dict:
+    return json.loads(pathlib.Path(path).read_text())
+
+
+def _config(**overrides):
+    """The decided recipe on the tiny run, ft's length the budget's, fe's given (4 epochs, so the
+    warm-up rule keeps its one epoch: the first ft epoch then runs as under any length). Batches
+    of 2, so validation runs in 3 and the re-plan comes after ft's first epoch; a checkpoint
+    after every epoch, so a crash leaves one to resume from."""
+    values = dict(
+        recipe="auto",
+        unfreeze="auto",
+        epochs_fe=4,
+        epochs_ft="auto",
+        time_budget="900s",
+        batch_size=2,
+        checkpoint_every=0,
+    )
+    return tiny_config(**{**values, **overrides})
+
+
+PLANNED, REPLANNED = 2, 3
+
+
+@pytest.fixture
+def fixed_plans(monkeypatch):
+    """ft planned for PLANNED epochs, re-planned to REPLANNED after its first; whatever the
+    machine's speed (the budget is far away: the guard never stops anything)."""
+    monkeypatch.setattr(budget_plan, "plan_epochs", lambda *a, **k: PLANNED)
+    monkeypatch.setattr(replan, "replan_epochs", lambda *a, **k: REPLANNED)
+    return monkeypatch
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _train_logged(*args, **kwargs):
+    logger, handler = logging.getLogger("tl_keras"), _Lines()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        return train(*args, **kwargs), handler.lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def _ft(result) -> list[dict]:
+    return [r for r in result.history.records if r["phase"] == "ft"]
+
+
+def test_a_replanned_phase_is_the_phase_its_new_length_would_give(tmp_path, fixed_plans):
+    result, lines = _train_logged(_config(), str(tmp_path / "a"))
+    said = [line for line in lines if "re-plan" in line]
+    assert len(said) == 1, said  # fe's length is given: only ft re-plans, in one line
+    assert said[0].startswith(f"[ft] time budget re-plan after epoch 1 of {PLANNED}: it took ")
+    assert said[0].endswith(
+        f"{REPLANNED} epochs instead of {PLANNED}, the schedule re-sized to end at the last"
+    )
+    assert len(_ft(result)) == REPLANNED
+    card = auto.Card.from_dict(_read(tmp_path / "a" / "recipe.json"))
+    assert card.get("epochs_ft").value == REPLANNED and card.get("epochs_ft").source == "budget"
+    assert "re-planned after its first epoch" in card.get("epochs_ft").reason
+    run = _read(tmp_path / "a" / "run.json")
+    assert [p["epochs"] for p in run["schedule"]] == [4, REPLANNED]
+    assert run["phases"]["ft"]["epochs_run"] == REPLANNED
+
+    # The same run given the re-planned length outright: the same epochs, rates and weights.
+    fixed_plans.undo()
+    given = train(
+        _config(time_budget="", epochs_ft=REPLANNED, warmup_epochs=card.get("warmup_epochs").value),
+        str(tmp_path / "b"),
+    )
+    assert [(r["epoch"], r["lr"]) for r in _ft(result)] == [
+        (r["epoch"], r["lr"]) for r in _ft(given)
+    ]
+    assert _ft(result)[-1]["lr"] < _ft(result)[-2]["lr"]  # the cosine runs to the new end
+    for a, b in zip(result.model.weights, given.model.weights, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfter(keras.callbacks.Callback):
+    """A crash right after epoch `epoch`'s checkpoint (it runs after the phase's callbacks)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise _Crash
+
+
+def test_a_run_killed_after_its_replan_resumes_with_the_saved_plan(tmp_path, fixed_plans):
+    reference = train(_config(), str(tmp_path / "ref"))
+    workdir = str(tmp_path / "w")
+    with pytest.raises(_Crash):  # after ft's second epoch: re-planned, not finished
+        train(_config(), workdir, callbacks=[_CrashAfter(4 + 2)])
+
+    def no_replan(*args, **kwargs):
+        raise AssertionError("a resumed phase re-planned")
+
+    fixed_plans.setattr(replan, "replan_epochs", no_replan)
+    fixed_plans.setattr(budget_plan, "plan_epochs", no_replan)
+    resumed = train(_config(), workdir, resume=True)
+    assert len(_ft(resumed)) == REPLANNED
+    assert [(r["epoch"], r["lr"]) for r in _ft(resumed)] == [
+        (r["epoch"], r["lr"]) for r in _ft(reference)
+    ]
+    for a, b in zip(resumed.model.weights, reference.model.weights, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
