@@ -9,12 +9,14 @@
 
 The committed notebooks carry their outputs, from a full-size run on the shared ImageNet weights
 and flower photos, so a reader sees every plot and table without running anything. `--render`
-executes each notebook in a fresh kernel, compresses its images (at most MAX_IMAGE_WIDTH pixels
-wide, 256 colours) and records in the notebook's metadata (`tl_keras`) the hash of what produced
-the outputs (its code cells and walkthrough.py), how long it took and on how many CPUs.
-tests/test_notebooks.py checks that hash against the current code, that no output is an error,
-and runs every notebook again in tiny mode. Format a notebook (`ruff format notebooks`) before
-rendering it: formatting changes its code, so its hash.
+executes each notebook in a fresh kernel, shrinks its images losslessly (at most MAX_IMAGE_WIDTH
+pixels wide, every colour kept) and records in the notebook's metadata (`tl_keras`) the hash of
+what its outputs depend on and are read with (every cell, prose included, walkthrough.py, and
+the sources of tl_keras), how long it took and on how many CPUs. tests/test_notebooks.py checks
+that hash against the current files, that no output is an error, a warning, a log line or a
+machine path, that every verdict the notebook asserts (`walkthrough.claim`) passed, and runs
+every notebook again in tiny mode. Format a notebook (`ruff format notebooks`) before rendering
+it: formatting changes its code, so its hash.
 
 Each notebook's first code cell calls `walkthrough.setup()`, which reads the parameters from the
 environment (TL_KERAS_TINY, TL_KERAS_RUNS, TL_KERAS_SHARED, TL_KERAS_OFFLINE) and says which
@@ -38,7 +40,9 @@ NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parent
 REPO = NOTEBOOKS_DIR.parent
 KERNEL = "python3"
 HELPER = NOTEBOOKS_DIR / "walkthrough.py"  # the set-up every notebook imports: part of its source
+PACKAGE = REPO / "tl_keras"  # the library the notebooks call: part of their source too
 MAX_IMAGE_WIDTH = 1100  # pixels; wider figures are scaled down when rendering
+MAX_IMAGE_BYTES = 380_000  # a figure still larger (photos) is scaled down until it fits
 RENDER_CELL_TIMEOUT_S = 3600
 
 
@@ -86,34 +90,52 @@ def execute(name: str, *, tiny: bool, runs_dir: str | os.PathLike, timeout: int 
     return nb
 
 
-def source_hash(nb) -> str:
-    """sha256 of what produces a notebook's outputs: walkthrough.py and the code cells, in order.
+def package_hash() -> str:
+    """sha256 of the package's sources (every tl_keras/**/*.py, by path): what the notebooks call."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(b"\0" + path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
-    Markdown cells are left out: editing prose does not make the outputs stale.
+
+def source_hash(nb, package: str | None = None) -> str:
+    """sha256 of everything a notebook's outputs depend on or are read with.
+
+    Every cell, prose included (the prose states what the outputs show, so an edit to it is
+    unreviewed until the outputs are rendered with it), walkthrough.py, and the package's
+    sources (`package_hash`: a change to tl_keras can change any number printed).
     """
     h = hashlib.sha256(HELPER.read_bytes())
+    h.update(b"\0package\0" + (package or package_hash()).encode())
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            h.update(b"\0code cell\0" + cell.source.encode("utf-8"))
+        h.update(f"\0{cell.cell_type} cell\0".encode() + cell.source.encode("utf-8"))
     return h.hexdigest()
 
 
 def compress_png(data: str) -> str:
-    """A base64 PNG made smaller for git: at most MAX_IMAGE_WIDTH wide, 256 colours, optimised.
+    """A base64 PNG made smaller for git, losslessly: at most MAX_IMAGE_WIDTH wide, optimised.
 
-    Returns the original when the result would not be smaller.
+    Size is limited by resolution, never by palette: a photo keeps every colour (a 256-colour
+    palette posterised the photos of notebook 6). An image narrow enough already is returned
+    as it was when optimising it would not make it smaller.
     """
     from PIL import Image
 
     raw = base64.b64decode(data)
     image = Image.open(io.BytesIO(raw)).convert("RGB")
-    if image.width > MAX_IMAGE_WIDTH:
+    too_wide = image.width > MAX_IMAGE_WIDTH
+    if too_wide:  # always scaled down, even where the smaller image takes more bytes
         height = round(image.height * MAX_IMAGE_WIDTH / image.width)
         image = image.resize((MAX_IMAGE_WIDTH, height), Image.Resampling.LANCZOS)
-    image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)
-    if out.tell() >= len(raw):
+    while out.tell() > MAX_IMAGE_BYTES:  # a photo gallery: fewer pixels, every colour kept
+        too_wide = True
+        size = (round(image.width * 0.85), round(image.height * 0.85))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, format="PNG", optimize=True)
+    if not too_wide and out.tell() >= len(raw):
         return data
     return base64.b64encode(out.getvalue()).decode("ascii") + "\n"
 
@@ -121,11 +143,13 @@ def compress_png(data: str) -> str:
 # TensorFlow's C++ start-up lines on stderr (absl's format: `I0000 00:00:1796113296.297283 123 port.cc:153]`,
 # and the line announcing them), which TF 2.21 prints whatever TF_CPP_MIN_LOG_LEVEL says. They
 # describe the rendering machine (its CPU instructions, that it has no GPU), not the walkthrough,
-# so rendering drops them; every other stderr line stays.
+# so rendering drops them, and TFLite's announcement of its CPU delegate, printed by its C++ runtime
+# whatever Python's logging says; every other stderr line stays.
 TF_STARTUP = re.compile(
     r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] .*"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)$"
 )
 
 
@@ -163,6 +187,7 @@ def render(name: str, *, runs_dir: str | os.PathLike) -> float:
                 output.data["image/png"] = compress_png(output.data["image/png"])
     nb.metadata["tl_keras"] = {
         "source_sha256": source_hash(nb),
+        "package_sha256": package_hash(),
         "mode": "full",
         "render_seconds": round(seconds),
         "rendered_on": f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPUs",
@@ -179,8 +204,11 @@ def stale(name: str) -> str | None:
     meta = nb.metadata.get("tl_keras", {})
     if meta.get("source_sha256") is None:
         return "never rendered"
-    if meta["source_sha256"] != source_hash(nb):
-        return "its code (or walkthrough.py) changed since it was rendered"
+    package = package_hash()
+    if meta["source_sha256"] != source_hash(nb, package):
+        if meta.get("package_sha256") not in (None, package):
+            return "tl_keras's sources changed since it was rendered"
+        return "its cells (code or prose), walkthrough.py or tl_keras changed since it was rendered"
     if meta.get("mode") != "full":
         return f"rendered in {meta.get('mode')!r} mode, not full size"
     return None

