@@ -502,12 +502,14 @@ class Outcome:
 
 
 def _flag_values():
+    """absl's flags as `python -m tl_keras.train` defines them, and only those: a test that ran
+    another command in this process (tests/inprocess.py) may have left that command's."""
     from absl import flags
+    from inprocess import fresh_flags
 
     from tl_keras.cli import train as train_cli
 
-    if "backbone" not in flags.FLAGS:
-        train_cli.define_flags()
+    fresh_flags(train_cli.define_flags)
     return flags.FLAGS
 
 

@@ -34,7 +34,7 @@ COMMANDS = {
 }
 
 
-def _fresh_flags(define_flags) -> None:
+def fresh_flags(define_flags) -> None:
     """Only this command's flags, unparsed: every flag a tl_keras module defined is removed
     (commands share names such as --workdir), then the command defines its own."""
     from absl import flags
@@ -69,7 +69,7 @@ def command(
     from absl import flags
 
     cli = importlib.import_module(COMMANDS[module])
-    _fresh_flags(cli.define_flags)
+    fresh_flags(cli.define_flags)
     argv = flags.FLAGS([module, *args])
     out, err = io.StringIO(), io.StringIO()
     _drop_log_handlers()
