@@ -136,8 +136,8 @@ FLAG_CASES = {
     ),
     "negative-budget": (["--time_budget=-5m"], ["time_budget='-5m' is not understood"]),
     "budget-too-small": (
-        ["--time_budget=1s"],
-        ["time_budget=1s cannot hold one epoch of each phase: estimated", "Give at least"],
+        ["--time_budget=0.001s"],
+        ["time_budget=0.001s cannot hold one epoch of each phase: estimated", "Give at least"],
     ),
     "unknown-recipe": (["--recipe=fast"], ["recipe='fast' is not allowed: one of auto, manual"]),
     "auto-field-wrong-type": (
