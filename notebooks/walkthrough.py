@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import sys
 import warnings
@@ -369,13 +370,22 @@ def package_way(config, workdir, *, budget_s: float | None, data=None):
       The run (`tl_keras.train`'s result).
     """
     from tl_keras import train
+    from tl_keras.errors import ConfigError
 
     decided = package_config(config, budget_s)
     if decided.time_budget:
         print(f"the decided recipe, within time_budget={decided.time_budget}")
-    result = train(
-        decided, str(workdir), overwrite=True, data=data, phase="fe" if _TINY[0] else "all"
-    )
+    phase = "fe" if _TINY[0] else "all"
+    try:
+        result = train(decided, str(workdir), overwrite=True, data=data, phase=phase)
+    except ConfigError as e:  # a budget too small for one epoch of each phase on this machine
+        need = re.search(r"at least time_budget=(\d+)s", str(e))
+        if need is None:
+            raise
+        print(f"time_budget={decided.time_budget} cannot hold one epoch of each phase on this "
+              f"machine; the smallest that can: {need[1]}s")  # fmt: skip
+        decided = dataclasses.replace(decided, time_budget=f"{need[1]}s")
+        result = train(decided, str(workdir), overwrite=True, data=data, phase=phase)
     print()
     recipe_card(workdir)
     return result
