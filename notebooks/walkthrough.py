@@ -27,9 +27,11 @@ Tiny mode (the test suite) always uses MobileNet-0.25: it is there to prove the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
+import re
 import socket
 import sys
 import warnings
@@ -332,3 +334,58 @@ def correct_per_image(model, dataset):
         for x, y in dataset
     ]
     return np.concatenate(hits).astype(float)
+
+
+# --- the package's own way, beside a course exercise ------------------------------------------------
+def package_config(config, budget_s: float | None):
+    """`config` with the decided recipe (`recipe="auto"`) in place of every setting the exercise
+    wrote out: the same data, base, image size, batch and head; the schedule, rates, augmentation
+    and stopping decided by the rules, within `budget_s` seconds (None in tiny mode: no budget).
+    """
+    from tl_keras.recipe import auto
+
+    return dataclasses.replace(
+        config,
+        **{field: auto.AUTO for field in auto.AUTO_FIELDS},
+        recipe="auto",
+        stages="",
+        time_budget="" if budget_s is None or _TINY[0] else f"{max(60, round(budget_s))}s",
+    )
+
+
+def recipe_card(workdir) -> None:
+    """Prints the recipe card a run decided (`<workdir>/recipe.json`): every setting, its value
+    and the rule or measurement behind it."""
+    from tl_keras.recipe.auto import CARD_FILE, Card
+
+    card = Card.from_dict(json.loads((Path(workdir) / CARD_FILE).read_text()))
+    print("\n".join(card.lines()))
+
+
+def package_way(config, workdir, *, budget_s: float | None, data=None):
+    """Trains the package's answer to an exercise (`package_config`) in `workdir` and prints its
+    recipe card. Tiny mode runs only the first phase, where the card is decided.
+
+    Returns:
+      The run (`tl_keras.train`'s result).
+    """
+    from tl_keras import train
+    from tl_keras.errors import ConfigError
+
+    decided = package_config(config, budget_s)
+    if decided.time_budget:
+        print(f"the decided recipe, within time_budget={decided.time_budget}")
+    phase = "fe" if _TINY[0] else "all"
+    try:
+        result = train(decided, str(workdir), overwrite=True, data=data, phase=phase)
+    except ConfigError as e:  # a budget too small for one epoch of each phase on this machine
+        need = re.search(r"at least time_budget=(\d+)s", str(e))
+        if need is None:
+            raise
+        print(f"time_budget={decided.time_budget} cannot hold one epoch of each phase on this "
+              f"machine; the smallest that can: {need[1]}s")  # fmt: skip
+        decided = dataclasses.replace(decided, time_budget=f"{need[1]}s")
+        result = train(decided, str(workdir), overwrite=True, data=data, phase=phase)
+    print()
+    recipe_card(workdir)
+    return result

@@ -44,7 +44,10 @@ def test_a_long_pass_logs_counts_every_interval_and_at_the_end(caplog, monkeypat
     lines = _lines(caplog)
     assert lines[0] == "[decode check] 500 / 3,439 images (15%), 5.0 s"
     assert lines[-1] == "[decode check] 3,439 / 3,439 images (100%) in 35.0 s"
-    assert len(lines) == 8  # every 5 s over 35 s, then the final line
+    # every 5 s up to 30 s, then the final line: the tick due at 35 s, when the pass reached
+    # its total, is the final line's (it said 100% twice before)
+    assert len(lines) == 7
+    assert sum("(100%)" in line for line in lines) == 1
 
 
 def test_unknown_total_and_a_failed_pass(caplog, monkeypatch):
@@ -154,3 +157,17 @@ def test_the_terminal_bar_carries_the_phase_its_epoch_and_the_learning_rate(tmp_
     bar = out.split("[fe] epoch 1 (1/1) - lr 1.00e-03", 1)[1]
     assert "accuracy:" in bar and "val_loss:" in bar  # Keras's bar, with the epoch's metrics
     assert "Epoch 1/1" not in out  # Keras's own header, ambiguous across phases, is replaced
+
+
+def test_a_pass_that_reaches_its_total_on_a_tick_says_100_percent_once(caplog, monkeypatch):
+    # The feature pass of a walkthrough: its last batch came due for a progress line, and the
+    # final line followed with the same count ("800 / 800 images (100%)" printed twice).
+    clock = FakeClock()
+    monkeypatch.setattr(progress_lib.time, "monotonic", clock)
+    with (
+        caplog.at_level(logging.INFO, logger="tl_keras"),
+        Progress("feature pass", 800, every_s=5.0, quiet_s=2.0) as p,
+    ):
+        clock.now += 5.3
+        p.update(800)
+    assert _lines(caplog) == ["[feature pass] 800 / 800 images (100%) in 5.3 s"]

@@ -286,3 +286,31 @@ def test_guard_catches_nan_weights_when_the_loss_is_finite():
         "nan",
     )
     assert model.stop_training
+
+
+HEAD_ONLY_WARNING = "training only the head learns what random features carry"
+
+
+def test_a_random_base_warns_of_head_only_training_only_when_the_head_trains_first(
+    tmp_path, caplog
+):
+    """A random base's first phase training only the head earns the warning, once; a scratch
+    run (compare's `scratch`: weights none, everything trains from the first step) does not:
+    the sentence would be false there (it showed in notebooks 4 and 9)."""
+    import logging
+
+    from tl_keras.training.compare import strategy_configs
+
+    base = tiny_config(stages="fe:none:1")
+    scratch = strategy_configs(base, ["scratch"])["scratch"]
+    assert scratch.weights == "none" and scratch.stages.split(":")[1] == "all"
+    with caplog.at_level(logging.INFO, logger="tl_keras"):
+        runner.train(scratch, str(tmp_path / "scratch"))
+    said = [r for r in caplog.records if "weights=none" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO  # the calibration, at INFO only
+    assert HEAD_ONLY_WARNING not in said[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tl_keras"):
+        runner.train(base, str(tmp_path / "fe"))
+    warned = [r for r in caplog.records if HEAD_ONLY_WARNING in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING

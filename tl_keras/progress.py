@@ -119,8 +119,13 @@ class Progress:
         return f"[{self.label}] {count}{',' if not final else ''} {when}"
 
     def update(self, n: int = 1) -> None:
-        """Counts `n` more units; logs a line when `every_s` has passed since the last one."""
+        """Counts `n` more units; logs a line when `every_s` has passed since the last one.
+
+        The last units of a known total log nothing here: the final line (`close`) says 100%,
+        once."""
         self.done += n
+        if self.total and self.done >= self.total:
+            return
         now = time.monotonic()
         if now - self._start >= self.quiet_s and now - self._last >= self.every_s:
             self._last, self._shown = now, True

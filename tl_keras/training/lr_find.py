@@ -144,7 +144,7 @@ def _model_for(spec, target: recipe.Phase, prev, wd, run, data) -> keras.Model:
     from tl_keras.training.plan import check_same_run
 
     if prev is None:
-        model = start.build_initial_model(spec.model, data)
+        model = start.build_initial_model(spec.model, data, head_first=not target.trains_base)
     else:
         check_same_run(run, spec.identity, data.class_names, wd.path)
         model = start.load_phase_model(wd, prev)

@@ -34,7 +34,7 @@ from tl_keras.model.classifier import (
     set_rng_state,
 )
 from tl_keras.model.settings import ModelSettings
-from tl_keras.recipe import Phase, auto, budget_plan
+from tl_keras.recipe import Phase, auto, budget_plan, parse_stages, parse_unfreeze
 from tl_keras.training import budget, checkpoint, decide, distribute, optim, replace, rollback
 from tl_keras.training.history import History
 from tl_keras.training.plan import RunPlan, check_same_run
@@ -102,7 +102,11 @@ def initial_state(
     elif prev is None:
         # A random base's BatchNorm statistics come from training batches as the config gives
         # them: the recipe has not decided yet, so what it would add is not in them.
-        model = build_initial_model(checked.model, data.for_training(checked.given.augmentation))
+        model = build_initial_model(
+            checked.model,
+            data.for_training(checked.given.augmentation),
+            head_first=starts_with_head(checked.given),
+        )
         history = History()
     else:
         model = load_phase_model(wd, prev)
@@ -282,7 +286,17 @@ def load_phase_model(wd: Workdir, phase: str) -> keras.Model:
     return model
 
 
-def build_initial_model(model: ModelSettings, data: DataBundle) -> keras.Model:
+def starts_with_head(given: config_lib.Config) -> bool:
+    """Whether the run's first phase trains only the head: the default schedule's `fe`, or
+    given stages whose first unfreezes nothing (not a scratch run's `scratch:all:N`)."""
+    if not given.stages:
+        return True
+    return parse_unfreeze(parse_stages(given.stages)[0].unfreeze).kind == "none"
+
+
+def build_initial_model(
+    model: ModelSettings, data: DataBundle, *, head_first: bool = True
+) -> keras.Model:
     """Builds the model the first phase starts from (base frozen, ready for `fe`).
 
     With `weights = "none"` the random base's BatchNorm statistics are re-estimated from a few
@@ -292,15 +306,22 @@ def build_initial_model(model: ModelSettings, data: DataBundle) -> keras.Model:
     Args:
       model: the model section (`tl_keras.model.settings.ModelSettings`; a `Config`'s `.model`).
       data: the data bundle (its classes, and batches for the calibration).
+      head_first: the first phase trains only the head on the random base, which is worth a
+        warning; a run that trains the base from its first step (from scratch) is told nothing
+        it did not ask for (the calibration is logged at INFO).
     """
     built = model.build(data.num_classes)
     if model.weights is None:
         n = calibrate_batchnorm(built, data.train_epochs(0, 1).take(BN_CALIBRATION_BATCHES))
-        log.warning(
-            "weights=none: the base starts random, so training only the head learns what random "
-            "features carry (use pretrained weights for transfer learning). Its BatchNorm "
-            "statistics were re-estimated from %d training batches so its features do not "
-            "vanish; no other weight changed",
+        log.log(
+            logging.WARNING if head_first else logging.INFO,
+            "weights=none: the base starts random%s. Its BatchNorm statistics were "
+            "re-estimated from %d training batches so its features do not vanish; no other "
+            "weight changed",
+            ", so training only the head learns what random features carry (use pretrained "
+            "weights for transfer learning)"
+            if head_first
+            else "",
             n,
         )
     return built
