@@ -11,8 +11,11 @@ that epoch's wall without its tracing (`budget_plan.steady_epoch_s`) against wha
 before the phase's deadline and sets the phase's epochs again (`budget_plan.replan_epochs`).
 A new length gets a learning-rate schedule of that length, built as the phase's own would have
 been (a cosine still ends at the phase's last epoch; under a warm-up of at least one epoch the
-first epoch ran exactly as it would have under the new length), and the train step is traced
-again for it. The phase then stops at its new last epoch.
+first epoch ran exactly as it would have under the new length). A cosine whose length the phase
+holds in a variable (`schedules.settable_length`, set before the budget's measurement first
+traced the train step) takes the new length in place, with no new trace; any other schedule is
+given to the optimizer anew and the train step traced again for it (about an epoch's time on
+the flowers, which the re-plan then pays for). The phase then stops at its new last epoch.
 
 It runs before the phase's checkpoint (`EpochCheckpoint`), so the checkpoint of the epoch it
 re-planned at already holds the new schedule, and the runner writes the new length into
@@ -38,6 +41,7 @@ from tl_keras.recipe.budget_plan import (
     replan_epochs,
     steady_epoch_s,
 )
+from tl_keras.training import schedules
 
 log = logging.getLogger("tl_keras")
 
@@ -111,6 +115,8 @@ class EpochReplan(keras.callbacks.Callback):
             getattr(self.model.optimizer, "_learning_rate", None),
             keras.optimizers.schedules.LearningRateSchedule,
         )
+        # A cosine whose length sits in a variable takes a new length without a new trace.
+        free = resizable and schedules.has_settable_length(self.model.optimizer._learning_rate)
         left = plan.deadline_s - time.monotonic()
         epochs = replan_epochs(
             left,
@@ -118,7 +124,7 @@ class EpochReplan(keras.callbacks.Callback):
             done=done,
             planned=phase.epochs,
             ceiling=plan.ceiling or phase.epochs,
-            retrace_s=plan.retrace_s if resizable else 0.0,
+            retrace_s=plan.retrace_s if resizable and not free else 0.0,
         )
         self.replanned = epochs
         resize = resizable and epochs > done and schedule.warmup_epochs < epochs
@@ -141,8 +147,10 @@ class EpochReplan(keras.callbacks.Callback):
         patience = epochs if plan.keep_best else phase.early_stopping_patience
         phase = dataclasses.replace(phase, epochs=epochs, early_stopping_patience=patience)
         if resize:
-            self.model.optimizer.learning_rate = self.make_schedule(phase)
-            self.model.make_train_function(force=True)
+            rate = self.make_schedule(phase)
+            if not schedules.set_length(self.model.optimizer._learning_rate, rate):
+                self.model.optimizer.learning_rate = rate
+                self.model.make_train_function(force=True)
         setup.phase = phase
         setup.window = dataclasses.replace(window, last_epoch=window.first_epoch - 1 + epochs)
         for cb in self.retarget:
