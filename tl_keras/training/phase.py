@@ -261,7 +261,9 @@ def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
     options = setup.options
     plan = options.epochs_planner if options.resume is None else None
     if plan is not None and setup.phase.trains_base:
-        if options.strategy is None:  # before the plan's measurement traces the train step
+        # Before the plan's measurement traces the train step; one replica (workers that
+        # re-plan each on their own clock must not set different lengths).
+        if getattr(options.strategy, "num_replicas_in_sync", 1) == 1:
             schedules.settable_length(getattr(setup.model.optimizer, "_learning_rate", None))
         setup = replan(setup, plan(setup), data)
     if options.feature_cache != "off":
