@@ -57,6 +57,28 @@ def test_replan_ceiling_leaves_room_to_grow_within_a_cap():
     assert budget_plan.replan_ceiling(10, cap=4) == 10  # never below the plan
 
 
+def test_a_plan_timed_in_a_load_spike_can_still_grow_to_what_its_rule_would():
+    """The re-plan's ceiling for a phase that trains the base starts from the larger of its plan
+    and its rule's epochs: planned 8 on a 16.4 s epoch that then ran in 8.8 s (a busy machine),
+    the phase may grow to 18, not only to 12 (it ended at 0.66 of its budget)."""
+    from types import SimpleNamespace
+
+    clock = SimpleNamespace(budget_s=181.3, elapsed_s=32.0)
+    cost = budget_plan.EpochCost(train_s=16.4)
+    ft = SimpleNamespace(trains_base=True, epochs=12)
+    plan = replan.with_deadline(budget_plan.PhasePlan(8), clock, cost, ft, 4.9, None, False)
+    assert plan.ceiling == 18 and plan.epochs == 8
+    assert (
+        replan.with_deadline(budget_plan.PhasePlan(20), clock, cost, ft, 4.9, None, False).ceiling
+        == 30
+    )
+    head = SimpleNamespace(trains_base=False, epochs=40)  # before fine-tuning: its rule's 40
+    assert (
+        replan.with_deadline(budget_plan.PhasePlan(30), clock, cost, head, 4.9, 20.0, True).ceiling
+        == 40
+    )
+
+
 def test_phase_time_is_the_budget_left_or_fe_s_share():
     # 0.98 x 100 - 15 spent - 10 reserved
     assert budget_plan.phase_time_s(100.0, 15.0, reserve_s=10.0) == pytest.approx(73.0)

@@ -160,7 +160,9 @@ def plan_head_epochs(
     return PhasePlan(max(1, min(rule_epochs, int(share // per_epoch))))
 
 
-REPLAN_GROWTH = 1.5  # a re-plan gives a phase at most this many times its first plan's epochs
+# A re-plan gives a phase at most this many times its first plan's epochs (a phase that trains
+# the base: of the larger of its plan and its rule's, `replan.with_deadline`).
+REPLAN_GROWTH = 1.5
 REPLAN_MIN_ROOM = 2  # ... and at least this many more
 
 

@@ -186,14 +186,18 @@ def with_deadline(
 ) -> PhasePlan:
     """The plan with what its re-plan needs: the deadline (`budget_plan.phase_time_s` from now),
     the ceiling (a head before fine-tuning at most its rule's epochs, a head that fills the
-    budget at most `FE_FILL_CAP` times them), and what a new schedule length costs (the
-    measured tracing)."""
+    budget at most `FE_FILL_CAP` times them; a phase that trains the base grows from the larger
+    of its plan and its rule's epochs, so that a plan timed in a load spike does not hold it
+    far below what fits), and what a new schedule length costs (the measured tracing)."""
     in_s = phase_time_s(clock.budget_s, clock.elapsed_s, reserve_s=reserve_s, ft_need_s=ft_need_s)
-    cap = None if phase.trains_base else phase.epochs * (1 if ft_follows else FE_FILL_CAP)
+    if phase.trains_base:
+        ceiling = max(replan_ceiling(plan.epochs), replan_ceiling(phase.epochs))
+    else:
+        ceiling = replan_ceiling(plan.epochs, phase.epochs * (1 if ft_follows else FE_FILL_CAP))
     return dataclasses.replace(
         plan,
         deadline_s=time.monotonic() + in_s,
-        ceiling=replan_ceiling(plan.epochs, cap),
+        ceiling=ceiling,
         retrace_s=cost.trace_s,
     )
 
