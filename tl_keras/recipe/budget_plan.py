@@ -5,7 +5,8 @@ phase whose length the recipe decides, the runner measures what one of its epoch
 (`tl_keras.training.budget`, which measures and guards) and asks here how many epochs fit:
 
 * `plan_epochs`: a phase that trains the base gets what is left of `BUDGET_TARGET` times the
-  budget, after the time spent and the run's end (`reserve_s`: saving, plots, calibration).
+  budget, after the time spent, the run's end (`reserve_s`: saving, plots, calibration) and the
+  trace a new length costs inside the phase (none for a cosine whose length is a variable).
 * `plan_head_epochs`: a head on cached features takes at most `FE_SHARE` of what is left when
   fine-tuning follows, and fills the budget (keeping its best epoch) when it ends the run.
 * `check_budget_holds`: a budget that cannot hold one epoch of each phase is refused, naming the
@@ -60,28 +61,51 @@ class EpochCost:
     overhead_s: float = 0.0  # per epoch: its share of the checkpoints, callbacks
     trace_s: float = 0.0  # once: tracing the phase's functions again after a new plan
     save_s: float = 0.0  # one save of the whole model (the phase's last checkpoint)
+    # once, at the run's end: tracing calibration's forward pass (a forward graph, a fraction
+    # of the train step's trace_s, which the phase pays inside its first epoch, not at the end)
+    eval_trace_s: float = 0.0
 
     @property
     def total_s(self) -> float:
         return self.train_s + self.val_s + self.overhead_s
 
 
-BUDGET_TARGET = 0.95  # plan to end at this share of the budget (the promise: within 0.8 to 1.1)
+# Plan to end by this share of the budget (the promise: within 0.9 to 1.0 of it). A run lands up
+# to one epoch before the line (whole epochs), and the epochs after the re-plan drift by about 2%
+# of their sum on a quiet machine: 0.98 keeps a 3.7 s epoch of a 63-70 s budget (flowers,
+# MobileNet-0.25) inside 0.92-0.98, and the budget guard stops a phase whose epochs slow down
+# past 1.0. (0.95, with the train step's trace counted again in the end's reserve, left runs at
+# 0.87-0.90: issue 24.)
+BUDGET_TARGET = 0.98
 
 
 def plan_epochs(
-    budget_s: float, elapsed_s: float, cost: EpochCost, *, reserve_s: float = 0.0
+    budget_s: float,
+    elapsed_s: float,
+    cost: EpochCost,
+    *,
+    reserve_s: float = 0.0,
+    unchanged: int | None = None,
 ) -> int:
     """Epochs of a phase that fit in what is left of the budget: at least 1.
+
+    A length other than `unchanged` (the epochs the phase was compiled for) compiles the phase
+    again, and its first epoch traces the train step again (`cost.trace_s`): that is paid inside
+    the phase, so it counts here, once, and not in `reserve_s`.
 
     Args:
       budget_s: the run's budget.
       elapsed_s: time already spent by the run.
       cost: the measured cost of one epoch of the phase.
       reserve_s: time needed after the phase (saving, plots, calibration).
+      unchanged: the phase's epochs as compiled (kept when they fit: no new trace).
     """
     left = BUDGET_TARGET * budget_s - elapsed_s - reserve_s
-    return max(1, int(left // max(cost.total_s, 1e-9)))
+    per_epoch = max(cost.total_s, 1e-9)
+    changed = max(1, int((left - cost.trace_s) // per_epoch))
+    if unchanged is not None and changed < unchanged <= int(left // per_epoch):
+        return unchanged  # still fits, and a new length would not buy an epoch more
+    return changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +160,9 @@ def plan_head_epochs(
     return PhasePlan(max(1, min(rule_epochs, int(share // per_epoch))))
 
 
-REPLAN_GROWTH = 1.5  # a re-plan gives a phase at most this many times its first plan's epochs
+# A re-plan gives a phase at most this many times its first plan's epochs (a phase that trains
+# the base: of the larger of its plan and its rule's, `replan.with_deadline`).
+REPLAN_GROWTH = 1.5
 REPLAN_MIN_ROOM = 2  # ... and at least this many more
 
 

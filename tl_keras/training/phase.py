@@ -261,6 +261,10 @@ def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
     options = setup.options
     plan = options.epochs_planner if options.resume is None else None
     if plan is not None and setup.phase.trains_base:
+        # Before the plan's measurement traces the train step; one replica (workers that
+        # re-plan each on their own clock must not set different lengths).
+        if getattr(options.strategy, "num_replicas_in_sync", 1) == 1:
+            schedules.settable_length(getattr(setup.model.optimizer, "_learning_rate", None))
         setup = replan(setup, plan(setup), data)
     if options.feature_cache != "off":
         setup = use_cached_features(setup, data)
@@ -289,20 +293,39 @@ def replan(setup: PhaseSetup, plan: int | budget_plan.PhasePlan, data: DataBundl
         phase, epochs=epochs, lr_schedule=schedule, early_stopping_patience=patience
     )
     monitor = "val_loss" if data.val is not None else "loss"
-    optimizer, schedule_callbacks = optim.phase_optimizer(
-        setup.model,
-        phase,
-        backbone=setup.backbone,
-        steps_per_epoch=data.steps_per_epoch,
-        monitor=monitor,
-    )
-    jit_compile = setup.options.jit_compile
-    optim.compile_for_phase(setup.model, phase, optimizer=optimizer, jit_compile=jit_compile)
+    schedule_callbacks = setup.schedule_callbacks
+    if not _resized_in_place(setup.model.optimizer, phase, data.steps_per_epoch, monitor):
+        optimizer, schedule_callbacks = optim.phase_optimizer(
+            setup.model,
+            phase,
+            backbone=setup.backbone,
+            steps_per_epoch=data.steps_per_epoch,
+            monitor=monitor,
+        )
+        jit_compile = setup.options.jit_compile
+        optim.compile_for_phase(setup.model, phase, optimizer=optimizer, jit_compile=jit_compile)
     w = setup.window
     window = dataclasses.replace(w, last_epoch=w.first_epoch - 1 + epochs)
     return dataclasses.replace(
         setup, phase=phase, window=window, schedule_callbacks=schedule_callbacks
     )
+
+
+def _resized_in_place(optimizer, phase: Phase, steps_per_epoch: int, monitor: str) -> bool:
+    """Whether the compiled optimizer took the phase's new length as it is: its cosine's length
+    held in a variable (`schedules.settable_length`), nothing else of it changed (the warm-up, no
+    weight averaging, whose momentum follows the length): no new compile, no new trace."""
+    if optim.ema_momentum(phase, steps_per_epoch) is not None:
+        return False
+    current = getattr(optimizer, "_learning_rate", None)
+    new, callbacks = schedules.make_schedule(
+        phase.lr_schedule,
+        base_lr=phase.lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=phase.epochs,
+        plateau_monitor=monitor,
+    )
+    return not callbacks and schedules.set_length(current, new)
 
 
 def _replan_head(setup: PhaseSetup, plan, data: DataBundle) -> PhaseSetup:

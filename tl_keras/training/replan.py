@@ -11,8 +11,11 @@ that epoch's wall without its tracing (`budget_plan.steady_epoch_s`) against wha
 before the phase's deadline and sets the phase's epochs again (`budget_plan.replan_epochs`).
 A new length gets a learning-rate schedule of that length, built as the phase's own would have
 been (a cosine still ends at the phase's last epoch; under a warm-up of at least one epoch the
-first epoch ran exactly as it would have under the new length), and the train step is traced
-again for it. The phase then stops at its new last epoch.
+first epoch ran exactly as it would have under the new length). A cosine whose length the phase
+holds in a variable (`schedules.settable_length`, set before the budget's measurement first
+traced the train step) takes the new length in place, with no new trace; any other schedule is
+given to the optimizer anew and the train step traced again for it (about an epoch's time on
+the flowers, which the re-plan then pays for). The phase then stops at its new last epoch.
 
 It runs before the phase's checkpoint (`EpochCheckpoint`), so the checkpoint of the epoch it
 re-planned at already holds the new schedule, and the runner writes the new length into
@@ -38,6 +41,7 @@ from tl_keras.recipe.budget_plan import (
     replan_epochs,
     steady_epoch_s,
 )
+from tl_keras.training import schedules
 
 log = logging.getLogger("tl_keras")
 
@@ -111,6 +115,8 @@ class EpochReplan(keras.callbacks.Callback):
             getattr(self.model.optimizer, "_learning_rate", None),
             keras.optimizers.schedules.LearningRateSchedule,
         )
+        # A cosine whose length sits in a variable takes a new length without a new trace.
+        free = resizable and schedules.has_settable_length(self.model.optimizer._learning_rate)
         left = plan.deadline_s - time.monotonic()
         epochs = replan_epochs(
             left,
@@ -118,7 +124,7 @@ class EpochReplan(keras.callbacks.Callback):
             done=done,
             planned=phase.epochs,
             ceiling=plan.ceiling or phase.epochs,
-            retrace_s=plan.retrace_s if resizable else 0.0,
+            retrace_s=plan.retrace_s if resizable and not free else 0.0,
         )
         self.replanned = epochs
         resize = resizable and epochs > done and schedule.warmup_epochs < epochs
@@ -141,8 +147,10 @@ class EpochReplan(keras.callbacks.Callback):
         patience = epochs if plan.keep_best else phase.early_stopping_patience
         phase = dataclasses.replace(phase, epochs=epochs, early_stopping_patience=patience)
         if resize:
-            self.model.optimizer.learning_rate = self.make_schedule(phase)
-            self.model.make_train_function(force=True)
+            rate = self.make_schedule(phase)
+            if not schedules.set_length(self.model.optimizer._learning_rate, rate):
+                self.model.optimizer.learning_rate = rate
+                self.model.make_train_function(force=True)
         setup.phase = phase
         setup.window = dataclasses.replace(window, last_epoch=window.first_epoch - 1 + epochs)
         for cb in self.retarget:
@@ -178,14 +186,18 @@ def with_deadline(
 ) -> PhasePlan:
     """The plan with what its re-plan needs: the deadline (`budget_plan.phase_time_s` from now),
     the ceiling (a head before fine-tuning at most its rule's epochs, a head that fills the
-    budget at most `FE_FILL_CAP` times them), and what a new schedule length costs (the
-    measured tracing)."""
+    budget at most `FE_FILL_CAP` times them; a phase that trains the base grows from the larger
+    of its plan and its rule's epochs, so that a plan timed in a load spike does not hold it
+    far below what fits), and what a new schedule length costs (the measured tracing)."""
     in_s = phase_time_s(clock.budget_s, clock.elapsed_s, reserve_s=reserve_s, ft_need_s=ft_need_s)
-    cap = None if phase.trains_base else phase.epochs * (1 if ft_follows else FE_FILL_CAP)
+    if phase.trains_base:
+        ceiling = max(replan_ceiling(plan.epochs), replan_ceiling(phase.epochs))
+    else:
+        ceiling = replan_ceiling(plan.epochs, phase.epochs * (1 if ft_follows else FE_FILL_CAP))
     return dataclasses.replace(
         plan,
         deadline_s=time.monotonic() + in_s,
-        ceiling=replan_ceiling(plan.epochs, cap),
+        ceiling=ceiling,
         retrace_s=cost.trace_s,
     )
 

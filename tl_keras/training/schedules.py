@@ -41,6 +41,9 @@ __all__ = [
     "current_lr",
     "lr_at_epoch",
     "make_schedule",
+    "has_settable_length",
+    "set_length",
+    "settable_length",
 ]
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
@@ -163,6 +166,56 @@ def _warmup_then_cosine(p: _Params, alpha: float) -> keras.optimizers.schedules.
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=p.base_lr, decay_steps=p.decay_steps, alpha=alpha
     )
+
+
+def settable_length(learning_rate: object) -> bool:
+    """Holds a cosine schedule's decay length (`decay_steps`) in a variable, which the traced
+    train step reads, so that `set_length` changes the schedule's length without tracing the
+    train step again (the time budget's plan and re-plan: a trace of the whole model costs about
+    an epoch on the flowers). Call before the train step is first traced; the rates are the
+    same, bitwise (the length is cast to the rate's dtype either way), and the schedule's config
+    still names the length as a number, so a saved model loads with Keras alone.
+
+    Returns:
+      Whether the length is now settable (a `CosineDecay`, the cosine and warm-up schedules).
+    """
+    if not isinstance(learning_rate, keras.optimizers.schedules.CosineDecay):
+        return False
+    if isinstance(learning_rate.decay_steps, keras.Variable):
+        return True
+    length = keras.Variable(
+        float(learning_rate.decay_steps), dtype="float32", trainable=False, name="decay_steps"
+    )
+    learning_rate.decay_steps = length
+
+    def get_config() -> dict:
+        config = type(learning_rate).get_config(learning_rate)
+        config["decay_steps"] = int(round(float(length.numpy())))
+        return config
+
+    learning_rate.get_config = get_config
+    return True
+
+
+def has_settable_length(learning_rate: object) -> bool:
+    """Whether `settable_length` made this schedule's length a variable."""
+    return isinstance(learning_rate, keras.optimizers.schedules.CosineDecay) and isinstance(
+        learning_rate.decay_steps, keras.Variable
+    )
+
+
+def set_length(current: object, new: object) -> bool:
+    """Gives `current` (made `settable_length`) the length of `new`, when they differ in
+    nothing else; False (nothing changed) otherwise: the caller builds the optimizer anew."""
+    if not (has_settable_length(current) and type(new) is keras.optimizers.schedules.CosineDecay):
+        return False
+    mine, theirs = current.get_config(), new.get_config()
+    if {k: v for k, v in mine.items() if k != "decay_steps"} != {
+        k: v for k, v in theirs.items() if k != "decay_steps"
+    }:
+        return False
+    current.decay_steps.assign(float(new.decay_steps))
+    return True
 
 
 def _cosine_lr_at_step(p: _Params, step: int, alpha: float) -> float:
