@@ -157,6 +157,7 @@ def test_flag_case(case, tmp_path):
     workdir = tmp_path / "w"
     assert_refused(command(*TINY, *extra, f"--workdir={workdir}"), *fragments)
     assert not (workdir / "run.json").exists()
+    assert not workdir.exists()  # a refusal leaves nothing it created, the workdir included
 
 
 def test_unknown_config_field(tmp_path):
