@@ -144,6 +144,10 @@ FLAG_CASES = {
         ["--epochs_ft=many"],
         ["'epochs_ft' in command line must be int, got 'many'", "'auto'"],
     ),
+    "logical-cpus-too-many": (
+        ["--logical_cpus=100000"],
+        ["logical_cpus=100000 is not allowed: use 0 (off) or from 2 to 8 logical devices"],
+    ),
     "ema-with-layer-decay": (
         ["--weight_averaging=ema", "--layer_decay=0.8"],
         ["weight_averaging='ema'", "use one of the two"],
