@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.data import augment as augment_lib
-from tl_keras.data import settings
 from tl_keras.data.images import (
     AUTOTUNE,
     BATCH_STREAM,
@@ -49,23 +48,24 @@ _GATHER_BATCH = 256  # rows one numpy gather reads from an array or a cache stor
 class Pipeline:
     """How images become batches (the data fields of a `Config`, see there for their meaning).
 
-    Its fields are a `DataSettings`'s reading fields and an `Augmentation`'s, with their
-    defaults (one home: `tl_keras.data.settings`; `DataSettings.pipeline` makes one from a
-    run's data section), and where cache='file' keeps its store.
+    Its fields are a `DataSettings`'s reading fields and an `Augmentation`'s, with the same
+    defaults (`tl_keras.data.settings` cannot be imported here: it makes pipelines,
+    `DataSettings.pipeline`; tests/test_data.py checks they agree), and where cache='file'
+    keeps its store.
     """
 
     image_size: int
     batch_size: int
     seed: int = 0
-    resize_method: str = settings.default("resize_method")
-    resize_mode: str = settings.default("resize_mode")
-    cache: str = settings.default("cache")
+    resize_method: str = "bilinear"
+    resize_mode: str = "stretch"
+    cache: str = "none"
     cache_dir: str | None = None
-    max_skipped_fraction: float = settings.default("max_skipped_fraction")
-    augment: str = settings.NO_AUGMENTATION.augment
-    mixup: float = settings.NO_AUGMENTATION.mixup
-    cutmix: float = settings.NO_AUGMENTATION.cutmix
-    label_smoothing: float = settings.NO_AUGMENTATION.label_smoothing
+    max_skipped_fraction: float = 0.05
+    augment: str = "none"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("seed", "cache_dir")}
