@@ -144,6 +144,10 @@ FLAG_CASES = {
         ["--epochs_ft=many"],
         ["'epochs_ft' in command line must be int, got 'many'", "'auto'"],
     ),
+    "logical-cpus-too-many": (
+        ["--logical_cpus=100000"],
+        ["logical_cpus=100000 is not allowed: use 0 (off) or from 2 to 8 logical devices"],
+    ),
     "ema-with-layer-decay": (
         ["--weight_averaging=ema", "--layer_decay=0.8"],
         ["weight_averaging='ema'", "use one of the two"],
@@ -157,6 +161,7 @@ def test_flag_case(case, tmp_path):
     workdir = tmp_path / "w"
     assert_refused(command(*TINY, *extra, f"--workdir={workdir}"), *fragments)
     assert not (workdir / "run.json").exists()
+    assert not workdir.exists()  # a refusal leaves nothing it created, the workdir included
 
 
 def test_unknown_config_field(tmp_path):

@@ -287,3 +287,32 @@ def test_skipped_files_are_counted_in_the_phase_summary(tmp_path):
     assert summary["data"]["num_skipped"] == 1
     assert summary["data"]["skipped"][0]["item"] == os.path.join("ant", "broken.jpg")
     assert summary["data"]["pipeline"]["augment"] == "light"
+
+
+def test_the_pipeline_takes_its_fields_from_the_data_settings_and_augmentation():
+    """One home for each data field: a `Pipeline`'s fields are a `DataSettings`'s reading fields
+    and an `Augmentation`'s, with their defaults, plus where the file cache goes; the settings'
+    `pipeline` hands over their values."""
+    import dataclasses
+
+    from tl_keras.data.pipeline import Pipeline
+    from tl_keras.data.settings import Augmentation, DataSettings, default
+
+    fields = {f.name: f.default for f in dataclasses.fields(Pipeline)}
+    augmentation = {f.name: f.default for f in dataclasses.fields(Augmentation)}
+    data = {f.name for f in dataclasses.fields(DataSettings)}
+    assert set(fields) - data - set(augmentation) == {"cache_dir"}
+    for name, value in fields.items():
+        if name in augmentation:
+            assert value == augmentation[name], name
+        elif name in data and name != "seed":  # the data's seed is the run's: no default
+            assert value == default(name) or value is dataclasses.MISSING, name
+    given = DataSettings(
+        data_dir="photos", image_size=40, seed=3, batch_size=5, resize_method="area",
+        resize_mode="crop", cache="file", max_skipped_fraction=0.1,
+    )  # fmt: skip
+    p = given.pipeline(Augmentation(augment="light", mixup=0.2), workdir="/w")
+    assert {n: getattr(p, n) for n in set(fields) & data} == {
+        n: getattr(given, n) for n in set(fields) & data
+    }
+    assert (p.augment, p.mixup, p.cache_dir) == ("light", 0.2, os.path.join("/w", "data", "cache"))

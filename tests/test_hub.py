@@ -181,6 +181,36 @@ def test_the_guard_reaches_batchnorm_inside_keras_hub_blocks(mobilenet_preset, d
         assert moved & stats(base)
 
 
+def test_calibration_reaches_batchnorm_inside_keras_hub_blocks(mobilenet_preset, data):
+    """weights=none: the BatchNorm layers inside MobileNet's keras-hub blocks get the cumulative
+    average over the calibration batches like the base's own (one batch: its statistics alone,
+    whatever they started from; keras-hub's momentum 0.9 kept 90% of the start); every other
+    weight stays bitwise, every layer's `trainable` as it was."""
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_model(
+        f"hub:{mobilenet_preset}", data.num_classes, image_size=SIZE, weights=None
+    )
+    base = model_lib.get_base(model)
+    inner = [bn for bn in all_batchnorm(base) if bn not in base.layers]
+    assert len(inner) == 24  # inside ConvBnActBlock, DepthwiseConvBlock, InvertedResidualBlock
+    flags = [layer.trainable for layer in model._flatten_layers()]
+    batch = data.train_epochs(0, 1).take(1)
+    before = snapshot(model)
+    assert model_lib.calibrate_batchnorm(model, batch) == 1
+    calibrated = snapshot(model)
+    assert changed(before, calibrated) == stats(base)  # the inner ones too; nothing else
+    assert [layer.trainable for layer in model._flatten_layers()] == flags
+    assert {bn.momentum for bn in inner} == {0.9}  # keras-hub's own, restored
+    rng = np.random.default_rng(1)
+    for bn in inner:  # start elsewhere: one batch's cumulative average does not remember it
+        bn.moving_mean.assign(rng.normal(0, 1, bn.moving_mean.shape))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, bn.moving_variance.shape))
+    model_lib.calibrate_batchnorm(model, batch)
+    again = snapshot(model)
+    for path in stats(base):
+        np.testing.assert_allclose(again[path], calibrated[path], rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def lite0_run(lite0_preset, shapes_dir, tmp_path_factory):
     from tl_keras.training.runner import train

@@ -26,6 +26,7 @@ from tl_keras import config as config_lib
 from tl_keras import interrupt, io, lock, transaction
 from tl_keras.errors import DiskFullError, TrainingError, WorkdirError
 from tl_keras.training import plan
+from tl_keras.training import replace as replacement
 from tl_keras.workdir import SHARED, Workdir
 
 # --- a stand-in run, and what "exactly the old / the new run" means ------------------------------
@@ -394,3 +395,59 @@ def test_a_kill_in_the_middle_of_the_swap_is_finished_by_the_next_command(finish
     assert [s.phase for s in result.history.spans()] == ["fe", "ft"]
     run = json.loads((workdir / "run.json").read_text())
     assert list(run["phases"]) == ["fe", "ft"] and run["phases"]["fe"]["last_epoch"] == 2
+
+
+# --- a damaged run.json: --overwrite is the way out ----------------------------------------------
+RUN_JSON_DAMAGE = {
+    "truncated": ('{"format": 1, "backb', "not valid JSON, truncated or edited"),
+    "a-list": ("[]", "the file is a JSON list, not an object"),
+    "wrong-type": (
+        json.dumps({**RUN_COMMON, "phases": "fe"}),
+        "'phases' is a string, not an object",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_JSON_DAMAGE))
+def test_a_damaged_run_json_is_refused_but_by_overwrite(case, finished):
+    """Only --overwrite from the first phase replaces a run whose record is lost; everything
+    else is refused in one line naming the file and --overwrite, the workdir untouched."""
+    workdir, checked = finished[0], config_lib.check(tiny())
+    text, problem = RUN_JSON_DAMAGE[case]
+    (workdir / "run.json").write_text(text)
+    damaged = snapshot(workdir)
+    for options in ({}, {"resume": True}, {"phase": "ft", "overwrite": True}):
+        with pytest.raises(WorkdirError) as e:
+            plan.plan_run(checked, str(workdir), **options)
+        message = str(e.value)
+        assert message.startswith(f"{workdir / 'run.json'} is damaged ({problem}"), message
+        assert "start it again with --overwrite" in message and "\n" not in message
+    for phase in ("all", "fe"):
+        planned = plan.plan_run(checked, str(workdir), phase=phase, overwrite=True)
+        assert planned.targets[0] == "fe" and planned.done == {}
+        assert replacement.is_replacement(planned, overwrite=True)  # staged, the old run in place
+    assert snapshot(workdir) == damaged
+
+
+def test_an_overwrite_replaces_a_damaged_run_json_as_a_transaction(finished, monkeypatch, caplog):
+    from tl_keras.training.runner import train
+
+    workdir = finished[0]
+    (workdir / "run.json").write_text('{"format": 1, "backb')
+    (workdir / "recipe.json").write_text("[1, 2]")  # a card the new run decides anew, unread
+    damaged = snapshot(workdir)
+    # Stopped before its first phase is saved: the damaged workdir is left as it was.
+    monkeypatch.setenv("TL_KERAS_FAILPOINT", "signal:TERM:batch:1:1")
+    with interrupt.handled(), pytest.raises(interrupt.Interrupted):
+        train(tiny(), str(workdir), overwrite=True)
+    monkeypatch.delenv("TL_KERAS_FAILPOINT")
+    assert snapshot(workdir) == damaged and not os.path.lexists(workdir / transaction.FOLDER)
+    with caplog.at_level("INFO", logger="tl_keras"):
+        result = train(tiny(), str(workdir), overwrite=True)
+    assert "run.json is damaged" in caplog.text and "the run there is replaced" in caplog.text
+    assert "is staged in" in caplog.text and "the run it replaced is gone" in caplog.text
+    run = Workdir(str(workdir)).read_run()
+    assert list(run["phases"]) == ["fe", "ft"] == [s.phase for s in result.history.spans()]
+    assert json.loads((workdir / "recipe.json").read_text())["decisions"]
+    assert not os.path.lexists(workdir / transaction.FOLDER)
+    assert len(answers(workdir)) == 6

@@ -45,6 +45,7 @@ from tl_keras.model.settings import ModelSettings
 from tl_keras.recipe import LR_FACTOR_RANGE, Phase, budget_plan
 from tl_keras.recipe import auto as auto_recipe
 from tl_keras.recipe.auto import AUTO
+from tl_keras.training import distribute
 from tl_keras.training.settings import RunSettings, phases
 
 # The defaults of the LR-schedule fields are the recipe's (`recipe.LRSchedule`), their one home;
@@ -330,7 +331,9 @@ class Config:
         "logical CPUs), 'multi_worker' (the cluster in TF_CONFIG) or 'tpu'. batch_size is global.",
     )
     logical_cpus: int = _field(
-        0, "Split the CPU into this many logical devices (to try 'mirrored' without GPUs); 0 = off."
+        0,
+        f"Split the CPU into this many logical devices, 2 to {distribute.MAX_LOGICAL_CPUS} (to "
+        "try 'mirrored' without GPUs); 0 = off.",
     )
     scale_lr_with_replicas: bool = _field(
         False, "Multiply every learning rate by the number of replicas (the linear scaling rule)."

@@ -35,14 +35,15 @@ fails before that (divergence, a full disk, a signal, SIGKILL) leaves the old ru
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tl_keras import io, schema, transaction
-from tl_keras.errors import WorkdirError
+from tl_keras import io, lock, schema, transaction
+from tl_keras.errors import TLKerasError, WorkdirError
 
 log = logging.getLogger("tl_keras")
 
@@ -262,6 +263,108 @@ class Workdir:
                 os.unlink(full)
             elif os.path.isdir(full) and is_phase_dir and entry not in ("data", "logs"):
                 shutil.rmtree(full)
+
+
+class Made:
+    """What `nothing_left_if_refused` yields: `keep()` once the block has a result to keep."""
+
+    def __init__(self) -> None:
+        self.kept = False
+
+    def keep(self) -> None:
+        """From now on a refusal removes nothing (a comparison whose first run finished)."""
+        self.kept = True
+
+
+@contextlib.contextmanager
+def nothing_left_if_refused(path: str, *, hold_lock: bool = False) -> Iterator[Made]:
+    """Removes what the block created in `path` when it ends in bad input (exit status 2).
+
+    A command that creates its workdir (the lock, `ensure_writable`) and is then refused (a
+    phase whose predecessor is not done, data that cannot be read, a budget too small) leaves
+    nothing it created: the new entries of the folder, then the folder and the parents it
+    created, if they are empty. What was there before is never touched, nor anything once the
+    block has written `run.json` or a checkpoint there (a run that started keeps its state) or
+    called `Made.keep`.
+
+    Args:
+      path: the workdir.
+      hold_lock: take the workdir's lock for the block (`tl_keras.lock.hold`); the new entries
+        are removed under it, the folder after it is released (with the lock file gone).
+
+    Yields:
+      A `Made`, to say when the block has written something to keep.
+    """
+    made = Made()
+    if not path:  # no workdir: `Workdir` refuses it, with nothing to tidy
+        yield made
+        return
+    path = os.path.abspath(path)
+    top = _first_missing(path)
+    try:
+        with lock.hold(path) if hold_lock else contextlib.nullcontext():
+            before = _entries(path)
+            run_before = _stat(os.path.join(path, RUN_FILE))
+            try:
+                yield made
+            except TLKerasError as e:
+                # Without the lock, a writer's lock file says the new entries may be its own.
+                busy = not hold_lock and os.path.lexists(os.path.join(path, lock.LOCK_FILE))
+                if e.bad_input and not busy and not made.kept:
+                    _remove_new(path, before, run_before)
+                raise
+    except TLKerasError as e:
+        if e.bad_input and top is not None and not made.kept:
+            _remove_empty(path, top)
+        raise
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of `path` (itself or a parent) that does not exist yet, or None."""
+    missing = None
+    while not os.path.lexists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _entries(path: str) -> set[str]:
+    try:
+        return set(os.listdir(path))
+    except OSError:
+        return set()
+
+
+def _stat(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _remove_new(path: str, before: set[str], run_before: tuple | None) -> None:
+    """Removes the entries of `path` not in `before`, unless a run was recorded meanwhile."""
+    new = _entries(path) - before
+    if CHECKPOINTS in new or _stat(os.path.join(path, RUN_FILE)) != run_before:
+        return
+    for entry in sorted(new - {lock.LOCK_FILE}):
+        with contextlib.suppress(OSError):
+            io.remove(os.path.join(path, entry))
+
+
+def _remove_empty(path: str, top: str) -> None:
+    """Removes `path` and its parents up to `top`, each only if empty (`rmdir`)."""
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == top or os.path.dirname(path) == path:
+            return
+        path = os.path.dirname(path)
 
 
 def _read_tolerant(path: str) -> dict[str, Any]:

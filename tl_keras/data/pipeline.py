@@ -46,7 +46,13 @@ _GATHER_BATCH = 256  # rows one numpy gather reads from an array or a cache stor
 # --- the settings of a pipeline --------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
-    """How images become batches (the data fields of a `Config`, see there for their meaning)."""
+    """How images become batches (the data fields of a `Config`, see there for their meaning).
+
+    Its fields are a `DataSettings`'s reading fields and an `Augmentation`'s, with the same
+    defaults (`tl_keras.data.settings` cannot be imported here: it makes pipelines,
+    `DataSettings.pipeline`; tests/test_data.py checks they agree), and where cache='file'
+    keeps its store.
+    """
 
     image_size: int
     batch_size: int

@@ -163,15 +163,12 @@ class DataSettings:
 
         from tl_keras.data.pipeline import Pipeline
 
+        # Each of the pipeline's fields that is one of these settings: their values, not copies
+        # of their names (the pipeline's other fields are `augmentation`'s and cache_dir).
+        reading = {f.name for f in dataclasses.fields(Pipeline)} & set(self.__dataclass_fields__)
         return Pipeline(
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            resize_method=self.resize_method,
-            resize_mode=self.resize_mode,
-            cache=self.cache,
+            **{name: getattr(self, name) for name in sorted(reading)},
             cache_dir=os.path.join(workdir, "data", "cache") if workdir else None,
-            max_skipped_fraction=self.max_skipped_fraction,
             **dataclasses.asdict(augmentation),
         )
 

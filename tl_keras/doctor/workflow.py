@@ -156,17 +156,18 @@ def doctor_workdir(config, workdir: str, *, data=None, deferred=()) -> DoctorRes
       ConfigError, BackboneError, DataError, WorkdirError: bad input, before anything is written.
     """
     from tl_keras.data import sources
-    from tl_keras.workdir import Workdir
+    from tl_keras.workdir import Workdir, nothing_left_if_refused
 
     spec = config if isinstance(config, config_lib.Checked) else config_lib.check(config)
     wd = Workdir(workdir)
-    wd.ensure_writable()
-    if data is None:
-        data = sources.load(spec.data, workdir=wd.path)
-    model = None
-    if spec.model.weights is not None:  # only the base's features matter: the head is unused
-        model = spec.model.build(data.num_classes)
-    return examine(spec, data, model, wd.path, deferred=deferred)
+    with nothing_left_if_refused(wd.path):  # a refusal leaves no folder it made
+        wd.ensure_writable()
+        if data is None:
+            data = sources.load(spec.data, workdir=wd.path)
+        model = None
+        if spec.model.weights is not None:  # only the base's features matter: the head is unused
+            model = spec.model.build(data.num_classes)
+        return examine(spec, data, model, wd.path, deferred=deferred)
 
 
 def examine(

@@ -251,13 +251,13 @@ def calibrate_batchnorm(model: keras.Model, batches) -> int:
       The number of batches used.
     """
     base = get_base(model)
-    bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [(layer.trainable, layer.momentum) for layer in bns]
-    base_trainable = base.trainable
+    # Every BatchNorm layer at any depth: a keras-hub block (MobileNet's) or a nested functional
+    # model holds its own, which `base.layers` does not list.
+    layers = list(base._flatten_layers(include_self=True))  # parents before their children
+    bns = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta, trainable = [bn.momentum for bn in bns], [layer.trainable for layer in layers]
     preprocess = [layer for layer in model.layers if layer.name == PREPROCESS_LAYER]
-    base.trainable = True
-    for layer in bns:
-        layer.trainable = True
+    base.trainable = True  # and so every layer inside it: a parent's flag gates its children
     n = 0
     try:
         for n, (images, _) in enumerate(batches, start=1):
@@ -266,10 +266,10 @@ def calibrate_batchnorm(model: keras.Model, batches) -> int:
             x = preprocess[0](images) if preprocess else images
             base(x, training=True)
     finally:
-        for layer, (trainable, momentum) in zip(bns, saved, strict=True):
+        for layer, momentum in zip(bns, momenta, strict=True):
             layer.momentum = momentum
-            layer.trainable = trainable
-        base.trainable = base_trainable
+        for layer, flag in zip(layers, trainable, strict=True):  # a parent first, then its own
+            layer.trainable = flag
     return n
 
 

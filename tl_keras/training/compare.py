@@ -177,12 +177,20 @@ def compare(
       >>> comparison = compare(cfg, "runs/compare", strategies=["fe", "fe_ft"], seeds=3)
       >>> print(comparison.to_markdown())
     """
-    from tl_keras.workdir import Workdir
+    from tl_keras.workdir import nothing_left_if_refused
 
     config = config_lib.validate(config)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r} must be a whole number of at least 1, e.g. 3")
     configs = strategy_configs(config, list(strategies))
+    with nothing_left_if_refused(workdir) as made:  # until a strategy's run is done
+        return _compare(config, workdir, configs, data, overwrite, seeds, made)
+
+
+def _compare(config: Config, workdir: str, configs: dict, data, overwrite: bool, seeds: int, made):
+    """`compare` once its arguments are checked; `made.keep()` once a run is done."""
+    from tl_keras.workdir import Workdir
+
     seed_list = [config.seed + k for k in range(seeds)]
     wd = Workdir(workdir)
     wd.ensure_writable()
@@ -206,6 +214,7 @@ def compare(
         for name, cfg in configs.items():
             cfg = dataclasses.replace(cfg, seed=seed, doctor="off")  # examined once, above
             run = _run_strategy(name, cfg, _run_dir(wd, name, seed, seeds), seed_data, overwrite)
+            made.keep()  # a finished run: a later refusal leaves it
             comparison.eval_split = run.pop("split")
             correct.setdefault(name, []).append(run.pop("correct"))
             _add_run(comparison, name, run)

@@ -104,8 +104,8 @@ def decide(checked: config_lib.Checked, data, model, wd: Workdir, *, first_phase
       WorkdirError: a later phase's workdir has no card or a damaged one.
     """
     given = checked.given
-    saved = read_recipe_card(wd)
-    if not first_phase:
+    if not first_phase:  # a run's first phase decides anew: a card there is replaced, unread
+        saved = read_recipe_card(wd)
         if saved is None:  # a run made before the recipe was decided: its fixed defaults
             saved = fixed_card(given, _unmeasured(data))
         return saved, None, False

@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tl_keras")
 
+# --logical_cpus: at most this many logical CPU devices. They stand in for a machine's GPUs
+# (8 is the usual most); beyond that `mirrored` over them stops being a test: over 8, a tiny
+# model's first epoch took 6 s on 2 shared cores, over 16 and 32 it had not ended after 5
+# minutes, and over 100000 a run went no further than its data (docs/reliability.md).
+MAX_LOGICAL_CPUS = 8
+
 # --strategy: the names `make_strategy` builds; --precision: the dtype policies (see
 # `precision_policy`). TensorFlow is imported inside the functions, so `tl_keras.config`
 # validates both against these names without it.

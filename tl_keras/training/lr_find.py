@@ -69,11 +69,6 @@ def run_lr_find(
       >>> result = run_lr_find(cfg, "runs/demo", phase="fe", num_steps=50)
       >>> result.suggestion
     """
-    import keras
-
-    from tl_keras.data import sources
-    from tl_keras.training import decide
-
     checked = config if isinstance(config, config_lib.Checked) else config_lib.check(config)
     try:
         check_args(min_lr, max_lr, num_steps, 0.98, 4.0)
@@ -84,6 +79,19 @@ def run_lr_find(
             f"--suggest={suggest!r} is not a rule of the LR range test; use one of "
             f"{', '.join(SUGGEST_RULES)}"
         )
+    from tl_keras.workdir import nothing_left_if_refused
+
+    with nothing_left_if_refused(workdir):  # a refusal leaves no folder it made
+        return _run(checked, workdir, phase, min_lr, max_lr, num_steps, suggest, data)
+
+
+def _run(checked, workdir, phase, min_lr, max_lr, num_steps, suggest, data):
+    """`run_lr_find` once its arguments are checked."""
+    import keras
+
+    from tl_keras.data import sources
+    from tl_keras.training import decide
+
     name, prev, wd, run = _plan(checked, workdir, phase)
     # A run's decided recipe when the workdir has one, else the fixed defaults (recipe=manual).
     card = decide.read_recipe_card(wd) or decide.fixed_card(checked.given)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from tl_keras import config as config_lib
 from tl_keras import io, recipe
-from tl_keras.errors import ConfigError, WorkdirError
+from tl_keras.errors import ConfigError, DamagedFileError, WorkdirError
 from tl_keras.io import available_memory
 from tl_keras.model import backbones
 from tl_keras.training import checkpoint
@@ -40,7 +40,8 @@ class RunPlan:
       schedule: the name of every phase of the config, in order.
       targets: the names of the phases to run now; empty when a --resume finds nothing left.
       previous: the phase before the first target (its saved model is the start), or None.
-      run: the workdir's `run.json` as read, or None for a new workdir.
+      run: the workdir's `run.json` as read, None for a new workdir, or {} for a damaged one
+        that --overwrite replaces.
       done: the phases done there, name -> their `run.json` entry.
       resume_from: the checkpoint the first target continues from, or None.
       workdir: the run's folder (read from).
@@ -106,7 +107,7 @@ def plan_run(
     targets = recipe.select_phases(schedule, phase)
     wd, out = Workdir(workdir), Workdir(outdir or workdir)
     out.ensure_writable()
-    run = wd.read_run()
+    run = _read_run(wd, replaced=overwrite and targets[0] == schedule[0])
     done = dict(run["phases"]) if run else {}
     ckpt = None
     if resume and run is not None:
@@ -132,6 +133,23 @@ def plan_run(
     )
     _refuse_conflicts(plan, overwrite=overwrite, resume=resume)
     return plan
+
+
+def _read_run(wd: Workdir, *, replaced: bool) -> dict | None:
+    """The workdir's run.json; {} when it is damaged and `replaced` (an --overwrite from the
+    first phase replaces the run, whose record it does not need).
+
+    Raises:
+      DamagedFileError: run.json is damaged and the run is not replaced (naming the file and
+        --overwrite).
+    """
+    try:
+        return wd.read_run()
+    except DamagedFileError as e:
+        if not replaced:
+            raise
+        log.warning("--overwrite: %s; the run there is replaced", str(e).split("; ")[0])
+        return {}
 
 
 def check_memory(checked: config_lib.Checked, available: int | None = None) -> None:

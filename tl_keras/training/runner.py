@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tl_keras import _failpoints, io, lock
+from tl_keras import _failpoints, io
 from tl_keras import config as config_lib
 from tl_keras.data import sources
 from tl_keras.data.bundle import DataBundle
@@ -69,7 +69,7 @@ from tl_keras.training.start import (
     prepare,
     start_run,
 )
-from tl_keras.workdir import Workdir
+from tl_keras.workdir import Workdir, nothing_left_if_refused
 
 log = logging.getLogger("tl_keras")
 
@@ -170,7 +170,10 @@ def _train(
     Workdir(workdir)  # no workdir given: that error before anything else
     outdir = workdir if chief else tempfile.mkdtemp(prefix="tl_keras-worker-")
     try:
-        with lock.hold(workdir) if chief else contextlib.nullcontext():
+        # The chief's lock, and a refusal leaves nothing it created (the workdir included).
+        with (
+            nothing_left_if_refused(workdir, hold_lock=True) if chief else contextlib.nullcontext()
+        ):
             if chief and resume:
                 io.remove_leftovers(os.path.abspath(workdir))
             plan = plan_run(

@@ -85,9 +85,11 @@ class RunSettings:
                 raise refused_name(name, getattr(self, name), allowed)
         if not 0 <= self.seed <= MAX_SEED:  # keras.utils.set_random_seed seeds NumPy's
             raise refused("seed", self.seed, f"use a whole number from 0 to {MAX_SEED} (2**32 - 1)")
-        if self.logical_cpus < 0 or self.logical_cpus == 1:
+        if not (self.logical_cpus == 0 or 2 <= self.logical_cpus <= distribute.MAX_LOGICAL_CPUS):
             raise refused(
-                "logical_cpus", self.logical_cpus, "use 0 (off) or at least 2 logical devices"
+                "logical_cpus",
+                self.logical_cpus,
+                f"use 0 (off) or from 2 to {distribute.MAX_LOGICAL_CPUS} logical devices",
             )
 
 
