@@ -48,14 +48,14 @@ def test_doctor_benchmark_on_lite0_features_smoke(tmp_path):
 
 
 def test_doctor_cost_benchmark_smoke(tmp_path, flowers_dir, shared_weights):
-    """bench_doctor_cost.py, one run of the default and one of --doctor=off: the default's doctor
-    line says what it deferred, and its own steps are in the JSON."""
+    """bench_doctor_cost.py --quick, one run of the default and one of --doctor=off: the default's
+    doctor line says what it deferred, and its own steps are in the JSON."""
     proc = run_benchmark(
-        "bench_doctor_cost.py", tmp_path, "--before=HEAD", "--runs=1", "--arms=after,off",
-        timeout=600,
+        "bench_doctor_cost.py", tmp_path, "--quick", "--before=HEAD", "--runs=1",
+        "--arms=after,off", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payload = json.loads((tmp_path / "doctor_cost.json").read_text())
+    payload = json.loads((tmp_path / "doctor_cost_quick.json").read_text())
     (after,) = payload["runs"]["after"]
     assert after["doctor_line"].startswith("doctor: ") and "deferred" in after["doctor_line"]
     assert set(after["doctor_steps_s"]) == {"hashes", "features", "diagnose", "report"}
