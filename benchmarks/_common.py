@@ -48,6 +48,17 @@ def write(name: str, payload: dict) -> pathlib.Path:
     return path
 
 
+def flower_subset(folder: str | os.PathLike, per_class: int) -> str:
+    """The first `per_class` shared flower photos of each class (by name), linked into
+    folder/CLASS/: a smoke run's small copy of the set. Returns the folder."""
+    root = pathlib.Path(folder)
+    for cls in sorted(os.listdir(FLOWERS)):
+        (root / cls).mkdir(parents=True)
+        for name in sorted(os.listdir(FLOWERS / cls))[:per_class]:
+            (root / cls / name).symlink_to(FLOWERS / cls / name)
+    return str(root)
+
+
 def flowers_or_exit() -> tuple[str, str]:
     """The shared flower photos and MobileNet-0.25 weights; exits with a message without them."""
     if not (FLOWERS.is_dir() and WEIGHTS.is_file()):

@@ -2,7 +2,8 @@
 against this checkout's, side by side.
 
     python benchmarks/bench_doctor_cost.py --before=main             # 3 runs of each arm
-    python benchmarks/bench_doctor_cost.py --before=main --runs=1    # a smoke run
+    python benchmarks/bench_doctor_cost.py --before=main --runs=1    # one run of each arm
+    python benchmarks/bench_doctor_cost.py --quick --runs=1          # a smoke run (the suite)
 
 Each run is `python -m tl_keras.train --config=configs/flowers.toml` (the shared flowers,
 MobileNet-0.25 from ../shared, 128 px, the decided recipe) in a fresh process and a fresh
@@ -21,7 +22,8 @@ seconds from the process's start to fe's first line (its set-up: the end of the 
 before the first epoch) and to its first epoch's line. The features pass is fe's own
 when fe trains on cached features (the doctor computes it, fe reuses it), so the doctor's own
 cost is the rest: hashes + diagnose + report. Writes benchmarks/results/doctor_cost.json with
-the machine's load before and after.
+the machine's load before and after. `--quick`: the first QUICK_PER_CLASS photos of each class
+(the path, not the figures), written to doctor_cost_quick.json.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import time
 import _common
 
 ARMS = ("before", "after", "full", "off")
+QUICK_PER_CLASS = 40
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--before", default="main", help="the git revision of the `before` arm")
     ap.add_argument("--runs", type=int, default=3, help="runs of each arm")
     ap.add_argument("--arms", default=",".join(ARMS), help="which arms, in run order")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_PER_CLASS} photos a class: a smoke run"
+    )
     return ap.parse_args(argv)
 
 
@@ -59,7 +65,7 @@ def extract(rev: str, folder: str) -> str:
     return commit
 
 
-def one_run(source: str, extra: list[str], workdir: str) -> dict:
+def one_run(source: str, extra: list[str], workdir: str, data_dir: str) -> dict:
     """One training run of the package in `source` until its first epoch's line: each line's
     time since the start (run in `source`, so that `python -m` imports that tree's package;
     the config's relative paths to ../shared given as absolute flags)."""
@@ -68,7 +74,7 @@ def one_run(source: str, extra: list[str], workdir: str) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tl_keras.train", "--config=configs/flowers.toml",
-         f"--data_dir={_common.FLOWERS}", f"--weights={_common.WEIGHTS}",
+         f"--data_dir={data_dir}", f"--weights={_common.WEIGHTS}",
          f"--workdir={workdir}", *extra],
         cwd=source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -119,24 +125,28 @@ def main(argv=None) -> int:
         before = os.path.join(scratch, "before")
         os.makedirs(before)
         commit = extract(args.before, before)
+        data_dir = str(_common.FLOWERS)
+        if args.quick:
+            data_dir = _common.flower_subset(os.path.join(scratch, "flowers"), QUICK_PER_CLASS)
         sources = {"before": before}
         flags = {"before": [], "after": [], "full": ["--doctor=full"], "off": ["--doctor=off"]}
         for k in range(args.runs):
             for arm in arms:
                 workdir = os.path.join(scratch, f"{arm}-{k}")
-                row = one_run(sources.get(arm, str(_common.REPO)), flags[arm], workdir)
+                row = one_run(sources.get(arm, str(_common.REPO)), flags[arm], workdir, data_dir)
                 runs[arm].append(row)
                 shown = {key: v for key, v in row.items() if key != "lines"}
                 print(f"{arm} run {k}: {shown}", flush=True)
     payload = {
         "machine": _common.machine(),
         "command": "python -m tl_keras.train --config=configs/flowers.toml (until fe epoch 1)",
+        "photos_per_class": QUICK_PER_CLASS if args.quick else "all",
         "before_commit": commit,
         "arms_in_run_order": arms,
         "summary": {arm: summarise(rows) for arm, rows in runs.items()},
         "runs": runs,
     }
-    path = _common.write("doctor_cost", payload)
+    path = _common.write("doctor_cost_quick" if args.quick else "doctor_cost", payload)
     for arm in arms:
         print(f"{arm}: {payload['summary'][arm]}")
     print(f"wrote {path}")

@@ -25,7 +25,8 @@ not on the data set's size.
 
 Targets: peak RSS at 128k at most 1.25x that at 2k, images/s at 128k at least 0.9x that at 2k,
 for both sources. Writes benchmarks/results/scale.json and prints the tables. `--quick` (a smoke
-run): 200 and 400 images of 32 px, a few steps, on the test backbone `tiny` with random weights.
+run): 200 and 400 images of 32 px, a few steps, on the test backbone `tiny` with random weights,
+no first run before the measured epoch.
 """
 
 from __future__ import annotations
@@ -88,16 +89,19 @@ def run_child(cmd: list[str], env: dict) -> tuple[float, float, str]:
 
 
 def measure_epoch(source, root, n, size, env, quick=False) -> dict:
-    """One `fe` epoch of the real command, its decode check made by a first run."""
+    """One `fe` epoch of the real command, its decode check made by a first run (--quick: the
+    measured run makes it, one process the less)."""
     work = tempfile.mkdtemp(prefix="bench_scale-")
     common = [
         sys.executable, "-m", "tl_keras.train", "--phase=fe", "--epochs_fe=1", "--epochs_ft=0",
         "--feature_cache=off", *flags(settings(source, root, n, size, quick)),
     ]  # fmt: skip
-    _, first_s, _ = run_child([*common, f"--workdir={work}/first"], env)
-    first = json.loads(pathlib.Path(work, "first", "fe", "summary.json").read_text())["data"]
+    if not quick:
+        run_child([*common, f"--workdir={work}/first"], env)
     rss, wall, _ = run_child([*common, f"--workdir={work}/run"], env)
     summary = json.loads(pathlib.Path(work, "run", "fe", "summary.json").read_text())
+    first_dir = pathlib.Path(work, "run" if quick else "first")
+    first = json.loads((first_dir / "fe" / "summary.json").read_text())["data"]
     images = sum(summary["data"]["images"].values())
     return {
         "peak_rss_mib": round(rss, 1),

@@ -1,7 +1,7 @@
 """Does a phase's last epoch hang before the next line (issue 24's end-of-phase stall)?
 
     python benchmarks/bench_stall.py           # configs/flowers.toml, 10 runs (25-40 min, 2 cores)
-    python benchmarks/bench_stall.py --quick   # 40 photos a class, 1+1 epochs, 2 runs: a smoke run
+    python benchmarks/bench_stall.py --quick   # 24 photos a class, 64 px, 1+1 epochs, 2 runs: a smoke run
     python benchmarks/bench_stall.py --runs=6 --time_budget=90s
     python benchmarks/bench_stall.py --tiny --runs=12 --checkouts=OLD,.   # a minute a run
     python benchmarks/bench_stall.py --runs=12 --checkouts=OLD,.   # another checkout / this one
@@ -61,14 +61,15 @@ import _common
 
 EPOCH_LINE = re.compile(r"\[(?P<phase>\w+)\] epoch \d+ \(\d+/\d+\)")
 GUARD_STOP = "so the phase stops here"  # the time-budget guard's line after an epoch
-QUICK_PER_CLASS = 40
+QUICK_PER_CLASS = 24  # --quick: 5 validation photos a class, the 20 calibration fits on
+QUICK_SIZE = 64  # --quick: the path, not the figures (the runs and the epochs read in-process)
 SAMPLE_S = 0.1  # how often the process's threads are looked at
 LIFE_S = 2.6  # an iterator's life before its deletion: the autotuner then sleeps until 5.1 s
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="40 photos a class, 2 short runs")
+    ap.add_argument("--quick", action="store_true", help="24 photos a class, 64 px, 2 short runs")
     ap.add_argument(
         "--tiny",
         action="store_true",
@@ -222,22 +223,17 @@ def run_once(checkout: str, args_: list[str], workdir: str) -> dict:
 
 
 def quick_set(scratch: str) -> str:
-    """40 flower photos a class, linked into scratch/flowers."""
-    root = pathlib.Path(scratch) / "flowers"
-    for cls in sorted(os.listdir(_common.FLOWERS)):
-        (root / cls).mkdir(parents=True)
-        for name in sorted(os.listdir(_common.FLOWERS / cls))[:QUICK_PER_CLASS]:
-            (root / cls / name).symlink_to(_common.FLOWERS / cls / name)
-    return str(root)
+    """QUICK_PER_CLASS flower photos a class, linked into scratch/flowers."""
+    return _common.flower_subset(pathlib.Path(scratch) / "flowers", QUICK_PER_CLASS)
 
 
-def _flowers_epochs(data_dir: str):
-    """The package's training epochs of the flowers at 128 px (configs/flowers.toml's pipeline)."""
+def _flowers_epochs(data_dir: str, image_size: int = 128):
+    """The package's training epochs of the flowers (configs/flowers.toml's pipeline)."""
     from tl_keras import config as config_lib
     from tl_keras.data.sources import load_data
 
     cfg = config_lib.Config(
-        data_dir=data_dir, image_size=128, batch_size=32, cache="memory", augment="light"
+        data_dir=data_dir, image_size=image_size, batch_size=32, cache="memory", augment="light"
     )
     return load_data(cfg)
 
@@ -328,7 +324,7 @@ def run_flags(args: argparse.Namespace, scratch: str) -> list[str]:
         f"--data_dir={quick_set(scratch) if args.quick else _common.FLOWERS}",
         f"--weights={_common.WEIGHTS}",
     ]
-    flags += ["--epochs_fe=1", "--epochs_ft=1"] if args.quick else []
+    flags += ["--epochs_fe=1", "--epochs_ft=1", f"--image_size={QUICK_SIZE}"] if args.quick else []
     flags += TINY if args.tiny else []  # later flags win
     return flags + ([f"--time_budget={args.time_budget}"] if args.time_budget else [])
 
@@ -374,7 +370,10 @@ def main(argv=None) -> int:
                 print("\n".join(run["tail"]), file=sys.stderr)
                 return 1
         quick_data = args.quick or args.tiny
-        data = _flowers_epochs(quick_set(scratch + "/q") if quick_data else str(_common.FLOWERS))
+        if quick_data:
+            data = _flowers_epochs(quick_set(scratch + "/q"), QUICK_SIZE if args.quick else 128)
+        else:
+            data = _flowers_epochs(str(_common.FLOWERS))
         trials = 2 if args.quick else args.iterator_trials
         iterators = iterator_deletions(data, trials, LIFE_S)
         iterators["batches_per_s"] = read_rates(data, 1 if args.quick else 3)

@@ -189,6 +189,30 @@ def run_module(
     )
 
 
+def run_benchmark(
+    script: str,
+    results_dir: str | os.PathLike,
+    *args: str,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
+    """Runs `python benchmarks/SCRIPT ARGS` from the repository, as docs/benchmarks.md writes it,
+    its JSON results in `results_dir` (`TL_KERAS_BENCH_RESULTS`): a smoke run never replaces the
+    measured figures in benchmarks/results/."""
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TL_KERAS_BENCH_RESULTS": str(results_dir),
+    }
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # --- workdirs built once per test session (per xdist worker), read-only ------------------------
 # A test that damages or extends one copies it first (`shutil.copytree`); a command that only
 # reads one, or is refused on it, may use it in place.

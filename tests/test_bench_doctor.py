@@ -1,26 +1,15 @@
 """benchmarks/bench_doctor.py's documented quick command runs and writes its JSON."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 def test_doctor_benchmark_quick(tmp_path, flowers_dir, shared_weights):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_doctor.py", "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_benchmark("bench_doctor.py", tmp_path, "--quick", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads((tmp_path / "doctor.json").read_text())
     whole = payload["whole_set"]
@@ -43,11 +32,9 @@ def test_doctor_benchmark_on_lite0_features_smoke(tmp_path):
     if not pretrained.importlib.util.find_spec(pretrained.CHECKPOINT_MODULE):
         pytest.skip(f"{pretrained.CHECKPOINT_PACKAGE} not installed")
     weights = pretrained.convert(pretrained.checkpoint_path(), str(tmp_path / "lite0.weights.h5"))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_doctor.py", "--backbone=efficientnet_lite0",
-         f"--weights={weights}", "--data=digits", "--seeds=1", "--per_class=10"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    proc = run_benchmark(
+        "bench_doctor.py", tmp_path, "--backbone=efficientnet_lite0", f"--weights={weights}",
+        "--data=digits", "--seeds=1", "--per_class=10", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     digits = json.loads((tmp_path / "doctor_lite0.json").read_text())["sources"]["digits"]
@@ -61,16 +48,14 @@ def test_doctor_benchmark_on_lite0_features_smoke(tmp_path):
 
 
 def test_doctor_cost_benchmark_smoke(tmp_path, flowers_dir, shared_weights):
-    """bench_doctor_cost.py, one run of the default and one of --doctor=off: the default's doctor
-    line says what it deferred, and its own steps are in the JSON."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_doctor_cost.py", "--before=HEAD", "--runs=1",
-         "--arms=after,off"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    """bench_doctor_cost.py --quick, one run of the default and one of --doctor=off: the default's
+    doctor line says what it deferred, and its own steps are in the JSON."""
+    proc = run_benchmark(
+        "bench_doctor_cost.py", tmp_path, "--quick", "--before=HEAD", "--runs=1",
+        "--arms=after,off", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payload = json.loads((tmp_path / "doctor_cost.json").read_text())
+    payload = json.loads((tmp_path / "doctor_cost_quick.json").read_text())
     (after,) = payload["runs"]["after"]
     assert after["doctor_line"].startswith("doctor: ") and "deferred" in after["doctor_line"]
     assert set(after["doctor_steps_s"]) == {"hashes", "features", "diagnose", "report"}

@@ -7,27 +7,16 @@ scikit-learn's digits, each scored on a test split no run saw.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 def test_recipe_benchmark_quick(tmp_path, flowers_dir, shared_weights):
     pytest.importorskip("sklearn")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_recipe.py", "--quick", "--regimes=fewshot,digits"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_benchmark("bench_recipe.py", tmp_path, "--quick", "--regimes=fewshot,digits")
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads((tmp_path / "recipe_quick.json").read_text())
     assert set(payload["regimes"]) == {"fewshot", "digits"}

@@ -8,26 +8,15 @@ source costs the suite over a minute.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_benchmark
 
 pytestmark = pytest.mark.slow
 
 
 def test_scale_benchmark_quick(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_scale.py", "--quick", "--sources", "tfds"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_benchmark("bench_scale.py", tmp_path, "--quick", "--sources", "tfds")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     payload = json.loads((tmp_path / "scale_quick.json").read_text())
     assert payload["settings"]["quick"] and payload["settings"]["sizes"] == [200, 400]

@@ -13,15 +13,13 @@ so attempts; no test backbone on main makes a run much cheaper (TensorFlow's imp
 import hashlib
 import io
 import json
-import os
-import subprocess
 import sys
 import zipfile
 
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, run_benchmark
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _soak_compare  # noqa: E402
@@ -29,15 +27,7 @@ import _soak_compare  # noqa: E402
 
 @pytest.mark.slow
 def test_soak_benchmark_quick(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/soak_crash.py", "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    proc = run_benchmark("soak_crash.py", tmp_path, "--quick", timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     payload = json.loads((tmp_path / "soak_quick.json").read_text())
     totals, runs = payload["summary"], payload["runs"]

@@ -6,26 +6,15 @@ the iterator deletions of both arms.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 def test_stall_benchmark_quick(tmp_path, flowers_dir, shared_weights):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_stall.py", "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_benchmark("bench_stall.py", tmp_path, "--quick")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     payload = json.loads((tmp_path / "stall_quick.json").read_text())
     assert payload["quick"] and len(payload["runs"]) == 2

@@ -1,21 +1,17 @@
 """Each speed benchmark's documented command runs (quick mode) and writes its JSON."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import FLOWERS, MOBILENET_025_NOTOP, REPO
+from conftest import FLOWERS, MOBILENET_025_NOTOP, run_benchmark
 
 pytestmark = pytest.mark.slow
 
 
 def run(script, tmp_path, *args):
+    """The benchmark's documented `--quick` command; its stdout and results folder."""
     env_results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", "--quick", *args], cwd=REPO, capture_output=True, text=True,
-        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TL_KERAS_BENCH_RESULTS": str(env_results)},
-    )  # fmt: skip
+    proc = run_benchmark(script, env_results, "--quick", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, env_results
 

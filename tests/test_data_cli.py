@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED, run_cli
+from conftest import REPO, SHARED, run_benchmark, run_cli
 from data_fixtures import solid
 from inprocess import command
 from test_cli import assert_one_line_error
@@ -172,22 +172,17 @@ def test_input_benchmark_runs(tmp_path):
 
     folder = make_folder(tmp_path / "d", {"ant": 12, "bee": 12})
     out = tmp_path / "input.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/bench_input.py",
-            f"--data_dir={folder}",
-            "--sizes=32,48",
-            "--batch_size=8",
-            "--pipeline_batches=2",
-            "--model_steps=1",
-            "--warmup=1",
-            "--repeats=1",
-            f"--out={out}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_benchmark(
+        "bench_input.py",
+        tmp_path,
+        f"--data_dir={folder}",
+        "--sizes=32,48",
+        "--batch_size=8",
+        "--pipeline_batches=2",
+        "--model_steps=1",
+        "--warmup=1",
+        "--repeats=1",
+        f"--out={out}",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

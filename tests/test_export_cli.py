@@ -12,14 +12,12 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, run_module
+from conftest import REPO, run_benchmark, run_module
 from inprocess import command
 
 from tl_keras.cli import common as cli
@@ -303,12 +301,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(trained_workdir, tmp_path):
 def test_export_benchmark_smoke_run(tmp_path):
     """The benchmark behind docs/benchmarks.md's export figures runs (tiny: shapes, 32 px, one epoch each)."""
     out = tmp_path / "export_smoke.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_export.py", "--smoke", f"--workdir={tmp_path / 'w'}",
-         f"--out={out}"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )  # fmt: skip
+    proc = run_benchmark(
+        "bench_export.py", tmp_path, "--smoke", f"--workdir={tmp_path / 'w'}", f"--out={out}"
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     rows = results["artifacts"]
