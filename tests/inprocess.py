@@ -18,6 +18,7 @@ import logging
 import os
 import pathlib
 import subprocess
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,3 +84,46 @@ def command(
         _drop_log_handlers()
         flags.FLAGS.unparse_flags()
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def benchmark(
+    script: str, results_dir: str | os.PathLike, *args: str
+) -> subprocess.CompletedProcess:
+    """Runs `python benchmarks/SCRIPT ARGS` in this process: the script's `main(argv)`, its JSON
+    results in `results_dir` (as `conftest.run_benchmark` sets `TL_KERAS_BENCH_RESULTS`), stdout
+    and stderr captured; returns its exit status and output like `run_benchmark`.
+
+    What a benchmark changes in the process is put back: the logging handlers and level, the
+    working directory and Keras's dtype policy. One smoke test keeps the real
+    `python benchmarks/X.py` path through `conftest.run_benchmark`.
+    """
+    import keras
+
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import _common
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    root = logging.getLogger()
+    handlers, level, policy = list(root.handlers), root.level, keras.mixed_precision.global_policy()
+    results, here = _common.RESULTS, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    _common.RESULTS = pathlib.Path(results_dir)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module.main(list(args))
+            except SystemExit as e:  # argparse's refusals, sys.exit(message)
+                code = e.code
+    finally:
+        _common.RESULTS = results
+        os.chdir(here)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        keras.mixed_precision.set_global_policy(policy)
+    if isinstance(code, str):  # sys.exit("message"): printed, status 1
+        err.write(code + "\n")
+        code = 1
+    return subprocess.CompletedProcess([script, *args], code or 0, out.getvalue(), err.getvalue())
