@@ -86,6 +86,18 @@ def command(
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
+def _logger_state(logger: logging.Logger) -> tuple:
+    return list(logger.handlers), logger.level, logger.propagate
+
+
+def _restore_logger(logger: logging.Logger, state: tuple) -> None:
+    handlers, level, propagate = state
+    for handler in [h for h in logger.handlers if h not in handlers]:
+        logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
 def benchmark(
     script: str, results_dir: str | os.PathLike, *args: str
 ) -> subprocess.CompletedProcess:
@@ -93,9 +105,10 @@ def benchmark(
     results in `results_dir` (as `conftest.run_benchmark` sets `TL_KERAS_BENCH_RESULTS`), stdout
     and stderr captured; returns its exit status and output like `run_benchmark`.
 
-    What a benchmark changes in the process is put back: the logging handlers and level, the
-    working directory and Keras's dtype policy. One smoke test keeps the real
-    `python benchmarks/X.py` path through `conftest.run_benchmark`.
+    What a benchmark changes in the process is put back: the root and `tl_keras` loggers (a
+    script's `basicConfig`, `common.setup_logging`'s handler bound to the captured stdout), the
+    working directory and Keras's dtype policy. The children a script starts stay processes;
+    one smoke test keeps the real `python benchmarks/X.py` path (`conftest.run_benchmark`).
     """
     import keras
 
@@ -105,8 +118,9 @@ def benchmark(
     import _common
 
     module = importlib.import_module(script.removesuffix(".py"))
-    root = logging.getLogger()
-    handlers, level, policy = list(root.handlers), root.level, keras.mixed_precision.global_policy()
+    loggers = [logging.getLogger(), logging.getLogger("tl_keras")]
+    states = [_logger_state(logger) for logger in loggers]
+    policy = keras.mixed_precision.global_policy()
     results, here = _common.RESULTS, os.getcwd()
     out, err = io.StringIO(), io.StringIO()
     _common.RESULTS = pathlib.Path(results_dir)
@@ -119,9 +133,8 @@ def benchmark(
     finally:
         _common.RESULTS = results
         os.chdir(here)
-        for handler in [h for h in root.handlers if h not in handlers]:
-            root.removeHandler(handler)
-        root.setLevel(level)
+        for logger, state in zip(loggers, states, strict=True):
+            _restore_logger(logger, state)
         keras.mixed_precision.set_global_policy(policy)
     if isinstance(code, str):  # sys.exit("message"): printed, status 1
         err.write(code + "\n")
