@@ -67,8 +67,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="bench_memory-")
     runs = {"quickstart": ["--config=configs/quickstart.toml", f"--workdir={tmp}/quickstart"]}
-    if args.quick:  # a smoke run: the quickstart's pipeline, one epoch per phase
-        runs["quickstart"] += ["--epochs_fe=1", "--epochs_ft=1", "--synthetic_images_per_class=20"]
+    if args.quick:  # a smoke run: the quickstart's pipeline, one epoch per phase, the test base
+        runs["quickstart"] += ["--epochs_fe=1", "--epochs_ft=1", "--synthetic_images_per_class=20",
+                               "--backbone=tiny", "--alpha=1.0"]  # fmt: skip
     if not args.quick and _common.FLOWERS.is_dir() and _common.WEIGHTS.is_file():
         runs["flowers"] = [
             "--config=configs/flowers.toml", f"--workdir={tmp}/flowers",

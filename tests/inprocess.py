@@ -18,6 +18,7 @@ import logging
 import os
 import pathlib
 import subprocess
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,3 +84,59 @@ def command(
         _drop_log_handlers()
         flags.FLAGS.unparse_flags()
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def _logger_state(logger: logging.Logger) -> tuple:
+    return list(logger.handlers), logger.level, logger.propagate
+
+
+def _restore_logger(logger: logging.Logger, state: tuple) -> None:
+    handlers, level, propagate = state
+    for handler in [h for h in logger.handlers if h not in handlers]:
+        logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def benchmark(
+    script: str, results_dir: str | os.PathLike, *args: str
+) -> subprocess.CompletedProcess:
+    """Runs `python benchmarks/SCRIPT ARGS` in this process: the script's `main(argv)`, its JSON
+    results in `results_dir` (as `conftest.run_benchmark` sets `TL_KERAS_BENCH_RESULTS`), stdout
+    and stderr captured; returns its exit status and output like `run_benchmark`.
+
+    What a benchmark changes in the process is put back: the root and `tl_keras` loggers (a
+    script's `basicConfig`, `common.setup_logging`'s handler bound to the captured stdout), the
+    working directory and Keras's dtype policy. The children a script starts stay processes;
+    one smoke test keeps the real `python benchmarks/X.py` path (`conftest.run_benchmark`).
+    """
+    import keras
+
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import _common
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    loggers = [logging.getLogger(), logging.getLogger("tl_keras")]
+    states = [_logger_state(logger) for logger in loggers]
+    policy = keras.mixed_precision.global_policy()
+    results, here = _common.RESULTS, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    _common.RESULTS = pathlib.Path(results_dir)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module.main(list(args))
+            except SystemExit as e:  # argparse's refusals, sys.exit(message)
+                code = e.code
+    finally:
+        _common.RESULTS = results
+        os.chdir(here)
+        for logger, state in zip(loggers, states, strict=True):
+            _restore_logger(logger, state)
+        keras.mixed_precision.set_global_policy(policy)
+    if isinstance(code, str):  # sys.exit("message"): printed, status 1
+        err.write(code + "\n")
+        code = 1
+    return subprocess.CompletedProcess([script, *args], code or 0, out.getvalue(), err.getvalue())

@@ -3,13 +3,13 @@
 import json
 
 import pytest
-from conftest import run_benchmark
+from inprocess import benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 def test_doctor_benchmark_quick(tmp_path, flowers_dir, shared_weights):
-    proc = run_benchmark("bench_doctor.py", tmp_path, "--quick", timeout=600)
+    proc = benchmark("bench_doctor.py", tmp_path, "--quick")
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads((tmp_path / "doctor.json").read_text())
     whole = payload["whole_set"]
@@ -32,9 +32,9 @@ def test_doctor_benchmark_on_lite0_features_smoke(tmp_path):
     if not pretrained.importlib.util.find_spec(pretrained.CHECKPOINT_MODULE):
         pytest.skip(f"{pretrained.CHECKPOINT_PACKAGE} not installed")
     weights = pretrained.convert(pretrained.checkpoint_path(), str(tmp_path / "lite0.weights.h5"))
-    proc = run_benchmark(
+    proc = benchmark(
         "bench_doctor.py", tmp_path, "--backbone=efficientnet_lite0", f"--weights={weights}",
-        "--data=digits", "--seeds=1", "--per_class=10", timeout=600,
+        "--data=digits", "--seeds=1", "--per_class=10",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     digits = json.loads((tmp_path / "doctor_lite0.json").read_text())["sources"]["digits"]
@@ -50,9 +50,9 @@ def test_doctor_benchmark_on_lite0_features_smoke(tmp_path):
 def test_doctor_cost_benchmark_smoke(tmp_path, flowers_dir, shared_weights):
     """bench_doctor_cost.py --quick, one run of the default and one of --doctor=off: the default's
     doctor line says what it deferred, and its own steps are in the JSON."""
-    proc = run_benchmark(
+    proc = benchmark(
         "bench_doctor_cost.py", tmp_path, "--quick", "--before=HEAD", "--runs=1",
-        "--arms=after,off", timeout=600,
+        "--arms=after,off",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads((tmp_path / "doctor_cost_quick.json").read_text())

@@ -9,14 +9,14 @@ scikit-learn's digits, each scored on a test split no run saw.
 import json
 
 import pytest
-from conftest import run_benchmark
+from inprocess import benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 def test_recipe_benchmark_quick(tmp_path, flowers_dir, shared_weights):
     pytest.importorskip("sklearn")
-    proc = run_benchmark("bench_recipe.py", tmp_path, "--quick", "--regimes=fewshot,digits")
+    proc = benchmark("bench_recipe.py", tmp_path, "--quick", "--regimes=fewshot,digits")
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads((tmp_path / "recipe_quick.json").read_text())
     assert set(payload["regimes"]) == {"fewshot", "digits"}

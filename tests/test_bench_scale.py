@@ -10,13 +10,14 @@ source costs the suite over a minute.
 import json
 
 import pytest
-from conftest import REPO, run_benchmark
+from conftest import REPO
+from inprocess import benchmark
 
 pytestmark = pytest.mark.slow
 
 
 def test_scale_benchmark_quick(tmp_path):
-    proc = run_benchmark("bench_scale.py", tmp_path, "--quick", "--sources", "tfds")
+    proc = benchmark("bench_scale.py", tmp_path, "--quick", "--sources", "tfds")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     payload = json.loads((tmp_path / "scale_quick.json").read_text())
     assert payload["settings"]["quick"] and payload["settings"]["sizes"] == [200, 400]

@@ -19,7 +19,8 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, run_benchmark
+from conftest import REPO
+from inprocess import benchmark
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _soak_compare  # noqa: E402
@@ -27,7 +28,7 @@ import _soak_compare  # noqa: E402
 
 @pytest.mark.slow
 def test_soak_benchmark_quick(tmp_path):
-    proc = run_benchmark("soak_crash.py", tmp_path, "--quick", timeout=1200)
+    proc = benchmark("soak_crash.py", tmp_path, "--quick")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     payload = json.loads((tmp_path / "soak_quick.json").read_text())
     totals, runs = payload["summary"], payload["runs"]

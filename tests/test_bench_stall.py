@@ -8,13 +8,13 @@ the iterator deletions of both arms.
 import json
 
 import pytest
-from conftest import run_benchmark
+from inprocess import benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 def test_stall_benchmark_quick(tmp_path, flowers_dir, shared_weights):
-    proc = run_benchmark("bench_stall.py", tmp_path, "--quick")
+    proc = benchmark("bench_stall.py", tmp_path, "--quick")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     payload = json.loads((tmp_path / "stall_quick.json").read_text())
     assert payload["quick"] and len(payload["runs"]) == 2

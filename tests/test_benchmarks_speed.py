@@ -1,17 +1,25 @@
-"""Each speed benchmark's documented command runs (quick mode) and writes its JSON."""
+"""Each speed benchmark's documented command runs (quick mode) and writes its JSON.
+
+The memory benchmark runs as the documented command line, `python benchmarks/bench_memory.py
+--quick` in a process of its own (the path every benchmark's command takes: `_common` on the
+path, `TL_KERAS_BENCH_RESULTS`, the exit status); the others run their `main` in this process
+(`inprocess.benchmark`), without a TensorFlow start-up each.
+"""
 
 import json
 
 import pytest
 from conftest import FLOWERS, MOBILENET_025_NOTOP, run_benchmark
+from inprocess import benchmark
 
 pytestmark = pytest.mark.slow
 
 
-def run(script, tmp_path, *args):
-    """The benchmark's documented `--quick` command; its stdout and results folder."""
+def run(script, tmp_path, *args, process=False):
+    """The benchmark's documented `--quick` command (in this process unless `process`); its
+    stdout and results folder."""
     env_results = tmp_path / "results"
-    proc = run_benchmark(script, env_results, "--quick", *args)
+    proc = (run_benchmark if process else benchmark)(script, env_results, "--quick", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, env_results
 
@@ -38,7 +46,7 @@ def test_ft_overhead_benchmark(tmp_path):
 
 
 def test_memory_benchmark(tmp_path):
-    out, results = run("bench_memory.py", tmp_path)
+    out, results = run("bench_memory.py", tmp_path, process=True)
     rows = json.loads((results / "memory.json").read_text())["results"]
     assert rows["quickstart"]["peak_rss_mib"] > 100 and "peak resident memory" in out
 

@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED, run_benchmark, run_cli
+from conftest import REPO, SHARED, run_cli
 from data_fixtures import solid
-from inprocess import command
+from inprocess import benchmark, command
 from test_cli import assert_one_line_error
 
 from tl_keras.model import pretrained
@@ -172,7 +172,7 @@ def test_input_benchmark_runs(tmp_path):
 
     folder = make_folder(tmp_path / "d", {"ant": 12, "bee": 12})
     out = tmp_path / "input.json"
-    proc = run_benchmark(
+    proc = benchmark(
         "bench_input.py",
         tmp_path,
         f"--data_dir={folder}",
@@ -183,7 +183,6 @@ def test_input_benchmark_runs(tmp_path):
         "--warmup=1",
         "--repeats=1",
         f"--out={out}",
-        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = read(out)

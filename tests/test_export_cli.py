@@ -17,8 +17,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, run_benchmark, run_module
-from inprocess import command
+from conftest import REPO, run_module
+from inprocess import benchmark, command
 
 from tl_keras.cli import common as cli
 from tl_keras.errors import DataError, TLKerasError
@@ -301,7 +301,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(trained_workdir, tmp_path):
 def test_export_benchmark_smoke_run(tmp_path):
     """The benchmark behind docs/benchmarks.md's export figures runs (tiny: shapes, 32 px, one epoch each)."""
     out = tmp_path / "export_smoke.json"
-    proc = run_benchmark(
+    proc = benchmark(
         "bench_export.py", tmp_path, "--smoke", f"--workdir={tmp_path / 'w'}", f"--out={out}"
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

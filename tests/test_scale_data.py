@@ -6,7 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, run_benchmark
+from conftest import REPO
+from inprocess import benchmark
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import scale_data  # noqa: E402
@@ -57,7 +58,7 @@ def test_tfds_set_holds_the_same_images_under_the_same_labels(tmp_path):
 @pytest.mark.slow
 def test_documented_command_writes_its_table_and_json(tmp_path):
     results = tmp_path / "results"
-    proc = run_benchmark("scale_data.py", results, "--sizes", "10", "--out", str(tmp_path / "d"))
+    proc = benchmark("scale_data.py", results, "--sizes", "10", "--out", str(tmp_path / "d"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((results / "scale_data.json").read_text())["results"]["10"]
     assert row["tfds_shards"] == 1 and row["folder_mib"] > 0 and not row["reused"]
