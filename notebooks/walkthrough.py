@@ -6,7 +6,8 @@ and the small helpers several of them share, verdicts among them.
 
 The parameters come from the environment (`notebooks/run.py` sets them; in Jupyter, set none):
 
-  TL_KERAS_TINY=1      small data, small images, one or two epochs: how the test suite runs them
+  TL_KERAS_TINY=1      the test backbone `tiny`, small data, small images, one or two epochs:
+                       how the test suite runs them
   TL_KERAS_RUNS=DIR    where the workdirs go (default ../runs/notebooks, beside this folder)
   TL_KERAS_SHARED=DIR  the shared ImageNet weights and flower photos (default: ../shared beside
                        the checkout, as every checkout of this project has it)
@@ -21,7 +22,9 @@ shared flowers (../shared/data/flowers5); else TFDS's `tf_flowers` (the same Fli
 downloaded once and written as the same 5-class folder at 128 px; else shapes the package
 draws. Every choice is printed, so every rendered output says what it was made with.
 
-Tiny mode (the test suite) always uses MobileNet-0.25: it is there to prove the cells run.
+Tiny mode (the test suite) always uses the package's test backbone `tiny` (five conv-BN blocks,
+tl_keras/model/tiny.py), a saved random base of it standing in for pretrained weights: it is
+there to prove the cells run, and its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ if str(CHECKOUT) not in sys.path:  # a kernel started in notebooks/ without an i
 
 LITE0 = "efficientnet_lite0"
 MOBILENET, ALPHA = "mobilenet", 0.25  # the family with shared ImageNet weights
+TINY_BASE = "tiny"  # tiny mode's base: the package's test backbone, no ImageNet weights
+TINY_WEIGHTS = "walkthrough_tiny_base.weights.h5"  # its stand-in for pretrained weights
 SHARED_WEIGHTS = "mobilenet_1_0.25_224_imagenet_notop.weights.h5"
 KERAS_FILE = "mobilenet_2_5_224_tf_no_top.h5"  # what Keras downloads for weights="imagenet"
 DOWNLOAD_HOST = "storage.googleapis.com"
@@ -61,10 +66,12 @@ class Walkthrough:
     Attributes:
       tiny: the small, fast mode of the test suite.
       runs: the folder for its workdirs (relative to the notebooks folder when it is inside it).
-      backbone: 'efficientnet_lite0' or 'mobilenet'.
+      backbone: 'efficientnet_lite0' or 'mobilenet' ('tiny' in tiny mode).
       alpha: the width multiplier (0.25 for MobileNet, 1.0 for Lite0).
-      weights: what `Config(weights=...)` gets: 'imagenet', the shared file's path, or 'none'.
-      pretrained: whether `weights` are ImageNet's.
+      weights: what `Config(weights=...)` gets: 'imagenet', the shared file's path, or 'none'
+        (tiny mode: its stand-in's path).
+      pretrained: whether `weights` are a pretrained base's: ImageNet's (in tiny mode, a saved
+        random base stands in for them, so the cells about pretrained weights run too).
       flowers: a 5-class folder of flower photos, or None.
       base_name: the base in words, for titles.
     """
@@ -155,6 +162,24 @@ def pick_weights(shared: Path) -> tuple[str, str]:
     )
 
 
+def tiny_weights() -> tuple[str, str]:
+    """Tiny mode's weights: a random `tiny` base saved once in tl_keras's cache (the same seed,
+    so the same file every time), standing in for pretrained weights; (its path, why)."""
+    from tl_keras.io import atomic_path, cache_root
+
+    path = Path(cache_root()) / TINY_WEIGHTS
+    if not path.is_file():
+        import keras
+
+        from tl_keras.model import backbones
+
+        keras.utils.set_random_seed(0)
+        base = backbones.build_base(backbones.get(TINY_BASE), image_size=32, weights=None)
+        with atomic_path(path) as tmp:  # test workers may write it at the same time
+            base.save_weights(tmp)
+    return str(path), "a saved random base standing in for pretrained weights (tiny mode)"
+
+
 def _shared() -> Path:
     given = os.environ.get("TL_KERAS_SHARED")
     return Path(given) if given else CHECKOUT.parent / "shared"
@@ -210,7 +235,10 @@ def setup() -> Walkthrough:
     lite0 = None
     if not tiny and os.environ.get("TL_KERAS_BACKBONE", LITE0) == LITE0:
         lite0 = _lite0()
-    if lite0:
+    if tiny:  # the cells must run, fast: the package's test backbone
+        backbone, alpha, base_name = TINY_BASE, 1.0, "the test backbone tiny (five conv-BN blocks)"
+        weights, why = tiny_weights()
+    elif lite0:
         backbone, alpha, base_name = LITE0, 1.0, "EfficientNet-Lite0"
         weights, why = lite0
     else:

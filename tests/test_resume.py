@@ -100,6 +100,9 @@ def reference(tmp_path_factory, pretrained):
     return workdir
 
 
+# Where `crashed` (below) is killed: right after fe's last epoch is checkpointed, before fe is
+# saved; the scenario that starts there copies it instead of being killed there again.
+CRASH_POINT = f"after_checkpoint:{FE}"
 SCENARIOS = {
     # name: (the failpoints hit by successive attempts, the epochs the last attempt trains,
     # extra flags). Each attempt after the first is itself a resume, so resumes of resumes are
@@ -108,7 +111,7 @@ SCENARIOS = {
     "fe_to_ft_switch": (["phase_saved:fe"], [4, 5, 6], []),
     # fe finished but not saved; an ft epoch trained but not checkpointed; killed after one was.
     "at_every_checkpoint_edge": (
-        ["after_checkpoint:3", "before_checkpoint:4", "after_checkpoint:5"],
+        [CRASH_POINT, "before_checkpoint:4", "after_checkpoint:5"],
         [6],
         [],
     ),
@@ -119,11 +122,14 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_kill_and_resume_equals_uninterrupted(scenario, tmp_path, pretrained, reference):
+def test_kill_and_resume_equals_uninterrupted(scenario, tmp_path, pretrained, reference, request):
     workdir = tmp_path / "run"
     points, trained_last, extra = SCENARIOS[scenario]
     for i, point in enumerate(points):
-        killed_at(point, *args(workdir, pretrained), *extra, *(["--resume"] if i else []))
+        if i == 0 and point == CRASH_POINT and not extra:  # that first attempt is `crashed`
+            shutil.copytree(request.getfixturevalue("crashed"), workdir)
+        else:
+            killed_at(point, *args(workdir, pretrained), *extra, *(["--resume"] if i else []))
         assert (workdir / "run.json").is_file()  # the workdir knows a run is in progress
     proc = command(*args(workdir, pretrained), *extra, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,9 +182,10 @@ def assert_same_as_uninterrupted(workdir, reference, pretrained) -> None:
 
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory, pretrained):
-    """A run killed right after the checkpoint of epoch 2 (read-only for the tests below)."""
+    """A run killed at CRASH_POINT, no phase completed. Read-only: the refusals below use it in
+    place; what resumes it (the scenario at_every_checkpoint_edge) or damages it copies it."""
     workdir = tmp_path_factory.mktemp("crashed") / "run"
-    killed_at("after_checkpoint:2", *args(workdir, pretrained))
+    killed_at(CRASH_POINT, *args(workdir, pretrained))
     return workdir
 
 
