@@ -105,6 +105,41 @@ def test_the_line_between_near_and_far_is_the_bases_own():
     assert lite0.to_dict()["backbone"] == "efficientnet_lite0"
 
 
+# EfficientNet-Lite0's 18 blocks (stem, block1a .. block7a, top), its flowers shifts at 128 px.
+LITE0_STAGES = ((1, "1"), (2, "2"), (2, "3"), (3, "4"), (3, "5"), (4, "6"), (1, "7"))
+LITE0_BLOCKS = ("stem", *(f"block{s}{'abcd'[r]}" for n, s in LITE0_STAGES for r in range(n)), "top")
+LITE0_FLOWERS = tuple((b, 0.15) for b in LITE0_BLOCKS)
+
+
+def test_below_its_size_a_base_whose_backward_is_costly_fine_tunes_its_top_half():
+    """128 px near ImageNet: MobileNet-0.25 (a whole-base epoch costs a frozen one) fine-tunes
+    the whole base; EfficientNet-Lite0 (2.05x) its top 9 of 18 blocks, for the same epochs."""
+    mobilenet = values(auto.decide({}, facts(backbone="mobilenet")))
+    assert (mobilenet["unfreeze"], mobilenet["epochs_ft"]) == ("all", 12)
+    digits = values(auto.decide({}, facts(num_train=1222, block_shift=DIGITS)))
+    assert (digits["unfreeze"], digits["epochs_ft"]) == ("all", 17)
+    lite0 = facts(block_shift=LITE0_FLOWERS, backbone="efficientnet_lite0")
+    assert lite0.domain == "near" and lite0.ft_epoch_cost == 2.05
+    assert facts(backbone="mobilenet").ft_epoch_cost == 1.0
+    card = auto.decide({}, lite0)
+    assert (card.get("unfreeze").value, card.get("epochs_ft").value) == ("blocks:9", 12)
+    assert "2.05x a frozen one" in card.get("unfreeze").reason
+    # Where it does not reach: Lite0 at its own size (the shift rule: every block shifts here),
+    # far from ImageNet (its digits: not measured), few photos near ImageNet (fe only).
+    native = dataclasses.replace(lite0, image_size=224)
+    assert auto.unfreeze_for(native)[0] == "all"
+    far = dataclasses.replace(lite0, block_shift=tuple((b, 0.48) for b, _ in LITE0_FLOWERS))
+    assert far.domain == "far" and values(auto.decide({}, far))["unfreeze"] == "all"
+    few = values(auto.decide({}, dataclasses.replace(lite0, num_train=80, min_per_class=16)))
+    assert few["epochs_ft"] == 0
+    # A value the user gives still wins, and the card says what the rule would have chosen.
+    given = auto.decide({"unfreeze": "all"}, lite0).get("unfreeze")
+    assert (given.value, given.source) == (
+        "all",
+        "user",
+    ) and "would choose blocks:9" in given.reason
+
+
 def test_random_weights_train_the_whole_base_after_a_short_fe():
     f = facts(pretrained=False, block_shift=())
     v = values(auto.decide({}, f))

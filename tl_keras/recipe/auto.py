@@ -25,6 +25,12 @@ figures):
   data differs from ImageNet there (at least half the blocks): on 2,339 flower photos the whole
   base reached 0.702 against 0.659 for feature extraction alone and 0.638 for the TensorFlow
   tutorial's top 30 layers; half the blocks reached 0.683.
+* **A base whose backward is costly fine-tunes its top half** below its native size: on
+  EfficientNet-Lite0 a whole-base epoch costs 2.05 epochs of the frozen base where MobileNet-0.25's
+  costs 1.0 (its input pipeline sets the pace). Lite0's top half (its lowest-resolution blocks,
+  the cheapest to train) for the same 12 epochs scored 0.767 and 0.803 on the flowers' validation
+  split (seeds 0, 1) against the whole base's 0.774 and 0.789, in 0.63-0.68x the fine-tuning
+  wall; 7 epochs of the whole base, as cheap, 0.762 and 0.786.
 * **Rates**: the head at 1e-3 (the course's 1e-3 to 1e-2), the base at lr / 10 = 1e-4 (the
   course's 1e-5 to 1e-4 for the top layers), with a one-epoch linear warm-up and a cosine decay.
   The course's 1e-6 to 1e-5 for the whole base was beaten: decaying the rate by 0.85 per block
@@ -88,6 +94,15 @@ FAR_DOMAIN_SHIFT = 0.2  # early-block shift above this: far from ImageNet
 # flip averaging, the rule for few photos near ImageNet, at 2.6-2.9x its wall:
 # `recipe_evidence.py --experiment=fewshot`); digits 0.48.
 FAR_DOMAIN_SHIFT_BY_BASE = {"efficientnet_lite0": 0.3}
+# What a whole-base fine-tuning epoch costs, in epochs of the frozen base over live images (the
+# TF tutorial's feature extraction), per base; quiet, 2 CPU cores, flowers at 128 px
+# (`bench_recipe.py`: the default's ft epochs against plain's 8 frozen ones). MobileNet-0.25
+# (unlisted: 1.0, the rules as measured on it) is bound by its input pipeline: 4.0 s against a
+# frozen epoch's 4.0 s (3.4-4.3, 3 seeds; recipe_flowers_20261206_quiet_final.json).
+# EfficientNet-Lite0's backward is not: 20.2 s against 9.75 s
+# (recipe_lite0_flowers_seed1_quiet_20261206.json); its top half costs 0.63-0.68 of the whole.
+FT_EPOCH_COST_BY_BASE = {"efficientnet_lite0": 2.05}
+FT_COST_LINE = 1.5  # a base above this fine-tunes only its top half below its native size
 ADAPT_SHIFT = 0.1  # a block whose statistics shift less keeps its ImageNet features frozen ...
 NATIVE_SHARE = 0.8  # ... but only at (nearly) the base's own resolution: below it, adapt them all
 FE_MAX_EPOCHS, FE_PATIENCE = 40, 5  # feature extraction: until 5 epochs without improvement
@@ -141,6 +156,11 @@ class Facts:
     def far_shift(self) -> float:
         """The early-block shift above which this base's data is far from ImageNet."""
         return FAR_DOMAIN_SHIFT_BY_BASE.get(self.backbone, FAR_DOMAIN_SHIFT)
+
+    @property
+    def ft_epoch_cost(self) -> float:
+        """What a whole-base fine-tuning epoch costs on this base, in frozen-base epochs."""
+        return FT_EPOCH_COST_BY_BASE.get(self.backbone, 1.0)
 
     @property
     def early_shift(self) -> float | None:
@@ -266,14 +286,17 @@ def unfreeze_for(facts: Facts) -> tuple[str, str]:
 
     Below NATIVE_SHARE of the base's own input size every filter sees objects at another scale
     than it learned, so the whole base adapts (on flowers at 128 px of 224, freezing the 4
-    least-shifted blocks cost 1.7 points). At about the native size, down to the deepest block
-    whose BatchNorm statistics shift by at least ADAPT_SHIFT, at least half the blocks.
+    least-shifted blocks cost 1.7 points), unless its backward is costly (`_top_half`). At about
+    the native size, down to the deepest block whose BatchNorm statistics shift by at least
+    ADAPT_SHIFT, at least half the blocks.
     """
     blocks = [b for b, _ in facts.block_shift]
     n = len(blocks)
     if not n:
         return "all", "no statistics to compare (random weights): train the whole base"
     if facts.image_size < NATIVE_SHARE * facts.native_size:
+        if facts.ft_epoch_cost > FT_COST_LINE and facts.domain == "near":
+            return _top_half(facts)
         return "all", (
             f"{facts.image_size} px is below the base's {facts.native_size}: every block sees "
             "another scale, fine-tune the whole base (flowers at 128 px: freezing the 4 "
@@ -291,6 +314,23 @@ def unfreeze_for(facts: Facts) -> tuple[str, str]:
     return f"blocks:{k}", (
         f"the {n - k} lowest blocks barely differ from ImageNet here ({shifts}; < "
         f"{ADAPT_SHIFT:g}): keep them frozen, fine-tune the top {k} of {n}"
+    )
+
+
+def _top_half(facts: Facts) -> tuple[str, str]:
+    """Below its native size near ImageNet, a base whose whole-base epoch costs more than
+    FT_COST_LINE frozen epochs fine-tunes its top half: its lowest-resolution blocks, the
+    cheapest to train. EfficientNet-Lite0 on the flowers at 128 px (validation, seeds 0 and 1):
+    the top 9 of 18 blocks for 12 epochs 0.767 and 0.803 against the whole base's 0.774 and 0.789,
+    in 0.63-0.68x its fine-tuning wall; the whole base for 7 epochs, as cheap, 0.762 and 0.786,
+    for 6 epochs 0.755 and 0.769 (`recipe_evidence.py --experiment=flowers_depth`). Far from
+    ImageNet (Lite0's digits) is not measured: the whole base there, as on a cheap base."""
+    n = len(facts.block_shift)
+    k = math.ceil(n / 2)
+    return f"blocks:{k}", (
+        f"{facts.image_size} px is below the base's {facts.native_size}, but a whole-base epoch "
+        f"costs {facts.ft_epoch_cost:g}x a frozen one on this base: fine-tune the top {k} of {n} "
+        "blocks, its cheapest (Lite0 flowers: as accurate on validation in 0.65x the time)"
     )
 
 
