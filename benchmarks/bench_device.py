@@ -49,9 +49,8 @@ def main(argv=None) -> int:
     from tl_keras.training import distribute, features
 
     steps, size = (1, 32) if args.quick else (args.steps, args.image_size)
-    if (
-        args.quick
-    ):  # a smoke run: the test backbone `tiny` (five conv-BN layers), so XLA compiles fast
+    # A smoke run: the test backbone `tiny` (five conv-BN layers), so XLA compiles fast.
+    if args.quick:
         args.backbone, args.alpha = "tiny", 1.0
     x = np.random.default_rng(0).uniform(0, 255, (args.batch_size, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(args.batch_size) % 5, 5)
