@@ -291,8 +291,8 @@ def test_skipped_files_are_counted_in_the_phase_summary(tmp_path):
 
 def test_the_pipeline_takes_its_fields_from_the_data_settings_and_augmentation():
     """One home for each data field: a `Pipeline`'s fields are a `DataSettings`'s reading fields
-    and an `Augmentation`'s, with their defaults, plus where the file cache goes; the settings'
-    `pipeline` hands over their values."""
+    and an `Augmentation`'s, with their defaults, plus where the file cache goes;
+    `Pipeline.from_settings` hands over the settings' values."""
     import dataclasses
 
     from tl_keras.data.pipeline import Pipeline
@@ -311,7 +311,7 @@ def test_the_pipeline_takes_its_fields_from_the_data_settings_and_augmentation()
         data_dir="photos", image_size=40, seed=3, batch_size=5, resize_method="area",
         resize_mode="crop", cache="file", max_skipped_fraction=0.1,
     )  # fmt: skip
-    p = given.pipeline(Augmentation(augment="light", mixup=0.2), workdir="/w")
+    p = Pipeline.from_settings(given, Augmentation(augment="light", mixup=0.2), workdir="/w")
     assert {n: getattr(p, n) for n in set(fields) & data} == {
         n: getattr(given, n) for n in set(fields) & data
     }

@@ -1,8 +1,8 @@
 """How images become batches: the `Pipeline` (its settings) and the datasets it builds.
 
 A `Pipeline` says how the images of a split are read (size, resize, cache) and what training
-batches get on top (augmentation, MixUp / CutMix, label smoothing); `tl_keras.data.settings`
-makes one from a run's data section. Here an image is read its way (`prepare`, `load`: decoded,
+batches get on top (augmentation, MixUp / CutMix, label smoothing); `Pipeline.from_settings`
+makes one from a run's data section (`tl_keras.data.settings`). Here an image is read its way (`prepare`, `load`: decoded,
 resized and rounded to whole pixels, so a cached image and a fresh one are bitwise equal), and
 the datasets are built: batches of (float32 image, one-hot label), a split in its fixed order,
 never augmented (`eval_dataset`), or each epoch's shuffled, augmented training batches, a pure
@@ -37,6 +37,7 @@ from tl_keras.data.images import (
     untuned,
     worker_batches,
 )
+from tl_keras.data.settings import NO_AUGMENTATION, Augmentation, DataSettings
 from tl_keras.errors import DataError, DataTypeError
 from tl_keras.progress import Progress
 
@@ -44,28 +45,54 @@ _GATHER_BATCH = 256  # rows one numpy gather reads from an array or a cache stor
 
 
 # --- the settings of a pipeline --------------------------------------------------------------------
+_READ = DataSettings(data_dir="", image_size=1, seed=0)  # the reading fields' defaults
+
+
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """How images become batches (the data fields of a `Config`, see there for their meaning).
 
-    Its fields are a `DataSettings`'s reading fields and an `Augmentation`'s, with the same
-    defaults (`tl_keras.data.settings` cannot be imported here: it makes pipelines,
-    `DataSettings.pipeline`; tests/test_data.py checks they agree), and where cache='file'
-    keeps its store.
+    Its fields are a `DataSettings`'s reading fields and an `Augmentation`'s, their defaults
+    taken from there (the one home of each), and where cache='file' keeps its store.
+    `from_settings` makes a run's.
     """
 
     image_size: int
     batch_size: int
     seed: int = 0
-    resize_method: str = "bilinear"
-    resize_mode: str = "stretch"
-    cache: str = "none"
+    resize_method: str = _READ.resize_method
+    resize_mode: str = _READ.resize_mode
+    cache: str = _READ.cache
     cache_dir: str | None = None
-    max_skipped_fraction: float = 0.05
-    augment: str = "none"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
+    max_skipped_fraction: float = _READ.max_skipped_fraction
+    augment: str = NO_AUGMENTATION.augment
+    mixup: float = NO_AUGMENTATION.mixup
+    cutmix: float = NO_AUGMENTATION.cutmix
+    label_smoothing: float = NO_AUGMENTATION.label_smoothing
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: DataSettings,
+        augmentation: Augmentation = NO_AUGMENTATION,
+        *,
+        workdir: str | None = None,
+    ) -> Pipeline:
+        """How `settings`' images become batches, with `augmentation` on the training batches.
+
+        Args:
+          settings: the run's data settings (their reading fields and batch size).
+          augmentation: the training-only settings (default: none).
+          workdir: where cache='file' keeps its store (<workdir>/data/cache).
+        """
+        # Each field that is one of the settings': their values, not copies of their names (the
+        # other fields are `augmentation`'s and cache_dir).
+        reading = {f.name for f in dataclasses.fields(cls)} & set(settings.__dataclass_fields__)
+        return cls(
+            **{name: getattr(settings, name) for name in sorted(reading)},
+            cache_dir=os.path.join(workdir, "data", "cache") if workdir else None,
+            **dataclasses.asdict(augmentation),
+        )
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("seed", "cache_dir")}

@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
 
 from tl_keras.data import augment
 from tl_keras.errors import did_you_mean, refused
-
-if TYPE_CHECKING:
-    from tl_keras.data.pipeline import Pipeline
 
 RESIZE_METHODS = (
     "bilinear",
@@ -149,28 +145,6 @@ class DataSettings:
                 self.max_skipped_fraction,
                 "use a fraction in [0, 1], e.g. 0.05",
             )
-
-    def pipeline(
-        self, augmentation: Augmentation = NO_AUGMENTATION, *, workdir: str | None = None
-    ) -> Pipeline:
-        """How these images become batches, with `augmentation` on the training batches.
-
-        Args:
-          augmentation: the training-only settings (default: none).
-          workdir: where cache='file' keeps its store (<workdir>/data/cache).
-        """
-        import os
-
-        from tl_keras.data.pipeline import Pipeline
-
-        # Each of the pipeline's fields that is one of these settings: their values, not copies
-        # of their names (the pipeline's other fields are `augmentation`'s and cache_dir).
-        reading = {f.name for f in dataclasses.fields(Pipeline)} & set(self.__dataclass_fields__)
-        return Pipeline(
-            **{name: getattr(self, name) for name in sorted(reading)},
-            cache_dir=os.path.join(workdir, "data", "cache") if workdir else None,
-            **dataclasses.asdict(augmentation),
-        )
 
 
 def default(name: str):

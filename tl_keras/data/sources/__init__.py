@@ -91,7 +91,7 @@ def load(
         log.info("data: validation data given (%s); val_fraction is not used", raw.where["val"])
     return assemble(
         raw,
-        settings.pipeline(augmentation, workdir=workdir),
+        Pipeline.from_settings(settings, augmentation, workdir=workdir),
         val_fraction=0.0 if given_val else settings.val_fraction,
     )
 
@@ -198,7 +198,7 @@ def from_arrays(
         class_names=class_names,
     )
     settings, augmentation = _sections(config)
-    p = settings.pipeline(augmentation, workdir=workdir)
+    p = Pipeline.from_settings(settings, augmentation, workdir=workdir)
     return assemble(raw, p, val_fraction=settings.val_fraction)
 
 
