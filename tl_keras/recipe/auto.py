@@ -359,9 +359,9 @@ def _costly_far_epochs(facts: Facts, epochs: int) -> tuple[int, str]:
     and 1; `recipe_evidence.py --experiment=digits_depth`): the whole base for the image count's
     17 epochs 0.987 and 0.977; for 8 epochs 0.984, 0.977 at 0.54x its fine-tuning wall, still
     1.5x the tutorial recipe's whole wall; 4 epochs 0.984, 0.967; 3 epochs 0.977, 0.964. The top
-    half costs 0.7x a whole-base epoch at 64 px and does worse at the same cost (3 epochs 0.974,
-    0.961; 5 epochs 0.964, 0.967 against the whole base's 3), and feature extraction alone
-    0.961, 0.954: the whole base stays, the length goes."""
+    half costs 0.7x a whole-base epoch at 64 px and does worse at the same cost (8 epochs 0.977,
+    0.971 in the fine-tuning wall of the whole base's 5 epochs, 0.980, 0.974; 3 epochs 0.974,
+    0.961), and feature extraction alone 0.961, 0.954: the whole base stays, the length goes."""
     cost = facts.ft_epoch_cost
     k = int(min(epochs, max(FT_MIN_EPOCHS, math.floor(FT_COSTLY_FROZEN_EPOCHS / cost))))
     return k, (
