@@ -125,7 +125,8 @@ def test_below_its_size_a_base_whose_backward_is_costly_fine_tunes_its_top_half(
     assert (card.get("unfreeze").value, card.get("epochs_ft").value) == ("blocks:9", 12)
     assert "2.05x a frozen one" in card.get("unfreeze").reason
     # Where it does not reach: Lite0 at its own size (the shift rule: every block shifts here),
-    # far from ImageNet (its digits: not measured), few photos near ImageNet (fe only).
+    # far from ImageNet (the whole base, for fewer epochs: below), few photos near ImageNet (fe
+    # only).
     native = dataclasses.replace(lite0, image_size=224)
     assert auto.unfreeze_for(native)[0] == "all"
     far = dataclasses.replace(lite0, block_shift=tuple((b, 0.48) for b, _ in LITE0_FLOWERS))
@@ -138,6 +139,33 @@ def test_below_its_size_a_base_whose_backward_is_costly_fine_tunes_its_top_half(
         "all",
         "user",
     ) and "would choose blocks:9" in given.reason
+
+
+def test_far_from_imagenet_a_costly_base_fine_tunes_the_whole_base_for_fewer_epochs():
+    """Lite0's digits at 64 px (early shift 0.48): the whole base, for what the tutorial's 8
+    fine-tuning epochs cost in frozen epochs (8 / 2.05 -> 3, not the image count's 17);
+    MobileNet-0.25 (1.0) keeps 17, and so does Lite0 at its own size (the rule is for below it)."""
+    lite0_digits = tuple((b, 0.48) for b in LITE0_BLOCKS)
+    digits = dict(num_train=1222, num_classes=10, min_per_class=115, image_size=64)
+    lite0 = facts(block_shift=lite0_digits, backbone="efficientnet_lite0", **digits)
+    assert lite0.domain == "far" and lite0.ft_epoch_cost == 2.05
+    card = auto.decide({}, lite0)
+    assert (card.get("unfreeze").value, card.get("epochs_ft").value) == ("all", 3)
+    assert "costs 2.05x a frozen one" in card.get("epochs_ft").reason
+    assert card.get("augment").value == "none" and card.get("warmup_epochs").value == 1.0
+    mobilenet = values(auto.decide({}, facts(block_shift=DIGITS, backbone="mobilenet", **digits)))
+    assert (mobilenet["unfreeze"], mobilenet["epochs_ft"]) == ("all", 17)
+    native = values(auto.decide({}, dataclasses.replace(lite0, image_size=224)))
+    assert (native["unfreeze"], native["epochs_ft"]) == ("all", 17)
+    # Never more than the image count's epochs, never fewer than FT_MIN_EPOCHS.
+    many = values(auto.decide({}, dataclasses.replace(lite0, num_train=50000, min_per_class=5000)))
+    assert many["epochs_ft"] == auto.FT_MIN_EPOCHS
+    # Few images far from ImageNet keep the careful rule (the top 2 blocks), its epochs undivided.
+    few = values(auto.decide({}, dataclasses.replace(lite0, num_train=120, min_per_class=12)))
+    assert (few["unfreeze"], few["epochs_ft"]) == ("blocks:2", 30)
+    # A value the user gives still wins.
+    given = auto.decide({"epochs_ft": 17}, lite0).get("epochs_ft")
+    assert (given.value, given.source) == (17, "user") and "would choose 3" in given.reason
 
 
 def test_random_weights_train_the_whole_base_after_a_short_fe():

@@ -30,7 +30,11 @@ figures):
   costs 1.0 (its input pipeline sets the pace). Lite0's top half (its lowest-resolution blocks,
   the cheapest to train) for the same 12 epochs scored 0.767 and 0.803 on the flowers' validation
   split (seeds 0, 1) against the whole base's 0.774 and 0.789, in 0.63-0.68x the fine-tuning
-  wall; 7 epochs of the whole base, as cheap, 0.762 and 0.786.
+  wall; 7 epochs of the whole base, as cheap, 0.762 and 0.786. Far from ImageNet (Lite0's digits
+  at 64 px) it keeps the whole base, whose top half did worse at the same cost, and fine-tunes
+  for what the TF tutorial's 8 epochs of the frozen base cost (8 / 2.05: 3 epochs, not 17):
+  0.977 and 0.964 on validation against 0.987 and 0.977 for 17 epochs and 0.961 and 0.954 for
+  feature extraction alone.
 * **Rates**: the head at 1e-3 (the course's 1e-3 to 1e-2), the base at lr / 10 = 1e-4 (the
   course's 1e-5 to 1e-4 for the top layers), with a one-epoch linear warm-up and a cosine decay.
   The course's 1e-6 to 1e-5 for the whole base was beaten: decaying the rate by 0.85 per block
@@ -103,6 +107,9 @@ FAR_DOMAIN_SHIFT_BY_BASE = {"efficientnet_lite0": 0.3}
 # (recipe_lite0_flowers_seed1_quiet_20261206.json); its top half costs 0.63-0.68 of the whole.
 FT_EPOCH_COST_BY_BASE = {"efficientnet_lite0": 2.05}
 FT_COST_LINE = 1.5  # a base above this fine-tunes only its top half below its native size
+# ... and far from ImageNet, the whole base for at most what this many frozen epochs cost (the
+# TF tutorial's fine-tuning length).
+FT_COSTLY_FROZEN_EPOCHS = 8
 ADAPT_SHIFT = 0.1  # a block whose statistics shift less keeps its ImageNet features frozen ...
 NATIVE_SHARE = 0.8  # ... but only at (nearly) the base's own resolution: below it, adapt them all
 FE_MAX_EPOCHS, FE_PATIENCE = 40, 5  # feature extraction: until 5 epochs without improvement
@@ -324,13 +331,43 @@ def _top_half(facts: Facts) -> tuple[str, str]:
     the top 9 of 18 blocks for 12 epochs 0.767 and 0.803 against the whole base's 0.774 and 0.789,
     in 0.63-0.68x its fine-tuning wall; the whole base for 7 epochs, as cheap, 0.762 and 0.786,
     for 6 epochs 0.755 and 0.769 (`recipe_evidence.py --experiment=flowers_depth`). Far from
-    ImageNet (Lite0's digits) is not measured: the whole base there, as on a cheap base."""
+    ImageNet (Lite0's digits) the top half does worse at the same cost: the whole base there,
+    for fewer epochs (`_costly_far_epochs`)."""
     n = len(facts.block_shift)
     k = math.ceil(n / 2)
     return f"blocks:{k}", (
         f"{facts.image_size} px is below the base's {facts.native_size}, but a whole-base epoch "
         f"costs {facts.ft_epoch_cost:g}x a frozen one on this base: fine-tune the top {k} of {n} "
         "blocks, its cheapest (Lite0 flowers: as accurate on validation in 0.65x the time)"
+    )
+
+
+def _costly_far(facts: Facts) -> bool:
+    """Below its native size, far from ImageNet, on a base whose backward is costly: the whole
+    base fine-tunes (`unfreeze_for`), for fewer epochs (`_costly_far_epochs`)."""
+    below = facts.image_size < NATIVE_SHARE * facts.native_size
+    return below and facts.domain == "far" and facts.ft_epoch_cost > FT_COST_LINE
+
+
+def _costly_far_epochs(facts: Facts, epochs: int) -> tuple[int, str]:
+    """Far from ImageNet the data differs from the stem up, so a costly base keeps the whole
+    base and pays for its cost in epochs: fine-tuning spends at most the TF tutorial's 8
+    fine-tuning epochs in frozen-base epochs (FT_COSTLY_FROZEN_EPOCHS / cost, rounded down), at
+    least FT_MIN_EPOCHS, never more than the image count's.
+
+    EfficientNet-Lite0 on digits at 64 px (early shift 0.48), validation (306 images, seeds 0
+    and 1; `recipe_evidence.py --experiment=digits_depth`): the whole base for the image count's
+    17 epochs 0.987 and 0.977; for 8 epochs 0.984, 0.977 at 0.54x its fine-tuning wall, still
+    1.5x the tutorial recipe's whole wall; 4 epochs 0.984, 0.967; 3 epochs 0.977, 0.964. The top
+    half costs 0.7x a whole-base epoch at 64 px and does worse at the same cost (8 epochs 0.977,
+    0.971 in the fine-tuning wall of the whole base's 5 epochs, 0.980, 0.974; 3 epochs 0.974,
+    0.961), and feature extraction alone 0.961, 0.954: the whole base stays, the length goes."""
+    cost = facts.ft_epoch_cost
+    k = int(min(epochs, max(FT_MIN_EPOCHS, math.floor(FT_COSTLY_FROZEN_EPOCHS / cost))))
+    return k, (
+        f"far from ImageNet on a base whose whole-base epoch costs {cost:g}x a frozen one: the "
+        f"whole base for what {FT_COSTLY_FROZEN_EPOCHS} frozen epochs cost, not the image "
+        f"count's {epochs} (Lite0 digits: 3 epochs of 17 -1.1 points on validation)"
     )
 
 
@@ -382,6 +419,8 @@ def _epoch_rules(f: Facts) -> Rules:
         v["unfreeze"] = ("blocks:2", "little data far from ImageNet: only the top 2 blocks")
     else:
         v["unfreeze"] = unfreeze_for(f)
+        if _costly_far(f):
+            v["epochs_ft"] = _costly_far_epochs(f, v["epochs_ft"][0])
     return v
 
 
