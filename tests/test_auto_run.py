@@ -33,8 +33,21 @@ def auto_config(**overrides):
     return tiny_config(**{**values, **overrides})
 
 
+class LastEpoch(keras.callbacks.Callback):
+    """Keeps the trainable weights at the end of the run's last epoch (before any averaging)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights = [np.array(w) for w in self.model.trainable_weights]
+
+
 @pytest.fixture(scope="module")
 def auto_run(tmp_path_factory):
+    """The auto run, with weight averaging asked for (one run serves the card's tests and the
+    averaging's: the recipe decides every other setting as it would)."""
     wd = tmp_path_factory.mktemp("auto")
     logger = logging.getLogger("tl_keras")
     lines: list[str] = []
@@ -43,18 +56,18 @@ def auto_run(tmp_path_factory):
         def emit(self, record):
             lines.append(record.getMessage())
 
-    handler = Keep()
+    handler, last = Keep(), LastEpoch()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        result = train(auto_config(), str(wd))
+        result = train(auto_config(weight_averaging="ema"), str(wd), callbacks=[last])
     finally:
         logger.removeHandler(handler)
-    return wd, result, lines
+    return wd, result, lines, last.weights
 
 
 def test_the_card_is_printed_kept_and_says_who_chose_what(auto_run):
-    wd, _, lines = auto_run
+    wd, _, lines, _ = auto_run
     card = auto.Card.from_dict(read(wd / "recipe.json"))
     assert card.recipe == "auto"
     assert card.get("epochs_ft").source == "user" and card.get("augment").source == "rule"
@@ -65,7 +78,7 @@ def test_the_card_is_printed_kept_and_says_who_chose_what(auto_run):
 
 
 def test_the_run_follows_the_card(auto_run):
-    wd, result, lines = auto_run
+    wd, result, lines, _ = auto_run
     card = auto.Card.from_dict(read(wd / "recipe.json"))
     run = read(wd / "run.json")
     fe, ft = (p for p in run["schedule"])
@@ -220,19 +233,13 @@ def test_measuring_an_epoch_changes_nothing(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_weight_averaging_saves_the_average_and_reports_both_scores(tmp_path):
-    last = {}
-
-    class Last(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            last["weights"] = [np.array(w) for w in self.model.trainable_weights]
-
-    result = train(auto_config(weight_averaging="ema"), str(tmp_path / "w"), callbacks=[Last()])
-    summary = read(tmp_path / "w" / "ft" / "summary.json")
+def test_weight_averaging_saves_the_average_and_reports_both_scores(auto_run):
+    wd, result, _, last = auto_run
+    summary = read(wd / "ft" / "summary.json")
     assert set(summary["weight_averaging"]) == {"last_epoch", "averaged"}
     assert "val_accuracy" in summary["weight_averaging"]["averaged"]
     final = [np.array(w) for w in result.model.trainable_weights]
-    assert any(not np.array_equal(a, b) for a, b in zip(final, last["weights"], strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(final, last, strict=True))
 
 
 def test_auto_is_accepted_on_the_command_line_and_in_files(tmp_path):

@@ -1,16 +1,14 @@
-"""The CLI on each data source and the shipped flowers config: TFDS (mocked) and flowers in
-processes of their own, the arrays file and the refusals of bad data through the command's main
-in this process (tests/inprocess.py)."""
+"""The CLI on each data source and the shipped flowers configs, through the command's main in
+this process (tests/inprocess.py): the train command's own process is tests/test_cli.py's, and
+what these assert (the data each source gives, the runs the configs make) is the same there."""
 
 import importlib.util
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED, run_cli
+from conftest import REPO, SHARED
 from data_fixtures import solid
 from inprocess import benchmark, command
 from test_cli import assert_one_line_error
@@ -40,7 +38,7 @@ def test_cli_trains_on_an_npz_file(tmp_path):
     y = np.repeat([0, 1, 2], 8)
     np.savez(tmp_path / "shapes.npz", x_train=x, y_train=y, class_names=["r", "g", "b"])
     workdir = tmp_path / "w"
-    proc = command(  # in this process (tests/inprocess.py); the TFDS run below is a process
+    proc = command(
         f"--data_dir={tmp_path / 'shapes.npz'}",
         *MODEL,
         "--augment=light",
@@ -62,21 +60,12 @@ def test_cli_trains_on_an_npz_file(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_on_tfds_with_mock_data(tmp_path):
-    """The real CLI entry point in a subprocess, with TFDS mocked there (nothing downloads)."""
-    pytest.importorskip("tensorflow_datasets")
+    """The train command on `tfds:tf_flowers`, with TFDS mocked (nothing downloads)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
     workdir = tmp_path / "w"
     args = ["--data_dir=tfds:tf_flowers", "--val_fraction=0.25", *MODEL, f"--workdir={workdir}"]
-    script = (
-        "import sys\n"
-        "import tensorflow_datasets as tfds\n"
-        "from tl_keras.train import run_main\n"
-        f"sys.argv = ['tl_keras.train', *{args!r}]\n"
-        "with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):\n"
-        "    run_main()\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        proc = command(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read(workdir / "run.json")["class_names"] == TF_FLOWERS
     data = read(workdir / "fe" / "summary.json")["data"]
@@ -108,7 +97,7 @@ def test_flowers_config_runs(tmp_path, flowers_dir, shared_weights):
     paths = []
     if SHARED.resolve() != (REPO.parent / "shared").resolve():
         paths = [f"--data_dir={flowers_dir}", f"--weights={shared_weights}"]
-    proc = run_cli(
+    proc = command(
         "--config=configs/flowers.toml",
         *paths,
         "--epochs_fe=1",
@@ -127,7 +116,7 @@ def test_flowers_config_runs(tmp_path, flowers_dir, shared_weights):
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_flowers_lite0_config_runs(tmp_path, flowers_dir):
+def test_flowers_lite0_config_runs(tmp_path, flowers_dir, monkeypatch):
     """configs/flowers_lite0.toml: `weights = "imagenet"` converts Lite0's checkpoint into the
     cache (an empty one here) and trains on it. The file's settings on 40 of the shared photos a
     class (its whole folder costs Lite0 about a minute a pass on 2 cores), 12 epochs of the head on
@@ -141,13 +130,13 @@ def test_flowers_lite0_config_runs(tmp_path, flowers_dir):
         for photo in sorted(cls.glob("*.jpg"))[:40]:
             (photos / cls.name / photo.name).symlink_to(photo)
     cache, workdir = tmp_path / "cache", tmp_path / "lite0"
-    proc = run_cli(
+    monkeypatch.setenv("TL_KERAS_CACHE_DIR", str(cache))
+    proc = command(
         "--config=configs/flowers_lite0.toml",
         f"--data_dir={photos}",
         "--epochs_fe=12",
         "--epochs_ft=0",
         f"--workdir={workdir}",
-        env={"TL_KERAS_CACHE_DIR": str(cache)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     converted = list((cache / "weights").glob("efficientnet_lite0_imagenet_notop-*.weights.h5"))

@@ -181,6 +181,9 @@ def load(ds: tf.data.Dataset, images: Images, p: Pipeline) -> tf.data.Dataset:
 
 
 # --- datasets --------------------------------------------------------------------------------------
+# Plain TensorFlow (no Python branch on a tensor): its maps are traced as written, not rewritten by
+# autograph first (`do_not_convert` holds for every function traced while it runs).
+@tf.autograph.experimental.do_not_convert
 def eval_dataset(images: Images, num_classes: int, p: Pipeline) -> tf.data.Dataset:
     """Batches of (float32 image, one-hot label) in the split's fixed order, never augmented."""
     labels = tf.constant(images.labels, tf.int32)

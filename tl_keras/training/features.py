@@ -294,6 +294,7 @@ def feature_bundle(data, features: dict):
     n = len(data.train_labels)
     dim = features["train"].shape[-1]
     smooth = augment.batch_fn(mixup=0.0, cutmix=0.0, label_smoothing=p.label_smoothing)
+    plain = tf.autograph.experimental.do_not_convert
 
     def rows(store):
         def gather(i):
@@ -310,6 +311,8 @@ def feature_bundle(data, features: dict):
         lo, hi = images.worker_range(n, worker, workers)
         return tf.data.Dataset.from_tensor_slices(images.epoch_permutation(n, p.seed, epoch)[lo:hi])
 
+    # Plain TensorFlow: traced as written, not rewritten by autograph first (tl_keras.data.bundle).
+    @tf.autograph.experimental.do_not_convert
     def make_epoch(epoch, worker=0, workers=1):
         # The live path's batches (the epoch's order, cut as the live path cuts it), gathered a
         # batch at a time: one gather per batch instead of one dataset element per image.
@@ -336,10 +339,13 @@ def feature_bundle(data, features: dict):
         val = images.untuned(  # Keras iterates it again every epoch (see `untuned`)
             tf.data.Dataset.range(len(val_labels))
             .batch(p.batch_size)
-            .map(lambda i: (gather_val(i), tf.one_hot(tf.gather(val_y, i), k)))
+            .map(plain(lambda i: (gather_val(i), tf.one_hot(tf.gather(val_y, i), k))))
         )
     return dataclasses.replace(
-        data, make_train_epoch=lambda epoch: make_epoch(epoch), make_shard_epoch=make_epoch, val=val
+        data,
+        make_train_epoch=plain(lambda epoch: make_epoch(epoch)),
+        make_shard_epoch=make_epoch,
+        val=val,
     )
 
 
