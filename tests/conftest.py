@@ -57,8 +57,8 @@ SLOWEST_FIRST = (
 
 # Files of long tests, each a work unit of its own so they spread over the workers instead of
 # queueing on one: the notebooks (a kernel each), the kill-and-resume scenarios (real processes;
-# their module fixtures, a stand-in for pretrained weights and one uninterrupted run, are then
-# built once by each worker that runs one).
+# their fixtures, a stand-in for pretrained weights, one uninterrupted run and one killed run,
+# are built once per test run and shared by the workers: `built_once` below).
 ONE_UNIT_PER_TEST = ("test_notebooks.py", "test_resume.py")
 
 
