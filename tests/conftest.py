@@ -224,12 +224,13 @@ def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
         folder = tmp_path_factory.mktemp(name)
         build(folder)
         return folder
-    from filelock import FileLock
+    import fcntl  # the workers' lock: an exclusive flock, released when the file is closed
 
     root = tmp_path_factory.getbasetemp().parent / "built_once"
     root.mkdir(exist_ok=True)
     folder, done = root / name, root / f"{name}.done"
-    with FileLock(str(root / f"{name}.lock")):
+    with open(root / f"{name}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)  # a build that failed part-way
             folder.mkdir()
