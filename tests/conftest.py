@@ -57,8 +57,8 @@ SLOWEST_FIRST = (
 
 # Files of long tests, each a work unit of its own so they spread over the workers instead of
 # queueing on one: the notebooks (a kernel each), the kill-and-resume scenarios (real processes;
-# their module fixtures, a stand-in for pretrained weights and one uninterrupted run, are then
-# built once by each worker that runs one).
+# their fixtures, a stand-in for pretrained weights, one uninterrupted run and one killed run,
+# are built once per test run and shared by the workers: `built_once` below).
 ONE_UNIT_PER_TEST = ("test_notebooks.py", "test_resume.py")
 
 
@@ -113,9 +113,10 @@ def shapes_dir(tmp_path_factory) -> str:
     """A tiny synthetic image-folder tree: 3 classes x 12 PNGs of 48 px."""
     from tl_keras.data.sources import synthetic
 
-    return synthetic.make_shapes(
-        str(tmp_path_factory.mktemp("shapes")), images_per_class=12, image_size=48
-    )
+    def build(folder):
+        synthetic.make_shapes(str(folder), images_per_class=12, image_size=48)
+
+    return str(built_once(tmp_path_factory, "shapes", build))
 
 
 # What `tiny_config` trains: the test backbone `tiny` (tl_keras/model/tiny.py) at 32 px, random
@@ -213,28 +214,67 @@ def run_benchmark(
     )
 
 
-# --- workdirs built once per test session (per xdist worker), read-only ------------------------
+# --- built once per test run, shared by the xdist workers ----------------------------------------
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """`build(folder)` run once per test run, not once per xdist worker: the first worker to ask
+    builds `name` in the run's temporary root (under a file lock, behind a `.done` mark), the
+    others wait for it and read it. Without xdist, a folder of this session. Read-only: copy it
+    (`worker_copy`, `shutil.copytree`) before anything writes there, a command's lock included."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    import fcntl  # the workers' lock: an exclusive flock, released when the file is closed
+
+    root = tmp_path_factory.getbasetemp().parent / "built_once"
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed part-way
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def worker_copy(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """This worker's own copy of `built_once(name)`: tests may run commands in it that take
+    the workdir's one-writer lock (a refused `train`, a `--resume` with nothing to do) without
+    meeting another worker's."""
+    source = built_once(tmp_path_factory, name, build)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return source
+    copy = tmp_path_factory.mktemp(name) / source.name
+    shutil.copytree(source, copy, symlinks=True)
+    return copy
+
+
+# --- workdirs built once per test run, read-only ---------------------------------------------------
 # A test that damages or extends one copies it first (`shutil.copytree`); a command that only
-# reads one, or is refused on it, may use it in place.
+# reads one, or is refused on it, may use it in place (each worker has its own copy).
 TRAINED = dict(synthetic_images_per_class=10)  # 24 training / 6 validation images
+
+
+def _train_into(folder: pathlib.Path, **kwargs) -> None:
+    from tl_keras.training.runner import train
+
+    train(tiny_config(**TRAINED), str(folder / "run"), **kwargs)
 
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory) -> str:
     """A finished tiny fe -> ft run (`tiny_config(**TRAINED)`), shared by the tests that
     evaluate, predict with, export or refuse to overwrite a trained model."""
-    from tl_keras.training.runner import train
-
-    workdir = str(tmp_path_factory.mktemp("trained") / "run")
-    train(tiny_config(**TRAINED), workdir)
-    return workdir
+    return str(worker_copy(tmp_path_factory, "trained", _train_into) / "run")
 
 
 @pytest.fixture(scope="session")
 def fe_done_workdir(tmp_path_factory) -> str:
     """The same run with only phase `fe` done (`--phase=fe`), for the tests of a later phase."""
-    from tl_keras.training.runner import train
 
-    workdir = str(tmp_path_factory.mktemp("fe_done") / "run")
-    train(tiny_config(**TRAINED), workdir, phase="fe")
-    return workdir
+    def build(folder):
+        _train_into(folder, phase="fe")
+
+    return str(worker_copy(tmp_path_factory, "fe_done", build) / "run")

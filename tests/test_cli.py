@@ -49,9 +49,11 @@ def assert_one_line_error(proc, *fragments):
 
 @pytest.mark.slow
 def test_quickstart_config_runs(tmp_path):
-    """The README's first command (the quickstart), exactly (the workdir aside)."""
+    """The README's first command (the quickstart), exactly (the workdir aside), in this process
+    (tests/inprocess.py: the command's flags, parsed by absl, and its `main`); the real
+    `python -m tl_keras.train` runs below (`split_and_all`, the traceback of --verbose)."""
     workdir = tmp_path / "quickstart"
-    proc = run_cli("--config=configs/quickstart.toml", f"--workdir={workdir}")
+    proc = command("--config=configs/quickstart.toml", f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = History.load(str(workdir / "history.json"))
     assert [(s.phase, s.epochs) for s in history.spans()] == [("fe", 5), ("ft", 5)]
@@ -63,13 +65,14 @@ def test_quickstart_config_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def split_and_all(tmp_path_factory):
-    """The same tiny run as `all` (in this process: tests/inprocess.py), and as `fe` then `ft`
-    in two separate processes."""
+    """The same tiny run as `all`, and as `fe` then `ft` in two separate processes: `all` and
+    `fe` in this one (tests/inprocess.py), `ft` in a fresh `python -m tl_keras.train` that has
+    only the workdir to go by."""
     root = tmp_path_factory.mktemp("cli")
     whole, split = root / "all", root / "split"
     procs = [
         command(*TINY, "--phase=all", f"--workdir={whole}"),
-        run_cli(*TINY, "--phase=fe", f"--workdir={split}"),
+        command(*TINY, "--phase=fe", f"--workdir={split}"),
     ]
     fe_only = History.load(str(split / "history.json"))
     procs.append(run_cli("--phase=ft", f"--workdir={split}"))  # everything else from the workdir

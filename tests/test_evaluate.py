@@ -14,7 +14,6 @@ import types
 import keras
 import numpy as np
 import pytest
-from conftest import run_module
 from inprocess import command
 
 from tl_keras.errors import ConfigError, DataError
@@ -407,10 +406,12 @@ def test_workdir_refuses_a_folder_of_other_classes(trained_workdir, tmp_path):
 # --- the command line -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_evaluates_a_folder_whole(trained_workdir, tmp_path):
+    """The command in this process (tests/inprocess.py); the real process and console script:
+    tests/test_console_scripts.py."""
     folder = os.path.join(trained_workdir, "data", "synthetic")
-    proc = run_module(
-        "tl_keras.evaluate", f"--workdir={trained_workdir}", f"--data_dir={folder}",
-        f"--out_dir={tmp_path}", "--top_k=2", "--num_errors=4",
+    proc = command(
+        f"--workdir={trained_workdir}", f"--data_dir={folder}", f"--out_dir={tmp_path}",
+        "--top_k=2", "--num_errors=4", module="tl_keras.evaluate",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((tmp_path / ev.METRICS_FILE).read_text())

@@ -27,7 +27,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, built_once, run_cli, worker_copy
 from inprocess import command
 
 from tl_keras.model import backbones
@@ -43,24 +43,27 @@ BACKBONE, UNFROZEN = "tiny", ("block_3", "block_4")  # the test backbone; blocks
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> str:
-    """A stand-in for pretrained weights: a random base with data-estimated BN statistics."""
-    from tl_keras.data.sources import load_image_folder
-    from tl_keras.data.sources.synthetic import make_shapes
+    """A stand-in for pretrained weights: a random base with data-estimated BN statistics. Built
+    once per test run (`conftest.built_once`): every worker's runs name the same file, as the
+    workdirs built from it (`reference`, `crashed`) saved it in their config."""
 
-    root = tmp_path_factory.mktemp("pretrained")
-    data = load_image_folder(
-        make_shapes(str(root / "d"), images_per_class=8, image_size=32),
-        image_size=32,
-        batch_size=8,
-        val_fraction=0.25,
-        seed=1,
-    )
-    keras.utils.set_random_seed(1)
-    m = model_lib.build_model(BACKBONE, 3, image_size=32, weights=None)
-    model_lib.calibrate_batchnorm(m, data.train_epochs(0, 1).take(2))
-    path = str(root / "base.weights.h5")
-    model_lib.get_base(m).save_weights(path)
-    return path
+    def build(root):
+        from tl_keras.data.sources import load_image_folder
+        from tl_keras.data.sources.synthetic import make_shapes
+
+        data = load_image_folder(
+            make_shapes(str(root / "d"), images_per_class=8, image_size=32),
+            image_size=32,
+            batch_size=8,
+            val_fraction=0.25,
+            seed=1,
+        )
+        keras.utils.set_random_seed(1)
+        m = model_lib.build_model(BACKBONE, 3, image_size=32, weights=None)
+        model_lib.calibrate_batchnorm(m, data.train_epochs(0, 1).take(2))
+        model_lib.get_base(m).save_weights(str(root / "base.weights.h5"))
+
+    return str(built_once(tmp_path_factory, "resume_pretrained", build) / "base.weights.h5")
 
 
 def args(workdir, weights):
@@ -94,10 +97,14 @@ def load_final(workdir) -> keras.Model:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, pretrained):
-    workdir = tmp_path_factory.mktemp("reference")
-    proc = command(*args(workdir, pretrained))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
+    """The uninterrupted run, built once per test run; this worker's copy (a `--resume` of it
+    takes its lock)."""
+
+    def build(root):
+        proc = command(*args(root / "run", pretrained))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return worker_copy(tmp_path_factory, "resume_reference", build) / "run"
 
 
 # Where `crashed` (below) is killed: right after fe's last epoch is checkpointed, before fe is
@@ -183,10 +190,13 @@ def assert_same_as_uninterrupted(workdir, reference, pretrained) -> None:
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory, pretrained):
     """A run killed at CRASH_POINT, no phase completed. Read-only: the refusals below use it in
-    place; what resumes it (the scenario at_every_checkpoint_edge) or damages it copies it."""
-    workdir = tmp_path_factory.mktemp("crashed") / "run"
-    killed_at(CRASH_POINT, *args(workdir, pretrained))
-    return workdir
+    place; what resumes it (the scenario at_every_checkpoint_edge) or damages it copies it.
+    Killed once per test run; this worker's copy (a refused command takes its lock)."""
+
+    def build(root):
+        killed_at(CRASH_POINT, *args(root / "run", pretrained))
+
+    return worker_copy(tmp_path_factory, "resume_crashed", build) / "run"
 
 
 def tree(workdir) -> list[str]:

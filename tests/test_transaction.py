@@ -21,6 +21,7 @@ import time
 
 import pytest
 from conftest import REPO, TRAINED, run_cli, tiny_config, tiny_flags
+from inprocess import command
 
 from tl_keras import config as config_lib
 from tl_keras import interrupt, io, lock, transaction
@@ -303,7 +304,8 @@ def nothing_replaced(workdir) -> str:
 
 def test_a_diverging_overwrite_exits_with_one_line_and_the_old_run_answers_as_before(finished):
     workdir = finished[0]
-    proc = run_cli(*TINY, *DIVERGE, f"--workdir={workdir}", "--overwrite")
+    # The command in this process (tests/inprocess.py): its exit status, error line and log.
+    proc = command(*TINY, *DIVERGE, f"--workdir={workdir}", "--overwrite")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert "the loss became nan in phase 'fe', epoch 1" in line and "training stopped." in line
