@@ -37,7 +37,7 @@ from tl_keras.data.images import (
     untuned,
     worker_batches,
 )
-from tl_keras.data.settings import NO_AUGMENTATION, Augmentation, DataSettings
+from tl_keras.data.settings import NO_AUGMENTATION, Augmentation, DataSettings, default
 from tl_keras.errors import DataError, DataTypeError
 from tl_keras.progress import Progress
 
@@ -45,7 +45,6 @@ _GATHER_BATCH = 256  # rows one numpy gather reads from an array or a cache stor
 
 
 # --- the settings of a pipeline --------------------------------------------------------------------
-_READ = DataSettings(data_dir="", image_size=1, seed=0)  # the reading fields' defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +59,11 @@ class Pipeline:
     image_size: int
     batch_size: int
     seed: int = 0
-    resize_method: str = _READ.resize_method
-    resize_mode: str = _READ.resize_mode
-    cache: str = _READ.cache
+    resize_method: str = default("resize_method")
+    resize_mode: str = default("resize_mode")
+    cache: str = default("cache")
     cache_dir: str | None = None
-    max_skipped_fraction: float = _READ.max_skipped_fraction
+    max_skipped_fraction: float = default("max_skipped_fraction")
     augment: str = NO_AUGMENTATION.augment
     mixup: float = NO_AUGMENTATION.mixup
     cutmix: float = NO_AUGMENTATION.cutmix

@@ -170,6 +170,16 @@ class Facts:
         return FT_EPOCH_COST_BY_BASE.get(self.backbone, 1.0)
 
     @property
+    def below_native(self) -> bool:
+        """Whether the model trains below NATIVE_SHARE of the base's own input size."""
+        return self.image_size < NATIVE_SHARE * self.native_size
+
+    @property
+    def costly_backward(self) -> bool:
+        """Whether a whole-base epoch costs more than FT_COST_LINE frozen ones on this base."""
+        return self.ft_epoch_cost > FT_COST_LINE
+
+    @property
     def early_shift(self) -> float | None:
         """The median shift over the lowest third of the blocks (stem included), or None."""
         if not self.block_shift:
@@ -301,8 +311,8 @@ def unfreeze_for(facts: Facts) -> tuple[str, str]:
     n = len(blocks)
     if not n:
         return "all", "no statistics to compare (random weights): train the whole base"
-    if facts.image_size < NATIVE_SHARE * facts.native_size:
-        if facts.ft_epoch_cost > FT_COST_LINE and facts.domain == "near":
+    if facts.below_native:
+        if facts.costly_backward and facts.domain == "near":
             return _top_half(facts)
         return "all", (
             f"{facts.image_size} px is below the base's {facts.native_size}: every block sees "
@@ -345,8 +355,7 @@ def _top_half(facts: Facts) -> tuple[str, str]:
 def _costly_far(facts: Facts) -> bool:
     """Below its native size, far from ImageNet, on a base whose backward is costly: the whole
     base fine-tunes (`unfreeze_for`), for fewer epochs (`_costly_far_epochs`)."""
-    below = facts.image_size < NATIVE_SHARE * facts.native_size
-    return below and facts.domain == "far" and facts.ft_epoch_cost > FT_COST_LINE
+    return facts.below_native and facts.costly_backward and facts.domain == "far"
 
 
 def _costly_far_epochs(facts: Facts, epochs: int) -> tuple[int, str]:
