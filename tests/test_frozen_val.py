@@ -9,7 +9,7 @@ from conftest import tiny_config
 from tl_keras import config as config_lib
 from tl_keras.data import sources
 from tl_keras.model.classifier import get_base, set_trainable
-from tl_keras.training import frozen_val, runner
+from tl_keras.training import calibrate, frozen_val, runner
 from tl_keras.training.start import load_phase_model
 
 SHORTCUT_LINE = "validation: the frozen blocks run once"
@@ -31,6 +31,13 @@ def full_and_shortcut(tmp_path_factory):
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)
+    answers, answered_by = calibrate._answers, []
+
+    def spy(model, dataset):
+        answered_by.append(model.name)
+        return answers(model, dataset)
+
+    calibrate._answers = spy
     try:
         frozen_val.ENABLED = False
         full = runner.train(ft_run(), str(tmp_path_factory.mktemp("full")))
@@ -42,7 +49,10 @@ def full_and_shortcut(tmp_path_factory):
         frozen_val.ENABLED = True
         logger.removeHandler(handler)
         logger.setLevel(level)
+        calibrate._answers = answers
     assert any(SHORTCUT_LINE in line for line in lines)  # the shortcut ran in the second run
+    assert answered_by[-1] == "validation_top"  # and calibration used its cached outputs
+    assert answered_by[0] != "validation_top"
     return full, shortcut, shortcut_dir
 
 
@@ -78,3 +88,18 @@ def test_no_cut_where_nothing_or_everything_is_frozen(tmp_path, unfreeze):
     set_trainable(model, checked.model.backbone, unfreeze)
     assert frozen_val.frozen_cut(get_base(model)) is None
     assert frozen_val.for_phase(model, data.val, num_val=data.num_val, compile_top=None) is None
+
+
+def test_calibration_on_the_cached_outputs_fits_the_same_temperature(full_and_shortcut):
+    """Calibration runs the last phase's validation top on the frozen blocks' cached outputs:
+    the same answers, so the same temperature and scores, as a pass of the whole model."""
+    full, shortcut, workdir = full_and_shortcut
+    full_run = runner.Workdir(full.workdir).read_run()
+    shortcut_run = runner.Workdir(workdir).read_run()
+    a, b = full_run["inference"], shortcut_run["inference"]
+    assert a.keys() == b.keys() and "ece_before" in a
+    for key in a:
+        if isinstance(a[key], float):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+        else:
+            assert a[key] == b[key], key

@@ -100,7 +100,7 @@ class FrozenBottomValidation(keras.callbacks.Callback):
 
     def _cache(self) -> tf.data.Dataset:
         """The bottom's outputs and the labels, in the validation pass's own batches."""
-        step = tf.function(self.bottom)
+        step = tf.function(self.bottom, autograph=False)
         parts, labels = [], []
         for images, y in self.val:
             out = step(images)
@@ -111,10 +111,15 @@ class FrozenBottomValidation(keras.callbacks.Callback):
         ds = tf.data.Dataset.from_tensor_slices((x, np.concatenate(labels)))
         return untuned(ds.batch(len(labels[0])))
 
-    def on_epoch_end(self, epoch, logs=None):
+    def dataset(self) -> tf.data.Dataset:
+        """The frozen bottom's outputs on the validation set, with the labels, batched as the
+        validation split is: the top's input (computed on first use)."""
         if self.cached is None:
             self.cached = self._cache()
-        scores = self.top.evaluate(self.cached, verbose=0, return_dict=True)
+        return self.cached
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = self.top.evaluate(self.dataset(), verbose=0, return_dict=True)
         if logs is not None:
             logs.update({f"val_{k}": float(v) for k, v in scores.items()})
 

@@ -647,4 +647,5 @@ def outcome(setup: PhaseSetup, state: PhaseState, *, seconds: float) -> PhaseRes
         stopped,
         best,
         kept_epoch=early.kept_epoch() if early is not None else None,
+        validation=setup.frozen_validation,
     )
