@@ -71,3 +71,11 @@ def test_lite0_benchmark(tmp_path):
     assert built["photos"]["coffee"][0][0] in (967, 968)
     assert set(built["daisy_share"]) == {"224", "128"} and payload["daisies"] == 32
     assert payload["forward"]["efficientnet_lite0"] > 0 and "forward at 128 px" in out
+
+
+def test_ft_epoch_benchmark(tmp_path):
+    out, results = run("bench_ft_epoch.py", tmp_path)
+    payload = json.loads((results / "ft_epoch_quick.json").read_text())["results"]
+    # The frozen-bottom validation reports Keras's validation metrics.
+    assert payload["metrics_max_abs_difference"] < 1e-6
+    assert payload["val_keras"]["median"]["cpu_s"] > 0 and "Keras's" in out
