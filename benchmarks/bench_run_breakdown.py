@@ -126,7 +126,7 @@ def child(workdir: str, seed: int, quick: bool) -> dict:
         import _common
         import bench_recipe
 
-        root = tempfile.mkdtemp(prefix="bench-breakdown-")
+        root = f"{workdir}-data"  # inside the parent's temporary folder
         folders = bench_recipe.make_regimes(root, _common.flowers_or_exit()[0], False, ["flowers"])
         backbone = bench_recipe.BACKBONES["efficientnet_lite0"]
         config = Config(
@@ -208,17 +208,25 @@ def main(argv=None) -> None:
     import _common
 
     trees = {"this": str(HERE.parent)} | ({"before": args.before} if args.before else {})
-    root = tempfile.mkdtemp(prefix="bench-breakdown-runs-")
-    procs = {
-        name: _run_tree(tree, os.path.join(root, name), args.seed, args.quick)
-        for name, tree in trees.items()
-    }
-    runs = {}
-    for name, proc in procs.items():
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            sys.exit(f"the {name} tree's run failed:\n{err[-3000:]}")
-        runs[name] = json.loads(pathlib.Path(root, name, "breakdown.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="bench-breakdown-runs-") as root:
+        procs = {
+            name: _run_tree(tree, os.path.join(root, name), args.seed, args.quick)
+            for name, tree in trees.items()
+        }
+        runs = {}
+        for name, proc in procs.items():
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                sys.exit(f"the {name} tree's run failed:\n{err[-3000:]}")
+            runs[name] = json.loads(pathlib.Path(root, name, "breakdown.json").read_text())
+        same = None
+        if args.before:
+            same = _same_training(
+                os.path.join(root, "this"),
+                os.path.join(root, "before"),
+                runs["this"]["history"],
+                runs["before"]["history"],
+            )
     for name, run in runs.items():
         print(
             f"{name}: {run['wall_s']} s, {run['cpu_s']} CPU-s; phases {run['phase_wall_s']}; fixed {run['fixed_s']} s"
@@ -234,13 +242,8 @@ def main(argv=None) -> None:
         "trees": trees,
         "runs": {n: {k: v for k, v in r.items() if k != "history"} for n, r in runs.items()},
     }
-    if args.before:
-        payload["same_training"] = _same_training(
-            os.path.join(root, "this"),
-            os.path.join(root, "before"),
-            runs["this"]["history"],
-            runs["before"]["history"],
-        )
+    if same is not None:
+        payload["same_training"] = same
         print(
             f"this tree / before: wall {runs['this']['wall_s'] / runs['before']['wall_s']:.3f}x, "
             f"CPU {runs['this']['cpu_s'] / runs['before']['cpu_s']:.3f}x; {payload['same_training']}"
