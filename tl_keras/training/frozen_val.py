@@ -9,8 +9,11 @@ trainable layers and the head, the same layer objects, so the same weights) on i
 Keras's own `evaluate` with the phase's loss and metrics: the same `val_loss` and
 `val_accuracy`, to float precision, that `fit(validation_data=...)` reports (tests/test_frozen_val.py).
 
-On EfficientNet-Lite0 at 128 px with its top 9 blocks training, the bottom is 0.6 of a
-validation pass's compute (benchmarks/bench_ft_epoch.py). Used only where it changes no number:
+On EfficientNet-Lite0 at 128 px with its top 9 blocks training, an epoch's validation then
+costs a third of Keras's pass over the whole model, and a default flowers run 0.94x the CPU-s
+with every weight bitwise the same (benchmarks/bench_ft_epoch.py, bench_run_breakdown.py;
+docs/benchmarks.md). Calibration reuses the last phase's (`tl_keras.training.calibrate`).
+Used only where it changes no number:
 a phase that trains part of the base and freezes some of it, with validation data, on one
 replica, without a time budget (whose plan and re-plan time the full validation pass), and when
 the frozen part's outputs fit in `MAX_BYTES`.
