@@ -71,3 +71,20 @@ def test_lite0_benchmark(tmp_path):
     assert built["photos"]["coffee"][0][0] in (967, 968)
     assert set(built["daisy_share"]) == {"224", "128"} and payload["daisies"] == 32
     assert payload["forward"]["efficientnet_lite0"] > 0 and "forward at 128 px" in out
+
+
+def test_ft_epoch_benchmark(tmp_path):
+    out, results = run("bench_ft_epoch.py", tmp_path)
+    payload = json.loads((results / "ft_epoch_quick.json").read_text())["results"]
+    # The frozen-bottom validation reports Keras's validation metrics.
+    assert payload["metrics_max_abs_difference"] < 1e-6
+    assert payload["val_keras"]["median"]["cpu_s"] > 0 and "Keras's" in out
+
+
+def test_run_breakdown_benchmark(tmp_path):
+    out, results = run("bench_run_breakdown.py", tmp_path)
+    run_ = json.loads((results / "run_breakdown_quick.json").read_text())["runs"]["this"]
+    assert {"model", "phase_fit_and_setup", "epoch_train_steps", "calibration"} <= set(
+        run_["pieces"]
+    )
+    assert run_["cpu_s"] > 0 and "CPU-s" in out

@@ -71,7 +71,9 @@ def is_fitted(run: dict[str, Any]) -> bool:
     return isinstance(section, dict) and "temperature" in section
 
 
-def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> dict[str, Any]:
+def calibrate_run(
+    wd, run: dict[str, Any], model, data, config, phase: str, *, frozen=None
+) -> dict[str, Any]:
     """Fits T for `phase`'s model on the validation split, writes the report and run.json.
 
     Args:
@@ -81,6 +83,9 @@ def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> d
       data: the run's `DataBundle`.
       config: the run's config (its `tta`).
       phase: the phase whose model this is.
+      frozen: that phase's frozen-bottom validation (`tl_keras.training.frozen_val`), whose
+        top on the cached outputs of the frozen blocks gives the model's answers without running
+        those blocks again (without test-time augmentation: the served model is the model).
 
     Returns:
       The "inference" section written to run.json.
@@ -91,7 +96,11 @@ def calibrate_run(wd, run: dict[str, Any], model, data, config, phase: str) -> d
         section["fitted"] = "no: no validation split (val_fraction=0)"
         log.info("[calibration] temperature kept at 1: the run has no validation split")
         return _commit(wd, run, section, None)
-    probs, labels = _answers(inference_model(model, InferenceSettings(1.0, tta)), data.val)
+    served = InferenceSettings(1.0, tta)
+    if frozen is not None and served.is_identity:
+        probs, labels = _answers(frozen.top, frozen.dataset())
+    else:
+        probs, labels = _answers(inference_model(model, served), data.val)
     scores = validation_scores(probs, labels, len(data.class_names))
     t, section["fitted"] = calibration.fitted_temperature(probs, labels)
     report = calibration.calibration_report(probs, labels, t)

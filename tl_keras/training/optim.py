@@ -166,12 +166,24 @@ def compile_for_phase(
       steps_per_execution: batches per call of the compiled train step (the same updates; batch
         callbacks run once per block).
     """
-    import keras
-
     model.compile(
         optimizer=optimizer or make_optimizer(phase.optimizer, phase.lr),
-        loss=keras.losses.CategoricalCrossentropy(),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        **_loss_and_metrics(),
         jit_compile=JIT_COMPILE[jit_compile],
         steps_per_execution=steps_per_execution,
     )
+
+
+def compile_for_evaluation(model: keras.Model, *, jit_compile: str = "auto") -> None:
+    """Compiles a model that is only evaluated (a phase's validation top,
+    `tl_keras.training.frozen_val`) with the loss and metrics every phase reports."""
+    model.compile(**_loss_and_metrics(), jit_compile=JIT_COMPILE[jit_compile])
+
+
+def _loss_and_metrics() -> dict:
+    import keras
+
+    return {
+        "loss": keras.losses.CategoricalCrossentropy(),
+        "metrics": [keras.metrics.CategoricalAccuracy(name="accuracy")],
+    }

@@ -37,6 +37,7 @@ from tl_keras.training import (
     checkpoint,
     distribute,
     features,
+    frozen_val,
     lr_multipliers,
     optim,
     schedules,
@@ -131,6 +132,8 @@ class PhaseSetup:
       schedule_callbacks: the callbacks the phase's LR schedule needs (plateau).
       done_records: the phase's epochs a resumed checkpoint already holds.
       budget: the time budget's plan of the phase, when it re-plans after its first epoch.
+      frozen_validation: validates on the frozen bottom's outputs, computed once
+        (`tl_keras.training.frozen_val`), instead of Keras's pass over the whole model.
     """
 
     phase: Phase
@@ -144,6 +147,7 @@ class PhaseSetup:
     schedule_callbacks: list[keras.callbacks.Callback]
     done_records: list[dict] = dataclasses.field(default_factory=list)
     budget: budget_plan.PhasePlan | None = None
+    frozen_validation: frozen_val.FrozenBottomValidation | None = None
 
     @property
     def fit_last_epoch(self) -> int:
@@ -272,7 +276,35 @@ def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         setup = _replan_head(setup, plan, data)
     if options.strategy is not None:
         distribute.enable_multi_worker_fit(setup.fit_model, options.strategy)
-    return setup
+    return _frozen_validation(setup, data)
+
+
+def _frozen_validation(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
+    """Validation on the frozen bottom's outputs, computed once, where that changes no number
+    (`tl_keras.training.frozen_val`): a phase that trains part of the base, on one replica,
+    without a time budget (its plan and re-plan time Keras's validation pass)."""
+    options = setup.options
+    if not setup.phase.trains_base or setup.fit_model is not setup.model:
+        return setup
+    if options.epochs_planner is not None or setup.budget is not None:
+        return setup
+    if getattr(options.strategy, "num_replicas_in_sync", 1) != 1:
+        return setup
+    callback = frozen_val.for_phase(
+        setup.model,
+        data.val,
+        num_val=data.num_val,
+        compile_top=lambda top: optim.compile_for_evaluation(top, jit_compile=options.jit_compile),
+    )
+    if callback is None:
+        return setup
+    say(
+        "[%s] validation: the frozen blocks run once over the %d validation images; each epoch "
+        "evaluates the layers that train on their outputs",
+        setup.phase.name,
+        data.num_val,
+    )
+    return dataclasses.replace(setup, frozen_validation=callback)
 
 
 def replan(setup: PhaseSetup, plan: int | budget_plan.PhasePlan, data: DataBundle) -> PhaseSetup:
@@ -419,6 +451,8 @@ def make_callbacks(setup: PhaseSetup) -> tuple[PhaseState, list[keras.callbacks.
     guard = NonFiniteGuard(losses_before=[r.get("loss") for r in setup.done_records])
     state = PhaseState(recorder, guard, schedule=setup.schedule_callbacks)
     cbs: list[keras.callbacks.Callback] = [recorder, state.guard]
+    if setup.frozen_validation is not None:  # first: every later callback reads its val_* metrics
+        cbs.insert(0, setup.frozen_validation)
     if track_best:  # before early stopping, which may restore other weights at the end
         state.best = BestWeights(phase.name, track_best, source_model=setup.model)
         if resume is not None:
@@ -513,7 +547,7 @@ def _fit(setup, data, callbacks, *, last_epoch, initial_epoch) -> None:
     try:
         setup.fit_model.fit(
             distribute.train_input(data, initial_epoch, last_epoch - initial_epoch),
-            validation_data=data.val,
+            validation_data=data.val if setup.frozen_validation is None else None,
             epochs=last_epoch,
             initial_epoch=initial_epoch,
             steps_per_epoch=data.steps_per_epoch,
@@ -613,4 +647,5 @@ def outcome(setup: PhaseSetup, state: PhaseState, *, seconds: float) -> PhaseRes
         stopped,
         best,
         kept_epoch=early.kept_epoch() if early is not None else None,
+        validation=setup.frozen_validation,
     )

@@ -319,7 +319,11 @@ def run_phases(
         _failpoints.hit(f"phase_saved:{p.name}")
         results.append(result)
     if results:  # the temperature of the model this run ends with, fitted on validation
-        calibrate.calibrate_run(out, state.run, state.model, state.data, spec, p.name)
+        # The last phase's validation top, unless rollback may have restored weights below it.
+        frozen = results[-1].validation if not run.rollback else None
+        calibrate.calibrate_run(
+            out, state.run, state.model, state.data, spec, p.name, frozen=frozen
+        )
         if state.clock is not None:  # what the run used, its end included
             state.run["time_budget"] = state.clock.report()
             out.write_run(state.run)

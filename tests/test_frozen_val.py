@@ -1,0 +1,105 @@
+"""Validation through the frozen bottom once a phase: the same metrics and the same training."""
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from tl_keras import config as config_lib
+from tl_keras.data import sources
+from tl_keras.model.classifier import get_base, set_trainable
+from tl_keras.training import calibrate, frozen_val, runner
+from tl_keras.training.start import load_phase_model
+
+SHORTCUT_LINE = "validation: the frozen blocks run once"
+
+
+def ft_run(**overrides):
+    # Two ft epochs on the top 2 of the tiny base's blocks: its bottom stays frozen.
+    values = dict(epochs_fe=1, epochs_ft=2, unfreeze="blocks:2", checkpoint_every=0)
+    return tiny_config(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def full_and_shortcut(tmp_path_factory):
+    """The same run twice: Keras's validation pass over the whole model, then the shortcut."""
+    logger = logging.getLogger("tl_keras")
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    answers, answered_by = calibrate._answers, []
+
+    def spy(model, dataset):
+        answered_by.append(model.name)
+        return answers(model, dataset)
+
+    calibrate._answers = spy
+    try:
+        frozen_val.ENABLED = False
+        full = runner.train(ft_run(), str(tmp_path_factory.mktemp("full")))
+        assert not any(SHORTCUT_LINE in line for line in lines)
+        frozen_val.ENABLED = True
+        shortcut_dir = str(tmp_path_factory.mktemp("shortcut"))
+        shortcut = runner.train(ft_run(), shortcut_dir)
+    finally:
+        frozen_val.ENABLED = True
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        calibrate._answers = answers
+    assert any(SHORTCUT_LINE in line for line in lines)  # the shortcut ran in the second run
+    assert answered_by[-1] == "validation_top"  # and calibration used its cached outputs
+    assert answered_by[0] != "validation_top"
+    return full, shortcut, shortcut_dir
+
+
+def test_the_shortcut_reports_the_full_models_validation_metrics(full_and_shortcut):
+    full, shortcut, _ = full_and_shortcut
+    assert full.history.epochs == shortcut.history.epochs == [1, 2, 3]
+    for a, b in zip(full.history.records, shortcut.history.records, strict=True):
+        for key in ("val_loss", "val_accuracy", "loss", "accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["epoch"], key)
+
+
+def test_the_shortcut_trains_the_same_weights(full_and_shortcut):
+    full, shortcut, _ = full_and_shortcut
+    for a, b in zip(full.model.weights, shortcut.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_the_saved_model_is_the_trained_one(full_and_shortcut):
+    """Building the validation top calls the model's layers again: what the phase saved still
+    loads as the model it trained."""
+    _, shortcut, workdir = full_and_shortcut
+    saved = load_phase_model(runner.Workdir(workdir), "ft")
+    assert [layer.name for layer in saved.layers] == [layer.name for layer in shortcut.model.layers]
+    for a, b in zip(saved.weights, shortcut.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), np.asarray(b.numpy()), err_msg=a.path)
+
+
+@pytest.mark.parametrize("unfreeze", ["all", "none"])
+def test_no_cut_where_nothing_or_everything_is_frozen(tmp_path, unfreeze):
+    checked = config_lib.check(tiny_config(unfreeze=unfreeze))
+    data = sources.load(checked.data, workdir=str(tmp_path))
+    model = checked.model.build(data.num_classes)
+    set_trainable(model, checked.model.backbone, unfreeze)
+    assert frozen_val.frozen_cut(get_base(model)) is None
+    assert frozen_val.for_phase(model, data.val, num_val=data.num_val, compile_top=None) is None
+
+
+def test_calibration_on_the_cached_outputs_fits_the_same_temperature(full_and_shortcut):
+    """Calibration runs the last phase's validation top on the frozen blocks' cached outputs:
+    the same answers, so the same temperature and scores, as a pass of the whole model."""
+    full, shortcut, workdir = full_and_shortcut
+    full_run = runner.Workdir(full.workdir).read_run()
+    shortcut_run = runner.Workdir(workdir).read_run()
+    a, b = full_run["inference"], shortcut_run["inference"]
+    assert a.keys() == b.keys() and "ece_before" in a
+    for key in a:
+        if isinstance(a[key], float):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+        else:
+            assert a[key] == b[key], key
