@@ -22,8 +22,20 @@ sys.path.insert(0, str(REPO))
 _LOAD_AT_START = os.getloadavg()  # read when a benchmark starts, before it loads the machine
 
 
-def machine() -> dict:
-    """What the figures were measured on, and how busy it was."""
+def machine(devices: bool = True) -> dict:
+    """What the figures were measured on, and how busy it was. `devices=False`: without the
+    GPUs, so without importing TensorFlow (seconds of CPU) in a process that only starts runs."""
+    if not devices:
+        from importlib import metadata
+
+        return {
+            "python": platform.python_version(),
+            "tensorflow": metadata.version("tensorflow"),
+            "keras": metadata.version("keras"),
+            "cpus": os.cpu_count(),
+            "load_average_before": _LOAD_AT_START,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
     import keras
     import tensorflow as tf
 

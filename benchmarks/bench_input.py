@@ -9,7 +9,8 @@ generated stand-in, said in the output):
   augmentation, batching, with each preset (`none`, `light`, `strong`), no model;
 * model images/s: MobileNet-0.25 training steps (`fe`: head only; `ft`: top blocks unfrozen) on
   one batch already in memory, so no input cost at all (the shared ImageNet weights when
-  present, else random weights: the speed is the same);
+  present, else random weights: the speed is the same; `--backbone=tiny`: the package's test
+  backbone instead, a smoke run);
 * `fe` fed by the real `light` pipeline, to show what the pipeline costs a real run;
 * the ratio pipeline / model: the pipeline is not the bottleneck when it is >= 2 with `light`;
 * the one-off decode check (every image decoded once before training, see tl_keras.data.pipeline).
@@ -39,6 +40,9 @@ FLOWERS = SHARED / "data" / "flowers5"
 WEIGHTS = SHARED / "weights" / "mobilenet_1_0.25_224_imagenet_notop.weights.h5"
 PRESETS = ("none", "light", "strong")
 FT_UNFREEZE = "blocks:4"  # as configs/flowers.toml
+# --backbone: name -> width. `tiny` (random weights) is the tests' smoke run: the same
+# measurements at a fraction of MobileNet's tracing time, not figures to read.
+BASES = {"mobilenet": 0.25, "tiny": 1.0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3, help="untimed batches / steps first")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best counts")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "input.json"))
+    ap.add_argument(
+        "--backbone",
+        default="mobilenet",
+        choices=sorted(BASES),
+        help="the model measured: MobileNet-0.25, or the package's test backbone (a smoke run)",
+    )
     return ap.parse_args(argv)
 
 
@@ -107,8 +117,8 @@ def measure_size(size: int, args, data_dir: str, weights: str | None) -> dict:
     def config(augment: str) -> Config:
         return Config(
             data_dir=data_dir,
-            backbone="mobilenet",
-            alpha=0.25,
+            backbone=args.backbone,
+            alpha=BASES[args.backbone],
             image_size=size,
             batch_size=args.batch_size,
             val_fraction=0.0,
@@ -120,9 +130,13 @@ def measure_size(size: int, args, data_dir: str, weights: str | None) -> dict:
     for name, unfreeze, lr in (("fe", "none", 1e-3), ("ft", FT_UNFREEZE, 1e-4)):
         keras.utils.set_random_seed(0)
         models[name] = build_model(
-            "mobilenet", bundles["none"].num_classes, image_size=size, weights=weights, alpha=0.25
+            args.backbone,
+            bundles["none"].num_classes,
+            image_size=size,
+            weights=weights,
+            alpha=BASES[args.backbone],
         )
-        set_trainable(models[name], "mobilenet", unfreeze)
+        set_trainable(models[name], args.backbone, unfreeze)
         compile_for_phase(models[name], Phase(name, unfreeze, 1, lr))
     x, y = next(iter(bundles["none"].train))
 
@@ -198,7 +212,7 @@ def main(argv=None) -> int:
             tempfile.mkdtemp(prefix="bench-shapes-"), images_per_class=400, image_size=128
         )
         source = f"generated shapes (no {args.data_dir})"
-    weights = str(WEIGHTS) if WEIGHTS.is_file() else None
+    weights = str(WEIGHTS) if WEIGHTS.is_file() and args.backbone == "mobilenet" else None
     print(f"data: {source}; weights: {weights or 'random'}", flush=True)
     load_before = os.getloadavg()
     rows = [
