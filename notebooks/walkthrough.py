@@ -23,8 +23,9 @@ downloaded once and written as the same 5-class folder at 128 px; else shapes th
 draws. Every choice is printed, so every rendered output says what it was made with.
 
 Tiny mode (the test suite) always uses the package's test backbone `tiny` (five conv-BN blocks,
-tl_keras/model/tiny.py), a saved random base of it standing in for pretrained weights: it is
-there to prove the cells run, and its numbers mean nothing.
+tl_keras/model/tiny.py), a saved random base of it standing in for pretrained weights, and runs
+Keras's step functions eagerly (`eager_steps`): it is there to prove the cells run, and its
+numbers mean nothing.
 """
 
 from __future__ import annotations
