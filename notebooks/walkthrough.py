@@ -123,7 +123,9 @@ def eager_steps() -> None:
     functions (every `train()` phase, every loaded model) costs more than running them: eager
     steps take about half a tiny run's CPU off the test suite. The numbers are the same
     computation; full size traces them as ever. tf.data's functions are always traced (TF
-    warns that this setting does not reach them: said here, so silenced).
+    warns that this setting does not reach them: said here, so silenced). For the same reason
+    `setup()` turns oneDNN's kernels off in tiny mode (TF_ENABLE_ONEDNN_OPTS=0 unless set):
+    on tensors this small their set-up costs more than they save.
     """
     import tensorflow as tf
 
@@ -240,12 +242,14 @@ def setup() -> Walkthrough:
     The kernel then works in notebooks/ whatever folder it started in, so every relative path
     (the runs, the photos) means the same from any working directory.
     """
+    tiny = os.environ.get("TL_KERAS_TINY", "0") == "1"
+    _TINY[0] = tiny
+    if tiny:  # read when TensorFlow loads, in quiet(): see eager_steps
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     quiet()
     os.chdir(NOTEBOOKS)
     import tl_keras
 
-    tiny = os.environ.get("TL_KERAS_TINY", "0") == "1"
-    _TINY[0] = tiny
     if tiny:
         eager_steps()
     runs = Path(os.environ.get("TL_KERAS_RUNS", _short(CHECKOUT / "runs" / "notebooks")))
