@@ -104,7 +104,7 @@ def test_gradual_config_and_one_stage_alone(tmp_path):
 
 @pytest.mark.slow
 def test_stages_as_a_flag(tmp_path):
-    run(STAGES_FLAG, tmp_path, SMALL[0])
+    run(STAGES_FLAG, tmp_path, *TINY)
     history = History.load(str(tmp_path / "history.json"))
     assert [s.phase for s in history.spans()] == ["fe", "ft1", "ft2"]
     assert history.metric("lr") == pytest.approx([1e-3, 1e-4, 1e-4])
