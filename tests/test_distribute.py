@@ -93,41 +93,20 @@ def free_ports(n):
     return ports
 
 
-def test_multi_worker_two_processes_train_and_only_the_chief_writes(shapes, tmp_path):
-    workdir = tmp_path / "run"
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    procs = [
-        cli(*ARGS, f"--data_dir={shapes}", f"--workdir={workdir}", "--strategy=multi_worker",
-            env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-        for i in range(2)
-    ]  # fmt: skip
-    chief_out, worker_out = (finish(p) for p in procs)
-    assert "worker 1 of 2: training; the chief writes every artifact" in worker_out
-    run = json.loads((workdir / "run.json").read_text())
-    assert list(run["phases"]) == ["fe", "ft"]
-    history = History.load(str(workdir / "history.json"))
-    assert history.epochs == [1, 2, 3] and history.boundaries() == [2.5]
-    assert all(r["loss"] is not None for r in history.records)
-    for phase in ("fe", "ft"):
-        assert (workdir / phase / "model.keras").is_file()
-    # Both workers saw the same globally reduced metrics.
-    assert chief_out.count("[ft] epoch 3") == worker_out.count("[ft] epoch 3") == 1
-    last = [ln for ln in chief_out.splitlines() if "[ft] epoch 3" in ln][0].split(" - ", 2)[2]
-    assert last in worker_out
-
-
-# Each worker records the images of every batch it trains on, as its train step runs them (not
-# as the pipeline produces them: Keras reads ahead once to learn the shapes). Image k is a solid
-# colour whose red value is 8 k, so the pixels say which image it is.
+# Each worker runs the real command (`python -m tl_keras.train`'s entry, with TF_CONFIG) and
+# records the images of every batch it trains on, as its train step runs them (not as the
+# pipeline produces them: Keras reads ahead once to learn the shapes). Image k is a solid colour
+# whose red value is 8 k, so the pixels say which image it is (fine-tuning's batches: feature
+# extraction trains the head on cached features). One pair of processes checks both the
+# chief-only artifacts and the sharding (each pair costs the suite two TensorFlow start-ups).
 RECORDER = """
 import json, sys
 import numpy as np
 import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
-from tl_keras.config import Config
-from tl_keras.training import runner
+from tl_keras.cli.train import run_main
 
-out, data_dir, val_dir, workdir = sys.argv[1:5]
+out = sys.argv[1]
 seen = []
 train_step = TensorFlowTrainer.train_step
 
@@ -136,17 +115,17 @@ def record(x):
     return 0
 
 def recording_train_step(self, data):
-    tf.py_function(record, [data[0]], tf.int32)
+    if len(data[0].shape) == 4:  # images (fe's head trains on cached features)
+        tf.py_function(record, [data[0]], tf.int32)
     return train_step(self, data)
 
 TensorFlowTrainer.train_step = recording_train_step
-config = Config(data_dir=data_dir, val_dir=val_dir, val_fraction=0.0, backbone="tiny",
-                weights="none", image_size=32, batch_size=6, epochs_fe=2,
-                epochs_ft=0, head_units=8, dropout=0.0, feature_cache="off",
-                strategy="multi_worker", progress="lines")
-runner.train(config, workdir)
-with open(out, "w") as f:
-    json.dump(seen, f)
+sys.argv = ["tl_keras.train", *sys.argv[2:]]
+try:
+    run_main()
+finally:
+    with open(out, "w") as f:
+        json.dump(seen, f)
 """
 
 
@@ -163,14 +142,22 @@ def coded_images(root, first: int, count: int):
     return root
 
 
-def test_two_workers_together_see_every_training_image_once_per_epoch(tmp_path):
+def test_multi_worker_two_processes_train_only_the_chief_writes_and_each_image_once(tmp_path):
+    """Two local workers: both train, only the chief writes, both see the same reduced metrics,
+    and together they see every training image exactly once per fine-tuning epoch."""
     train = coded_images(tmp_path / "train", 0, 25)  # 25: 12 and 13 per worker
     val = coded_images(tmp_path / "val", 25, 3)
+    workdir = tmp_path / "run"
+    args = [
+        f"--data_dir={train}", f"--val_dir={val}", "--val_fraction=0", "--backbone=tiny",
+        "--weights=none", "--image_size=32", "--batch_size=6", "--epochs_fe=2", "--epochs_ft=2",
+        "--head_units=8", "--dropout=0", "--unfreeze=blocks:2",
+        "--progress=lines", f"--workdir={workdir}", "--strategy=multi_worker",
+    ]  # fmt: skip
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", RECORDER, str(tmp_path / f"seen{i}.json"), str(train), str(val),
-             str(tmp_path / "run")],
+            [sys.executable, "-c", RECORDER, str(tmp_path / f"seen{i}.json"), *args],
             cwd=REPO,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
                  "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
@@ -178,15 +165,26 @@ def test_two_workers_together_see_every_training_image_once_per_epoch(tmp_path):
         )
         for i in range(2)
     ]  # fmt: skip
-    for proc in procs:
-        finish(proc)
+    chief_out, worker_out = (finish(p) for p in procs)
+    assert "worker 1 of 2: training; the chief writes every artifact" in worker_out
+    run = json.loads((workdir / "run.json").read_text())
+    assert list(run["phases"]) == ["fe", "ft"]
+    history = History.load(str(workdir / "history.json"))
+    assert history.epochs == [1, 2, 3, 4] and history.boundaries() == [2.5]
+    assert "[fe] cached features" in chief_out
+    assert all(r["loss"] is not None for r in history.records)
+    for phase in ("fe", "ft"):
+        assert (workdir / phase / "model.keras").is_file()
+    # Both workers saw the same globally reduced metrics.
+    assert chief_out.count("[ft] epoch 4") == worker_out.count("[ft] epoch 4") == 1
+    last = [ln for ln in chief_out.splitlines() if "[ft] epoch 4" in ln][0].split(" - ", 2)[2]
+    assert last in worker_out
     seen = [json.loads((tmp_path / f"seen{i}.json").read_text()) for i in range(2)]
-    assert [len(steps) for steps in seen] == [8, 8]  # 2 epochs of 4 steps on each worker
+    assert [len(steps) for steps in seen] == [8, 8]  # 2 ft epochs of 4 steps on each worker
     for epoch in (0, 1):
         parts = [[k for batch in steps[4 * epoch : 4 * epoch + 4] for k in batch] for steps in seen]
         assert sorted(parts[0] + parts[1]) == list(range(25)), epoch  # each exactly once
         assert sorted(map(len, parts)) == [12, 13]  # batches of 3; the last of 13 takes 4
-    assert History.load(str(tmp_path / "run" / "history.json")).epochs == [1, 2]
 
 
 def test_tpu_strategy_without_a_tpu_is_refused_in_one_line(monkeypatch):
