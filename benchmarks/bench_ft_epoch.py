@@ -59,15 +59,7 @@ def set_up(quick: bool, root: str, unfreeze: str):
     else:
         import bench_recipe
 
-        flowers = bench_recipe.make_regimes(root, _common.flowers_or_exit()[0], False, ["flowers"])
-        backbone = bench_recipe.BACKBONES["efficientnet_lite0"]
-        config = Config(
-            data_dir=os.path.join(flowers["flowers"], "user"),
-            backbone=backbone.registry,
-            weights=bench_recipe.weights_file(backbone),
-            image_size=128,
-            augment="light",
-        )
+        config = bench_recipe.lite0_flowers(root, augment="light")
     checked = config_lib.check(config)
     data = sources.load(checked.data, workdir=root)
     model = checked.model.build(data.num_classes)

@@ -146,6 +146,23 @@ def make_regimes(root: str, flowers: str, quick: bool, regimes: list[str]) -> di
     return folders
 
 
+def lite0_flowers(root: str, **settings):
+    """The `Config` of tl_keras's default on Lite0 at 128 px over the flowers regime's user
+    split (written under root), as this benchmark's tl_keras arm trains it, with `settings`
+    added: what bench_ft_epoch and bench_run_breakdown measure."""
+    from tl_keras import Config
+
+    folder = make_regimes(root, _common.flowers_or_exit()[0], False, ["flowers"])["flowers"]
+    backbone = BACKBONES["efficientnet_lite0"]
+    return Config(
+        data_dir=os.path.join(folder, "user"),
+        backbone=backbone.registry,
+        weights=weights_file(backbone),
+        image_size=128,
+        **settings,
+    )
+
+
 # --- the plain recipe, the way the TensorFlow tutorial writes it ---------------------------------
 def _tutorial_base(backbone: Backbone, size: int, weights: str):
     """The ImageNet base and the preprocessing the model applies before it (None: inside)."""

@@ -123,20 +123,10 @@ def child(workdir: str, seed: int, quick: bool) -> dict:
             seed=seed,
         )
     else:
-        import _common
         import bench_recipe
 
         root = f"{workdir}-data"  # inside the parent's temporary folder
-        folders = bench_recipe.make_regimes(root, _common.flowers_or_exit()[0], False, ["flowers"])
-        backbone = bench_recipe.BACKBONES["efficientnet_lite0"]
-        config = Config(
-            data_dir=os.path.join(folders["flowers"], "user"),
-            backbone=backbone.registry,
-            weights=bench_recipe.weights_file(backbone),
-            image_size=128,
-            seed=seed,
-            progress="lines",
-        )
+        config = bench_recipe.lite0_flowers(root, seed=seed, progress="lines")
     w, c = _clock()
     result = train(config, workdir, callbacks=[_epoch_callback(times)])
     wall, cpu = time.perf_counter() - w, time.process_time() - c
