@@ -15,6 +15,8 @@ keeps what it needs beside them (the labels, the file of each image, the images 
   features out), its served form with test-time augmentation and the temperature
   (`tl_keras.model.served.inference_model`), or any callable from images to outputs (an
   exported artifact's runner, a test's stub), which is called as it is.
+* **What comes out**: one array a batch, or a list of them where the model has several outputs
+  (the frozen bottom of a base cut between blocks, `tl_keras.training.frozen_val`).
 * **What a batch is**: an image batch, or a tuple whose first element is the image batch and
   whose rest the caller wants back (`(images, labels)`, `(images, indices)`).
 * **Progress**: an open `tl_keras.progress.Progress` counts each batch's images; the caller
@@ -40,12 +42,16 @@ def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, n
       progress: a `Progress` advanced by each batch's images; None = no progress lines.
 
     Yields:
-      (the batch as `batches` gave it, the outputs as a numpy array in the model's dtype).
+      (the batch as `batches` gave it, the outputs as a numpy array in the model's dtype; a
+      list of arrays where the model gives a list).
     """
     step = _compiled(model)
     for batch in batches:
         images = batch[0] if isinstance(batch, tuple) else batch
-        outputs = np.asarray(step(images))
+        outputs = step(images)
+        outputs = (
+            [np.asarray(o) for o in outputs] if isinstance(outputs, list) else np.asarray(outputs)
+        )
         if progress is not None:
             progress.update(len(images))
         yield batch, outputs

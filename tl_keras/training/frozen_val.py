@@ -30,6 +30,7 @@ from keras.src.ops.function import make_node_key  # how a model names its own ca
 
 from tl_keras.data.images import untuned
 from tl_keras.model.classifier import get_base
+from tl_keras.model.forward import forward
 
 log = logging.getLogger("tl_keras")
 
@@ -105,9 +106,8 @@ class FrozenBottomValidation(keras.callbacks.Callback):
         """The bottom's outputs and the labels, in the validation pass's own batches."""
         step = tf.function(self.bottom, autograph=False)
         parts, labels = [], []
-        for images, y in self.val:
-            out = step(images)
-            parts.append([np.asarray(o) for o in (out if isinstance(out, list) else [out])])
+        for (_, y), out in forward(step, self.val):
+            parts.append(out if isinstance(out, list) else [out])
             labels.append(np.asarray(y))
         columns = tuple(np.concatenate(c) for c in zip(*parts, strict=True))
         x = columns if len(columns) > 1 else columns[0]
