@@ -23,31 +23,23 @@ _LOAD_AT_START = os.getloadavg()  # read when a benchmark starts, before it load
 
 
 def machine(devices: bool = True) -> dict:
-    """What the figures were measured on, and how busy it was. `devices=False`: without the
-    GPUs, so without importing TensorFlow (seconds of CPU) in a process that only starts runs."""
-    if not devices:
-        from importlib import metadata
+    """What the figures were measured on, and how busy it was. The versions are the installed
+    packages'; `devices=False` leaves out the GPUs, whose list needs TensorFlow imported (seconds
+    of CPU in a process that only starts runs)."""
+    from importlib import metadata
 
-        return {
-            "python": platform.python_version(),
-            "tensorflow": metadata.version("tensorflow"),
-            "keras": metadata.version("keras"),
-            "cpus": os.cpu_count(),
-            "load_average_before": _LOAD_AT_START,
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-        }
-    import keras
-    import tensorflow as tf
-
-    return {
+    out = {
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        "tensorflow": metadata.version("tensorflow"),
+        "keras": metadata.version("keras"),
         "cpus": os.cpu_count(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "load_average_before": _LOAD_AT_START,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+    if devices:
+        import tensorflow as tf
+
+        out["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
+    out.update(load_average_before=_LOAD_AT_START, date=time.strftime("%Y-%m-%d %H:%M"))
+    return out
 
 
 def write(name: str, payload: dict) -> pathlib.Path:
