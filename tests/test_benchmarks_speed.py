@@ -88,3 +88,11 @@ def test_run_breakdown_benchmark(tmp_path):
         run_["pieces"]
     )
     assert run_["cpu_s"] > 0 and "CPU-s" in out
+
+
+def test_cache_benchmark(tmp_path):
+    out, results = run("bench_cache.py", tmp_path)
+    payload = json.loads((results / "cache_quick.json").read_text())
+    # 'auto' resolved to memory on so few images, and trained the same weights bitwise.
+    assert [r["cache"] for r in payload["runs"]["auto"]] == ["memory"]
+    assert payload["weights_max_abs_difference"] == 0.0 and "auto / none" in out

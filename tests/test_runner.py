@@ -81,7 +81,7 @@ def test_a_run_resolves_once_into_a_spec_with_nothing_left_auto(tmp_path, monkey
     """Each `train` call resolves its config once, the first phase (card decided from facts), a
     later one (card read back), a --resume that only calibrates and an --overwrite alike, and
     loads its data once; the spec holds no 'auto' (only settings whose own mode is called so:
-    progress, jit_compile, doctor). config.json keeps the config as given, 'auto' where the
+    progress, jit_compile, doctor, and the data cache, which loading resolves from the image count). config.json keeps the config as given, 'auto' where the
     recipe decided."""
     from tl_keras import config as config_lib
     from tl_keras.data import sources
@@ -98,7 +98,7 @@ def test_a_run_resolves_once_into_a_spec_with_nothing_left_auto(tmp_path, monkey
     assert len(specs) == len(loads) == 1
     runner.train(cfg, workdir, phase="ft")
     assert len(specs) == len(loads) == 2
-    modes = {".run.progress", ".run.jit_compile", ".run.doctor"}
+    modes = {".run.progress", ".run.jit_compile", ".run.doctor", ".data.cache"}
     for spec in specs:
         sections = {
             f: getattr(spec, f) for f in ("data", "augmentation", "model", "run", "schedule", "tta")

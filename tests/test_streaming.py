@@ -19,7 +19,7 @@ from data_fixtures import batches, encode, make_folder, solid, tiny_data_config
 
 from tl_keras.data import bundle as data_lib
 from tl_keras.data import check as check_lib
-from tl_keras.data.pipeline import prepare
+from tl_keras.data.pipeline import Pipeline, prepare
 from tl_keras.data.sources import from_arrays, load_data
 from tl_keras.data.sources.arrays import list_npz
 from tl_keras.errors import DataError
@@ -113,7 +113,7 @@ def test_tfds_epoch_reads_the_shard_files_as_it_goes(prepared, tmp_path):
 
     copy = tmp_path / "tfds"
     shutil.copytree(prepared, copy)
-    data = load_data(tfds_config(copy))
+    data = load_data(tfds_config(copy, cache="none"))  # ('auto' holds so few in memory)
     next(iter(data.train))  # reads
     for shard in (copy / "tf_flowers" / "3.0.1").glob("tf_flowers-train.tfrecord-*"):
         shard.unlink()
@@ -171,7 +171,8 @@ def aged(root):
 def test_folder_decode_check_is_remembered_and_redone_for_what_changed(tmp_path, caplog):
     root = make_folder(tmp_path / "d", {"ant": 6, "bee": 6})
     aged(root)
-    cfg = tiny_data_config(root, val_fraction=0.0, max_skipped_fraction=0.1)
+    # cache='none': a cache is filled by decoding every image ('auto' would, for so few)
+    cfg = tiny_data_config(root, val_fraction=0.0, max_skipped_fraction=0.1, cache="none")
     caplog.set_level(logging.INFO, logger="tl_keras")
     first = load_data(cfg)
     assert first.report.num_skipped == 0 and "remembered" not in caplog.text
@@ -219,6 +220,37 @@ def test_memory_cache_refuses_what_would_not_fit(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(check_lib, "available_memory", lambda: 60_000)  # fits: loads
     assert load_data(tiny_data_config(root, cache="memory")).num_train == 8
+
+
+def test_auto_cache_keeps_a_small_set_in_memory_and_reads_a_large_one_from_its_files(
+    tmp_path, monkeypatch, caplog
+):
+    """cache='auto' (the default): the same batches bitwise as cache='none', read from a uint8
+    store while the decoded images take at most AUTO_MEMORY_MAX (and fit), else from the files;
+    never the memory cache's refusal."""
+    root = make_folder(tmp_path / "d", {"ant": 6, "bee": 6})
+    plain = load_data(tiny_data_config(root, cache="none"))
+    assert Pipeline.__dataclass_fields__["cache"].default == "auto"
+    with caplog.at_level(logging.INFO, logger="tl_keras"):
+        auto = load_data(tiny_data_config(root))
+    assert auto.pipeline.cache == "memory" and auto.report.pipeline["cache"] == "memory"
+    assert all(images.store is not None for images in auto.images.values())
+    assert "data: cache: memory (auto: the decoded images take about 37 kB" in caplog.text
+    for ours, theirs in (
+        (auto.train_epochs(0, 2), plain.train_epochs(0, 2)),
+        (auto.val, plain.val),
+    ):
+        for a, b in zip(batches(ours), batches(theirs), strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+
+    monkeypatch.setattr(check_lib, "AUTO_MEMORY_MAX", 36_863)  # one byte short of the 12 images
+    large = load_data(tiny_data_config(root))
+    assert large.pipeline.cache == "none"
+    assert all(images.store is None for images in large.images.values())
+    monkeypatch.setattr(check_lib, "AUTO_MEMORY_MAX", 2**30)
+    monkeypatch.setattr(check_lib, "available_memory", lambda: 40_000)  # 70% of it is too little
+    assert load_data(tiny_data_config(root)).pipeline.cache == "none"
 
 
 # --- arrays ----------------------------------------------------------------------------------------

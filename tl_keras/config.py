@@ -135,8 +135,9 @@ class Config:
     )
     cache: str = _data(
         "cache",
-        "Cache of decoded, resized (never augmented) images: 'none', 'memory', or 'file' "
-        "(under <workdir>/data/cache, reused by later runs on the same files and size).",
+        "Cache of decoded, resized (never augmented) images: 'auto' ('memory' for a set small "
+        "enough, see tl_keras.data.check.AUTO_MEMORY_MAX; else 'none'), 'none', 'memory', or "
+        "'file' (under <workdir>/data/cache, reused by later runs on the same files and size).",
     )
     max_skipped_fraction: float = _data(
         "max_skipped_fraction",

@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import _failpoints
-from tl_keras.data.check import cache_key, checked_split, refuse_memory_cache
+from tl_keras.data.check import cache_key, checked_split, refuse_memory_cache, resolve_cache
 from tl_keras.data.images import (
     AUTOTUNE,
     IMAGE_EXTENSIONS,
@@ -355,8 +355,10 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
     _failpoints.hit("data_listed")
     if raw.splits.get("val") is None and val_fraction > 0:
         _hold_out_validation(raw, val_fraction, p.seed)
+    counts = {s: len(im) for s, im in raw.splits.items() if im is not None}
+    p = resolve_cache(counts, p)
     if p.cache == "memory":
-        refuse_memory_cache({s: len(im) for s, im in raw.splits.items() if im is not None}, p)
+        refuse_memory_cache(counts, p)
     report = DataReport(raw.source, list(raw.class_names), ignored_files=list(raw.ignored))
     report.pipeline = p.describe()
     report.decode_check_s = raw.check_seconds

@@ -10,7 +10,8 @@ as checked: a file system's clock may not tell a later write in the same tick ap
 split remembers its check with its index (`tl_keras.data.tfds_stream`); arrays are pixels
 already and need none.
 
-With `cache = "memory"` or `"file"` the same pass keeps the resized images, in an array or in a
+With `cache = "memory"` or `"file"` (or `"auto"`, the default, where it resolves to memory:
+`resolve_cache`) the same pass keeps the resized images, in an array or in a
 memory-mapped file under `<workdir>/data/cache/`, row by row as they are decoded. `memory` first
 checks that the decoded images fit in the memory available (`refuse_memory_cache`).
 """
@@ -43,6 +44,11 @@ RACY_S = 2.0  # files modified this recently before a check are checked again ne
 # cache='memory' may take at most this share of the memory available when loading starts: the
 # rest is for TensorFlow, the model, its batches and everything else on the machine.
 MEMORY_SHARE = 0.7
+# cache='auto' keeps the decoded images in memory up to this size (and MEMORY_SHARE): a training
+# epoch then gathers rows of uint8 instead of decoding every file again, the same pixels bitwise
+# (benchmarks/bench_run_breakdown.py; docs/benchmarks.md). Larger sets
+# are read from their files each epoch, as cache='none' does; cache='memory' or 'file' asks.
+AUTO_MEMORY_MAX = 2**30
 _CHECK_BATCH = 256
 
 
@@ -53,6 +59,28 @@ def _size(n: float) -> str:
     return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
+def _memory_need(counts: dict[str, int], p: Pipeline) -> int:
+    """Bytes of the splits' decoded images as a uint8 cache holds them."""
+    return sum(counts.values()) * p.image_size * p.image_size * 3
+
+
+def resolve_cache(counts: dict[str, int], p: Pipeline) -> Pipeline:
+    """The pipeline with cache='auto' decided from the splits' image counts: 'memory' when the
+    decoded images take at most `AUTO_MEMORY_MAX` and `MEMORY_SHARE` of the memory available
+    now, else 'none'. Any other cache is returned as given."""
+    if p.cache != "auto":
+        return p
+    need, available = _memory_need(counts, p), available_memory()
+    small = need <= AUTO_MEMORY_MAX and (available is None or need <= MEMORY_SHARE * available)
+    log.info(
+        "data: cache: %s (auto: the decoded images take about %s; memory up to %s)",
+        "memory" if small else "none",
+        _size(need),
+        _size(AUTO_MEMORY_MAX),
+    )
+    return dataclasses.replace(p, cache="memory" if small else "none")
+
+
 def refuse_memory_cache(counts: dict[str, int], p: Pipeline) -> None:
     """Raises when the decoded images of `cache='memory'` would not fit in the memory available.
 
@@ -60,7 +88,7 @@ def refuse_memory_cache(counts: dict[str, int], p: Pipeline) -> None:
       DataError: one line with the estimate, what is available, and `cache='file'` instead.
     """
     images = sum(counts.values())
-    need = images * p.image_size * p.image_size * 3
+    need = _memory_need(counts, p)
     available = available_memory()
     if available is None or need <= MEMORY_SHARE * available:
         return

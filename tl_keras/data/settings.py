@@ -35,7 +35,7 @@ RESIZE_METHODS = (
     "mitchellcubic",
 )
 RESIZE_MODES = ("stretch", "crop", "pad", "crop_or_pad")
-CACHE_MODES = ("none", "memory", "file")
+CACHE_MODES = ("auto", "none", "memory", "file")
 
 # Source fields that apply to one kind of source only: another kind refuses them when they are
 # not at their defaults (`tl_keras.data.sources`), rather than ignore them silently.
@@ -98,7 +98,8 @@ class DataSettings:
       val_fraction: share of each class held out for validation when none is given.
       synthetic_images_per_class: images per class of data_dir='synthetic'.
       resize_method, resize_mode: how an image reaches `image_size`.
-      cache: 'none', 'memory' or 'file' (decoded, resized images).
+      cache: 'auto', 'none', 'memory' or 'file' (decoded, resized images); 'auto' is 'memory'
+        where they are small (`tl_keras.data.check.resolve_cache`), else 'none'.
       max_skipped_fraction: largest share of unreadable images skipped before it is an error.
     """
 
@@ -116,7 +117,7 @@ class DataSettings:
     synthetic_images_per_class: int = 60
     resize_method: str = "bilinear"
     resize_mode: str = "stretch"
-    cache: str = "none"
+    cache: str = "auto"
     max_skipped_fraction: float = 0.05
 
     def __post_init__(self) -> None:
