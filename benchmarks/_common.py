@@ -42,6 +42,24 @@ def machine(devices: bool = True) -> dict:
     return out
 
 
+def tiny_config(**settings):
+    """A quick mode's `Config`: the package's `tiny` test base, random weights, 32 px, 1 + 1
+    epochs on 3 x 8 synthetic shapes in batches of 8, with `settings` added or replaced."""
+    from tl_keras import Config
+
+    values = dict(
+        data_dir="synthetic",
+        synthetic_images_per_class=8,
+        backbone="tiny",
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs_fe=1,
+        epochs_ft=1,
+    )
+    return Config(**{**values, **settings})
+
+
 def write(name: str, payload: dict) -> pathlib.Path:
     """Writes benchmarks/results/NAME.json (atomically) and returns its path."""
     from tl_keras import io

@@ -61,40 +61,16 @@ def main(argv=None) -> None:
     ap.add_argument("--pairs", type=int, default=2, help="none/auto pairs, alternating")
     ap.add_argument("--quick", action="store_true", help="tiny base, synthetic images, 1 pair")
     args = ap.parse_args(argv)
-    from tl_keras import Config
-
     root = tempfile.mkdtemp(prefix="bench-cache-")
     if args.quick:
-        make = lambda cache: Config(  # noqa: E731
-            data_dir="synthetic",
-            synthetic_images_per_class=6,
-            backbone="tiny",
-            weights="none",
-            image_size=32,
-            batch_size=8,
-            epochs_fe=1,
-            epochs_ft=1,
-            doctor="off",
-            cache=cache,
-        )
+        make = lambda cache: _common.tiny_config(doctor="off", cache=cache)  # noqa: E731
         pairs = 1
     else:
         import bench_recipe
 
-        folder = bench_recipe.make_regimes(root, _common.flowers_or_exit()[0], False, ["flowers"])[
-            "flowers"
-        ]
-        backbone = bench_recipe.BACKBONES[args.backbone]
-        weights = bench_recipe.weights_file(backbone)
-        make = lambda cache: Config(  # noqa: E731
-            data_dir=os.path.join(folder, "user"),
-            backbone=backbone.registry,
-            alpha=backbone.alpha,
-            weights=weights,
-            image_size=128,
-            seed=0,
-            progress="lines",
-            cache=cache,
+        bench_recipe.flowers_config(root, args.backbone)  # writes the regime and the weights once
+        make = lambda cache: bench_recipe.flowers_config(  # noqa: E731
+            root, args.backbone, seed=0, progress="lines", cache=cache
         )
         pairs = args.pairs
     runs = {"none": [], "auto": []}

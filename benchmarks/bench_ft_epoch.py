@@ -41,25 +41,16 @@ def timed(fn):
 
 def set_up(quick: bool, root: str, unfreeze: str):
     """The checked config, data and model of the fine-tuning phase (trainability set)."""
-    from tl_keras import Config
     from tl_keras import config as config_lib
     from tl_keras.data import sources
     from tl_keras.model.classifier import set_trainable
 
     if quick:
-        config = Config(
-            data_dir="synthetic",
-            synthetic_images_per_class=8,
-            backbone="tiny",
-            weights="none",
-            image_size=32,
-            batch_size=8,
-            augment="light",
-        )
+        config = _common.tiny_config(augment="light")
     else:
         import bench_recipe
 
-        config = bench_recipe.lite0_flowers(root, augment="light")
+        config = bench_recipe.flowers_config(root, augment="light")
     checked = config_lib.check(config)
     data = sources.load(checked.data, workdir=root)
     model = checked.model.build(data.num_classes)

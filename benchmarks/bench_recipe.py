@@ -146,18 +146,19 @@ def make_regimes(root: str, flowers: str, quick: bool, regimes: list[str]) -> di
     return folders
 
 
-def lite0_flowers(root: str, **settings):
-    """The `Config` of tl_keras's default on Lite0 at 128 px over the flowers regime's user
-    split (written under root), as this benchmark's tl_keras arm trains it, with `settings`
-    added: what bench_ft_epoch and bench_run_breakdown measure."""
+def flowers_config(root: str, backbone: str = "efficientnet_lite0", **settings):
+    """The `Config` of tl_keras's default on `backbone` (a key of BACKBONES) at 128 px over the
+    flowers regime's user split (written under root), as this benchmark's tl_keras arm trains
+    it, with `settings` added: what bench_ft_epoch, bench_run_breakdown and bench_cache measure."""
     from tl_keras import Config
 
     folder = make_regimes(root, _common.flowers_or_exit()[0], False, ["flowers"])["flowers"]
-    backbone = BACKBONES["efficientnet_lite0"]
+    base = BACKBONES[backbone]
     return Config(
         data_dir=os.path.join(folder, "user"),
-        backbone=backbone.registry,
-        weights=weights_file(backbone),
+        backbone=base.registry,
+        alpha=base.alpha,
+        weights=weights_file(base),
         image_size=128,
         **settings,
     )

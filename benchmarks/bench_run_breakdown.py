@@ -105,28 +105,19 @@ def child(workdir: str, seed: int, quick: bool) -> dict:
     times: list = []
     for module, name, label in PIECES:
         _wrap(times, module, name, label)
-    from tl_keras import Config, train
+    from tl_keras import train  # first: the tree under test, before _common puts this one first
 
     if quick:
-        config = Config(
-            data_dir="synthetic",
-            backbone="tiny",
-            weights="none",
-            image_size=32,
-            synthetic_images_per_class=8,
-            batch_size=8,
-            epochs_fe=1,
-            epochs_ft=1,
-            unfreeze="blocks:2",
-            recipe="manual",
-            progress="lines",
-            seed=seed,
+        import _common
+
+        config = _common.tiny_config(
+            unfreeze="blocks:2", recipe="manual", progress="lines", seed=seed
         )
     else:
         import bench_recipe
 
         root = f"{workdir}-data"  # inside the parent's temporary folder
-        config = bench_recipe.lite0_flowers(root, seed=seed, progress="lines")
+        config = bench_recipe.flowers_config(root, seed=seed, progress="lines")
     w, c = _clock()
     result = train(config, workdir, callbacks=[_epoch_callback(times)])
     wall, cpu = time.perf_counter() - w, time.process_time() - c
