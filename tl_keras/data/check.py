@@ -46,8 +46,8 @@ RACY_S = 2.0  # files modified this recently before a check are checked again ne
 MEMORY_SHARE = 0.7
 # cache='auto' keeps the decoded images in memory up to this size (and MEMORY_SHARE): a training
 # epoch then gathers rows of uint8 instead of decoding every file again, the same pixels bitwise
-# (benchmarks/bench_run_breakdown.py; docs/benchmarks.md). Larger sets
-# are read from their files each epoch, as cache='none' does; cache='memory' or 'file' asks.
+# (benchmarks/bench_cache.py; docs/benchmarks.md). Larger sets are read from their files each
+# epoch, as cache='none' does; cache='memory' or 'file' asks for a cache whatever the size.
 AUTO_MEMORY_MAX = 2**30
 _CHECK_BATCH = 256
 
