@@ -16,6 +16,7 @@ Writes benchmarks/results/cache.json (cache_<backbone>.json for another base).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -63,20 +64,17 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     root = tempfile.mkdtemp(prefix="bench-cache-")
     if args.quick:
-        make = lambda cache: _common.tiny_config(doctor="off", cache=cache)  # noqa: E731
-        pairs = 1
+        config, pairs = _common.tiny_config(doctor="off"), 1
     else:
         import bench_recipe
 
-        bench_recipe.flowers_config(root, args.backbone)  # writes the regime and the weights once
-        make = lambda cache: bench_recipe.flowers_config(  # noqa: E731
-            root, args.backbone, seed=0, progress="lines", cache=cache
-        )
+        # The regime's folders are written once, here; each run only changes the cache.
+        config = bench_recipe.flowers_config(root, args.backbone, seed=0, progress="lines")
         pairs = args.pairs
     runs = {"none": [], "auto": []}
     for i in range(pairs):
         for cache in ("none", "auto") if i % 2 == 0 else ("auto", "none"):
-            r = one_run(make(cache), root)
+            r = one_run(dataclasses.replace(config, cache=cache), root)
             runs[cache].append(r)
             print(
                 f"cache={cache} ({r['cache']}): {r['wall_s']:.1f} s, {r['cpu_s']:.1f} CPU-s, "
