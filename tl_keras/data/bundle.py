@@ -356,9 +356,9 @@ def assemble(raw: RawData, p: Pipeline, *, val_fraction: float) -> DataBundle:
     if raw.splits.get("val") is None and val_fraction > 0:
         _hold_out_validation(raw, val_fraction, p.seed)
     counts = {s: len(im) for s, im in raw.splits.items() if im is not None}
-    p = resolve_cache(counts, p)
-    if p.cache == "memory":
+    if p.cache == "memory":  # as asked; 'auto' picks memory only where it fits
         refuse_memory_cache(counts, p)
+    p = resolve_cache(counts, p)
     report = DataReport(raw.source, list(raw.class_names), ignored_files=list(raw.ignored))
     report.pipeline = p.describe()
     report.decode_check_s = raw.check_seconds

@@ -64,6 +64,12 @@ def _memory_need(counts: dict[str, int], p: Pipeline) -> int:
     return sum(counts.values()) * p.image_size * p.image_size * 3
 
 
+def _fits(need: int, available: int | None) -> bool:
+    """Whether a memory cache of `need` bytes stays within MEMORY_SHARE of what is available
+    (unknown: assumed to fit)."""
+    return available is None or need <= MEMORY_SHARE * available
+
+
 def resolve_cache(counts: dict[str, int], p: Pipeline) -> Pipeline:
     """The pipeline with cache='auto' decided from the splits' image counts: 'memory' when the
     decoded images take at most `AUTO_MEMORY_MAX` and `MEMORY_SHARE` of the memory available
@@ -71,7 +77,7 @@ def resolve_cache(counts: dict[str, int], p: Pipeline) -> Pipeline:
     if p.cache != "auto":
         return p
     need, available = _memory_need(counts, p), available_memory()
-    small = need <= AUTO_MEMORY_MAX and (available is None or need <= MEMORY_SHARE * available)
+    small = need <= AUTO_MEMORY_MAX and _fits(need, available)
     log.info(
         "data: cache: %s (auto: the decoded images take about %s; memory up to %s)",
         "memory" if small else "none",
@@ -90,7 +96,7 @@ def refuse_memory_cache(counts: dict[str, int], p: Pipeline) -> None:
     images = sum(counts.values())
     need = _memory_need(counts, p)
     available = available_memory()
-    if available is None or need <= MEMORY_SHARE * available:
+    if _fits(need, available):
         return
     splits = " + ".join(f"{split} {n:,}" for split, n in counts.items())
     raise DataError(
