@@ -147,3 +147,34 @@ def test_file_cache_in_shards_trains_the_same_head_as_memory(tmp_path, monkeypat
                 strict=True,
             ):
                 np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_forward_traces_a_model_once_and_matches_the_fixed_size_graph():
+    # The doctor's feature pass reads the train split, then the val split, each with a short last
+    # batch: one trace for all of it, with the outputs a graph traced at each batch's own size
+    # gives, bitwise; and the kept function goes with its model.
+    import gc
+    import weakref
+
+    from tl_keras.model import forward as forward_lib
+
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()]
+    )
+    rng = np.random.default_rng(0)
+    train = [rng.uniform(0, 255, (n, 16, 16, 3)).astype("float32") for n in (8, 8, 3)]
+    val = [rng.uniform(0, 255, (n, 16, 16, 3)).astype("float32") for n in (8, 5)]
+    got = [out for split in (train, val) for _, out in forward_lib.forward(model, split)]
+    assert forward_lib._TRACED[model].experimental_get_tracing_count() == 1
+    for images, out in zip(train + val, got, strict=True):
+        np.testing.assert_array_equal(out, _traced_at_its_size(model, images))
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # the kept function held it only weakly
+
+
+def _traced_at_its_size(model, images):
+    import tensorflow as tf
+
+    return np.asarray(tf.function(lambda x: model(x, training=False))(images))

@@ -21,10 +21,16 @@ keeps what it needs beside them (the labels, the file of each image, the images 
   whose rest the caller wants back (`(images, labels)`, `(images, indices)`).
 * **Progress**: an open `tl_keras.progress.Progress` counts each batch's images; the caller
   opens and closes it, so one count can span several passes (fe's train and val splits).
+* **One trace a model**: a Keras model's traced function is kept beside it (weakly: it goes
+  with the model) and traced once, at its first batch with the batch size left open, so a
+  split's short last batch and the next pass over the same model (the doctor's feature pass
+  reads the train, then the val split) trace nothing again. Its outputs are the fixed-size
+  graph's, bitwise (`tests/test_forward.py`).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -45,9 +51,11 @@ def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, n
       (the batch as `batches` gave it, the outputs as a numpy array in the model's dtype; a
       list of arrays where the model gives a list).
     """
-    step = _compiled(model)
+    step = None
     for batch in batches:
         images = batch[0] if isinstance(batch, tuple) else batch
+        if step is None:
+            step = _compiled(model, images)
         outputs = step(images)
         outputs = (
             [np.asarray(o) for o in outputs] if isinstance(outputs, list) else np.asarray(outputs)
@@ -57,15 +65,28 @@ def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, n
         yield batch, outputs
 
 
-def _compiled(model):
-    """`model(x, training=False)` as one traced function for a Keras model; else the callable."""
+# Keras model -> its traced inference function. Weak keys: an entry goes with its model, and
+# the function reaches the model only through a weak reference, so it keeps no model alive.
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model, images):
+    """`model(x, training=False)` as one traced function for a Keras model, traced at `images`'
+    shape with an open batch size; any other callable as it is."""
     import keras
 
     if not isinstance(model, keras.Layer):
         return model
     import tensorflow as tf
 
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    step = _TRACED.get(model)
+    if step is None:
+        ref = weakref.ref(model)
+        step = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
+        _TRACED[model] = step
+    images = tf.convert_to_tensor(images)
+    step.get_concrete_function(tf.TensorSpec([None, *images.shape[1:]], images.dtype))
+    return step
 
 
 __all__ = ["forward"]
