@@ -440,7 +440,7 @@ def _rate_rules(f: Facts) -> Rules:
     why = (
         " (careful: little data)"
         if careful
-        else " (course: 1e-5 to 1e-4 for top layers; 3e-4 measured -1.4 points)"
+        else " (course: 1e-5 to 1e-4 for top layers; 3e-4 measured -1.4 points, 5e-5 -1.9)"
     )
     return {
         "lr": (HEAD_LR, "the head's rate (course: 1e-3 to 1e-2)"),
@@ -461,7 +461,11 @@ def _regularisation_rules(f: Facts, fe_only: bool) -> Rules:
     elif f.domain == "far":
         augment = ("none", "far from ImageNet: flip/rotation invariance unknown (digits: -1 to -4)")
     else:
-        augment = ("light", "flips, small rotations and zoom keep a natural photo's label")
+        augment = (
+            "light",
+            "flips, small rotations and zoom keep a natural photo's label ('strong' measured "
+            "-3.5 points, MixUp 0.2 -2.0)",
+        )
     averaging = (
         "none",
         "averaging the last epochs' weights measured +0.0 +-0.3 points on flowers; "
@@ -481,7 +485,10 @@ def _regularisation_rules(f: Facts, fe_only: bool) -> Rules:
             "base",
             "fe trains on cached, unaugmented features; the phases that train the base augment",
         ),
-        "label_smoothing": (LABEL_SMOOTHING, "softer targets for fine-tuning (0.1 is standard)"),
+        "label_smoothing": (
+            LABEL_SMOOTHING,
+            "softer targets for fine-tuning (0 and 0.2 measured -0.5 and +0.2 points)",
+        ),
         "weight_decay": (0.0, "none (BiT: not needed to fine-tune; the schedule is short)"),
         "weight_averaging": averaging,
         "tta": tta,
