@@ -25,7 +25,7 @@ keeps what it needs beside them (the labels, the file of each image, the images 
   with the model) and traced once, at its first batch with the batch size left open, so a
   split's short last batch and the next pass over the same model (the doctor's feature pass
   reads the train, then the val split) trace nothing again. Its outputs are the fixed-size
-  graph's, bitwise (`tests/test_forward.py`).
+  graph's, bitwise (`tests/test_features.py`).
 """
 
 from __future__ import annotations
@@ -84,8 +84,7 @@ def _compiled(model, images):
         ref = weakref.ref(model)
         step = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
         _TRACED[model] = step
-    images = tf.convert_to_tensor(images)
-    step.get_concrete_function(tf.TensorSpec([None, *images.shape[1:]], images.dtype))
+    step.get_concrete_function(tf.TensorSpec([None, *images.shape[1:]], tf.as_dtype(images.dtype)))
     return step
 
 
