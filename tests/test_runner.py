@@ -81,8 +81,8 @@ def test_a_run_resolves_once_into_a_spec_with_nothing_left_auto(tmp_path, monkey
     """Each `train` call resolves its config once, the first phase (card decided from facts), a
     later one (card read back), a --resume that only calibrates and an --overwrite alike, and
     loads its data once; the spec holds no 'auto' (only settings whose own mode is called so:
-    progress, jit_compile, doctor, and the data cache, which loading resolves from the image count). config.json keeps the config as given, 'auto' where the
-    recipe decided."""
+    progress, jit_compile, doctor, and the data cache, which loading resolves from the image
+    count). config.json keeps the config as given, 'auto' where the recipe decided."""
     from tl_keras import config as config_lib
     from tl_keras.data import sources
 
