@@ -9,7 +9,7 @@ from conftest import tiny_config
 from tl_keras import config as config_lib
 from tl_keras.data import sources
 from tl_keras.model.classifier import get_base, set_trainable
-from tl_keras.training import calibrate, frozen_val, runner
+from tl_keras.training import bottom_views, calibrate, frozen_val, runner
 from tl_keras.training.start import load_phase_model
 
 SHORTCUT_LINE = "validation: the frozen blocks run once"
@@ -38,6 +38,7 @@ def full_and_shortcut(tmp_path_factory):
         return answers(model, dataset)
 
     calibrate._answers = spy
+    bottom_views.ENABLED = False  # the live steps, validated either way (test_bottom_views.py)
     try:
         frozen_val.ENABLED = False
         full = runner.train(ft_run(), str(tmp_path_factory.mktemp("full")))
@@ -46,7 +47,7 @@ def full_and_shortcut(tmp_path_factory):
         shortcut_dir = str(tmp_path_factory.mktemp("shortcut"))
         shortcut = runner.train(ft_run(), shortcut_dir)
     finally:
-        frozen_val.ENABLED = True
+        frozen_val.ENABLED = bottom_views.ENABLED = True
         logger.removeHandler(handler)
         logger.setLevel(level)
         calibrate._answers = answers

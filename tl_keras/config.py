@@ -318,7 +318,9 @@ class Config:
         "memory",
         "Feature extraction on cached features: 'memory' (run the frozen base once per process), "
         "'file' (also keep them under <workdir>/cache/features for later runs) or 'off'. Used only "
-        "when valid (no augmentation, MixUp or CutMix; the base frozen).",
+        "when valid (no augmentation, MixUp or CutMix; the base frozen). Unless 'off', a phase "
+        "that trains only the top of the base also runs its frozen blocks once over every "
+        "epoch's images, in memory, and trains the top on their outputs.",
     )
     precision: str = _field(
         "float32",

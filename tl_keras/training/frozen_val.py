@@ -127,6 +127,37 @@ class FrozenBottomValidation(keras.callbacks.Callback):
             logs.update({f"val_{k}": float(v) for k, v in scores.items()})
 
 
+def split(model: keras.Model):
+    """(bottom, top) for a classifier whose base has a frozen bottom, else None.
+
+    `bottom` maps images to the frozen bottom's outputs (the layers before the base, then the
+    base up to its cut, all in inference mode); `top` is a Keras model from those outputs to the
+    classifier's output, made of the model's own layer objects (the same weights). Uncompiled.
+    """
+    base = get_base(model)
+    cut = frozen_cut(base)
+    chain = _chain(model, base) if cut is not None else None
+    if chain is None:
+        return None
+    before, after = chain
+    one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731
+    base_bottom = keras.Model(base.inputs, one(cut))
+    base_top = keras.Model(one(cut), one(base.outputs))
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype) for t in cut]
+    y = base_top(one(inputs))
+    for layer in after:
+        y = layer(y)
+    top = keras.Model(inputs, y, name="validation_top")
+
+    def bottom(images):
+        x = images
+        for layer in before:
+            x = layer(x, training=False)
+        return base_bottom(x, training=False)
+
+    return bottom, top
+
+
 def for_phase(model: keras.Model, val, *, num_val: int, compile_top):
     """The callback for a phase whose base has a frozen bottom, or None where it does not apply.
 
@@ -138,29 +169,12 @@ def for_phase(model: keras.Model, val, *, num_val: int, compile_top):
     """
     if not ENABLED or val is None:
         return None
-    base = get_base(model)
-    cut = frozen_cut(base)
-    chain = _chain(model, base) if cut is not None else None
-    if chain is None:
+    parts = split(model)
+    if parts is None:
         return None
-    size = sum(int(np.prod(t.shape[1:])) * np.dtype(t.dtype).itemsize for t in cut)
+    bottom, top = parts
+    size = sum(int(np.prod(t.shape[1:])) * np.dtype(t.dtype).itemsize for t in top.inputs)
     if size * num_val > MAX_BYTES:
         return None
-    before, after = chain
-    one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731
-    base_bottom = keras.Model(base.inputs, one(cut))
-    base_top = keras.Model(one(cut), one(base.outputs))
-    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype) for t in cut]
-    y = base_top(one(inputs))
-    for layer in after:
-        y = layer(y)
-    top = keras.Model(inputs, y, name="validation_top")
     compile_top(top)
-
-    def bottom(images):
-        x = images
-        for layer in before:
-            x = layer(x, training=False)
-        return base_bottom(x, training=False)
-
     return FrozenBottomValidation(bottom, top, val)

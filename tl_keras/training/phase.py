@@ -34,6 +34,7 @@ from tl_keras.model.classifier import TrainabilityReport, set_trainable
 from tl_keras.progress import say
 from tl_keras.recipe import Phase, budget_plan
 from tl_keras.training import (
+    bottom_views,
     checkpoint,
     distribute,
     features,
@@ -134,6 +135,8 @@ class PhaseSetup:
       budget: the time budget's plan of the phase, when it re-plans after its first epoch.
       frozen_validation: validates on the frozen bottom's outputs, computed once
         (`tl_keras.training.frozen_val`), instead of Keras's pass over the whole model.
+      views_s: the seconds the frozen bottom's pass over the phase's epochs took before `fit`
+        (`tl_keras.training.bottom_views`): part of the phase's wall time.
     """
 
     phase: Phase
@@ -148,6 +151,7 @@ class PhaseSetup:
     done_records: list[dict] = dataclasses.field(default_factory=list)
     budget: budget_plan.PhasePlan | None = None
     frozen_validation: frozen_val.FrozenBottomValidation | None = None
+    views_s: float = 0.0
 
     @property
     def fit_last_epoch(self) -> int:
@@ -199,7 +203,7 @@ def run_phase(
     options = dataclasses.replace(options, **fields) if options else PhaseOptions(**fields)
     setup = prepare_fit(set_up(model, phase, data, options), data)
     state, cbs = make_callbacks(setup)
-    start = time.perf_counter()
+    start = time.perf_counter() - setup.views_s
     fit(setup, state, cbs)
     result = outcome(setup, state, seconds=time.perf_counter() - start)
     return dataclasses.replace(result, averaged=_averaged(setup, state))
@@ -272,6 +276,8 @@ def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         setup = replan(setup, plan(setup), data)
     if options.feature_cache != "off":
         setup = use_cached_features(setup, data)
+    if plan is None and setup.budget is None:
+        setup = use_bottom_views(setup, data)
     if plan is not None and not setup.phase.trains_base:  # a head's epochs, timed on what fit runs
         setup = _replan_head(setup, plan, data)
     if options.strategy is not None:
@@ -397,6 +403,49 @@ def use_cached_features(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         "" if reused else f" in {seconds:.1f}s",
     )
     return setup
+
+
+def use_bottom_views(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
+    """Switches `fit` to the layers that train, on the frozen bottom's outputs computed once for
+    every epoch the phase runs (`tl_keras.training.bottom_views`), where that applies."""
+    phase, options = setup.phase, setup.options
+    replicas = getattr(options.strategy, "num_replicas_in_sync", 1)
+    reason = bottom_views.why_not(
+        phase, data, replicas=replicas, feature_cache=options.feature_cache
+    )
+    epochs = setup.fit_last_epoch - setup.initial_epoch
+    if reason is not None or setup.fit_model is not setup.model or epochs < 1:
+        return setup
+    start = time.perf_counter()
+    views = bottom_views.make_views(
+        setup.model, data, first_epoch=setup.initial_epoch, epochs=epochs
+    )
+    if views is None:  # nothing frozen below what trains
+        return setup
+    if isinstance(views, str):
+        say("[%s] the whole model runs at every step: %s", phase.name, views)
+        return setup
+    optim.compile_for_phase(
+        views.top, phase, optimizer=setup.model.optimizer, jit_compile=options.jit_compile
+    )
+    seconds = time.perf_counter() - start
+    say(
+        "[%s] the frozen blocks ran once over the augmented images of the phase's %d epoch(s) "
+        "(%d each) and the %d validation images in %.1fs; the layers that train run on their "
+        "outputs",
+        phase.name,
+        epochs,
+        data.num_train,
+        data.num_val,
+        seconds,
+    )
+    return dataclasses.replace(
+        setup,
+        fit_model=views.top,
+        fit_data=bottom_views.views_bundle(data, views),
+        frozen_validation=views.validation,
+        views_s=seconds,
+    )
 
 
 def _compile_head(fit_model: keras.Model, setup: PhaseSetup) -> None:
