@@ -58,6 +58,7 @@ def live_and_views(tmp_path_factory):
         logger.setLevel(level)
         calibrate._answers = answers
     assert any(VIEWS_LINE in line for line in lines.lines)
+    assert any("run once, first, over the augmented images of each" in x for x in lines.lines)
     assert answered_by[-1] == "validation_top"  # calibration ran on the cached outputs
     return live, views, workdir
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from tl_keras.data import augment, images
 from tl_keras.model.forward import forward
+from tl_keras.progress import Progress
 from tl_keras.training import frozen_val
 
 log = logging.getLogger("tl_keras")
@@ -80,10 +81,11 @@ def row_bytes(top) -> int:
     return sum(int(np.prod(t.shape[1:])) * np.dtype(t.dtype).itemsize for t in top.inputs)
 
 
-def make_views(model, data, *, first_epoch: int, epochs: int) -> Views | str | None:
+def make_views(model, data, *, first_epoch: int, epochs: int, on_start=None) -> Views | str | None:
     """The bottom's outputs for global epochs first_epoch .. first_epoch + epochs - 1 (0-based,
     each over that epoch's augmented training images) and the validation images; why not, in
-    words; or None where the model has no frozen bottom below the layers that train."""
+    words; or None where the model has no frozen bottom below the layers that train.
+    `on_start` is called once the pass is sure to run, before it starts."""
     parts = frozen_val.split(model)
     if parts is None:
         return None
@@ -96,24 +98,31 @@ def make_views(model, data, *, first_epoch: int, epochs: int) -> Views | str | N
             f"its outputs for {epochs} epoch(s) of {data.num_train} images would take "
             f"{need / 2**20:.0f} MiB (more than {MAX_BYTES / 2**20:.0f} MiB)"
         )
-    step = tf.function(bottom, autograph=False)
+    if on_start is not None:
+        on_start()
+    # One trace for every batch size (an epoch's short last batch, the validation split's).
+    step = tf.function(bottom, autograph=False, reduce_retracing=True)
     shape = tuple(top.inputs[0].shape[1:])
     train = np.empty((epochs, data.num_train, *shape), np.float32)
-    for j in range(epochs):
-        epoch = tf.constant(first_epoch + j, tf.int64)
-        order = np.concatenate([np.asarray(i) for i in data.train_order(epoch, 0, 1).batch(8192)])
-        done = 0
-        for _, rows in forward(step, data.make_train_epoch(epoch)):
-            rows = np.asarray(rows)
-            train[j, order[done : done + len(rows)]] = rows
-            done += len(rows)
-        if done != data.num_train:
-            raise RuntimeError(f"epoch {first_epoch + j} gave {done} of {data.num_train} images")
-    validation = val = None
-    if data.val is not None:
-        validation = frozen_val.FrozenBottomValidation(bottom, top, data.val)
-        val = np.concatenate([np.asarray(r) for _, r in forward(step, data.val)])
-        validation.cached = _val_dataset(data, val)
+    total = epochs * data.num_train + data.num_val
+    with Progress("frozen blocks' pass", total) as progress:
+        for j in range(epochs):
+            epoch = tf.constant(first_epoch + j, tf.int64)
+            order = data.train_order(epoch, 0, 1).batch(8192)
+            order = np.concatenate([np.asarray(i) for i in order])
+            done = 0
+            for _, rows in forward(step, data.make_train_epoch(epoch), progress=progress):
+                train[j, order[done : done + len(rows)]] = rows
+                done += len(rows)
+            if done != data.num_train:
+                raise RuntimeError(
+                    f"epoch {first_epoch + j} gave {done} of {data.num_train} images"
+                )
+        validation = val = None
+        if data.val is not None:
+            validation = frozen_val.FrozenBottomValidation(bottom, top, data.val)
+            val = np.concatenate([r for _, r in forward(step, data.val, progress=progress)])
+            validation.cached = _val_dataset(data, val)
     return Views(train, val, first_epoch, validation, top)
 
 

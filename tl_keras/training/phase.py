@@ -418,7 +418,16 @@ def use_bottom_views(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         return setup
     start = time.perf_counter()
     views = bottom_views.make_views(
-        setup.model, data, first_epoch=setup.initial_epoch, epochs=epochs
+        setup.model,
+        data,
+        first_epoch=setup.initial_epoch,
+        epochs=epochs,
+        on_start=lambda: say(
+            "[%s] the frozen blocks below the layers that train run once, first, over the "
+            "augmented images of each of the phase's %d epoch(s)",
+            phase.name,
+            epochs,
+        ),
     )
     if views is None:  # nothing frozen below what trains
         return setup
