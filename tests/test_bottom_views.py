@@ -131,6 +131,19 @@ def test_outputs_past_the_memory_bound_leave_the_phase_live(bundle, monkeypatch)
     assert isinstance(why, str) and "MiB" in why and "2 epoch(s)" in why
 
 
+def test_no_views_where_only_preprocessing_is_frozen_below_what_trains(tmp_path):
+    """EfficientNet's keras.applications base rescales and normalises inside itself: with the
+    whole base training, those layers are all that is frozen, and caching their outputs (the
+    images, rescaled) would only cost memory."""
+    checked = config_lib.check(ft_run(backbone="efficientnet_b0", image_size=32))
+    data = sources.load(checked.data, workdir=str(tmp_path))
+    data = data.for_training(checked.given.augmentation)
+    model = checked.model.build(data.num_classes)
+    set_trainable(model, "efficientnet_b0", "all")
+    assert frozen_val.frozen_cut(get_base(model)) is not None  # the rescaling sits below
+    assert bottom_views.make_views(model, data, first_epoch=0, epochs=1) is None
+
+
 def test_no_views_where_nothing_is_frozen_below_what_trains(bundle):
     data, model = bundle
     set_trainable(model, "tiny", "all")

@@ -90,6 +90,9 @@ def make_views(model, data, *, first_epoch: int, epochs: int, on_start=None) -> 
     if parts is None:
         return None
     bottom, top = parts
+    in_top = {id(w) for w in top.weights}
+    if not any("kernel" in w.name for w in model.weights if id(w) not in in_top):
+        return None  # only weightless layers or statistics below (e.g. a base's own rescaling)
     if len(top.inputs) != 1:
         return "the frozen bottom hands more than one tensor to the layers that train"
     need = row_bytes(top) * (epochs * data.num_train + data.num_val)
