@@ -1,5 +1,5 @@
-"""Where a fine-tuning epoch's seconds go besides the training steps, and what the frozen-bottom
-validation saves.
+"""Where a fine-tuning epoch's seconds go, and what the frozen bottom computed once saves in
+training and in validation.
 
     python benchmarks/bench_ft_epoch.py                 # Lite0, flowers at 128 px, blocks:9
     python benchmarks/bench_ft_epoch.py --quick         # tiny base, synthetic images (the suite)
@@ -15,7 +15,11 @@ unfrozen), in one process, each piece `--repeats` times, alternating:
   and the largest difference between the two arms' metrics;
 * **input pipeline**: one training epoch's batches (decoded, resized, augmented `light`) read
   without a model, and the same without augmentation (decoding alone);
-* **checkpoint**: one `model.save` of the whole model with its optimizer state.
+* **checkpoint**: one `model.save` of the whole model with its optimizer state;
+* **training steps**: Keras's `fit` over 20 training batches of the whole model, the same
+  batches as the trainable top on the frozen bottom's outputs (`tl_keras.training.bottom_views`),
+  and the bottom's pass over one epoch's augmented images; from them, an epoch on the views
+  (the pass plus the top's steps) as a fraction of Keras's epoch.
 
 Wall and process CPU seconds (CPU: both cores; the machine is shared, so CPU-s are the steadier
 figure). Writes benchmarks/results/ft_epoch.json.
@@ -58,7 +62,35 @@ def set_up(quick: bool, root: str, unfreeze: str):
     return checked, data, model
 
 
-def measure(checked, data, model, repeats: int, root: str) -> dict:
+def _training_pieces(model, train, steps: int):
+    """Training steps three ways: Keras's `fit` over `steps` batches of the whole model; the
+    same batches as the trainable top on the frozen bottom's outputs
+    (`tl_keras.training.bottom_views`); the bottom's pass over one epoch's augmented images."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tl_keras.model.forward import forward
+    from tl_keras.recipe import Phase
+    from tl_keras.training import frozen_val, optim
+
+    bottom, top = frozen_val.split(model)
+    optim.compile_for_phase(top, Phase("ft", "none", 1, 1e-4), jit_compile="off")
+    step = tf.function(bottom, autograph=False)
+    batches = list(train.train_epochs(0, 1).take(steps))
+    x = np.concatenate([np.asarray(b[0]) for b in batches])
+    y = np.concatenate([np.asarray(b[1]) for b in batches])
+    size = len(batches[0][0])
+    outputs = np.concatenate([np.asarray(step(b[0])) for b in batches])
+    images = tf.data.Dataset.from_tensor_slices((x, y)).batch(size)
+    views = tf.data.Dataset.from_tensor_slices((outputs, y)).batch(size)
+    return (
+        lambda: model.fit(images, epochs=1, verbose=0) and None,
+        lambda: top.fit(views, epochs=1, verbose=0) and None,
+        lambda: sum(len(r) for _, r in forward(step, train.make_train_epoch(tf.constant(0)))),
+    )
+
+
+def measure(checked, data, model, repeats: int, root: str, steps: int = 20) -> dict:
     """Each piece's wall and CPU seconds: the first call and the median of the rest."""
     from tl_keras.recipe import Phase
     from tl_keras.training import frozen_val, optim
@@ -74,7 +106,11 @@ def measure(checked, data, model, repeats: int, root: str) -> dict:
     train = data.for_training(checked.given.augmentation)
     plain = data.for_training(checked.given.augmentation.unaugmented)
     logs: dict = {}
+    keras_steps, top_steps, bottom_pass = _training_pieces(model, train, steps)
     pieces = {
+        "train_steps_keras": keras_steps,
+        "train_steps_top_on_views": top_steps,
+        "bottom_pass_one_epoch": bottom_pass,
         "val_keras": lambda: model.evaluate(data.val, verbose=0, return_dict=True),
         "val_frozen_bottom": lambda: shortcut.on_epoch_end(0, logs) or dict(logs),
         "input_augmented": lambda: sum(len(x) for x, _ in train.train_epochs(0, 1)),
@@ -101,6 +137,18 @@ def measure(checked, data, model, repeats: int, root: str) -> dict:
     out["metrics_max_abs_difference"] = max(
         abs(keras_val[k] - frozen[f"val_{k}"]) for k in keras_val
     )
+    med = {k: v["median"]["cpu_s"] for k, v in out.items() if isinstance(v, dict)}
+    out["top_step_over_keras_cpu"] = round(
+        med["train_steps_top_on_views"] / med["train_steps_keras"], 3
+    )
+    # One epoch: Keras's steps over the whole model, against the bottom's pass plus the top's
+    # steps (the same number of steps, scaled from the `steps` timed).
+    per_epoch = data.steps_per_epoch / steps
+    out["epoch_views_over_keras_cpu"] = round(
+        (med["bottom_pass_one_epoch"] + per_epoch * med["train_steps_top_on_views"])
+        / (per_epoch * med["train_steps_keras"]),
+        3,
+    )
     out["val_frozen_over_keras_cpu"] = round(
         out["val_frozen_bottom"]["median"]["cpu_s"] / out["val_keras"]["median"]["cpu_s"], 3
     )
@@ -117,7 +165,7 @@ def main(argv=None) -> None:
     unfreeze = "blocks:2" if args.quick else args.unfreeze
     with tempfile.TemporaryDirectory(prefix="bench-ft-epoch-") as root:
         checked, data, model = set_up(args.quick, root, unfreeze)
-        result = measure(checked, data, model, repeats, root)
+        result = measure(checked, data, model, repeats, root, steps=2 if args.quick else 20)
     for name, row in result.items():
         if isinstance(row, dict):
             first, median = row["first"], row["median"]
@@ -125,6 +173,10 @@ def main(argv=None) -> None:
                 f"{name:20s} first {first['wall_s']:6.2f} s ({first['cpu_s']:6.2f} CPU-s); then "
                 f"{median['wall_s']:6.2f} s ({median['cpu_s']:6.2f} CPU-s)"
             )
+    print(
+        f"training on the views / Keras's: a step {result['top_step_over_keras_cpu']} of the "
+        f"CPU-s; an epoch with the bottom's pass {result['epoch_views_over_keras_cpu']}"
+    )
     print(
         f"frozen-bottom validation / Keras's: {result['val_frozen_over_keras_cpu']} of the CPU-s; "
         f"metrics differ by at most {result['metrics_max_abs_difference']:.2e}"

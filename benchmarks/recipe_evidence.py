@@ -119,6 +119,24 @@ EXPERIMENTS: dict[str, tuple[str, int, dict[str, dict]]] = {
             "ftlr_30": {"ft_lr_factor": 30.0, "tta": "none"},
         },
     ),
+    # Lite0's decided fine-tuning (the top 9 blocks, 12 epochs) trained on the frozen bottom's
+    # outputs, computed once for the phase (`tl_keras.training.bottom_views`, the default), against
+    # Keras's steps over the whole model (`_bottom_views: False`): what the bottom's inference
+    # mode (no stochastic depth in frozen blocks) does to validation accuracy, and the walls.
+    "flowers_views": (
+        "flowers",
+        128,
+        {
+            "live": {
+                "unfreeze": "blocks:9",
+                "epochs_ft": 12,
+                "augment": "light",
+                "tta": "none",
+                "_bottom_views": False,
+            },
+            "views": {"unfreeze": "blocks:9", "epochs_ft": 12, "augment": "light", "tta": "none"},
+        },
+    ),
     # Digits (far from ImageNet): augmentation, depth.
     "digits": (
         "digits",
@@ -176,9 +194,12 @@ def _fewshot_val(root: str, per_class: int) -> str:
 def run_arm(data: dict, size: int, backbone, weights: str, seed: int, given: dict) -> dict:
     """One tl_keras run with `given` settings; its validation figures and phase walls."""
     from tl_keras import Config, History, train
+    from tl_keras.training import bottom_views
 
     workdir = tempfile.mkdtemp(prefix="recipe-evidence-")
-    settings = {"image_size": size, **given}
+    # Keys starting with "_" switch the package's internals for this arm, not the config.
+    views_on = given.get("_bottom_views", True)
+    settings = {"image_size": size, **{k: v for k, v in given.items() if not k.startswith("_")}}
     config = Config(
         backbone=backbone.registry,
         alpha=backbone.alpha,
@@ -190,6 +211,7 @@ def run_arm(data: dict, size: int, backbone, weights: str, seed: int, given: dic
         **settings,
     )
     try:
+        bottom_views.ENABLED = views_on
         start = time.perf_counter()
         train(config, workdir)
         wall = time.perf_counter() - start
@@ -212,6 +234,7 @@ def run_arm(data: dict, size: int, backbone, weights: str, seed: int, given: dic
             "early_shift": card["facts"].get("early_shift"),
         }
     finally:
+        bottom_views.ENABLED = True
         shutil.rmtree(workdir, ignore_errors=True)
 
 
