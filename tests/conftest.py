@@ -8,6 +8,7 @@ ImageNet weights, real flower photos) are marked `shared` and skip cleanly witho
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -137,6 +138,35 @@ TINY_RUN = dict(
     # fixed defaults of recipe = "manual".
     recipe="manual",
 )
+
+
+@contextlib.contextmanager
+def run_log_and_calibration():
+    """While the block runs: the tl_keras logger's messages (INFO and up), and the names of the
+    models calibration asked for answers. For fixtures wider than a test, where caplog and
+    monkeypatch do not reach."""
+    import logging
+
+    from tl_keras.training import calibrate
+
+    logger, lines, answered_by = logging.getLogger("tl_keras"), [], []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    answers, level = calibrate._answers, logger.level
+
+    def spy(model, dataset):
+        answered_by.append(model.name)
+        return answers(model, dataset)
+
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    calibrate._answers = spy
+    try:
+        yield lines, answered_by
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        calibrate._answers = answers
 
 
 def tiny_config(**overrides):

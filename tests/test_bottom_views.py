@@ -1,16 +1,14 @@
 """Fine-tuning the top on the frozen bottom's outputs: the live path's training, in fewer steps."""
 
-import logging
-
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_log_and_calibration, tiny_config
 
 from tl_keras import config as config_lib
 from tl_keras.data import sources
 from tl_keras.model.classifier import get_base, set_trainable
 from tl_keras.recipe import Phase
-from tl_keras.training import bottom_views, calibrate, frozen_val, runner
+from tl_keras.training import bottom_views, frozen_val, runner
 from tl_keras.training.start import load_phase_model
 
 VIEWS_LINE = "the frozen blocks ran once over the augmented images"
@@ -22,43 +20,21 @@ def ft_run(**overrides):
     return tiny_config(**{**values, **overrides})
 
 
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def live_and_views(tmp_path_factory):
     """The same run twice: Keras's steps over the whole model, then the top on the views."""
-    logger, lines = logging.getLogger("tl_keras"), Lines()
-    logger.addHandler(lines)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    answers, answered_by = calibrate._answers, []
-
-    def spy(model, dataset):
-        answered_by.append(model.name)
-        return answers(model, dataset)
-
-    calibrate._answers = spy
-    try:
-        bottom_views.ENABLED = False
-        live = runner.train(ft_run(), str(tmp_path_factory.mktemp("live")))
-        assert not any(VIEWS_LINE in line for line in lines.lines)
-        bottom_views.ENABLED = True
-        workdir = str(tmp_path_factory.mktemp("views"))
-        views = runner.train(ft_run(), workdir)
-    finally:
-        bottom_views.ENABLED = True
-        logger.removeHandler(lines)
-        logger.setLevel(level)
-        calibrate._answers = answers
-    assert any(VIEWS_LINE in line for line in lines.lines)
-    assert any("run once, first, over the augmented images of each" in x for x in lines.lines)
+    with run_log_and_calibration() as (lines, answered_by):
+        try:
+            bottom_views.ENABLED = False
+            live = runner.train(ft_run(), str(tmp_path_factory.mktemp("live")))
+            assert not any(VIEWS_LINE in line for line in lines)
+            bottom_views.ENABLED = True
+            workdir = str(tmp_path_factory.mktemp("views"))
+            views = runner.train(ft_run(), workdir)
+        finally:
+            bottom_views.ENABLED = True
+    assert any(VIEWS_LINE in line for line in lines)
+    assert any("run once, first, over the augmented images of each" in x for x in lines)
     assert answered_by[-1] == "validation_top"  # calibration ran on the cached outputs
     return live, views, workdir
 

@@ -1,15 +1,13 @@
 """Validation through the frozen bottom once a phase: the same metrics and the same training."""
 
-import logging
-
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_log_and_calibration, tiny_config
 
 from tl_keras import config as config_lib
 from tl_keras.data import sources
 from tl_keras.model.classifier import get_base, set_trainable
-from tl_keras.training import bottom_views, calibrate, frozen_val, runner
+from tl_keras.training import bottom_views, frozen_val, runner
 from tl_keras.training.start import load_phase_model
 
 SHORTCUT_LINE = "validation: the frozen blocks run once"
@@ -24,33 +22,17 @@ def ft_run(**overrides):
 @pytest.fixture(scope="module")
 def full_and_shortcut(tmp_path_factory):
     """The same run twice: Keras's validation pass over the whole model, then the shortcut."""
-    logger = logging.getLogger("tl_keras")
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    answers, answered_by = calibrate._answers, []
-
-    def spy(model, dataset):
-        answered_by.append(model.name)
-        return answers(model, dataset)
-
-    calibrate._answers = spy
-    bottom_views.ENABLED = False  # the live steps, validated either way (test_bottom_views.py)
-    try:
-        frozen_val.ENABLED = False
-        full = runner.train(ft_run(), str(tmp_path_factory.mktemp("full")))
-        assert not any(SHORTCUT_LINE in line for line in lines)
-        frozen_val.ENABLED = True
-        shortcut_dir = str(tmp_path_factory.mktemp("shortcut"))
-        shortcut = runner.train(ft_run(), shortcut_dir)
-    finally:
-        frozen_val.ENABLED = bottom_views.ENABLED = True
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        calibrate._answers = answers
+    with run_log_and_calibration() as (lines, answered_by):
+        bottom_views.ENABLED = False  # the live steps, validated either way (test_bottom_views.py)
+        try:
+            frozen_val.ENABLED = False
+            full = runner.train(ft_run(), str(tmp_path_factory.mktemp("full")))
+            assert not any(SHORTCUT_LINE in line for line in lines)
+            frozen_val.ENABLED = True
+            shortcut_dir = str(tmp_path_factory.mktemp("shortcut"))
+            shortcut = runner.train(ft_run(), shortcut_dir)
+        finally:
+            frozen_val.ENABLED = bottom_views.ENABLED = True
     assert any(SHORTCUT_LINE in line for line in lines)  # the shortcut ran in the second run
     assert answered_by[-1] == "validation_top"  # and calibration used its cached outputs
     assert answered_by[0] != "validation_top"
