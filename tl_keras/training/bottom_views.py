@@ -33,10 +33,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from tl_keras.data import augment, images
 from tl_keras.model.forward import forward
 from tl_keras.progress import Progress
-from tl_keras.training import frozen_val
+from tl_keras.training import features, frozen_val
 
 log = logging.getLogger("tl_keras")
 
@@ -66,11 +65,10 @@ def why_not(phase, data, *, replicas: int, feature_cache: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Views:
     """The frozen bottom's outputs: `train[j]` for global epoch `first_epoch + j` (rows in the
-    training images' index order), `val` in the validation split's order (or None); the
-    validation callback on `val`; the top that trains on them (uncompiled)."""
+    training images' index order); the validation callback on the validation images' outputs
+    (or None); the top that trains on them (uncompiled)."""
 
     train: np.ndarray
-    val: np.ndarray | None
     first_epoch: int
     validation: frozen_val.FrozenBottomValidation | None
     top: object
@@ -121,60 +119,21 @@ def make_views(model, data, *, first_epoch: int, epochs: int, on_start=None) -> 
                 raise RuntimeError(
                     f"epoch {first_epoch + j} gave {done} of {data.num_train} images"
                 )
-        validation = val = None
+        validation = None
         if data.val is not None:
             validation = frozen_val.FrozenBottomValidation(bottom, top, data.val)
             val = np.concatenate([r for _, r in forward(step, data.val, progress=progress)])
-            validation.cached = _val_dataset(data, val)
-    return Views(train, val, first_epoch, validation, top)
-
-
-def _val_dataset(data, val: np.ndarray) -> tf.data.Dataset:
-    labels = data.val_labels
-    if labels is None:  # a bundle built by hand: read its labels once
-        labels = np.concatenate([y.numpy() for _, y in data.val], axis=0).argmax(-1)
-    onehot = tf.one_hot(np.asarray(labels, np.int32), data.num_classes)
-    ds = tf.data.Dataset.from_tensor_slices((val, onehot))
-    return images.untuned(ds.batch(data.pipeline.batch_size))  # Keras iterates it every epoch
+            validation.cached = features.val_dataset(data, val)
+    return Views(train, first_epoch, validation, top)
 
 
 def views_bundle(data, views: Views):
     """A DataBundle over the views: epoch e trains on `views.train[e - first_epoch]` in epoch
     e's order and batches, with the live path's targets (label smoothing)."""
-    p = data.pipeline
     train, first = views.train, views.first_epoch
-    shape = train.shape[2:]
-    labels = tf.constant(data.train_labels, tf.int32)
-    k = data.num_classes
-    smooth = augment.batch_fn(mixup=0.0, cutmix=0.0, label_smoothing=p.label_smoothing)
-    plain = tf.autograph.experimental.do_not_convert
-
-    def gather(j, i):
-        out = tf.numpy_function(lambda a, b: train[a][b], [j, i], tf.float32, stateful=False)
-        return tf.ensure_shape(out, (None, *shape))
-
-    @plain
-    def make_epoch(epoch, worker=0, workers=1):
-        j = tf.cast(epoch, tf.int64) - first
-        ds = images.worker_batches(
-            data.train_order(epoch, 0, 1),
-            n=data.num_train,
-            batch_size=p.batch_size,
-            workers=1,
-            worker=0,
-        )
-        ds = ds.map(lambda i: (gather(j, i), tf.one_hot(tf.gather(labels, i), k)))
-        if smooth is not None:
-            key = images.epoch_key(p.seed, epoch)
-            ds = ds.enumerate().map(lambda b, xy: smooth(xy[0], xy[1], key))
-        return ds
-
-    return dataclasses.replace(
-        data,
-        make_train_epoch=plain(lambda epoch: make_epoch(epoch)),
-        make_shard_epoch=make_epoch,
-        val=None if views.validation is None else views.validation.cached,
-    )
+    bundle = features.rows_bundle(data, lambda e, i: train[e - first][i], train.shape[2:])
+    val = None if views.validation is None else views.validation.cached
+    return dataclasses.replace(bundle, val=val)
 
 
 __all__ = ["ENABLED", "MAX_BYTES", "Views", "make_views", "views_bundle", "why_not"]

@@ -283,27 +283,37 @@ def compute(
 
 def feature_bundle(data, features: dict):
     """A DataBundle over cached features: the live path's order, batches and targets."""
+    train = features["train"]
+    return rows_bundle(data, lambda epoch, i: _take(train, i), train.shape[1:], features.get("val"))
+
+
+def rows_bundle(data, take, row_shape: tuple, val_rows=None):
+    """A DataBundle over rows computed beforehand, one per training image (cached features, a
+    frozen bottom's outputs): each epoch visits them in the live path's order and batches, with
+    the live path's targets (label smoothing).
+
+    Args:
+      data: the live bundle (its order, labels and batch size).
+      take: `take(epoch, idx)` -> the rows of training images `idx` (NumPy, float32) for that
+        global epoch.
+      row_shape: the shape of one row.
+      val_rows: the validation images' rows in the split's order (an array or `ShardedRows`),
+        or None for no validation.
+    """
     import tensorflow as tf
 
     from tl_keras.data import augment, images
 
     p = data.pipeline
-    train = features["train"]
     labels = tf.constant(data.train_labels, tf.int32)
     k = data.num_classes
     n = len(data.train_labels)
-    dim = features["train"].shape[-1]
     smooth = augment.batch_fn(mixup=0.0, cutmix=0.0, label_smoothing=p.label_smoothing)
     plain = tf.autograph.experimental.do_not_convert
 
-    def rows(store):
-        def gather(i):
-            out = tf.numpy_function(lambda j: _take(store, j), [i], tf.float32, stateful=False)
-            return tf.ensure_shape(out, (None, dim))
-
-        return gather
-
-    gather_train = rows(train)
+    def gather(epoch, i):
+        out = tf.numpy_function(take, [epoch, i], tf.float32, stateful=False)
+        return tf.ensure_shape(out, (None, *row_shape))
 
     def order(epoch, worker, workers):
         if data.train_order is not None:  # the images' own order (a TFDS split's stream too)
@@ -312,7 +322,7 @@ def feature_bundle(data, features: dict):
         return tf.data.Dataset.from_tensor_slices(images.epoch_permutation(n, p.seed, epoch)[lo:hi])
 
     # Plain TensorFlow: traced as written, not rewritten by autograph first (tl_keras.data.bundle).
-    @tf.autograph.experimental.do_not_convert
+    @plain
     def make_epoch(epoch, worker=0, workers=1):
         # The live path's batches (the epoch's order, cut as the live path cuts it), gathered a
         # batch at a time: one gather per batch instead of one dataset element per image.
@@ -323,30 +333,53 @@ def feature_bundle(data, features: dict):
             workers=workers,
             worker=worker,
         )
-        ds = ds.map(lambda i: (gather_train(i), tf.one_hot(tf.gather(labels, i), k)))
+        e = tf.cast(epoch, tf.int64)
+        ds = ds.map(lambda i: (gather(e, i), tf.one_hot(tf.gather(labels, i), k)))
         if smooth is not None:
             key = images.epoch_key(p.seed, epoch)
             ds = ds.enumerate().map(lambda b, xy: smooth(xy[0], xy[1], key))
         return ds
 
-    val = None
-    if data.val is not None:
-        val_labels = data.val_labels
-        if val_labels is None:  # a bundle built by hand: read its labels once
-            val_labels = np.concatenate([y.numpy() for _, y in data.val], axis=0).argmax(-1)
-        val_y = tf.constant(np.asarray(val_labels, np.int32))
-        gather_val = rows(features["val"])
-        val = images.untuned(  # Keras iterates it again every epoch (see `untuned`)
-            tf.data.Dataset.range(len(val_labels))
-            .batch(p.batch_size)
-            .map(plain(lambda i: (gather_val(i), tf.one_hot(tf.gather(val_y, i), k))))
-        )
     return dataclasses.replace(
         data,
         make_train_epoch=plain(lambda epoch: make_epoch(epoch)),
         make_shard_epoch=make_epoch,
-        val=val,
+        val=None if val_rows is None or data.val is None else val_dataset(data, val_rows),
     )
 
 
-__all__ = ["MODES", "ShardedRows", "compute", "feature_bundle", "head_model", "why_not_cached"]
+def val_dataset(data, rows):
+    """The validation split as (rows, one-hot label) batches: `rows` in the split's order (an
+    array or `ShardedRows`), batched as the live split is."""
+    import tensorflow as tf
+
+    from tl_keras.data import images
+
+    labels = data.val_labels
+    if labels is None:  # a bundle built by hand: read its labels once
+        labels = np.concatenate([y.numpy() for _, y in data.val], axis=0).argmax(-1)
+    y = tf.constant(np.asarray(labels, np.int32))
+    shape, k = tuple(rows.shape[1:]), data.num_classes
+    plain = tf.autograph.experimental.do_not_convert
+
+    def gather(i):
+        out = tf.numpy_function(lambda j: _take(rows, j), [i], tf.float32, stateful=False)
+        return tf.ensure_shape(out, (None, *shape))
+
+    return images.untuned(  # Keras iterates it again every epoch (see `untuned`)
+        tf.data.Dataset.range(len(labels))
+        .batch(data.pipeline.batch_size)
+        .map(plain(lambda i: (gather(i), tf.one_hot(tf.gather(y, i), k))))
+    )
+
+
+__all__ = [
+    "MODES",
+    "ShardedRows",
+    "compute",
+    "feature_bundle",
+    "head_model",
+    "rows_bundle",
+    "val_dataset",
+    "why_not_cached",
+]
