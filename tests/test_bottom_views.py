@@ -136,6 +136,7 @@ def test_no_views_where_nothing_is_frozen_below_what_trains(bundle):
         (dict(feature_cache="off"), "feature_cache='off'"),
         (dict(mixup=0.2), "MixUp / CutMix"),
         (dict(replicas=2), "2 replicas"),
+        (dict(budgeted=True), "a time budget"),  # its resumed part too: as it trained unresumed
     ],
 )
 def test_why_the_live_path_runs(bundle, change, reason):
@@ -151,6 +152,7 @@ def test_why_the_live_path_runs(bundle, change, reason):
         data,
         replicas=change.get("replicas", 1),
         feature_cache=change.get("feature_cache", "memory"),
+        budgeted=change.get("budgeted", False),
     )
     assert why is not None and reason in why
     head_only = bottom_views.why_not(

@@ -17,7 +17,7 @@ import tensorflow as tf
 from conftest import tiny_config
 
 from tl_keras.recipe import auto, budget_plan
-from tl_keras.training import replan, schedules
+from tl_keras.training import bottom_views, replan, schedules
 from tl_keras.training.runner import train
 
 
@@ -253,7 +253,16 @@ def test_a_run_killed_after_its_replan_resumes_with_the_saved_plan(tmp_path, fix
 
     fixed_plans.setattr(replan, "replan_epochs", no_replan)
     fixed_plans.setattr(budget_plan, "plan_epochs", no_replan)
+    asked = []  # the resumed phase stays on the live path, as the uninterrupted run trained
+
+    def why_not(*args, **kwargs):
+        asked.append(kwargs["budgeted"])
+        return why_not_views(*args, **kwargs)
+
+    why_not_views = bottom_views.why_not
+    fixed_plans.setattr(bottom_views, "why_not", why_not)
     resumed = train(_config(), workdir, resume=True)
+    assert asked == [True]
     assert len(_ft(resumed)) == REPLANNED
     assert [(r["epoch"], r["lr"]) for r in _ft(resumed)] == [
         (r["epoch"], r["lr"]) for r in _ft(reference)

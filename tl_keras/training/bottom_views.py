@@ -17,7 +17,8 @@ What changes, and what does not:
   none: their weights after a phase agree with the live path's to float precision
   (tests/test_bottom_views.py).
 * **Where it is used**: a phase that trains part of the base with a frozen bottom, on one
-  replica, without a time budget (whose plan and re-plan time the live step), without MixUp or
+  replica, in a run without a time budget (whose plan and re-plan time the live step; a resumed
+  budgeted run stays live, as its uninterrupted run was), without MixUp or
   CutMix (they mix whole images), on a data bundle the package assembled, with `feature_cache` not
   'off', and when the outputs fit in `MAX_BYTES` (else the live path, with a log line saying why).
 * **What it saves**: a training step of the top on the bottom's outputs plus the bottom's one pass
@@ -43,13 +44,19 @@ ENABLED = True  # tests and benchmarks turn it off to compare with the live path
 MAX_BYTES = 1024 * 2**20  # the bottom's outputs for every epoch and the validation set
 
 
-def why_not(phase, data, *, replicas: int, feature_cache: str) -> str | None:
+def why_not(
+    phase, data, *, replicas: int, feature_cache: str, budgeted: bool = False
+) -> str | None:
     """Why a phase cannot train on its frozen bottom's outputs, or None when it may (the model
-    must still have a frozen bottom: `make_views`)."""
+    must still have a frozen bottom: `make_views`). `budgeted`: the run has a time budget, whose
+    plan and re-plan time the live step; a resumed budgeted run stays live too, so that it trains
+    what the uninterrupted run trains."""
     if not ENABLED or not phase.trains_base:
         return "off" if not ENABLED else "the phase trains no part of the base"
     if feature_cache == "off":
         return "feature_cache='off'"
+    if budgeted:
+        return "a time budget times the live step"
     p = data.pipeline
     if p is None or data.train_order is None or data.train_labels is None:
         return "the data source gives no per-example access (a custom DataBundle)"

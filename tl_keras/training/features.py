@@ -311,10 +311,6 @@ def rows_bundle(data, take, row_shape: tuple, val_rows=None):
     smooth = augment.batch_fn(mixup=0.0, cutmix=0.0, label_smoothing=p.label_smoothing)
     plain = tf.autograph.experimental.do_not_convert
 
-    def gather(epoch, i):
-        out = tf.numpy_function(take, [epoch, i], tf.float32, stateful=False)
-        return tf.ensure_shape(out, (None, *row_shape))
-
     def order(epoch, worker, workers):
         if data.train_order is not None:  # the images' own order (a TFDS split's stream too)
             return data.train_order(epoch, worker, workers)
@@ -334,7 +330,9 @@ def rows_bundle(data, take, row_shape: tuple, val_rows=None):
             worker=worker,
         )
         e = tf.cast(epoch, tf.int64)
-        ds = ds.map(lambda i: (gather(e, i), tf.one_hot(tf.gather(labels, i), k)))
+        ds = ds.map(
+            lambda i: (_gather(take, [e, i], row_shape), tf.one_hot(tf.gather(labels, i), k))
+        )
         if smooth is not None:
             key = images.epoch_key(p.seed, epoch)
             ds = ds.enumerate().map(lambda b, xy: smooth(xy[0], xy[1], key))
@@ -346,6 +344,14 @@ def rows_bundle(data, take, row_shape: tuple, val_rows=None):
         make_shard_epoch=make_epoch,
         val=None if val_rows is None or data.val is None else val_dataset(data, val_rows),
     )
+
+
+def _gather(take, args: list, row_shape: tuple):
+    """Rows from NumPy inside a tf.data map: `take(*args)` -> float32 rows of `row_shape`."""
+    import tensorflow as tf
+
+    out = tf.numpy_function(take, args, tf.float32, stateful=False)
+    return tf.ensure_shape(out, (None, *row_shape))
 
 
 def val_dataset(data, rows):
@@ -362,14 +368,13 @@ def val_dataset(data, rows):
     shape, k = tuple(rows.shape[1:]), data.num_classes
     plain = tf.autograph.experimental.do_not_convert
 
-    def gather(i):
-        out = tf.numpy_function(lambda j: _take(rows, j), [i], tf.float32, stateful=False)
-        return tf.ensure_shape(out, (None, *shape))
+    def take(i):
+        return _take(rows, i)
 
     return images.untuned(  # Keras iterates it again every epoch (see `untuned`)
         tf.data.Dataset.range(len(labels))
         .batch(data.pipeline.batch_size)
-        .map(plain(lambda i: (gather(i), tf.one_hot(tf.gather(y, i), k))))
+        .map(plain(lambda i: (_gather(take, [i], shape), tf.one_hot(tf.gather(y, i), k))))
     )
 
 

@@ -95,6 +95,8 @@ class PhaseOptions:
         when resuming. A plan with a deadline is re-planned after the phase's first real epoch
         (`tl_keras.training.replan`).
       on_replan: called with the phase as re-planned, when the re-plan changed its length.
+      time_budget: the run has a time budget (resumed or not): the phase trains the whole
+        model at every step, as the budget's plan measured it (no frozen-bottom views).
     """
 
     backbone: Any
@@ -114,6 +116,7 @@ class PhaseOptions:
     checkpoint_every: float = 0.0
     epochs_planner: Callable[[PhaseSetup], int | budget_plan.PhasePlan] | None = None
     on_replan: Callable[[Phase], None] | None = None
+    time_budget: bool = False
 
 
 @dataclasses.dataclass
@@ -276,8 +279,7 @@ def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         setup = replan(setup, plan(setup), data)
     if options.feature_cache != "off":
         setup = use_cached_features(setup, data)
-    if plan is None and setup.budget is None:
-        setup = use_bottom_views(setup, data)
+    setup = use_bottom_views(setup, data)
     if plan is not None and not setup.phase.trains_base:  # a head's epochs, timed on what fit runs
         setup = _replan_head(setup, plan, data)
     if options.strategy is not None:
@@ -411,7 +413,11 @@ def use_bottom_views(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
     phase, options = setup.phase, setup.options
     replicas = getattr(options.strategy, "num_replicas_in_sync", 1)
     reason = bottom_views.why_not(
-        phase, data, replicas=replicas, feature_cache=options.feature_cache
+        phase,
+        data,
+        replicas=replicas,
+        feature_cache=options.feature_cache,
+        budgeted=options.time_budget or options.epochs_planner is not None,
     )
     epochs = setup.fit_last_epoch - setup.initial_epoch
     if reason is not None or setup.fit_model is not setup.model or epochs < 1:

@@ -301,6 +301,7 @@ def run_phases(
             checkpoint_every=run.checkpoint_every,
             epochs_planner=planner,
             on_replan=decide.card_follows(plan.outdir, state),
+            time_budget=state.clock is not None,
         )
         result = run_phase(state.model, p, data, options)
         if result.phase.epochs != p.epochs:  # planned from the time budget
