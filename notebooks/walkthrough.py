@@ -321,6 +321,17 @@ def compare(a: str, correct_a, b: str, correct_b):
     return result
 
 
+def between_sets(a, b) -> str | None:
+    """'larger' or 'smaller' when difference `a` (a paired result on one data set) sits beyond
+    `b` (on another set) with their 95% intervals apart, else None: differences measured on
+    different images are not paired, so only intervals that do not overlap tell them apart."""
+    if a.low > b.high:
+        return "larger"
+    if a.high < b.low:
+        return "smaller"
+    return None
+
+
 def baselines(labels, class_names) -> tuple[float, float]:
     """Prints and returns (the majority class's share, chance = 1 / classes) of a label set."""
     import numpy as np
