@@ -73,6 +73,13 @@ def test_lite0_benchmark(tmp_path):
     assert payload["forward"]["efficientnet_lite0"] > 0 and "forward at 128 px" in out
 
 
+def test_fold_benchmark(tmp_path):
+    out, results = run("bench_fold.py", tmp_path)
+    row = json.loads((results / "fold_quick.json").read_text())["results"]["tiny"]
+    assert row["keras_ms"] > 0 and row["folded_ms"] > 0 and row["max_relative_difference"] < 1e-5
+    assert "folded ÷ Keras" in out
+
+
 def test_ft_epoch_benchmark(tmp_path):
     out, results = run("bench_ft_epoch.py", tmp_path)
     payload = json.loads((results / "ft_epoch_quick.json").read_text())["results"]

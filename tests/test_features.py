@@ -165,7 +165,7 @@ def test_forward_traces_a_model_once_and_matches_the_fixed_size_graph():
     train = [rng.uniform(0, 255, (n, 16, 16, 3)).astype("float32") for n in (8, 8, 3)]
     val = [rng.uniform(0, 255, (n, 16, 16, 3)).astype("float32") for n in (8, 5)]
     got = [out for split in (train, val) for _, out in forward_lib.forward(model, split)]
-    assert forward_lib._TRACED[model].experimental_get_tracing_count() == 1
+    assert forward_lib._TRACED[model]["step"].experimental_get_tracing_count() == 1
     for images, out in zip(train + val, got, strict=True):
         np.testing.assert_array_equal(out, _traced_at_its_size(model, images))
     gone = weakref.ref(model)

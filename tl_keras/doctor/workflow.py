@@ -309,7 +309,12 @@ def image_features(model, data, listed: _Listed, *, folder: str, spec) -> tuple[
     if data.test is not None and listed.counts.get("test"):
         extractor = features_lib.feature_extractor(model)
         parts.append(
-            np.concatenate([np.asarray(x, np.float32) for _, x in forward(extractor, data.test)])
+            np.concatenate(
+                [
+                    np.asarray(x, np.float32)
+                    for _, x in forward(extractor, data.test, fold_batchnorm=True)
+                ]
+            )
         )
     out = {
         "features": np.concatenate([p for p in parts if len(p)]).astype(np.float32),

@@ -7,6 +7,8 @@
     classifier.py   the classifier (preprocessing, base, head), what trains (`set_trainable`,
                     BatchNorm frozen), BatchNorm calibration of a random base, dropout RNG state
     forward.py      the one forward pass of a model over a data set, batch by batch
+    fold.py         BatchNormalization folded into the convolution before it, for the passes
+                    whose outputs train something (cached features, a frozen bottom's outputs)
     served.py       how a trained model answers: TTA, then the temperature as a layer
 
 Nothing here is imported eagerly, so `tl_keras.model.backbones` and `.settings` stay

@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 
 
-def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, np.ndarray]]:
+def forward(
+    model, batches: Iterable, *, progress=None, fold_batchnorm: bool = False
+) -> Iterator[tuple[Any, np.ndarray]]:
     """Yields each batch, in order, with the model's outputs for its images.
 
     Args:
@@ -46,6 +48,10 @@ def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, n
       batches: an iterable of image batches, or of tuples `(images, ...)` (a `tf.data.Dataset`
         of batched pairs, `tl_keras.data.pipeline.labelled_batches`, a generator).
       progress: a `Progress` advanced by each batch's images; None = no progress lines.
+      fold_batchnorm: run a Keras model with each BatchNormalization folded into the
+        convolution before it (`tl_keras.model.fold`), as of its variables when the pass
+        starts: faster, equal to float precision, not bitwise. For the passes whose outputs
+        train something (cached features, the frozen bottom's outputs), not for results.
 
     Yields:
       (the batch as `batches` gave it, the outputs as a numpy array in the model's dtype; a
@@ -55,7 +61,7 @@ def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, n
     for batch in batches:
         images = batch[0] if isinstance(batch, tuple) else batch
         if step is None:
-            step = _compiled(model, images)
+            step = _compiled(model, images, fold_batchnorm)
         outputs = step(images)
         outputs = (
             [np.asarray(o) for o in outputs] if isinstance(outputs, list) else np.asarray(outputs)
@@ -65,25 +71,38 @@ def forward(model, batches: Iterable, *, progress=None) -> Iterator[tuple[Any, n
         yield batch, outputs
 
 
-# Keras model -> its traced inference function. Weak keys: an entry goes with its model, and
-# the function reaches the model only through a weak reference, so it keeps no model alive.
+# Keras model -> its traced inference functions ("step"; "folded_step" and its `fold.Folded`).
+# Weak keys: an entry goes with its model, and the functions reach the model only through a
+# weak reference, so they keep no model alive.
 _TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled(model, images):
+def _compiled(model, images, fold_batchnorm: bool = False):
     """`model(x, training=False)` as one traced function for a Keras model, traced at `images`'
-    shape with an open batch size; any other callable as it is."""
+    shape with an open batch size (folded, where asked and where anything folds: its folded
+    weights filled from the model's now); any other callable as it is."""
     import keras
 
     if not isinstance(model, keras.Layer):
         return model
     import tensorflow as tf
 
-    step = _TRACED.get(model)
+    from tl_keras.model import fold
+
+    kept = _TRACED.setdefault(model, {})
+    folded = None
+    if fold_batchnorm:
+        if "folded" not in kept:
+            kept["folded"] = fold.folded_call(model)
+        folded = kept["folded"]
+    key = "folded_step" if folded is not None else "step"
+    step = kept.get(key)
     if step is None:
         ref = weakref.ref(model)
-        step = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
-        _TRACED[model] = step
+        call = folded if folded is not None else (lambda x: ref()(x, training=False))
+        step = kept[key] = tf.function(call, reduce_retracing=True, autograph=folded is None)
+    if folded is not None:
+        folded.refresh()  # the model may have trained since the last pass
     step.get_concrete_function(tf.TensorSpec([None, *images.shape[1:]], tf.as_dtype(images.dtype)))
     return step
 

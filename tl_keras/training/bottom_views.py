@@ -108,8 +108,12 @@ def make_views(model, data, *, first_epoch: int, epochs: int, on_start=None) -> 
         )
     if on_start is not None:
         on_start()
-    # One trace for every batch size (an epoch's short last batch, the validation split's).
-    step = tf.function(bottom, autograph=False, reduce_retracing=True)
+
+    # One trace for every batch size (an epoch's short last batch, the validation split's),
+    # BatchNorm folded into the convolutions (`tl_keras.model.fold`).
+    def step(batches):
+        return forward(bottom, batches, progress=progress, fold_batchnorm=True)
+
     shape = tuple(top.inputs[0].shape[1:])
     train = np.empty((epochs, data.num_train, *shape), np.float32)
     total = epochs * data.num_train + data.num_val
@@ -119,7 +123,7 @@ def make_views(model, data, *, first_epoch: int, epochs: int, on_start=None) -> 
             order = data.train_order(epoch, 0, 1).batch(8192)
             order = np.concatenate([np.asarray(i) for i in order])
             done = 0
-            for _, rows in forward(step, data.make_train_epoch(epoch), progress=progress):
+            for _, rows in step(data.make_train_epoch(epoch)):
                 train[j, order[done : done + len(rows)]] = rows
                 done += len(rows)
             if done != data.num_train:
@@ -129,7 +133,7 @@ def make_views(model, data, *, first_epoch: int, epochs: int, on_start=None) -> 
         validation = None
         if data.val is not None:
             validation = frozen_val.FrozenBottomValidation(bottom, top, data.val)
-            val = np.concatenate([r for _, r in forward(step, data.val, progress=progress)])
+            val = np.concatenate([r for _, r in step(data.val)])
             validation.cached = features.val_dataset(data, val)
     return Views(train, first_epoch, validation, top)
 

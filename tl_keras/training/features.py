@@ -204,7 +204,7 @@ def _feature_pass(extractor, data, folder: str | None) -> dict[str, np.ndarray |
     with Progress("feature pass", total) as progress:
         for split, images in sources.items():
             sink = _Sink(folder, split)
-            for _, rows in forward(extractor, images, progress=progress):
+            for _, rows in forward(extractor, images, progress=progress, fold_batchnorm=True):
                 sink.add(np.asarray(rows, np.float32))
             out[split], counts[split] = sink.result(dim), sink.count
     out.setdefault("val", None if folder else np.zeros((0, dim), np.float32))

@@ -104,9 +104,8 @@ class FrozenBottomValidation(keras.callbacks.Callback):
 
     def _cache(self) -> tf.data.Dataset:
         """The bottom's outputs and the labels, in the validation pass's own batches."""
-        step = tf.function(self.bottom, autograph=False)
         parts, labels = [], []
-        for (_, y), out in forward(step, self.val):
+        for (_, y), out in forward(self.bottom, self.val, fold_batchnorm=True):
             parts.append(out if isinstance(out, list) else [out])
             labels.append(np.asarray(y))
         columns = tuple(np.concatenate(c) for c in zip(*parts, strict=True))
