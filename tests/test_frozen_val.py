@@ -73,6 +73,29 @@ def test_no_cut_where_nothing_or_everything_is_frozen(tmp_path, unfreeze):
     assert frozen_val.for_phase(model, data.val, num_val=data.num_val, compile_top=None) is None
 
 
+def test_the_bottom_is_a_model_the_forward_pass_traces_once_and_folds(tmp_path):
+    """The frozen bottom's passes (each epoch's views, the validation outputs) run as one traced,
+    BatchNorm-folded function, not op by op: the bottom is a Keras model `forward` keeps."""
+    import keras
+
+    from tl_keras.model import forward as forward_lib
+
+    checked = config_lib.check(tiny_config(unfreeze="blocks:2"))
+    data = sources.load(checked.data, workdir=str(tmp_path))
+    model = checked.model.build(data.num_classes)
+    set_trainable(model, checked.model.backbone, "blocks:2")
+    bottom, top = frozen_val.split(model)
+    assert isinstance(bottom, keras.Model)
+    images = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    for batches in ([images, images[:3]], [images[:2]]):  # two passes, short batches
+        outs = [out for _, out in forward_lib.forward(bottom, batches, fold_batchnorm=True)]
+    kept = forward_lib._TRACED[bottom]
+    assert kept["folded"] is not None and kept["folded_step"].experimental_get_tracing_count() == 1
+    expected = np.asarray(top(bottom(images[:2], training=False)))
+    np.testing.assert_allclose(np.asarray(top(outs[0])), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(images[:2], training=False)), expected, atol=1e-6)
+
+
 def test_calibration_on_the_cached_outputs_fits_the_same_temperature(full_and_shortcut):
     """Calibration runs the last phase's validation top on the frozen blocks' cached outputs:
     the same answers, so the same temperature and scores, as a pass of the whole model."""

@@ -129,9 +129,10 @@ class FrozenBottomValidation(keras.callbacks.Callback):
 def split(model: keras.Model):
     """(bottom, top) for a classifier whose base has a frozen bottom, else None.
 
-    `bottom` maps images to the frozen bottom's outputs (the layers before the base, then the
-    base up to its cut, all in inference mode); `top` is a Keras model from those outputs to the
-    classifier's output, made of the model's own layer objects (the same weights). Uncompiled.
+    `bottom` is a Keras model from images to the frozen bottom's outputs (the layers before the
+    base, then the base up to its cut; call it in inference mode); `top` is a Keras model from
+    those outputs to the classifier's output. Both are made of the model's own layer objects
+    (the same weights). Uncompiled.
     """
     base = get_base(model)
     cut = frozen_cut(base)
@@ -148,12 +149,12 @@ def split(model: keras.Model):
         y = layer(y)
     top = keras.Model(inputs, y, name="validation_top")
 
-    def bottom(images):
-        x = images
-        for layer in before:
-            x = layer(x, training=False)
-        return base_bottom(x, training=False)
-
+    # A model, not a function of the images: `forward` traces it once and folds its BatchNorm.
+    images = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
+    x = images
+    for layer in before:
+        x = layer(x)
+    bottom = keras.Model(images, base_bottom(x), name="frozen_bottom")
     return bottom, top
 
 
