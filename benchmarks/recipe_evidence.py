@@ -133,6 +133,30 @@ EXPERIMENTS: dict[str, tuple[str, int, dict[str, dict]]] = {
             "adabn_all": {"tta": "none", "_adabn_batches": 1000},
         },
     ),
+    # The head faster than the base during fine-tuning (issue 24): discriminative rates in their
+    # plainest form, one group for the whole base at the rule's 1e-4 and the already trained
+    # head at the fe rate (1e-3) or between (3.3e-4), against one rate for both (the rule).
+    "flowers_head_rate": (
+        "flowers",
+        128,
+        {
+            "ref": {"tta": "none"},
+            "head_1e-3": {
+                "tta": "none",
+                "ft_lr_factor": 1.0,
+                "layer_decay": 0.1,
+                "layer_decay_groups": 1,
+                "allow_any_lr_factor": True,
+            },
+            "head_3e-4": {
+                "tta": "none",
+                "ft_lr_factor": 3.0,
+                "layer_decay": 0.3,
+                "layer_decay_groups": 1,
+                "allow_any_lr_factor": True,
+            },
+        },
+    ),
     "flowers_batch": (
         "flowers",
         128,
