@@ -68,6 +68,20 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker more than xdist's own count (the physical cores), at most
+    `--maxprocesses`; `PYTEST_XDIST_AUTO_NUM_WORKERS` still sets the number outright.
+
+    A worker does not keep a core busy all the time: it waits for the processes it starts, and
+    the time-budget runs last as long as their budgets. On 2 cores (the AVX2 CPU, nothing else
+    running, 2026-12-07) 2 workers took 1,106 s and 3 workers took 931 s, at 195% CPU.
+    """
+    from xdist.plugin import pytest_xdist_auto_num_workers as cores
+
+    count = cores(config)
+    return count if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else count + 1
+
+
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile`, except for the files of ONE_UNIT_PER_TEST (whose tests go out one by one
     like `--dist load`); any other mode is xdist's own."""
