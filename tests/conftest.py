@@ -73,8 +73,7 @@ def pytest_xdist_auto_num_workers(config):
     `--maxprocesses`; `PYTEST_XDIST_AUTO_NUM_WORKERS` still sets the number outright.
 
     A worker does not keep a core busy all the time: it waits for the processes it starts, and
-    the time-budget runs last as long as their budgets. On 2 cores (the AVX2 CPU, nothing else
-    running, 2026-12-07) 2 workers took 1,106 s and 3 workers took 931 s, at 195% CPU.
+    the time-budget runs last as long as their budgets (what it saved: docs/architecture.md).
     """
     from xdist.plugin import pytest_xdist_auto_num_workers as cores
 
