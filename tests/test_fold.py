@@ -100,7 +100,13 @@ def test_what_does_not_fold_runs_as_keras_runs_it():
     assert folded == {"own"}  # its output read twice, an activation before the BN: left alone
     images = _images()
     expected = np.asarray(model(images, training=False))
-    np.testing.assert_allclose(_pass(model, images, fold_batchnorm=True), expected, rtol=1e-5)
+    # Folding reorders float32 sums: judge each output against the largest, not only its own size.
+    np.testing.assert_allclose(
+        _pass(model, images, fold_batchnorm=True),
+        expected,
+        rtol=1e-5,
+        atol=1e-5 * np.abs(expected).max(),
+    )
     assert fold.folded_call(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])) is None
 
 
