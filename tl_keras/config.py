@@ -243,16 +243,16 @@ class Config:
         "block below at lr * layer_decay**2, ... down to the stem; the head at lr. In (0, 1]; "
         "1.0 = off.",
     )
-    head_lr_ratio: float | str = _auto(
-        "In a phase that trains part of the base, the head trains at this many times the "
-        "phase's rate (the base's: lr / ft_lr_factor), e.g. 10 keeps the head at lr while the "
-        "base fine-tunes at lr / 10; 1 = one rate for head and base. At least 1.",
-    )
     layer_decay_groups: int = _field(
         0,
         "Discriminative learning rates in groups: the base's blocks (stem .. top) split into this "
         "many runs of neighbouring blocks, each run one rate, layer_decay apart (head lr, top run "
         "lr * layer_decay, ...); 0 = one rate per block.",
+    )
+    head_lr_ratio: float | str = _auto(
+        "In a phase that trains part of the base, the head trains at this many times the "
+        "phase's rate (the base's: lr / ft_lr_factor), e.g. 10 keeps the head at lr while the "
+        "base fine-tunes at lr / 10; 1 = one rate for head and base. At least 1.",
     )
     lr_schedule: str = _auto(
         "Learning rate within each phase: constant, cosine (decay to lr * min_lr_ratio), step "

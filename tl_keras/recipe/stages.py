@@ -136,8 +136,9 @@ class Phase:
       name: the name users pass to `--phase` ('fe', 'ft', a stage's name).
       unfreeze: what part of the base trains (see `parse_unfreeze`); 'none' = head only.
       epochs: the most epochs the phase runs (early stopping may end it sooner).
-      lr: the learning rate of the phase: the head's, times `head_lr_ratio`; the base's, times
-        `layer_decay` per block below the head.
+      lr: the phase's learning rate, every variable's derived from it: the head's is
+        `lr * head_lr_ratio`, the base's top block's `lr * layer_decay`, the next block's
+        `lr * layer_decay**2`, ... (all `lr` at the defaults).
       optimizer: optimizer name (see `config.OPTIMIZERS`).
       early_stopping_patience: epochs without val_loss improvement before stopping; 0 = off.
       lr_schedule: how the rate moves within the phase.

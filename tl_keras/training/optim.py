@@ -114,8 +114,8 @@ def phase_optimizer(
     The learning rate follows the phase's `lr_schedule` from the phase's first step (a fresh
     optimizer per phase, so every phase restarts its schedule, warm-up included). With
     `layer_decay` < 1 or `head_lr_ratio` > 1, and part of the base training, every variable gets
-    its own rate (see `discriminative_multipliers`). Call after `set_trainable`: the multipliers cover the
-    variables that train.
+    its own rate (see `discriminative_multipliers`). Call after `set_trainable`: the multipliers
+    cover the variables that train.
 
     Args:
       model: the model, trainability already set for the phase.
