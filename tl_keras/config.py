@@ -249,6 +249,11 @@ class Config:
         "many runs of neighbouring blocks, each run one rate, layer_decay apart (head lr, top run "
         "lr * layer_decay, ...); 0 = one rate per block.",
     )
+    head_lr_ratio: float | str = _auto(
+        "In a phase that trains part of the base, the head trains at this many times the "
+        "phase's rate (the base's: lr / ft_lr_factor), e.g. 10 keeps the head at lr while the "
+        "base fine-tunes at lr / 10; 1 = one rate for head and base. At least 1.",
+    )
     lr_schedule: str = _auto(
         "Learning rate within each phase: constant, cosine (decay to lr * min_lr_ratio), step "
         "(times lr_step_gamma every lr_step_every epochs) or plateau (times lr_plateau_factor "

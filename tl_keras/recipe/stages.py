@@ -136,7 +136,9 @@ class Phase:
       name: the name users pass to `--phase` ('fe', 'ft', a stage's name).
       unfreeze: what part of the base trains (see `parse_unfreeze`); 'none' = head only.
       epochs: the most epochs the phase runs (early stopping may end it sooner).
-      lr: the learning rate of the phase (of the head; see `layer_decay`).
+      lr: the phase's learning rate, every variable's derived from it: the head's is
+        `lr * head_lr_ratio`, the base's top block's `lr * layer_decay`, the next block's
+        `lr * layer_decay**2`, ... (all `lr` at the defaults).
       optimizer: optimizer name (see `config.OPTIMIZERS`).
       early_stopping_patience: epochs without val_loss improvement before stopping; 0 = off.
       lr_schedule: how the rate moves within the phase.
@@ -144,6 +146,9 @@ class Phase:
         `lr * layer_decay`, the one below at `lr * layer_decay**2`, ...; 1.0 = one rate.
       layer_decay_groups: neighbouring blocks share a rate in this many runs, `layer_decay`
         apart (`recipe.group_blocks`); 0 = one rate per block.
+      head_lr_ratio: the head trains at `lr * head_lr_ratio` while the phase trains part of the
+        base (the base at `lr`, or below it with `layer_decay`); 1.0 = one rate. A head-only
+        phase has 1.0.
       augment: whether the phase's training batches take the configured augmentation (and
         MixUp / CutMix); without it a head-only phase can train on cached features.
       weight_decay: the optimizer's decoupled weight decay; 0 = none.
@@ -160,6 +165,7 @@ class Phase:
     lr_schedule: LRSchedule = LRSchedule()
     layer_decay: float = 1.0
     layer_decay_groups: int = 0
+    head_lr_ratio: float = 1.0
     augment: bool = True
     weight_decay: float = 0.0
     weight_averaging: str = "none"
@@ -494,6 +500,7 @@ def build_schedule(config: Any) -> list[Phase]:
             ),
             layer_decay=config.layer_decay,
             layer_decay_groups=config.layer_decay_groups,
+            head_lr_ratio=1.0 if head_only else config.head_lr_ratio,
             augment=getattr(config, "augment_phases", "all") == "all" or not head_only,
             weight_decay=getattr(config, "weight_decay", 0.0),
             weight_averaging="none" if head_only else getattr(config, "weight_averaging", "none"),

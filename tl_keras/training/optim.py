@@ -72,11 +72,11 @@ def ema_momentum(phase: Phase, steps_per_epoch: int) -> float | None:
 
 
 def discriminative_multipliers(
-    model: keras.Model, backbone, layer_decay: float, *, groups: int = 0
+    model: keras.Model, backbone, layer_decay: float, *, groups: int = 0, head: float = 1.0
 ) -> dict[str, float]:
     """Per-variable learning-rate multipliers: `layer_decay` per block, from the head down.
 
-    The head's variables keep 1.0, the base's top block `layer_decay`, the block below
+    The head's variables get `head`, the base's top block `layer_decay`, the block below
     `layer_decay**2`, ... (see `recipe.block_lr_multipliers`). Only trainable variables get an
     entry, keyed by `variable.path`.
 
@@ -85,6 +85,7 @@ def discriminative_multipliers(
       backbone: the backbone's registry name or `BackboneSpec` (its blocks).
       layer_decay: the factor between neighbouring blocks, in (0, 1].
       groups: runs of neighbouring blocks sharing a rate (`recipe.group_blocks`); 0 = per block.
+      head: the multiplier of every variable outside the base (the phase's `head_lr_ratio`).
 
     Raises:
       ConfigError: more groups than the base has blocks.
@@ -96,7 +97,7 @@ def discriminative_multipliers(
 
     infos = backbones.layer_infos(backbones.get(backbone), get_base(model))
     return lr_multipliers.variable_multipliers(
-        model, recipe.block_lr_multipliers(infos, layer_decay, groups=groups)
+        model, recipe.block_lr_multipliers(infos, layer_decay, groups=groups), default=head
     )
 
 
@@ -112,9 +113,9 @@ def phase_optimizer(
 
     The learning rate follows the phase's `lr_schedule` from the phase's first step (a fresh
     optimizer per phase, so every phase restarts its schedule, warm-up included). With
-    `layer_decay` < 1 and part of the base training, every variable gets its own rate (see
-    `discriminative_multipliers`). Call after `set_trainable`: the multipliers cover the
-    variables that train.
+    `layer_decay` < 1 or `head_lr_ratio` > 1, and part of the base training, every variable gets
+    its own rate (see `discriminative_multipliers`). Call after `set_trainable`: the multipliers
+    cover the variables that train.
 
     Args:
       model: the model, trainability already set for the phase.
@@ -140,9 +141,13 @@ def phase_optimizer(
         weight_decay=phase.weight_decay,
         ema_momentum=ema_momentum(phase, steps_per_epoch),
     )
-    if phase.layer_decay != 1.0 and phase.trains_base:
+    if phase.trains_base and (phase.layer_decay != 1.0 or phase.head_lr_ratio != 1.0):
         multipliers = discriminative_multipliers(
-            model, backbone, phase.layer_decay, groups=phase.layer_decay_groups
+            model,
+            backbone,
+            phase.layer_decay,
+            groups=phase.layer_decay_groups,
+            head=phase.head_lr_ratio,
         )
         optimizer = lr_multipliers.with_lr_multipliers(optimizer, multipliers)
     return optimizer, callbacks

@@ -495,10 +495,12 @@ def _log_rates(phase: Phase, optimizer: keras.optimizers.Optimizer) -> None:
     if isinstance(optimizer, lr_multipliers.LRMultiplierOptimizer):
         rates = sorted(set(optimizer.lr_multipliers.values()))
         say(
-            "[%s] discriminative learning rates (layer_decay %g%s): %d variables at lr x %s",
+            "[%s] discriminative learning rates (layer_decay %g%s, head x %g): %d variables at "
+            "lr x %s",
             phase.name,
             phase.layer_decay,
             f", {phase.layer_decay_groups} groups" if phase.layer_decay_groups else "",
+            phase.head_lr_ratio,
             len(optimizer.lr_multipliers),
             " .. ".join(f"{r:.3g}" for r in (rates[0], rates[-1])) if rates else "-",
         )

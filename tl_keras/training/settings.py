@@ -17,7 +17,7 @@ from typing import Any
 
 from tl_keras import progress, recipe
 from tl_keras.errors import refused, refused_name
-from tl_keras.recipe import Phase
+from tl_keras.recipe import LR_FACTOR_RANGE, Phase
 from tl_keras.recipe.auto import AUGMENT_PHASES, WEIGHT_AVERAGING
 from tl_keras.training import distribute, features, optim, rollback
 from tl_keras.training.class_weight import CLASS_WEIGHTS
@@ -150,6 +150,13 @@ def _check_rates(c: Any) -> None:
     if not (math.isfinite(c.lr) and c.lr > 0):
         raise refused("lr", c.lr, "use a positive learning rate, e.g. 1e-3")
     recipe.ft_learning_rate(c.lr, c.ft_lr_factor, allow_any=c.allow_any_lr_factor)
+    if not (math.isfinite(c.head_lr_ratio) and 1 <= c.head_lr_ratio <= LR_FACTOR_RANGE[1]):
+        raise refused(
+            "head_lr_ratio",
+            c.head_lr_ratio,
+            f"use a factor in [1, {LR_FACTOR_RANGE[1]:g}], e.g. 10 (the head at lr while the base "
+            "fine-tunes at lr / 10); 1 = one rate for head and base",
+        )
 
 
 __all__ = ["RunSettings", "phases"]

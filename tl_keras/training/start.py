@@ -143,9 +143,13 @@ def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) ->
       ConfigError: naming `layer_decay_groups` and the base's blocks.
     """
     for p in phases_now(plan, spec):
-        if p.trains_base and p.layer_decay != 1.0:
+        if p.trains_base and (p.layer_decay != 1.0 or p.head_lr_ratio != 1.0):
             optim.discriminative_multipliers(
-                model, spec.model.backbone, p.layer_decay, groups=p.layer_decay_groups
+                model,
+                spec.model.backbone,
+                p.layer_decay,
+                groups=p.layer_decay_groups,
+                head=p.head_lr_ratio,
             )
 
 
