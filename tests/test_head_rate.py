@@ -82,3 +82,21 @@ def test_manual_keeps_one_rate_and_the_recipe_keeps_the_head_at_lr():
 def test_a_bad_ratio_is_refused_with_its_value_and_the_range(bad):
     with pytest.raises(ConfigError, match=r"head_lr_ratio=.* is not allowed.*\[1, 100\]"):
         config_lib.validate(Config(recipe="manual", head_lr_ratio=bad))
+
+
+def _card_ratio(**given):
+    facts = auto.Facts(2500, 5, 400, **given.pop("facts", {}))
+    card = auto.decide({f: given.get(f, auto.AUTO) for f in auto.AUTO_FIELDS}, facts)
+    (decision,) = [d for d in card.decisions if d.field == "head_lr_ratio"]
+    return decision
+
+
+def test_the_head_keeps_lr_under_a_given_factor_and_follows_given_stages():
+    assert _card_ratio().value == auto.FT_FACTOR
+    given = _card_ratio(ft_lr_factor=20.0)
+    assert (given.value, given.source) == (20.0, "rule")  # base at lr/20, head at lr
+    assert "given ft_lr_factor 20" in given.reason
+    assert _card_ratio(ft_lr_factor=500.0).value == 100.0  # (allow_any_lr_factor) within range
+    assert _card_ratio(head_lr_ratio=3.0, ft_lr_factor=20.0).value == 3.0  # the user's own wins
+    staged = _card_ratio(facts={"stages_given": True, "stage_epochs": (2, 2)})
+    assert staged.value == 1.0 and "given stages" in staged.reason  # their rates, the head's too

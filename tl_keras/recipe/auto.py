@@ -117,6 +117,7 @@ FE_MAX_EPOCHS, FE_PATIENCE = 40, 5  # feature extraction: until 5 epochs without
 FT_REF_EPOCHS, FT_REF_IMAGES = 12, 2500  # fine-tuning epochs at 2,500 training images ...
 FT_MIN_EPOCHS, FT_MAX_EPOCHS = 3, 30  # ... scaled by sqrt(2500 / images), within these bounds
 HEAD_LR, FT_FACTOR, FT_FACTOR_CAREFUL = 1e-3, 10.0, 30.0
+LR_FACTOR_RANGE = (10.0, 100.0)  # the course's base rates, lr/100 to lr/10 (ft_learning_rate)
 WARMUP_EPOCHS = 1.0
 LABEL_SMOOTHING = 0.1
 EMA_FRACTION = 0.25  # weight averaging, when on, over about the last quarter of fine-tuning
@@ -450,7 +451,7 @@ def _rate_rules(f: Facts) -> Rules:
         "head_lr_ratio": (
             factor,
             f"the head keeps lr = {HEAD_LR:.0e} while the base fine-tunes (course: head 1e-3 to "
-            "1e-2; +1.1 points [+0.2, +2.0] over one rate, 6 seeds; 3.3e-4 +0.1)",
+            "1e-2; +1.1 points [+0.2, +2.0] over one rate, 6 seeds; 3.3e-4 +0.1; Lite0 +0.8)",
         ),
         "lr_schedule": ("cosine", "decays to 0 by the phase's end; no step to tune"),
         "warmup_epochs": (
@@ -555,9 +556,14 @@ def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
         if by[field].source == "rule" and by[field].value != value:
             by[field] = Decision(field, value, "rule", reason)
 
+    factor = by["ft_lr_factor"]
+    if factor.source == "user":  # the head keeps lr whatever the base's rate
+        ratio = min(max(float(factor.value), 1.0), LR_FACTOR_RANGE[1])
+        ruled("head_lr_ratio", ratio, f"the head keeps lr: the given ft_lr_factor {ratio:g}")
     if facts.stages_given:  # (a stage may name its own schedule, with or without a warm-up)
         ruled("lr_schedule", MANUAL["lr_schedule"], "the given stages are your schedule: constant")
         ruled("warmup_epochs", 0.0, "the given stages are your schedule: no warm-up unless asked")
+        ruled("head_lr_ratio", 1.0, "the given stages are your schedule: their rates, head too")
     schedule = by["lr_schedule"].value
     if schedule != "cosine":
         ruled("warmup_epochs", 0.0, f"a {schedule} schedule has no warm-up")

@@ -16,9 +16,9 @@ from typing import Any
 
 from tl_keras.errors import ConfigError, did_you_mean
 from tl_keras.recipe import auto
+from tl_keras.recipe.auto import LR_FACTOR_RANGE
 
 UNFREEZE_KINDS = ("none", "layers", "blocks", "fraction", "all")
-LR_FACTOR_RANGE = (10.0, 100.0)
 # The names of `tl_keras.training.schedules.SCHEDULES`, kept here so the recipe imports no TensorFlow
 # (tests/test_stages.py checks that the two agree).
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
