@@ -63,6 +63,8 @@ def test_the_multipliers_give_the_head_its_ratio_and_the_base_one():
 def test_only_phases_that_train_the_base_take_the_ratio():
     fe, ft = config_lib.build_schedule(Config(recipe="manual", head_lr_ratio=10.0))
     assert (fe.head_lr_ratio, ft.head_lr_ratio) == (1.0, 10.0)
+    assert ft.per_variable_rates and not fe.per_variable_rates  # one rate in a head-only phase
+    assert not config_lib.build_schedule(Config(recipe="manual"))[1].per_variable_rates
     assert ft.lr == pytest.approx(1e-4)  # the phase's rate stays the base's
     assert Phase.from_dict({k: v for k, v in ft.to_dict().items() if k != "head_lr_ratio"}) == (
         Phase.from_dict({**ft.to_dict(), "head_lr_ratio": 1.0})

@@ -185,6 +185,11 @@ class Phase:
         """Whether any part of the base trains (the learning-rate factor rule applies)."""
         return parse_unfreeze(self.unfreeze).kind != "none"
 
+    @property
+    def per_variable_rates(self) -> bool:
+        """Whether variables train at rates of their own (`layer_decay`, `head_lr_ratio`)."""
+        return self.trains_base and (self.layer_decay != 1.0 or self.head_lr_ratio != 1.0)
+
 
 # --- stages: the schedule as data -----------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)

@@ -141,7 +141,7 @@ def phase_optimizer(
         weight_decay=phase.weight_decay,
         ema_momentum=ema_momentum(phase, steps_per_epoch),
     )
-    if phase.trains_base and (phase.layer_decay != 1.0 or phase.head_lr_ratio != 1.0):
+    if phase.per_variable_rates:
         multipliers = discriminative_multipliers(
             model,
             backbone,

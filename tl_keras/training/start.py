@@ -143,7 +143,7 @@ def _check_rates(plan: RunPlan, spec: config_lib.RunSpec, model: keras.Model) ->
       ConfigError: naming `layer_decay_groups` and the base's blocks.
     """
     for p in phases_now(plan, spec):
-        if p.trains_base and (p.layer_decay != 1.0 or p.head_lr_ratio != 1.0):
+        if p.per_variable_rates:
             optim.discriminative_multipliers(
                 model,
                 spec.model.backbone,
