@@ -89,8 +89,8 @@ def test_gradual_config_and_one_stage_alone(tmp_path):
     lrs = history.metric("lr")
     assert [lrs[i] for i in (0, 3, 5, 7)] == [0.0] * 4  # each stage warms up from 0
     assert max(lrs[3:5]) <= 1e-4 and max(lrs[7:]) <= 2.5e-5
-    # the recipe keeps the head at lr: 10 x the rate of ft1's base
-    assert "discriminative learning rates (layer_decay 0.7, head x 10)" in proc.stdout
+    # given stages are the user's schedule: the head takes each stage's rate, the blocks decay
+    assert "discriminative learning rates (layer_decay 0.7, head x 1)" in proc.stdout
     blocks = [
         json.loads((tmp_path / p / "summary.json").read_text())["trainability"]["unfrozen_blocks"]
         for p in ("ft1", "ft2", "ft3")
