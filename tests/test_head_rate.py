@@ -97,8 +97,10 @@ def test_the_head_keeps_lr_under_a_given_factor_and_follows_given_stages():
     assert _card_ratio().value == auto.FT_FACTOR
     given = _card_ratio(ft_lr_factor=20.0)
     assert (given.value, given.source) == (20.0, "rule")  # base at lr/20, head at lr
-    assert "given ft_lr_factor 20" in given.reason
-    assert _card_ratio(ft_lr_factor=500.0).value == 100.0  # (allow_any_lr_factor) within range
+    assert "your ft_lr_factor 20" in given.reason and "within" not in given.reason
+    clamped = _card_ratio(ft_lr_factor=500.0)  # (allow_any_lr_factor)
+    assert clamped.value == 100.0
+    assert "your ft_lr_factor 500, within [1, 100]" in clamped.reason
     assert _card_ratio(head_lr_ratio=3.0, ft_lr_factor=20.0).value == 3.0  # the user's own wins
     staged = _card_ratio(facts={"stages_given": True, "stage_epochs": (2, 2)})
     assert staged.value == 1.0 and "given stages" in staged.reason  # their rates, the head's too

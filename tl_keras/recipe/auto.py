@@ -558,8 +558,10 @@ def _consistent(decisions: list[Decision], facts: Facts) -> list[Decision]:
 
     factor = by["ft_lr_factor"]
     if factor.source == "user":  # the head keeps lr whatever the base's rate
-        ratio = min(max(float(factor.value), 1.0), LR_FACTOR_RANGE[1])
-        ruled("head_lr_ratio", ratio, f"the head keeps lr: the given ft_lr_factor {ratio:g}")
+        given = float(factor.value)
+        ratio = min(max(given, 1.0), LR_FACTOR_RANGE[1])
+        within = "" if ratio == given else f", within [1, {LR_FACTOR_RANGE[1]:g}]"
+        ruled("head_lr_ratio", ratio, f"the head keeps lr: your ft_lr_factor {given:g}{within}")
     if facts.stages_given:  # (a stage may name its own schedule, with or without a warm-up)
         ruled("lr_schedule", MANUAL["lr_schedule"], "the given stages are your schedule: constant")
         ruled("warmup_epochs", 0.0, "the given stages are your schedule: no warm-up unless asked")
