@@ -65,12 +65,95 @@ def test_the_saved_model_is_the_trained_one(full_and_shortcut):
 
 @pytest.mark.parametrize("unfreeze", ["all", "none"])
 def test_no_cut_where_nothing_or_everything_is_frozen(tmp_path, unfreeze):
+    """No frozen bottom to cut at: validation is the folded pass of the whole model."""
     checked = config_lib.check(tiny_config(unfreeze=unfreeze))
     data = sources.load(checked.data, workdir=str(tmp_path))
     model = checked.model.build(data.num_classes)
     set_trainable(model, checked.model.backbone, unfreeze)
     assert frozen_val.frozen_cut(get_base(model)) is None
-    assert frozen_val.for_phase(model, data.val, num_val=data.num_val, compile_top=None) is None
+    compiled = []
+    callback = frozen_val.for_phase(
+        model, data.val, num_val=data.num_val, compile_top=compiled.append
+    )
+    assert isinstance(callback, frozen_val.FoldedValidation)
+    assert [m.name for m in compiled] == ["validation_outputs"]
+    assert frozen_val.for_phase(model, None, num_val=0, compile_top=compiled.append) is None
+
+
+def whole_base_run(**overrides):
+    # Two ft epochs of the whole tiny base: no frozen bottom, every BatchNorm frozen.
+    values = dict(epochs_fe=1, epochs_ft=2, unfreeze="all", checkpoint_every=0)
+    return tiny_config(**{**values, **overrides})
+
+
+FOLDED_LINE = "validation: each epoch, one pass of the whole model"
+
+
+@pytest.fixture(scope="module")
+def full_and_folded(tmp_path_factory):
+    """The same whole-base run twice: Keras's validation pass, then the folded one."""
+    with run_log_and_calibration() as (lines, answered_by):
+        try:
+            frozen_val.ENABLED = False
+            full = runner.train(whole_base_run(), str(tmp_path_factory.mktemp("full")))
+            assert not any(FOLDED_LINE in line for line in lines)
+            frozen_val.ENABLED = True
+            folded = runner.train(whole_base_run(), str(tmp_path_factory.mktemp("folded")))
+        finally:
+            frozen_val.ENABLED = True
+    assert any(FOLDED_LINE in line for line in lines)
+    assert answered_by[-1] == "validation_outputs"  # calibration reused the last epoch's pass
+    assert answered_by[0] != "validation_outputs"
+    return full, folded
+
+
+def test_the_folded_pass_reports_kerass_validation_metrics_and_trains_the_same(full_and_folded):
+    full, folded = full_and_folded
+    assert full.history.epochs == folded.history.epochs == [1, 2, 3]
+    for a, b in zip(full.history.records, folded.history.records, strict=True):
+        for key in ("val_loss", "val_accuracy", "loss", "accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["epoch"], key)
+    for a, b in zip(full.model.weights, folded.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_calibration_on_the_last_folded_pass_fits_the_same_temperature(full_and_folded):
+    full, folded = full_and_folded
+    a = runner.Workdir(full.workdir).read_run()["inference"]
+    b = runner.Workdir(folded.workdir).read_run()["inference"]
+    assert a.keys() == b.keys() and "ece_before" in a
+    for key in a:
+        if isinstance(a[key], float):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_the_last_pass_is_reused_only_while_the_weights_are_its_own(tmp_path):
+    """Best weights, averaged weights or early stopping's restore change the model after its
+    last epoch: then calibration must run the model, not reuse that epoch's outputs."""
+    from tl_keras.model import forward as forward_lib
+
+    checked = config_lib.check(whole_base_run())
+    data = sources.load(checked.data, workdir=str(tmp_path))
+    model = checked.model.build(data.num_classes)
+    set_trainable(model, checked.model.backbone, "all")
+    callback = frozen_val.for_phase(
+        model, data.val, num_val=data.num_val, compile_top=lambda m: m.compile(loss="mse")
+    )
+    assert callback.reusable(model) is None  # no pass yet
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert set(logs) == {"val_loss"}
+    assert forward_lib._TRACED[model]["folded"] is not None  # the pass ran with BatchNorm folded
+    scorer, outputs = callback.reusable(model)
+    (reused,) = [x for x, _ in outputs.take(1)]
+    images = next(iter(data.val))[0]
+    expected = model(images[: len(reused)], training=False)
+    np.testing.assert_allclose(np.asarray(reused), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    kernel = model.trainable_weights[0]
+    kernel.assign(kernel + 1e-3)
+    assert callback.reusable(model) is None
 
 
 def test_the_bottom_is_a_model_the_forward_pass_traces_once_and_folds(tmp_path):

@@ -15,9 +15,9 @@ between two passes is folded anew, and nothing is copied or changed); None where
 no pair to fold. Its outputs equal `model(x, training=False)` to float precision, not bitwise: a
 scaled kernel rounds differently (tests/test_fold.py). Used for the passes whose outputs are
 inputs to training, not results: the frozen base's features (feature extraction's cache and the
-data doctor), the frozen bottom's outputs (`tl_keras.training.bottom_views`) and its validation
-outputs (`tl_keras.training.frozen_val`). Evaluation, prediction and export's parity check run
-the model as a user's own call would.
+data doctor), the frozen bottom's outputs (`tl_keras.training.bottom_views`), and fine-tuning's
+validation passes (`tl_keras.training.frozen_val`), whose outputs calibration reuses.
+Evaluation, prediction and export's parity check run the model as a user's own call would.
 
 What folds: a `Conv2D` (one group) or `DepthwiseConv2D` with no activation, channels last, in
 float32, whose output goes only to a channels-last float32 `BatchNormalization`, inside a

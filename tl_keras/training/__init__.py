@@ -16,7 +16,7 @@
     rollback.py        phase control: undo a phase that made validation worse
     results.py         what a phase hands on: its result, best epoch, rollback decision (data)
     features.py        feature extraction on features computed once
-    frozen_val.py      fine-tuning's validation on the frozen bottom's outputs, computed once
+    frozen_val.py      fine-tuning's validation: the frozen bottom's outputs once, or folded
     bottom_views.py    fine-tuning's training on the frozen bottom's outputs, one pass a phase
     lr_finder.py       the learning-rate range test: the sweep (find_lr), the model untouched
     lr_suggest.py      the suggestion read off the range test's loss curve (numpy)

@@ -83,9 +83,10 @@ def calibrate_run(
       data: the run's `DataBundle`.
       config: the run's config (its `tta`).
       phase: the phase whose model this is.
-      frozen: that phase's frozen-bottom validation (`tl_keras.training.frozen_val`), whose
-        top on the cached outputs of the frozen blocks gives the model's answers without running
-        those blocks again (without test-time augmentation: the served model is the model).
+      frozen: that phase's validation callback (`tl_keras.training.frozen_val`), which gives
+        the model's answers without running the base again where it can: the top on the frozen
+        blocks' cached outputs, or the last epoch's folded pass when the weights are still that
+        epoch's (without test-time augmentation: the served model is the model).
 
     Returns:
       The "inference" section written to run.json.
@@ -97,8 +98,9 @@ def calibrate_run(
         log.info("[calibration] temperature kept at 1: the run has no validation split")
         return _commit(wd, run, section, None)
     served = InferenceSettings(1.0, tta)
-    if frozen is not None and served.is_identity:
-        probs, labels = _answers(frozen.top, frozen.dataset())
+    reused = frozen.reusable(model) if frozen is not None and served.is_identity else None
+    if reused is not None:
+        probs, labels = _answers(*reused)
     else:
         probs, labels = _answers(inference_model(model, served), data.val)
     scores = validation_scores(probs, labels, len(data.class_names))

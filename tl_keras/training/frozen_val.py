@@ -1,4 +1,4 @@
-"""Validation through the frozen bottom of the base once a phase, not once an epoch.
+"""A fine-tuning phase's validation, cheaper than Keras's pass: the frozen bottom once a phase.
 
 A fine-tuning phase that unfreezes only the top of the base (`blocks:K`) leaves the bottom
 frozen: no weight of it trains and its BatchNorm layers run in inference mode. Validation images
@@ -13,15 +13,23 @@ On EfficientNet-Lite0 at 128 px with its top 9 blocks training, an epoch's valid
 costs a third of Keras's pass over the whole model, and a default flowers run 0.94x the CPU-s
 with every weight bitwise the same (benchmarks/bench_ft_epoch.py, bench_run_breakdown.py;
 docs/benchmarks.md). Calibration reuses the last phase's (`tl_keras.training.calibrate`).
-Used only where it changes no number:
-a phase that trains part of the base and freezes some of it, with validation data, on one
-replica, without a time budget (whose plan and re-plan time the full validation pass), and when
-the frozen part's outputs fit in `MAX_BYTES`.
+
+A phase that trains the whole base has no frozen bottom. Its validation is then one pass of the
+whole model an epoch with each BatchNorm folded into its convolution (`tl_keras.model.fold`: the
+statistics are frozen, and validation runs in inference mode), scored by Keras's `evaluate` on
+the pass's outputs with the phase's loss and metrics (`FoldedValidation`): on MobileNet-0.25 at
+128 px the pass takes 0.82x Keras's (benchmarks/bench_fold.py). Where the final weights are the
+last epoch's, bitwise, calibration reuses that pass's outputs instead of running the model again.
+
+Either is used only where it changes no number beyond float precision: a phase that trains the
+base, with validation data, on one replica, without a time budget (whose plan and re-plan time
+the full validation pass), and, for the frozen bottom, when its outputs fit in `MAX_BYTES`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -34,7 +42,7 @@ from tl_keras.model.forward import forward
 
 log = logging.getLogger("tl_keras")
 
-ENABLED = True  # tests and benchmarks turn it off to compare with Keras's full validation pass
+ENABLED = True  # tests and benchmarks turn it off to compare with Keras's validation pass
 MAX_BYTES = 512 * 2**20  # the frozen bottom's outputs on the validation set, kept in memory
 
 
@@ -125,6 +133,55 @@ class FrozenBottomValidation(keras.callbacks.Callback):
         if logs is not None:
             logs.update({f"val_{k}": float(v) for k, v in scores.items()})
 
+    def reusable(self, model: keras.Model):
+        """(a model, its inputs) whose answers are `model`'s on the validation split: the top on
+        the cached outputs of the frozen blocks (the top is the model's own layers)."""
+        return self.top, self.dataset()
+
+
+class FoldedValidation(keras.callbacks.Callback):
+    """Puts `val_*` in each epoch's logs from one BatchNorm-folded pass of the whole model,
+    scored by `scorer` (Keras's `evaluate` of the identity on the pass's outputs).
+
+    It must run first at an epoch's end, before any callback that reads the validation metrics.
+    """
+
+    def __init__(self, model: keras.Model, scorer: keras.Model, val: tf.data.Dataset):
+        super().__init__()
+        self.classifier, self.scorer, self.val = model, scorer, val
+        self.outputs: tf.data.Dataset | None = None  # the last pass's (outputs, labels)
+        self.weights_then: list[np.ndarray] = []  # the model's weights at that pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        outputs, labels = [], []
+        for (_, y), out in forward(self.classifier, self.val, fold_batchnorm=True):
+            outputs.append(out)
+            labels.append(np.asarray(y))
+        ds = tf.data.Dataset.from_tensor_slices((np.concatenate(outputs), np.concatenate(labels)))
+        self.outputs = untuned(ds.batch(len(labels[0])))  # the validation pass's own batches
+        self.weights_then = [np.array(w) for w in self.classifier.weights]
+        scores = self.scorer.evaluate(self.outputs, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{k}": float(v) for k, v in scores.items()})
+
+    def reusable(self, model: keras.Model):
+        """(the identity, the last pass's outputs) when `model`'s weights are bitwise those of
+        that pass; None when they changed since (best or averaged weights, early stopping's
+        restore): then the model's answers need a pass of their own."""
+        if self.outputs is None or len(model.weights) != len(self.weights_then):
+            return None
+        for now, then in zip(model.weights, self.weights_then, strict=True):
+            if not np.array_equal(np.asarray(now), then):
+                return None
+        return self.scorer, self.outputs
+
+
+def _scorer(model: keras.Model) -> keras.Model:
+    """The identity on the model's outputs: Keras's `evaluate` of it scores given outputs with
+    the loss and metrics it is compiled with."""
+    outputs = keras.Input(shape=model.outputs[0].shape[1:], dtype=model.outputs[0].dtype)
+    return keras.Model(outputs, keras.layers.Identity()(outputs), name="validation_outputs")
+
 
 def split(model: keras.Model):
     """(bottom, top) for a classifier whose base has a frozen bottom, else None.
@@ -158,8 +215,12 @@ def split(model: keras.Model):
     return bottom, top
 
 
-def for_phase(model: keras.Model, val, *, num_val: int, compile_top):
-    """The callback for a phase whose base has a frozen bottom, or None where it does not apply.
+def for_phase(
+    model: keras.Model, val, *, num_val: int, compile_top: Callable[[keras.Model], None]
+) -> FrozenBottomValidation | FoldedValidation | None:
+    """The validation callback of a phase that trains the base, or None where it has no
+    validation data: the frozen bottom's where the base has one whose outputs fit in
+    `MAX_BYTES`, else the folded pass of the whole model.
 
     Args:
       model: the classifier, its trainability set for the phase.
@@ -170,11 +231,12 @@ def for_phase(model: keras.Model, val, *, num_val: int, compile_top):
     if not ENABLED or val is None:
         return None
     parts = split(model)
-    if parts is None:
-        return None
-    bottom, top = parts
-    size = sum(int(np.prod(t.shape[1:])) * np.dtype(t.dtype).itemsize for t in top.inputs)
-    if size * num_val > MAX_BYTES:
-        return None
-    compile_top(top)
-    return FrozenBottomValidation(bottom, top, val)
+    if parts is not None:
+        bottom, top = parts
+        size = sum(int(np.prod(t.shape[1:])) * np.dtype(t.dtype).itemsize for t in top.inputs)
+        if size * num_val <= MAX_BYTES:
+            compile_top(top)
+            return FrozenBottomValidation(bottom, top, val)
+    scorer = _scorer(model)
+    compile_top(scorer)
+    return FoldedValidation(model, scorer, val)

@@ -136,8 +136,9 @@ class PhaseSetup:
       schedule_callbacks: the callbacks the phase's LR schedule needs (plateau).
       done_records: the phase's epochs a resumed checkpoint already holds.
       budget: the time budget's plan of the phase, when it re-plans after its first epoch.
-      frozen_validation: validates on the frozen bottom's outputs, computed once
-        (`tl_keras.training.frozen_val`), instead of Keras's pass over the whole model.
+      validation: puts each epoch's validation metrics in its logs instead of Keras's pass
+        (`tl_keras.training.frozen_val`: the frozen bottom's outputs, computed once, or a
+        BatchNorm-folded pass of the whole model).
       views_s: the seconds the frozen bottom's pass over the phase's epochs took before `fit`
         (`tl_keras.training.bottom_views`): part of the phase's wall time.
     """
@@ -153,7 +154,7 @@ class PhaseSetup:
     schedule_callbacks: list[keras.callbacks.Callback]
     done_records: list[dict] = dataclasses.field(default_factory=list)
     budget: budget_plan.PhasePlan | None = None
-    frozen_validation: frozen_val.FrozenBottomValidation | None = None
+    validation: frozen_val.FrozenBottomValidation | frozen_val.FoldedValidation | None = None
     views_s: float = 0.0
 
     @property
@@ -284,13 +285,13 @@ def prepare_fit(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         setup = _replan_head(setup, plan, data)
     if options.strategy is not None:
         distribute.enable_multi_worker_fit(setup.fit_model, options.strategy)
-    return _frozen_validation(setup, data)
+    return _validation(setup, data)
 
 
-def _frozen_validation(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
-    """Validation on the frozen bottom's outputs, computed once, where that changes no number
-    (`tl_keras.training.frozen_val`): a phase that trains part of the base, on one replica,
-    without a time budget (its plan and re-plan time Keras's validation pass)."""
+def _validation(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
+    """Validation without Keras's pass where that changes no number beyond float precision
+    (`tl_keras.training.frozen_val`): a phase that trains the base, on one replica, without a
+    time budget (its plan and re-plan time Keras's validation pass)."""
     options = setup.options
     if not setup.phase.trains_base or setup.fit_model is not setup.model:
         return setup
@@ -304,15 +305,21 @@ def _frozen_validation(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         num_val=data.num_val,
         compile_top=lambda top: optim.compile_for_evaluation(top, jit_compile=options.jit_compile),
     )
-    if callback is None:
-        return setup
-    say(
-        "[%s] validation: the frozen blocks run once over the %d validation images; each epoch "
-        "evaluates the layers that train on their outputs",
-        setup.phase.name,
-        data.num_val,
-    )
-    return dataclasses.replace(setup, frozen_validation=callback)
+    if isinstance(callback, frozen_val.FrozenBottomValidation):
+        say(
+            "[%s] validation: the frozen blocks run once over the %d validation images; each "
+            "epoch evaluates the layers that train on their outputs",
+            setup.phase.name,
+            data.num_val,
+        )
+    elif callback is not None:
+        say(
+            "[%s] validation: each epoch, one pass of the whole model over the %d validation "
+            "images with BatchNorm folded into the convolutions",
+            setup.phase.name,
+            data.num_val,
+        )
+    return setup if callback is None else dataclasses.replace(setup, validation=callback)
 
 
 def replan(setup: PhaseSetup, plan: int | budget_plan.PhasePlan, data: DataBundle) -> PhaseSetup:
@@ -458,7 +465,7 @@ def use_bottom_views(setup: PhaseSetup, data: DataBundle) -> PhaseSetup:
         setup,
         fit_model=views.top,
         fit_data=bottom_views.views_bundle(data, views),
-        frozen_validation=views.validation,
+        validation=views.validation,
         views_s=seconds,
     )
 
@@ -517,8 +524,8 @@ def make_callbacks(setup: PhaseSetup) -> tuple[PhaseState, list[keras.callbacks.
     guard = NonFiniteGuard(losses_before=[r.get("loss") for r in setup.done_records])
     state = PhaseState(recorder, guard, schedule=setup.schedule_callbacks)
     cbs: list[keras.callbacks.Callback] = [recorder, state.guard]
-    if setup.frozen_validation is not None:  # first: every later callback reads its val_* metrics
-        cbs.insert(0, setup.frozen_validation)
+    if setup.validation is not None:  # first: every later callback reads its val_* metrics
+        cbs.insert(0, setup.validation)
     if track_best:  # before early stopping, which may restore other weights at the end
         state.best = BestWeights(phase.name, track_best, source_model=setup.model)
         if resume is not None:
@@ -613,7 +620,7 @@ def _fit(setup, data, callbacks, *, last_epoch, initial_epoch) -> None:
     try:
         setup.fit_model.fit(
             distribute.train_input(data, initial_epoch, last_epoch - initial_epoch),
-            validation_data=data.val if setup.frozen_validation is None else None,
+            validation_data=data.val if setup.validation is None else None,
             epochs=last_epoch,
             initial_epoch=initial_epoch,
             steps_per_epoch=data.steps_per_epoch,
@@ -713,5 +720,5 @@ def outcome(setup: PhaseSetup, state: PhaseState, *, seconds: float) -> PhaseRes
         stopped,
         best,
         kept_epoch=early.kept_epoch() if early is not None else None,
-        validation=setup.frozen_validation,
+        validation=setup.validation,
     )

@@ -129,7 +129,7 @@ class PhaseResult:
     kept_epoch: int | None = None
     # Under weight averaging: validation metrics of the last epoch's and of the averaged weights.
     averaged: dict | None = None
-    validation: Any = None  # `frozen_val.FrozenBottomValidation`: calibration reuses it
+    validation: Any = None  # the phase's `frozen_val` callback: calibration reuses its answers
 
 
 __all__ = ["PhaseResult", "RollbackDecision", "Snapshot", "is_worse", "lower_is_better"]
