@@ -3,10 +3,11 @@
     python benchmarks/bench_run_breakdown.py                         # Lite0 flowers, seed 0
     python benchmarks/bench_run_breakdown.py --before=/tmp/old       # old tree beside this one
     python benchmarks/bench_run_breakdown.py --quick                 # tiny base (the suite)
+    python benchmarks/bench_run_breakdown.py --backbone=mobilenet_025 --before=/tmp/old
 
 `tl_keras.train` with no recipe setting (the decided recipe) on bench_recipe's `user` split of
-the shared flowers at 128 px with EfficientNet-Lite0's converted ImageNet weights, the run
-bench_recipe's tl_keras arm times. Each run is a child process of its tree, with the package's
+the shared flowers at 128 px with EfficientNet-Lite0's converted ImageNet weights (or
+`--backbone`, a key of bench_recipe's BACKBONES), the run bench_recipe's tl_keras arm times. Each run is a child process of its tree, with the package's
 pieces wrapped to record their wall and process CPU seconds (CPU: both cores): the data, the
 model, the BatchNorm-shift probe, the data doctor (its feature pass, reused by fe), each phase's
 fit, each epoch's training and validation pass (Keras's), checkpoint writes, model saves, the
@@ -97,7 +98,7 @@ def _epoch_callback(times: list):
     return EpochPieces()
 
 
-def child(workdir: str, seed: int, quick: bool) -> dict:
+def child(workdir: str, seed: int, quick: bool, backbone: str) -> dict:
     """One instrumented run in this process (the tree on PYTHONPATH); its breakdown."""
     import numpy as np
 
@@ -117,7 +118,7 @@ def child(workdir: str, seed: int, quick: bool) -> dict:
         import bench_recipe
 
         root = f"{workdir}-data"  # inside the parent's temporary folder
-        config = bench_recipe.flowers_config(root, seed=seed, progress="lines")
+        config = bench_recipe.flowers_config(root, backbone, seed=seed, progress="lines")
     w, c = _clock()
     result = train(config, workdir, callbacks=[_epoch_callback(times)])
     wall, cpu = time.perf_counter() - w, time.process_time() - c
@@ -142,7 +143,7 @@ def child(workdir: str, seed: int, quick: bool) -> dict:
     }
 
 
-def _run_tree(tree: str, workdir: str, seed: int, quick: bool) -> subprocess.Popen:
+def _run_tree(tree: str, workdir: str, seed: int, quick: bool, backbone: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "2"}
     argv = [
         sys.executable,
@@ -150,6 +151,7 @@ def _run_tree(tree: str, workdir: str, seed: int, quick: bool) -> subprocess.Pop
         "--child",
         f"--workdir={workdir}",
         f"--seed={seed}",
+        f"--backbone={backbone}",
     ] + (["--quick"] if quick else [])
     return subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -179,11 +181,12 @@ def main(argv=None) -> None:
     ap.add_argument("--before", help="another source tree, run beside this one")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny base, synthetic images")
+    ap.add_argument("--backbone", default="efficientnet_lite0", help="a key of bench_recipe's")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        out = child(args.workdir, args.seed, args.quick)
+        out = child(args.workdir, args.seed, args.quick, args.backbone)
         pathlib.Path(args.workdir, "breakdown.json").write_text(json.dumps(out))
         return
     import _common
@@ -191,7 +194,7 @@ def main(argv=None) -> None:
     trees = {"this": str(HERE.parent)} | ({"before": args.before} if args.before else {})
     with tempfile.TemporaryDirectory(prefix="bench-breakdown-runs-") as root:
         procs = {
-            name: _run_tree(tree, os.path.join(root, name), args.seed, args.quick)
+            name: _run_tree(tree, os.path.join(root, name), args.seed, args.quick, args.backbone)
             for name, tree in trees.items()
         }
         runs = {}
@@ -220,6 +223,7 @@ def main(argv=None) -> None:
         "machine": _common.machine(),
         "seed": args.seed,
         "quick": args.quick,
+        "backbone": args.backbone,
         "trees": trees,
         "runs": {n: {k: v for k, v in r.items() if k != "history"} for n, r in runs.items()},
     }
