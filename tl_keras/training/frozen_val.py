@@ -101,6 +101,19 @@ def _chain(model: keras.Model, base: keras.Model):
     return layers[1:i], layers[i + 1 :]
 
 
+def _folded_pass(model: keras.Model, val: tf.data.Dataset) -> tf.data.Dataset:
+    """The model's outputs on the validation images, BatchNorm folded (a list of outputs
+    becomes a tuple), with the labels, in the validation split's own batches."""
+    parts, labels = [], []
+    for (_, y), out in forward(model, val, fold_batchnorm=True):
+        parts.append(out if isinstance(out, list) else [out])
+        labels.append(np.asarray(y))
+    columns = tuple(np.concatenate(c) for c in zip(*parts, strict=True))
+    x = columns if len(columns) > 1 else columns[0]
+    ds = tf.data.Dataset.from_tensor_slices((x, np.concatenate(labels)))
+    return untuned(ds.batch(len(labels[0])))
+
+
 class FrozenBottomValidation(keras.callbacks.Callback):
     """Puts `val_*` in each epoch's logs from the top alone, on the frozen bottom's outputs.
 
@@ -112,22 +125,11 @@ class FrozenBottomValidation(keras.callbacks.Callback):
         self.bottom, self.top, self.val = bottom, top, val
         self.cached = None
 
-    def _cache(self) -> tf.data.Dataset:
-        """The bottom's outputs and the labels, in the validation pass's own batches."""
-        parts, labels = [], []
-        for (_, y), out in forward(self.bottom, self.val, fold_batchnorm=True):
-            parts.append(out if isinstance(out, list) else [out])
-            labels.append(np.asarray(y))
-        columns = tuple(np.concatenate(c) for c in zip(*parts, strict=True))
-        x = columns if len(columns) > 1 else columns[0]
-        ds = tf.data.Dataset.from_tensor_slices((x, np.concatenate(labels)))
-        return untuned(ds.batch(len(labels[0])))
-
     def dataset(self) -> tf.data.Dataset:
         """The frozen bottom's outputs on the validation set, with the labels, batched as the
         validation split is: the top's input (computed on first use)."""
         if self.cached is None:
-            self.cached = self._cache()
+            self.cached = _folded_pass(self.bottom, self.val)
         return self.cached
 
     def on_epoch_end(self, epoch, logs=None):
@@ -155,12 +157,7 @@ class FoldedValidation(keras.callbacks.Callback):
         self.weights_then: list[np.ndarray] = []  # the model's weights at that pass
 
     def on_epoch_end(self, epoch, logs=None):
-        outputs, labels = [], []
-        for (_, y), out in forward(self.classifier, self.val, fold_batchnorm=True):
-            outputs.append(out)
-            labels.append(np.asarray(y))
-        ds = tf.data.Dataset.from_tensor_slices((np.concatenate(outputs), np.concatenate(labels)))
-        self.outputs = untuned(ds.batch(len(labels[0])))  # the validation pass's own batches
+        self.outputs = _folded_pass(self.classifier, self.val)
         self.weights_then = [np.array(w.numpy()) for w in self.classifier.weights]  # copies
         scores = self.scorer.evaluate(self.outputs, verbose=0, return_dict=True)
         if logs is not None:
