@@ -119,14 +119,7 @@ def test_the_folded_pass_reports_kerass_validation_metrics_and_trains_the_same(f
 
 def test_calibration_on_the_last_folded_pass_fits_the_same_temperature(full_and_folded):
     full, folded = full_and_folded
-    a = runner.Workdir(full.workdir).read_run()["inference"]
-    b = runner.Workdir(folded.workdir).read_run()["inference"]
-    assert a.keys() == b.keys() and "ece_before" in a
-    for key in a:
-        if isinstance(a[key], float):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
-        else:
-            assert a[key] == b[key], key
+    assert_same_inference(full.workdir, folded.workdir)
 
 
 def test_the_last_pass_is_reused_only_while_the_weights_are_its_own(tmp_path):
@@ -182,10 +175,14 @@ def test_the_bottom_is_a_model_the_forward_pass_traces_once_and_folds(tmp_path):
 def test_calibration_on_the_cached_outputs_fits_the_same_temperature(full_and_shortcut):
     """Calibration runs the last phase's validation top on the frozen blocks' cached outputs:
     the same answers, so the same temperature and scores, as a pass of the whole model."""
-    full, shortcut, workdir = full_and_shortcut
-    full_run = runner.Workdir(full.workdir).read_run()
-    shortcut_run = runner.Workdir(workdir).read_run()
-    a, b = full_run["inference"], shortcut_run["inference"]
+    full, _, workdir = full_and_shortcut
+    assert_same_inference(full.workdir, workdir)
+
+
+def assert_same_inference(workdir_a: str, workdir_b: str) -> None:
+    """Two runs' run.json "inference" sections: the same keys, temperature, ECE and scores."""
+    a = runner.Workdir(workdir_a).read_run()["inference"]
+    b = runner.Workdir(workdir_b).read_run()["inference"]
     assert a.keys() == b.keys() and "ece_before" in a
     for key in a:
         if isinstance(a[key], float):
