@@ -39,18 +39,27 @@ def full_and_shortcut(tmp_path_factory):
     return full, shortcut, shortcut_dir
 
 
-def test_the_shortcut_reports_the_full_models_validation_metrics(full_and_shortcut):
-    full, shortcut, _ = full_and_shortcut
-    assert full.history.epochs == shortcut.history.epochs == [1, 2, 3]
-    for a, b in zip(full.history.records, shortcut.history.records, strict=True):
+def assert_same_metrics(full, other) -> None:
+    """Every epoch's loss, accuracy and validation metrics, to float precision."""
+    assert full.history.epochs == other.history.epochs == [1, 2, 3]
+    for a, b in zip(full.history.records, other.history.records, strict=True):
         for key in ("val_loss", "val_accuracy", "loss", "accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["epoch"], key)
 
 
+def assert_same_weights(full, other) -> None:
+    for a, b in zip(full.model.weights, other.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_the_shortcut_reports_the_full_models_validation_metrics(full_and_shortcut):
+    full, shortcut, _ = full_and_shortcut
+    assert_same_metrics(full, shortcut)
+
+
 def test_the_shortcut_trains_the_same_weights(full_and_shortcut):
     full, shortcut, _ = full_and_shortcut
-    for a, b in zip(full.model.weights, shortcut.model.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert_same_weights(full, shortcut)
 
 
 def test_the_saved_model_is_the_trained_one(full_and_shortcut):
@@ -109,12 +118,8 @@ def full_and_folded(tmp_path_factory):
 
 def test_the_folded_pass_reports_kerass_validation_metrics_and_trains_the_same(full_and_folded):
     full, folded = full_and_folded
-    assert full.history.epochs == folded.history.epochs == [1, 2, 3]
-    for a, b in zip(full.history.records, folded.history.records, strict=True):
-        for key in ("val_loss", "val_accuracy", "loss", "accuracy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["epoch"], key)
-    for a, b in zip(full.model.weights, folded.model.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert_same_metrics(full, folded)
+    assert_same_weights(full, folded)
 
 
 def test_calibration_on_the_last_folded_pass_fits_the_same_temperature(full_and_folded):
