@@ -90,7 +90,7 @@ EXPERIMENTS: dict[str, tuple[str, int, dict[str, dict]]] = {
     ),
     # How long to fine-tune the whole base on the flowers (issue 24: the default runs in
     # 0.83-0.93x the tutorial recipe's wall; does a longer cosine pay on validation?). The
-    # rule gives 12 epochs at the benchmark's 2,339 training images.
+    # rule gave 12 epochs at the benchmark's 2,339 training images then (10 since the next).
     "flowers_ft_length": (
         "flowers",
         128,
@@ -100,8 +100,9 @@ EXPERIMENTS: dict[str, tuple[str, int, dict[str, dict]]] = {
             "ft_16": {"epochs_ft": 16, "tta": "none"},
         },
     ),
-    # Shorter: the rule's 12 epochs (at 2,339 images) against 10, on the recipe with the head
-    # kept at lr (issue 24: 10 epochs would take about 15 s off a default run of ~108 s).
+    # Shorter: the rule's then 12 epochs (at 2,339 images) against 10, on the recipe with the
+    # head kept at lr (issue 24: 10 epochs would take about 15 s off a default run of ~108 s).
+    # As good on both bases at 0.74-0.85x the wall: 10 became the rule (`auto.FT_REF_EPOCHS`).
     "flowers_ft_short": (
         "flowers",
         128,
