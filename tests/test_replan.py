@@ -226,6 +226,52 @@ def test_a_replanned_phase_is_the_phase_its_new_length_would_give(tmp_path, fixe
         np.testing.assert_array_equal(np.array(a), np.array(b))
 
 
+def test_halfway_a_second_look_re_sizes_the_cosine_from_the_epochs_since(tmp_path, fixed_plans):
+    """ft planned for 2 epochs, re-planned to 4 after its first; after its third (halfway, two
+    epochs timed since) the second look gives it 5. The cosine takes each length in place (no
+    new trace); from the second look on the rates are the 5-epoch cosine's, before it the
+    4-epoch one's; the card and the log say so."""
+    lengths = iter([4, 5])
+    seen = []  # what the second look was given: the mean wall of the epochs since the first
+
+    def replan_epochs(left_s, epoch_s, **kwargs):
+        seen.append((epoch_s, kwargs["done"]))
+        return next(lengths)
+
+    fixed_plans.setattr(replan, "replan_epochs", replan_epochs)
+    in_place = []
+    set_length = schedules.set_length
+    fixed_plans.setattr(
+        schedules, "set_length", lambda *a: in_place.append(set_length(*a)) or in_place[-1]
+    )
+    result, lines = _train_logged(_config(), str(tmp_path / "a"))
+    assert in_place == [True, True, True]
+    assert [done for _, done in seen] == [1, 3]
+    looks = [line for line in lines if "time budget second look" in line]
+    assert len(looks) == 1 and looks[0].startswith(
+        "[ft] time budget second look, halfway, after epoch 3 of 4: its 2 epochs since the first"
+    )
+    assert looks[0].endswith("5 epochs instead of 4, the schedule re-sized to end at the last")
+    ft = _ft(result)
+    assert len(ft) == 5 and result.history.records[-1]["epoch"] == ft[-1]["epoch"]
+    card = auto.Card.from_dict(_read(tmp_path / "a" / "recipe.json"))
+    assert card.get("epochs_ft").value == 5
+    assert card.get("epochs_ft").reason.endswith("re-planned after epoch 3: 5 epochs")
+
+    fixed_plans.undo()
+    given = _ft(
+        train(
+            _config(time_budget="", epochs_ft=5, warmup_epochs=card.get("warmup_epochs").value),
+            str(tmp_path / "b"),
+        )
+    )
+    rates = [r["lr"] for r in ft]
+    assert rates[3:] == [r["lr"] for r in given][3:]  # the 5-epoch cosine from the look on
+    # Each record holds its epoch's first rate: epochs 1-2 (the warm-up, then the peak) are any
+    # length's, epoch 3 the 4-epoch cosine's, which decays sooner.
+    assert rates[:2] == [r["lr"] for r in given][:2] and rates[2] < given[2]["lr"]
+
+
 class _Crash(Exception):
     pass
 

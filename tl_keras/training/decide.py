@@ -129,15 +129,16 @@ def _unmeasured(data) -> auto.Facts:
     return auto.Facts(data.num_train, data.num_classes, data.num_train // data.num_classes)
 
 
-def card_follows(outdir, state) -> Callable[[Phase], None]:
+def card_follows(outdir, state) -> Callable[[Phase, int], None]:
     """What a re-plan calls (`EpochReplan`'s `on_change`): the run's card (`state.card`) gets
     the phase's new length, written into `recipe.json` at once, so a resumed run keeps the
     re-planned length (a resumed phase never re-plans)."""
 
-    def follow(phase: Phase) -> None:
+    def follow(phase: Phase, done: int) -> None:
         field = "epochs_ft" if phase.trains_base else "epochs_fe"
         before = state.card.get(field)
-        reason = f"{before.reason}; re-planned after its first epoch: {phase.epochs} epochs"
+        after = "its first epoch" if done == 1 else f"epoch {done}"
+        reason = f"{before.reason}; re-planned after {after}: {phase.epochs} epochs"
         state.card = state.card.with_decision(auto.Decision(field, phase.epochs, "budget", reason))
         write_recipe_card(outdir, state.card)
 

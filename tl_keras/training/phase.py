@@ -94,7 +94,8 @@ class PhaseOptions:
         `tl_keras.training.budget`); its measurement leaves every variable as it was. Not used
         when resuming. A plan with a deadline is re-planned after the phase's first real epoch
         (`tl_keras.training.replan`).
-      on_replan: called with the phase as re-planned, when the re-plan changed its length.
+      on_replan: called with the phase as re-planned and its epochs run, when a re-plan changed
+        its length.
       time_budget: the run has a time budget (resumed or not): the phase trains the whole
         model at every step, as the budget's plan measured it (no frozen-bottom views).
     """
@@ -115,7 +116,7 @@ class PhaseOptions:
     checkpoint_dir: str | None = None
     checkpoint_every: float = 0.0
     epochs_planner: Callable[[PhaseSetup], int | budget_plan.PhasePlan] | None = None
-    on_replan: Callable[[Phase], None] | None = None
+    on_replan: Callable[[Phase, int], None] | None = None
     time_budget: bool = False
 
 

@@ -17,6 +17,14 @@ traced the train step) takes the new length in place, with no new trace; any oth
 given to the optimizer anew and the train step traced again for it (about an epoch's time on
 the flowers, which the re-plan then pays for). The phase then stops at its new last epoch.
 
+A second look comes halfway through the phase, from the mean wall of the epochs run since the
+first (at least `MIDWAY_EPOCHS` of them), where a new length is free (the settable cosine): one
+epoch is a noisy clock on a shared machine, and a phase of whole epochs planned from a slow one
+ends an epoch early (flowers, MobileNet-0.25: a first epoch of 8.6 s among later ones of 7.5-8.0 s
+left a run at 0.876 of its budget; issue 24). From that epoch on the rate follows the cosine of
+the new length, so the schedule bends there, a little (at most a few percent of the rate), and a
+run whose length changed midway is no longer the run of any given length.
+
 It runs before the phase's checkpoint (`EpochCheckpoint`), so the checkpoint of the epoch it
 re-planned at already holds the new schedule, and the runner writes the new length into
 `recipe.json` at once (`on_change`): a resumed run keeps the saved plan (it never re-plans).
@@ -45,9 +53,12 @@ from tl_keras.training import schedules
 
 log = logging.getLogger("tl_keras")
 
+MIDWAY_EPOCHS = 2  # epochs timed after the first re-plan before the second look, at least
+
 
 class EpochReplan(keras.callbacks.Callback):
-    """Re-plans a budgeted phase once, after its first real epoch, then stops it there.
+    """Re-plans a budgeted phase after its first real epoch and once more halfway (a second
+    look, where a new length is free), then stops it at its last epoch.
 
     Args:
       setup: the phase's `PhaseSetup` (its `phase` and `window` are updated on a re-plan).
@@ -55,7 +66,8 @@ class EpochReplan(keras.callbacks.Callback):
       retarget: callbacks whose idea of the phase's length follows the re-plan: each gets its
         `window` (a `PhaseWindow`) or its epoch count (`epochs`, `phase_epochs`) updated, and
         early stopping its patience when the plan keeps the best epoch.
-      on_change: called with the re-planned `Phase` when its length changed.
+      on_change: called with the re-planned `Phase` and the phase's epochs run when its
+        length changed.
       make_schedule: (phase) -> the learning rate of a phase of that length, as the phase's
         optimizer was built with (`optim.phase_learning_rate`).
     """
@@ -66,7 +78,7 @@ class EpochReplan(keras.callbacks.Callback):
         plan: PhasePlan,
         *,
         retarget: list = (),
-        on_change: Callable[[Phase], None] | None = None,
+        on_change: Callable[[Phase, int], None] | None = None,
         make_schedule: Callable[[Phase], object] | None = None,
     ):
         super().__init__()
@@ -74,7 +86,10 @@ class EpochReplan(keras.callbacks.Callback):
         self.retarget, self.on_change, self.make_schedule = list(retarget), on_change, make_schedule
         self.done_at: int | None = None  # the epoch (of the phase) the re-plan was made after
         self.replanned: int | None = None
+        self.midway_at: int | None = None  # ... and the second look, halfway
         self._epochs_seen = 0
+        self._since: list[float] = []  # end to end, the epochs after the first re-plan
+        self._last_end = 0.0
 
     # --- timing -----------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
@@ -95,28 +110,52 @@ class EpochReplan(keras.callbacks.Callback):
     # --- the re-plan ------------------------------------------------------------------------
     def on_epoch_end(self, epoch, logs=None):
         self._epochs_seen += 1
-        wall = time.monotonic() - self._start
+        now = time.monotonic()
+        wall = now - self._start
         if self.done_at is None and not self.model.stop_training:
             epoch_s = steady_epoch_s(wall, self._train, self._val)
             if epoch_s is None and self._epochs_seen >= 2:  # a head: this epoch traced nothing
                 epoch_s = wall
             if epoch_s is not None:
                 self._replan(epoch + 1, epoch_s, wall)
+        elif self.done_at is not None and self.midway_at is None:
+            self._since.append(now - self._last_end)  # the checkpoint after it included
+            if not self.model.stop_training and self._midway_due(epoch + 1):
+                self._replan(epoch + 1, sum(self._since) / len(self._since), wall, midway=True)
         if epoch + 1 >= self.setup.window.last_epoch:
             self.model.stop_training = True  # the phase's (re-planned) last epoch
+        self._last_end = now
 
-    def _replan(self, global_epoch: int, epoch_s: float, wall: float) -> None:
+    def _resizable(self) -> tuple[bool, bool]:
+        """Whether the phase's rate is a schedule a new length can be given to, and whether
+        that is free: a cosine whose length sits in a variable (no new trace)."""
+        rate = getattr(self.model.optimizer, "_learning_rate", None)
+        resizable = self.make_schedule is not None and isinstance(
+            rate, keras.optimizers.schedules.LearningRateSchedule
+        )
+        return resizable, resizable and schedules.has_settable_length(rate)
+
+    def _midway_due(self, global_epoch: int) -> bool:
+        """The second look: halfway through the phase (as planned now), before its last epoch,
+        after MIDWAY_EPOCHS timed since the first re-plan, where a new length is free."""
+        done = global_epoch - self.setup.window.first_epoch + 1
+        planned = self.setup.phase.epochs
+        return (
+            len(self._since) >= MIDWAY_EPOCHS
+            and 2 * done >= planned > done
+            and self._resizable()[1]
+        )
+
+    def _replan(self, global_epoch: int, epoch_s: float, wall: float, midway=False) -> None:
         setup, plan = self.setup, self.plan
         phase, window = setup.phase, setup.window
         done = global_epoch - window.first_epoch + 1
-        self.done_at = done
+        if midway:
+            self.midway_at = done
+        else:
+            self.done_at = done
         schedule = phase.lr_schedule
-        resizable = self.make_schedule is not None and isinstance(
-            getattr(self.model.optimizer, "_learning_rate", None),
-            keras.optimizers.schedules.LearningRateSchedule,
-        )
-        # A cosine whose length sits in a variable takes a new length without a new trace.
-        free = resizable and schedules.has_settable_length(self.model.optimizer._learning_rate)
+        resizable, free = self._resizable()
         left = plan.deadline_s - time.monotonic()
         epochs = replan_epochs(
             left,
@@ -128,14 +167,18 @@ class EpochReplan(keras.callbacks.Callback):
         )
         self.replanned = epochs
         resize = resizable and epochs > done and schedule.warmup_epochs < epochs
+        if midway:
+            took = f"its {len(self._since)} epochs since the first took {epoch_s:.2f}s on average"
+        else:
+            took = f"it took {wall:.2f}s ({epoch_s:.2f}s without tracing)"
         log.info(
-            "[%s] time budget re-plan after epoch %d of %d: it took %.2fs (%.2fs without tracing),"
-            " %.1fs left before the phase must end: %s",
+            "[%s] time budget %s after epoch %d of %d: %s, %.1fs left before the phase must end:"
+            " %s",
             phase.name,
+            "second look, halfway," if midway else "re-plan",
             done,
             phase.epochs,
-            wall,
-            epoch_s,
+            took,
             left,
             _outcome(epochs, phase.epochs, done, resize),
         )
@@ -162,7 +205,7 @@ class EpochReplan(keras.callbacks.Callback):
             if plan.keep_best and hasattr(cb, "patience"):  # the budget, not a plateau, ends it
                 cb.patience = epochs
         if self.on_change is not None:
-            self.on_change(phase)
+            self.on_change(phase, done)
 
 
 def _outcome(epochs: int, planned: int, done: int, resized: bool) -> str:
